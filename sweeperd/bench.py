@@ -1,0 +1,157 @@
+"""Benchmarks that print figures measured in one run, with their in-run baselines.
+
+``bench sweep``: build a heap of ``spans`` spans of one size class, all objects allocated and
+payload pages touched, keep the first ``live`` fraction of objects (by address), start a cycle
+and sweep every span with the vectorized engine, in batches as a sweeper worker would.  The
+baseline is memcpy (``numpy.copyto``) of a buffer the size of the metadata the sweep reads,
+timed in the same process right after.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import mark, mheap
+from .heap import H_SWEEPGEN, Heap
+from .malloc import alloc_all
+from .sizeclasses import CLASS_NELEMS, CLASS_NPAGES, CLASS_NWORDS, CLASS_SIZE, PAGE_SIZE
+from .sweep import SPAN_META_BYTES, SweepStats, sweep_batch
+from .sweepgen import try_claim
+
+GO_SPANS_PER_S = (3.1e6, 3.3e6)  # Go 1.19 runtime.GC() on this machine kind, same heap shape
+
+
+@dataclass
+class SweepBenchConfig:
+    spans: int = 262_144
+    size_class: int = 6  # 64-byte objects
+    live: float = 0.0
+    heap_mib: int | None = None
+    batch: int = 65_536
+    rounds: int = 3
+
+    def validate(self) -> None:
+        if self.spans <= 0:
+            raise ValueError(f"--spans must be positive, got {self.spans}")
+        if not 1 <= self.size_class < len(CLASS_SIZE):
+            raise ValueError(f"--size-class must be 1..{len(CLASS_SIZE) - 1} (a small class), "
+                             f"got {self.size_class}")
+        if not 0.0 <= self.live <= 1.0:
+            raise ValueError(f"--live must be within [0, 1], got {self.live}")
+        if self.batch <= 0 or self.rounds <= 0:
+            raise ValueError("--batch and --rounds must be positive")
+        need = self.spans * int(CLASS_NPAGES[self.size_class]) * PAGE_SIZE
+        if self.heap_mib is not None and self.heap_mib * (1 << 20) < need:
+            raise ValueError(f"--heap-mib {self.heap_mib} is too small for {self.spans} spans "
+                             f"of class {self.size_class} ({need >> 20} MiB needed)")
+
+
+def fill_heap(heap: Heap, sizeclass: int, nspans: int) -> np.ndarray:
+    """Allocate ``nspans`` spans of ``sizeclass``, every slot taken, payload pages written."""
+    if CLASS_NPAGES[sizeclass] == 1:
+        spans, _ = mheap.alloc_spans(heap, sizeclass, nspans)
+    else:
+        spans = np.array([mheap.alloc_span(heap, sizeclass)[0] for _ in range(nspans)])
+    if spans.size < nspans:
+        raise ValueError(f"heap holds only {spans.size} spans of class {sizeclass}")
+    alloc_all(heap, spans)
+    npg = int(CLASS_NPAGES[sizeclass])
+    for s in range(0, spans.size, 4096):  # touch every payload page, a chunk at a time
+        chunk = spans[s : s + 4096]
+        lo, hi = int(chunk[0]) * PAGE_SIZE, (int(chunk[-1]) + npg) * PAGE_SIZE
+        heap.arena[lo:hi] = 0xA5
+    return spans
+
+
+def mark_prefix(heap: Heap, spans: np.ndarray, live: float) -> int:
+    """Mark the first ``live`` fraction of all objects of ``spans`` (address order)."""
+    ne = heap.span_nelems[spans].astype(np.int64)
+    total = int(ne.sum())
+    nlive = round(live * total)
+    if nlive == 0:
+        return 0
+    cum = np.cumsum(ne)
+    nfull = int(np.searchsorted(cum, nlive, side="right"))
+    mark.mark_spans_fully(heap, spans[:nfull])
+    rest = nlive - (int(cum[nfull - 1]) if nfull else 0)
+    if rest:
+        mark.mark_objects(heap, np.full(rest, spans[nfull]), np.arange(rest))
+    return nlive
+
+
+def memcpy_bytes_per_s(nbytes: int, repeat: int = 5) -> float:
+    src = np.ones(max(nbytes, 4096) // 8, dtype=np.uint64)
+    dst = np.empty_like(src)
+    np.copyto(dst, src)  # warm both buffers
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - t)
+    return src.nbytes / best
+
+
+def bench_sweep(cfg: SweepBenchConfig) -> dict:  # type: ignore[type-arg]
+    cfg.validate()
+    npg = int(CLASS_NPAGES[cfg.size_class])
+    heap_bytes = (cfg.heap_mib << 20) if cfg.heap_mib else cfg.spans * npg * PAGE_SIZE
+    best: tuple[float, SweepStats] | None = None
+    times = []
+    with Heap.create(heap_bytes) as heap:
+        for _ in range(cfg.rounds):
+            old = heap.in_use_spans()
+            if old.size:  # reset between rounds: free whatever the last round kept
+                heap.header[H_SWEEPGEN] += 2
+                h = heap.sweepgen
+                sweep_batch(heap, try_claim(heap.span_sweepgen, old, h))
+            spans = fill_heap(heap, cfg.size_class, cfg.spans)
+            mark_prefix(heap, spans, cfg.live)
+            heap.header[H_SWEEPGEN] += 2  # the sweep phase begins
+            h = heap.sweepgen
+            stats = SweepStats()
+            t0 = time.perf_counter()
+            for i in range(0, spans.size, cfg.batch):
+                mine = try_claim(heap.span_sweepgen, spans[i : i + cfg.batch], h)
+                stats.add(sweep_batch(heap, mine))
+            dt = time.perf_counter() - t0
+            times.append(dt)
+            if best is None or dt < best[0]:
+                best = (dt, stats)
+        arena_backed = heap.arena_backed_bytes()
+        meta_backed = heap.meta_backed_bytes()
+    assert best is not None
+    dt, stats = best
+    swept_bytes = stats.bitmap_bytes + stats.spans * SPAN_META_BYTES
+    memcpy = memcpy_bytes_per_s(swept_bytes)
+    rate = swept_bytes / dt
+    return {
+        "bench": "sweep",
+        "spans": stats.spans,
+        "size_class": cfg.size_class,
+        "object_bytes": int(CLASS_SIZE[cfg.size_class]),
+        "objects_per_span": int(CLASS_NELEMS[cfg.size_class]),
+        "bitmap_words_per_span": int(CLASS_NWORDS[cfg.size_class]),
+        "live_fraction": cfg.live,
+        "workers": 1,
+        "batch": cfg.batch,
+        "rounds": cfg.rounds,
+        "seconds": dt,
+        "seconds_all_rounds": times,
+        "spans_per_s": stats.spans / dt,
+        "pages_per_s": stats.pages / dt,
+        "objects_freed": stats.objects_freed,
+        "spans_freed": stats.spans_freed,
+        "bytes_swept": swept_bytes,
+        "bitmap_bytes_per_s": rate,
+        "memcpy_bytes_per_s": memcpy,
+        "ratio_to_memcpy": rate / memcpy,
+        "go_1_19_spans_per_s": list(GO_SPANS_PER_S),
+        "ratio_to_go": stats.spans / dt / (sum(GO_SPANS_PER_S) / 2),
+        "heap_bytes": heap_bytes,
+        "arena_backed_bytes": arena_backed,
+        "meta_backed_bytes": meta_backed,
+        "meta_fraction_of_heap": meta_backed / heap_bytes,
+    }

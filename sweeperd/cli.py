@@ -1,0 +1,62 @@
+"""The ``sweeperd`` command line.  Bad flags exit 2 with a message naming the flag."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _bench_sweep(args: argparse.Namespace) -> int:
+    from .bench import SweepBenchConfig, bench_sweep
+
+    cfg = SweepBenchConfig(
+        spans=args.spans,
+        size_class=args.size_class,
+        live=args.live,
+        heap_mib=args.heap_mib,
+        batch=args.batch,
+        rounds=args.rounds,
+    )
+    try:
+        cfg.validate()
+    except ValueError as e:
+        print(f"sweeperd bench sweep: {e}", file=sys.stderr)
+        return 2
+    result = bench_sweep(cfg)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for k, v in result.items():
+            print(f"{k:>24}: {v}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sweeperd", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    bench = sub.add_parser("bench", help="run a benchmark and print its figures")
+    bsub = bench.add_subparsers(dest="bench", required=True)
+    bs = bsub.add_parser("sweep", help="sweep a filled heap with the vectorized engine")
+    bs.add_argument("--spans", type=int, default=262_144, help="spans to sweep (default 262144)")
+    bs.add_argument("--size-class", type=int, default=6,
+                    help="Go size class number 1..67 (default 6: 64-byte objects)")
+    bs.add_argument("--live", type=float, default=0.0,
+                    help="fraction of objects kept live, first by address (default 0)")
+    bs.add_argument("--heap-mib", type=int, default=None,
+                    help="heap size in MiB (default: just enough for the spans)")
+    bs.add_argument("--batch", type=int, default=65_536, help="spans per claimed batch")
+    bs.add_argument("--rounds", type=int, default=3, help="rounds; the fastest is reported")
+    bs.add_argument("--json", action="store_true", help="print one JSON object")
+    bs.set_defaults(func=_bench_sweep)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,296 @@
+"""The shared heap: arena, span table and bitmaps, all in shared memory.
+
+Theory of operation
+-------------------
+The heap is two memfd regions that any number of processes map at once:
+
+* the **arena**: ``npages`` Go pages of 8 KiB where object payloads live;
+* the **metadata**: a header, per-page arrays, and the bitmaps.
+
+A span is a run of pages and is named by its **start page**; every per-span field is an array
+indexed by page (struct-of-arrays), meaningful only at the start page of an in-use span.
+``page_span[p]`` is, for every page, the start page of the in-use span holding it, or -1 when
+the page is free (Go's ``h.spans``).  Free pages need no other structure: a run of consecutive
+free pages *is* a free run, so coalescing of free neighbours is implicit (as in Go's bitmap
+page allocator).  ``scavenged[p]`` is set when page ``p``'s memory has been returned to the OS.
+
+Bitmaps are stored **transposed**: ``bits[buf, w, p]`` is word ``w`` of bitmap buffer ``buf``
+of the span starting at page ``p``.  A span of a class with ``nwords`` bitmap words touches
+rows ``0..nwords-1`` at its own column only, so the metadata file's real backing grows with the
+rows in use (two rows per buffer for the 64-byte class), not with the worst case, and a batch of
+spans of one class is a 2-D ``(nwords, nspans)`` slab that numpy sweeps at once.  Spans never
+share a start page, so columns never overlap and need no allocator.
+
+Each span has two bitmap buffers, alloc and mark, and which is which flips at every sweep (Go
+swaps the ``allocBits``/``gcmarkBits`` pointers).  The selector is the parity of
+``sweptgen // 2``, where ``sweptgen`` is the heap sweepgen at which the span was last swept (or
+allocated).  Writing ``sweptgen`` is therefore the single store that commits a sweep.
+
+Invariants (checked by :func:`sweeperd.check.check_heap`):
+
+* ``page_span`` of every page of an in-use span is its start page; free pages hold -1;
+* ``span_state`` is IN_USE exactly at start pages of in-use spans, DEAD everywhere else;
+* ``scavenged`` is set only on free pages;
+* for a swept span ``alloc_count == popcount(alloc bits)``, no bit at or beyond ``nelems``,
+  finalizer bits are a subset of alloc bits;
+* bitmap columns of pages that are not in-use span starts are all zero in the mark and
+  finalizer buffers (an empty span is freed only after its bitmaps became zero).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import HeapCorrupt
+from .shm import OS_PAGE, RegionHandle, SharedRegion
+from .sizeclasses import MAX_BITMAP_WORDS, PAGE_SHIFT, PAGE_SIZE
+
+MAGIC = 0x5357_4545_5045_5244  # "SWEEPERD"
+LAYOUT_VERSION = 1
+
+# Span states (Go's mSpanState).
+SPAN_DEAD = 0
+SPAN_IN_USE = 1
+
+# Header words.
+H_MAGIC = 0
+H_VERSION = 1
+H_NPAGES = 2
+H_SWEEPGEN = 3
+H_SEARCH_ADDR = 4  # every page below this one is in use (Go's searchAddr)
+H_CYCLE = 5
+H_FINQ_HEAD = 6
+H_FINQ_TAIL = 7
+H_FINQ_CAP = 8
+H_SCAV_SEARCH = 9  # reserved for the scavenger
+HEADER_WORDS = 64
+
+# Sweepgen starts above zero so that h-2 never goes below zero.
+INITIAL_SWEEPGEN = 4
+DEFAULT_FINQ_CAP = 1 << 16
+
+
+def _align(n: int, a: int = OS_PAGE) -> int:
+    return (n + a - 1) // a * a
+
+
+# name, dtype, shape (in terms of npages / finq_cap)
+def _fields(npages: int, finq_cap: int) -> list[tuple[str, np.dtype, tuple[int, ...]]]:
+    return [
+        ("header", np.dtype(np.int64), (HEADER_WORDS,)),
+        ("page_span", np.dtype(np.int32), (npages,)),
+        ("scavenged", np.dtype(np.uint8), (npages,)),
+        ("span_npages", np.dtype(np.int32), (npages,)),
+        ("span_class", np.dtype(np.uint8), (npages,)),
+        ("span_state", np.dtype(np.uint8), (npages,)),
+        ("span_set", np.dtype(np.uint8), (npages,)),
+        ("span_nelems", np.dtype(np.uint16), (npages,)),
+        ("span_alloc_count", np.dtype(np.uint16), (npages,)),
+        ("span_freeindex", np.dtype(np.uint16), (npages,)),
+        ("span_sweepgen", np.dtype(np.uint32), (npages,)),
+        ("span_sweptgen", np.dtype(np.uint32), (npages,)),
+        ("span_nsweeps", np.dtype(np.uint32), (npages,)),
+        ("span_specials", np.dtype(np.uint8), (npages,)),
+        ("bits", np.dtype(np.uint64), (2, MAX_BITMAP_WORDS, npages)),
+        ("fin_bits", np.dtype(np.uint64), (MAX_BITMAP_WORDS, npages)),
+        ("finq", np.dtype(np.int64), (finq_cap,)),
+    ]
+
+
+@dataclass(frozen=True)
+class Layout:
+    npages: int
+    finq_cap: int
+    offsets: dict[str, int]
+    meta_bytes: int
+
+    @classmethod
+    def compute(cls, npages: int, finq_cap: int = DEFAULT_FINQ_CAP) -> Layout:
+        off = 0
+        offsets = {}
+        for name, dt, shape in _fields(npages, finq_cap):
+            offsets[name] = off
+            off = _align(off + dt.itemsize * int(np.prod(shape)))
+        return cls(npages, finq_cap, offsets, off)
+
+
+@dataclass(frozen=True)
+class HeapHandle:
+    """Plain description of a heap for another process (JSON-able)."""
+
+    arena: RegionHandle
+    meta: RegionHandle
+    npages: int
+    finq_cap: int
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "arena": self.arena.to_dict(),
+            "meta": self.meta.to_dict(),
+            "npages": self.npages,
+            "finq_cap": self.finq_cap,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> HeapHandle:  # type: ignore[type-arg]
+        return cls(
+            RegionHandle.from_dict(d["arena"]),
+            RegionHandle.from_dict(d["meta"]),
+            int(d["npages"]),
+            int(d["finq_cap"]),
+        )
+
+
+class Heap:
+    """A mapping of the shared heap: numpy views over the arena and metadata regions.
+
+    The per-span arrays are public attributes named like Go's mspan fields
+    (``span_alloc_count`` is ``s.allocCount`` of every span at once).
+    """
+
+    header: np.ndarray
+    page_span: np.ndarray
+    scavenged: np.ndarray
+    span_npages: np.ndarray
+    span_class: np.ndarray
+    span_state: np.ndarray
+    span_set: np.ndarray
+    span_nelems: np.ndarray
+    span_alloc_count: np.ndarray
+    span_freeindex: np.ndarray
+    span_sweepgen: np.ndarray
+    span_sweptgen: np.ndarray
+    span_nsweeps: np.ndarray
+    span_specials: np.ndarray
+    bits: np.ndarray
+    fin_bits: np.ndarray
+    finq: np.ndarray
+
+    def __init__(self, arena: SharedRegion, meta: SharedRegion, layout: Layout) -> None:
+        self.arena_region = arena
+        self.meta_region = meta
+        self.layout = layout
+        self.npages = layout.npages
+        assert meta.mmap is not None and arena.mmap is not None
+        for name, dt, shape in _fields(layout.npages, layout.finq_cap):
+            count = int(np.prod(shape))
+            arr = np.frombuffer(meta.mmap, dtype=dt, count=count, offset=layout.offsets[name])
+            setattr(self, name, arr.reshape(shape))
+        self.arena = np.frombuffer(arena.mmap, dtype=np.uint8)
+        self.arena64 = self.arena.view(np.uint64)
+
+    # --- life cycle -------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, heap_bytes: int, finq_cap: int = DEFAULT_FINQ_CAP) -> Heap:
+        if heap_bytes < PAGE_SIZE or heap_bytes % PAGE_SIZE:
+            raise ValueError(
+                f"heap size must be a positive multiple of {PAGE_SIZE} bytes, got {heap_bytes}"
+            )
+        npages = heap_bytes >> PAGE_SHIFT
+        if npages >= 2**31:
+            raise ValueError(f"heap of {npages} pages is too large (page index is int32)")
+        layout = Layout.compute(npages, finq_cap)
+        arena = SharedRegion.create("sweeperd-arena", heap_bytes)
+        try:
+            meta = SharedRegion.create("sweeperd-meta", layout.meta_bytes)
+        except BaseException:
+            arena.close()
+            raise
+        h = cls(arena, meta, layout)
+        h.page_span[:] = -1
+        h.scavenged[:] = 1  # fresh heap counts as scavenged: never release untouched memory
+        hd = h.header
+        hd[H_NPAGES] = npages
+        hd[H_SWEEPGEN] = INITIAL_SWEEPGEN
+        hd[H_SEARCH_ADDR] = 0
+        hd[H_FINQ_CAP] = finq_cap
+        hd[H_SCAV_SEARCH] = npages
+        hd[H_VERSION] = LAYOUT_VERSION
+        hd[H_MAGIC] = MAGIC  # last: the header is valid from here on
+        return h
+
+    @classmethod
+    def attach(cls, handle: HeapHandle) -> Heap:
+        layout = Layout.compute(handle.npages, handle.finq_cap)
+        arena = SharedRegion.attach(handle.arena)
+        try:
+            meta = SharedRegion.attach(handle.meta)
+        except BaseException:
+            arena.close()
+            raise
+        h = cls(arena, meta, layout)
+        if h.header[H_MAGIC] != MAGIC or h.header[H_VERSION] != LAYOUT_VERSION:
+            h.close()
+            raise HeapCorrupt("attached region is not a sweeperd heap of this layout version")
+        return h
+
+    @property
+    def handle(self) -> HeapHandle:
+        return HeapHandle(
+            self.arena_region.handle, self.meta_region.handle, self.npages, self.layout.finq_cap
+        )
+
+    def close(self) -> None:
+        for name, _, _ in _fields(0, 0):
+            self.__dict__.pop(name, None)
+        self.__dict__.pop("arena", None)
+        self.__dict__.pop("arena64", None)
+        self.arena_region.close()
+        self.meta_region.close()
+
+    def __enter__(self) -> Heap:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- header ------------------------------------------------------------------------------
+
+    @property
+    def sweepgen(self) -> int:
+        return int(self.header[H_SWEEPGEN])
+
+    @property
+    def heap_bytes(self) -> int:
+        return self.npages * PAGE_SIZE
+
+    # --- queries (vectorized over the whole span table) ---------------------------------------
+
+    def in_use_spans(self) -> np.ndarray:
+        """Start pages of all in-use spans, ascending."""
+        return np.flatnonzero(self.span_state == SPAN_IN_USE)
+
+    def alloc_buf(self, spans: np.ndarray | int) -> np.ndarray | int:
+        """Index (0 or 1) of each span's alloc bitmap buffer; the mark buffer is the other."""
+        return (self.span_sweptgen[spans] >> 1) & 1
+
+    def meta_backed_bytes(self) -> int:
+        return self.meta_region.backed_bytes()
+
+    def arena_backed_bytes(self) -> int:
+        return self.arena_region.backed_bytes()
+
+    # --- snapshots, for tests and the batch ≡ one-by-one equivalence ------------------------
+
+    def metadata_arrays(self) -> Iterator[tuple[str, np.ndarray]]:
+        for name, _, _ in _fields(0, 0):
+            yield name, getattr(self, name)
+
+    def snapshot(self) -> dict[str, np.ndarray]:
+        return {name: arr.copy() for name, arr in self.metadata_arrays()}
+
+    def restore(self, snap: dict[str, np.ndarray]) -> None:
+        for name, arr in self.metadata_arrays():
+            arr[...] = snap[name]
+
+
+def span_ix(cols: np.ndarray) -> slice | np.ndarray:
+    """Index for the ascending span starts ``cols``: a slice when they are a contiguous run
+    (numpy then takes views instead of gathers, several times faster), else ``cols``."""
+    if cols.size and int(cols[-1]) - int(cols[0]) == cols.size - 1:
+        return slice(int(cols[0]), int(cols[0]) + cols.size)
+    return cols

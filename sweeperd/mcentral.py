@@ -1,0 +1,110 @@
+"""mcentral: per size class, the partial/full × swept/unswept span sets.
+
+Theory of operation
+-------------------
+Go keeps, per span class, two pairs of span sets: ``partial[2]`` and ``full[2]``.  Which
+element of a pair holds swept spans flips every cycle by the parity of ``sweepgen / 2``:
+``partial[h/2 % 2]`` is partial-swept and ``partial[1 - h/2 % 2]`` partial-unswept.  So when
+the heap's sweepgen advances by 2, every swept set becomes unswept without touching a span.
+
+Here set membership is a per-span byte, ``span_set``: 0 for none (free, cached by a mutator, or
+held by a sweeper), 1/2 for ``partial[0]``/``partial[1]``, 3/4 for ``full[0]``/``full[1]``;
+the class is the span's own.  A span is in at most one set.  A set's members are found by one
+vectorized scan over the span table (`members`); sweepers and mutators take many at once.
+
+:func:`cache_span` is Go's ``mcentral.cacheSpan``: partial-swept first; then sweep
+partial-unswept spans (each has room once swept); then sweep full-unswept spans, keeping the
+first that has room, within a budget of 100 (Go's spanBudget); then grow the heap.
+:func:`uncache_span` is ``mcentral.uncacheSpan``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import sweep as _sweep
+from . import sweepgen as sg
+from .heap import SPAN_IN_USE, Heap
+from .mheap import alloc_span
+from .sizeclasses import CLASS_NPAGES
+
+SET_NONE = 0
+SPAN_BUDGET = 100
+
+
+def partial_swept(h: int) -> int:
+    return 1 + ((h >> 1) & 1)
+
+
+def partial_unswept(h: int) -> int:
+    return 1 + (((h >> 1) + 1) & 1)
+
+
+def full_swept(h: int) -> int:
+    return 3 + ((h >> 1) & 1)
+
+
+def full_unswept(h: int) -> int:
+    return 3 + (((h >> 1) + 1) & 1)
+
+
+def members(heap: Heap, sizeclass: int, set_id: int, limit: int | None = None) -> np.ndarray:
+    """Start pages of the spans of ``sizeclass`` in set ``set_id``, ascending."""
+    found = np.flatnonzero(
+        (heap.span_set == set_id)
+        & (heap.span_class == sizeclass)
+        & (heap.span_state == SPAN_IN_USE)
+    )
+    return found if limit is None else found[:limit]
+
+
+def cache_span(heap: Heap, sizeclass: int) -> tuple[int, int, _sweep.SweepStats]:
+    """A span of ``sizeclass`` with at least one free slot, cached for a mutator (h+3).
+
+    Returns (span, scavenged pages it brought in, sweep work done on the way).  Raises
+    :class:`~sweeperd.errors.OutOfMemory` when the heap cannot grow.
+    """
+    h = heap.sweepgen
+    work = _sweep.SweepStats()
+    span = -1
+    nscav = 0
+    cand = members(heap, sizeclass, partial_swept(h), limit=1)
+    if cand.size:
+        span = int(cand[0])
+    budget = SPAN_BUDGET
+    for set_id in (partial_unswept(h), full_unswept(h)):
+        while span < 0 and budget > 0:
+            cand = members(heap, sizeclass, set_id, limit=budget)
+            if cand.size == 0:
+                break
+            for s in cand:
+                s = int(s)
+                budget -= 1
+                if sg.try_claim(heap.span_sweepgen, np.array([s]), h).size == 0:
+                    continue  # another sweeper has it, or it is already swept
+                work.add(_sweep.sweep_batch(heap, np.array([s]), preserve=True))
+                heap.span_set[s] = SET_NONE
+                if heap.span_alloc_count[s] < heap.span_nelems[s]:
+                    span = s
+                    break
+                heap.span_set[s] = full_swept(h)  # still full: it stays in mcentral
+                if budget == 0:
+                    break
+    if span < 0:
+        span, nscav = alloc_span(heap, sizeclass, int(CLASS_NPAGES[sizeclass]))
+    heap.span_set[span] = SET_NONE
+    sg.cache(heap.span_sweepgen, span, h)
+    return span, nscav, work
+
+
+def uncache_span(heap: Heap, span: int) -> _sweep.SweepStats:
+    """A mutator returns a cached span.  A stale one (cached before this sweep began) is
+    swept now by the caller; a swept one goes to its partial- or full-swept set."""
+    h = heap.sweepgen
+    if sg.uncache(heap.span_sweepgen, span, h):
+        return _sweep.sweep_batch(heap, np.array([span]))
+    if heap.span_alloc_count[span] < heap.span_nelems[span]:
+        heap.span_set[span] = partial_swept(h)
+    else:
+        heap.span_set[span] = full_swept(h)
+    return _sweep.SweepStats()
