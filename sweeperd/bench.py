@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -94,7 +95,7 @@ def memcpy_bytes_per_s(nbytes: int, repeat: int = 5) -> float:
     return src.nbytes / best
 
 
-def bench_sweep(cfg: SweepBenchConfig) -> dict:  # type: ignore[type-arg]
+def bench_sweep(cfg: SweepBenchConfig) -> dict[str, Any]:
     cfg.validate()
     npg = int(CLASS_NPAGES[cfg.size_class])
     heap_bytes = (cfg.heap_mib << 20) if cfg.heap_mib else cfg.spans * npg * PAGE_SIZE

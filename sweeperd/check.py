@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import HeapCorrupt
-from .heap import H_SEARCH_ADDR, SPAN_IN_USE, Heap
+from .heap import H_SEARCH_ADDR, Heap
 from .sizeclasses import CLASS_NELEMS, CLASS_NWORDS, MAX_BITMAP_WORDS
 from .sweepgen import M32
 

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -135,7 +136,7 @@ class HeapHandle:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> HeapHandle:  # type: ignore[type-arg]
+    def from_dict(cls, d: dict[str, Any]) -> HeapHandle:
         return cls(
             RegionHandle.from_dict(d["arena"]),
             RegionHandle.from_dict(d["meta"]),
@@ -264,8 +265,9 @@ class Heap:
         """Start pages of all in-use spans, ascending."""
         return np.flatnonzero(self.span_state == SPAN_IN_USE)
 
-    def alloc_buf(self, spans: np.ndarray | int) -> np.ndarray | int:
-        """Index (0 or 1) of each span's alloc bitmap buffer; the mark buffer is the other."""
+    def alloc_buf(self, spans: Any) -> Any:
+        """Index (0 or 1) of each span's alloc bitmap buffer (an array for an array of spans,
+        a numpy scalar for one span); the mark buffer is the other."""
         return (self.span_sweptgen[spans] >> 1) & 1
 
     def meta_backed_bytes(self) -> int:

@@ -122,6 +122,7 @@ def sweep(heap: Heap, s: int, preserve: bool = False) -> bool:
     finq_push(heap, np.full(len(queued), s), np.array(queued, dtype=np.int64))
     heap.bits[m, :nw, s] = _int_to_words(mark, nw)
     heap.fin_bits[:nw, s] = _int_to_words(fin, nw)
+    heap.span_specials[s] = 1 if fin else 0
     heap.span_alloc_count[s] = nalloc
     heap.span_freeindex[s] = 0
     heap.span_nsweeps[s] += 1
@@ -176,10 +177,9 @@ def sweep_batch(heap: Heap, spans: np.ndarray, preserve: bool = False,
     sweptgen = heap.span_sweptgen[ix]
     committed = sweptgen == h
     any_committed = bool(committed.any())
+    wrong = sweptgen != (h - 2) & M32
     if any_committed:
-        wrong = ~committed & (sweptgen != (h - 2) & M32)
-    else:
-        wrong = sweptgen != (h - 2) & M32
+        wrong &= ~committed
     if wrong.any():
         s = int(spans[np.argmax(wrong)])
         raise BadSpanState(f"span {s} sweptgen {heap.span_sweptgen[s]} is neither h-2 nor h")

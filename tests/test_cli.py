@@ -1,0 +1,39 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def _sweeperd(*args):
+    return subprocess.run([sys.executable, "-m", "sweeperd.cli", *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_bench_sweep_prints_its_json():
+    r = _sweeperd("bench", "sweep", "--json", "--spans", "4096", "--live", "0.1",
+                  "--rounds", "1")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    for k in ("spans", "size_class", "live_fraction", "workers", "seconds", "spans_per_s",
+              "bitmap_bytes_per_s", "memcpy_bytes_per_s", "ratio_to_memcpy"):
+        assert k in out, k
+    assert out["spans"] == 4096 and out["size_class"] == 6 and out["live_fraction"] == 0.1
+    # 10% of the objects live, first by address: the first ~410 spans stay, the rest go
+    assert out["spans_freed"] == 4096 - 410
+    assert out["spans_per_s"] > 0 and out["memcpy_bytes_per_s"] > 0
+    assert out["ratio_to_memcpy"] == pytest.approx(
+        out["bitmap_bytes_per_s"] / out["memcpy_bytes_per_s"])
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--live", "1.5"], "--live"),
+    (["--spans", "0"], "--spans"),
+    (["--size-class", "0"], "--size-class"),
+    (["--spans", "4096", "--heap-mib", "1"], "--heap-mib"),
+    (["--spans", "many"], "--spans"),
+])
+def test_bad_flags_exit_2_naming_the_flag(args, needle):
+    r = _sweeperd("bench", "sweep", *args)
+    assert r.returncode == 2
+    assert needle in r.stderr

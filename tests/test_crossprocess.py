@@ -1,0 +1,91 @@
+"""Processes that map the same heap: one writes payloads, the parent sweeps, another checks
+that the live objects' bytes survived (checksums) and the dead ones' slots were freed."""
+
+import hashlib
+import json
+
+import multiprocess as mp
+import numpy as np
+
+from sweeperd import mheap
+from sweeperd.check import check_heap
+from sweeperd.heap import Heap, HeapHandle
+from sweeperd.sweep import sweep_batch
+
+from .conftest import claim_all, start_cycle
+
+CTX = mp.get_context("spawn")
+
+
+def _digest(heap, spans, idx):
+    from sweeperd.malloc import _object_words
+
+    h = hashlib.sha256()
+    for s, i in zip(spans.tolist(), idx.tolist(), strict=True):
+        base, nw = _object_words(heap, s, np.array([i]))
+        h.update(heap.arena64[int(base[0]) : int(base[0]) + nw].tobytes())
+    return h.hexdigest()
+
+
+def _mutator(handle_json, spans, q):
+    """Child: allocate every slot of the given spans, write payloads, mark every 3rd live."""
+    from sweeperd import malloc, mark
+
+    heap = Heap.attach(HeapHandle.from_dict(json.loads(handle_json)))
+    try:
+        ls, li = [], []
+        for s in spans:
+            idx = malloc.alloc_objects(heap, s, 10_000)
+            malloc.write_payload(heap, s, idx, seed=1234 + s)
+            keep = idx[::3]
+            ls.append(np.full(keep.size, s))
+            li.append(keep)
+        ls_a, li_a = np.concatenate(ls), np.concatenate(li)
+        mark.mark_objects(heap, ls_a, li_a)
+        q.put((ls_a.tolist(), li_a.tolist(), _digest(heap, ls_a, li_a)))
+    finally:
+        heap.close()
+
+
+def _checker(handle_json, ls, li, q):
+    heap = Heap.attach(HeapHandle.from_dict(json.loads(handle_json)))
+    try:
+        from sweeperd import malloc
+
+        ls_a, li_a = np.array(ls), np.array(li)
+        ok = all(malloc.verify_payload(heap, s, li_a[ls_a == s], seed=1234 + s).all()
+                 for s in np.unique(ls_a).tolist())
+        q.put((ok, _digest(heap, ls_a, li_a)))
+    finally:
+        heap.close()
+
+
+def _run(target, args):
+    q = CTX.Queue()
+    p = CTX.Process(target=target, args=(*args, q))
+    p.start()
+    try:
+        out = q.get(timeout=60)
+    finally:
+        p.join(timeout=30)
+        if p.is_alive():
+            p.kill()
+            p.join()
+        q.close()
+    assert p.exitcode == 0
+    return out
+
+
+def test_payloads_survive_sweep_across_processes():
+    with Heap.create(8 << 20) as heap:
+        spans = [mheap.alloc_span(heap, c)[0] for c in (2, 6, 20, 45, 66)]
+        spans.append(mheap.alloc_span(heap, 0, 4)[0])  # a large object too
+        hj = json.dumps(heap.handle.to_dict())
+        ls, li, digest_before = _run(_mutator, (hj, spans))
+        assert heap.span_alloc_count[spans].sum() > len(ls)  # some objects are dead
+        start_cycle(heap)
+        st = sweep_batch(heap, claim_all(heap))
+        assert st.objects_freed == int(heap.span_nelems[spans].sum()) - len(ls)
+        check_heap(heap)
+        ok, digest_after = _run(_checker, (hj, ls, li))
+        assert ok and digest_after == digest_before

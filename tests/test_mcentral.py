@@ -1,0 +1,62 @@
+import numpy as np
+
+from sweeperd import malloc, mark, mcentral, mheap
+from sweeperd.check import check_heap
+from sweeperd.sweepgen import SweepState, state_of, try_claim
+
+from .conftest import start_cycle
+
+
+def _fill(heap, s, live):
+    malloc.alloc_objects(heap, s, int(heap.span_nelems[s]))
+    if live:
+        mark.mark_objects(heap, np.full(len(live), s), np.array(live))
+
+
+def test_cache_span_grows_heap_when_sets_are_empty(heap):
+    s, nscav, work = mcentral.cache_span(heap, 6)
+    assert nscav == 1 and work.spans == 0
+    assert state_of(int(heap.span_sweepgen[s]), heap.sweepgen) == SweepState.CACHED_SWEPT
+
+
+def test_cache_span_prefers_partial_swept_then_sweeps_unswept(heap):
+    spans, _ = mheap.alloc_spans(heap, 6, 3)
+    for s, live in zip(spans, ([0, 1], list(range(128)), []), strict=True):
+        _fill(heap, int(s), live)
+    h = heap.sweepgen
+    heap.span_set[spans] = mcentral.full_swept(h)  # all full when the cycle ends
+    h = start_cycle(heap)
+    # cycle h: all three are full-unswept; span 0 will have room once swept
+    got, nscav, work = mcentral.cache_span(heap, 6)
+    assert got == spans[0] and nscav == 0 and work.spans == 1
+    assert heap.span_alloc_count[got] == 2
+    # uncache: it goes to partial-swept and is the first choice next time
+    mcentral.uncache_span(heap, got)
+    assert heap.span_set[got] == mcentral.partial_swept(h)
+    again, _, work = mcentral.cache_span(heap, 6)
+    assert again == got and work.spans == 0
+    mcentral.uncache_span(heap, again)
+    check_heap(heap)
+
+
+def test_full_unswept_that_stays_full_goes_to_full_swept(heap):
+    spans, _ = mheap.alloc_spans(heap, 6, 2)
+    for s in spans:
+        _fill(heap, int(s), list(range(128)))
+    heap.span_set[spans] = mcentral.full_swept(heap.sweepgen)
+    h = start_cycle(heap)
+    got, _, work = mcentral.cache_span(heap, 6)
+    assert work.spans == 2  # both swept, both still full
+    assert got not in spans.tolist()  # so the heap grew
+    assert (heap.span_set[spans] == mcentral.full_swept(h)).all()
+
+
+def test_stale_uncache_sweeps(heap):
+    s, _, _ = mcentral.cache_span(heap, 6)
+    _fill(heap, s, [3])
+    start_cycle(heap)  # s was cached before the sweep began: h+1
+    assert try_claim(heap.span_sweepgen, np.array([s]), heap.sweepgen).size == 0
+    work = mcentral.uncache_span(heap, s)
+    assert work.spans == 1 and work.objects_freed == 127
+    assert heap.span_alloc_count[s] == 1
+    check_heap(heap)
