@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import mark, mheap
-from .heap import H_SWEEPGEN, Heap
+from .heap import H_BENCH_GO, H_SWEEPGEN, Heap
 from .malloc import alloc_all
 from .sizeclasses import CLASS_NELEMS, CLASS_NPAGES, CLASS_NWORDS, CLASS_SIZE, PAGE_SIZE
 from .sweep import SPAN_META_BYTES, SweepStats, sweep_batch
@@ -95,6 +95,108 @@ def memcpy_bytes_per_s(nbytes: int, repeat: int = 5) -> float:
     return src.nbytes / best
 
 
+def _reset(heap: Heap) -> None:
+    """Free whatever the last round kept (one in-process sweep of everything, all dead)."""
+    old = heap.in_use_spans()
+    if old.size:
+        heap.header[H_SWEEPGEN] += 2
+        sweep_batch(heap, try_claim(heap.span_sweepgen, old, heap.sweepgen))
+
+
+def _result(results: Any, procs: list[Any]) -> dict[str, Any]:
+    """Next worker report; fails loudly (instead of hanging) if a worker died."""
+    import queue
+
+    while True:
+        try:
+            got: dict[str, Any] = results.get(timeout=0.5)
+            return got
+        except queue.Empty:
+            dead = [p.name for p in procs if not p.is_alive() and p.exitcode != 0]
+            if dead:
+                raise RuntimeError(f"bench: sweeper worker(s) died: {', '.join(dead)}") from None
+
+
+def bench_sweep_processes(cfg: SweepBenchConfig, worker_counts: list[int]) -> dict[str, Any]:
+    """The same heap swept by 1, 2, ... sweeper worker processes; one JSON per count."""
+    import multiprocess as mp
+
+    from workers.sweeper import bench_main
+
+    from . import shards
+
+    cfg.validate()
+    for n in worker_counts:
+        if not 1 <= n <= 64:
+            raise ValueError(f"--workers counts must be 1..64, got {n}")
+    ctx = mp.get_context("spawn")
+    npg = int(CLASS_NPAGES[cfg.size_class])
+    heap_bytes = (cfg.heap_mib << 20) if cfg.heap_mib else cfg.spans * npg * PAGE_SIZE
+    chunk = max(1024, cfg.batch)
+    runs = []
+    with Heap.create(heap_bytes) as heap:
+        heap.lock = ctx.RLock()
+        for n in worker_counts:
+            results = ctx.Queue()
+            heap.header[H_BENCH_GO] = 0
+            procs = [ctx.Process(target=bench_main, name=f"sweeper-{i}",
+                                 args=(heap.handle.to_dict(), i, heap.lock, results,
+                                       cfg.rounds, chunk))
+                     for i in range(n)]
+            for p in procs:
+                p.start()
+            try:
+                best = None
+                times = []
+                for r in range(1, cfg.rounds + 1):
+                    _reset(heap)
+                    spans = fill_heap(heap, cfg.size_class, cfg.spans)
+                    mark_prefix(heap, spans, cfg.live)
+                    heap.header[H_SWEEPGEN] += 2
+                    shards.assign(heap, n)
+                    heap.header[H_BENCH_GO] = r  # go
+                    per = [_result(results, procs) for _ in range(n)]
+                    # first worker's start to last worker's end, on the shared monotonic clock
+                    dt = max(r["t1"] for r in per) - min(r["t0"] for r in per)
+                    times.append(dt)
+                    if shards.unswept(heap).size or shards.unfinished(heap).size:
+                        raise RuntimeError("bench: spans left unswept after the workers ended")
+                    if best is None or dt < best[0]:
+                        best = (dt, per)
+            finally:
+                for p in procs:
+                    p.join(timeout=30)
+                    if p.is_alive():
+                        p.kill()
+                        p.join()
+                results.close()
+            assert best is not None
+            dt, per = best
+            nsp = sum(r["spans"] for r in per)
+            swept_bytes = sum(r["bitmap_bytes"] for r in per) + nsp * SPAN_META_BYTES
+            memcpy = memcpy_bytes_per_s(swept_bytes)
+            runs.append({
+                "workers": n, "mode": "processes", "seconds": dt, "seconds_all_rounds": times,
+                "spans": nsp, "spans_per_s": nsp / dt,
+                "pages_per_s": sum(r["pages"] for r in per) / dt,
+                "objects_freed": sum(r["objects_freed"] for r in per),
+                "spans_freed": sum(r["spans_freed"] for r in per),
+                "spans_by_worker": [r["spans"] for r in sorted(per, key=lambda r: r["worker"])],
+                "bytes_swept": swept_bytes, "bitmap_bytes_per_s": swept_bytes / dt,
+                "memcpy_bytes_per_s": memcpy, "ratio_to_memcpy": swept_bytes / dt / memcpy,
+                "ratio_to_go": nsp / dt / (sum(GO_SPANS_PER_S) / 2),
+            })
+    out: dict[str, Any] = {
+        "bench": "sweep", "size_class": cfg.size_class,
+        "object_bytes": int(CLASS_SIZE[cfg.size_class]), "live_fraction": cfg.live,
+        "spans": cfg.spans, "rounds": cfg.rounds, "chunk_pages": chunk,
+        "go_1_19_spans_per_s": list(GO_SPANS_PER_S), "runs": runs,
+    }
+    if len(runs) > 1:
+        out["speedup"] = runs[-1]["spans_per_s"] / runs[0]["spans_per_s"]
+    return out
+
+
 def bench_sweep(cfg: SweepBenchConfig) -> dict[str, Any]:
     cfg.validate()
     npg = int(CLASS_NPAGES[cfg.size_class])
@@ -103,11 +205,7 @@ def bench_sweep(cfg: SweepBenchConfig) -> dict[str, Any]:
     times = []
     with Heap.create(heap_bytes) as heap:
         for _ in range(cfg.rounds):
-            old = heap.in_use_spans()
-            if old.size:  # reset between rounds: free whatever the last round kept
-                heap.header[H_SWEEPGEN] += 2
-                h = heap.sweepgen
-                sweep_batch(heap, try_claim(heap.span_sweepgen, old, h))
+            _reset(heap)
             spans = fill_heap(heap, cfg.size_class, cfg.spans)
             mark_prefix(heap, spans, cfg.live)
             heap.header[H_SWEEPGEN] += 2  # the sweep phase begins
@@ -137,6 +235,7 @@ def bench_sweep(cfg: SweepBenchConfig) -> dict[str, Any]:
         "bitmap_words_per_span": int(CLASS_NWORDS[cfg.size_class]),
         "live_fraction": cfg.live,
         "workers": 1,
+        "mode": "in-process",
         "batch": cfg.batch,
         "rounds": cfg.rounds,
         "seconds": dt,

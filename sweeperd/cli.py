@@ -20,16 +20,32 @@ def _bench_sweep(args: argparse.Namespace) -> int:
     )
     try:
         cfg.validate()
+        counts = _int_list(args.workers, "--workers") if args.workers is not None else None
     except ValueError as e:
         print(f"sweeperd bench sweep: {e}", file=sys.stderr)
         return 2
-    result = bench_sweep(cfg)
+    if counts:
+        from .bench import bench_sweep_processes
+
+        result = bench_sweep_processes(cfg, counts)
+    else:
+        result = bench_sweep(cfg)
     if args.json:
         print(json.dumps(result))
     else:
         for k, v in result.items():
             print(f"{k:>24}: {v}")
     return 0
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        vals = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"{flag} takes comma-separated integers, got {text!r}") from None
+    if not vals or any(not 1 <= v <= 64 for v in vals):
+        raise ValueError(f"{flag} takes worker counts within 1..64, got {text!r}")
+    return vals
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="heap size in MiB (default: just enough for the spans)")
     bs.add_argument("--batch", type=int, default=65_536, help="spans per claimed batch")
     bs.add_argument("--rounds", type=int, default=3, help="rounds; the fastest is reported")
+    bs.add_argument("--workers", default=None,
+                    help="comma-separated sweeper process counts, e.g. 1,2 (default: sweep "
+                         "in this process)")
     bs.add_argument("--json", action="store_true", help="print one JSON object")
     bs.set_defaults(func=_bench_sweep)
     return p

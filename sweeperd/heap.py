@@ -40,6 +40,7 @@ Invariants (checked by :func:`sweeperd.check.check_heap`):
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,7 +51,7 @@ from .shm import OS_PAGE, RegionHandle, SharedRegion
 from .sizeclasses import MAX_BITMAP_WORDS, PAGE_SHIFT, PAGE_SIZE
 
 MAGIC = 0x5357_4545_5045_5244  # "SWEEPERD"
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 
 # Span states (Go's mSpanState).
 SPAN_DEAD = 0
@@ -67,11 +68,13 @@ H_FINQ_HEAD = 6
 H_FINQ_TAIL = 7
 H_FINQ_CAP = 8
 H_SCAV_SEARCH = 9  # reserved for the scavenger
+H_BENCH_GO = 10  # benchmark rounds: workers start round r when this reaches r
 HEADER_WORDS = 64
 
 # Sweepgen starts above zero so that h-2 never goes below zero.
 INITIAL_SWEEPGEN = 4
 DEFAULT_FINQ_CAP = 1 << 16
+MAX_SHARDS = 64  # sweeper shards: [cursor, end) page ranges, see sweeperd.shards
 
 
 def _align(n: int, a: int = OS_PAGE) -> int:
@@ -98,6 +101,7 @@ def _fields(npages: int, finq_cap: int) -> list[tuple[str, np.dtype, tuple[int, 
         ("bits", np.dtype(np.uint64), (2, MAX_BITMAP_WORDS, npages)),
         ("fin_bits", np.dtype(np.uint64), (MAX_BITMAP_WORDS, npages)),
         ("finq", np.dtype(np.int64), (finq_cap,)),
+        ("shards", np.dtype(np.int64), (MAX_SHARDS, 2)),
     ]
 
 
@@ -169,6 +173,7 @@ class Heap:
     bits: np.ndarray
     fin_bits: np.ndarray
     finq: np.ndarray
+    shards: np.ndarray
 
     def __init__(self, arena: SharedRegion, meta: SharedRegion, layout: Layout) -> None:
         self.arena_region = arena
@@ -182,6 +187,10 @@ class Heap:
             setattr(self, name, arr.reshape(shape))
         self.arena = np.frombuffer(arena.mmap, dtype=np.uint8)
         self.arena64 = self.arena.view(np.uint64)
+        # The heap lock (Go's mheap_.lock, plus the atomics of span claims): a no-op while one
+        # process owns the heap; process shells install a shared recursive lock.  Held for
+        # claims, page-heap changes and finalizer-queue pushes, never for a whole sweep.
+        self.lock: AbstractContextManager[Any] = nullcontext()
 
     # --- life cycle -------------------------------------------------------------------------
 

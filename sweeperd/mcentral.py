@@ -68,9 +68,11 @@ def cache_span(heap: Heap, sizeclass: int) -> tuple[int, int, _sweep.SweepStats]
     work = _sweep.SweepStats()
     span = -1
     nscav = 0
-    cand = members(heap, sizeclass, partial_swept(h), limit=1)
-    if cand.size:
-        span = int(cand[0])
+    with heap.lock:
+        cand = members(heap, sizeclass, partial_swept(h), limit=1)
+        if cand.size:
+            span = int(cand[0])
+            heap.span_set[span] = SET_NONE
     budget = SPAN_BUDGET
     for set_id in (partial_unswept(h), full_unswept(h)):
         while span < 0 and budget > 0:
@@ -80,8 +82,9 @@ def cache_span(heap: Heap, sizeclass: int) -> tuple[int, int, _sweep.SweepStats]
             for s in cand:
                 s = int(s)
                 budget -= 1
-                if sg.try_claim(heap.span_sweepgen, np.array([s]), h).size == 0:
-                    continue  # another sweeper has it, or it is already swept
+                with heap.lock:
+                    if sg.try_claim(heap.span_sweepgen, np.array([s]), h).size == 0:
+                        continue  # another sweeper has it, or it is already swept
                 work.add(_sweep.sweep_batch(heap, np.array([s]), preserve=True))
                 heap.span_set[s] = SET_NONE
                 if heap.span_alloc_count[s] < heap.span_nelems[s]:
@@ -90,10 +93,11 @@ def cache_span(heap: Heap, sizeclass: int) -> tuple[int, int, _sweep.SweepStats]
                 heap.span_set[s] = full_swept(h)  # still full: it stays in mcentral
                 if budget == 0:
                     break
-    if span < 0:
-        span, nscav = alloc_span(heap, sizeclass, int(CLASS_NPAGES[sizeclass]))
-    heap.span_set[span] = SET_NONE
-    sg.cache(heap.span_sweepgen, span, h)
+    with heap.lock:
+        if span < 0:
+            span, nscav = alloc_span(heap, sizeclass, int(CLASS_NPAGES[sizeclass]))
+        heap.span_set[span] = SET_NONE
+        sg.cache(heap.span_sweepgen, span, h)
     return span, nscav, work
 
 

@@ -119,7 +119,8 @@ def sweep(heap: Heap, s: int, preserve: bool = False) -> bool:
         i = (bad & -bad).bit_length() - 1
         raise FoundPointerToFreeObject(f"span {s} object {i} is marked but not allocated")
 
-    finq_push(heap, np.full(len(queued), s), np.array(queued, dtype=np.int64))
+    with heap.lock:
+        finq_push(heap, np.full(len(queued), s), np.array(queued, dtype=np.int64))
     heap.bits[m, :nw, s] = _int_to_words(mark, nw)
     heap.fin_bits[:nw, s] = _int_to_words(fin, nw)
     heap.span_specials[s] = 1 if fin else 0
@@ -132,7 +133,8 @@ def sweep(heap: Heap, s: int, preserve: bool = False) -> bool:
     if preserve:
         return False
     if nalloc == 0:
-        free_spans(heap, np.array([s]))
+        with heap.lock:
+            free_spans(heap, np.array([s]))
         return True
     if nalloc == nelems:
         heap.span_set[s] = mcentral.full_swept(h)
@@ -229,7 +231,8 @@ def sweep_batch(heap: Heap, spans: np.ndarray, preserve: bool = False,
     for k, cols, cix, fin, nalloc, nbefore in pending:
         if fin is not None:
             fcols, mnew, clear, (qs, qi) = fin
-            finq_push(heap, qs, qi)
+            with heap.lock:
+                finq_push(heap, qs, qi)
             st.finalizers_queued += qs.size
             mv = heap.bits[m, :k]
             mv[:, cols[fcols]] = mnew
@@ -263,7 +266,8 @@ def sweep_batch(heap: Heap, spans: np.ndarray, preserve: bool = False,
         heap.span_set[spans[~empty & ~full]] = mcentral.partial_swept(h)
         freed = spans[empty]
     if freed.size:
-        st.pages_freed = free_spans(heap, freed)
+        with heap.lock:
+            st.pages_freed = free_spans(heap, freed)
         st.spans_freed = int(freed.size)
         st.freed_starts = freed
     return st

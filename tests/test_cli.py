@@ -37,3 +37,22 @@ def test_bad_flags_exit_2_naming_the_flag(args, needle):
     r = _sweeperd("bench", "sweep", *args)
     assert r.returncode == 2
     assert needle in r.stderr
+
+
+def test_bench_sweep_with_worker_processes():
+    r = _sweeperd("bench", "sweep", "--json", "--spans", "8192", "--workers", "1,2",
+                  "--rounds", "2", "--live", "0.5")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert [run["workers"] for run in out["runs"]] == [1, 2]
+    for run in out["runs"]:
+        assert run["spans"] == 8192 and sum(run["spans_by_worker"]) == 8192
+        assert run["spans_freed"] == 4096  # the second half of the objects is dead
+    assert out["speedup"] == pytest.approx(
+        out["runs"][1]["spans_per_s"] / out["runs"][0]["spans_per_s"])
+
+
+@pytest.mark.parametrize("val", ["0", "1,x", "65", ""])
+def test_bad_worker_counts_exit_2(val):
+    r = _sweeperd("bench", "sweep", "--workers", val)
+    assert r.returncode == 2 and "--workers" in r.stderr
