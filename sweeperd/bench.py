@@ -135,12 +135,11 @@ def bench_sweep_processes(cfg: SweepBenchConfig, worker_counts: list[int]) -> di
     chunk = max(1024, cfg.batch)
     runs = []
     with Heap.create(heap_bytes) as heap:
-        heap.lock = ctx.RLock()
         for n in worker_counts:
             results = ctx.Queue()
             heap.header[H_BENCH_GO] = 0
             procs = [ctx.Process(target=bench_main, name=f"sweeper-{i}",
-                                 args=(heap.handle.to_dict(), i, heap.lock, results,
+                                 args=(heap.handle.to_dict(), i, results,
                                        cfg.rounds, chunk))
                      for i in range(n)]
             for p in procs:

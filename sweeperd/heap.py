@@ -40,18 +40,18 @@ Invariants (checked by :func:`sweeperd.check.check_heap`):
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from .errors import HeapCorrupt
-from .shm import OS_PAGE, RegionHandle, SharedRegion
+from .shm import OS_PAGE, FlockLock, RegionHandle, SharedRegion
 from .sizeclasses import MAX_BITMAP_WORDS, PAGE_SHIFT, PAGE_SIZE
 
 MAGIC = 0x5357_4545_5045_5244  # "SWEEPERD"
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3
 
 # Span states (Go's mSpanState).
 SPAN_DEAD = 0
@@ -98,6 +98,7 @@ def _fields(npages: int, finq_cap: int) -> list[tuple[str, np.dtype, tuple[int, 
         ("span_sweptgen", np.dtype(np.uint32), (npages,)),
         ("span_nsweeps", np.dtype(np.uint32), (npages,)),
         ("span_specials", np.dtype(np.uint8), (npages,)),
+        ("span_owner", np.dtype(np.uint8), (npages,)),
         ("bits", np.dtype(np.uint64), (2, MAX_BITMAP_WORDS, npages)),
         ("fin_bits", np.dtype(np.uint64), (MAX_BITMAP_WORDS, npages)),
         ("finq", np.dtype(np.int64), (finq_cap,)),
@@ -170,6 +171,7 @@ class Heap:
     span_sweptgen: np.ndarray
     span_nsweeps: np.ndarray
     span_specials: np.ndarray
+    span_owner: np.ndarray
     bits: np.ndarray
     fin_bits: np.ndarray
     finq: np.ndarray
@@ -187,10 +189,10 @@ class Heap:
             setattr(self, name, arr.reshape(shape))
         self.arena = np.frombuffer(arena.mmap, dtype=np.uint8)
         self.arena64 = self.arena.view(np.uint64)
-        # The heap lock (Go's mheap_.lock, plus the atomics of span claims): a no-op while one
-        # process owns the heap; process shells install a shared recursive lock.  Held for
-        # claims, page-heap changes and finalizer-queue pushes, never for a whole sweep.
-        self.lock: AbstractContextManager[Any] = nullcontext()
+        # The heap lock (Go's mheap_.lock, plus the atomics of span claims), shared by every
+        # process that maps the heap and released by the kernel if its holder is killed.
+        # Held for claims, page-heap changes and finalizer-queue pushes, never a whole sweep.
+        self.lock: AbstractContextManager[Any] = FlockLock(meta.fd)
 
     # --- life cycle -------------------------------------------------------------------------
 

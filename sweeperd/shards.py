@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from .heap import MAX_SHARDS, SPAN_IN_USE, Heap
+from .sweep import SweepStats, sweep_batch
 from .sweepgen import M32, try_claim
 
 
@@ -63,7 +64,7 @@ def claim_next(heap: Heap, me: int, chunk_pages: int = 16384) -> np.ndarray | No
         if lo >= hi:
             return None
         starts = np.flatnonzero(heap.span_state[lo:hi] == SPAN_IN_USE) + lo
-        return try_claim(heap.span_sweepgen, starts, h)
+        return try_claim(heap.span_sweepgen, starts, h, heap.span_owner, me)
 
 
 def remaining_pages(heap: Heap) -> int:
@@ -77,8 +78,16 @@ def unswept(heap: Heap) -> np.ndarray:
                           & (heap.span_sweepgen == (h - 2) & M32))
 
 
-def unfinished(heap: Heap) -> np.ndarray:
-    """In-use spans claimed but not finished (h-1): after a sweeper dies, its leftovers."""
+def unfinished(heap: Heap, owner: int | None = None) -> np.ndarray:
+    """In-use spans claimed but not finished (h-1), all or those of one claimer."""
     h = heap.sweepgen
-    return np.flatnonzero((heap.span_state == SPAN_IN_USE)
-                          & (heap.span_sweepgen == (h - 1) & M32))
+    m = (heap.span_state == SPAN_IN_USE) & (heap.span_sweepgen == (h - 1) & M32)
+    if owner is not None:
+        m &= heap.span_owner == owner
+    return np.flatnonzero(m)
+
+
+def recover(heap: Heap, dead: int) -> SweepStats:
+    """Finish the sweep of the spans a dead sweeper had claimed (coordinator, once it has
+    reaped the process).  Committed spans are finished, the rest swept; nothing twice."""
+    return sweep_batch(heap, unfinished(heap, dead), recover=True)

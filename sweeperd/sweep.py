@@ -35,6 +35,7 @@ All checks of a batch run before its first write, so a failed batch changes noth
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -159,8 +160,14 @@ def _unpack_positions(r: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 def sweep_batch(heap: Heap, spans: np.ndarray, preserve: bool = False,
-                recover: bool = False) -> SweepStats:
-    """Sweep many claimed spans at once; the same result as :func:`sweep` on each in turn."""
+                recover: bool = False,
+                fault: Callable[[str], None] | None = None) -> SweepStats:
+    """Sweep many claimed spans at once; the same result as :func:`sweep` on each in turn.
+
+    ``fault`` is a test seam called at the phase boundaries ("checked", "committed",
+    "published", and "freeing" inside the heap lock), where a test kills the process to prove
+    each point recoverable.
+    """
     spans = np.asarray(spans, dtype=np.int64)
     st = SweepStats()
     if spans.size == 0:
@@ -227,6 +234,8 @@ def sweep_batch(heap: Heap, spans: np.ndarray, preserve: bool = False,
         nbefore = np.bitwise_count(A).sum(dtype=np.int64)
         pending.append((k, cols, cix, fin, nalloc, int(nbefore)))
 
+    if fault:
+        fault("checked")
     # Phase 2: writes up to and including the commit.
     for k, cols, cix, fin, nalloc, nbefore in pending:
         if fin is not None:
@@ -246,12 +255,16 @@ def sweep_batch(heap: Heap, spans: np.ndarray, preserve: bool = False,
         st.objects_freed += nbefore - int(nalloc.sum())
         st.bitmap_bytes += cols.size * k * 8 * 2
 
+    if fault:
+        fault("committed")
     # Phase 3: idempotent finishing, for the spans committed now and by a dead sweeper.
     for k in kinds:
         cix = ix if len(kinds) == 1 else span_ix(spans[nws == k])
         av = heap.bits[a, :k]
         av[:, cix] = 0  # the old alloc buffer becomes the fresh mark bitmap
     heap.span_sweepgen[ix] = h  # publish
+    if fault:
+        fault("published")
     st.spans = int(spans.size)
     st.pages = int(heap.span_npages[ix].sum(dtype=np.int64))
     if preserve:
@@ -267,6 +280,8 @@ def sweep_batch(heap: Heap, spans: np.ndarray, preserve: bool = False,
         freed = spans[empty]
     if freed.size:
         with heap.lock:
+            if fault:
+                fault("freeing")  # inside the heap lock: a death here must not wedge it
             st.pages_freed = free_spans(heap, freed)
         st.spans_freed = int(freed.size)
         st.freed_starts = freed

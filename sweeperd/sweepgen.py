@@ -62,20 +62,27 @@ def at(h: int, state: SweepState) -> int:
     return (h + int(state)) & M32
 
 
-def try_claim(span_sweepgen: np.ndarray, spans: np.ndarray, h: int) -> np.ndarray:
+def try_claim(span_sweepgen: np.ndarray, spans: np.ndarray, h: int,
+              owner: np.ndarray | None = None, me: int = 0) -> np.ndarray:
     """Claim every span of ``spans`` that needs sweeping (h-2 -> h-1); return the claimed.
 
-    The caller holds the claim lock (or is the only process); the test and the set happen in
-    one vectorized step per batch, never one message or lock per span.
+    The caller holds the heap lock (or is the only process); the test and the set happen in
+    one vectorized step per batch, never one message or lock per span.  With ``owner`` (the
+    heap's ``span_owner``), the claimer's id ``me`` is recorded first, so that if the claimer
+    dies its spans can be told from those of live sweepers.
     """
     spans = np.asarray(spans, dtype=np.int64)
     if spans.size and int(spans[-1]) - int(spans[0]) == spans.size - 1:
         view = span_sweepgen[int(spans[0]) : int(spans[0]) + spans.size]  # a run: no gathers
         ok = view == at(h, SweepState.NEEDS_SWEEP)
         if ok.all():
+            if owner is not None:
+                owner[int(spans[0]) : int(spans[0]) + spans.size] = me
             view[:] = at(h, SweepState.SWEEPING)
             return spans
     mine = spans[span_sweepgen[spans] == at(h, SweepState.NEEDS_SWEEP)]
+    if owner is not None:
+        owner[mine] = me
     span_sweepgen[mine] = at(h, SweepState.SWEEPING)
     return mine
 

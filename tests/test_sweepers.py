@@ -16,9 +16,8 @@ from .heapgen import build
 CTX = mp.get_context("spawn")
 
 
-def _sweeper(handle_json, me, lock, go, q):
+def _sweeper(handle_json, me, go, q):
     heap = Heap.attach(HeapHandle.from_dict(json.loads(handle_json)))
-    heap.lock = lock
     try:
         go.wait(30)
         st = sweep_until_done(heap, me, chunk_pages=64)
@@ -30,7 +29,6 @@ def _sweeper(handle_json, me, lock, go, q):
 def test_two_sweepers_and_a_mutator_sweep_each_span_exactly_once():
     rng = np.random.default_rng(7)
     with Heap.create(32 << 20) as heap:
-        heap.lock = CTX.RLock()
         for _cycle in range(3):
             build(heap, rng, 400, p_fin=0.0)  # fresh spans, marks, sweepgen += 2
             before = heap.snapshot()
@@ -39,7 +37,7 @@ def test_two_sweepers_and_a_mutator_sweep_each_span_exactly_once():
             shards.assign(heap, 2)
             go, q = CTX.Event(), CTX.Queue()
             hj = json.dumps(heap.handle.to_dict())
-            ps = [CTX.Process(target=_sweeper, args=(hj, i, heap.lock, go, q)) for i in range(2)]
+            ps = [CTX.Process(target=_sweeper, args=(hj, i, go, q)) for i in range(2)]
             for p in ps:
                 p.start()
             try:

@@ -9,6 +9,7 @@ sweepgen h-1 and the coordinator has them swept with ``recover=True``.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from sweeperd.heap import H_BENCH_GO, Heap, HeapHandle
@@ -16,22 +17,24 @@ from sweeperd.shards import claim_next
 from sweeperd.sweep import SweepStats, sweep_batch
 
 
-def sweep_until_done(heap: Heap, me: int, chunk_pages: int = 16384) -> SweepStats:
+def sweep_until_done(heap: Heap, me: int, chunk_pages: int = 16384,
+                     fault: Callable[[str], None] | None = None) -> SweepStats:
     """Sweep this worker's shard, then steal, until no unclaimed pages are left anywhere."""
     stats = SweepStats()
     while (spans := claim_next(heap, me, chunk_pages)) is not None:
+        if fault:
+            fault("claimed")
         if spans.size:
-            stats.add(sweep_batch(heap, spans))
+            stats.add(sweep_batch(heap, spans, fault=fault))
     return stats
 
 
-def bench_main(handle: dict[str, Any], me: int, lock: Any, results: Any, rounds: int,
+def bench_main(handle: dict[str, Any], me: int, results: Any, rounds: int,
                chunk_pages: int) -> None:
     """Benchmark shell: one sweep per round.  Round r starts when the driver sets the heap
     header's H_BENCH_GO to r; workers poll it every 50 µs, so they start within ~0.1 ms of
     each other (a barrier's wake-up skew was several ms, larger than the sweep itself)."""
     heap = Heap.attach(HeapHandle.from_dict(handle))
-    heap.lock = lock
     try:
         for r in range(1, rounds + 1):
             while heap.header[H_BENCH_GO] < r:

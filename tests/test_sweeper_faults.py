@@ -1,0 +1,87 @@
+"""kill -9 of a sweeper worker at each point of its sweep: the heap lock is released by the
+kernel, the survivors and the recovery finish the cycle, and every span is swept exactly once."""
+
+import json
+import os
+import signal
+
+import multiprocess as mp
+import numpy as np
+import pytest
+
+from sweeperd import shards
+from sweeperd.check import check_heap
+from sweeperd.heap import Heap, HeapHandle
+from workers.sweeper import sweep_until_done
+
+from .heapgen import build
+
+CTX = mp.get_context("spawn")
+
+
+def _sweeper(handle_json, me, die_at, go, q):
+    heap = Heap.attach(HeapHandle.from_dict(json.loads(handle_json)))
+    seen = {"n": 0}
+
+    def fault(point):
+        if point == die_at:
+            seen["n"] += 1
+            if seen["n"] == 2:  # die in the middle of its second batch
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    try:
+        go.wait(30)
+        st = sweep_until_done(heap, me, chunk_pages=128, fault=fault if die_at else None)
+        q.put((me, st.spans, st.objects_freed))
+    finally:
+        heap.close()
+
+
+@pytest.mark.parametrize("die_at", ["claimed", "checked", "committed", "published",
+                                    "freeing"])
+def test_kill_9_mid_sweep_cycle_completes_exactly_once(die_at):
+    rng = np.random.default_rng(11)
+    with Heap.create(32 << 20) as heap:
+        build(heap, rng, 600)
+        before = heap.snapshot()
+        spans0 = heap.in_use_spans()
+        alloc0 = int(heap.span_alloc_count[spans0].sum())
+        shards.assign(heap, 2)
+        go, q = CTX.Event(), CTX.Queue()
+        hj = json.dumps(heap.handle.to_dict())
+        ps = [CTX.Process(target=_sweeper, args=(hj, i, die_at if i == 0 else None, go, q))
+              for i in range(2)]
+        try:
+            # the victim runs first so that it surely reaches its second batch; the survivor
+            # then has to take over its shard and the heap lock it may have died holding
+            ps[0].start()
+            go.set()
+            ps[0].join(timeout=60)
+            assert ps[0].exitcode == -signal.SIGKILL  # the victim really died by SIGKILL
+            ps[1].start()
+            res = [q.get(timeout=60)]
+            ps[1].join(timeout=60)
+        finally:
+            for p in ps:
+                if p.pid is not None and p.is_alive():
+                    p.kill()
+                    p.join()
+            q.close()
+        assert ps[1].exitcode == 0
+        # the coordinator's part: recover what the dead worker had claimed, then a
+        # replacement worker takes whatever pages are left
+        rec = shards.recover(heap, 0)
+        left = sweep_until_done(heap, 0)
+        assert shards.unswept(heap).size == 0 and shards.unfinished(heap).size == 0
+        d = heap.span_nsweeps[spans0].astype(np.int64) - before["span_nsweeps"][spans0]
+        assert (d == 1).all(), f"{die_at}: spans swept {np.unique(d).tolist()} times"
+        check_heap(heap)
+        # no object lost: what was allocated is still allocated or was freed — counted from
+        # the bitmaps, since the dead worker's own counts died with it
+        live = spans0[heap.span_state[spans0] != 0]
+        assert int(heap.span_alloc_count[live].sum()) <= alloc0
+        marked = before["bits"][1 - int((heap.sweepgen - 2) >> 1 & 1)][:, spans0]
+        fin = before["fin_bits"][:, spans0]
+        expect = int(np.bitwise_count(marked | fin).sum())
+        assert int(heap.span_alloc_count[live].sum()) == expect
+        assert res[0][1] + rec.spans + left.spans <= spans0.size
