@@ -121,6 +121,7 @@ def bench_sweep_processes(cfg: SweepBenchConfig, worker_counts: list[int]) -> di
     """The same heap swept by 1, 2, ... sweeper worker processes; one JSON per count."""
     import multiprocess as mp
 
+    from workers.procs import reap
     from workers.sweeper import bench_main
 
     from . import shards
@@ -163,11 +164,7 @@ def bench_sweep_processes(cfg: SweepBenchConfig, worker_counts: list[int]) -> di
                     if best is None or dt < best[0]:
                         best = (dt, per)
             finally:
-                for p in procs:
-                    p.join(timeout=30)
-                    if p.is_alive():
-                        p.kill()
-                        p.join()
+                reap(procs)
                 results.close()
             assert best is not None
             dt, per = best

@@ -12,6 +12,7 @@ import pytest
 from sweeperd import shards
 from sweeperd.check import check_heap
 from sweeperd.heap import Heap, HeapHandle
+from workers.procs import reap
 from workers.sweeper import sweep_until_done
 
 from .heapgen import build
@@ -62,10 +63,7 @@ def test_kill_9_mid_sweep_cycle_completes_exactly_once(die_at):
             res = [q.get(timeout=60)]
             ps[1].join(timeout=60)
         finally:
-            for p in ps:
-                if p.pid is not None and p.is_alive():
-                    p.kill()
-                    p.join()
+            reap(ps)
             q.close()
         assert ps[1].exitcode == 0
         # the coordinator's part: recover what the dead worker had claimed, then a

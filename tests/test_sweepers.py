@@ -9,6 +9,7 @@ import numpy as np
 from sweeperd import mcentral, shards
 from sweeperd.check import check_heap
 from sweeperd.heap import Heap, HeapHandle
+from workers.procs import reap
 from workers.sweeper import sweep_until_done
 
 from .heapgen import build
@@ -52,11 +53,7 @@ def test_two_sweepers_and_a_mutator_sweep_each_span_exactly_once():
                     mut_freed += work.objects_freed
                 res = [q.get(timeout=60) for _ in ps]
             finally:
-                for p in ps:
-                    p.join(timeout=30)
-                    if p.is_alive():
-                        p.kill()
-                        p.join()
+                reap(ps)
                 q.close()
             assert all(p.exitcode == 0 for p in ps)
             for s in cached:
