@@ -2,7 +2,6 @@
 kernel, the survivors and the recovery finish the cycle, and every span is swept exactly once."""
 
 import json
-import os
 import signal
 
 import multiprocess as mp
@@ -11,31 +10,14 @@ import pytest
 
 from sweeperd import shards
 from sweeperd.check import check_heap
-from sweeperd.heap import Heap, HeapHandle
+from sweeperd.heap import Heap
 from workers.procs import reap
 from workers.sweeper import sweep_until_done
 
 from .heapgen import build
+from .sweeperproc import sweeper
 
 CTX = mp.get_context("spawn")
-
-
-def _sweeper(handle_json, me, die_at, go, q):
-    heap = Heap.attach(HeapHandle.from_dict(json.loads(handle_json)))
-    seen = {"n": 0}
-
-    def fault(point):
-        if point == die_at:
-            seen["n"] += 1
-            if seen["n"] == 2:  # die in the middle of its second batch
-                os.kill(os.getpid(), signal.SIGKILL)
-
-    try:
-        go.wait(30)
-        st = sweep_until_done(heap, me, chunk_pages=128, fault=fault if die_at else None)
-        q.put((me, st.spans, st.objects_freed))
-    finally:
-        heap.close()
 
 
 @pytest.mark.parametrize("die_at", ["claimed", "checked", "committed", "published",
@@ -50,7 +32,7 @@ def test_kill_9_mid_sweep_cycle_completes_exactly_once(die_at):
         shards.assign(heap, 2)
         go, q = CTX.Event(), CTX.Queue()
         hj = json.dumps(heap.handle.to_dict())
-        ps = [CTX.Process(target=_sweeper, args=(hj, i, die_at if i == 0 else None, go, q))
+        ps = [CTX.Process(target=sweeper, args=(hj, i, go, q, die_at if i == 0 else None))
               for i in range(2)]
         try:
             # the victim runs first so that it surely reaches its second batch; the survivor

@@ -8,23 +8,13 @@ import numpy as np
 
 from sweeperd import mcentral, shards
 from sweeperd.check import check_heap
-from sweeperd.heap import Heap, HeapHandle
+from sweeperd.heap import Heap
 from workers.procs import reap
-from workers.sweeper import sweep_until_done
 
 from .heapgen import build
+from .sweeperproc import sweeper
 
 CTX = mp.get_context("spawn")
-
-
-def _sweeper(handle_json, me, go, q):
-    heap = Heap.attach(HeapHandle.from_dict(json.loads(handle_json)))
-    try:
-        go.wait(30)
-        st = sweep_until_done(heap, me, chunk_pages=64)
-        q.put((st.spans, st.objects_freed))
-    finally:
-        heap.close()
 
 
 def test_two_sweepers_and_a_mutator_sweep_each_span_exactly_once():
@@ -38,7 +28,7 @@ def test_two_sweepers_and_a_mutator_sweep_each_span_exactly_once():
             shards.assign(heap, 2)
             go, q = CTX.Event(), CTX.Queue()
             hj = json.dumps(heap.handle.to_dict())
-            ps = [CTX.Process(target=_sweeper, args=(hj, i, go, q)) for i in range(2)]
+            ps = [CTX.Process(target=sweeper, args=(hj, i, go, q, None, 64)) for i in range(2)]
             for p in ps:
                 p.start()
             try:
@@ -61,10 +51,10 @@ def test_two_sweepers_and_a_mutator_sweep_each_span_exactly_once():
             assert shards.unswept(heap).size == 0 and shards.unfinished(heap).size == 0
             d = heap.span_nsweeps[spans0].astype(np.int64) - before["span_nsweeps"][spans0]
             assert (d == 1).all(), f"spans swept {np.unique(d)} times"
-            assert sum(r[0] for r in res) + mut_spans == spans0.size
+            assert sum(r[1] for r in res) + mut_spans == spans0.size
             # conservation: allocated before = still allocated in those spans + freed (the
             # mutator allocated nothing; a span it grew into a freed page holds 0 objects)
-            freed = sum(r[1] for r in res) + mut_freed
+            freed = sum(r[2] for r in res) + mut_freed
             live = spans0[heap.span_state[spans0] != 0]
             assert alloc0 - freed == int(heap.span_alloc_count[live].sum())
             check_heap(heap)
