@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .config import Config
 
 
 def _bench_sweep(args: argparse.Namespace) -> int:
@@ -48,6 +52,94 @@ def _int_list(text: str, flag: str) -> list[int]:
     return vals
 
 
+def _load_config(args: argparse.Namespace) -> Config:
+    """The config file overlaid with the flags given (flags win)."""
+    from .config import from_dict, load
+
+    cfg = load(args.config)
+    over: dict[str, dict[str, Any]] = {}
+    for flag, (sec, key) in RUN_FLAGS.items():
+        v = getattr(args, flag, None)
+        if v is not None:
+            over.setdefault(sec, {})[key] = v
+    return from_dict(over, cfg) if over else cfg
+
+
+RUN_FLAGS = {
+    "heap_mib": ("heap", "size_mib"),
+    "sweepers": ("sweep", "sweepers"),
+    "mutators": ("mutators", "count"),
+    "metrics_addr": ("metrics", "addr"),
+    "control": ("control", "addr"),
+    "duration": ("run", "duration_s"),
+    "debug_checks": ("run", "debug_checks"),
+}
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .config import ConfigError
+
+    try:
+        cfg = _load_config(args)
+    except ConfigError as e:
+        print(f"sweeperd run: {e}", file=sys.stderr)
+        return 2
+    from .coordinator import Coordinator
+
+    try:
+        co = Coordinator(cfg)
+    except Exception as e:  # bind failures, heap too large for this machine, ...
+        print(f"sweeperd run: cannot start: {e}", file=sys.stderr)
+        return 1
+    co.install_signal_handlers()
+    try:
+        print(f"sweeperd: heap {cfg.heap.size_mib} MiB, {cfg.sweep.sweepers} sweepers, "
+              f"{cfg.mutators.count} mutators", flush=True)
+        print(f"sweeperd: metrics on http://{co.metrics_addr}/metrics", flush=True)
+        print(f"sweeperd: control on {co.control_addr}", flush=True)
+        co.run(cfg.run.duration_s)
+        st = co.status()
+        print(f"sweeperd: stopping after {st['cycle']} cycles", flush=True)
+    finally:
+        co.close()
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    import zmq
+
+    from . import protocol
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(args.control)
+        sock.send(protocol.encode(args.request))
+        if not sock.poll(int(args.timeout * 1000)):
+            print(f"sweeperd status: no answer from {args.control} within {args.timeout}s",
+                  file=sys.stderr)
+            return 1
+        reply = json.loads(sock.recv())
+    finally:
+        sock.close()
+        ctx.term()
+    print(json.dumps(reply, indent=2))
+    return 0 if reply.get("ok") else 1
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    from .config import ConfigError, load
+
+    try:
+        load(args.path)
+    except ConfigError as e:
+        print(f"sweeperd config check: {e}", file=sys.stderr)
+        return 2
+    print(f"{args.path}: ok")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sweeperd", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -69,6 +161,34 @@ def build_parser() -> argparse.ArgumentParser:
                          "in this process)")
     bs.add_argument("--json", action="store_true", help="print one JSON object")
     bs.set_defaults(func=_bench_sweep)
+
+    run = sub.add_parser("run", help="run the daemon in the foreground")
+    run.add_argument("--config", default=None, help="TOML config file (default: built-in)")
+    run.add_argument("--heap-mib", dest="heap_mib", type=int, default=None)
+    run.add_argument("--sweepers", type=int, default=None)
+    run.add_argument("--mutators", type=int, default=None)
+    run.add_argument("--metrics-addr", dest="metrics_addr", default=None, help="HOST:PORT")
+    run.add_argument("--control", default=None, help="tcp://HOST:PORT or ipc://PATH")
+    run.add_argument("--duration", type=float, default=None,
+                     help="seconds to run (default: until SIGTERM/SIGINT)")
+    run.add_argument("--debug-checks", dest="debug_checks", action="store_const", const=True,
+                     default=None, help="count sweeps per span and check exactly-once")
+    run.set_defaults(func=_run)
+
+    st = sub.add_parser("status", help="print the daemon's state as JSON")
+    st.add_argument("--control", default="tcp://127.0.0.1:9465")
+    st.add_argument("--timeout", type=float, default=5.0)
+    st.set_defaults(func=_status, request="status")
+    gc = sub.add_parser("gc", help="ask the daemon to start a GC cycle now")
+    gc.add_argument("--control", default="tcp://127.0.0.1:9465")
+    gc.add_argument("--timeout", type=float, default=5.0)
+    gc.set_defaults(func=_status, request="gc")
+
+    cfgp = sub.add_parser("config", help="configuration tools")
+    csub = cfgp.add_subparsers(dest="config_cmd", required=True)
+    chk = csub.add_parser("check", help="validate a config file without starting anything")
+    chk.add_argument("path")
+    chk.set_defaults(func=_config_check)
     return p
 
 

@@ -58,8 +58,15 @@ def members(heap: Heap, sizeclass: int, set_id: int, limit: int | None = None) -
     return found if limit is None else found[:limit]
 
 
-def cache_span(heap: Heap, sizeclass: int) -> tuple[int, int, _sweep.SweepStats]:
+MUTATOR_OWNER = 255  # claimer id of a caller that did not name itself
+
+
+def cache_span(heap: Heap, sizeclass: int,
+               owner: int = MUTATOR_OWNER) -> tuple[int, int, _sweep.SweepStats]:
     """A span of ``sizeclass`` with at least one free slot, cached for a mutator (h+3).
+
+    ``owner`` is recorded on the spans this call claims for sweeping and on the span it
+    caches, so that if the mutator dies the coordinator can take them back.
 
     Returns (span, scavenged pages it brought in, sweep work done on the way).  Raises
     :class:`~sweeperd.errors.OutOfMemory` when the heap cannot grow.
@@ -83,7 +90,8 @@ def cache_span(heap: Heap, sizeclass: int) -> tuple[int, int, _sweep.SweepStats]
                 s = int(s)
                 budget -= 1
                 with heap.lock:
-                    if sg.try_claim(heap.span_sweepgen, np.array([s]), h).size == 0:
+                    if sg.try_claim(heap.span_sweepgen, np.array([s]), h,
+                                    heap.span_owner, owner).size == 0:
                         continue  # another sweeper has it, or it is already swept
                 work.add(_sweep.sweep_batch(heap, np.array([s]), preserve=True))
                 heap.span_set[s] = SET_NONE
@@ -97,6 +105,7 @@ def cache_span(heap: Heap, sizeclass: int) -> tuple[int, int, _sweep.SweepStats]
         if span < 0:
             span, nscav = alloc_span(heap, sizeclass, int(CLASS_NPAGES[sizeclass]))
         heap.span_set[span] = SET_NONE
+        heap.span_owner[span] = owner
         sg.cache(heap.span_sweepgen, span, h)
     return span, nscav, work
 
@@ -105,10 +114,22 @@ def uncache_span(heap: Heap, span: int) -> _sweep.SweepStats:
     """A mutator returns a cached span.  A stale one (cached before this sweep began) is
     swept now by the caller; a swept one goes to its partial- or full-swept set."""
     h = heap.sweepgen
-    if sg.uncache(heap.span_sweepgen, span, h):
+    with heap.lock:
+        stale = sg.uncache(heap.span_sweepgen, span, h)
+    if stale:  # owned by the uncacher now (span_owner already names it), h-1
         return _sweep.sweep_batch(heap, np.array([span]))
-    if heap.span_alloc_count[span] < heap.span_nelems[span]:
-        heap.span_set[span] = partial_swept(h)
-    else:
-        heap.span_set[span] = full_swept(h)
+    with heap.lock:
+        if heap.span_alloc_count[span] < heap.span_nelems[span]:
+            heap.span_set[span] = partial_swept(h)
+        else:
+            heap.span_set[span] = full_swept(h)
     return _sweep.SweepStats()
+
+
+def cached_by(heap: Heap, owner: int) -> np.ndarray:
+    """Spans cached by mutator ``owner`` (h+1 or h+3): what to take back if it dies."""
+    h = heap.sweepgen
+    sgs = heap.span_sweepgen
+    return np.flatnonzero((heap.span_state == SPAN_IN_USE) & (heap.span_owner == owner)
+                          & ((sgs == sg.at(h, sg.SweepState.CACHED_SWEPT))
+                             | (sgs == sg.at(h, sg.SweepState.CACHED_UNSWEPT))))

@@ -8,6 +8,7 @@ sweepgen h-1 and the coordinator has them swept with ``recover=True``.
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -47,3 +48,38 @@ def bench_main(handle: dict[str, Any], me: int, results: Any, rounds: int,
                          "spans_freed": st.spans_freed, "bitmap_bytes": st.bitmap_bytes})
     finally:
         heap.close()
+
+
+def main(handle: dict[str, Any], me: int, endpoint: str, chunk_pages: int,
+         heartbeat_ms: int) -> None:
+    """Daemon shell: sweep the current cycle's shards each time the coordinator says
+    ``sweep``; report ``swept`` with this cycle's figures; heartbeat while idle."""
+    from .link import Link
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator drains us with "stop"
+    heap = Heap.attach(HeapHandle.from_dict(handle))
+    link = Link(endpoint, "sweeper", me)
+    total = SweepStats()
+    try:
+        while not link.orphaned():
+            msg = link.recv(heartbeat_ms)
+            if msg is None:
+                link.send("heartbeat", stats=_stats(total))
+                continue
+            if msg.type == "stop":
+                break
+            if msg.type == "sweep" and msg["cycle"] == heap.sweepgen:
+                t0 = time.perf_counter()
+                st = sweep_until_done(heap, me, chunk_pages)
+                total.add(st)
+                link.send("swept", cycle=msg["cycle"],
+                          stats={**_stats(st), "seconds": time.perf_counter() - t0})
+    finally:
+        link.close()
+        heap.close()
+
+
+def _stats(st: SweepStats) -> dict[str, float]:
+    return {"spans": st.spans, "pages": st.pages, "objects_freed": st.objects_freed,
+            "spans_freed": st.spans_freed, "pages_freed": st.pages_freed,
+            "finalizers_queued": st.finalizers_queued}

@@ -1,0 +1,101 @@
+"""Prometheus metrics, served by the coordinator.
+
+Figures are gathered by the coordinator itself (its own counters, the workers' reports over the
+control plane, and vectorized reads of the shared heap at scrape time), so prometheus-client
+runs in one process only and no multiprocess directory is needed.  Label sets are fixed (role,
+by, state, reason): cardinality does not grow with spans, pids or cycles.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from .heapstats import heap_stats
+
+if TYPE_CHECKING:
+    from .coordinator import Coordinator
+
+
+class _Collector(Collector):
+    def __init__(self, co: Coordinator) -> None:
+        self.co = co
+
+    def collect(self) -> Any:
+        co = self.co
+        yield CounterMetricFamily("sweeperd_gc_cycles", "Completed GC cycles.", value=co.cycles)
+        spans = CounterMetricFamily("sweeperd_sweep_spans", "Spans swept, by who swept them.",
+                                    labels=["by"])
+        pages = CounterMetricFamily("sweeperd_sweep_pages", "Pages swept, by who swept them.",
+                                    labels=["by"])
+        for by, st in co.swept.items():
+            spans.add_metric([by], st.spans)
+            pages.add_metric([by], st.pages)
+        yield spans
+        yield pages
+        yield CounterMetricFamily("sweeperd_sweep_objects_freed", "Objects freed by sweeping.",
+                                  value=sum(s.objects_freed for s in co.swept.values()))
+        yield CounterMetricFamily("sweeperd_finalizers_run", "Finalizers run.",
+                                  value=co.finalizers_run)
+        yield CounterMetricFamily("sweeperd_mutator_objects_allocated",
+                                  "Objects allocated by mutators.",
+                                  value=co.mutator_totals.get("objects_allocated", 0))
+        yield CounterMetricFamily("sweeperd_mutator_allocated_bytes",
+                                  "Bytes allocated by mutators.",
+                                  value=co.mutator_totals.get("bytes_allocated", 0))
+        hs = heap_stats(co.heap)
+        for name, help_, v in (
+            ("sweeperd_heap_objects_bytes", "Bytes in allocated objects "
+             "(/memory/classes/heap/objects).", hs.objects_bytes),
+            ("sweeperd_heap_unused_bytes", "Free slots inside in-use spans "
+             "(/memory/classes/heap/unused).", hs.unused_bytes),
+            ("sweeperd_heap_free_bytes", "Free pages still backed by memory "
+             "(/memory/classes/heap/free).", hs.free_bytes),
+            ("sweeperd_heap_goal_bytes", "Heap goal (/gc/heap/goal).", co.goal_bytes),
+            ("sweeperd_heap_size_bytes", "Size of the heap arena (address space).",
+             hs.heap_bytes),
+        ):
+            yield GaugeMetricFamily(name, help_, value=v)
+        workers = GaugeMetricFamily("sweeperd_workers", "Worker processes by role and state.",
+                                    labels=["role", "state"])
+        for role in ("sweeper", "mutator"):
+            ws = [w for w in co.workers.values() if w.role == role]
+            workers.add_metric([role, "alive"], sum(1 for w in ws if w.identity))
+            workers.add_metric([role, "starting"], sum(1 for w in ws if not w.identity))
+        yield workers
+        deaths = CounterMetricFamily("sweeperd_worker_deaths", "Worker processes that died.",
+                                     labels=["role"])
+        for role, n in co.deaths.items():
+            deaths.add_metric([role], n)
+        yield deaths
+        errs = CounterMetricFamily("sweeperd_control_errors",
+                                   "Malformed or refused control-plane messages.",
+                                   labels=["reason"])
+        for reason, n in co.control_errors.items():
+            errs.add_metric([reason], n)
+        yield errs
+
+
+class Metrics:
+    def __init__(self, co: Coordinator) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(_Collector(co))
+        self.sweep_phase = Histogram(
+            "sweeperd_sweep_phase_seconds", "Duration of sweep phases.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=self.registry)
+        self.server: Any = None
+
+    def serve(self, addr: str) -> str:
+        host, _, port = addr.rpartition(":")
+        self.server, _thread = start_http_server(int(port), addr=host, registry=self.registry)
+        return f"{host}:{self.server.server_port}"
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
