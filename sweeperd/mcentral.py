@@ -61,12 +61,53 @@ def members(heap: Heap, sizeclass: int, set_id: int, limit: int | None = None) -
 MUTATOR_OWNER = 255  # claimer id of a caller that did not name itself
 
 
-def cache_span(heap: Heap, sizeclass: int,
-               owner: int = MUTATOR_OWNER) -> tuple[int, int, _sweep.SweepStats]:
+class Candidates:
+    """A process's possibly stale view of set members, so that a mutator scans the span
+    table once per many refills instead of three times per refill.
+
+    Lists are taken from the front; an exhausted list is refilled by one scan, and a scan that
+    found nothing is not repeated for the next ``retry_after`` asks (the heap grows meanwhile,
+    as Go's does when a span set looks empty).  Staleness is harmless: every candidate is
+    re-checked under the heap lock (its set, class and state, or its sweepgen by the claim).
+    """
+
+    def __init__(self, retry_after: int = 32, scan_limit: int = 4096) -> None:
+        self.retry_after = retry_after
+        self.scan_limit = scan_limit
+        self.h = -1
+        self.lists: dict[tuple[int, int], np.ndarray] = {}
+        self.skip: dict[tuple[int, int], int] = {}
+
+    def take(self, heap: Heap, sizeclass: int, set_id: int, n: int) -> np.ndarray:
+        if heap.sweepgen != self.h:  # set ids change meaning every cycle
+            self.h, self.lists, self.skip = heap.sweepgen, {}, {}
+        key = (sizeclass, set_id)
+        lst = self.lists.get(key)
+        if lst is None or lst.size == 0:
+            if self.skip.get(key, 0) > 0:
+                self.skip[key] -= 1
+                return np.empty(0, dtype=np.int64)
+            lst = members(heap, sizeclass, set_id, limit=self.scan_limit)
+            if lst.size == 0:
+                self.skip[key] = self.retry_after
+        self.lists[key] = lst[n:]
+        return lst[:n]
+
+
+def _scan(heap: Heap, sizeclass: int, set_id: int, n: int,
+          cand: Candidates | None) -> np.ndarray:
+    if cand is None:
+        return members(heap, sizeclass, set_id, limit=n)
+    return cand.take(heap, sizeclass, set_id, n)
+
+
+def cache_span(heap: Heap, sizeclass: int, owner: int = MUTATOR_OWNER,
+               cand: Candidates | None = None) -> tuple[int, int, _sweep.SweepStats]:
     """A span of ``sizeclass`` with at least one free slot, cached for a mutator (h+3).
 
     ``owner`` is recorded on the spans this call claims for sweeping and on the span it
-    caches, so that if the mutator dies the coordinator can take them back.
+    caches, so that if the mutator dies the coordinator can take them back.  ``cand`` is the
+    caller's :class:`Candidates` (a full scan per set otherwise).
 
     Returns (span, scavenged pages it brought in, sweep work done on the way).  Raises
     :class:`~sweeperd.errors.OutOfMemory` when the heap cannot grow.
@@ -75,23 +116,29 @@ def cache_span(heap: Heap, sizeclass: int,
     work = _sweep.SweepStats()
     span = -1
     nscav = 0
-    with heap.lock:
-        cand = members(heap, sizeclass, partial_swept(h), limit=1)
-        if cand.size:
-            span = int(cand[0])
-            heap.span_set[span] = SET_NONE
+    ps = partial_swept(h)
+    while span < 0:
+        got = _scan(heap, sizeclass, ps, 8, cand)
+        if got.size == 0:
+            break
+        with heap.lock:
+            ok = ((heap.span_set[got] == ps) & (heap.span_class[got] == sizeclass)
+                  & (heap.span_state[got] == SPAN_IN_USE))
+            if ok.any():
+                span = int(got[np.argmax(ok)])
+                heap.span_set[span] = SET_NONE
     budget = SPAN_BUDGET
     for set_id in (partial_unswept(h), full_unswept(h)):
         while span < 0 and budget > 0:
-            cand = members(heap, sizeclass, set_id, limit=budget)
-            if cand.size == 0:
+            got = _scan(heap, sizeclass, set_id, min(budget, 16), cand)
+            if got.size == 0:
                 break
-            for s in cand:
-                s = int(s)
+            for s in got.tolist():
                 budget -= 1
                 with heap.lock:
-                    if sg.try_claim(heap.span_sweepgen, np.array([s]), h,
-                                    heap.span_owner, owner).size == 0:
+                    if (heap.span_class[s] != sizeclass or sg.try_claim(
+                            heap.span_sweepgen, np.array([s]), h, heap.span_owner,
+                            owner).size == 0):
                         continue  # another sweeper has it, or it is already swept
                 work.add(_sweep.sweep_batch(heap, np.array([s]), preserve=True))
                 heap.span_set[s] = SET_NONE

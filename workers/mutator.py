@@ -73,6 +73,7 @@ class Mutator:
     sweep_pages_per_byte: float = 0.0
     sweep_debt: float = 0.0
     seeds: int = 0
+    cand: mcentral.Candidates = field(default_factory=mcentral.Candidates)
 
     @property
     def owner(self) -> int:
@@ -111,7 +112,7 @@ class Mutator:
                 mcentral.uncache_span(self.heap, span)
                 del self.mcache[c]
             try:
-                span, _, work = mcentral.cache_span(self.heap, c, self.owner)
+                span, _, work = mcentral.cache_span(self.heap, c, self.owner, self.cand)
             except OutOfMemory:
                 self.stats.oom_waits += 1
                 return 0

@@ -1,0 +1,83 @@
+"""Start a real ``sweeperd run`` for a test, talk to it, and always tear it down."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import zmq
+
+from sweeperd import protocol
+
+
+class Daemon:
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        cmd = [sys.executable, "-m", "sweeperd.cli", "run", "--control", "tcp://127.0.0.1:0",
+               "--metrics-addr", "127.0.0.1:0", *args]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, env={**os.environ, **(env or {})})
+        self.lines: list[str] = []
+        self.control = self.metrics = ""
+        deadline = time.monotonic() + 60
+        while not (self.control and self.metrics):
+            line = self.proc.stdout.readline() if self.proc.stdout else ""
+            if not line:
+                raise RuntimeError(f"sweeperd run exited early: {self.proc.stderr.read()}")
+            self.lines.append(line)
+            if m := re.search(r"metrics on (http://\S+)", line):
+                self.metrics = m.group(1)
+            if m := re.search(r"control on (tcp://\S+)", line):
+                self.control = m.group(1)
+            if time.monotonic() > deadline:
+                raise RuntimeError("sweeperd run did not print its addresses")
+        self.zctx = zmq.Context()
+
+    def request(self, frames: list[bytes] | bytes, timeout: float = 10) -> dict[str, Any]:
+        s = self.zctx.socket(zmq.REQ)
+        s.setsockopt(zmq.LINGER, 0)
+        try:
+            s.connect(self.control)
+            if isinstance(frames, bytes):
+                frames = [frames]
+            s.send_multipart(frames)
+            if not s.poll(int(timeout * 1000)):
+                raise TimeoutError("no reply from the daemon")
+            return json.loads(s.recv())
+        finally:
+            s.close()
+
+    def status(self) -> dict[str, Any]:
+        return self.request(protocol.encode("status"))
+
+    def wait_for(self, pred, timeout: float = 60, what: str = "condition") -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            st = self.status()
+            if pred(st):
+                return st
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}; last status {st}")
+            time.sleep(0.1)
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        for f in (self.proc.stdout, self.proc.stderr):
+            if f:
+                f.close()
+        self.zctx.term()

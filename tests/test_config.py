@@ -1,0 +1,89 @@
+import subprocess
+import sys
+import tomllib
+
+import pytest
+
+from sweeperd import config
+from sweeperd.config import Config, ConfigError, from_dict, load
+
+
+def test_shipped_file_documents_every_key_with_its_default():
+    data = tomllib.loads(config.default_text())
+    assert from_dict(data) == Config()
+    shipped = {f"{s}.{k}" for s, t in data.items() for k in t}
+    expected = {f"{s}.{k}" for s, t in Config().__dict__.items() for k in t.__dict__}
+    assert shipped == expected
+    with open("config/sweeperd.toml") as f:  # the repo's config/ is the same file
+        assert f.read() == config.default_text()
+
+
+@pytest.mark.parametrize("data,needle", [
+    ({"heap": {"size": 1}}, "unknown key heap.size"),
+    ({"heapp": {}}, "unknown section [heapp]"),
+    ({"heap": {"size_mib": "big"}}, "heap.size_mib: expected an integer"),
+    ({"heap": {"size_mib": -5}}, "heap.size_mib: -5 is out of range; allowed 1..16384"),
+    ({"heap": {"size_mib": 1 << 20}}, "heap.size_mib"),
+    ({"sweep": {"sweepers": 0}}, "sweep.sweepers"),
+    ({"run": {"debug_checks": 1}}, "run.debug_checks: expected true or false"),
+    ({"metrics": {"addr": "nowhere"}}, "metrics.addr"),
+    ({"control": {"addr": "udp://x"}}, "control.addr"),
+    ({"mutators": {"size_classes": [6, 99]}}, "mutators.size_classes"),
+    ({"mutators": {"finalizer_fraction": 2}}, "mutators.finalizer_fraction"),
+    ({"control": {"heartbeat_ms": 1000, "dead_after_ms": 1500}}, "control.dead_after_ms"),
+])
+def test_invalid_values_name_the_key(data, needle):
+    with pytest.raises(ConfigError) as e:
+        from_dict(data)
+    assert needle in str(e.value)
+
+
+def test_flags_override_file(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text("[heap]\nsize_mib = 32\n[sweep]\nsweepers = 3\n")
+    cfg = load(p)
+    assert cfg.heap.size_mib == 32 and cfg.sweep.sweepers == 3 and cfg.gc.gogc == 100
+    from sweeperd.cli import _load_config, build_parser
+
+    args = build_parser().parse_args(["run", "--config", str(p), "--sweepers", "1"])
+    cfg = _load_config(args)
+    assert cfg.sweep.sweepers == 1 and cfg.heap.size_mib == 32
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "sweeperd.cli", *args], capture_output=True,
+                          text=True, timeout=60)
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("[heap]\nsize_mib = 0\n", "heap.size_mib"),
+    ("[gc]\ngogcc = 5\n", "gc.gogcc"),
+    ("[metrics]\naddr = 5\n", "metrics.addr: expected a string"),
+    ("not toml [", "not valid TOML"),
+])
+def test_run_and_config_check_exit_2(tmp_path, text, needle):
+    p = tmp_path / "bad.toml"
+    p.write_text(text)
+    for args in (["config", "check", str(p)], ["run", "--config", str(p)]):
+        r = _cli(*args)
+        assert r.returncode == 2, (args, r.stderr)
+        assert needle in r.stderr
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--heap-mib", "-1"], "heap.size_mib"),
+    (["--heap-mib", "99999999"], "heap.size_mib"),
+    (["--sweepers", "100"], "sweep.sweepers"),
+    (["--metrics-addr", "localhost"], "metrics.addr"),
+    (["--control", "tcp://nope"], "control.addr"),
+    (["--duration", "-3"], "run.duration_s"),
+])
+def test_bad_flags_exit_2(flags, needle):
+    r = _cli("run", *flags)
+    assert r.returncode == 2 and needle in r.stderr
+
+
+def test_config_check_accepts_the_shipped_file():
+    r = _cli("config", "check", "config/sweeperd.toml")
+    assert r.returncode == 0 and "ok" in r.stdout
+    assert _cli("config", "check", "/nonexistent.toml").returncode == 2

@@ -1,0 +1,109 @@
+"""End to end: a real daemon with 2 sweepers and 2 mutators, over many cycles."""
+
+import os
+import urllib.request
+
+import pytest
+
+from sweeperd import protocol
+
+from .daemon import Daemon
+
+REQUIRED_METRICS = [
+    "sweeperd_gc_cycles_total", 'sweeperd_sweep_spans_total{by="background"}',
+    'sweeperd_sweep_spans_total{by="mutator"}', "sweeperd_sweep_pages_total",
+    "sweeperd_sweep_objects_freed_total", "sweeperd_heap_objects_bytes",
+    "sweeperd_heap_free_bytes", "sweeperd_heap_goal_bytes", "sweeperd_sweep_phase_seconds_bucket",
+    'sweeperd_workers{role="sweeper",state="alive"}',
+]
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split(")")[-1].split()[0] != "Z"
+
+
+@pytest.fixture
+def daemon():
+    d = Daemon("--heap-mib", "64", "--sweepers", "2", "--mutators", "2", "--debug-checks")
+    try:
+        yield d
+    finally:
+        d.close()
+
+
+def test_cycles_exactly_once_no_object_lost_and_clean_shutdown(daemon):
+    st = daemon.wait_for(lambda s: s["cycle"] >= 8, what="8 GC cycles")
+    dbg, mut = st["debug"], st["mutators"]
+    assert dbg["enabled"] and dbg["cycles_checked"] >= 8 and dbg["spans_checked"] > 0
+    assert dbg["exactly_once_violations"] == 0
+    # allocated = live + freed, counted exactly at the last mark
+    assert dbg["conservation_checks"] >= 8 and dbg["conservation_gap"] == 0
+    assert mut["objects_checked"] > 0 and mut["lost_objects"] == 0
+    assert mut["payload_errors"] == 0
+    assert st["spans_swept"]["background"] > 0 and st["objects_freed"] > 0
+    assert st["workers_alive"] == 4
+    # conservation, as the heap sees it: objects bytes never exceed spans in use
+    h = st["heap"]
+    assert 0 < h["objects_bytes"] <= h["in_use_bytes"] <= h["heap_bytes"]
+    body = urllib.request.urlopen(daemon.metrics, timeout=10).read().decode()
+    for name in REQUIRED_METRICS:
+        assert name in body, name
+    pids = [w["pid"] for w in st["workers"]]
+    ipc_dir = st["ipc_dir"]
+    assert daemon.stop() == 0
+    assert not any(_alive(p) for p in pids), "a worker outlived the daemon"
+    assert not os.path.exists(ipc_dir)
+
+
+@pytest.mark.parametrize("frames,reason", [
+    ([b"\x00\xffgarbage"], "not_json"),
+    ([b'{"v":1,"type":"status","extra":[1]}'], "bad_field"),
+    ([b'{"v":1,"type":7}'], "unknown_type"),
+    ([b'{"v":99,"type":"status"}'], "bad_version"),
+    ([b'{"v":1,"type":"stop"}'], "unknown_type"),  # workers' messages are not for clients
+    ([b"x" * (protocol.MAX_FRAME + 10)], "oversized"),
+    ([b'{"v":1,"type":"status"}', b"second"], "multipart"),
+])
+def test_malformed_control_messages_are_refused_and_counted(daemon, frames, reason):
+    before = daemon.status()
+    r = daemon.request(frames)
+    assert r["ok"] is False and r["reason"] == reason and r["error"]
+    after = daemon.wait_for(lambda s: s["cycle"] > before["cycle"], what="another cycle")
+    assert after["control_errors"].get(reason, 0) == before["control_errors"].get(reason, 0) + 1
+    assert after["workers_alive"] == 4 and after["debug"]["exactly_once_violations"] == 0
+    assert daemon.stop() == 0
+
+
+def test_kill_9_workers_are_replaced_and_cycles_stay_exact(daemon):
+    import signal
+
+    st = daemon.wait_for(lambda s: s["cycle"] >= 3, what="3 cycles")
+    for victim_role in ("sweeper", "mutator", "sweeper"):
+        victim = next(w for w in st["workers"] if w["role"] == victim_role)
+        os.kill(victim["pid"], signal.SIGKILL)
+        st = daemon.wait_for(
+            lambda s, v=victim: s["workers_alive"] == 4
+            and all(w["pid"] != v["pid"] for w in s["workers"])
+            and all(w["state"] == "alive" for w in s["workers"]),
+            what=f"a replacement for {victim_role} {victim['pid']}")
+        c = st["cycle"]
+        st = daemon.wait_for(lambda s, c=c: s["cycle"] >= c + 3, what="3 more cycles")
+    assert st["deaths"] == {"sweeper": 2, "mutator": 1}
+    assert st["debug"]["exactly_once_violations"] == 0
+    assert st["mutators"]["lost_objects"] == 0 and st["mutators"]["payload_errors"] == 0
+    assert daemon.stop() == 0
+
+
+def test_duration_ends_the_run_by_itself():
+    d = Daemon("--heap-mib", "32", "--sweepers", "1", "--mutators", "1", "--duration", "3")
+    try:
+        assert d.proc.wait(60) == 0
+        out = d.proc.stdout.read()
+        assert "stopping after" in out
+    finally:
+        d.close()
