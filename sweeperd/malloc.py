@@ -64,18 +64,31 @@ def alloc_objects(heap: Heap, span: int, k: int) -> np.ndarray:
 
 def payload_words(word_index: np.ndarray, seed: int) -> np.ndarray:
     """The payload value of each 8-byte arena word, for objects written with ``seed``."""
-    return (word_index.astype(np.uint64) * _GOLD) ^ np.uint64(seed & 0xFFFF_FFFF_FFFF_FFFF)
+    w = word_index.astype(np.uint64, copy=False) * _GOLD
+    w ^= np.uint64(seed & 0xFFFF_FFFF_FFFF_FFFF)
+    return w
 
 
-def _object_words(heap: Heap, span: int, idx: np.ndarray) -> tuple[np.ndarray, int]:
-    size = elem_size(heap, span)
-    base = (span * PAGE_SIZE + np.asarray(idx, dtype=np.int64) * size) >> 3
+def _object_words(heap: Heap, span: int | np.ndarray,
+                  idx: np.ndarray) -> tuple[np.ndarray, int]:
+    """First arena word of each object, and words per object.  ``span`` is one span or one
+    per object; all the objects must have the same size (one class)."""
+    spans = np.asarray(span, dtype=np.int64)
+    first = int(spans.flat[0]) if spans.size else 0
+    size = elem_size(heap, first) if spans.size else 8
+    if spans.ndim and spans.size > 1:
+        cls = heap.span_class[spans]
+        if (cls != cls[0]).any() or (cls[0] == 0 and (heap.span_npages[spans] !=
+                                                        heap.span_npages[first]).any()):
+            raise ValueError("objects of one payload call must all have the same size")
+    base = (spans * PAGE_SIZE + np.asarray(idx, dtype=np.int64) * size) >> 3
     return base, size >> 3
 
 
-def write_payload(heap: Heap, span: int, idx: np.ndarray, seed: int) -> None:
-    """Write the payload of objects ``idx`` of ``span`` into the arena."""
+def write_payload(heap: Heap, span: int | np.ndarray, idx: np.ndarray, seed: int) -> None:
+    """Write the payload of objects ``idx`` of ``span`` (one span, or one per object)."""
     base, nw = _object_words(heap, span, idx)
+    base = np.atleast_1d(base)
     if base.size == 0:
         return
     if nw > 512:  # large objects: one slice each
@@ -83,13 +96,20 @@ def write_payload(heap: Heap, span: int, idx: np.ndarray, seed: int) -> None:
             w = np.arange(b, b + nw, dtype=np.int64)
             heap.arena64[b : b + nw] = payload_words(w, seed)
         return
+    lo, hi = int(base[0]), int(base[-1]) + nw
+    if hi - lo == base.size * nw and (base.size == 1 or (np.diff(base) == nw).all()):
+        # objects back to back (a run of filled spans): one slice, no index arrays
+        heap.arena64[lo:hi] = payload_words(np.arange(lo, hi, dtype=np.uint64), seed)
+        return
     w = (base[:, None] + np.arange(nw)).ravel()
     heap.arena64[w] = payload_words(w, seed)
 
 
-def verify_payload(heap: Heap, span: int, idx: np.ndarray, seed: int) -> np.ndarray:
+def verify_payload(heap: Heap, span: int | np.ndarray, idx: np.ndarray,
+                   seed: int) -> np.ndarray:
     """Boolean per object: does its payload still read as written with ``seed``?"""
     base, nw = _object_words(heap, span, idx)
+    base = np.atleast_1d(base)
     if base.size == 0:
         return np.ones(0, dtype=bool)
     w = base[:, None] + np.arange(nw)

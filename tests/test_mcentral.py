@@ -60,3 +60,33 @@ def test_stale_uncache_sweeps(heap):
     assert work.spans == 1 and work.objects_freed == 127
     assert heap.span_alloc_count[s] == 1
     check_heap(heap)
+
+
+def test_cache_spans_batches_growth_and_reuses_partial_swept_first(heap):
+    cand = mcentral.Candidates()
+    spans, nscav, work = mcentral.cache_spans(heap, 6, 8, owner=33, cand=cand)
+    assert spans.size == 8 and nscav == 8 and work.spans == 0  # grown in one batch
+    h = heap.sweepgen
+    assert (heap.span_sweepgen[spans] == h + 3).all() and (heap.span_owner[spans] == 33).all()
+    assert sorted(mcentral.cached_by(heap, 33).tolist()) == sorted(spans.tolist())
+    malloc.alloc_objects(heap, int(spans[0]), 5)
+    mcentral.uncache_spans(heap, spans, cand)
+    assert heap.span_set[spans[0]] == mcentral.partial_swept(h)
+    assert (heap.span_set[spans[1:]] == mcentral.partial_swept(h)).all()  # empty: has room
+    again, _, _ = mcentral.cache_spans(heap, 6, 3, cand=cand)
+    assert set(again.tolist()) <= set(spans.tolist())  # reuse before growth
+    assert mcentral.uncache_spans(heap, again).spans == 0
+    check_heap(heap)
+
+
+def test_stale_candidates_are_rechecked_under_the_lock(heap):
+    cand = mcentral.Candidates()
+    s, _, _ = mcentral.cache_span(heap, 6, cand=cand)
+    _fill(heap, s, [])
+    mcentral.uncache_span(heap, s)  # full now
+    # make the candidate list believe s is partial-swept, then let someone else take it
+    heap.span_set[s] = mcentral.partial_swept(heap.sweepgen)
+    cand.take(heap, 6, mcentral.partial_swept(heap.sweepgen), 0)  # scan: s is listed
+    heap.span_set[s] = mcentral.full_swept(heap.sweepgen)
+    got, _, _ = mcentral.cache_span(heap, 6, cand=cand)
+    assert got != s  # the stale candidate was refused

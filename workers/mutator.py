@@ -25,7 +25,7 @@ from sweeperd.config import MutatorConfig
 from sweeperd.errors import OutOfMemory
 from sweeperd.heap import Heap, HeapHandle
 from sweeperd.shards import claim_next
-from sweeperd.sizeclasses import CLASS_SIZE, large_npages
+from sweeperd.sizeclasses import CLASS_NELEMS, CLASS_NPAGES, CLASS_SIZE, large_npages
 from sweeperd.sweep import sweep_batch
 
 MUTATOR_OWNER_BASE = 32
@@ -33,7 +33,7 @@ MUTATOR_OWNER_BASE = 32
 
 @dataclass
 class Chunk:
-    span: int
+    span: np.ndarray  # per object
     idx: np.ndarray
     seed: int
     death: np.ndarray  # the object is live at marks numbered below this (geometric lifetime)
@@ -83,16 +83,18 @@ class Mutator:
         p = min(1.0, 1.0 / max(self.cfg.mean_lifetime_cycles, 1e-9))
         return self.stats.marks + self.rng.geometric(p, n)
 
-    def _record(self, span: int, idx: np.ndarray) -> None:
+    def _record(self, span: int | np.ndarray, idx: np.ndarray) -> None:
+        """Write the new objects' payloads and remember them as live (one class)."""
         self.seeds += 1
         seed = (self.owner << 48) | self.seeds
-        malloc.write_payload(self.heap, span, idx, seed)
-        self.live.append(Chunk(span, idx, seed, self._lifetimes(idx.size)))
+        spans = np.broadcast_to(np.asarray(span, dtype=np.int32), idx.shape).copy()
+        malloc.write_payload(self.heap, spans, idx, seed)
+        self.live.append(Chunk(spans, idx.astype(np.int16), seed, self._lifetimes(idx.size)))
         if self.cfg.finalizer_fraction > 0:
-            fin = idx[self.rng.random(idx.size) < self.cfg.finalizer_fraction]
-            if fin.size:
-                specials.set_finalizer(self.heap, span, fin)
-                self.stats.finalizers_set += int(fin.size)
+            pick = np.flatnonzero(self.rng.random(idx.size) < self.cfg.finalizer_fraction)
+            for i in pick.tolist():
+                specials.set_finalizer(self.heap, int(spans[i]), int(idx[i]))
+            self.stats.finalizers_set += int(pick.size)
 
     def step(self, burst: int = 256) -> int:
         """One burst of allocation; returns objects allocated (0 when the heap is full)."""
@@ -100,9 +102,41 @@ class Mutator:
         if self.cfg.large_fraction and self.rng.random() < self.cfg.large_fraction * burst:
             n = self._alloc_large()
         else:
-            n = self._alloc_small(int(self.rng.choice(self.cfg.size_classes)), burst)
+            c = int(self.rng.choice(self.cfg.size_classes))
+            if self.cfg.alloc_rate == 0 and CLASS_NPAGES[c] == 1:
+                n = self._alloc_bulk(c)
+            else:
+                n = self._alloc_small(c, burst)
         self.stats.alloc_seconds += time.perf_counter() - t0
         return n
+
+    def _alloc_bulk(self, c: int, nspans: int = 64) -> int:
+        """Fill a batch of spans of one-page class ``c`` completely, vectorized: the path of
+        a mutator allocating as fast as it can."""
+        try:
+            spans, _, work = mcentral.cache_spans(self.heap, c, nspans, self.owner, self.cand)
+        except OutOfMemory:
+            self.stats.oom_waits += 1
+            return 0
+        self._count_sweep(work)
+        fresh = spans[self.heap.span_alloc_count[spans] == 0]
+        ne = int(CLASS_NELEMS[c])
+        os_, oi = [], []
+        if fresh.size:
+            malloc.alloc_all(self.heap, fresh)
+            os_.append(np.repeat(fresh, ne))
+            oi.append(np.tile(np.arange(ne), fresh.size))
+        for s in spans[self.heap.span_alloc_count[spans] != ne].tolist():
+            idx = malloc.alloc_objects(self.heap, s, ne)
+            os_.append(np.full(idx.size, s))
+            oi.append(idx)
+        self._count_sweep(mcentral.uncache_spans(self.heap, spans, self.cand))
+        if not os_:
+            return 0
+        obj_spans, obj_idx = np.concatenate(os_), np.concatenate(oi)
+        self._record(obj_spans, obj_idx)
+        self._paid(obj_idx.size * int(CLASS_SIZE[c]))
+        return int(obj_idx.size)
 
     def _alloc_small(self, c: int, burst: int) -> int:
         span = self.mcache.get(c, -1)
@@ -174,9 +208,9 @@ class Mutator:
             if not alive.any():
                 continue
             if not alive.all():
-                ch = Chunk(ch.span, ch.idx[alive], ch.seed, ch.death[alive])
+                ch = Chunk(ch.span[alive], ch.idx[alive], ch.seed, ch.death[alive])
             keep_chunks.append(ch)
-            ms.append(np.full(ch.idx.size, ch.span))
+            ms.append(ch.span)
             mi.append(ch.idx)
         self.live = keep_chunks
         if self.debug:
@@ -189,11 +223,11 @@ class Mutator:
     def _verify(self) -> None:
         """Every live object is still allocated and its payload intact."""
         for ch in self.live:
-            a = int(self.heap.alloc_buf(ch.span))
-            w = self.heap.bits[a, :, ch.span][ch.idx >> 6]
-            allocated = (w >> (ch.idx & 63).astype(np.uint64)) & np.uint64(1) == 1
+            idx = ch.idx.astype(np.int64)
+            w = self.heap.bits[self.heap.alloc_buf(ch.span), idx >> 6, ch.span]
+            allocated = (w >> (idx & 63).astype(np.uint64)) & np.uint64(1) == 1
             self.stats.lost_objects += int((~allocated).sum())
-            ok = malloc.verify_payload(self.heap, ch.span, ch.idx, ch.seed)
+            ok = malloc.verify_payload(self.heap, ch.span, idx, ch.seed)
             self.stats.payload_errors += int((~ok).sum())
             self.stats.objects_checked += int(ch.idx.size)
 
