@@ -42,6 +42,19 @@ def _bench_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_alloc(args: argparse.Namespace) -> int:
+    from .bench import bench_alloc
+
+    try:
+        result = bench_alloc(args.size_class, args.seconds, args.heap_mib)
+    except ValueError as e:
+        print(f"sweeperd bench alloc: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result) if args.json else
+          "\n".join(f"{k:>24}: {v}" for k, v in result.items()))
+    return 0
+
+
 def _int_list(text: str, flag: str) -> list[int]:
     try:
         vals = [int(x) for x in text.split(",") if x.strip()]
@@ -161,6 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "in this process)")
     bs.add_argument("--json", action="store_true", help="print one JSON object")
     bs.set_defaults(func=_bench_sweep)
+    ba = bsub.add_parser("alloc", help="one mutator allocating as fast as it can")
+    ba.add_argument("--size-class", type=int, default=6, help="one-page Go class (default 6)")
+    ba.add_argument("--seconds", type=float, default=3.0)
+    ba.add_argument("--heap-mib", type=int, default=512)
+    ba.add_argument("--json", action="store_true")
+    ba.set_defaults(func=_bench_alloc)
 
     run = sub.add_parser("run", help="run the daemon in the foreground")
     run.add_argument("--config", default=None, help="TOML config file (default: built-in)")

@@ -56,3 +56,12 @@ def test_bench_sweep_with_worker_processes():
 def test_bad_worker_counts_exit_2(val):
     r = _sweeperd("bench", "sweep", "--workers", val)
     assert r.returncode == 2 and "--workers" in r.stderr
+
+
+def test_bench_alloc_prints_its_json():
+    r = _sweeperd("bench", "alloc", "--json", "--seconds", "0.5", "--heap-mib", "64")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["objects"] > 0 and out["objects_per_s"] > 0 and out["gc_cycles"] >= 0
+    assert out["arena_backed_bytes"] > 0  # payloads were really written
+    assert _sweeperd("bench", "alloc", "--size-class", "67").returncode == 2
