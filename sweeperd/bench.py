@@ -9,6 +9,8 @@ timed in the same process right after.
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -50,8 +52,9 @@ class SweepBenchConfig:
                              f"of class {self.size_class} ({need >> 20} MiB needed)")
 
 
-def fill_heap(heap: Heap, sizeclass: int, nspans: int) -> np.ndarray:
-    """Allocate ``nspans`` spans of ``sizeclass``, every slot taken, payload pages written."""
+def fill_heap(heap: Heap, sizeclass: int, nspans: int, touch: bool = True) -> np.ndarray:
+    """Allocate ``nspans`` spans of ``sizeclass``, every slot taken, payload pages written
+    (unless ``touch`` is false: a later round of a benchmark whose pages already hold bytes)."""
     if CLASS_NPAGES[sizeclass] == 1:
         spans, _ = mheap.alloc_spans(heap, sizeclass, nspans)
     else:
@@ -60,7 +63,7 @@ def fill_heap(heap: Heap, sizeclass: int, nspans: int) -> np.ndarray:
         raise ValueError(f"heap holds only {spans.size} spans of class {sizeclass}")
     alloc_all(heap, spans)
     npg = int(CLASS_NPAGES[sizeclass])
-    for s in range(0, spans.size, 4096):  # touch every payload page, a chunk at a time
+    for s in range(0, spans.size if touch else 0, 4096):  # payload pages, a chunk at a time
         chunk = spans[s : s + 4096]
         lo, hi = int(chunk[0]) * PAGE_SIZE, (int(chunk[-1]) + npg) * PAGE_SIZE
         heap.arena[lo:hi] = 0xA5
@@ -150,7 +153,7 @@ def bench_sweep_processes(cfg: SweepBenchConfig, worker_counts: list[int]) -> di
                 times = []
                 for r in range(1, cfg.rounds + 1):
                     _reset(heap)
-                    spans = fill_heap(heap, cfg.size_class, cfg.spans)
+                    spans = fill_heap(heap, cfg.size_class, cfg.spans, touch=not runs and r == 1)
                     mark_prefix(heap, spans, cfg.live)
                     heap.header[H_SWEEPGEN] += 2
                     shards.assign(heap, n)
@@ -159,6 +162,11 @@ def bench_sweep_processes(cfg: SweepBenchConfig, worker_counts: list[int]) -> di
                     # first worker's start to last worker's end, on the shared monotonic clock
                     dt = max(r["t1"] for r in per) - min(r["t0"] for r in per)
                     times.append(dt)
+                    if os.environ.get("SWEEPERD_BENCH_TRACE"):
+                        t00 = min(r["t0"] for r in per)
+                        print(n, [(round((r["t0"] - t00) * 1e3, 2),
+                                   round((r["t1"] - t00) * 1e3, 2), r["spans"]) for r in per],
+                              file=sys.stderr)
                     if shards.unswept(heap).size or shards.unfinished(heap).size:
                         raise RuntimeError("bench: spans left unswept after the workers ended")
                     if best is None or dt < best[0]:
@@ -172,7 +180,8 @@ def bench_sweep_processes(cfg: SweepBenchConfig, worker_counts: list[int]) -> di
             swept_bytes = sum(r["bitmap_bytes"] for r in per) + nsp * SPAN_META_BYTES
             memcpy = memcpy_bytes_per_s(swept_bytes)
             runs.append({
-                "workers": n, "mode": "processes", "seconds": dt, "seconds_all_rounds": times,
+                "workers": n, "mode": "processes", "seconds": dt,
+                "seconds_median": float(np.median(times)), "seconds_all_rounds": times,
                 "spans": nsp, "spans_per_s": nsp / dt,
                 "pages_per_s": sum(r["pages"] for r in per) / dt,
                 "objects_freed": sum(r["objects_freed"] for r in per),
@@ -190,6 +199,7 @@ def bench_sweep_processes(cfg: SweepBenchConfig, worker_counts: list[int]) -> di
     }
     if len(runs) > 1:
         out["speedup"] = runs[-1]["spans_per_s"] / runs[0]["spans_per_s"]
+        out["speedup_median"] = runs[0]["seconds_median"] / runs[-1]["seconds_median"]
     return out
 
 
@@ -200,9 +210,9 @@ def bench_sweep(cfg: SweepBenchConfig) -> dict[str, Any]:
     best: tuple[float, SweepStats] | None = None
     times = []
     with Heap.create(heap_bytes) as heap:
-        for _ in range(cfg.rounds):
+        for r in range(cfg.rounds):
             _reset(heap)
-            spans = fill_heap(heap, cfg.size_class, cfg.spans)
+            spans = fill_heap(heap, cfg.size_class, cfg.spans, touch=r == 0)
             mark_prefix(heap, spans, cfg.live)
             heap.header[H_SWEEPGEN] += 2  # the sweep phase begins
             h = heap.sweepgen

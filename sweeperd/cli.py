@@ -20,7 +20,7 @@ def _bench_sweep(args: argparse.Namespace) -> int:
         live=args.live,
         heap_mib=args.heap_mib,
         batch=args.batch,
-        rounds=args.rounds,
+        rounds=args.rounds or (15 if args.workers is not None else 3),
     )
     try:
         cfg.validate()
@@ -168,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--heap-mib", type=int, default=None,
                     help="heap size in MiB (default: just enough for the spans)")
     bs.add_argument("--batch", type=int, default=65_536, help="spans per claimed batch")
-    bs.add_argument("--rounds", type=int, default=3, help="rounds; the fastest is reported")
+    bs.add_argument("--rounds", type=int, default=None,
+                    help="rounds; the fastest is reported (default 3, or 15 with --workers)")
     bs.add_argument("--workers", default=None,
                     help="comma-separated sweeper process counts, e.g. 1,2 (default: sweep "
                          "in this process)")

@@ -51,7 +51,7 @@ from .shm import OS_PAGE, FlockLock, RegionHandle, SharedRegion
 from .sizeclasses import MAX_BITMAP_WORDS, PAGE_SHIFT, PAGE_SIZE
 
 MAGIC = 0x5357_4545_5045_5244  # "SWEEPERD"
-LAYOUT_VERSION = 3
+LAYOUT_VERSION = 5
 
 # Span states (Go's mSpanState).
 SPAN_DEAD = 0
@@ -74,7 +74,7 @@ HEADER_WORDS = 64
 # Sweepgen starts above zero so that h-2 never goes below zero.
 INITIAL_SWEEPGEN = 4
 DEFAULT_FINQ_CAP = 1 << 16
-MAX_SHARDS = 64  # sweeper shards: [cursor, end) page ranges, see sweeperd.shards
+MAX_SHARDS = 64  # per claimer: cursor, end, original lo, hi, last chunk lo, hi (shards.py)
 
 
 def _align(n: int, a: int = OS_PAGE) -> int:
@@ -102,7 +102,7 @@ def _fields(npages: int, finq_cap: int) -> list[tuple[str, np.dtype, tuple[int, 
         ("bits", np.dtype(np.uint64), (2, MAX_BITMAP_WORDS, npages)),
         ("fin_bits", np.dtype(np.uint64), (MAX_BITMAP_WORDS, npages)),
         ("finq", np.dtype(np.int64), (finq_cap,)),
-        ("shards", np.dtype(np.int64), (MAX_SHARDS, 2)),
+        ("shards", np.dtype(np.int64), (MAX_SHARDS, 6)),
     ]
 
 

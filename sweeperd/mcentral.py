@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import shards
 from . import sweep as _sweep
 from . import sweepgen as sg
 from .heap import SPAN_IN_USE, Heap
@@ -144,7 +145,8 @@ def cache_span(heap: Heap, sizeclass: int, owner: int = MUTATOR_OWNER,
             for s in got.tolist():
                 budget -= 1
                 with heap.lock:
-                    if (heap.span_class[s] != sizeclass or sg.try_claim(
+                    if (heap.span_class[s] != sizeclass
+                            or not shards.open_for_claim(heap, s) or sg.try_claim(
                             heap.span_sweepgen, np.array([s]), h, heap.span_owner,
                             owner).size == 0):
                         continue  # another sweeper has it, or it is already swept

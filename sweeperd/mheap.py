@@ -132,8 +132,12 @@ def alloc_spans(heap: Heap, sizeclass: int, count: int) -> tuple[np.ndarray, int
 def free_spans(heap: Heap, starts: np.ndarray) -> int:
     """Return in-use spans to the page heap (Go's ``mheap.freeSpan``); returns pages freed.
 
-    Idempotent per span: a span already freed (state DEAD) is skipped, so a recovery that
-    repeats the call after a crash frees nothing twice.
+    Called by the span's sweeper *without* the heap lock: the span is its own until its pages
+    read free.  So the stores go in an order that is safe at every instruction: the span is
+    first made DEAD (and leaves its set), then its pages are marked free — from that moment an
+    allocator may take them, and nothing of ours is written after, except lowering
+    ``H_SEARCH_ADDR`` under the lock.  A sweeper killed between the two steps leaves pages
+    owned by a DEAD span; :func:`repair` frees them.  Idempotent: DEAD spans are skipped.
     """
     starts = np.asarray(starts, dtype=np.int64)
     live = heap.span_state[starts] == SPAN_IN_USE
@@ -151,13 +155,26 @@ def free_spans(heap: Heap, starts: np.ndarray) -> int:
     else:
         pages = np.repeat(starts - np.cumsum(n) + n, n) + np.arange(int(n.sum()))
         expect = np.repeat(starts, n)
-    owner = heap.page_span[pages]
-    if ((owner != expect) & (owner != -1)).any():
+    if (heap.page_span[pages] != expect).any():
         raise HeapCorrupt("freeSpan: a page of the span belongs to another span")
-    heap.page_span[pages] = -1
     heap.span_set[ix] = SET_NONE
-    heap.span_state[ix] = SPAN_DEAD  # last: the span is gone from here on
+    heap.span_state[ix] = SPAN_DEAD
+    heap.page_span[pages] = -1  # the pages are free from here on
     lo = int(starts[0])
-    if lo < heap.header[H_SEARCH_ADDR]:
-        heap.header[H_SEARCH_ADDR] = lo
+    with heap.lock:
+        if lo < heap.header[H_SEARCH_ADDR]:
+            heap.header[H_SEARCH_ADDR] = lo
     return int(n.sum())
+
+
+def repair(heap: Heap) -> int:
+    """Free the pages of spans whose freeing was cut short (span DEAD, pages still mapped
+    to it); returns pages repaired.  Idempotent; run under the heap lock after a death."""
+    owned = np.flatnonzero(heap.page_span >= 0)
+    orphan = owned[heap.span_state[heap.page_span[owned]] != SPAN_IN_USE]
+    if orphan.size:
+        heap.page_span[orphan] = -1
+        lo = int(orphan[0])
+        if lo < heap.header[H_SEARCH_ADDR]:
+            heap.header[H_SEARCH_ADDR] = lo
+    return int(orphan.size)

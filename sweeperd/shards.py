@@ -3,16 +3,21 @@
 Theory of operation
 -------------------
 At the start of a sweep phase the coordinator splits the heap's pages into one contiguous
-range per worker: ``shards[i] = [cursor, end)`` in shared memory.  A worker takes its next
-*chunk* of pages by advancing its own cursor, and claims (sweepgen h-2 -> h-1) every in-use
-span whose start page lies in the chunk — all under the heap lock, as one vectorized step, so
-a claim costs one lock round trip per chunk, never one per span.  When its own range is
-exhausted it steals a chunk from the end of the range with the most pages left.
+range per worker: ``shards[i] = (cursor, end, lo, hi, clo, chi)`` in shared memory:
+``[cursor, end)`` still to hand out of the original ``[lo, hi)``, and ``[clo, chi)`` the last
+chunk claimer ``i`` took (what recovery must finish if ``i`` dies).  A worker takes its next
+*chunk* of pages by advancing its own cursor under the heap lock (one lock round trip per
+chunk, never one per span); when its own range is exhausted it steals a chunk from the end of
+the range with the most pages left.
 
-Mutators claim single spans through mcentral under the same lock, so every span is claimed
-exactly once per cycle whoever gets there first; a chunk may therefore yield fewer spans than
-it covers.  A chunk handed out but not yet swept is protected by its spans' sweepgen (h-1),
-which is what recovery after a worker's death looks for (see :func:`unfinished`).
+A handed-out chunk belongs to its taker alone: it claims (sweepgen h-2 -> h-1, claimer id in
+``span_owner``) every in-use span starting in it *outside* the lock, since no other sweeper gets
+those pages, and mutators claim single spans (mcentral's on-demand sweep) only where
+:func:`open_for_claim` says the pages have not been handed out — a test made under the same
+lock as the hand-out.  So every span is claimed exactly once per cycle, by whoever gets there
+first, and the lock is held for microseconds per chunk.  A chunk handed out but not yet swept
+is protected by its spans' sweepgen (h-1), which is what recovery after a worker's death
+looks for (see :func:`unfinished`).
 
 Invariants: shard ranges are disjoint and within the heap; a cursor only moves forward, an end
 only backward; a page range is handed out at most once per cycle.
@@ -22,8 +27,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import sweep as _sweep
 from .heap import MAX_SHARDS, SPAN_IN_USE, Heap
-from .sweep import SweepStats, sweep_batch
+from .mheap import repair
 from .sweepgen import M32, try_claim
 
 
@@ -34,25 +40,27 @@ def assign(heap: Heap, nworkers: int) -> None:
     edges = np.linspace(0, heap.npages, nworkers + 1).astype(np.int64)
     with heap.lock:
         heap.shards[:] = 0
-        heap.shards[:nworkers, 0] = edges[:-1]
-        heap.shards[:nworkers, 1] = edges[1:]
+        heap.shards[:nworkers, 0] = heap.shards[:nworkers, 2] = edges[:-1]
+        heap.shards[:nworkers, 1] = heap.shards[:nworkers, 3] = edges[1:]
 
 
 def _take(heap: Heap, me: int, chunk: int) -> tuple[int, int]:
     """Next page range for worker ``me``: from its own shard, else stolen.  Lock held."""
-    cur, end = (int(x) for x in heap.shards[me])
+    cur, end = int(heap.shards[me, 0]), int(heap.shards[me, 1])
     if cur < end:
-        hi = min(cur + chunk, end)
+        lo, hi = cur, min(cur + chunk, end)
         heap.shards[me, 0] = hi
-        return cur, hi
-    left = heap.shards[:, 1] - heap.shards[:, 0]
-    victim = int(np.argmax(left))
-    if left[victim] <= 0:
-        return 0, 0
-    end = int(heap.shards[victim, 1])
-    lo = max(int(heap.shards[victim, 0]), end - chunk)
-    heap.shards[victim, 1] = lo  # steal from the far end: the owner keeps its locality
-    return lo, end
+    else:
+        left = heap.shards[:, 1] - heap.shards[:, 0]
+        victim = int(np.argmax(left))
+        if left[victim] <= 0:
+            lo = hi = 0
+        else:
+            hi = int(heap.shards[victim, 1])
+            lo = max(int(heap.shards[victim, 0]), hi - chunk)
+            heap.shards[victim, 1] = lo  # steal from the far end: the owner keeps locality
+    heap.shards[me, 4], heap.shards[me, 5] = lo, hi
+    return lo, hi
 
 
 def claim_next(heap: Heap, me: int, chunk_pages: int = 16384) -> np.ndarray | None:
@@ -61,10 +69,22 @@ def claim_next(heap: Heap, me: int, chunk_pages: int = 16384) -> np.ndarray | No
     h = heap.sweepgen
     with heap.lock:
         lo, hi = _take(heap, me, chunk_pages)
-        if lo >= hi:
-            return None
-        starts = np.flatnonzero(heap.span_state[lo:hi] == SPAN_IN_USE) + lo
-        return try_claim(heap.span_sweepgen, starts, h, heap.span_owner, me)
+    if lo >= hi:
+        return None
+    # [lo, hi) is ours alone now: claim without the lock (see the module comment)
+    starts = np.flatnonzero(heap.span_state[lo:hi] == SPAN_IN_USE) + lo
+    return try_claim(heap.span_sweepgen, starts, h, heap.span_owner, me)
+
+
+def open_for_claim(heap: Heap, span: int) -> bool:
+    """May a mutator claim ``span`` itself?  Only if its page has not been handed out to a
+    sweeper's chunk this cycle.  Call with the heap lock held."""
+    sh = heap.shards
+    row = np.flatnonzero((sh[:, 2] <= span) & (span < sh[:, 3]))
+    if row.size == 0:
+        return True  # no shards cover it (no sweep running): the sweepgen decides alone
+    cur, end = int(sh[row[0], 0]), int(sh[row[0], 1])
+    return cur <= span < end
 
 
 def remaining_pages(heap: Heap) -> int:
@@ -87,7 +107,15 @@ def unfinished(heap: Heap, owner: int | None = None) -> np.ndarray:
     return np.flatnonzero(m)
 
 
-def recover(heap: Heap, dead: int) -> SweepStats:
-    """Finish the sweep of the spans a dead sweeper had claimed (coordinator, once it has
-    reaped the process).  Committed spans are finished, the rest swept; nothing twice."""
-    return sweep_batch(heap, unfinished(heap, dead), recover=True)
+def recover(heap: Heap, dead: int) -> _sweep.SweepStats:
+    """Finish what a dead claimer left (coordinator, once it has reaped the process): pages
+    whose freeing it cut short, spans it had claimed (committed ones are finished, the rest
+    swept; nothing twice), and spans of its last chunk it had not claimed yet."""
+    h = heap.sweepgen
+    with heap.lock:
+        repair(heap)
+        lo, hi = int(heap.shards[dead, 4]), int(heap.shards[dead, 5])
+        heap.shards[dead, 4] = heap.shards[dead, 5] = 0
+        starts = np.flatnonzero(heap.span_state[lo:hi] == SPAN_IN_USE) + lo
+        try_claim(heap.span_sweepgen, starts, h, heap.span_owner, dead)
+    return _sweep.sweep_batch(heap, unfinished(heap, dead), recover=True)

@@ -134,8 +134,7 @@ def sweep(heap: Heap, s: int, preserve: bool = False) -> bool:
     if preserve:
         return False
     if nalloc == 0:
-        with heap.lock:
-            free_spans(heap, np.array([s]))
+        free_spans(heap, np.array([s]))
         return True
     if nalloc == nelems:
         heap.span_set[s] = mcentral.full_swept(h)
@@ -279,10 +278,10 @@ def sweep_batch(heap: Heap, spans: np.ndarray, preserve: bool = False,
         heap.span_set[spans[~empty & ~full]] = mcentral.partial_swept(h)
         freed = spans[empty]
     if freed.size:
-        with heap.lock:
-            if fault:
-                fault("freeing")  # inside the heap lock: a death here must not wedge it
-            st.pages_freed = free_spans(heap, freed)
+        if fault:
+            with heap.lock:
+                fault("freeing")  # a death holding the heap lock must not wedge it
+        st.pages_freed = free_spans(heap, freed)
         st.spans_freed = int(freed.size)
         st.freed_starts = freed
     return st

@@ -84,3 +84,13 @@ def test_corrupt_page_map_is_loud(heap):
     heap.page_span[1] = 99
     with pytest.raises(HeapCorrupt, match="another span"):
         mheap.free_spans(heap, np.array([s]))
+
+
+def test_repair_frees_pages_of_a_span_whose_free_was_cut_short(heap):
+    s, _ = mheap.alloc_span(heap, 0, 4)
+    heap.span_state[s] = 0  # a sweeper died right after making the span DEAD
+    with pytest.raises(HeapCorrupt):
+        check_heap(heap)
+    assert mheap.repair(heap) == 4
+    assert mheap.repair(heap) == 0
+    check_heap(heap)

@@ -65,3 +65,23 @@ def test_kill_9_mid_sweep_cycle_completes_exactly_once(die_at):
         expect = int(np.bitwise_count(marked | fin).sum())
         assert int(heap.span_alloc_count[live].sum()) == expect
         assert res[0][1] + rec.spans + left.spans <= spans0.size
+
+
+def test_death_between_claiming_a_chunk_and_its_spans_is_recovered():
+    """Claims are made outside the lock: a worker that took a chunk and died before claiming
+    its spans leaves them at h-2, in pages nobody else may take; recovery sweeps them."""
+    rng = np.random.default_rng(5)
+    with Heap.create(8 << 20) as heap:
+        build(heap, rng, 200, p_fin=0.0)
+        spans0 = heap.in_use_spans()
+        before = heap.span_nsweeps[spans0].copy()
+        shards.assign(heap, 2)
+        with heap.lock:
+            took = shards._take(heap, 0, 256)  # worker 0 took a chunk ... and died
+        assert took == (0, 256) and spans0[0] < 256
+        assert not shards.open_for_claim(heap, int(spans0[0]))  # mutators keep off it
+        shards.recover(heap, 0)
+        sweep_until_done(heap, 1)  # the survivor takes the rest, stealing worker 0's shard
+        assert shards.unswept(heap).size == 0 and shards.unfinished(heap).size == 0
+        assert (heap.span_nsweeps[spans0] - before == 1).all()
+        check_heap(heap)
