@@ -137,7 +137,7 @@ def bench_sweep_processes(cfg: SweepBenchConfig, worker_counts: list[int]) -> di
     npg = int(CLASS_NPAGES[cfg.size_class])
     heap_bytes = (cfg.heap_mib << 20) if cfg.heap_mib else cfg.spans * npg * PAGE_SIZE
     chunk = max(1024, cfg.batch)
-    runs = []
+    runs: list[dict[str, Any]] = []
     with Heap.create(heap_bytes) as heap:
         for n in worker_counts:
             results = ctx.Queue()
