@@ -167,11 +167,15 @@ def free_spans(heap: Heap, starts: np.ndarray) -> int:
     return int(n.sum())
 
 
-def repair(heap: Heap) -> int:
-    """Free the pages of spans whose freeing was cut short (span DEAD, pages still mapped
-    to it); returns pages repaired.  Idempotent; run under the heap lock after a death."""
+def repair(heap: Heap, owner: int) -> int:
+    """Free the pages of spans whose freeing by the dead claimer ``owner`` was cut short
+    (span DEAD, pages still mapped to it); returns pages repaired.  Run under the heap lock
+    after reaping ``owner``.  Only that claimer's spans: a live sweeper may be between the two
+    steps of its own freeSpan right now, and freeing its pages early would let an allocator
+    take them before its last store marks them free again."""
     owned = np.flatnonzero(heap.page_span >= 0)
-    orphan = owned[heap.span_state[heap.page_span[owned]] != SPAN_IN_USE]
+    start = heap.page_span[owned]
+    orphan = owned[(heap.span_state[start] != SPAN_IN_USE) & (heap.span_owner[start] == owner)]
     if orphan.size:
         heap.page_span[orphan] = -1
         lo = int(orphan[0])

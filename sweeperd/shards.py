@@ -113,7 +113,7 @@ def recover(heap: Heap, dead: int) -> _sweep.SweepStats:
     swept; nothing twice), and spans of its last chunk it had not claimed yet."""
     h = heap.sweepgen
     with heap.lock:
-        repair(heap)
+        repair(heap, dead)
         lo, hi = int(heap.shards[dead, 4]), int(heap.shards[dead, 5])
         heap.shards[dead, 4] = heap.shards[dead, 5] = 0
         starts = np.flatnonzero(heap.span_state[lo:hi] == SPAN_IN_USE) + lo

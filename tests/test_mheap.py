@@ -88,9 +88,13 @@ def test_corrupt_page_map_is_loud(heap):
 
 def test_repair_frees_pages_of_a_span_whose_free_was_cut_short(heap):
     s, _ = mheap.alloc_span(heap, 0, 4)
-    heap.span_state[s] = 0  # a sweeper died right after making the span DEAD
+    t, _ = mheap.alloc_span(heap, 0, 2)
+    heap.span_owner[s], heap.span_owner[t] = 7, 8
+    heap.span_state[s] = heap.span_state[t] = 0  # 7 died mid-free; 8 is mid-free, alive
     with pytest.raises(HeapCorrupt):
         check_heap(heap)
-    assert mheap.repair(heap) == 4
-    assert mheap.repair(heap) == 0
+    assert mheap.repair(heap, 7) == 4
+    assert mheap.repair(heap, 7) == 0
+    assert (heap.page_span[t : t + 2] == t).all()  # a live sweeper's pages are not touched
+    heap.page_span[t : t + 2] = -1  # ... it finishes its own free
     check_heap(heap)
