@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
+import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -105,6 +107,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"sweeperd run: cannot start: {e}", file=sys.stderr)
         return 1
     co.install_signal_handlers()
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1: where is it stuck?
     try:
         print(f"sweeperd: heap {cfg.heap.size_mib} MiB, {cfg.sweep.sweepers} sweepers, "
               f"{cfg.mutators.count} mutators", flush=True)

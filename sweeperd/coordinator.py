@@ -322,7 +322,7 @@ class Coordinator:
             self._send(w, "resume", cycle=h, sweep_pages_per_byte=self.sweep_pages_per_byte)
 
     def _sweep_done(self) -> bool:
-        if self.pending or shards.remaining_pages(self.heap):
+        if self.pending or shards.remaining_pages(self.heap) or shards.in_flight(self.heap):
             return False
         if shards.unfinished(self.heap).size:
             return False  # a mutator is finishing a chunk

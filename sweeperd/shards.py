@@ -76,6 +76,17 @@ def claim_next(heap: Heap, me: int, chunk_pages: int = 16384) -> np.ndarray | No
     return try_claim(heap.span_sweepgen, starts, h, heap.span_owner, me)
 
 
+def release_chunk(heap: Heap, me: int) -> None:
+    """The claimer has swept its last chunk: it is no longer in flight (own row, no lock)."""
+    heap.shards[me, 4] = heap.shards[me, 5] = 0
+
+
+def in_flight(heap: Heap) -> bool:
+    """Has some claimer taken a chunk it has not released?  Until none has, spans may still
+    be claimed outside the lock, and nobody else may claim in handed-out pages."""
+    return bool((heap.shards[:, 4] < heap.shards[:, 5]).any())
+
+
 def open_for_claim(heap: Heap, span: int) -> bool:
     """May a mutator claim ``span`` itself?  Only if its page has not been handed out to a
     sweeper's chunk this cycle.  Call with the heap lock held."""

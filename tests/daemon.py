@@ -47,7 +47,7 @@ class Daemon:
                 frames = [frames]
             s.send_multipart(frames)
             if not s.poll(int(timeout * 1000)):
-                raise TimeoutError("no reply from the daemon")
+                raise TimeoutError(f"no reply from the daemon; it was at:\n{self.where()}")
             return json.loads(s.recv())
         finally:
             s.close()
@@ -64,6 +64,16 @@ class Daemon:
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out waiting for {what}; last status {st}")
             time.sleep(0.1)
+
+    def where(self) -> str:
+        """The daemon's thread stacks (it dumps them on SIGUSR1), then it is killed."""
+        if self.proc.poll() is not None:
+            return f"(exited with {self.proc.returncode})"
+        self.proc.send_signal(signal.SIGUSR1)
+        time.sleep(1)
+        self.proc.kill()
+        self.proc.wait()
+        return self.proc.stderr.read()[-4000:] if self.proc.stderr else ""
 
     def stop(self, timeout: float = 30) -> int:
         if self.proc.poll() is None:

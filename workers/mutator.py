@@ -24,7 +24,7 @@ from sweeperd import malloc, mark, mcentral, mheap, specials
 from sweeperd.config import MutatorConfig
 from sweeperd.errors import OutOfMemory
 from sweeperd.heap import Heap, HeapHandle
-from sweeperd.shards import claim_next
+from sweeperd.shards import claim_next, release_chunk
 from sweeperd.sizeclasses import CLASS_NELEMS, CLASS_NPAGES, CLASS_SIZE, large_npages
 from sweeperd.sweep import sweep_batch
 
@@ -191,6 +191,7 @@ class Mutator:
             self.sweep_debt -= chunk
             if spans.size:
                 self._count_sweep(sweep_batch(self.heap, spans))
+            release_chunk(self.heap, self.owner)
 
     def flush(self) -> None:
         """Give back every cached span (Go flushes mcaches when a cycle starts)."""

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sweeperd.heap import H_BENCH_GO, Heap, HeapHandle
-from sweeperd.shards import claim_next
+from sweeperd.shards import claim_next, release_chunk
 from sweeperd.sweep import SweepStats, sweep_batch
 
 
@@ -27,6 +27,7 @@ def sweep_until_done(heap: Heap, me: int, chunk_pages: int = 16384,
             fault("claimed")
         if spans.size:
             stats.add(sweep_batch(heap, spans, fault=fault))
+        release_chunk(heap, me)
     return stats
 
 
