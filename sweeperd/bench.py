@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from . import mark, mheap
-from .heap import H_BENCH_GO, H_SWEEPGEN, Heap
+from .heap import H_BENCH_GO, H_BENCH_READY, H_SWEEPGEN, Heap
 from .malloc import alloc_all
 from .sizeclasses import CLASS_NELEMS, CLASS_NPAGES, CLASS_NWORDS, CLASS_SIZE, PAGE_SIZE
 from .sweep import SPAN_META_BYTES, SweepStats, sweep_batch
@@ -35,6 +35,7 @@ class SweepBenchConfig:
     heap_mib: int | None = None
     batch: int = 65_536
     rounds: int = 3
+    chunk_pages: int = 16_384  # pages a worker process takes at once (--workers runs)
 
     def validate(self) -> None:
         if self.spans <= 0:
@@ -46,6 +47,8 @@ class SweepBenchConfig:
             raise ValueError(f"--live must be within [0, 1], got {self.live}")
         if self.batch <= 0 or self.rounds <= 0:
             raise ValueError("--batch and --rounds must be positive")
+        if self.chunk_pages < 64:
+            raise ValueError(f"--chunk-pages must be at least 64, got {self.chunk_pages}")
         need = self.spans * int(CLASS_NPAGES[self.size_class]) * PAGE_SIZE
         if self.heap_mib is not None and self.heap_mib * (1 << 20) < need:
             raise ValueError(f"--heap-mib {self.heap_mib} is too small for {self.spans} spans "
@@ -136,12 +139,12 @@ def bench_sweep_processes(cfg: SweepBenchConfig, worker_counts: list[int]) -> di
     ctx = mp.get_context("spawn")
     npg = int(CLASS_NPAGES[cfg.size_class])
     heap_bytes = (cfg.heap_mib << 20) if cfg.heap_mib else cfg.spans * npg * PAGE_SIZE
-    chunk = max(1024, cfg.batch)
+    chunk = max(1024, cfg.chunk_pages)
     runs: list[dict[str, Any]] = []
     with Heap.create(heap_bytes) as heap:
         for n in worker_counts:
             results = ctx.Queue()
-            heap.header[H_BENCH_GO] = 0
+            heap.header[H_BENCH_GO] = heap.header[H_BENCH_READY] = 0
             procs = [ctx.Process(target=bench_main, name=f"sweeper-{i}",
                                  args=(heap.handle.to_dict(), i, results,
                                        cfg.rounds, chunk))
@@ -157,6 +160,8 @@ def bench_sweep_processes(cfg: SweepBenchConfig, worker_counts: list[int]) -> di
                     mark_prefix(heap, spans, cfg.live)
                     heap.header[H_SWEEPGEN] += 2
                     shards.assign(heap, n)
+                    heap.header[H_BENCH_READY] = r  # workers stop sleeping and spin
+                    time.sleep(0.05)
                     heap.header[H_BENCH_GO] = r  # go
                     per = [_result(results, procs) for _ in range(n)]
                     # first worker's start to last worker's end, on the shared monotonic clock

@@ -22,6 +22,7 @@ def _bench_sweep(args: argparse.Namespace) -> int:
         live=args.live,
         heap_mib=args.heap_mib,
         batch=args.batch,
+        chunk_pages=args.chunk_pages,
         rounds=args.rounds or (15 if args.workers is not None else 3),
     )
     try:
@@ -170,7 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="fraction of objects kept live, first by address (default 0)")
     bs.add_argument("--heap-mib", type=int, default=None,
                     help="heap size in MiB (default: just enough for the spans)")
-    bs.add_argument("--batch", type=int, default=65_536, help="spans per claimed batch")
+    bs.add_argument("--batch", type=int, default=65_536,
+                    help="spans per sweep_batch call, in-process (default 65536)")
+    bs.add_argument("--chunk-pages", dest="chunk_pages", type=int, default=16_384,
+                    help="pages a worker process claims at once, with --workers (default 16384)")
     bs.add_argument("--rounds", type=int, default=None,
                     help="rounds; the fastest is reported (default 3, or 15 with --workers)")
     bs.add_argument("--workers", default=None,

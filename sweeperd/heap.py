@@ -69,6 +69,7 @@ H_FINQ_TAIL = 7
 H_FINQ_CAP = 8
 H_SCAV_SEARCH = 9  # reserved for the scavenger
 H_BENCH_GO = 10  # benchmark rounds: workers start round r when this reaches r
+H_BENCH_READY = 11  # ... and spin (instead of sleeping) once this reaches r
 HEADER_WORDS = 64
 
 # Sweepgen starts above zero so that h-2 never goes below zero.

@@ -237,8 +237,10 @@ def main(handle: dict[str, Any], me: int, endpoint: str, mcfg: dict[str, Any],
          heartbeat_ms: int, debug: bool) -> None:
     """Daemon shell: allocate until told to mark; mark; wait for resume; repeat."""
     from .link import Link
+    from .tuning import keep_malloc_memory
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator drains us with "stop"
+    keep_malloc_memory()
     cfg = MutatorConfig(**{**mcfg, "size_classes": tuple(mcfg["size_classes"])})
     heap = Heap.attach(HeapHandle.from_dict(handle))
     link = Link(endpoint, "mutator", me)

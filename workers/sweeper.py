@@ -13,9 +13,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sweeperd.heap import H_BENCH_GO, Heap, HeapHandle
+from sweeperd.heap import H_BENCH_GO, H_BENCH_READY, Heap, HeapHandle
 from sweeperd.shards import claim_next, release_chunk
 from sweeperd.sweep import SweepStats, sweep_batch
+
+from .tuning import keep_malloc_memory
 
 
 def sweep_until_done(heap: Heap, me: int, chunk_pages: int = 16384,
@@ -34,13 +36,17 @@ def sweep_until_done(heap: Heap, me: int, chunk_pages: int = 16384,
 def bench_main(handle: dict[str, Any], me: int, results: Any, rounds: int,
                chunk_pages: int) -> None:
     """Benchmark shell: one sweep per round.  Round r starts when the driver sets the heap
-    header's H_BENCH_GO to r; workers poll it every 50 µs, so they start within ~0.1 ms of
-    each other (a barrier's wake-up skew was several ms, larger than the sweep itself)."""
+    header's H_BENCH_GO to r.  Workers sleep-poll until H_BENCH_READY reaches r (the heap is
+    filled), then spin on H_BENCH_GO, so they start within ~0.05 ms of each other: a barrier's
+    or a sleeping poll's wake-up skew was 0.5–3 ms on this VM, as long as the sweep itself."""
+    keep_malloc_memory()
     heap = Heap.attach(HeapHandle.from_dict(handle))
     try:
         for r in range(1, rounds + 1):
+            while heap.header[H_BENCH_READY] < r:
+                time.sleep(200e-6)
             while heap.header[H_BENCH_GO] < r:
-                time.sleep(50e-6)
+                pass  # spin: the driver only sleeps until it says go
             t0 = time.perf_counter()
             st = sweep_until_done(heap, me, chunk_pages)
             t1 = time.perf_counter()  # CLOCK_MONOTONIC: comparable across processes
@@ -58,6 +64,7 @@ def main(handle: dict[str, Any], me: int, endpoint: str, chunk_pages: int,
     from .link import Link
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator drains us with "stop"
+    keep_malloc_memory()
     heap = Heap.attach(HeapHandle.from_dict(handle))
     link = Link(endpoint, "sweeper", me)
     total = SweepStats()
