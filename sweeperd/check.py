@@ -32,16 +32,17 @@ def check_heap(heap: Heap) -> None:
         if (pages >= heap.npages).any() or np.unique(pages).size != pages.size:
             raise HeapCorrupt("in-use spans overlap or run past the end of the heap")
         owner[pages] = np.repeat(starts, n)
-    bad = np.flatnonzero(owner != heap.page_span)
+    ps = np.where(heap.page_span == -2, -1, heap.page_span)  # being scavenged: a free page
+    bad = np.flatnonzero(owner != ps)
     if bad.size:
         p = int(bad[0])
         raise HeapCorrupt(f"page {p}: page_span {heap.page_span[p]} but owner is {owner[p]}")
-    free = heap.page_span < 0
+    free = heap.page_span < 0  # free or being scavenged
     if (heap.scavenged[~free] != 0).any():
         raise HeapCorrupt(f"page {int(np.argmax(~free & (heap.scavenged != 0)))} is in use "
                           "and scavenged")
     sa = int(heap.header[H_SEARCH_ADDR])
-    if free[:sa].any():
+    if (heap.page_span[:sa] == -1).any():
         raise HeapCorrupt(f"searchAddr {sa} is above free page {int(np.argmax(free))}")
 
     cls = heap.span_class[starts]

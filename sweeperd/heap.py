@@ -53,6 +53,10 @@ from .sizeclasses import MAX_BITMAP_WORDS, PAGE_SHIFT, PAGE_SIZE
 MAGIC = 0x5357_4545_5045_5244  # "SWEEPERD"
 LAYOUT_VERSION = 5
 
+# page_span values that are not a span's start page.
+PAGE_FREE = -1  # free: the allocator may take it
+PAGE_SCAVENGING = -2  # free, taken out of the allocator's reach while the scavenger releases it
+
 # Span states (Go's mSpanState).
 SPAN_DEAD = 0
 SPAN_IN_USE = 1

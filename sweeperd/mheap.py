@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import HeapCorrupt, OutOfMemory
-from .heap import H_SEARCH_ADDR, SPAN_DEAD, SPAN_IN_USE, Heap, span_ix
+from .heap import H_SEARCH_ADDR, PAGE_FREE, SPAN_DEAD, SPAN_IN_USE, Heap, span_ix
 from .sizeclasses import CLASS_NELEMS, CLASS_NPAGES, CLASS_NWORDS
 
 SET_NONE = 0
@@ -46,7 +46,7 @@ def _first_run(mask: np.ndarray, n: int) -> int:
 def find_run(heap: Heap, npages: int) -> int:
     """Start page of the free run :func:`alloc_span` would take, or -1 if none fits."""
     lo = int(heap.header[H_SEARCH_ADDR])
-    free = heap.page_span[lo:] < 0
+    free = heap.page_span[lo:] == PAGE_FREE
     first_free = int(np.argmax(free)) if free.size and free.any() else free.size
     heap.header[H_SEARCH_ADDR] = lo + first_free  # tighten the bound while we are here
     lo += first_free
@@ -69,8 +69,8 @@ def init_spans(heap: Heap, starts: np.ndarray, npages: int, sizeclass: int) -> i
         pages = starts
     else:
         pages = (starts[:, None] + np.arange(npages)).ravel()
-    if (heap.page_span[pages] >= 0).any():
-        raise HeapCorrupt("init_spans: run overlaps an in-use span")
+    if (heap.page_span[pages] != PAGE_FREE).any():
+        raise HeapCorrupt("init_spans: run overlaps an in-use span or pages being scavenged")
     h = heap.sweepgen
     heap.page_span[pages] = np.repeat(starts, npages) if npages > 1 else starts
     nscav = int(np.count_nonzero(heap.scavenged[pages]))
@@ -118,7 +118,7 @@ def alloc_spans(heap: Heap, sizeclass: int, count: int) -> tuple[np.ndarray, int
     if count <= 0:
         return np.empty(0, dtype=np.int64), 0
     lo = int(heap.header[H_SEARCH_ADDR])
-    free = heap.page_span[lo:] < 0
+    free = heap.page_span[lo:] == PAGE_FREE
     scav = heap.scavenged[lo:] != 0
     take = np.flatnonzero(free & ~scav)[:count]
     if take.size < count:
@@ -159,7 +159,7 @@ def free_spans(heap: Heap, starts: np.ndarray) -> int:
         raise HeapCorrupt("freeSpan: a page of the span belongs to another span")
     heap.span_set[ix] = SET_NONE
     heap.span_state[ix] = SPAN_DEAD
-    heap.page_span[pages] = -1  # the pages are free from here on
+    heap.page_span[pages] = PAGE_FREE  # the pages are free from here on
     lo = int(starts[0])
     with heap.lock:
         if lo < heap.header[H_SEARCH_ADDR]:

@@ -1,0 +1,127 @@
+"""The scavenger's core: which free pages to return to the OS, and the release protocol.
+
+Theory of operation
+-------------------
+Candidates are free pages whose memory is still backed (``page_span == PAGE_FREE`` and not
+``scavenged``), taken **from the highest address down** (Go's order: allocation prefers low
+addresses, so the top of the heap is the least likely to be reused soon).  Contiguous candidate
+pages form runs; a run never crosses an allocated page, by construction, and each run is one
+madvise call (or one iovec of a vectored call), never one per page.
+
+A release goes in three steps, as Go's scavenger allocates the pages it releases:
+
+1. **take** (heap lock): the chosen runs are re-read and marked ``PAGE_SCAVENGING``; from then
+   on no allocator can hand them out, because the allocator only takes ``PAGE_FREE`` pages;
+2. **release** (no lock): ``sysUnused`` on each run — the slow part, with mutators and sweepers
+   running;
+3. **finish** (heap lock): the pages become ``PAGE_FREE`` again with their ``scavenged`` bits
+   set, and the allocator's search address is lowered to them.
+
+A scavenger killed between 1 and 3 leaves ``PAGE_SCAVENGING`` pages; :func:`recover` releases
+them again (MADV_REMOVE of a removed page is a no-op) and finishes them.
+
+Invariants: no page of an in-use span is ever released; a page is released at most once until
+it is reused (its scavenged bit is set by the release and cleared only by allocation); the
+scavenged bit is set only on free pages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .heap import H_SEARCH_ADDR, PAGE_FREE, PAGE_SCAVENGING, Heap
+from .sizeclasses import PAGE_SIZE
+from .sysmem import SysMem
+
+
+@dataclass
+class Released:
+    pages: int = 0
+    runs: int = 0
+
+    @property
+    def bytes(self) -> int:
+        return self.pages * PAGE_SIZE
+
+
+def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, lengths) of the runs of True in ``mask``, ascending."""
+    m = np.concatenate(([False], mask, [False])).view(np.int8)
+    d = np.diff(m)
+    starts = np.flatnonzero(d == 1)
+    return starts, np.flatnonzero(d == -1) - starts
+
+
+def candidates(heap: Heap, max_pages: int) -> tuple[np.ndarray, np.ndarray]:
+    """Runs of free, unscavenged pages totalling at most ``max_pages``, highest first."""
+    starts, lengths = _runs((heap.page_span == PAGE_FREE) & (heap.scavenged == 0))
+    if starts.size == 0 or max_pages <= 0:
+        return starts[:0], lengths[:0]
+    starts, lengths = starts[::-1], lengths[::-1]  # from the top down
+    cum = np.cumsum(lengths)
+    k = int(np.searchsorted(cum, max_pages, side="left"))
+    if k < starts.size:  # the last run is cut: keep its top part
+        keep = max_pages - (int(cum[k - 1]) if k else 0)
+        starts, lengths = starts[: k + 1].copy(), lengths[: k + 1].copy()
+        starts[k] += lengths[k] - keep
+        lengths[k] = keep
+    return starts, lengths
+
+
+def _pages(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    if starts.size == 0:
+        return starts
+    return np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(
+        int(lengths.sum()))
+
+
+def take(heap: Heap, max_pages: int) -> tuple[np.ndarray, np.ndarray]:
+    """Step 1: choose and take runs out of the allocator's reach."""
+    with heap.lock:
+        starts, lengths = candidates(heap, max_pages)
+        heap.page_span[_pages(starts, lengths)] = PAGE_SCAVENGING
+    return starts, lengths
+
+
+def finish(heap: Heap, starts: np.ndarray, lengths: np.ndarray) -> None:
+    """Step 3: the released pages are free again, and marked scavenged."""
+    pages = _pages(starts, lengths)
+    with heap.lock:
+        heap.scavenged[pages] = 1  # first: a page the allocator sees free is already marked
+        heap.page_span[pages] = PAGE_FREE
+        if pages.size and int(pages.min()) < heap.header[H_SEARCH_ADDR]:
+            heap.header[H_SEARCH_ADDR] = int(pages.min())
+
+
+def scavenge(heap: Heap, sysmem: SysMem, max_pages: int) -> Released:
+    """Release up to ``max_pages`` free pages, highest first, in as few calls as runs."""
+    starts, lengths = take(heap, max_pages)
+    if starts.size == 0:
+        return Released()
+    try:
+        sysmem.sys_unused_runs(starts * PAGE_SIZE, lengths * PAGE_SIZE)
+    except BaseException:
+        with heap.lock:  # nothing was marked scavenged: give the pages back as they were
+            heap.page_span[_pages(starts, lengths)] = PAGE_FREE
+        raise
+    finish(heap, starts, lengths)
+    return Released(int(lengths.sum()), int(starts.size))
+
+
+def recover(heap: Heap, sysmem: SysMem) -> Released:
+    """Finish the release a dead scavenger left half done (coordinator, after reaping it)."""
+    starts, lengths = _runs(heap.page_span == PAGE_SCAVENGING)
+    if starts.size:
+        sysmem.sys_unused_runs(starts * PAGE_SIZE, lengths * PAGE_SIZE)
+        finish(heap, starts, lengths)
+    return Released(int(lengths.sum()), int(starts.size))
+
+
+def fragmentation_bytes(heap: Heap) -> int:
+    """Free slot bytes inside in-use spans that hold live objects: memory the scavenger
+    cannot release however long it runs (Go's anchor: every 10th object kept, nothing freed)."""
+    from .heapstats import heap_stats
+
+    return heap_stats(heap).unused_bytes
