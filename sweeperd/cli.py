@@ -58,6 +58,19 @@ def _bench_alloc(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_scavenge(args: argparse.Namespace) -> int:
+    from .bench import bench_scavenge
+
+    try:
+        result = bench_scavenge(args.heap_mib, args.live, args.cpu_fraction, args.vectored)
+    except ValueError as e:
+        print(f"sweeperd bench scavenge: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result) if args.json else
+          "\n".join(f"{k:>28}: {v}" for k, v in result.items()))
+    return 0
+
+
 def _int_list(text: str, flag: str) -> list[int]:
     try:
         vals = [int(x) for x in text.split(",") if x.strip()]
@@ -188,6 +201,16 @@ def build_parser() -> argparse.ArgumentParser:
     ba.add_argument("--heap-mib", type=int, default=512)
     ba.add_argument("--json", action="store_true")
     ba.set_defaults(func=_bench_alloc)
+    bsc = bsub.add_parser("scavenge", help="fill a heap, free it, release it to the kernel")
+    bsc.add_argument("--heap-mib", type=int, default=2048)
+    bsc.add_argument("--live", type=float, default=0.0,
+                     help="fraction of objects kept (first by address); > 0: paced release")
+    bsc.add_argument("--cpu-fraction", dest="cpu_fraction", type=float, default=0.01,
+                     help="scavenger CPU budget as a fraction of the machine (default 0.01)")
+    bsc.add_argument("--vectored", action="store_true",
+                     help="release scattered runs with process_madvise")
+    bsc.add_argument("--json", action="store_true")
+    bsc.set_defaults(func=_bench_scavenge)
 
     run = sub.add_parser("run", help="run the daemon in the foreground")
     run.add_argument("--config", default=None, help="TOML config file (default: built-in)")

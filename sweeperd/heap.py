@@ -74,6 +74,8 @@ H_FINQ_CAP = 8
 H_SCAV_SEARCH = 9  # reserved for the scavenger
 H_BENCH_GO = 10  # benchmark rounds: workers start round r when this reaches r
 H_BENCH_READY = 11  # ... and spin (instead of sleeping) once this reaches r
+H_HEAP_GOAL = 12  # the coordinator's current heap goal (bytes), for the scavenger
+H_MEMORY_LIMIT = 13  # memory limit in bytes, 0 = none
 HEADER_WORDS = 64
 
 # Sweepgen starts above zero so that h-2 never goes below zero.

@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import HeapCorrupt, OutOfMemory
-from .heap import H_SEARCH_ADDR, PAGE_FREE, SPAN_DEAD, SPAN_IN_USE, Heap, span_ix
+from .heap import H_SCAV_SEARCH, H_SEARCH_ADDR, PAGE_FREE, SPAN_DEAD, SPAN_IN_USE, Heap, span_ix
 from .sizeclasses import CLASS_NELEMS, CLASS_NPAGES, CLASS_NWORDS
 
 SET_NONE = 0
@@ -161,9 +161,12 @@ def free_spans(heap: Heap, starts: np.ndarray) -> int:
     heap.span_state[ix] = SPAN_DEAD
     heap.page_span[pages] = PAGE_FREE  # the pages are free from here on
     lo = int(starts[0])
+    hi = int(starts[-1] + n[-1])
     with heap.lock:
         if lo < heap.header[H_SEARCH_ADDR]:
             heap.header[H_SEARCH_ADDR] = lo
+        if hi > heap.header[H_SCAV_SEARCH]:  # new candidates for the scavenger up here
+            heap.header[H_SCAV_SEARCH] = hi
     return int(n.sum())
 
 
@@ -181,4 +184,5 @@ def repair(heap: Heap, owner: int) -> int:
         lo = int(orphan[0])
         if lo < heap.header[H_SEARCH_ADDR]:
             heap.header[H_SEARCH_ADDR] = lo
+        heap.header[H_SCAV_SEARCH] = max(int(heap.header[H_SCAV_SEARCH]), int(orphan[-1]) + 1)
     return int(orphan.size)

@@ -11,9 +11,10 @@ so a process can only send what a peer would accept.
 
 Two conversations share the format:
 
-* clients -> coordinator (REQ/REP): ``status``, ``gc`` (force a cycle), ``ping``;
+* clients -> coordinator (REQ/REP): ``status``, ``gc`` (force a cycle), ``ping``,
+  ``scavenge`` (release all free memory now);
 * workers <-> coordinator (DEALER/ROUTER): ``hello``, ``heartbeat``, ``swept``, ``marked``
-  from workers; ``sweep``, ``mark``, ``resume``, ``stop`` to them.
+  from workers; ``sweep``, ``mark``, ``resume``, ``stop``, ``release_all`` to them.
 
 Replies carry ``"ok": true`` and their fields, or ``"ok": false`` and ``"error"``.
 """
@@ -28,13 +29,14 @@ from typing import Any
 VERSION = 1
 MAX_FRAME = 64 * 1024
 
-CLIENT_TYPES = {"status", "gc", "ping"}
+CLIENT_TYPES = {"status", "gc", "ping", "scavenge"}
 
 # type -> {field: kind}; kinds: int, num, str, stats (flat {str: number}), role
 SCHEMA: dict[str, dict[str, str]] = {
     "status": {},
     "gc": {},
     "ping": {},
+    "scavenge": {},  # release every free page now (Go's debug.FreeOSMemory)
     "hello": {"role": "role", "id": "int", "pid": "int"},
     "heartbeat": {"stats": "stats"},
     "swept": {"cycle": "int", "stats": "stats"},
@@ -43,8 +45,9 @@ SCHEMA: dict[str, dict[str, str]] = {
     "mark": {"cycle": "int"},
     "resume": {"cycle": "int", "sweep_pages_per_byte": "num"},
     "stop": {},
+    "release_all": {},
 }
-ROLES = {"sweeper", "mutator"}
+ROLES = {"sweeper", "mutator", "scavenger"}
 MAX_STATS = 64
 
 

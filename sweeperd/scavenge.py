@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .heap import H_SEARCH_ADDR, PAGE_FREE, PAGE_SCAVENGING, Heap
+from .heap import H_SCAV_SEARCH, H_SEARCH_ADDR, PAGE_FREE, PAGE_SCAVENGING, Heap
 from .sizeclasses import PAGE_SIZE
 from .sysmem import SysMem
 
@@ -54,12 +54,53 @@ def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return starts, np.flatnonzero(d == -1) - starts
 
 
+WINDOW = 1 << 16  # pages looked at per step of the downward search
+
+
 def candidates(heap: Heap, max_pages: int) -> tuple[np.ndarray, np.ndarray]:
     """Runs of free, unscavenged pages totalling at most ``max_pages``, highest first."""
-    starts, lengths = _runs((heap.page_span == PAGE_FREE) & (heap.scavenged == 0))
-    if starts.size == 0 or max_pages <= 0:
-        return starts[:0], lengths[:0]
-    starts, lengths = starts[::-1], lengths[::-1]  # from the top down
+    starts, lengths, _ = _search(heap, max_pages)
+    return starts, lengths
+
+
+def _search(heap: Heap, max_pages: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """:func:`candidates`, plus where the next search may start once these are taken.
+
+    The search starts at ``H_SCAV_SEARCH`` (no candidate at or above it) and moves down a
+    window at a time, so a release costs in proportion to what it looks at, not to the heap.
+    Freeing a span raises ``H_SCAV_SEARCH`` above it again.  Call with the heap lock held.
+    """
+    hi = min(int(heap.header[H_SCAV_SEARCH]), heap.npages)
+    found_s: list[np.ndarray] = []
+    found_l: list[np.ndarray] = []
+    total = 0
+    while hi > 0 and total < max_pages:
+        lo = max(0, hi - WINDOW)
+        s_, l_ = _runs((heap.page_span[lo:hi] == PAGE_FREE) & (heap.scavenged[lo:hi] == 0))
+        if s_.size:
+            found_s.append(s_[::-1] + lo)
+            found_l.append(l_[::-1])
+            total += int(l_.sum())
+        if total < max_pages:
+            hi = lo
+    if not found_s or max_pages <= 0:
+        return np.empty(0, np.int64), np.empty(0, np.int64), hi
+    starts, lengths = _merge_top(np.concatenate(found_s), np.concatenate(found_l), max_pages)
+    return starts, lengths, hi
+
+
+def _merge_top(starts: np.ndarray, lengths: np.ndarray,
+               max_pages: int) -> tuple[np.ndarray, np.ndarray]:
+    """Join runs split by window edges (descending input), then cut to ``max_pages``."""
+    if starts.size > 1:
+        join = starts[:-1] == starts[1:] + lengths[1:]  # run i starts where run i+1 ends
+        if join.any():
+            # fold each joined chain into its lowest run, from the top of the chain down
+            alive = np.ones(starts.size, dtype=bool)
+            for i in np.flatnonzero(join).tolist():
+                lengths[i + 1] += lengths[i]
+                alive[i] = False
+            starts, lengths = starts[alive], lengths[alive]
     cum = np.cumsum(lengths)
     k = int(np.searchsorted(cum, max_pages, side="left"))
     if k < starts.size:  # the last run is cut: keep its top part
@@ -80,8 +121,9 @@ def _pages(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 def take(heap: Heap, max_pages: int) -> tuple[np.ndarray, np.ndarray]:
     """Step 1: choose and take runs out of the allocator's reach."""
     with heap.lock:
-        starts, lengths = candidates(heap, max_pages)
+        starts, lengths, hi = _search(heap, max_pages)
         heap.page_span[_pages(starts, lengths)] = PAGE_SCAVENGING
+        heap.header[H_SCAV_SEARCH] = hi  # taken: no candidate is left above hi
     return starts, lengths
 
 
@@ -114,6 +156,8 @@ def recover(heap: Heap, sysmem: SysMem) -> Released:
     """Finish the release a dead scavenger left half done (coordinator, after reaping it)."""
     starts, lengths = _runs(heap.page_span == PAGE_SCAVENGING)
     if starts.size:
+        with heap.lock:
+            heap.header[H_SCAV_SEARCH] = heap.npages
         sysmem.sys_unused_runs(starts * PAGE_SIZE, lengths * PAGE_SIZE)
         finish(heap, starts, lengths)
     return Released(int(lengths.sum()), int(starts.size))

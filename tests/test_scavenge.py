@@ -84,7 +84,7 @@ def test_pages_being_released_are_out_of_the_allocators_reach():
         assert mheap.find_run(heap, 1) == -1
         scavenge.finish(heap, starts, lengths)
         got, nscav = mheap.alloc_span(heap, 6)
-        assert nscav == 1  # a reused page was released: it goes through sysUsed
+        assert got == 0 and nscav == 1  # a reused page was released: it goes through sysUsed
 
 
 def test_a_dead_scavengers_half_release_is_recovered():
@@ -166,3 +166,21 @@ ScavengeModel.TestCase.settings = settings(max_examples=40, stateful_step_count=
                                            deadline=None,
                                            suppress_health_check=[HealthCheck.too_slow])
 TestScavengeModel = ScavengeModel.TestCase
+
+
+def test_runs_across_search_windows_are_one_call(monkeypatch):
+    monkeypatch.setattr(scavenge, "WINDOW", 16)
+    with Heap.create(1 << 20) as heap:  # 128 pages
+        s, _ = mheap.alloc_span(heap, 0, 100)
+        t, _ = mheap.alloc_span(heap, 0, 28)
+        heap.arena[:] = 1
+        mheap.free_spans(heap, np.array([s]))
+        starts, lengths = scavenge.candidates(heap, 1000)
+        assert starts.tolist() == [0] and lengths.tolist() == [100]  # 7 windows, one run
+        starts, lengths = scavenge.candidates(heap, 30)
+        assert starts.tolist() == [70] and lengths.tolist() == [30]  # its top 30 pages
+        r = scavenge.scavenge(heap, _sysmem(heap), 1000)
+        assert r.runs == 1 and r.pages == 100
+        assert heap.arena_backed_bytes() == 28 * PAGE_SIZE
+        mheap.free_spans(heap, np.array([t]))  # freeing above raises the search again
+        assert scavenge.scavenge(heap, _sysmem(heap), 1000).pages == 28

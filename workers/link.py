@@ -15,7 +15,7 @@ import zmq
 
 from sweeperd import protocol
 
-TO_WORKER = {"sweep", "mark", "resume", "stop"}
+TO_WORKER = {"sweep", "mark", "resume", "stop", "release_all"}
 
 
 class Link:
