@@ -61,6 +61,14 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class ScavengerConfig:
+    enabled: bool = True
+    cpu_fraction: float = 0.01
+    memory_limit_mib: int = 0
+    vectored: str = "auto"
+
+
+@dataclass(frozen=True)
 class RunConfig:
     duration_s: float = 0
     debug_checks: bool = False
@@ -75,6 +83,7 @@ class Config:
     control: ControlConfig = field(default_factory=ControlConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    scavenger: ScavengerConfig = field(default_factory=ScavengerConfig)
 
 
 # (min, max) per numeric key; the type comes from the dataclass field.
@@ -93,7 +102,10 @@ RANGES: dict[str, tuple[float, float]] = {
     "control.heartbeat_ms": (10, 60_000),
     "control.dead_after_ms": (10, 600_000),
     "run.duration_s": (0, 31_536_000),
+    "scavenger.cpu_fraction": (0.0001, 1),
+    "scavenger.memory_limit_mib": (0, 1 << 20),
 }
+CHOICES: dict[str, set[str]] = {"scavenger.vectored": {"auto", "on", "off"}}
 
 
 def _check_value(key: str, typ: Any, v: Any) -> Any:
@@ -111,6 +123,8 @@ def _check_value(key: str, typ: Any, v: Any) -> Any:
     elif typ in ("str", str):
         if not isinstance(v, str):
             raise ConfigError(f"{key}: expected a string, got {v!r}")
+        if key in CHOICES and v not in CHOICES[key]:
+            raise ConfigError(f"{key}: {v!r} is not one of {sorted(CHOICES[key])}")
         return v
     elif typ in ("tuple[int, ...]",):
         if not isinstance(v, list | tuple) or not v or not all(

@@ -38,13 +38,17 @@ from typing import Any
 import numpy as np
 import zmq
 
-from . import mcentral, protocol, shards
+from . import mcentral, protocol, scavenge, shards
 from .config import Config
-from .heap import H_SWEEPGEN, Heap
+from .heap import H_HEAP_GOAL, H_MEMORY_LIMIT, H_SWEEPGEN, Heap
 from .heapstats import heap_stats, marked_bytes
 from .metrics import Metrics
+from .procmem import meminfo, process_memory
+from .scavpace import retain_goal
+from .sizeclasses import PAGE_SIZE
 from .specials import run_finalizers
 from .sweep import SweepStats, sweep_batch
+from .sysmem import SysMem
 
 MUTATOR_OWNER_BASE = 32
 
@@ -97,7 +101,7 @@ class Coordinator:
         self.pending: set[int] = set()
         self.phase_started = time.monotonic()
         self.sweep_pages_per_byte = 0.0
-        self.deaths = {"sweeper": 0, "mutator": 0}
+        self.deaths = {"sweeper": 0, "mutator": 0, "scavenger": 0}
         self.swept = {"background": SweepStats(), "mutator": SweepStats()}
         self.mutator_totals: dict[str, float] = {}
         self.finalizers_run = 0
@@ -107,6 +111,11 @@ class Coordinator:
         self._ns0: tuple[np.ndarray, np.ndarray] | None = None
         self.stopping = False
         self.last_trigger_check = 0.0
+        self.sysmem = SysMem(base=self.heap.arena.ctypes.data, size=self.heap.heap_bytes,
+                             shared=True)
+        self.scav_totals: dict[str, float] = {}
+        self.heap.header[H_HEAP_GOAL] = self.goal_bytes
+        self.heap.header[H_MEMORY_LIMIT] = cfg.scavenger.memory_limit_mib << 20
 
     # --- processes ---------------------------------------------------------------------------
 
@@ -115,6 +124,8 @@ class Coordinator:
             self._start("sweeper", i)
         for j in range(self.cfg.mutators.count):
             self._start("mutator", j)
+        if self.cfg.scavenger.enabled:
+            self._start("scavenger", 0)
 
     def _start(self, role: str, wid: int) -> None:
         hb = self.cfg.control.heartbeat_ms
@@ -125,6 +136,12 @@ class Coordinator:
 
             args: tuple[Any, ...] = (handle, wid, self.worker_endpoint,
                                      self.cfg.sweep.chunk_pages, hb)
+        elif role == "scavenger":
+            from workers.scavenger import main as target
+
+            sc = self.cfg.scavenger
+            args = (handle, self.worker_endpoint, sc.cpu_fraction, os.cpu_count() or 1,
+                    sc.vectored, hb)
         else:
             from workers.mutator import main as target
 
@@ -156,14 +173,17 @@ class Coordinator:
         self.deaths[w.role] += 1
         if w.identity is not None:
             self.by_identity.pop(w.identity, None)
-        owner = w.id if w.role == "sweeper" else MUTATOR_OWNER_BASE + w.id
-        # What it had claimed is swept now; nothing it claimed is swept twice.
-        rec = shards.recover(self.heap, owner)
-        self.swept["background"].add(rec)
+        if w.role == "scavenger":  # pages it was releasing: release again (idempotent), finish
+            scavenge.recover(self.heap, self.sysmem)
+        else:
+            owner = w.id if w.role == "sweeper" else MUTATOR_OWNER_BASE + w.id
+            # What it had claimed is swept now; nothing it claimed is swept twice.
+            self.swept["background"].add(shards.recover(self.heap, owner))
         if w.role == "mutator":
             for s in mcentral.cached_by(self.heap, owner):
                 self.swept["background"].add(mcentral.uncache_span(self.heap, int(s)))
-        self.pending.discard(w.id if w.role == "sweeper" else -1 - w.id)
+        if w.role != "scavenger":
+            self.pending.discard(w.id if w.role == "sweeper" else -1 - w.id)
         del self.workers[(w.role, w.id)]
         if not self.stopping:
             self._start(w.role, w.id)
@@ -207,6 +227,14 @@ class Coordinator:
             b.spans += int(st["spans"])
             b.pages += int(st["pages"])
             b.objects_freed += int(st["objects_freed"])
+        elif msg.type == "heartbeat" and w2.role == "scavenger":
+            prev = w2.last_stats
+            for k, v in msg["stats"].items():
+                if k in ("sleep_ratio", "vectored"):
+                    self.scav_totals[k] = v
+                else:
+                    self.scav_totals[k] = self.scav_totals.get(k, 0) + v - prev.get(k, 0)
+            w2.last_stats = dict(msg["stats"])
         elif msg.type in ("heartbeat", "marked") and w2.role == "mutator":
             self._mutator_stats(w2, msg["stats"])
             if msg.type == "marked" and self.phase == "mark":
@@ -253,6 +281,17 @@ class Coordinator:
         elif msg.type == "gc":
             self.force_gc = True
             self.csock.send(protocol.reply(True, cycle=self.cycles))
+        elif msg.type == "scavenge":
+            scav = self.workers.get(("scavenger", 0))
+            if scav is not None and scav.identity is not None:
+                self._send(scav, "release_all")
+                self.csock.send(protocol.reply(True, requested=True, by="scavenger"))
+            else:  # no scavenger process: release here, now
+                r = scavenge.scavenge(self.heap, self.sysmem, self.heap.npages)
+                self.scav_totals["released_pages"] = (
+                    self.scav_totals.get("released_pages", 0) + r.pages)
+                self.csock.send(protocol.reply(True, released_bytes=r.bytes,
+                                               by="coordinator"))
         else:
             self.csock.send(protocol.reply(True, pong=True))
 
@@ -303,6 +342,7 @@ class Coordinator:
         live = marked_bytes(self.heap)
         self.goal_bytes = max(int(live * (1 + cfg.gc.gogc / 100)), cfg.gc.min_goal_mib << 20)
         self.trigger_bytes = live + int(0.9 * (self.goal_bytes - live))
+        self.heap.header[H_HEAP_GOAL] = self.goal_bytes  # the scavenger's retain goal follows
         with self.heap.lock:
             self.heap.header[H_SWEEPGEN] += 2
             shards.assign(self.heap, len(self._sweepers()) or 1)
@@ -410,6 +450,34 @@ class Coordinator:
 
     # --- status ------------------------------------------------------------------------------
 
+    def _scavenger_status(self) -> dict[str, Any]:
+        t = self.scav_totals
+        return {
+            "released_bytes_total": int(t.get("released_pages", 0)) * PAGE_SIZE,
+            "release_runs_total": int(t.get("release_runs", 0)),
+            "cpu_seconds_total": float(t.get("cpu_seconds", 0.0)),
+            "madvise_calls_total": {k[len("madvise_"):]: int(v) for k, v in t.items()
+                                    if k.startswith("madvise_")},
+            "vectored": bool(t.get("vectored", 0)),
+            "retain_goal_bytes": retain_goal(self.goal_bytes,
+                                             self.cfg.scavenger.memory_limit_mib << 20),
+        }
+
+    def memory(self) -> dict[str, Any]:
+        """Memory as the kernel sees it: the heap's true backing, the system's Shmem, and
+        RSS and PSS of every process (never summed: RSS counts the shared heap in each)."""
+        procs = [("coordinator", 0, os.getpid())] + [
+            (w.role, w.id, w.pid) for w in self.workers.values()]
+        out = []
+        for role, wid, pid in procs:
+            pm = process_memory(pid)
+            if pm is not None:
+                out.append({"role": role, "id": wid, "pid": pid, "rss_bytes": pm.rss_bytes,
+                            "pss_bytes": pm.pss_bytes})
+        return {"heap_backed_bytes": self.heap.arena_backed_bytes(),
+                "metadata_backed_bytes": self.heap.meta_backed_bytes(),
+                "system_shmem_bytes": meminfo("Shmem"), "processes": out}
+
     def status(self) -> dict[str, Any]:
         hs = heap_stats(self.heap)
         alloc_s = self.mutator_totals.get("alloc_seconds", 0)
@@ -444,6 +512,9 @@ class Coordinator:
                 "objects_checked": int(self.mutator_totals.get("objects_checked", 0)),
             },
             "finalizers_run": self.finalizers_run,
+            "scavenger": self._scavenger_status(),
+            "memory": self.memory(),
+            "heap_handle": self.heap.handle.to_dict(),
             "control_errors": dict(self.control_errors),
             "debug": dict(self.debug, enabled=self.cfg.run.debug_checks),
             "control_addr": self.control_addr,

@@ -59,9 +59,51 @@ class _Collector(Collector):
              hs.heap_bytes),
         ):
             yield GaugeMetricFamily(name, help_, value=v)
+        yield GaugeMetricFamily("sweeperd_heap_released_bytes",
+                                "Free pages returned to the OS, by the books "
+                                "(/memory/classes/heap/released).", value=hs.released_bytes)
+        mem = co.memory()
+        yield GaugeMetricFamily("sweeperd_heap_backed_bytes",
+                                "The heap arena's true backing: its memfd's allocated blocks.",
+                                value=mem["heap_backed_bytes"])
+        yield GaugeMetricFamily("sweeperd_heap_metadata_backed_bytes",
+                                "The heap metadata's true backing (span table, bitmaps).",
+                                value=mem["metadata_backed_bytes"])
+        yield GaugeMetricFamily("sweeperd_system_shmem_bytes", "Shmem in /proc/meminfo.",
+                                value=mem["system_shmem_bytes"])
+        yield GaugeMetricFamily("sweeperd_heap_fragmentation_bytes",
+                                "Free slots in spans that still hold live objects: memory the "
+                                "scavenger cannot release.", value=hs.unused_bytes)
+        rss = GaugeMetricFamily("sweeperd_process_resident_bytes",
+                                "RSS of each process (each counts the shared heap pages it "
+                                "touched: do not sum).", labels=["role", "id"])
+        pss = GaugeMetricFamily("sweeperd_process_pss_bytes",
+                                "PSS of each process (shared pages divided fairly: sums "
+                                "correctly).", labels=["role", "id"])
+        for p in mem["processes"]:
+            rss.add_metric([p["role"], str(p["id"])], p["rss_bytes"])
+            pss.add_metric([p["role"], str(p["id"])], p["pss_bytes"])
+        yield rss
+        yield pss
+        sc = co._scavenger_status()
+        yield CounterMetricFamily("sweeperd_scavenge_released_bytes",
+                                  "Bytes the scavenger returned to the OS.",
+                                  value=sc["released_bytes_total"])
+        yield GaugeMetricFamily("sweeperd_scavenge_retain_goal_bytes",
+                                "Heap memory the scavenger lets stay backed (heap goal + 10%).",
+                                value=sc["retain_goal_bytes"])
+        yield CounterMetricFamily("sweeperd_scavenge_cpu_seconds",
+                                  "CPU time the scavenger process used.",
+                                  value=sc["cpu_seconds_total"])
+        calls = CounterMetricFamily("sweeperd_madvise_calls", "madvise calls by advice.",
+                                    labels=["advice"])
+        for advice in ("REMOVE", "REMOVE_vectored", "DONTNEED", "FREE", "NOHUGEPAGE",
+                       "HUGEPAGE"):
+            calls.add_metric([advice], sc["madvise_calls_total"].get(advice, 0))
+        yield calls
         workers = GaugeMetricFamily("sweeperd_workers", "Worker processes by role and state.",
                                     labels=["role", "state"])
-        for role in ("sweeper", "mutator"):
+        for role in ("sweeper", "mutator", "scavenger"):
             ws = [w for w in co.workers.values() if w.role == role]
             workers.add_metric([role, "alive"], sum(1 for w in ws if w.identity))
             workers.add_metric([role, "starting"], sum(1 for w in ws if not w.identity))

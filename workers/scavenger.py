@@ -20,7 +20,7 @@ from sweeperd import scavenge
 from sweeperd.heap import H_HEAP_GOAL, H_MEMORY_LIMIT, Heap, HeapHandle
 from sweeperd.scavenge import Released
 from sweeperd.scavpace import Pacer, pages_to_release, retain_goal
-from sweeperd.sysmem import SysMem
+from sweeperd.sysmem import SysMem, calibrate_vectored
 
 
 @dataclass
@@ -73,16 +73,21 @@ class Scavenger:
 
 
 def main(handle: dict[str, Any], endpoint: str, fraction: float, ncpu: int,
-         vectored: bool, heartbeat_ms: int) -> None:
+         vectored: str, heartbeat_ms: int) -> None:
     """Daemon shell: wake, work, sleep as paced; release everything on ``release_all``."""
     from .link import Link
     from .tuning import keep_malloc_memory
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     keep_malloc_memory()
+    if vectored == "auto":  # measure both ways here, keep the faster
+        rates = calibrate_vectored()
+        use_vectored = rates["vectored"] > rates["per_run"]
+    else:
+        use_vectored = vectored == "on"
     heap = Heap.attach(HeapHandle.from_dict(handle))
     sm = SysMem(base=heap.arena.ctypes.data, size=heap.heap_bytes, shared=True,
-                vectored=vectored)
+                vectored=use_vectored)
     sc = Scavenger(heap, sm, Pacer(fraction=fraction, ncpu=ncpu))
     link = Link(endpoint, "scavenger", 0)
     cpu0 = time.process_time()
@@ -106,7 +111,7 @@ def main(handle: dict[str, Any], endpoint: str, fraction: float, ncpu: int,
                     "released_pages": sc.released.pages, "release_runs": sc.released.runs,
                     "cpu_seconds": time.process_time() - cpu0,
                     **{f"madvise_{k}": v for k, v in sm.calls.items()},
-                    "sleep_ratio": sc.pacer.sleep_ratio})
+                    "sleep_ratio": sc.pacer.sleep_ratio, "vectored": int(use_vectored)})
                 last_hb = now
     finally:
         link.close()

@@ -1,0 +1,46 @@
+"""Memory as the kernel reports it: per process RSS and PSS, and the system's Shmem.
+
+RSS counts every page a process maps, so the shared heap appears once in *each* process's RSS;
+summing RSS over processes counts it several times.  PSS (``smaps_rollup``) divides each shared
+page among the processes mapping it, so PSS does add up.  The daemon exports both, per process
+(labelled by role and id), and never a sum of RSS.  ``root`` is a seam: tests may point it at a
+directory shaped like ``/proc``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass(frozen=True)
+class ProcMem:
+    rss_bytes: int
+    pss_bytes: int
+
+
+def process_memory(pid: int, root: str = "/proc") -> ProcMem | None:
+    """RSS and PSS of ``pid`` in bytes, or None if it is gone."""
+    try:
+        with open(f"{root}/{pid}/statm") as f:
+            rss = int(f.read().split()[1]) * PAGE
+        pss = 0
+        with open(f"{root}/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    pss = int(line.split()[1]) * 1024
+                    break
+        return ProcMem(rss, pss)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def meminfo(field: str, root: str = "/proc") -> int:
+    """A ``/proc/meminfo`` field in bytes (e.g. ``Shmem``); 0 if absent."""
+    with open(f"{root}/meminfo") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    return 0

@@ -1,0 +1,106 @@
+"""The daemon's memory figures against the kernel's own, and the scavenger at work in it."""
+
+import ctypes
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from sweeperd import protocol
+from sweeperd.heap import PAGE_FREE, Heap, HeapHandle
+from sweeperd.procmem import meminfo, process_memory
+from sweeperd.sizeclasses import PAGE_SIZE
+
+from .daemon import Daemon
+
+libc = ctypes.CDLL(None, use_errno=True)
+
+
+@pytest.fixture
+def daemon():
+    d = Daemon("--heap-mib", "64", "--sweepers", "2", "--mutators", "2", "--debug-checks")
+    try:
+        yield d
+    finally:
+        d.close()
+
+
+def _kernel_backed(handle):
+    a = handle["arena"]
+    return os.stat(f"/proc/{a['pid']}/fd/{a['fd']}").st_blocks * 512
+
+
+def _bracketed(read_kernel, read_daemon, tol=0.01):
+    """The daemon's figure lies within the kernel's readings just before and after (±1%)."""
+    for _ in range(20):
+        k0 = read_kernel()
+        v = read_daemon()
+        k1 = read_kernel()
+        lo, hi = min(k0, k1), max(k0, k1)
+        if lo * (1 - tol) <= v <= hi * (1 + tol):
+            return
+    raise AssertionError(f"daemon says {v}, kernel says {k0}..{k1}")
+
+
+def test_every_byte_figure_matches_the_kernel(daemon):
+    st = daemon.wait_for(lambda s: s["cycle"] >= 3, what="3 cycles")
+    h = st["heap_handle"]
+    _bracketed(lambda: _kernel_backed(h), lambda: daemon.status()["memory"]["heap_backed_bytes"])
+    _bracketed(lambda: meminfo("Shmem"), lambda: daemon.status()["memory"]["system_shmem_bytes"])
+    for p in st["memory"]["processes"]:
+        pid = p["pid"]
+        _bracketed(lambda pid=pid: process_memory(pid).pss_bytes,
+                   lambda pid=pid: next(q["pss_bytes"] for q in daemon.status()["memory"]
+                                        ["processes"] if q["pid"] == pid), tol=0.05)
+    roles = {p["role"] for p in st["memory"]["processes"]}
+    assert roles == {"coordinator", "sweeper", "mutator", "scavenger"}
+    assert daemon.stop() == 0
+
+
+def _resident(heap, pages):
+    """mincore: which of these Go pages of the arena are in memory (page cache)."""
+    out = np.zeros(pages.size, dtype=bool)
+    vec = (ctypes.c_ubyte * 2)()
+    base = heap.arena.ctypes.data
+    for i, p in enumerate(pages.tolist()):
+        if libc.mincore(ctypes.c_void_p(base + p * PAGE_SIZE), PAGE_SIZE, vec) != 0:
+            raise OSError(ctypes.get_errno(), "mincore")
+        out[i] = bool(vec[0] & 1 or vec[1] & 1)
+    return out
+
+
+def test_free_os_memory_releases_for_real_while_mutators_run(daemon):
+    st = daemon.wait_for(lambda s: s["cycle"] >= 3, what="3 cycles")
+    before = st["scavenger"]["released_bytes_total"]
+    r = daemon.request(protocol.encode("scavenge"))
+    assert r["ok"] and r["requested"]
+    st = daemon.wait_for(lambda s: s["scavenger"]["released_bytes_total"] > before,
+                         what="the scavenger to release")
+    heap = Heap.attach(HeapHandle.from_dict(st["heap_handle"]))
+    try:
+        with heap.lock:  # a consistent view: nothing allocates or releases meanwhile
+            released = np.flatnonzero((heap.page_span == PAGE_FREE) & (heap.scavenged == 1))
+            res = _resident(heap, released[:4000])
+        assert released.size > 0
+        assert not res.any(), f"{int(res.sum())} released pages are still in memory"
+    finally:
+        heap.close()
+    st = daemon.status()
+    assert st["debug"]["exactly_once_violations"] == 0
+    assert st["mutators"]["lost_objects"] == 0 and st["mutators"]["payload_errors"] == 0
+    assert daemon.stop() == 0
+
+
+def test_kill_9_scavenger_is_replaced_and_nothing_is_left_half_released(daemon):
+    st = daemon.wait_for(lambda s: s["cycle"] >= 2, what="2 cycles")
+    victim = next(w for w in st["workers"] if w["role"] == "scavenger")
+    os.kill(victim["pid"], signal.SIGKILL)
+    st = daemon.wait_for(lambda s: s["deaths"]["scavenger"] == 1 and any(
+        w["role"] == "scavenger" and w["pid"] != victim["pid"] and w["state"] == "alive"
+        for w in s["workers"]), what="a new scavenger")
+    c = st["cycle"]
+    st = daemon.wait_for(lambda s: s["cycle"] >= c + 2, what="2 more cycles")
+    assert st["debug"]["exactly_once_violations"] == 0
+    assert st["mutators"]["payload_errors"] == 0
+    assert daemon.stop() == 0

@@ -1,0 +1,33 @@
+import os
+
+import numpy as np
+
+from sweeperd.procmem import meminfo, process_memory
+from sweeperd.shm import SharedRegion
+
+
+def test_rss_and_pss_follow_a_shared_region_as_the_kernel_counts_it():
+    r = SharedRegion.create("t", 64 << 20)
+    try:
+        shmem0 = meminfo("Shmem")
+        before = process_memory(os.getpid())
+        a = np.frombuffer(r.mmap, dtype=np.uint8)
+        a[:] = 1
+        after = process_memory(os.getpid())
+        assert after.rss_bytes - before.rss_bytes >= 60 << 20
+        assert after.pss_bytes - before.pss_bytes >= 60 << 20  # mapped by this process alone
+        assert meminfo("Shmem") - shmem0 >= 60 << 20
+        del a
+    finally:
+        r.close()
+
+
+def test_fake_proc_root(tmp_path):
+    (tmp_path / "42").mkdir()
+    (tmp_path / "42" / "statm").write_text("100 10 5 1 0 3 0\n")
+    (tmp_path / "42" / "smaps_rollup").write_text("Rss: 40 kB\nPss: 24 kB\n")
+    (tmp_path / "meminfo").write_text("MemTotal: 100 kB\nShmem: 8 kB\n")
+    pm = process_memory(42, root=str(tmp_path))
+    assert pm.rss_bytes == 10 * os.sysconf("SC_PAGE_SIZE") and pm.pss_bytes == 24 * 1024
+    assert meminfo("Shmem", root=str(tmp_path)) == 8 * 1024
+    assert process_memory(43, root=str(tmp_path)) is None
