@@ -42,6 +42,7 @@ from . import mcentral, protocol, scavenge, shards
 from .config import Config
 from .heap import H_HEAP_GOAL, H_MEMORY_LIMIT, H_SWEEPGEN, Heap
 from .heapstats import heap_stats, marked_bytes
+from .malloc import repair_alloc_counts
 from .metrics import Metrics
 from .procmem import meminfo, process_memory
 from .scavpace import retain_goal
@@ -180,7 +181,13 @@ class Coordinator:
             # What it had claimed is swept now; nothing it claimed is swept twice.
             self.swept["background"].add(shards.recover(self.heap, owner))
         if w.role == "mutator":
-            for s in mcentral.cached_by(self.heap, owner):
+            mine = mcentral.cached_by(self.heap, owner)
+            # it may have died between writing alloc bits and allocCount: the bits decide
+            fixed = repair_alloc_counts(self.heap, mine)
+            if fixed:
+                print(f"sweeperd: repaired allocCount of {fixed} spans from their bitmaps",
+                      flush=True)
+            for s in mine:
                 self.swept["background"].add(mcentral.uncache_span(self.heap, int(s)))
         if w.role != "scavenger":
             self.pending.discard(w.id if w.role == "sweeper" else -1 - w.id)

@@ -146,3 +146,19 @@ def alloc_all(heap: Heap, spans: np.ndarray) -> int:
         heap.span_freeindex[cols] = ne
         total += ne * cols.size
     return total
+
+
+def repair_alloc_counts(heap: Heap, spans: np.ndarray) -> int:
+    """Recompute ``allocCount`` (and a safe ``freeindex``) of swept spans from their alloc
+    bitmaps; returns how many were wrong.  Allocation writes the bits first and the count
+    after, so a mutator killed in between leaves the count short; the bits are the truth."""
+    spans = np.asarray(spans, dtype=np.int64)
+    wrong = 0
+    for s in spans.tolist():
+        nw = int(CLASS_NWORDS[heap.span_class[s]])
+        n = int(np.bitwise_count(heap.bits[int(heap.alloc_buf(s)), :nw, s]).sum())
+        if n != int(heap.span_alloc_count[s]):
+            wrong += 1
+            heap.span_alloc_count[s] = n
+            heap.span_freeindex[s] = 0  # rescan from the start: the bits decide
+    return wrong

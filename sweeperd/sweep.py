@@ -223,13 +223,12 @@ def sweep_batch(heap: Heap, spans: np.ndarray, preserve: bool = False,
         if over.any():
             i = int(np.argmax(over))
             raise SweepIncreasedAllocCount(
-                f"span {cols[i]}: nalloc {nalloc[i]} > allocCount "
-                f"{heap.span_alloc_count[cols[i]]}")
+                f"nalloc {nalloc[i]} > allocCount; {_describe(heap, int(cols[i]))}")
         stray = M & ~A
         if stray.any():
             i = int(np.argmax(stray.any(axis=0)))
-            raise FoundPointerToFreeObject(f"span {cols[i]} has a marked object that is "
-                                           "not allocated")
+            raise FoundPointerToFreeObject(f"a marked object is not allocated; "
+                                           f"{_describe(heap, int(cols[i]))}")
         nbefore = np.bitwise_count(A).sum(dtype=np.int64)
         pending.append((k, cols, cix, fin, nalloc, int(nbefore)))
 
@@ -285,6 +284,20 @@ def sweep_batch(heap: Heap, spans: np.ndarray, preserve: bool = False,
         st.spans_freed = int(freed.size)
         st.freed_starts = freed
     return st
+
+
+def _describe(heap: Heap, s: int) -> str:
+    """Everything about span ``s`` that helps a post-mortem."""
+    nw = int(CLASS_NWORDS[heap.span_class[s]])
+    a = int(heap.alloc_buf(s))
+    return (f"span {s}: class {heap.span_class[s]} npages {heap.span_npages[s]} state "
+            f"{heap.span_state[s]} set {heap.span_set[s]} allocCount "
+            f"{heap.span_alloc_count[s]} freeindex {heap.span_freeindex[s]} sweepgen "
+            f"{heap.span_sweepgen[s]} sweptgen {heap.span_sweptgen[s]} heap sweepgen "
+            f"{heap.sweepgen} owner {heap.span_owner[s]} nsweeps {heap.span_nsweeps[s]} "
+            f"alloc {[hex(int(w)) for w in heap.bits[a, :nw, s]]} "
+            f"mark {[hex(int(w)) for w in heap.bits[a ^ 1, :nw, s]]} "
+            f"specials {heap.span_specials[s]}")
 
 
 def _queued_bits(entries: np.ndarray | None, cols: np.ndarray, nw: int) -> np.ndarray:

@@ -68,7 +68,8 @@ class Daemon:
     def where(self) -> str:
         """The daemon's thread stacks (it dumps them on SIGUSR1), then it is killed."""
         if self.proc.poll() is not None:
-            return f"(exited with {self.proc.returncode})"
+            err = self.proc.stderr.read()[-4000:] if self.proc.stderr else ""
+            return f"(exited with {self.proc.returncode})\n{err}"
         self.proc.send_signal(signal.SIGUSR1)
         time.sleep(1)
         self.proc.kill()

@@ -46,7 +46,7 @@ def test_cycles_exactly_once_no_object_lost_and_clean_shutdown(daemon):
     assert mut["objects_checked"] > 0 and mut["lost_objects"] == 0
     assert mut["payload_errors"] == 0
     assert st["spans_swept"]["background"] > 0 and st["objects_freed"] > 0
-    assert st["workers_alive"] == 4
+    assert st["workers_alive"] == 5
     # conservation, as the heap sees it: objects bytes never exceed spans in use
     h = st["heap"]
     assert 0 < h["objects_bytes"] <= h["in_use_bytes"] <= h["heap_bytes"]
@@ -75,7 +75,7 @@ def test_malformed_control_messages_are_refused_and_counted(daemon, frames, reas
     assert r["ok"] is False and r["reason"] == reason and r["error"]
     after = daemon.wait_for(lambda s: s["cycle"] > before["cycle"], what="another cycle")
     assert after["control_errors"].get(reason, 0) == before["control_errors"].get(reason, 0) + 1
-    assert after["workers_alive"] == 4 and after["debug"]["exactly_once_violations"] == 0
+    assert after["workers_alive"] == 5 and after["debug"]["exactly_once_violations"] == 0
     assert daemon.stop() == 0
 
 
@@ -87,13 +87,13 @@ def test_kill_9_workers_are_replaced_and_cycles_stay_exact(daemon):
         victim = next(w for w in st["workers"] if w["role"] == victim_role)
         os.kill(victim["pid"], signal.SIGKILL)
         st = daemon.wait_for(
-            lambda s, v=victim: s["workers_alive"] == 4
+            lambda s, v=victim: s["workers_alive"] == 5
             and all(w["pid"] != v["pid"] for w in s["workers"])
             and all(w["state"] == "alive" for w in s["workers"]),
             what=f"a replacement for {victim_role} {victim['pid']}")
         c = st["cycle"]
         st = daemon.wait_for(lambda s, c=c: s["cycle"] >= c + 3, what="3 more cycles")
-    assert st["deaths"] == {"sweeper": 2, "mutator": 1}
+    assert st["deaths"] == {"sweeper": 2, "mutator": 1, "scavenger": 0}
     assert st["debug"]["exactly_once_violations"] == 0
     assert st["mutators"]["lost_objects"] == 0 and st["mutators"]["payload_errors"] == 0
     assert daemon.stop() == 0

@@ -40,3 +40,13 @@ def test_alloc_all(heap):
     assert malloc.alloc_objects(heap, int(spans[0]), 1).size == 0
     np.testing.assert_array_equal(heap.bits[int(heap.alloc_buf(int(spans[0]))), :16, spans],
                                   np.uint64(2**64 - 1))
+
+
+def test_repair_alloc_counts_after_a_death_between_bits_and_count(heap):
+    s, _ = mheap.alloc_span(heap, 6)
+    malloc.alloc_objects(heap, s, 10)
+    heap.span_alloc_count[s] = 7  # killed after the bits, before the count
+    assert malloc.repair_alloc_counts(heap, np.array([s])) == 1
+    assert heap.span_alloc_count[s] == 10
+    assert malloc.alloc_objects(heap, s, 2).tolist() == [10, 11]
+    assert malloc.repair_alloc_counts(heap, np.array([s])) == 0
