@@ -382,6 +382,7 @@ def bench_scavenge(heap_mib: int, live: float, fraction: float, vectored: bool,
         released = backed0 - heap.arena_backed_bytes()
         out.update({
             "released_bytes": released, "released_bytes_books": sc.released.bytes,
+            "released_bytes_reported": sc.released.kernel_bytes,
             "seconds": dt, "bytes_per_s": released / dt,
             "madvise_calls": sum(sm.calls.values()), "madvise_calls_by_advice": sm.calls,
             "runs": sc.released.runs,

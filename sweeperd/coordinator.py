@@ -175,7 +175,7 @@ class Coordinator:
         if w.identity is not None:
             self.by_identity.pop(w.identity, None)
         if w.role == "scavenger":  # pages it was releasing: release again (idempotent), finish
-            scavenge.recover(self.heap, self.sysmem)
+            self._count_release(scavenge.recover(self.heap, self.sysmem))
         else:
             owner = w.id if w.role == "sweeper" else MUTATOR_OWNER_BASE + w.id
             # What it had claimed is swept now; nothing it claimed is swept twice.
@@ -295,10 +295,9 @@ class Coordinator:
                 self.csock.send(protocol.reply(True, requested=True, by="scavenger"))
             else:  # no scavenger process: release here, now
                 r = scavenge.scavenge(self.heap, self.sysmem, self.heap.npages)
-                self.scav_totals["released_pages"] = (
-                    self.scav_totals.get("released_pages", 0) + r.pages)
-                self.csock.send(protocol.reply(True, released_bytes=r.bytes,
-                                               by="coordinator"))
+                self._count_release(r)
+                self.csock.send(protocol.reply(True, released_bytes=r.kernel_bytes,
+                                               advised_bytes=r.bytes, by="coordinator"))
         else:
             self.csock.send(protocol.reply(True, pong=True))
 
@@ -457,14 +456,31 @@ class Coordinator:
 
     # --- status ------------------------------------------------------------------------------
 
+    def _count_release(self, r: scavenge.Released) -> None:
+        """A release done here (a dead scavenger's recovery, FreeOSMemory without one)."""
+        t = self.scav_totals
+        t["released_pages"] = t.get("released_pages", 0) + r.pages
+        t["release_runs"] = t.get("release_runs", 0) + r.runs
+        t["released_kernel_bytes"] = t.get("released_kernel_bytes", 0) + r.kernel_bytes
+
+    def _madvise_calls(self) -> dict[str, int]:
+        """The scavenger processes' calls and the coordinator's own (recovery, FreeOSMemory)."""
+        calls = dict(self.sysmem.calls)
+        for k, v in self.scav_totals.items():
+            if k.startswith("madvise_"):
+                calls[k[8:]] = calls.get(k[8:], 0) + int(v)
+        return calls
+
     def _scavenger_status(self) -> dict[str, Any]:
         t = self.scav_totals
         return {
-            "released_bytes_total": int(t.get("released_pages", 0)) * PAGE_SIZE,
+            # what the kernel gave back (blocks of the runs, counted before each release) ...
+            "released_bytes_total": int(t.get("released_kernel_bytes", 0)),
+            # ... and what was advised, by the books (includes never-touched free pages)
+            "advised_bytes_total": int(t.get("released_pages", 0)) * PAGE_SIZE,
             "release_runs_total": int(t.get("release_runs", 0)),
             "cpu_seconds_total": float(t.get("cpu_seconds", 0.0)),
-            "madvise_calls_total": {k[len("madvise_"):]: int(v) for k, v in t.items()
-                                    if k.startswith("madvise_")},
+            "madvise_calls_total": self._madvise_calls(),
             "vectored": bool(t.get("vectored", 0)),
             "retain_goal_bytes": retain_goal(self.goal_bytes,
                                              self.cfg.scavenger.memory_limit_mib << 20),

@@ -87,8 +87,13 @@ class _Collector(Collector):
         yield pss
         sc = co._scavenger_status()
         yield CounterMetricFamily("sweeperd_scavenge_released_bytes",
-                                  "Bytes the scavenger returned to the OS.",
+                                  "Bytes the scavenger returned to the OS, as the kernel "
+                                  "counts them (allocated blocks of the released runs).",
                                   value=sc["released_bytes_total"])
+        yield CounterMetricFamily("sweeperd_scavenge_advised_bytes",
+                                  "Bytes of free pages the scavenger advised the kernel to "
+                                  "drop, by the books (never-touched pages included).",
+                                  value=sc["advised_bytes_total"])
         yield GaugeMetricFamily("sweeperd_scavenge_retain_goal_bytes",
                                 "Heap memory the scavenger lets stay backed (heap goal + 10%).",
                                 value=sc["retain_goal_bytes"])

@@ -38,8 +38,14 @@ from .sysmem import SysMem
 
 @dataclass
 class Released:
+    """What a release did: ``pages`` advised (the books) in ``runs`` calls or iovecs, and
+    ``kernel_bytes`` the kernel really gave back — the taken runs' allocated blocks, counted
+    just before the call (nobody can touch a ``PAGE_SCAVENGING`` page meanwhile).  The two
+    differ by the free pages that were never touched since their span was allocated."""
+
     pages: int = 0
     runs: int = 0
+    kernel_bytes: int = 0
 
     @property
     def bytes(self) -> int:
@@ -143,24 +149,27 @@ def scavenge(heap: Heap, sysmem: SysMem, max_pages: int) -> Released:
     if starts.size == 0:
         return Released()
     try:
+        kernel = heap.arena_region.backed_in(starts * PAGE_SIZE, lengths * PAGE_SIZE)
         sysmem.sys_unused_runs(starts * PAGE_SIZE, lengths * PAGE_SIZE)
     except BaseException:
         with heap.lock:  # nothing was marked scavenged: give the pages back as they were
             heap.page_span[_pages(starts, lengths)] = PAGE_FREE
         raise
     finish(heap, starts, lengths)
-    return Released(int(lengths.sum()), int(starts.size))
+    return Released(int(lengths.sum()), int(starts.size), kernel)
 
 
 def recover(heap: Heap, sysmem: SysMem) -> Released:
     """Finish the release a dead scavenger left half done (coordinator, after reaping it)."""
     starts, lengths = _runs(heap.page_span == PAGE_SCAVENGING)
+    kernel = 0
     if starts.size:
         with heap.lock:
             heap.header[H_SCAV_SEARCH] = heap.npages
+        kernel = heap.arena_region.backed_in(starts * PAGE_SIZE, lengths * PAGE_SIZE)
         sysmem.sys_unused_runs(starts * PAGE_SIZE, lengths * PAGE_SIZE)
         finish(heap, starts, lengths)
-    return Released(int(lengths.sum()), int(starts.size))
+    return Released(int(lengths.sum()), int(starts.size), kernel)
 
 
 def fragmentation_bytes(heap: Heap) -> int:

@@ -22,9 +22,11 @@ closes the memfd's last reference on purpose (attached processes just unmap).
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import mmap
 import os
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 OS_PAGE = mmap.PAGESIZE
@@ -91,6 +93,28 @@ class SharedRegion:
     def backed_bytes(self) -> int:
         """Bytes the kernel has really allocated to this region (tmpfs blocks)."""
         return os.fstat(self.fd).st_blocks * 512
+
+    def backed_in(self, offsets: Iterable[int], lengths: Iterable[int]) -> int:
+        """Bytes of these ranges the kernel has allocated, by ``SEEK_DATA``/``SEEK_HOLE``.
+
+        The same blocks ``st_blocks`` counts, but of just these ranges: what releasing them
+        will really give back.  A fully backed range costs one ``lseek``."""
+        total = 0
+        for off, n in zip(offsets, lengths, strict=True):
+            pos, end = int(off), int(off) + int(n)
+            while pos < end:
+                try:
+                    data = os.lseek(self.fd, pos, os.SEEK_DATA)
+                except OSError as e:  # ENXIO: no data at or after pos
+                    if e.errno == errno.ENXIO:
+                        break
+                    raise
+                if data >= end:
+                    break
+                hole = os.lseek(self.fd, data, os.SEEK_HOLE)
+                total += min(hole, end) - data
+                pos = hole
+        return total
 
     def close(self) -> None:
         """Unmap and close.  Views into the mapping must be dropped first."""

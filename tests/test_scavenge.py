@@ -99,6 +99,21 @@ def test_a_dead_scavengers_half_release_is_recovered():
         check_heap(heap)
 
 
+def test_reported_bytes_are_the_kernels_even_for_never_touched_free_pages():
+    with Heap.create(8 << 20) as heap:  # 1024 pages
+        a, _ = mheap.alloc_span(heap, 0, 64)  # a large span: only its first page is written
+        b, _ = mheap.alloc_span(heap, 0, 64)  # written whole
+        heap.arena[a * PAGE_SIZE : a * PAGE_SIZE + 4096] = 7
+        heap.arena[b * PAGE_SIZE : (b + 64) * PAGE_SIZE] = 9
+        mheap.free_spans(heap, np.array([a, b]))
+        before = heap.arena_backed_bytes()
+        assert before == 4096 + 64 * PAGE_SIZE
+        r = scavenge.scavenge(heap, _sysmem(heap), heap.npages)
+        assert r.pages == 128  # the books: every free page that was not scavenged
+        assert r.kernel_bytes == before - heap.arena_backed_bytes() == before
+        assert not heap.arena[: 128 * PAGE_SIZE].any()
+
+
 class ScavengeModel(RuleBasedStateMachine):
     """No allocated page is ever released, no page twice without reuse, scavenged bits exact,
     and a released run never crosses an allocated page."""

@@ -48,3 +48,19 @@ def test_close_with_live_views_is_loud():
         r.close()
     del a
     r.close()
+
+
+def test_backed_in_counts_the_kernels_blocks_of_just_those_ranges():
+    r = SharedRegion.create("t", 1 << 20)
+    try:
+        a = np.frombuffer(r.mmap, dtype=np.uint8)
+        for page in (0, 1, 2, 10, 200, 255):  # 4 KiB pages
+            a[page * 4096] = 1
+        assert r.backed_in([0], [1 << 20]) == 6 * 4096 == r.backed_bytes()
+        assert r.backed_in([0, 40960], [8192, 4096 * 200]) == 2 * 4096 + 2 * 4096
+        assert r.backed_in([12288], [4096 * 7]) == 0  # a hole
+        assert r.backed_in([255 * 4096], [4096]) == 4096  # data up to the file's end
+        assert r.backed_in([], []) == 0
+        del a
+    finally:
+        r.close()

@@ -55,8 +55,7 @@ class Scavenger:
             if r.pages == 0:
                 break  # nothing free and backed is left: the rest is fragmentation
             pages += r.pages
-            self.released.pages += r.pages
-            self.released.runs += r.runs
+            self._count(r)
             if dt > 0:  # aim at ~min_work per quantum: one release per wake when warmed up
                 self.quantum = max(8, int(r.pages / dt * self.pacer.min_work))
             if self.clock() - t0 >= self.pacer.min_work:
@@ -67,9 +66,13 @@ class Scavenger:
     def release_all(self) -> int:
         """Go's debug.FreeOSMemory: every free backed page, now, unpaced."""
         r = scavenge.scavenge(self.heap, self.sysmem, self.heap.npages)
+        self._count(r)
+        return r.pages
+
+    def _count(self, r: Released) -> None:
         self.released.pages += r.pages
         self.released.runs += r.runs
-        return r.pages
+        self.released.kernel_bytes += r.kernel_bytes
 
 
 def main(handle: dict[str, Any], endpoint: str, fraction: float, ncpu: int,
@@ -109,6 +112,7 @@ def main(handle: dict[str, Any], endpoint: str, fraction: float, ncpu: int,
             if msg is not None or now - last_hb >= heartbeat_ms / 1000:
                 link.send("heartbeat", stats={
                     "released_pages": sc.released.pages, "release_runs": sc.released.runs,
+                    "released_kernel_bytes": sc.released.kernel_bytes,
                     "cpu_seconds": time.process_time() - cpu0,
                     **{f"madvise_{k}": v for k, v in sm.calls.items()},
                     "sleep_ratio": sc.pacer.sleep_ratio, "vectored": int(use_vectored)})
