@@ -233,6 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--control", default="tcp://127.0.0.1:9465")
     gc.add_argument("--timeout", type=float, default=5.0)
     gc.set_defaults(func=_status, request="gc")
+    sc = sub.add_parser("scavenge", help="release every free page to the kernel now "
+                                          "(Go's debug.FreeOSMemory)")
+    sc.add_argument("--control", default="tcp://127.0.0.1:9465")
+    sc.add_argument("--timeout", type=float, default=5.0)
+    sc.set_defaults(func=_status, request="scavenge")
 
     cfgp = sub.add_parser("config", help="configuration tools")
     csub = cfgp.add_subparsers(dest="config_cmd", required=True)
