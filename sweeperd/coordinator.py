@@ -46,6 +46,7 @@ from .malloc import repair_alloc_counts
 from .metrics import Metrics
 from .procmem import meminfo, process_memory
 from .scavpace import retain_goal
+from .sdnotify import Notifier
 from .sizeclasses import PAGE_SIZE
 from .specials import run_finalizers
 from .sweep import SweepStats, sweep_batch
@@ -74,6 +75,7 @@ class Coordinator:
         import multiprocess as mp
 
         self.cfg = cfg
+        self.notify = Notifier.from_env()  # first: no worker may inherit NOTIFY_SOCKET
         self.mp = mp.get_context("spawn")
         self.heap = Heap.create(cfg.heap.size_mib << 20)
         self.ipc_dir = tempfile.mkdtemp(prefix="sweeperd-")  # 0700
@@ -416,7 +418,11 @@ class Coordinator:
         poller.register(self.wsock, zmq.POLLIN)
         poller.register(self.csock, zmq.POLLIN)
         self.start_all()
+        self.metrics.start_sampler()
+        self.notify.ready(f"serving metrics on {self.metrics_addr}, control on "
+                          f"{self.control_addr}")
         while not self.stopping and (deadline is None or time.monotonic() < deadline):
+            self.notify.ping(time.monotonic())
             ready = dict(poller.poll(10))
             while self.wsock in ready and self.wsock.poll(0):
                 self._on_worker_frame(self.wsock.recv_multipart())
@@ -435,6 +441,7 @@ class Coordinator:
     def close(self) -> None:
         """Drain: stop every child, reap it, close sockets, unmap and free the heap."""
         self.stopping = True
+        self.notify.stopping(f"draining after {self.cycles} cycles")
         for w in self.workers.values():
             self._send(w, "stop")
         end = time.monotonic() + 5
@@ -486,20 +493,25 @@ class Coordinator:
                                              self.cfg.scavenger.memory_limit_mib << 20),
         }
 
-    def memory(self) -> dict[str, Any]:
-        """Memory as the kernel sees it: the heap's true backing, the system's Shmem, and
-        RSS and PSS of every process (never summed: RSS counts the shared heap in each)."""
+    def process_memory(self) -> list[dict[str, Any]]:
+        """RSS and PSS of every process, labelled by role and slot id (never summed: RSS
+        counts the shared heap in each).  Safe from another thread."""
         procs = [("coordinator", 0, os.getpid())] + [
-            (w.role, w.id, w.pid) for w in self.workers.values()]
+            (w.role, w.id, w.pid) for w in list(self.workers.values())]
         out = []
         for role, wid, pid in procs:
             pm = process_memory(pid)
             if pm is not None:
                 out.append({"role": role, "id": wid, "pid": pid, "rss_bytes": pm.rss_bytes,
                             "pss_bytes": pm.pss_bytes})
+        return out
+
+    def memory(self) -> dict[str, Any]:
+        """Memory as the kernel sees it now: the heap's true backing, the system's Shmem, and
+        every process's RSS and PSS."""
         return {"heap_backed_bytes": self.heap.arena_backed_bytes(),
                 "metadata_backed_bytes": self.heap.meta_backed_bytes(),
-                "system_shmem_bytes": meminfo("Shmem"), "processes": out}
+                "system_shmem_bytes": meminfo("Shmem"), "processes": self.process_memory()}
 
     def status(self) -> dict[str, Any]:
         hs = heap_stats(self.heap)

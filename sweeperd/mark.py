@@ -6,6 +6,11 @@ buffer).  It runs while no span is being swept (between sweep termination and th
 ``sweepgen += 2``), as Go's mark phase does.  It deliberately does not check that a marked
 object is allocated: a mark on a free slot is the corruption the sweeper must catch ("found
 pointer to free object").
+
+Several mutators mark at once, and two mutators' live objects can share a span and so a
+bitmap word: the scatter is a plain read-modify-write of 64-bit words, so it runs under the
+heap lock, or one mutator's OR overwrites another's and a live object is freed (found as "sweep
+increased allocation count" a cycle later, when the lost object is marked again).
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ def mark_objects(heap: Heap, spans: np.ndarray, idx: np.ndarray) -> None:
     vals = np.uint64(1) << (idx[order] & 63).astype(np.uint64)
     starts = np.flatnonzero(np.concatenate(([True], flat[1:] != flat[:-1])))
     ored = np.bitwise_or.reduceat(vals, starts)
-    heap.bits.reshape(-1)[flat[starts]] |= ored
+    with heap.lock:  # read-modify-write of words another marker may share
+        heap.bits.reshape(-1)[flat[starts]] |= ored
 
 
 def mark_spans_fully(heap: Heap, spans: np.ndarray) -> None:

@@ -1,0 +1,174 @@
+"""A real Prometheus (Debian's package) scrapes a real daemon; the dashboard's PromQL runs on it.
+
+Outside CI a missing ``prometheus``/``promtool`` skips these tests with a loud reason; in CI
+(``CI`` set, and ``.ci/run`` installs the package) a missing binary fails them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from .daemon import Daemon
+
+ROOT = Path(__file__).resolve().parent.parent
+DASHBOARD = ROOT / "deploy/grafana/dashboards/sweeperd.json"
+SCRAPE_CONFIG = ROOT / "deploy/prometheus/prometheus.yml"
+
+
+def _binary(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        msg = (f"{name} is not installed (Debian package 'prometheus'): the real-Prometheus "
+               "tests cannot run; `apt-get install prometheus`, as .ci/run does")
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(f"NOT RUN: {msg}")
+    return path
+
+
+@pytest.fixture(scope="module")
+def daemon():
+    d = Daemon("--heap-mib", "64", "--sweepers", "2", "--mutators", "2")
+    try:
+        yield d
+    finally:
+        d.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str, timeout: float = 10) -> dict:
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+@pytest.fixture(scope="module")
+def prometheus(daemon, tmp_path_factory):
+    binary = _binary("prometheus")
+    tmp = tmp_path_factory.mktemp("prom")
+    target = daemon.metrics.removeprefix("http://").removesuffix("/metrics")
+    text = SCRAPE_CONFIG.read_text()
+    assert '"127.0.0.1:9464"' in text and "scrape_interval: 5s" in text, \
+        "deploy/prometheus/prometheus.yml no longer scrapes the default address"
+    cfg = tmp / "prometheus.yml"
+    cfg.write_text(text.replace('"127.0.0.1:9464"', f'"{target}"')
+                   .replace("scrape_interval: 5s", "scrape_interval: 1s"))
+    port = _free_port()
+    proc = subprocess.Popen(
+        [binary, f"--config.file={cfg}", f"--storage.tsdb.path={tmp / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+        stdout=subprocess.DEVNULL, stderr=open(tmp / "prometheus.log", "w"))  # noqa: SIM115
+    api = f"http://127.0.0.1:{port}/api/v1"
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # enough scrapes for every rate() in the dashboard
+            try:
+                r = _get(f"{api}/query?query=" + urllib.parse.quote(
+                    "count_over_time(sweeperd_gc_cycles_total[1m])"))
+                if r["data"]["result"] and float(r["data"]["result"][0]["value"][1]) >= 8:
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError("prometheus did not scrape sweeperd: "
+                                     + (tmp / "prometheus.log").read_text()[-3000:])
+            time.sleep(0.5)
+        yield api
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _dashboard_exprs() -> list[tuple[str, str]]:
+    dash = json.loads(DASHBOARD.read_text())
+    out = []
+    for p in dash["panels"]:
+        for t in p.get("targets", []):
+            out.append((p["title"], t["expr"]))
+    return out
+
+
+def test_the_dashboard_has_the_panels_an_operator_needs():
+    titles = {t for t, _ in _dashboard_exprs()}
+    for needle in ("Sweep rate: spans/s", "Sweep rate: pages/s", "Sweep phase duration",
+                   "GC cycles", "Heap classes", "True backing", "PSS", "RSS",
+                   "Scavenger release rate", "Scavenger CPU fraction", "madvise",
+                   "Fragmentation"):
+        assert any(needle in t for t in titles), needle
+
+
+def test_every_dashboard_expression_returns_data(prometheus):
+    exprs = _dashboard_exprs()
+    assert len(exprs) >= 20
+    failures = []
+    for title, expr in exprs:
+        q = expr.replace("$__rate_interval", "10s")  # 1 s scrapes: 10 samples a window
+        assert "$" not in q, f"{title}: unknown Grafana variable in {expr}"
+        try:
+            r = _get(f"{prometheus}/query?query=" + urllib.parse.quote(q))
+        except urllib.error.HTTPError as e:  # 400: the expression does not parse
+            failures.append(f"{title}: {expr}: {e.read().decode()[:300]}")
+            continue
+        if r["status"] != "success" or not r["data"]["result"]:
+            failures.append(f"{title}: {expr}: no data ({r})")
+    assert not failures, "\n".join(failures)
+
+
+def test_prometheus_scraped_every_series_it_was_served(prometheus, daemon):
+    body = urllib.request.urlopen(daemon.metrics, timeout=10).read().decode()
+    names = set(re.findall(r"^(sweeperd_\w+?)(?:_bucket|_count|_sum|_created)?[{ ]", body,
+                           flags=re.M))
+    r = _get(f"{prometheus}/label/__name__/values")
+    stored = set(r["data"])
+    assert names and names <= stored, names - stored
+
+
+def test_promtool_check_metrics_is_clean_on_a_live_scrape(daemon):
+    promtool = _binary("promtool")
+    body = urllib.request.urlopen(daemon.metrics, timeout=10).read()
+    assert b"sweeperd_gc_cycles_total" in body
+    r = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True,
+                       timeout=60)
+    assert r.returncode == 0 and not r.stdout.strip() and not r.stderr.strip(), (
+        r.stdout.decode() + r.stderr.decode())
+
+
+def test_promtool_accepts_the_shipped_scrape_config():
+    promtool = _binary("promtool")
+    r = subprocess.run([promtool, "check", "config", str(SCRAPE_CONFIG)], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_grafana_provisioning_points_at_the_dashboard_and_datasource():
+    ds = (ROOT / "deploy/grafana/provisioning/datasources/sweeperd.yml").read_text()
+    prov = (ROOT / "deploy/grafana/provisioning/dashboards/sweeperd.yml").read_text()
+    dash = json.loads(DASHBOARD.read_text())
+    uid = re.search(r"uid: (\S+)", ds).group(1)
+    assert dash["templating"]["list"][0]["current"]["value"] == uid
+    assert "type: prometheus" in ds and "url: http://127.0.0.1:9090" in ds
+    assert "type: file" in prov and "path:" in prov
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids))
+    for p in dash["panels"]:
+        if p["type"] != "row":
+            assert p["description"] and p["targets"] and p["datasource"]["uid"] == "${datasource}"
