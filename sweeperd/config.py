@@ -7,6 +7,8 @@ range; the CLI turns it into exit status 2.  The result is a frozen, plain datac
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from importlib import resources
@@ -140,15 +142,29 @@ def _check_value(key: str, typ: Any, v: Any) -> Any:
     return v
 
 
-def _validate_addrs(cfg: Config) -> None:
-    host, sep, port = cfg.metrics.addr.rpartition(":")
+_HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*")
+
+
+def _check_hostport(key: str, text: str, form: str, wildcard: bool = False) -> None:
+    host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"metrics.addr: expected HOST:PORT, got {cfg.metrics.addr!r}")
+        raise ConfigError(f"{key}: expected {form} with a port 0..65535, got {text!r}")
+    if wildcard and host == "*":
+        return
+    try:
+        ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))
+    except ValueError:
+        numeric = host.replace(".", "").isdigit()  # looks like IPv4 but is not one
+        if numeric or not _HOSTNAME.fullmatch(host) or len(host) > 253:
+            raise ConfigError(f"{key}: {host!r} is not an IP address or a host name "
+                              f"(in {text!r})") from None
+
+
+def _validate_addrs(cfg: Config) -> None:
+    _check_hostport("metrics.addr", cfg.metrics.addr, "HOST:PORT")
     a = cfg.control.addr
     if a.startswith("tcp://"):
-        h, sep, p = a[6:].rpartition(":")
-        if not sep or not h or not p.isdigit() or not 0 <= int(p) <= 65535:
-            raise ConfigError(f"control.addr: expected tcp://HOST:PORT, got {a!r}")
+        _check_hostport("control.addr", a[6:], "tcp://HOST:PORT", wildcard=True)
     elif not (a.startswith("ipc://") and len(a) > 6):
         raise ConfigError(f"control.addr: expected tcp://HOST:PORT or ipc://PATH, got {a!r}")
     if cfg.control.dead_after_ms < 2 * cfg.control.heartbeat_ms:

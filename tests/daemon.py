@@ -17,9 +17,11 @@ from sweeperd import protocol
 
 
 class Daemon:
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        cmd = [sys.executable, "-m", "sweeperd.cli", "run", "--control", "tcp://127.0.0.1:0",
-               "--metrics-addr", "127.0.0.1:0", *args]
+    def __init__(self, *args: str, env: dict[str, str] | None = None,
+                 ephemeral_ports: bool = True) -> None:
+        ports = ["--control", "tcp://127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"]
+        cmd = [sys.executable, "-m", "sweeperd.cli", "run",
+               *(ports if ephemeral_ports else []), *args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, env={**os.environ, **(env or {})})
         self.lines: list[str] = []

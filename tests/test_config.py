@@ -27,6 +27,10 @@ def test_shipped_file_documents_every_key_with_its_default():
     ({"sweep": {"sweepers": 0}}, "sweep.sweepers"),
     ({"run": {"debug_checks": 1}}, "run.debug_checks: expected true or false"),
     ({"metrics": {"addr": "nowhere"}}, "metrics.addr"),
+    ({"metrics": {"addr": "127.0.0.1:99999"}}, "metrics.addr: expected HOST:PORT"),
+    ({"metrics": {"addr": "bad host:80"}}, "metrics.addr: 'bad host' is not an IP address"),
+    ({"metrics": {"addr": "-x-:80"}}, "metrics.addr"),
+    ({"control": {"addr": "tcp://300.1.1.1.1:5"}}, "control.addr"),
     ({"control": {"addr": "udp://x"}}, "control.addr"),
     ({"mutators": {"size_classes": [6, 99]}}, "mutators.size_classes"),
     ({"mutators": {"finalizer_fraction": 2}}, "mutators.finalizer_fraction"),
@@ -76,11 +80,19 @@ def test_run_and_config_check_exit_2(tmp_path, text, needle):
     (["--sweepers", "100"], "sweep.sweepers"),
     (["--metrics-addr", "localhost"], "metrics.addr"),
     (["--control", "tcp://nope"], "control.addr"),
+    (["--control", "tcp://local host:9465"], "control.addr"),
+    (["--metrics-addr", "127.0.0.1:port"], "metrics.addr"),
     (["--duration", "-3"], "run.duration_s"),
 ])
 def test_bad_flags_exit_2(flags, needle):
     r = _cli("run", *flags)
     assert r.returncode == 2 and needle in r.stderr
+
+
+@pytest.mark.parametrize("addr", ["127.0.0.1:0", "localhost:9464", "[::1]:9464",
+                                  "metrics.example.internal:80", "0.0.0.0:9464"])
+def test_good_addresses_pass(addr):
+    assert from_dict({"metrics": {"addr": addr}}).metrics.addr == addr
 
 
 def test_config_check_accepts_the_shipped_file():
