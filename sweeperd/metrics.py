@@ -202,8 +202,10 @@ class Metrics:
 
     def serve(self, addr: str) -> str:
         host, _, port = addr.rpartition(":")
+        host = host.removeprefix("[").removesuffix("]")  # [::1] -> ::1
         self.server, _thread = start_http_server(int(port), addr=host, registry=self.registry)
-        return f"{host}:{self.server.server_port}"
+        shown = f"[{host}]" if ":" in host else host
+        return f"{shown}:{self.server.server_port}"
 
     def close(self) -> None:
         if self.sampler is not None:
