@@ -171,3 +171,11 @@ def test_grafana_provisioning_points_at_the_dashboard_and_datasource():
     for p in dash["panels"]:
         if p["type"] != "row":
             assert p["description"] and p["targets"] and p["datasource"]["uid"] == "${datasource}"
+
+
+def test_the_scraped_daemon_ran_without_a_death(prometheus, daemon):
+    """The daemon Prometheus watched ran on its defaults (no debug checks) the whole time: no
+    worker may have died (a lost mark once killed a sweeper within seconds)."""
+    st = daemon.status()
+    assert st["cycle"] > 5
+    assert st["deaths"] == {"sweeper": 0, "mutator": 0, "scavenger": 0}, st["deaths"]
