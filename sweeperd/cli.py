@@ -37,12 +37,7 @@ def _bench_sweep(args: argparse.Namespace) -> int:
         result = bench_sweep_processes(cfg, counts)
     else:
         result = bench_sweep(cfg)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for k, v in result.items():
-            print(f"{k:>24}: {v}")
-    return 0
+    return _print_result(result, args.json)
 
 
 def _bench_alloc(args: argparse.Namespace) -> int:
@@ -53,9 +48,7 @@ def _bench_alloc(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"sweeperd bench alloc: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(result) if args.json else
-          "\n".join(f"{k:>24}: {v}" for k, v in result.items()))
-    return 0
+    return _print_result(result, args.json)
 
 
 def _bench_scavenge(args: argparse.Namespace) -> int:
@@ -66,8 +59,16 @@ def _bench_scavenge(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"sweeperd bench scavenge: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(result) if args.json else
-          "\n".join(f"{k:>28}: {v}" for k, v in result.items()))
+    return _print_result(result, args.json)
+
+
+def _print_result(result: dict[str, Any], as_json: bool) -> int:
+    """A benchmark's figures: one JSON object, or one aligned line per field."""
+    if as_json:
+        print(json.dumps(result))
+    else:
+        width = max(map(len, result), default=0)
+        print("\n".join(f"{k:>{width}}: {v}" for k, v in result.items()))
     return 0
 
 

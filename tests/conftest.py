@@ -16,6 +16,18 @@ def heap():
         h.close()
 
 
+@pytest.fixture
+def daemon():
+    """A real daemon with 2 sweepers, 2 mutators and debug checks; always torn down."""
+    from .daemon import Daemon
+
+    d = Daemon("--heap-mib", "64", "--sweepers", "2", "--mutators", "2", "--debug-checks")
+    try:
+        yield d
+    finally:
+        d.close()
+
+
 def start_cycle(heap: Heap) -> int:
     """Begin a sweep phase (sweepgen += 2), as the coordinator does after mark."""
     heap.header[H_SWEEPGEN] += 2

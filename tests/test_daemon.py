@@ -27,15 +27,6 @@ def _alive(pid):
         return f.read().split(")")[-1].split()[0] != "Z"
 
 
-@pytest.fixture
-def daemon():
-    d = Daemon("--heap-mib", "64", "--sweepers", "2", "--mutators", "2", "--debug-checks")
-    try:
-        yield d
-    finally:
-        d.close()
-
-
 def test_cycles_exactly_once_no_object_lost_and_clean_shutdown(daemon):
     st = daemon.wait_for(lambda s: s["cycle"] >= 8, what="8 GC cycles")
     dbg, mut = st["debug"], st["mutators"]

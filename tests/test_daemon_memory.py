@@ -9,7 +9,6 @@ import sys
 import time
 
 import numpy as np
-import pytest
 
 from sweeperd import protocol, scavenge
 from sweeperd.heap import PAGE_FREE, Heap, HeapHandle
@@ -20,15 +19,6 @@ from sweeperd.sysmem import OS_PAGE, Kernel, SysMem
 from .daemon import Daemon
 
 libc = ctypes.CDLL(None, use_errno=True)
-
-
-@pytest.fixture
-def daemon():
-    d = Daemon("--heap-mib", "64", "--sweepers", "2", "--mutators", "2", "--debug-checks")
-    try:
-        yield d
-    finally:
-        d.close()
 
 
 def _kernel_backed(handle):
