@@ -10,11 +10,11 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .config import Config
+    from sweeperd.daemon.config import Config
 
 
 def _bench_sweep(args: argparse.Namespace) -> int:
-    from .bench import SweepBenchConfig, bench_sweep
+    from sweeperd.bench.sweep import SweepBenchConfig, bench_sweep
 
     cfg = SweepBenchConfig(
         spans=args.spans,
@@ -32,7 +32,7 @@ def _bench_sweep(args: argparse.Namespace) -> int:
         print(f"sweeperd bench sweep: {e}", file=sys.stderr)
         return 2
     if counts:
-        from .bench import bench_sweep_processes
+        from sweeperd.bench.sweep import bench_sweep_processes
 
         result = bench_sweep_processes(cfg, counts)
     else:
@@ -41,7 +41,7 @@ def _bench_sweep(args: argparse.Namespace) -> int:
 
 
 def _bench_alloc(args: argparse.Namespace) -> int:
-    from .bench import bench_alloc
+    from sweeperd.bench.alloc import bench_alloc
 
     try:
         result = bench_alloc(args.size_class, args.seconds, args.heap_mib)
@@ -52,7 +52,7 @@ def _bench_alloc(args: argparse.Namespace) -> int:
 
 
 def _bench_scavenge(args: argparse.Namespace) -> int:
-    from .bench import bench_scavenge
+    from sweeperd.bench.scavenge import bench_scavenge
 
     try:
         result = bench_scavenge(args.heap_mib, args.live, args.cpu_fraction, args.vectored)
@@ -84,7 +84,7 @@ def _int_list(text: str, flag: str) -> list[int]:
 
 def _load_config(args: argparse.Namespace) -> Config:
     """The config file overlaid with the flags given (flags win)."""
-    from .config import from_dict, load
+    from sweeperd.daemon.config import from_dict, load
 
     cfg = load(args.config)
     over: dict[str, dict[str, Any]] = {}
@@ -107,14 +107,14 @@ RUN_FLAGS = {
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .config import ConfigError
+    from sweeperd.daemon.config import ConfigError
 
     try:
         cfg = _load_config(args)
     except ConfigError as e:
         print(f"sweeperd run: {e}", file=sys.stderr)
         return 2
-    from .coordinator import Coordinator
+    from sweeperd.daemon.coordinator import Coordinator
 
     try:
         co = Coordinator(cfg)
@@ -139,7 +139,7 @@ def _run(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     import zmq
 
-    from . import protocol
+    from sweeperd.wire import protocol
 
     ctx = zmq.Context()
     sock = ctx.socket(zmq.REQ)
@@ -160,7 +160,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _config_check(args: argparse.Namespace) -> int:
-    from .config import ConfigError, load
+    from sweeperd.daemon.config import ConfigError, load
 
     try:
         load(args.path)

@@ -45,3 +45,19 @@ class HeapCorrupt(Throw):
 
 class UnalignedSysUnused(Throw):
     go_message = "unaligned sysUnused"
+
+
+class LockNotHeld(Throw):
+    go_message = "lock not held"
+
+
+class BadObjectIndex(Throw):
+    go_message = "object index out of range for its span"
+
+
+class AllocCountOverflow(Throw):
+    go_message = "s.allocCount > s.nelems"
+
+
+class BadFinalizerTarget(Throw):
+    go_message = "runtime.SetFinalizer: pointer not at beginning of allocated block"

@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sweeperd.heap import H_SWEEPGEN, Heap
-from sweeperd.sweepgen import try_claim
+from sweeperd.runtime.heap import H_SWEEPGEN, Heap
+from sweeperd.runtime.sweepgen import try_claim
 
 
 @pytest.fixture

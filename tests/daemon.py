@@ -13,7 +13,7 @@ from typing import Any
 
 import zmq
 
-from sweeperd import protocol
+from sweeperd.wire import protocol
 
 
 class Daemon:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from sweeperd import malloc, mark, mheap, specials
 from sweeperd.errors import OutOfMemory
-from sweeperd.heap import Heap
-from sweeperd.sizeclasses import CLASS_NPAGES
+from sweeperd.runtime import malloc, mark, mheap, specials
+from sweeperd.runtime.heap import Heap
+from sweeperd.runtime.sizeclasses import CLASS_NPAGES
 
 from .conftest import start_cycle
 

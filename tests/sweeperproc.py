@@ -8,8 +8,8 @@ import json
 import os
 import signal
 
-from sweeperd.heap import Heap, HeapHandle
-from workers.sweeper import sweep_until_done
+from sweeperd.runtime.bgsweep import sweep_until_done
+from sweeperd.runtime.heap import Heap, HeapHandle
 
 
 def sweeper(handle_json, me, go, q, die_at=None, chunk_pages=128):

@@ -4,8 +4,8 @@ import tomllib
 
 import pytest
 
-from sweeperd import config
-from sweeperd.config import Config, ConfigError, from_dict, load
+from sweeperd.daemon import config
+from sweeperd.daemon.config import Config, ConfigError, from_dict, load
 
 
 def test_shipped_file_documents_every_key_with_its_default():

@@ -7,10 +7,10 @@ import json
 import multiprocess as mp
 import numpy as np
 
-from sweeperd import mheap
-from sweeperd.check import check_heap
-from sweeperd.heap import Heap, HeapHandle
-from sweeperd.sweep import sweep_batch
+from sweeperd.runtime import mheap
+from sweeperd.runtime.check import check_heap
+from sweeperd.runtime.heap import Heap, HeapHandle
+from sweeperd.runtime.sweep import sweep_batch
 
 from .conftest import claim_all, start_cycle
 
@@ -18,7 +18,7 @@ CTX = mp.get_context("spawn")
 
 
 def _digest(heap, spans, idx):
-    from sweeperd.malloc import _object_words
+    from sweeperd.runtime.malloc import _object_words
 
     h = hashlib.sha256()
     for s, i in zip(spans.tolist(), idx.tolist(), strict=True):
@@ -29,7 +29,7 @@ def _digest(heap, spans, idx):
 
 def _mutator(handle_json, spans, q):
     """Child: allocate every slot of the given spans, write payloads, mark every 3rd live."""
-    from sweeperd import malloc, mark
+    from sweeperd.runtime import malloc, mark
 
     heap = Heap.attach(HeapHandle.from_dict(json.loads(handle_json)))
     try:
@@ -50,7 +50,7 @@ def _mutator(handle_json, spans, q):
 def _checker(handle_json, ls, li, q):
     heap = Heap.attach(HeapHandle.from_dict(json.loads(handle_json)))
     try:
-        from sweeperd import malloc
+        from sweeperd.runtime import malloc
 
         ls_a, li_a = np.array(ls), np.array(li)
         ok = all(malloc.verify_payload(heap, s, li_a[ls_a == s], seed=1234 + s).all()
@@ -94,7 +94,7 @@ def test_payloads_survive_sweep_across_processes():
 def _marker(handle_json, groups, parity, barrier):
     """Child: for each group of spans in turn, in step with the other marker (a barrier),
     mark every object whose index has ``parity``."""
-    from sweeperd import mark
+    from sweeperd.runtime import mark
 
     heap = Heap.attach(HeapHandle.from_dict(json.loads(handle_json)))
     try:
@@ -110,8 +110,8 @@ def _marker(handle_json, groups, parity, barrier):
 def test_two_mutators_marking_the_same_words_lose_no_mark():
     """Two processes mark interleaved objects (every word shared) at once, group after group
     of unmarked spans: every mark must land (an unlocked read-modify-write loses some)."""
-    from sweeperd import malloc
-    from workers.procs import reap
+    from sweeperd.runtime import malloc
+    from sweeperd.sys.procs import reap
 
     with Heap.create(64 << 20) as heap:
         spans = [mheap.alloc_span(heap, 2)[0] for _ in range(4000)]  # 16 B: 512 objects

@@ -5,7 +5,7 @@ import urllib.request
 
 import pytest
 
-from sweeperd import protocol
+from sweeperd.wire import protocol
 
 from .daemon import Daemon
 

@@ -10,11 +10,12 @@ import time
 
 import numpy as np
 
-from sweeperd import protocol, scavenge
-from sweeperd.heap import PAGE_FREE, Heap, HeapHandle
-from sweeperd.procmem import meminfo, process_memory
-from sweeperd.sizeclasses import PAGE_SIZE
-from sweeperd.sysmem import OS_PAGE, Kernel, SysMem
+from sweeperd.runtime import scavenge
+from sweeperd.runtime.heap import PAGE_FREE, Heap, HeapHandle
+from sweeperd.runtime.sizeclasses import PAGE_SIZE
+from sweeperd.sys.procmem import meminfo, process_memory
+from sweeperd.sys.sysmem import OS_PAGE, Kernel, SysMem
+from sweeperd.wire import protocol
 
 from .daemon import Daemon
 

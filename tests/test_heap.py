@@ -1,12 +1,12 @@
 import numpy as np
 import pytest
 
-from sweeperd import malloc, mheap
-from sweeperd.bench import fill_heap
-from sweeperd.check import check_heap
+from sweeperd.bench.common import fill_heap
 from sweeperd.errors import HeapCorrupt
-from sweeperd.heap import Heap, HeapHandle
-from sweeperd.sizeclasses import PAGE_SIZE
+from sweeperd.runtime import malloc, mheap
+from sweeperd.runtime.check import check_heap
+from sweeperd.runtime.heap import Heap, HeapHandle
+from sweeperd.runtime.sizeclasses import PAGE_SIZE
 
 
 def test_16_gib_of_address_space_touches_only_what_is_allocated():
@@ -24,7 +24,7 @@ def test_16_gib_of_address_space_touches_only_what_is_allocated():
 @pytest.mark.parametrize("cls", [6, 20, 60])
 def test_metadata_backing_stays_under_one_percent(cls):
     with Heap.create(256 << 20) as heap:
-        from sweeperd.sizeclasses import CLASS_NPAGES
+        from sweeperd.runtime.sizeclasses import CLASS_NPAGES
 
         spans = fill_heap(heap, cls, heap.npages // int(CLASS_NPAGES[cls]))
         assert spans.size * int(CLASS_NPAGES[cls]) > 0.95 * heap.npages

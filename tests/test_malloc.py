@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from sweeperd import malloc, mheap
 from sweeperd.errors import BadSpanState
+from sweeperd.runtime import malloc, mheap
 
 from .conftest import start_cycle
 

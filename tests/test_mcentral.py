@@ -1,8 +1,8 @@
 import numpy as np
 
-from sweeperd import malloc, mark, mcentral, mheap
-from sweeperd.check import check_heap
-from sweeperd.sweepgen import SweepState, state_of, try_claim
+from sweeperd.runtime import malloc, mark, mcentral, mheap
+from sweeperd.runtime.check import check_heap
+from sweeperd.runtime.sweepgen import SweepState, state_of, try_claim
 
 from .conftest import start_cycle
 

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from sweeperd import mheap
-from sweeperd.check import check_heap
 from sweeperd.errors import HeapCorrupt, OutOfMemory
-from sweeperd.heap import H_SEARCH_ADDR, SPAN_IN_USE
+from sweeperd.runtime import mheap
+from sweeperd.runtime.check import check_heap
+from sweeperd.runtime.heap import H_SEARCH_ADDR, SPAN_IN_USE
 
 
 def test_fresh_heap_is_free_and_scavenged(heap):
@@ -93,8 +93,25 @@ def test_repair_frees_pages_of_a_span_whose_free_was_cut_short(heap):
     heap.span_state[s] = heap.span_state[t] = 0  # 7 died mid-free; 8 is mid-free, alive
     with pytest.raises(HeapCorrupt):
         check_heap(heap)
-    assert mheap.repair(heap, 7) == 4
-    assert mheap.repair(heap, 7) == 0
+    with heap.lock:
+        assert mheap.repair(heap, 7) == 4
+        assert mheap.repair(heap, 7) == 0
     assert (heap.page_span[t : t + 2] == t).all()  # a live sweeper's pages are not touched
     heap.page_span[t : t + 2] = -1  # ... it finishes its own free
     check_heap(heap)
+
+
+def test_helpers_that_need_the_heap_lock_fail_by_name_without_it(heap):
+    from sweeperd.errors import LockNotHeld
+    from sweeperd.runtime import shards
+
+    with pytest.raises(LockNotHeld, match=r"mheap\.repair needs the heap lock"):
+        mheap.repair(heap, 3)
+    with pytest.raises(LockNotHeld, match=r"mheap\.init_spans"):
+        mheap.init_spans(heap, np.array([0]), 1, 6)
+    with pytest.raises(LockNotHeld, match=r"shards\.open_for_claim"):
+        shards.open_for_claim(heap, 0)
+    with heap.lock:  # and pass with it; the allocating entry points take it themselves
+        assert mheap.repair(heap, 3) == 0
+    s, _ = mheap.alloc_span(heap, 6)
+    assert not heap.lock.held and heap.span_state[s] == SPAN_IN_USE

@@ -11,13 +11,13 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from sweeperd import malloc, mark, mheap, specials
-from sweeperd.check import check_heap
 from sweeperd.errors import OutOfMemory
-from sweeperd.heap import H_SWEEPGEN, Heap
-from sweeperd.sizeclasses import CLASS_NPAGES
-from sweeperd.sweep import sweep, sweep_batch
-from sweeperd.sweepgen import try_claim
+from sweeperd.runtime import malloc, mark, mheap, specials
+from sweeperd.runtime.check import check_heap
+from sweeperd.runtime.heap import H_SWEEPGEN, Heap
+from sweeperd.runtime.sizeclasses import CLASS_NPAGES
+from sweeperd.runtime.sweep import sweep, sweep_batch
+from sweeperd.runtime.sweepgen import try_claim
 
 NPAGES = 96
 

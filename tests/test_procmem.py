@@ -2,8 +2,8 @@ import os
 
 import numpy as np
 
-from sweeperd.procmem import meminfo, process_memory
-from sweeperd.shm import SharedRegion
+from sweeperd.sys.procmem import meminfo, process_memory
+from sweeperd.sys.shm import SharedRegion
 
 
 def test_rss_and_pss_follow_a_shared_region_as_the_kernel_counts_it():

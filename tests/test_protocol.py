@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from sweeperd import protocol as p
+from sweeperd.wire import protocol as p
 
 
 def test_round_trip():

@@ -5,12 +5,12 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from sweeperd import malloc, mheap, scavenge
-from sweeperd.bench import fill_heap
-from sweeperd.check import check_heap
-from sweeperd.heap import PAGE_FREE, PAGE_SCAVENGING, Heap
-from sweeperd.sizeclasses import PAGE_SIZE
-from sweeperd.sysmem import Kernel, SysMem
+from sweeperd.bench.common import fill_heap
+from sweeperd.runtime import malloc, mheap, recovery, scavenge
+from sweeperd.runtime.check import check_heap
+from sweeperd.runtime.heap import PAGE_FREE, PAGE_SCAVENGING, Heap
+from sweeperd.runtime.sizeclasses import PAGE_SIZE
+from sweeperd.sys.sysmem import Kernel, SysMem
 
 from .conftest import claim_all, start_cycle
 
@@ -33,7 +33,7 @@ def _sysmem(heap, kernel=None):
 
 
 def _sweep_all_dead(heap):
-    from sweeperd.sweep import sweep_batch
+    from sweeperd.runtime.sweep import sweep_batch
 
     start_cycle(heap)
     sweep_batch(heap, claim_all(heap))
@@ -43,7 +43,7 @@ def test_release_drops_the_kernels_blocks_by_exactly_what_it_says():
     with Heap.create(32 << 20) as heap:
         spans = fill_heap(heap, 6, heap.npages)
         keep = spans[:100]
-        from sweeperd.mark import mark_spans_fully
+        from sweeperd.runtime.mark import mark_spans_fully
 
         mark_spans_fully(heap, keep)
         _sweep_all_dead(heap)
@@ -93,7 +93,7 @@ def test_a_dead_scavengers_half_release_is_recovered():
         heap.arena[:] = 3
         mheap.free_spans(heap, spans)
         scavenge.take(heap, heap.npages)  # ... and the scavenger is killed before madvise
-        r = scavenge.recover(heap, _sysmem(heap))
+        r = recovery.scavenger_runs(heap, _sysmem(heap))
         assert r.pages == heap.npages and heap.arena_backed_bytes() == 0
         assert (heap.page_span == PAGE_FREE).all() and heap.scavenged.all()
         check_heap(heap)

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from sweeperd.scavpace import Pacer, pages_to_release, retain_goal
-from sweeperd.sizeclasses import PAGE_SIZE
+from sweeperd.pacing.scavpace import Pacer, pages_to_release, retain_goal
+from sweeperd.runtime.sizeclasses import PAGE_SIZE
 
 
 def test_retain_goal_is_heap_goal_plus_ten_percent_or_95_percent_of_the_limit():

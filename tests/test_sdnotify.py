@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from sweeperd.sdnotify import Notifier, NotifyError
+from sweeperd.sys.sdnotify import Notifier, NotifyError
 
 from .daemon import Daemon
 

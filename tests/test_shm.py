@@ -3,7 +3,7 @@ import os
 import numpy as np
 import pytest
 
-from sweeperd.shm import RegionHandle, SharedRegion
+from sweeperd.sys.shm import RegionHandle, SharedRegion
 
 
 def test_sparse_until_touched_and_backing_is_the_kernels():

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from sweeperd import sizeclasses as sc
+from sweeperd.runtime import sizeclasses as sc
 
 
 def test_table_matches_go():

@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 
-from sweeperd import malloc, mark, mcentral, mheap, specials
-from sweeperd.check import check_heap
 from sweeperd.errors import BadSpanState, FoundPointerToFreeObject, SweepIncreasedAllocCount
-from sweeperd.heap import SPAN_DEAD
-from sweeperd.sweep import sweep, sweep_batch
+from sweeperd.runtime import malloc, mark, mcentral, mheap, specials
+from sweeperd.runtime.check import check_heap
+from sweeperd.runtime.heap import SPAN_DEAD
+from sweeperd.runtime.sweep import sweep, sweep_batch
 
 from .conftest import claim_all, start_cycle
 
@@ -206,7 +206,8 @@ def test_crash_before_commit_is_swept_once(heap):
     done = heap.snapshot()
     heap.restore(snap)
     # the dead sweeper queued the finalizer and wrote allocCount, then died before the commit
-    specials.finq_push(heap, np.array([s]), np.array([4]))
+    with heap.lock:
+        specials.finq_push(heap, np.array([s]), np.array([4]))
     heap.span_alloc_count[s] = 2
     sweep_batch(heap, np.array([s]), recover=True)
     assert specials.finq_len(heap) == 1  # not queued twice

@@ -5,10 +5,10 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sweeperd.check import check_heap
-from sweeperd.heap import Heap
-from sweeperd.specials import finq_entries
-from sweeperd.sweep import sweep, sweep_batch
+from sweeperd.runtime.check import check_heap
+from sweeperd.runtime.heap import SPAN_DEAD, Heap
+from sweeperd.runtime.specials import finq_entries
+from sweeperd.runtime.sweep import sweep, sweep_batch
 
 from .conftest import claim_all
 from .heapgen import build
@@ -32,9 +32,11 @@ def test_batch_equals_one_by_one(seed, nspans, preserve, split):
             check_heap(heap)
 
         heap.restore(start)
-        freed_batch = []
+        nfreed = 0
         for chunk in np.array_split(rng.permutation(claimed), split):
-            freed_batch += sweep_batch(heap, chunk, preserve=preserve).freed_starts.tolist()
+            nfreed += sweep_batch(heap, chunk, preserve=preserve).spans_freed
+        freed_batch = [int(s) for s in claimed if heap.span_state[s] == SPAN_DEAD]
+        assert nfreed == len(freed_batch)
         q_batch = np.sort(finq_entries(heap))
         assert sorted(freed_batch) == freed_one
         assert np.array_equal(q_batch, q_one)

@@ -8,11 +8,11 @@ import multiprocess as mp
 import numpy as np
 import pytest
 
-from sweeperd import shards
-from sweeperd.check import check_heap
-from sweeperd.heap import Heap
-from workers.procs import reap
-from workers.sweeper import sweep_until_done
+from sweeperd.runtime import recovery, shards
+from sweeperd.runtime.bgsweep import sweep_until_done
+from sweeperd.runtime.check import check_heap
+from sweeperd.runtime.heap import Heap
+from sweeperd.sys.procs import reap
 
 from .heapgen import build
 from .sweeperproc import sweeper
@@ -50,7 +50,7 @@ def test_kill_9_mid_sweep_cycle_completes_exactly_once(die_at):
         assert ps[1].exitcode == 0
         # the coordinator's part: recover what the dead worker had claimed, then a
         # replacement worker takes whatever pages are left
-        rec = shards.recover(heap, 0)
+        rec = recovery.claims(heap, 0)
         left = sweep_until_done(heap, 0)
         assert shards.unswept(heap).size == 0 and shards.unfinished(heap).size == 0
         d = heap.span_nsweeps[spans0].astype(np.int64) - before["span_nsweeps"][spans0]
@@ -79,8 +79,9 @@ def test_death_between_claiming_a_chunk_and_its_spans_is_recovered():
         with heap.lock:
             took = shards._take(heap, 0, 256)  # worker 0 took a chunk ... and died
         assert took == (0, 256) and spans0[0] < 256
-        assert not shards.open_for_claim(heap, int(spans0[0]))  # mutators keep off it
-        shards.recover(heap, 0)
+        with heap.lock:
+            assert not shards.open_for_claim(heap, int(spans0[0]))  # mutators keep off it
+        recovery.claims(heap, 0)
         sweep_until_done(heap, 1)  # the survivor takes the rest, stealing worker 0's shard
         assert shards.unswept(heap).size == 0 and shards.unfinished(heap).size == 0
         assert (heap.span_nsweeps[spans0] - before == 1).all()

@@ -6,10 +6,10 @@ import json
 import multiprocess as mp
 import numpy as np
 
-from sweeperd import mcentral, shards
-from sweeperd.check import check_heap
-from sweeperd.heap import Heap
-from workers.procs import reap
+from sweeperd.runtime import mcentral, shards
+from sweeperd.runtime.check import check_heap
+from sweeperd.runtime.heap import Heap
+from sweeperd.sys.procs import reap
 
 from .heapgen import build
 from .sweeperproc import sweeper

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from sweeperd import sweepgen as sg
 from sweeperd.errors import BadSpanState
+from sweeperd.runtime import sweepgen as sg
 
 
 def test_states_relative_to_heap():

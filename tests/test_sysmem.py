@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from sweeperd.errors import UnalignedSysUnused
-from sweeperd.shm import SharedRegion
-from sweeperd.sysmem import MADV, Kernel, SysMem, check_platform
+from sweeperd.sys.shm import SharedRegion
+from sweeperd.sys.sysmem import MADV, Kernel, SysMem, check_platform
 
 HP = 2 << 20
 K4 = 4096

@@ -2,7 +2,7 @@ import platform
 
 import pytest
 
-from workers.tuning import keep_malloc_memory
+from sweeperd.sys.tuning import keep_malloc_memory
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")

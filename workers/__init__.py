@@ -1,6 +1,7 @@
-"""Process shells around the pure core (sweeperd/): sweeper workers, mutators, scavenger.
+"""Process entry points: the sweeper, mutator and scavenger loops, nothing else.
 
-Each shell maps the shared heap, talks to the coordinator over the control plane, and calls
-into the pure core for the actual work; it holds no heap state of its own that the others
+Each ``main`` maps the shared heap, talks to the coordinator over its link
+(``sweeperd.wire.link``), and calls into ``sweeperd`` for the work (``runtime.bgsweep``,
+``workload.mutator``, ``pacing.bgscavenge``); it holds no heap state of its own that the others
 could not recover if it were killed.
 """

@@ -1,36 +1,21 @@
-"""Sweeper worker process: claims chunks of its shard (then steals) and sweeps them.
+"""Sweeper worker process: sweep the cycle's shards each time the coordinator says so.
 
-The loop itself, :func:`sweep_until_done`, is plain code over the heap; the process shell
-attaches the shared heap, installs the shared heap lock, and runs the loop when told to.  A
-worker keeps no state the others need: if it is killed, its claimed-but-unfinished spans sit at
-sweepgen h-1 and the coordinator has them swept with ``recover=True``.
+The work itself is :func:`sweeperd.runtime.bgsweep.sweep_until_done`; this module holds only
+the process loops (the daemon's, and the benchmark's).  A worker keeps no state the others
+need: if it is killed, ``sweeperd.runtime.recovery`` finishes what it held.
 """
 
 from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable
 from typing import Any
 
-from sweeperd.heap import H_BENCH_GO, H_BENCH_READY, Heap, HeapHandle
-from sweeperd.shards import claim_next, release_chunk
-from sweeperd.sweep import SweepStats, sweep_batch
-
-from .tuning import keep_malloc_memory
-
-
-def sweep_until_done(heap: Heap, me: int, chunk_pages: int = 16384,
-                     fault: Callable[[str], None] | None = None) -> SweepStats:
-    """Sweep this worker's shard, then steal, until no unclaimed pages are left anywhere."""
-    stats = SweepStats()
-    while (spans := claim_next(heap, me, chunk_pages)) is not None:
-        if fault:
-            fault("claimed")
-        if spans.size:
-            stats.add(sweep_batch(heap, spans, fault=fault))
-        release_chunk(heap, me)
-    return stats
+from sweeperd.runtime.bgsweep import sweep_until_done
+from sweeperd.runtime.heap import H_BENCH_GO, H_BENCH_READY, Heap, HeapHandle
+from sweeperd.runtime.sweep import SweepStats
+from sweeperd.sys.tuning import keep_malloc_memory
+from sweeperd.wire.link import Link
 
 
 def bench_main(handle: dict[str, Any], me: int, results: Any, rounds: int,
@@ -61,8 +46,6 @@ def main(handle: dict[str, Any], me: int, endpoint: str, chunk_pages: int,
          heartbeat_ms: int) -> None:
     """Daemon shell: sweep the current cycle's shards each time the coordinator says
     ``sweep``; report ``swept`` with this cycle's figures; heartbeat while idle."""
-    from .link import Link
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator drains us with "stop"
     keep_malloc_memory()
     heap = Heap.attach(HeapHandle.from_dict(handle))

@@ -1,0 +1,215 @@
+"""Configuration: a TOML file (``config/sweeperd.toml`` documents every key), then flags.
+
+Validation is strict and names what is wrong: an unknown section or key, a value of the wrong
+type, or one outside its range gives :class:`ConfigError` with the dotted key and the allowed
+range; the CLI turns it into exit status 2.  The result is a frozen, plain dataclass tree.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from sweeperd.runtime.owners import MAX_MUTATORS, MAX_SWEEPERS
+from sweeperd.runtime.sizeclasses import NUM_CLASSES
+from sweeperd.workload.mutator import Workload
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class HeapConfig:
+    size_mib: int = 256
+
+
+@dataclass(frozen=True)
+class GCConfig:
+    gogc: int = 100
+    min_goal_mib: int = 4
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    sweepers: int = 2
+    chunk_pages: int = 4096
+
+
+@dataclass(frozen=True)
+class MutatorConfig(Workload):
+    """``[mutators]``: how many mutator processes, and the workload each runs."""
+
+    count: int = 2
+
+    def workload(self) -> Workload:
+        """The model each mutator runs (every key of the section but ``count``)."""
+        return Workload(**{f.name: getattr(self, f.name) for f in fields(Workload)})
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    addr: str = "tcp://127.0.0.1:9465"
+    heartbeat_ms: int = 200
+    dead_after_ms: int = 5000
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    addr: str = "127.0.0.1:9464"
+
+
+@dataclass(frozen=True)
+class ScavengerConfig:
+    enabled: bool = True
+    cpu_fraction: float = 0.01
+    memory_limit_mib: int = 0
+    vectored: str = "auto"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    duration_s: float = 0
+    debug_checks: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    heap: HeapConfig = field(default_factory=HeapConfig)
+    gc: GCConfig = field(default_factory=GCConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    mutators: MutatorConfig = field(default_factory=MutatorConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    scavenger: ScavengerConfig = field(default_factory=ScavengerConfig)
+
+
+# (min, max) per numeric key; the type comes from the dataclass field.
+RANGES: dict[str, tuple[float, float]] = {
+    "heap.size_mib": (1, 16384),
+    "gc.gogc": (10, 1000),
+    "gc.min_goal_mib": (1, 16384),
+    "sweep.sweepers": (1, MAX_SWEEPERS),
+    "sweep.chunk_pages": (64, 1 << 20),
+    "mutators.count": (0, MAX_MUTATORS),
+    "mutators.alloc_rate": (0, 100_000_000),
+    "mutators.mean_lifetime_cycles": (0.1, 1000),
+    "mutators.finalizer_fraction": (0, 1),
+    "mutators.large_fraction": (0, 1),
+    "mutators.large_max_kib": (33, 65536),
+    "control.heartbeat_ms": (10, 60_000),
+    "control.dead_after_ms": (10, 600_000),
+    "run.duration_s": (0, 31_536_000),
+    "scavenger.cpu_fraction": (0.0001, 1),
+    "scavenger.memory_limit_mib": (0, 1 << 20),
+}
+CHOICES: dict[str, set[str]] = {"scavenger.vectored": {"auto", "on", "off"}}
+
+
+def _check_value(key: str, typ: Any, v: Any) -> Any:
+    if typ == "bool" or typ is bool:
+        if not isinstance(v, bool):
+            raise ConfigError(f"{key}: expected true or false, got {v!r}")
+        return v
+    if typ in ("int", int):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ConfigError(f"{key}: expected an integer, got {v!r}")
+    elif typ in ("float", float):
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise ConfigError(f"{key}: expected a number, got {v!r}")
+        v = float(v)
+    elif typ in ("str", str):
+        if not isinstance(v, str):
+            raise ConfigError(f"{key}: expected a string, got {v!r}")
+        if key in CHOICES and v not in CHOICES[key]:
+            raise ConfigError(f"{key}: {v!r} is not one of {sorted(CHOICES[key])}")
+        return v
+    elif typ in ("tuple[int, ...]",):
+        if not isinstance(v, list | tuple) or not v or not all(
+                isinstance(x, int) and not isinstance(x, bool) for x in v):
+            raise ConfigError(f"{key}: expected a non-empty list of integers, got {v!r}")
+        if any(not 1 <= x < NUM_CLASSES for x in v):
+            raise ConfigError(f"{key}: size classes must be within 1..{NUM_CLASSES - 1}, "
+                              f"got {list(v)}")
+        return tuple(v)
+    lo, hi = RANGES[key]
+    if not lo <= v <= hi:
+        raise ConfigError(f"{key}: {v} is out of range; allowed {lo:g}..{hi:g}")
+    return v
+
+
+_HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*")
+
+
+def _check_hostport(key: str, text: str, form: str, wildcard: bool = False) -> None:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{key}: expected {form} with a port 0..65535, got {text!r}")
+    if wildcard and host == "*":
+        return
+    try:
+        ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))
+    except ValueError:
+        numeric = host.replace(".", "").isdigit()  # looks like IPv4 but is not one
+        if numeric or not _HOSTNAME.fullmatch(host) or len(host) > 253:
+            raise ConfigError(f"{key}: {host!r} is not an IP address or a host name "
+                              f"(in {text!r})") from None
+
+
+def _validate_addrs(cfg: Config) -> None:
+    _check_hostport("metrics.addr", cfg.metrics.addr, "HOST:PORT")
+    a = cfg.control.addr
+    if a.startswith("tcp://"):
+        _check_hostport("control.addr", a[6:], "tcp://HOST:PORT", wildcard=True)
+    elif not (a.startswith("ipc://") and len(a) > 6):
+        raise ConfigError(f"control.addr: expected tcp://HOST:PORT or ipc://PATH, got {a!r}")
+    if cfg.control.dead_after_ms < 2 * cfg.control.heartbeat_ms:
+        raise ConfigError("control.dead_after_ms must be at least twice control.heartbeat_ms")
+
+
+def from_dict(data: dict[str, Any], base: Config | None = None) -> Config:
+    """Overlay ``data`` ({section: {key: value}}) on ``base`` (defaults), validating all."""
+    cfg = base or Config()
+    sections = {f.name: f for f in fields(Config)}
+    for sec, table in data.items():
+        if sec not in sections:
+            raise ConfigError(f"unknown section [{sec}]; known: {', '.join(sections)}")
+        if not isinstance(table, dict):
+            raise ConfigError(f"[{sec}] must be a table")
+        current = getattr(cfg, sec)
+        keys = {f.name: f for f in fields(current)}
+        updates = {}
+        for k, v in table.items():
+            if k not in keys:
+                raise ConfigError(f"unknown key {sec}.{k}; known in [{sec}]: "
+                                  f"{', '.join(keys)}")
+            updates[k] = _check_value(f"{sec}.{k}", keys[k].type, v)
+        cfg = replace(cfg, **{sec: replace(current, **updates)})
+    _validate_addrs(cfg)
+    return cfg
+
+
+def default_text() -> str:
+    return resources.files("sweeperd.daemon").joinpath("data/sweeperd.toml").read_text()
+
+
+def load(path: str | Path | None) -> Config:
+    """The defaults file overlaid with ``path`` (or just the defaults)."""
+    cfg = from_dict(tomllib.loads(default_text()))
+    if path is None:
+        return cfg
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    return from_dict(data, cfg)

@@ -1,0 +1,331 @@
+"""The shared heap: arena, span table and bitmaps, all in shared memory.
+
+Theory of operation
+-------------------
+The heap is two memfd regions that any number of processes map at once:
+
+* the **arena**: ``npages`` Go pages of 8 KiB where object payloads live;
+* the **metadata**: a header, per-page arrays, and the bitmaps.
+
+A span is a run of pages and is named by its **start page**; every per-span field is an array
+indexed by page (struct-of-arrays), meaningful only at the start page of an in-use span.
+``page_span[p]`` is, for every page, the start page of the in-use span holding it, or -1 when
+the page is free (Go's ``h.spans``).  Free pages need no other structure: a run of consecutive
+free pages *is* a free run, so coalescing of free neighbours is implicit (as in Go's bitmap
+page allocator).  ``scavenged[p]`` is set when page ``p``'s memory has been returned to the OS.
+
+Bitmaps are stored **transposed**: ``bits[buf, w, p]`` is word ``w`` of bitmap buffer ``buf``
+of the span starting at page ``p``.  A span of a class with ``nwords`` bitmap words touches
+rows ``0..nwords-1`` at its own column only, so the metadata file's real backing grows with the
+rows in use (two rows per buffer for the 64-byte class), not with the worst case, and a batch of
+spans of one class is a 2-D ``(nwords, nspans)`` slab that numpy sweeps at once.  Spans never
+share a start page, so columns never overlap and need no allocator.
+
+Each span has two bitmap buffers, alloc and mark, and which is which flips at every sweep (Go
+swaps the ``allocBits``/``gcmarkBits`` pointers).  The selector is the parity of
+``sweptgen // 2``, where ``sweptgen`` is the heap sweepgen at which the span was last swept (or
+allocated).  Writing ``sweptgen`` is therefore the single store that commits a sweep.
+
+Invariants (checked by :func:`sweeperd.check.check_heap`):
+
+* ``page_span`` of every page of an in-use span is its start page; a free page holds
+  ``PAGE_FREE`` (-1), or ``PAGE_SCAVENGING`` (-2) while the scavenger releases it;
+* ``span_state`` is IN_USE exactly at start pages of in-use spans, DEAD everywhere else;
+* ``scavenged`` is set only on free pages;
+* for a swept span ``alloc_count == popcount(alloc bits)``, no bit at or beyond ``nelems``,
+  finalizer bits are a subset of alloc bits;
+* bitmap columns of pages that are not in-use span starts are all zero in the mark and
+  finalizer buffers (an empty span is freed only after its bitmaps became zero).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from sweeperd.errors import HeapCorrupt, LockNotHeld
+from sweeperd.runtime.owners import MAX_SHARDS
+from sweeperd.runtime.sizeclasses import MAX_BITMAP_WORDS, PAGE_SHIFT, PAGE_SIZE
+from sweeperd.sys.shm import OS_PAGE, FlockLock, RegionHandle, SharedRegion
+
+MAGIC = 0x5357_4545_5045_5244  # "SWEEPERD"
+LAYOUT_VERSION = 5
+
+# page_span values that are not a span's start page.
+PAGE_FREE = -1  # free: the allocator may take it
+PAGE_SCAVENGING = -2  # free, taken out of the allocator's reach while the scavenger releases it
+
+# Span states (Go's mSpanState).
+SPAN_DEAD = 0
+SPAN_IN_USE = 1
+
+# Header words.
+H_MAGIC = 0
+H_VERSION = 1
+H_NPAGES = 2
+H_SWEEPGEN = 3
+H_SEARCH_ADDR = 4  # every page below this one is in use (Go's searchAddr)
+# word 5 is unused (it held a cycle count no reader used)
+H_FINQ_HEAD = 6
+H_FINQ_TAIL = 7
+H_FINQ_CAP = 8
+H_SCAV_SEARCH = 9  # no scavenger candidate at or above this page (scavenge.py)
+H_BENCH_GO = 10  # benchmark rounds: workers start round r when this reaches r
+H_BENCH_READY = 11  # ... and spin (instead of sleeping) once this reaches r
+H_HEAP_GOAL = 12  # the coordinator's current heap goal (bytes), for the scavenger
+H_MEMORY_LIMIT = 13  # memory limit in bytes, 0 = none
+HEADER_WORDS = 64
+
+# Sweepgen starts above zero so that h-2 never goes below zero.
+INITIAL_SWEEPGEN = 4
+DEFAULT_FINQ_CAP = 1 << 16
+
+
+def _align(n: int, a: int = OS_PAGE) -> int:
+    return (n + a - 1) // a * a
+
+
+# name, dtype, shape (in terms of npages / finq_cap)
+def _fields(npages: int, finq_cap: int) -> list[tuple[str, np.dtype, tuple[int, ...]]]:
+    return [
+        ("header", np.dtype(np.int64), (HEADER_WORDS,)),
+        ("page_span", np.dtype(np.int32), (npages,)),
+        ("scavenged", np.dtype(np.uint8), (npages,)),
+        ("span_npages", np.dtype(np.int32), (npages,)),
+        ("span_class", np.dtype(np.uint8), (npages,)),
+        ("span_state", np.dtype(np.uint8), (npages,)),
+        ("span_set", np.dtype(np.uint8), (npages,)),
+        ("span_nelems", np.dtype(np.uint16), (npages,)),
+        ("span_alloc_count", np.dtype(np.uint16), (npages,)),
+        ("span_freeindex", np.dtype(np.uint16), (npages,)),
+        ("span_sweepgen", np.dtype(np.uint32), (npages,)),
+        ("span_sweptgen", np.dtype(np.uint32), (npages,)),
+        ("span_nsweeps", np.dtype(np.uint32), (npages,)),
+        ("span_specials", np.dtype(np.uint8), (npages,)),
+        ("span_owner", np.dtype(np.uint8), (npages,)),
+        ("bits", np.dtype(np.uint64), (2, MAX_BITMAP_WORDS, npages)),
+        ("fin_bits", np.dtype(np.uint64), (MAX_BITMAP_WORDS, npages)),
+        ("finq", np.dtype(np.int64), (finq_cap,)),
+        # per claimer: cursor, end, original lo, hi, last chunk lo, hi (shards.py)
+        ("shards", np.dtype(np.int64), (MAX_SHARDS, 6)),
+    ]
+
+
+@dataclass(frozen=True)
+class Layout:
+    npages: int
+    finq_cap: int
+    offsets: dict[str, int]
+    meta_bytes: int
+
+    @classmethod
+    def compute(cls, npages: int, finq_cap: int = DEFAULT_FINQ_CAP) -> Layout:
+        off = 0
+        offsets = {}
+        for name, dt, shape in _fields(npages, finq_cap):
+            offsets[name] = off
+            off = _align(off + dt.itemsize * int(np.prod(shape)))
+        return cls(npages, finq_cap, offsets, off)
+
+
+@dataclass(frozen=True)
+class HeapHandle:
+    """Plain description of a heap for another process (JSON-able)."""
+
+    arena: RegionHandle
+    meta: RegionHandle
+    npages: int
+    finq_cap: int
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "arena": self.arena.to_dict(),
+            "meta": self.meta.to_dict(),
+            "npages": self.npages,
+            "finq_cap": self.finq_cap,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> HeapHandle:
+        return cls(
+            RegionHandle.from_dict(d["arena"]),
+            RegionHandle.from_dict(d["meta"]),
+            int(d["npages"]),
+            int(d["finq_cap"]),
+        )
+
+
+class Heap:
+    """A mapping of the shared heap: numpy views over the arena and metadata regions.
+
+    The per-span arrays are public attributes named like Go's mspan fields
+    (``span_alloc_count`` is ``s.allocCount`` of every span at once).
+    """
+
+    header: np.ndarray
+    page_span: np.ndarray
+    scavenged: np.ndarray
+    span_npages: np.ndarray
+    span_class: np.ndarray
+    span_state: np.ndarray
+    span_set: np.ndarray
+    span_nelems: np.ndarray
+    span_alloc_count: np.ndarray
+    span_freeindex: np.ndarray
+    span_sweepgen: np.ndarray
+    span_sweptgen: np.ndarray
+    span_nsweeps: np.ndarray
+    span_specials: np.ndarray
+    span_owner: np.ndarray
+    bits: np.ndarray
+    fin_bits: np.ndarray
+    finq: np.ndarray
+    shards: np.ndarray
+
+    def __init__(self, arena: SharedRegion, meta: SharedRegion, layout: Layout) -> None:
+        self.arena_region = arena
+        self.meta_region = meta
+        self.layout = layout
+        self.npages = layout.npages
+        assert meta.mmap is not None and arena.mmap is not None
+        for name, dt, shape in _fields(layout.npages, layout.finq_cap):
+            count = int(np.prod(shape))
+            arr = np.frombuffer(meta.mmap, dtype=dt, count=count, offset=layout.offsets[name])
+            setattr(self, name, arr.reshape(shape))
+        self.arena = np.frombuffer(arena.mmap, dtype=np.uint8)
+        self.arena64 = self.arena.view(np.uint64)
+        # The heap lock (Go's mheap_.lock, plus the atomics of span claims), shared by every
+        # process that maps the heap and released by the kernel if its holder is killed.
+        # Held for claims, page-heap changes and finalizer-queue pushes, never a whole sweep.
+        self.lock = FlockLock(meta.fd)
+
+    # --- life cycle -------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, heap_bytes: int, finq_cap: int = DEFAULT_FINQ_CAP) -> Heap:
+        if heap_bytes < PAGE_SIZE or heap_bytes % PAGE_SIZE:
+            raise ValueError(
+                f"heap size must be a positive multiple of {PAGE_SIZE} bytes, got {heap_bytes}"
+            )
+        npages = heap_bytes >> PAGE_SHIFT
+        if npages >= 2**31:
+            raise ValueError(f"heap of {npages} pages is too large (page index is int32)")
+        layout = Layout.compute(npages, finq_cap)
+        arena = SharedRegion.create("sweeperd-arena", heap_bytes)
+        try:
+            meta = SharedRegion.create("sweeperd-meta", layout.meta_bytes)
+        except BaseException:
+            arena.close()
+            raise
+        h = cls(arena, meta, layout)
+        h.page_span[:] = -1
+        h.scavenged[:] = 1  # fresh heap counts as scavenged: never release untouched memory
+        hd = h.header
+        hd[H_NPAGES] = npages
+        hd[H_SWEEPGEN] = INITIAL_SWEEPGEN
+        hd[H_SEARCH_ADDR] = 0
+        hd[H_FINQ_CAP] = finq_cap
+        hd[H_SCAV_SEARCH] = npages
+        hd[H_VERSION] = LAYOUT_VERSION
+        hd[H_MAGIC] = MAGIC  # last: the header is valid from here on
+        return h
+
+    @classmethod
+    def attach(cls, handle: HeapHandle) -> Heap:
+        layout = Layout.compute(handle.npages, handle.finq_cap)
+        arena = SharedRegion.attach(handle.arena)
+        try:
+            meta = SharedRegion.attach(handle.meta)
+        except BaseException:
+            arena.close()
+            raise
+        h = cls(arena, meta, layout)
+        if h.header[H_MAGIC] != MAGIC or h.header[H_VERSION] != LAYOUT_VERSION:
+            h.close()
+            raise HeapCorrupt("attached region is not a sweeperd heap of this layout version")
+        return h
+
+    @property
+    def handle(self) -> HeapHandle:
+        return HeapHandle(
+            self.arena_region.handle, self.meta_region.handle, self.npages, self.layout.finq_cap
+        )
+
+    def close(self) -> None:
+        for name, _, _ in _fields(0, 0):
+            self.__dict__.pop(name, None)
+        self.__dict__.pop("arena", None)
+        self.__dict__.pop("arena64", None)
+        self.arena_region.close()
+        self.meta_region.close()
+
+    def __enter__(self) -> Heap:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- header ------------------------------------------------------------------------------
+
+    @property
+    def sweepgen(self) -> int:
+        return int(self.header[H_SWEEPGEN])
+
+    @property
+    def heap_bytes(self) -> int:
+        return self.npages * PAGE_SIZE
+
+    # --- queries (vectorized over the whole span table) ---------------------------------------
+
+    def in_use_spans(self) -> np.ndarray:
+        """Start pages of all in-use spans, ascending."""
+        return np.flatnonzero(self.span_state == SPAN_IN_USE)
+
+    def alloc_buf(self, spans: Any) -> Any:
+        """Index (0 or 1) of each span's alloc bitmap buffer (an array for an array of spans,
+        a numpy scalar for one span); the mark buffer is the other."""
+        return (self.span_sweptgen[spans] >> 1) & 1
+
+    def by_alloc_buf(self, cols: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+        """Split spans ``cols`` by which buffer is their alloc bitmap: yields ``(buf, the
+        spans whose alloc buffer is buf)`` for each non-empty group."""
+        a = self.alloc_buf(cols)
+        for buf in (0, 1):
+            sel = cols[a == buf]
+            if sel.size:
+                yield buf, sel
+
+    def require_lock(self, who: str) -> None:
+        """Fail by name unless this process holds the heap lock (a precondition of ``who``)."""
+        if not self.lock.held:
+            raise LockNotHeld(f"{who} needs the heap lock")
+
+    def meta_backed_bytes(self) -> int:
+        return self.meta_region.backed_bytes()
+
+    def arena_backed_bytes(self) -> int:
+        return self.arena_region.backed_bytes()
+
+    # --- snapshots, for tests and the batch ≡ one-by-one equivalence ------------------------
+
+    def metadata_arrays(self) -> Iterator[tuple[str, np.ndarray]]:
+        for name, _, _ in _fields(0, 0):
+            yield name, getattr(self, name)
+
+    def snapshot(self) -> dict[str, np.ndarray]:
+        return {name: arr.copy() for name, arr in self.metadata_arrays()}
+
+    def restore(self, snap: dict[str, np.ndarray]) -> None:
+        for name, arr in self.metadata_arrays():
+            arr[...] = snap[name]
+
+
+def span_ix(cols: np.ndarray) -> slice | np.ndarray:
+    """Index for the ascending span starts ``cols``: a slice when they are a contiguous run
+    (numpy then takes views instead of gathers, several times faster), else ``cols``."""
+    if cols.size and int(cols[-1]) - int(cols[0]) == cols.size - 1:
+        return slice(int(cols[0]), int(cols[0]) + cols.size)
+    return cols

@@ -1,0 +1,60 @@
+"""Heap-wide figures, computed from the shared span table in a few vectorized passes.
+
+Names follow Go's runtime/metrics classes: objects (bytes in allocated objects), unused
+(free slots inside in-use spans: what fragmentation costs), free (free pages still backed),
+released (free pages returned to the OS, i.e. scavenged).  ``marked_bytes`` is the live heap
+after a mark (mark bits of in-use spans), the base of the next heap goal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from sweeperd.runtime.heap import SPAN_IN_USE, Heap
+from sweeperd.runtime.sizeclasses import CLASS_SIZE, PAGE_SIZE
+
+
+@dataclass(frozen=True)
+class HeapStats:
+    heap_bytes: int
+    in_use_bytes: int
+    objects_bytes: int
+    unused_bytes: int
+    free_bytes: int
+    released_bytes: int
+    spans_in_use: int
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def _elem_sizes(heap: Heap, spans: np.ndarray) -> np.ndarray:
+    cls = heap.span_class[spans]
+    return np.where(cls == 0, heap.span_npages[spans].astype(np.int64) * PAGE_SIZE,
+                    CLASS_SIZE[cls])
+
+
+def heap_stats(heap: Heap) -> HeapStats:
+    spans = np.flatnonzero(heap.span_state == SPAN_IN_USE)
+    size = _elem_sizes(heap, spans)
+    objects = int((heap.span_alloc_count[spans].astype(np.int64) * size).sum())
+    in_use = int(heap.span_npages[spans].sum(dtype=np.int64)) * PAGE_SIZE
+    free = heap.page_span < 0
+    released = int(np.count_nonzero(free & (heap.scavenged != 0))) * PAGE_SIZE
+    free_bytes = int(np.count_nonzero(free)) * PAGE_SIZE - released
+    return HeapStats(heap.heap_bytes, in_use, objects, in_use - objects, free_bytes, released,
+                     int(spans.size))
+
+
+def marked_bytes(heap: Heap) -> int:
+    """Bytes of marked objects in in-use spans (call between mark and the sweepgen bump)."""
+    spans = np.flatnonzero(heap.span_state == SPAN_IN_USE)
+    if spans.size == 0:
+        return 0
+    total = 0
+    for abuf, cols in heap.by_alloc_buf(spans):
+        n = np.bitwise_count(heap.bits[abuf ^ 1][:, cols]).sum(axis=0, dtype=np.int64)
+        total += int((n * _elem_sizes(heap, cols)).sum())
+    return total

@@ -1,0 +1,59 @@
+"""The mark step: set the mark bits of the objects the workload says are live.
+
+Liveness comes from the mutators' workload model, not from scanning pointers, so marking is a
+vectorized scatter of bits into each span's mark buffer (the buffer that is not its alloc
+buffer).  It runs while no span is being swept (between sweep termination and the next
+``sweepgen += 2``), as Go's mark phase does.  It deliberately does not check that a marked
+object is allocated: a mark on a free slot is the corruption the sweeper must catch ("found
+pointer to free object").
+
+Several mutators mark at once, and two mutators' live objects can share a span and so a
+bitmap word: the scatter is a plain read-modify-write of 64-bit words, so it runs under the
+heap lock, or one mutator's OR overwrites another's and a live object is freed (found as "sweep
+increased allocation count" a cycle later, when the lost object is marked again).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sweeperd.errors import BadObjectIndex, BadSpanState
+from sweeperd.runtime.heap import SPAN_IN_USE, Heap
+from sweeperd.runtime.sizeclasses import CLASS_NWORDS
+
+
+def mark_objects(heap: Heap, spans: np.ndarray, idx: np.ndarray) -> None:
+    """Mark objects ``idx[i]`` of spans ``spans[i]`` (elementwise; duplicates are fine)."""
+    spans = np.asarray(spans, dtype=np.int64)
+    idx = np.asarray(idx, dtype=np.int64)
+    if spans.size == 0:
+        return
+    if (heap.span_state[spans] != SPAN_IN_USE).any():
+        s = int(spans[np.argmax(heap.span_state[spans] != SPAN_IN_USE)])
+        raise BadSpanState(f"mark_objects: span {s} is not in use")
+    bad = (idx < 0) | (idx >= heap.span_nelems[spans])
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise BadObjectIndex(f"mark_objects: object {idx[i]} of span {spans[i]}")
+    mbuf = heap.alloc_buf(spans) ^ 1
+    w = idx >> 6
+    npages = heap.npages
+    flat = (mbuf * 16 + w) * npages + spans  # index into bits viewed as one flat array
+    order = np.argsort(flat, kind="stable")
+    flat = flat[order]
+    vals = np.uint64(1) << (idx[order] & 63).astype(np.uint64)
+    starts = np.flatnonzero(np.concatenate(([True], flat[1:] != flat[:-1])))
+    ored = np.bitwise_or.reduceat(vals, starts)
+    with heap.lock:  # read-modify-write of words another marker may share
+        heap.bits.reshape(-1)[flat[starts]] |= ored
+
+
+def mark_spans_fully(heap: Heap, spans: np.ndarray) -> None:
+    """Mark every allocated object of ``spans`` live (a copy of alloc bits into mark bits)."""
+    spans = np.asarray(spans, dtype=np.int64)
+    for k in np.unique(CLASS_NWORDS[heap.span_class[spans]]):
+        k = int(k)
+        cols = spans[CLASS_NWORDS[heap.span_class[spans]] == k]
+        for buf, c in heap.by_alloc_buf(cols):
+            mv = heap.bits[buf ^ 1, :k]
+            mv[:, c] = heap.bits[buf, :k][:, c]

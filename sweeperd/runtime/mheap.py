@@ -1,0 +1,189 @@
+"""The page heap (Go's mheap): spans from free page runs, and freeSpan.
+
+Theory of operation
+-------------------
+Free pages are those with ``page_span == -1``; maximal runs of them are the free runs, so
+freeing a span coalesces it with its free neighbours by construction (Go's page allocator is a
+bitmap for the same reason).  Allocation takes the lowest-addressed run that fits, preferring
+runs whose pages are all unscavenged (still backed by memory) over runs that would have to be
+faulted back in; the scavenger releases from the highest addresses down, so the two meet
+rarely.  ``H_SEARCH_ADDR`` is a lower bound on the first free page (every page below it is in
+use), which keeps searches short on a full heap.
+
+Allocating a span clears the scavenged bits of its pages and reports how many were set: those
+pages need ``sysUsed`` before reuse (the caller's business, and the scavenger issue's).
+
+Invariants kept: an allocated run never overlaps an in-use span; a freed span's pages all
+become free with their scavenged bits clear (they were in use, so backed); ``H_SEARCH_ADDR``
+never exceeds the first free page.  Every mutation here runs under the heap lock (Go's
+``mheap_.lock``): the allocating entry points take it (it nests), the helpers assert it;
+:func:`free_spans` is the documented exception (its stores are ordered instead).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sweeperd.errors import HeapCorrupt, OutOfMemory
+from sweeperd.runtime.heap import (
+    H_SCAV_SEARCH,
+    H_SEARCH_ADDR,
+    PAGE_FREE,
+    SPAN_DEAD,
+    SPAN_IN_USE,
+    Heap,
+    span_ix,
+)
+from sweeperd.runtime.runs import first_run, run_pages
+from sweeperd.runtime.sizeclasses import CLASS_NELEMS, CLASS_NPAGES, CLASS_NWORDS
+from sweeperd.runtime.spanset import SET_NONE
+
+
+def find_run(heap: Heap, npages: int) -> int:
+    """Start page of the free run :func:`alloc_span` would take, or -1 if none fits."""
+    with heap.lock:  # it tightens H_SEARCH_ADDR while it is there
+        lo = int(heap.header[H_SEARCH_ADDR])
+        free = heap.page_span[lo:] == PAGE_FREE
+        first_free = int(np.argmax(free)) if free.size and free.any() else free.size
+        heap.header[H_SEARCH_ADDR] = lo + first_free
+        lo += first_free
+        free = free[first_free:]
+        start = first_run(free & (heap.scavenged[lo:] == 0), npages)
+        if start < 0:
+            start = first_run(free, npages)
+    return -1 if start < 0 else lo + start
+
+
+def init_spans(heap: Heap, starts: np.ndarray, npages: int, sizeclass: int) -> int:
+    """Turn free runs ``[start, start+npages)`` into fresh in-use spans of ``sizeclass``.
+
+    Fresh spans are swept (sweepgen = h), empty, and in no mcentral set (the caller caches
+    them or pushes them).  Returns how many of their pages were scavenged (now cleared).
+    """
+    heap.require_lock("mheap.init_spans")
+    if starts.size == 0:
+        return 0
+    if npages == 1:
+        pages = starts
+    else:
+        pages = (starts[:, None] + np.arange(npages)).ravel()
+    if (heap.page_span[pages] != PAGE_FREE).any():
+        raise HeapCorrupt("init_spans: run overlaps an in-use span or pages being scavenged")
+    h = heap.sweepgen
+    heap.page_span[pages] = np.repeat(starts, npages) if npages > 1 else starts
+    nscav = int(np.count_nonzero(heap.scavenged[pages]))
+    heap.scavenged[pages] = 0
+    nw = int(CLASS_NWORDS[sizeclass])
+    heap.bits[:, :nw, starts] = 0
+    heap.span_npages[starts] = npages
+    heap.span_class[starts] = sizeclass
+    heap.span_nelems[starts] = CLASS_NELEMS[sizeclass]
+    heap.span_alloc_count[starts] = 0
+    heap.span_specials[starts] = 0
+    heap.span_freeindex[starts] = 0
+    heap.span_set[starts] = SET_NONE
+    heap.span_sweptgen[starts] = h
+    heap.span_sweepgen[starts] = h
+    heap.span_state[starts] = SPAN_IN_USE  # last: the span exists from here on
+    return nscav
+
+
+def alloc_span(heap: Heap, sizeclass: int, npages: int | None = None) -> tuple[int, int]:
+    """Allocate one span (Go's ``mheap.alloc``): returns (start page, scavenged pages)."""
+    if npages is None:
+        if sizeclass == 0:
+            raise ValueError("a large (class 0) span needs an explicit page count")
+        npages = int(CLASS_NPAGES[sizeclass])
+    elif sizeclass != 0 and npages != CLASS_NPAGES[sizeclass]:
+        raise ValueError(f"class {sizeclass} spans have {CLASS_NPAGES[sizeclass]} pages")
+    if npages <= 0:
+        raise ValueError(f"span page count must be positive, got {npages}")
+    with heap.lock:
+        start = find_run(heap, npages)
+        if start < 0:
+            raise OutOfMemory(f"no free run of {npages} pages in a heap of {heap.npages} pages")
+        nscav = init_spans(heap, np.array([start], dtype=np.int64), npages, sizeclass)
+    return start, nscav
+
+
+def alloc_spans(heap: Heap, sizeclass: int, count: int) -> tuple[np.ndarray, int]:
+    """Allocate up to ``count`` one-page spans of a small class at once.
+
+    Takes the lowest free pages, unscavenged ones first.  Returns (start pages, scavenged
+    pages); fewer than ``count`` spans when the heap runs out.
+    """
+    if sizeclass == 0 or CLASS_NPAGES[sizeclass] != 1:
+        raise ValueError(f"alloc_spans is for one-page classes, not class {sizeclass}")
+    if count <= 0:
+        return np.empty(0, dtype=np.int64), 0
+    with heap.lock:
+        lo = int(heap.header[H_SEARCH_ADDR])
+        free = heap.page_span[lo:] == PAGE_FREE
+        scav = heap.scavenged[lo:] != 0
+        take = np.flatnonzero(free & ~scav)[:count]
+        if take.size < count:
+            more = np.flatnonzero(free & scav)[: count - take.size]
+            take = np.sort(np.concatenate((take, more)))
+        starts = take.astype(np.int64) + lo
+        nscav = init_spans(heap, starts, 1, sizeclass)
+    return starts, nscav
+
+
+def free_spans(heap: Heap, starts: np.ndarray) -> int:
+    """Return in-use spans to the page heap (Go's ``mheap.freeSpan``); returns pages freed.
+
+    Called by the span's sweeper *without* the heap lock: the span is its own until its pages
+    read free.  So the stores go in an order that is safe at every instruction: the span is
+    first made DEAD (and leaves its set), then its pages are marked free — from that moment an
+    allocator may take them, and nothing of ours is written after, except lowering
+    ``H_SEARCH_ADDR`` under the lock.  A sweeper killed between the two steps leaves pages
+    owned by a DEAD span; :func:`repair` frees them.  Idempotent: DEAD spans are skipped.
+    """
+    starts = np.asarray(starts, dtype=np.int64)
+    live = heap.span_state[starts] == SPAN_IN_USE
+    if not live.all():
+        starts = starts[live]
+    if starts.size == 0:
+        return 0
+    if starts.size > 1 and not (starts[1:] > starts[:-1]).all():
+        starts = np.sort(starts)
+    ix = span_ix(starts)
+    n = heap.span_npages[ix].astype(np.int64)
+    if int(n.max()) == 1:
+        pages: slice | np.ndarray = ix
+        expect: slice | np.ndarray = starts
+    else:
+        pages = run_pages(starts, n)
+        expect = np.repeat(starts, n)
+    if (heap.page_span[pages] != expect).any():
+        raise HeapCorrupt("freeSpan: a page of the span belongs to another span")
+    heap.span_set[ix] = SET_NONE
+    heap.span_state[ix] = SPAN_DEAD
+    heap.page_span[pages] = PAGE_FREE  # the pages are free from here on
+    lo = int(starts[0])
+    hi = int(starts[-1] + n[-1])
+    with heap.lock:
+        if lo < heap.header[H_SEARCH_ADDR]:
+            heap.header[H_SEARCH_ADDR] = lo
+        if hi > heap.header[H_SCAV_SEARCH]:  # new candidates for the scavenger up here
+            heap.header[H_SCAV_SEARCH] = hi
+    return int(n.sum())
+
+
+def repair(heap: Heap, owner: int) -> int:
+    """Free the pages of spans whose freeing by the dead claimer ``owner`` was cut short
+    (span DEAD, pages still mapped to it); returns pages repaired.  Run under the heap lock
+    after reaping ``owner``.  Only that claimer's spans: a live sweeper may be between the two
+    steps of its own freeSpan right now, and freeing its pages early would let an allocator
+    take them before its last store marks them free again."""
+    heap.require_lock("mheap.repair")
+    owned = np.flatnonzero(heap.page_span >= 0)
+    start = heap.page_span[owned]
+    orphan = owned[(heap.span_state[start] != SPAN_IN_USE) & (heap.span_owner[start] == owner)]
+    if orphan.size:
+        heap.page_span[orphan] = PAGE_FREE
+        lo = int(orphan[0])
+        if lo < heap.header[H_SEARCH_ADDR]:
+            heap.header[H_SEARCH_ADDR] = lo
+        heap.header[H_SCAV_SEARCH] = max(int(heap.header[H_SCAV_SEARCH]), int(orphan[-1]) + 1)
+    return int(orphan.size)

@@ -1,0 +1,103 @@
+"""Recovery after a death: what a killed process held, finished by the coordinator.
+
+Theory of operation
+-------------------
+Any worker may be killed at any instruction.  Everything it could have been holding is
+recorded in the shared heap under its claimer id (owners.py), never only in its own memory,
+so the coordinator, once it has *reaped* the process (nothing of it can still run), finds and
+finishes it here, and every step is idempotent (a coordinator killed during recovery is
+replaced by a fresh daemon, never by a second recovery of a half-recovered heap — but each
+step may also simply be run again):
+
+* **a sweeper or a mutator's claims** (:func:`claims`): spans at sweepgen h-1 with its id
+  (committed ones are finished, the rest swept, nothing twice — sweep.py's commit protocol),
+  the spans of its last chunk it had not claimed yet (shards.py), and pages whose freeSpan it
+  cut short (``mheap.repair``);
+* **a mutator's cache** (:func:`mutator_cache`): spans cached by it (h+1 or h+3).  It may have
+  died between writing alloc bits and ``allocCount``, so the counts are first recomputed from
+  the bitmaps (the bits are the truth); then each span is uncached as the mutator would have;
+* **a scavenger's runs** (:func:`scavenger_runs`): pages left ``PAGE_SCAVENGING`` are released
+  again (``MADV_REMOVE`` of a removed page is a no-op) and finished.
+
+Preconditions: the dead process has been reaped; the caller is the coordinator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sweeperd.runtime import mcentral, owners
+from sweeperd.runtime.heap import H_SCAV_SEARCH, PAGE_SCAVENGING, SPAN_IN_USE, Heap
+from sweeperd.runtime.malloc import repair_alloc_counts
+from sweeperd.runtime.mheap import repair
+from sweeperd.runtime.runs import runs
+from sweeperd.runtime.scavenge import Released, finish
+from sweeperd.runtime.shards import unfinished
+from sweeperd.runtime.sizeclasses import PAGE_SIZE
+from sweeperd.runtime.sweep import SweepStats, sweep_batch
+from sweeperd.runtime.sweepgen import try_claim
+from sweeperd.sys.sysmem import SysMem
+
+
+@dataclass
+class Recovered:
+    """What one recovery did: sweeping it finished, allocCounts it repaired, pages it
+    released for a dead scavenger."""
+
+    swept: SweepStats = field(default_factory=SweepStats)
+    alloc_counts_repaired: int = 0
+    released: Released = field(default_factory=Released)
+
+
+def claims(heap: Heap, owner: int) -> SweepStats:
+    """Finish what the dead claimer ``owner`` left: half-freed pages, spans it had claimed,
+    and spans of its last chunk it had not claimed yet."""
+    h = heap.sweepgen
+    with heap.lock:
+        repair(heap, owner)
+        if owners.has_shard_row(owner):
+            lo, hi = int(heap.shards[owner, 4]), int(heap.shards[owner, 5])
+            heap.shards[owner, 4] = heap.shards[owner, 5] = 0
+            starts = np.flatnonzero(heap.span_state[lo:hi] == SPAN_IN_USE) + lo
+            try_claim(heap.span_sweepgen, starts, h, heap.span_owner, owner)
+    return sweep_batch(heap, unfinished(heap, owner), recover=True)
+
+
+def mutator_cache(heap: Heap, owner: int) -> tuple[SweepStats, int]:
+    """Take back the spans the dead mutator ``owner`` had cached; returns the sweep work this
+    did (stale spans are swept) and how many allocCounts were repaired from the bitmaps."""
+    mine = mcentral.cached_by(heap, owner)
+    fixed = repair_alloc_counts(heap, mine)
+    st = SweepStats()
+    for s in mine.tolist():
+        st.add(mcentral.uncache_span(heap, int(s)))
+    return st, fixed
+
+
+def scavenger_runs(heap: Heap, sysmem: SysMem) -> Released:
+    """Finish the release a dead scavenger left half done."""
+    starts, lengths = runs(heap.page_span == PAGE_SCAVENGING)
+    kernel = 0
+    if starts.size:
+        with heap.lock:
+            heap.header[H_SCAV_SEARCH] = heap.npages
+        kernel = heap.arena_region.backed_in(starts * PAGE_SIZE, lengths * PAGE_SIZE)
+        sysmem.sys_unused_runs(starts * PAGE_SIZE, lengths * PAGE_SIZE)
+        finish(heap, starts, lengths)
+    return Released(int(lengths.sum()), int(starts.size), kernel)
+
+
+def recover(heap: Heap, role: str, wid: int, sysmem: SysMem) -> Recovered:
+    """Everything a dead worker (``role``, slot ``wid``) held, finished."""
+    out = Recovered()
+    if role == "scavenger":
+        out.released = scavenger_runs(heap, sysmem)
+        return out
+    owner = owners.sweeper(wid) if role == "sweeper" else owners.mutator(wid)
+    out.swept.add(claims(heap, owner))
+    if role == "mutator":
+        st, out.alloc_counts_repaired = mutator_cache(heap, owner)
+        out.swept.add(st)
+    return out

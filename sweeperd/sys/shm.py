@@ -1,0 +1,161 @@
+"""Shared memory regions backed by memfds.
+
+Theory of operation
+-------------------
+A region is a memfd (an anonymous tmpfs file) of a fixed size, mapped ``MAP_SHARED``.  The
+file is sparse: ``ftruncate`` reserves address space only, and a page of the file gets real
+memory (counted in the system's ``Shmem``) the first time anyone writes it.  That is how a
+16 GiB heap fits on a 24 GiB machine: only what is touched is backed.
+
+Another process maps the same memory by opening ``/proc/<owner pid>/fd/<fd>`` (a
+:class:`RegionHandle` is the plain, JSON-able description of where to find it).  A memfd has no
+name in ``/dev/shm``: when the last descriptor and mapping go away the kernel frees it, so a
+crashed daemon can never leak a segment.
+
+The true backing of a region — what the kernel has really allocated for it — is the file's
+``st_blocks * 512``.  Per-process RSS is *not* that figure: it counts pages a process has
+touched, and drops under ``MADV_DONTNEED`` even though the shared pages stay allocated.
+
+Invariants: a region's size is a multiple of 4 KiB and fixed for its life; only the creator
+closes the memfd's last reference on purpose (attached processes just unmap).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import mmap
+import os
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+
+OS_PAGE = mmap.PAGESIZE
+
+
+@dataclass(frozen=True)
+class RegionHandle:
+    """Where another process finds a region: plain data, safe to send as JSON."""
+
+    pid: int
+    fd: int
+    size: int
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, int]) -> RegionHandle:
+        return cls(pid=int(d["pid"]), fd=int(d["fd"]), size=int(d["size"]))
+
+
+class SharedRegion:
+    """One memfd mapped shared into this process."""
+
+    def __init__(self, fd: int, size: int, owner: bool, handle: RegionHandle) -> None:
+        self.fd = fd
+        self.size = size
+        self.owner = owner
+        self.handle = handle
+        self.mmap: mmap.mmap | None = mmap.mmap(
+            fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE
+        )
+
+    @classmethod
+    def create(cls, name: str, size: int) -> SharedRegion:
+        if size <= 0 or size % OS_PAGE:
+            raise ValueError(f"region size must be a positive multiple of {OS_PAGE}, got {size}")
+        fd = os.memfd_create(name, os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(fd, size)
+            return cls(fd, size, True, RegionHandle(os.getpid(), fd, size))
+        except BaseException:
+            os.close(fd)
+            raise
+
+    @classmethod
+    def attach(cls, handle: RegionHandle) -> SharedRegion:
+        if handle.pid == os.getpid():
+            fd = os.dup(handle.fd)
+        else:
+            fd = os.open(f"/proc/{handle.pid}/fd/{handle.fd}", os.O_RDWR | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            if st.st_size != handle.size:
+                raise ValueError(
+                    f"region at pid {handle.pid} fd {handle.fd} has size {st.st_size}, "
+                    f"expected {handle.size}: not the region this handle describes"
+                )
+            return cls(fd, handle.size, False, handle)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def backed_bytes(self) -> int:
+        """Bytes the kernel has really allocated to this region (tmpfs blocks)."""
+        return os.fstat(self.fd).st_blocks * 512
+
+    def backed_in(self, offsets: Iterable[int], lengths: Iterable[int]) -> int:
+        """Bytes of these ranges the kernel has allocated, by ``SEEK_DATA``/``SEEK_HOLE``.
+
+        The same blocks ``st_blocks`` counts, but of just these ranges: what releasing them
+        will really give back.  A fully backed range costs one ``lseek``."""
+        total = 0
+        for off, n in zip(offsets, lengths, strict=True):
+            pos, end = int(off), int(off) + int(n)
+            while pos < end:
+                try:
+                    data = os.lseek(self.fd, pos, os.SEEK_DATA)
+                except OSError as e:  # ENXIO: no data at or after pos
+                    if e.errno == errno.ENXIO:
+                        break
+                    raise
+                if data >= end:
+                    break
+                hole = os.lseek(self.fd, data, os.SEEK_HOLE)
+                total += min(hole, end) - data
+                pos = hole
+        return total
+
+    def close(self) -> None:
+        """Unmap and close.  Views into the mapping must be dropped first."""
+        if self.mmap is not None:
+            try:
+                self.mmap.close()
+            except BufferError as e:
+                raise RuntimeError(
+                    "SharedRegion.close: numpy views into the mapping are still alive"
+                ) from e
+            self.mmap = None
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class FlockLock:
+    """A cross-process lock that a killed holder cannot leave held.
+
+    ``flock`` on the region's own descriptor: every process that maps the region opened its own
+    file description (``/proc/PID/fd``), so the kernel arbitrates between them and drops the
+    lock when a holder dies — ``kill -9`` mid-critical-section releases it.  Reentrant within
+    a process (a depth count), as the heap's callers nest it.  About a microsecond a round trip.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.depth = 0
+
+    def __enter__(self) -> FlockLock:
+        if self.depth == 0:
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        self.depth += 1
+        return self
+
+    @property
+    def held(self) -> bool:
+        """Does this process hold the lock now?"""
+        return self.depth > 0
+
+    def __exit__(self, *exc: object) -> None:
+        self.depth -= 1
+        if self.depth == 0:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)

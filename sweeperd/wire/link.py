@@ -1,0 +1,50 @@
+"""A worker's link to the coordinator: one zmq DEALER socket speaking sweeperd.protocol.
+
+The worker names itself (role, id, pid) in its socket identity and its ``hello``.  Frames from
+the coordinator are validated like any other input; a malformed one is logged and dropped.
+:meth:`Link.orphaned` tells a worker whose coordinator died (its parent pid changed) to exit.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import zmq
+
+from sweeperd.wire import protocol
+
+TO_WORKER = {"sweep", "mark", "resume", "stop", "release_all"}
+
+
+class Link:
+    def __init__(self, endpoint: str, role: str, wid: int) -> None:
+        self.ppid = os.getppid()
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 500)
+        self.sock.setsockopt(zmq.IDENTITY, f"{role}-{wid}-{os.getpid()}".encode())
+        self.sock.connect(endpoint)
+        self.send("hello", role=role, id=wid, pid=os.getpid())
+
+    def send(self, mtype: str, **fields: Any) -> None:
+        self.sock.send(protocol.encode(mtype, **fields))
+
+    def recv(self, timeout_ms: int) -> protocol.Message | None:
+        if not self.sock.poll(timeout_ms):
+            return None
+        frame = self.sock.recv()
+        try:
+            return protocol.decode(frame, TO_WORKER)
+        except protocol.ProtocolError as e:
+            print(f"worker {os.getpid()}: dropped a bad frame from the coordinator: {e}",
+                  file=sys.stderr)
+            return None
+
+    def orphaned(self) -> bool:
+        return os.getppid() != self.ppid
+
+    def close(self) -> None:
+        self.sock.close()
+        self.ctx.term()

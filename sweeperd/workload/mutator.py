@@ -1,0 +1,251 @@
+"""The mutator workload model: what a mutator allocates, how long it lives, and marking it.
+
+Allocation goes mcache -> mcentral as in Go: a cached span per size class; when it is full,
+``mcentral.cache_span`` gives another (partial-swept first, then on-demand sweeping of unswept
+spans, then heap growth).  Every object's payload is written into the arena.  After each
+allocation the mutator pays its **proportional sweep** debt (pages per byte set by the
+coordinator at sweep start) by claiming and sweeping chunks itself.
+
+Liveness is the workload's: each object lives a geometric number of GC cycles.  At ``mark``
+the mutator flushes its mcache, marks its live objects, and (debug mode) checks that each one
+is still allocated and its payload intact — no object lost, no byte changed.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from sweeperd.errors import OutOfMemory
+from sweeperd.runtime import malloc, mark, mcentral, mheap, owners, specials
+from sweeperd.runtime.heap import Heap
+from sweeperd.runtime.shards import claim_next, release_chunk
+from sweeperd.runtime.sizeclasses import CLASS_NELEMS, CLASS_NPAGES, CLASS_SIZE, large_npages
+from sweeperd.runtime.spanset import full_swept
+from sweeperd.runtime.sweep import sweep_batch
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What a mutator allocates (the config's ``[mutators]`` keys, less ``count``)."""
+
+    alloc_rate: int = 0  # objects/s; 0 = as fast as it can (the bulk path)
+    size_classes: tuple[int, ...] = (2, 6, 20, 45)
+    mean_lifetime_cycles: float = 1.5  # geometric lifetime, in GC cycles
+    finalizer_fraction: float = 0.001
+    large_fraction: float = 0.0005  # chance per object of a large (class 0) object instead
+    large_max_kib: int = 256
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["size_classes"] = list(self.size_classes)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Workload:
+        return cls(**{**d, "size_classes": tuple(d["size_classes"])})
+
+
+@dataclass
+class Chunk:
+    span: np.ndarray  # per object
+    idx: np.ndarray
+    seed: int
+    death: np.ndarray  # the object is live at marks numbered below this (geometric lifetime)
+
+
+@dataclass
+class MutatorStats:
+    objects_allocated: int = 0
+    bytes_allocated: int = 0
+    alloc_seconds: float = 0.0
+    spans_swept: int = 0
+    pages_swept: int = 0
+    objects_freed: int = 0
+    oom_waits: int = 0
+    payload_errors: int = 0
+    lost_objects: int = 0
+    objects_checked: int = 0
+    live_objects: int = 0
+    finalizers_set: int = 0
+    marks: int = 0
+
+    def as_dict(self) -> dict[str, float]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Mutator:
+    heap: Heap
+    me: int
+    cfg: Workload
+    debug: bool = False
+    rng: np.random.Generator = field(default_factory=np.random.default_rng)
+    mcache: dict[int, int] = field(default_factory=dict)
+    live: list[Chunk] = field(default_factory=list)
+    stats: MutatorStats = field(default_factory=MutatorStats)
+    cycle: int = 0
+    sweep_pages_per_byte: float = 0.0
+    sweep_debt: float = 0.0
+    seeds: int = 0
+    cand: mcentral.Candidates = field(default_factory=mcentral.Candidates)
+
+    @property
+    def owner(self) -> int:
+        return owners.mutator(self.me)
+
+    def _lifetimes(self, n: int) -> np.ndarray:
+        p = min(1.0, 1.0 / max(self.cfg.mean_lifetime_cycles, 1e-9))
+        return self.stats.marks + self.rng.geometric(p, n)
+
+    def _record(self, span: int | np.ndarray, idx: np.ndarray) -> None:
+        """Write the new objects' payloads and remember them as live (one class)."""
+        self.seeds += 1
+        seed = (self.owner << 48) | self.seeds
+        spans = np.broadcast_to(np.asarray(span, dtype=np.int32), idx.shape).copy()
+        malloc.write_payload(self.heap, spans, idx, seed)
+        self.live.append(Chunk(spans, idx.astype(np.int16), seed, self._lifetimes(idx.size)))
+        if self.cfg.finalizer_fraction > 0:
+            pick = np.flatnonzero(self.rng.random(idx.size) < self.cfg.finalizer_fraction)
+            for i in pick.tolist():
+                specials.set_finalizer(self.heap, int(spans[i]), int(idx[i]))
+            self.stats.finalizers_set += int(pick.size)
+
+    def step(self, burst: int = 256) -> int:
+        """One burst of allocation; returns objects allocated (0 when the heap is full)."""
+        t0 = time.perf_counter()
+        if self.cfg.large_fraction and self.rng.random() < self.cfg.large_fraction * burst:
+            n = self._alloc_large()
+        else:
+            c = int(self.rng.choice(self.cfg.size_classes))
+            if self.cfg.alloc_rate == 0 and CLASS_NPAGES[c] == 1:
+                n = self._alloc_bulk(c)
+            else:
+                n = self._alloc_small(c, burst)
+        self.stats.alloc_seconds += time.perf_counter() - t0
+        return n
+
+    def _alloc_bulk(self, c: int, nspans: int = 64) -> int:
+        """Fill a batch of spans of one-page class ``c`` completely, vectorized: the path of
+        a mutator allocating as fast as it can."""
+        try:
+            spans, _, work = mcentral.cache_spans(self.heap, c, nspans, self.owner, self.cand)
+        except OutOfMemory:
+            self.stats.oom_waits += 1
+            return 0
+        self._count_sweep(work)
+        fresh = spans[self.heap.span_alloc_count[spans] == 0]
+        ne = int(CLASS_NELEMS[c])
+        os_, oi = [], []
+        if fresh.size:
+            malloc.alloc_all(self.heap, fresh)
+            os_.append(np.repeat(fresh, ne))
+            oi.append(np.tile(np.arange(ne), fresh.size))
+        for s in spans[self.heap.span_alloc_count[spans] != ne].tolist():
+            idx = malloc.alloc_objects(self.heap, s, ne)
+            os_.append(np.full(idx.size, s))
+            oi.append(idx)
+        self._count_sweep(mcentral.uncache_spans(self.heap, spans, self.cand))
+        if not os_:
+            return 0
+        obj_spans, obj_idx = np.concatenate(os_), np.concatenate(oi)
+        self._record(obj_spans, obj_idx)
+        self._paid(obj_idx.size * int(CLASS_SIZE[c]))
+        return int(obj_idx.size)
+
+    def _alloc_small(self, c: int, burst: int) -> int:
+        span = self.mcache.get(c, -1)
+        idx = malloc.alloc_objects(self.heap, span, burst) if span >= 0 else np.empty(0, int)
+        if idx.size == 0:
+            if span >= 0:
+                mcentral.uncache_span(self.heap, span)
+                del self.mcache[c]
+            try:
+                span, _, work = mcentral.cache_span(self.heap, c, self.owner, self.cand)
+            except OutOfMemory:
+                self.stats.oom_waits += 1
+                return 0
+            self._count_sweep(work)
+            self.mcache[c] = span
+            idx = malloc.alloc_objects(self.heap, span, burst)
+        self._record(span, idx)
+        self._paid(idx.size * int(CLASS_SIZE[c]))
+        return int(idx.size)
+
+    def _alloc_large(self) -> int:
+        nbytes = int(self.rng.integers(32 * 1024 + 1, self.cfg.large_max_kib * 1024 + 1))
+        npages = large_npages(nbytes)
+        h = self.heap.sweepgen
+        try:
+            with self.heap.lock:
+                span, _ = mheap.alloc_span(self.heap, 0, npages)
+                idx = malloc.alloc_objects(self.heap, span, 1)
+                self.heap.span_set[span] = full_swept(h)
+        except OutOfMemory:
+            self.stats.oom_waits += 1
+            return 0
+        self._record(span, idx)
+        self._paid(npages * 8192)
+        return 1
+
+    def _count_sweep(self, work: Any) -> None:
+        self.stats.spans_swept += work.spans
+        self.stats.pages_swept += work.pages
+        self.stats.objects_freed += work.objects_freed
+
+    def _paid(self, nbytes: int) -> None:
+        """Allocation bookkeeping plus proportional sweep: pay the debt in claimed chunks."""
+        self.stats.bytes_allocated += nbytes
+        self.sweep_debt += nbytes * self.sweep_pages_per_byte
+        while self.sweep_debt >= 1:
+            chunk = max(16, int(self.sweep_debt))
+            spans = claim_next(self.heap, self.owner, chunk)
+            if spans is None:
+                self.sweep_debt = 0
+                break
+            self.sweep_debt -= chunk
+            if spans.size:
+                self._count_sweep(sweep_batch(self.heap, spans))
+            release_chunk(self.heap, self.owner)
+
+    def flush(self) -> None:
+        """Give back every cached span (Go flushes mcaches when a cycle starts)."""
+        for c, span in list(self.mcache.items()):
+            mcentral.uncache_span(self.heap, span)
+            del self.mcache[c]
+
+    def mark(self, cycle: int) -> None:
+        """Mark this mutator's live objects for the cycle about to sweep."""
+        self.cycle = cycle
+        keep_chunks = []
+        ms, mi = [], []
+        for ch in self.live:
+            alive = ch.death > self.stats.marks
+            if not alive.any():
+                continue
+            if not alive.all():
+                ch = Chunk(ch.span[alive], ch.idx[alive], ch.seed, ch.death[alive])
+            keep_chunks.append(ch)
+            ms.append(ch.span)
+            mi.append(ch.idx)
+        self.live = keep_chunks
+        if self.debug:
+            self._verify()
+        if ms:
+            mark.mark_objects(self.heap, np.concatenate(ms), np.concatenate(mi))
+        self.stats.marks += 1
+        self.stats.live_objects = int(sum(c.idx.size for c in self.live))
+
+    def _verify(self) -> None:
+        """Every live object is still allocated and its payload intact."""
+        for ch in self.live:
+            idx = ch.idx.astype(np.int64)
+            w = self.heap.bits[self.heap.alloc_buf(ch.span), idx >> 6, ch.span]
+            allocated = (w >> (idx & 63).astype(np.uint64)) & np.uint64(1) == 1
+            self.stats.lost_objects += int((~allocated).sum())
+            ok = malloc.verify_payload(self.heap, ch.span, idx, ch.seed)
+            self.stats.payload_errors += int((~ok).sum())
+            self.stats.objects_checked += int(ch.idx.size)
