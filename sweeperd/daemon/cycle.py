@@ -1,0 +1,507 @@
+"""The GC cycle as a state machine: events in, actions out; no processes, sockets or clocks.
+
+Theory of operation
+-------------------
+The coordinator drives GC cycles over worker processes it cannot trust to stay alive.  This
+module is that logic alone, as h11's ``_state.py`` is HTTP's: :class:`GCCycle` takes
+**events** (what happened: a worker started, said hello, was heard from, marked, swept, died; a
+tick of the clock; a client asked for ``gc``; the answer to a measurement it asked for) and
+returns **actions** (what to do: send mark, begin the sweep, send sweep, resume mutators with
+their sweep rate, measure the heap, sweep what the shards missed, end the cycle, kill a silent
+worker, recover a dead one, restart it).  The shell (coordinator.py) owns sockets, processes,
+the heap and the clock; it turns what arrives into events and carries out the actions, and it
+answers a ``Measure*`` action at once with the matching ``*Measured`` event.
+
+Phases, and the only edges between them (:data:`EDGES`)::
+
+    IDLE --trigger--> MARK --marked--> SWEEP --terminated--> IDLE
+
+``IDLE``   mutators allocate.  Each tick (at most every ``trigger_check_s``) the heap is
+           measured; when its objects reach the trigger, the heap is nearly full, or a client
+           asked for ``gc``, every mutator that is up is sent ``mark``.
+``MARK``   each mutator flushes its mcache, marks its live objects and answers ``marked``.
+           When none is pending the live heap is measured, the goal and trigger are set
+           (pacing/gcpace.py), ``sweepgen`` advances by 2, the pages are sharded, sweepers are
+           sent ``sweep`` and mutators ``resume`` with their proportional sweep rate.
+``SWEEP``  sweepers sweep their shards and steal; mutators sweep on demand.  When no sweeper
+           is pending, each tick measures what is left; termination is declared only when no
+           page is left in any shard, no chunk is in flight, and no span is claimed (h-1) or
+           unswept (h-2) — spans the shards missed are swept by the coordinator first and the
+           measurement repeated.
+
+Which event is legal in which phase is the table :data:`TRANSITIONS`; any other combination
+raises :class:`IllegalTransition` naming both, *before* any state changes, so the shell can
+refuse a peer's untimely message without harm.  A worker is **waited on** only while it is up
+and pending; one silent for longer than ``dead_after_s`` (whether starting, up or pending) is
+killed, and its death removes it from every pending set: no worker is waited on forever.
+
+Invariants (checked after every event, :class:`CycleInvariantBroken` if one breaks): the
+pending set is empty in ``IDLE``, holds only up mutators in ``MARK`` and only up sweepers in
+``SWEEP``; at most one measurement is outstanding, and only the one the phase asks for;
+``sweepgen`` only grows, by 2 per cycle.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum, StrEnum
+from typing import NamedTuple
+
+from sweeperd.pacing import gcpace
+
+
+class Phase(StrEnum):
+    IDLE = "idle"
+    MARK = "mark"
+    SWEEP = "sweep"
+
+
+class Role(StrEnum):
+    SWEEPER = "sweeper"
+    MUTATOR = "mutator"
+    SCAVENGER = "scavenger"
+
+
+class Slot(NamedTuple):
+    """A worker's place: its role and its id within the role (stable across restarts)."""
+
+    role: Role
+    id: int
+
+    def __str__(self) -> str:
+        return f"{self.role} {self.id}"
+
+
+class MemberState(Enum):
+    STARTING = "starting"  # its process was started; it has not said hello
+    UP = "up"
+    KILLING = "killing"  # it was silent too long and is being killed
+
+
+class IllegalTransition(RuntimeError):
+    """An event that is not legal in the current phase (or for that worker)."""
+
+
+class CycleInvariantBroken(AssertionError):
+    """The machine's own state is inconsistent: a bug, never a peer's doing."""
+
+
+# --- events -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tick:
+    now: float
+
+
+@dataclass(frozen=True)
+class Started:
+    slot: Slot
+    now: float
+
+
+@dataclass(frozen=True)
+class Hello:
+    slot: Slot
+    now: float
+
+
+@dataclass(frozen=True)
+class Heard:
+    slot: Slot
+    now: float
+
+
+@dataclass(frozen=True)
+class Marked:
+    slot: Slot
+    cycle: int
+    now: float
+
+
+@dataclass(frozen=True)
+class Swept:
+    slot: Slot
+    cycle: int
+    now: float
+
+
+@dataclass(frozen=True)
+class Died:
+    slot: Slot
+
+
+@dataclass(frozen=True)
+class GcRequested:
+    pass
+
+
+@dataclass(frozen=True)
+class Stopping:
+    pass
+
+
+@dataclass(frozen=True)
+class HeapMeasured:
+    objects_bytes: int
+    headroom_bytes: int  # free + released
+    heap_bytes: int
+
+
+@dataclass(frozen=True)
+class LiveMeasured:
+    live_bytes: int
+    in_use_pages: int
+
+
+@dataclass(frozen=True)
+class SweepMeasured:
+    remaining_pages: int  # not yet handed out of any shard
+    in_flight: bool  # a chunk taken and not released
+    unfinished: int  # spans claimed (h-1)
+    missed: int  # spans still unswept (h-2)
+
+
+Event = (Tick | Started | Hello | Heard | Marked | Swept | Died | GcRequested | Stopping
+         | HeapMeasured | LiveMeasured | SweepMeasured)
+
+# --- actions ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MeasureHeap:
+    pass
+
+
+@dataclass(frozen=True)
+class MeasureLive:
+    pass
+
+
+@dataclass(frozen=True)
+class MeasureSweep:
+    pass
+
+
+@dataclass(frozen=True)
+class SendMark:
+    slots: tuple[Slot, ...]
+    cycle: int  # the sweepgen the mark is for
+
+
+@dataclass(frozen=True)
+class BeginSweep:
+    sweepgen: int  # the heap's new sweepgen (old + 2)
+    nshards: int
+    goal_bytes: int
+    trigger_bytes: int
+
+
+@dataclass(frozen=True)
+class SendSweep:
+    slots: tuple[Slot, ...]
+    cycle: int
+
+
+@dataclass(frozen=True)
+class SendResume:
+    slots: tuple[Slot, ...]
+    cycle: int
+    sweep_pages_per_byte: float
+
+
+@dataclass(frozen=True)
+class SweepMissed:
+    pass
+
+
+@dataclass(frozen=True)
+class EndCycle:
+    cycles: int  # completed cycles, this one included
+    sweep_seconds: float
+
+
+@dataclass(frozen=True)
+class Kill:
+    slot: Slot
+    silent_s: float
+
+
+@dataclass(frozen=True)
+class Recover:
+    slot: Slot
+
+
+@dataclass(frozen=True)
+class Restart:
+    slot: Slot
+
+
+Action = (MeasureHeap | MeasureLive | MeasureSweep | SendMark | BeginSweep | SendSweep
+          | SendResume | SweepMissed | EndCycle | Kill | Recover | Restart)
+
+MEASUREMENT_OF = {MeasureHeap: HeapMeasured, MeasureLive: LiveMeasured,
+                  MeasureSweep: SweepMeasured}
+
+# --- the machine ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Params:
+    gogc: int = 100
+    min_goal_bytes: int = 4 << 20
+    nsweepers: int = 1  # shards per sweep: one per configured sweeper slot
+    dead_after_s: float = 5.0
+    trigger_check_s: float = 0.02
+
+
+@dataclass
+class Member:
+    state: MemberState
+    last_heard: float
+
+
+@dataclass
+class GCCycle:
+    params: Params
+    sweepgen: int
+    now: float = 0.0
+    phase: Phase = Phase.IDLE
+    cycles: int = 0
+    members: dict[Slot, Member] = field(default_factory=dict)
+    pending: set[Slot] = field(default_factory=set)
+    force: bool = False
+    stopping: bool = False
+    awaiting: type | None = None  # the *Measured event asked for and not yet answered
+    goal_bytes: int = 0
+    trigger_bytes: int = 0
+    sweep_pages_per_byte: float = 0.0
+    phase_started: float = 0.0
+    last_heap_check: float = -math.inf
+
+    def __post_init__(self) -> None:
+        self.goal_bytes = self.goal_bytes or self.params.min_goal_bytes
+        self.trigger_bytes = self.trigger_bytes or gcpace.initial_trigger(self.goal_bytes)
+        self.phase_started = self.now
+
+    # --- entry point ---------------------------------------------------------------------
+
+    def handle(self, ev: Event) -> list[Action]:
+        handler = TRANSITIONS[self.phase].get(type(ev))
+        if handler is None:
+            raise IllegalTransition(f"{type(ev).__name__} is not legal in phase {self.phase}")
+        if type(ev) in MEASUREMENT_OF.values() and self.awaiting is not type(ev):
+            raise IllegalTransition(f"{type(ev).__name__} was not asked for")
+        now = getattr(ev, "now", None)
+        if now is not None:
+            self.now = max(self.now, float(now))
+        actions = handler(self, ev)
+        self._check()
+        return actions
+
+    def up(self, role: Role) -> tuple[Slot, ...]:
+        return tuple(sorted(s for s, m in self.members.items()
+                            if s.role == role and m.state is MemberState.UP))
+
+    # --- common to every phase ---------------------------------------------------------
+
+    def _member(self, slot: Slot, *states: MemberState) -> Member:
+        m = self.members.get(slot)
+        if m is None or (states and m.state not in states):
+            got = "not a member" if m is None else m.state.value
+            raise IllegalTransition(f"{slot} is {got}")
+        return m
+
+    def _on_started(self, ev: Started) -> list[Action]:
+        if ev.slot in self.members:
+            raise IllegalTransition(f"{ev.slot} started twice")
+        self.members[ev.slot] = Member(MemberState.STARTING, self.now)
+        return []
+
+    def _on_hello(self, ev: Hello) -> list[Action]:
+        m = self._member(ev.slot, MemberState.STARTING)
+        m.state, m.last_heard = MemberState.UP, self.now
+        if ev.slot.role is Role.SWEEPER and self.phase is Phase.SWEEP:
+            self.pending.add(ev.slot)  # a replacement joins the running sweep
+            return [SendSweep((ev.slot,), self.sweepgen)]
+        if ev.slot.role is Role.MUTATOR and self.phase is not Phase.MARK:
+            return [SendResume((ev.slot,), self.sweepgen, self.sweep_pages_per_byte)]
+        return []
+
+    def _on_heard(self, ev: Heard) -> list[Action]:
+        m = self._member(ev.slot, MemberState.UP, MemberState.KILLING)
+        if m.state is MemberState.UP:  # a frame already in flight from one being killed
+            m.last_heard = self.now
+        return []
+
+    def _on_died(self, ev: Died) -> list[Action]:
+        self._member(ev.slot)
+        del self.members[ev.slot]
+        self.pending.discard(ev.slot)
+        out: list[Action] = [Recover(ev.slot)]
+        if not self.stopping:
+            out.append(Restart(ev.slot))
+        if self.phase is Phase.MARK:
+            out += self._mark_done_if_none_pending()
+        return out
+
+    def _on_gc(self, ev: GcRequested) -> list[Action]:
+        self.force = True
+        return []
+
+    def _on_stopping(self, ev: Stopping) -> list[Action]:
+        self.stopping = True
+        return []
+
+    def _kill_silent(self) -> list[Action]:
+        out: list[Action] = []
+        for slot, m in sorted(self.members.items()):
+            silent = self.now - m.last_heard
+            if m.state is not MemberState.KILLING and silent > self.params.dead_after_s:
+                m.state = MemberState.KILLING
+                self.pending.discard(slot)
+                out.append(Kill(slot, silent))
+        if out and self.phase is Phase.MARK:
+            out += self._mark_done_if_none_pending()
+        return out
+
+    def _goto(self, edge: str) -> None:
+        nxt = EDGES.get((self.phase, edge))
+        if nxt is None:
+            raise CycleInvariantBroken(f"no edge {edge!r} out of phase {self.phase}")
+        self.phase, self.phase_started = nxt, self.now
+
+    # --- IDLE ----------------------------------------------------------------------------
+
+    def _idle_tick(self, ev: Tick) -> list[Action]:
+        out = self._kill_silent()
+        if self.force:
+            return out + self._begin_mark()
+        if self.now - self.last_heap_check >= self.params.trigger_check_s:
+            self.last_heap_check = self.now
+            self.awaiting = HeapMeasured
+            out.append(MeasureHeap())
+        return out
+
+    def _heap_measured(self, ev: HeapMeasured) -> list[Action]:
+        self.awaiting = None
+        if gcpace.should_trigger(ev.objects_bytes, ev.headroom_bytes, ev.heap_bytes,
+                                 self.trigger_bytes):
+            return self._begin_mark()
+        return []
+
+    def _begin_mark(self) -> list[Action]:
+        self.force = False
+        self._goto("trigger")
+        self.pending = set(self.up(Role.MUTATOR))
+        out: list[Action] = [SendMark(tuple(sorted(self.pending)), self.sweepgen + 2)]
+        return out + self._mark_done_if_none_pending()
+
+    # --- MARK ----------------------------------------------------------------------------
+
+    def _mark_tick(self, ev: Tick) -> list[Action]:
+        return self._kill_silent()
+
+    def _on_marked(self, ev: Marked) -> list[Action]:
+        if ev.slot not in self.pending or ev.cycle != self.sweepgen + 2:
+            raise IllegalTransition(f"{ev.slot} marked for cycle {ev.cycle} unasked")
+        self.members[ev.slot].last_heard = self.now
+        self.pending.discard(ev.slot)
+        return self._mark_done_if_none_pending()
+
+    def _mark_done_if_none_pending(self) -> list[Action]:
+        if self.pending or self.awaiting is not None:
+            return []
+        self.awaiting = LiveMeasured
+        return [MeasureLive()]
+
+    def _live_measured(self, ev: LiveMeasured) -> list[Action]:
+        self.awaiting = None
+        p = self.params
+        live = max(0, ev.live_bytes)
+        self.goal_bytes = gcpace.heap_goal(live, p.gogc, p.min_goal_bytes)
+        self.trigger_bytes = gcpace.trigger(live, self.goal_bytes)
+        self.sweep_pages_per_byte = gcpace.sweep_pages_per_byte(
+            max(0, ev.in_use_pages), self.trigger_bytes, live)
+        self.sweepgen += 2
+        self._goto("marked")
+        sweepers = self.up(Role.SWEEPER)
+        self.pending = set(sweepers)
+        return [BeginSweep(self.sweepgen, max(1, p.nsweepers), self.goal_bytes,
+                           self.trigger_bytes),
+                SendSweep(sweepers, self.sweepgen),
+                SendResume(self.up(Role.MUTATOR), self.sweepgen, self.sweep_pages_per_byte)]
+
+    # --- SWEEP ---------------------------------------------------------------------------
+
+    def _sweep_tick(self, ev: Tick) -> list[Action]:
+        out = self._kill_silent()
+        if not self.pending and self.awaiting is None:
+            self.awaiting = SweepMeasured
+            out.append(MeasureSweep())
+        return out
+
+    def _on_swept(self, ev: Swept) -> list[Action]:
+        if ev.slot not in self.pending or ev.cycle != self.sweepgen:
+            raise IllegalTransition(f"{ev.slot} swept cycle {ev.cycle} unasked")
+        self.members[ev.slot].last_heard = self.now
+        self.pending.discard(ev.slot)
+        return []
+
+    def _sweep_measured(self, ev: SweepMeasured) -> list[Action]:
+        self.awaiting = None
+        if self.pending or ev.remaining_pages or ev.in_flight or ev.unfinished:
+            return []
+        if ev.missed:
+            return [SweepMissed()]  # swept by the coordinator; the next tick measures again
+        self.cycles += 1
+        seconds = self.now - self.phase_started
+        self._goto("terminated")
+        return [EndCycle(self.cycles, seconds)]
+
+    # --- invariants ----------------------------------------------------------------------
+
+    def _check(self) -> None:
+        want = {Phase.IDLE: None, Phase.MARK: Role.MUTATOR, Phase.SWEEP: Role.SWEEPER}[self.phase]
+        for slot in self.pending:
+            m = self.members.get(slot)
+            if want is None or slot.role is not want or m is None or m.state is not (
+                    MemberState.UP):
+                raise CycleInvariantBroken(f"{slot} pending in phase {self.phase}")
+        allowed = {Phase.IDLE: HeapMeasured, Phase.MARK: LiveMeasured,
+                   Phase.SWEEP: SweepMeasured}[self.phase]
+        if self.awaiting not in (None, allowed):
+            raise CycleInvariantBroken(f"awaiting {self.awaiting} in phase {self.phase}")
+
+
+Handler = Callable[[GCCycle, Event], list[Action]]
+
+_COMMON: dict[type, Handler] = {
+    Started: GCCycle._on_started,  # type: ignore[dict-item]
+    Hello: GCCycle._on_hello,  # type: ignore[dict-item]
+    Heard: GCCycle._on_heard,  # type: ignore[dict-item]
+    Died: GCCycle._on_died,  # type: ignore[dict-item]
+    GcRequested: GCCycle._on_gc,  # type: ignore[dict-item]
+    Stopping: GCCycle._on_stopping,  # type: ignore[dict-item]
+}
+
+#: Which event is legal in which phase, and what handles it.
+TRANSITIONS: dict[Phase, dict[type, Handler]] = {
+    Phase.IDLE: {**_COMMON, Tick: GCCycle._idle_tick,  # type: ignore[dict-item]
+                 HeapMeasured: GCCycle._heap_measured},  # type: ignore[dict-item]
+    Phase.MARK: {**_COMMON, Tick: GCCycle._mark_tick,  # type: ignore[dict-item]
+                 Marked: GCCycle._on_marked,  # type: ignore[dict-item]
+                 LiveMeasured: GCCycle._live_measured},  # type: ignore[dict-item]
+    Phase.SWEEP: {**_COMMON, Tick: GCCycle._sweep_tick,  # type: ignore[dict-item]
+                  Swept: GCCycle._on_swept,  # type: ignore[dict-item]
+                  SweepMeasured: GCCycle._sweep_measured},  # type: ignore[dict-item]
+}
+
+#: The only phase changes there are.
+EDGES: dict[tuple[Phase, str], Phase] = {
+    (Phase.IDLE, "trigger"): Phase.MARK,
+    (Phase.MARK, "marked"): Phase.SWEEP,
+    (Phase.SWEEP, "terminated"): Phase.IDLE,
+}

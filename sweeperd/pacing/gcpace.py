@@ -1,0 +1,49 @@
+"""GC pacing: when a cycle starts (the trigger), the heap goal, and the proportional sweep rate.
+
+Theory of operation
+-------------------
+After a mark, the live heap ``live`` (bytes of marked objects) sets the next **heap goal**, as
+GOGC does: ``goal = live * (1 + GOGC/100)``, never below ``min_goal``.  The **trigger** (when
+the next cycle starts) is 90% of the way from ``live`` to the goal, so the cycle has room to
+finish before the heap reaches it.  A cycle also starts when the heap is nearly out of pages
+(less than ``FULL_HEADROOM`` of it free or released): a fixed-size arena cannot grow.
+
+**Proportional sweep** (Go's ``sweepPagesPerByte``): mutators sweep pages in proportion to the
+bytes they allocate, so that all ``in_use_pages`` are swept before the heap reaches the trigger,
+finishing ``SWEEP_SLACK_BYTES`` (1 MiB) early, as Go does.
+
+Pure functions of plain numbers: the coordinator passes the heap's figures in.
+"""
+
+from __future__ import annotations
+
+TRIGGER_RATIO = 0.9
+FULL_HEADROOM = 0.1  # start a cycle when less than this share of the heap is free or released
+SWEEP_SLACK_BYTES = 1 << 20
+
+
+def heap_goal(live_bytes: int, gogc: int, min_goal_bytes: int) -> int:
+    """The heap goal after a mark that found ``live_bytes`` live."""
+    return max(int(live_bytes * (1 + gogc / 100)), min_goal_bytes)
+
+
+def trigger(live_bytes: int, goal_bytes: int) -> int:
+    """Heap objects bytes at which the next cycle starts."""
+    return live_bytes + int(TRIGGER_RATIO * (goal_bytes - live_bytes))
+
+
+def initial_trigger(min_goal_bytes: int) -> int:
+    """The trigger before any cycle has run (nothing is known to be live)."""
+    return int(min_goal_bytes * TRIGGER_RATIO)
+
+
+def sweep_pages_per_byte(in_use_pages: int, trigger_bytes: int, live_bytes: int) -> float:
+    """Pages a mutator must sweep per byte it allocates, for the sweep to end in time."""
+    runway = max(trigger_bytes - live_bytes - SWEEP_SLACK_BYTES, SWEEP_SLACK_BYTES)
+    return in_use_pages / runway
+
+
+def should_trigger(objects_bytes: int, headroom_bytes: int, heap_bytes: int,
+                   trigger_bytes: int) -> bool:
+    """Start a cycle now?  ``headroom_bytes`` is the heap's free plus released bytes."""
+    return objects_bytes >= trigger_bytes or headroom_bytes < FULL_HEADROOM * heap_bytes

@@ -1,0 +1,372 @@
+"""The GC cycle machine, without processes: a simulated world of workers drives it in random
+orders (hypothesis), with deaths and hangs of any worker in every phase.
+
+The world keeps the truth the machine cannot see: which processes are alive, which answer,
+how many pages are left in the shards, which chunks are in flight and whose, which spans the
+shards missed.  It carries out every action the machine returns, answering measurements
+with that truth, and checks at each action that the machine acted on facts: termination only
+when nothing is left to sweep, recovery only of a process that is gone, messages only to
+workers it believed up.  Teardown runs a fair schedule and checks that the cycle in progress
+and one more both finish: no worker is waited on forever.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import event, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from sweeperd.daemon import cycle as c
+from sweeperd.daemon.cycle import Phase, Role, Slot
+
+NSWEEPERS, NMUTATORS = 2, 2
+SLOTS = ([Slot(Role.SWEEPER, i) for i in range(NSWEEPERS)]
+         + [Slot(Role.MUTATOR, j) for j in range(NMUTATORS)] + [Slot(Role.SCAVENGER, 0)])
+PAGES = 64
+DEAD_AFTER = 1.0
+
+
+class Proc:
+    """One incarnation of a worker process, as the world sees it."""
+
+    def __init__(self) -> None:
+        self.alive = True
+        self.hello = False
+        self.hung = False  # alive but never answers again
+        self.mark_for: int | None = None  # a mark it has not answered
+        self.sweep_for: int | None = None  # a sweep it has not answered
+        self.resumed = False
+
+
+class World(RuleBasedStateMachine):
+    @initialize()
+    def start(self) -> None:
+        self.now = 0.0
+        self.sweepgen = 4
+        self.m = c.GCCycle(c.Params(gogc=100, min_goal_bytes=1 << 20, nsweepers=NSWEEPERS,
+                                    dead_after_s=DEAD_AFTER), sweepgen=self.sweepgen)
+        self.procs: dict[Slot, Proc] = {}
+        self.remaining = 0
+        self.in_flight: dict[Slot, int] = {}  # owner -> pages of the chunk it holds
+        self.claimed: dict[Slot, int] = {}  # owner -> spans claimed on demand (h-1)
+        self.missed = 0
+        self.objects = 0
+        self.cycles_done = 0
+        self.fair = False
+        for s in SLOTS:
+            self._start(s)
+
+    # --- the world carrying out actions ------------------------------------------------
+
+    def feed(self, ev: c.Event) -> None:
+        queue = list(self.m.handle(ev))
+        while queue:
+            a = queue.pop(0)
+            queue[:0] = self.do(a)
+
+    def do(self, a: c.Action) -> list[c.Action]:
+        m = self.m
+        if isinstance(a, c.MeasureHeap):
+            return m.handle(c.HeapMeasured(self.objects, PAGES * 8192 - self.objects,
+                                           2 * PAGES * 8192))
+        if isinstance(a, c.MeasureLive):
+            return m.handle(c.LiveMeasured(self.objects // 2, PAGES))
+        if isinstance(a, c.MeasureSweep):
+            return m.handle(c.SweepMeasured(self.remaining, bool(self.in_flight),
+                                            sum(self.claimed.values()), self.missed))
+        if isinstance(a, c.SendMark):
+            assert a.cycle == self.sweepgen + 2
+            for s in a.slots:
+                self._believed_up(s)
+                self.procs[s].mark_for = a.cycle
+        elif isinstance(a, c.BeginSweep):
+            assert a.sweepgen == self.sweepgen + 2, "sweepgen grows by 2 per cycle"
+            assert not any(p.mark_for for p in self.procs.values() if p.alive and not p.hung)
+            self.sweepgen = a.sweepgen
+            self.remaining, self.missed = PAGES, 0
+            assert not self.in_flight and not self.claimed
+        elif isinstance(a, c.SendSweep):
+            assert a.cycle == self.sweepgen
+            for s in a.slots:
+                self._believed_up(s)
+                self.procs[s].sweep_for = a.cycle
+        elif isinstance(a, c.SendResume):
+            for s in a.slots:
+                self._believed_up(s)
+                self.procs[s].resumed = True
+        elif isinstance(a, c.SweepMissed):
+            self.missed = 0
+        elif isinstance(a, c.EndCycle):
+            # termination declared: it must be true
+            assert self.remaining == 0 and not self.in_flight and self.missed == 0
+            assert not self.claimed, "a span claimed and not swept"
+            assert not any(p.sweep_for == self.sweepgen for p in self.procs.values()
+                           if p.alive and not p.hung), "a sweeper still sweeping"
+            assert a.cycles == self.cycles_done + 1
+            self.cycles_done += 1
+            self.objects = 0
+            event(f"cycle ended during {'teardown' if self.fair else 'random steps'}")
+        elif isinstance(a, c.Kill):
+            assert a.silent_s > DEAD_AFTER
+            self.procs[a.slot].alive = False
+            return m.handle(c.Died(a.slot))
+        elif isinstance(a, c.Recover):
+            assert not self.procs[a.slot].alive, "recovering a process that still runs"
+            self.in_flight.pop(a.slot, None)  # its chunk and claims are finished
+            self.claimed.pop(a.slot, None)
+        elif isinstance(a, c.Restart):
+            assert not self.procs[a.slot].alive
+            self._start(a.slot)
+        return []
+
+    def _start(self, s: Slot) -> None:
+        self.procs[s] = Proc()
+        self.feed(c.Started(s, self.now))
+
+    def _believed_up(self, s: Slot) -> None:
+        assert self.m.members[s].state is c.MemberState.UP
+
+    # --- what processes do ------------------------------------------------------------
+
+    def _answering(self, role: Role | None = None) -> list[Slot]:
+        return [s for s, p in sorted(self.procs.items())
+                if p.alive and not p.hung and (role is None or s.role == role)]
+
+    @rule(dt=st.sampled_from([0.001, 0.01, 0.05, 0.3, 0.7]))
+    def tick(self, dt: float) -> None:
+        self.now += dt
+        self.objects += 400_000
+        self.feed(c.Tick(self.now))
+
+    @rule(data=st.data())
+    def hello(self, data: st.DataObject) -> None:
+        new = [s for s in self._answering() if not self.procs[s].hello]
+        if new:
+            s = data.draw(st.sampled_from(new))
+            self.procs[s].hello = True
+            self.feed(c.Hello(s, self.now))
+
+    @rule(data=st.data())
+    def heartbeat(self, data: st.DataObject) -> None:
+        up = [s for s in self._answering() if self.procs[s].hello]
+        if up:
+            self.feed(c.Heard(data.draw(st.sampled_from(up)), self.now))
+
+    @rule(data=st.data())
+    def mutator_marks(self, data: st.DataObject) -> None:
+        ready = [s for s in self._answering(Role.MUTATOR) if self.procs[s].mark_for]
+        if ready:
+            s = data.draw(st.sampled_from(ready))
+            cyc, self.procs[s].mark_for = self.procs[s].mark_for, None
+            self.procs[s].resumed = False
+            assert cyc is not None
+            self.feed(c.Marked(s, cyc, self.now))
+
+    @rule(data=st.data(), pages=st.integers(1, 40))
+    def take_chunk(self, data: st.DataObject, pages: int) -> None:
+        """A sweeper (or a resumed mutator paying sweep debt) takes a chunk."""
+        who = [s for s in self._answering() if s not in self.in_flight and (
+            self.procs[s].sweep_for == self.sweepgen or self.procs[s].resumed)]
+        if who and self.remaining and self.m.phase is Phase.SWEEP:
+            s = data.draw(st.sampled_from(who))
+            k = min(pages, self.remaining)
+            self.remaining -= k
+            self.in_flight[s] = k
+
+    @rule(data=st.data())
+    def finish_chunk(self, data: st.DataObject) -> None:
+        held = [s for s in self._answering() if s in self.in_flight]
+        if held:
+            del self.in_flight[data.draw(st.sampled_from(held))]
+
+    @precondition(lambda self: self.m.phase is Phase.SWEEP)
+    @rule(data=st.data())
+    def mutator_sweeps_a_span_on_demand(self, data: st.DataObject) -> None:
+        who = [s for s in self._answering(Role.MUTATOR) if self.procs[s].resumed]
+        if who and self.missed:
+            s = data.draw(st.sampled_from(who))
+            self.missed -= 1
+            self.claimed[s] = self.claimed.get(s, 0) + 1
+
+    @rule(data=st.data())
+    def finish_claimed_span(self, data: st.DataObject) -> None:
+        held = [s for s in self._answering() if self.claimed.get(s)]
+        if held:
+            del self.claimed[data.draw(st.sampled_from(held))]
+
+    @rule(data=st.data())
+    def sweeper_done(self, data: st.DataObject) -> None:
+        done = [s for s in self._answering(Role.SWEEPER) if s not in self.in_flight
+                and self.procs[s].sweep_for == self.sweepgen and self.remaining == 0]
+        if done:
+            s = data.draw(st.sampled_from(done))
+            self.procs[s].sweep_for = None
+            self.feed(c.Swept(s, self.sweepgen, self.now))
+
+    @precondition(lambda self: self.m.phase is Phase.SWEEP)
+    @rule()
+    def shards_miss_a_span(self) -> None:
+        self.missed += 1
+
+    @rule(slot=st.sampled_from(SLOTS), hang=st.booleans())
+    def misfortune(self, slot: Slot, hang: bool) -> None:
+        """kill -9 at any moment, in any phase (the shell notices and says so), or a hang:
+        alive, and never answering again."""
+        if hang:
+            self.procs[slot].hung = True
+        elif self.procs[slot].alive:
+            self.procs[slot].alive = False
+            self.feed(c.Died(slot))
+
+    @rule()
+    def every_worker_takes_a_step(self) -> None:
+        self._fair_step()
+
+    @rule()
+    def client_asks_for_gc(self) -> None:
+        self.feed(c.GcRequested())
+
+    @rule(slot=st.sampled_from(SLOTS), cyc=st.integers(0, 20))
+    def untimely_message_is_refused_without_harm(self, slot: Slot, cyc: int) -> None:
+        before = (self.m.phase, set(self.m.pending), self.m.sweepgen, self.m.awaiting)
+        ev = c.Marked(slot, cyc, self.now) if cyc % 2 else c.Swept(slot, cyc, self.now)
+        legal = slot in self.m.pending and (
+            (isinstance(ev, c.Marked) and self.m.phase is Phase.MARK
+             and cyc == self.m.sweepgen + 2)
+            or (isinstance(ev, c.Swept) and self.m.phase is Phase.SWEEP
+                and cyc == self.m.sweepgen))
+        if legal:
+            return
+        with pytest.raises(c.IllegalTransition):
+            self.m.handle(ev)
+        assert (self.m.phase, set(self.m.pending), self.m.sweepgen, self.m.awaiting) == before
+
+    # --- always ---------------------------------------------------------------------------
+
+    @invariant()
+    def only_live_workers_are_waited_on(self) -> None:
+        if not hasattr(self, "m"):
+            return
+        for s in self.m.pending:
+            assert self.m.members[s].state is c.MemberState.UP
+        assert self.m.awaiting is None  # every measurement was answered at once
+        assert self.m.sweepgen == self.sweepgen or self.m.sweepgen == self.sweepgen
+
+    def _fair_step(self) -> None:
+        """Every answering worker does the next thing it would do."""
+        for s in self._answering():
+            p = self.procs[s]
+            if not p.alive or p.hung:
+                continue  # died during this step (a kill by the machine)
+            if not p.hello:
+                p.hello = True
+                self.feed(c.Hello(s, self.now))
+            elif p.mark_for and self.m.phase is Phase.MARK:
+                cyc, p.mark_for = p.mark_for, None
+                p.resumed = False
+                self.feed(c.Marked(s, cyc, self.now))
+            elif p.sweep_for == self.sweepgen and self.m.phase is Phase.SWEEP:
+                self.in_flight.pop(s, None)
+                self.remaining = 0
+                p.sweep_for = None
+                self.feed(c.Swept(s, self.sweepgen, self.now))
+            else:
+                self.in_flight.pop(s, None)
+                self.claimed.pop(s, None)
+                self.feed(c.Heard(s, self.now))
+
+    def teardown(self) -> None:
+        """A fair schedule from here: every cycle in progress ends, and another after it."""
+        if not hasattr(self, "m"):
+            return
+        target = self.cycles_done + 2
+        self.fair = True
+        self.feed(c.GcRequested())
+        for _ in range(5000):
+            if self.cycles_done >= target:
+                return
+            self._fair_step()
+            self.now += 0.05
+            self.objects += 50_000
+            self.feed(c.Tick(self.now))
+            if self.m.phase is Phase.IDLE and self.cycles_done < target:
+                self.feed(c.GcRequested())
+        raise AssertionError(f"no progress: phase {self.m.phase}, pending {self.m.pending}, "
+                             f"remaining {self.remaining}, in flight {self.in_flight}, "
+                             f"claimed {self.claimed}")
+
+
+World.TestCase.settings = settings(max_examples=200, stateful_step_count=80, deadline=None)
+test_cycle_machine = World.TestCase
+
+
+# --- direct checks ------------------------------------------------------------------------
+
+
+def _machine() -> c.GCCycle:
+    return c.GCCycle(c.Params(nsweepers=1, dead_after_s=5.0), sweepgen=4)
+
+
+def test_illegal_event_in_phase_fails_by_name_and_changes_nothing():
+    m = _machine()
+    with pytest.raises(c.IllegalTransition, match="Marked is not legal in phase idle"):
+        m.handle(c.Marked(Slot(Role.MUTATOR, 0), 6, 0.0))
+    with pytest.raises(c.IllegalTransition, match="LiveMeasured is not legal in phase idle"):
+        m.handle(c.LiveMeasured(0, 0))
+    with pytest.raises(c.IllegalTransition, match="HeapMeasured was not asked for"):
+        m.handle(c.HeapMeasured(0, 0, 0))
+    with pytest.raises(c.IllegalTransition, match="mutator 3 is not a member"):
+        m.handle(c.Hello(Slot(Role.MUTATOR, 3), 0.0))
+    assert m.phase is Phase.IDLE and not m.members and m.awaiting is None
+
+
+def test_a_whole_cycle_in_order():
+    m = _machine()
+    sw, mu = Slot(Role.SWEEPER, 0), Slot(Role.MUTATOR, 0)
+    for s in (sw, mu):
+        m.handle(c.Started(s, 0.0))
+    assert m.handle(c.Hello(sw, 0.1)) == []
+    assert m.handle(c.Hello(mu, 0.1)) == [c.SendResume((mu,), 4, 0.0)]
+    assert m.handle(c.Tick(0.2)) == [c.MeasureHeap()]
+    assert m.handle(c.HeapMeasured(10 << 20, 100 << 20, 200 << 20)) == [
+        c.SendMark((mu,), 6)]
+    assert m.phase is Phase.MARK
+    assert m.handle(c.Marked(mu, 6, 0.3)) == [c.MeasureLive()]
+    acts = m.handle(c.LiveMeasured(8 << 20, 1000))
+    assert acts[0] == c.BeginSweep(6, 1, 16 << 20, (8 << 20) + int(0.9 * (8 << 20)))
+    assert acts[1] == c.SendSweep((sw,), 6) and isinstance(acts[2], c.SendResume)
+    assert m.handle(c.Tick(0.4)) == []  # the sweeper has not answered: nothing to measure
+    m.handle(c.Swept(sw, 6, 0.5))
+    assert m.handle(c.Tick(0.5)) == [c.MeasureSweep()]
+    assert m.handle(c.SweepMeasured(0, False, 3, 0)) == []  # a mutator still holds spans
+    assert m.handle(c.Tick(0.6)) == [c.MeasureSweep()]
+    assert m.handle(c.SweepMeasured(0, False, 0, 2)) == [c.SweepMissed()]
+    assert m.handle(c.Tick(0.7)) == [c.MeasureSweep()]
+    assert m.handle(c.SweepMeasured(0, False, 0, 0)) == [c.EndCycle(1, pytest.approx(0.4))]
+    assert m.phase is Phase.IDLE and m.cycles == 1
+
+
+def test_a_silent_worker_is_killed_then_recovered_and_restarted():
+    m = _machine()
+    mu = Slot(Role.MUTATOR, 0)
+    m.handle(c.Started(mu, 0.0))
+    m.handle(c.Hello(mu, 0.0))
+    m.handle(c.GcRequested())
+    assert m.handle(c.Tick(0.01)) == [c.SendMark((mu,), 6)]
+    assert m.handle(c.Tick(5.0)) == []
+    kill = m.handle(c.Tick(5.02))  # silent while marking: killed, and the mark goes on
+    assert kill == [c.Kill(mu, pytest.approx(5.02)), c.MeasureLive()]
+    assert m.pending == set()
+    m.handle(c.LiveMeasured(0, 0))
+    assert m.handle(c.Died(mu)) == [c.Recover(mu), c.Restart(mu)]
+    m.handle(c.Stopping())
+    m.handle(c.Started(mu, 5.1))
+    assert m.handle(c.Died(mu)) == [c.Recover(mu)]  # stopping: no restart
+
+
+def test_every_phase_has_a_tick_and_the_common_events():
+    for ph, table in c.TRANSITIONS.items():
+        for ev in (c.Tick, c.Started, c.Hello, c.Heard, c.Died, c.GcRequested, c.Stopping):
+            assert ev in table, (ph, ev)
+    assert {a for a, _ in c.EDGES} == set(Phase)
