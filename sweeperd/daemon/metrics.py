@@ -1,16 +1,22 @@
-"""Prometheus metrics, served by the coordinator.
+"""Prometheus metrics, served by the coordinator process from its published snapshot.
 
-Figures are gathered by the coordinator itself (its own counters, the workers' reports over the
-control plane, and reads of the shared heap and the kernel), so prometheus-client runs in one
-process only and no multiprocess directory is needed.  Label sets are fixed (role, id, by,
-state, reason, advice; ``id`` is a worker's slot, bounded by the config, never a pid):
-cardinality does not grow with spans, pids or cycles.
+Theory of operation
+-------------------
+The HTTP server's thread never touches the coordinator's live state.  A scrape reads three
+things, none of them owned by the main loop:
 
-A scrape must stay fast whatever the heap's size: ``smaps_rollup`` walks a process's page
-tables (~3 ms for a process that touched 1 GiB) and the heap classes scan the span table, so a
-:class:`Sampler` thread takes them every ``SAMPLE_S`` and a scrape serves the latest sample
-(its age is exported); the cheap kernel figures (the arena's ``st_blocks``, ``Shmem``) are read
-fresh at every scrape.
+* the latest :class:`~sweeperd.daemon.snapshot.Snapshot` (counters, workers, goals), which the
+  main loop replaces after every step;
+* the latest :class:`Sample` of the figures that cost in proportion to the heap or to the
+  memory a process touched (heap classes from the span table, PSS from ``smaps_rollup``,
+  ~3 ms a process at 1 GiB), taken every ``SAMPLE_S`` by a sampler thread (its age exported);
+* the kernel, read fresh: the arena's and metadata's ``st_blocks`` and ``Shmem`` (a
+  :class:`Kernel` reader over the regions' descriptors, which stay open until the server is
+  shut down).
+
+So prometheus-client runs in one process only (no multiprocess directory), and label sets are
+fixed (role, id, by, state, reason, advice; ``id`` is a worker's slot, bounded by the config,
+never a pid): cardinality does not grow with spans, pids or cycles.
 """
 
 from __future__ import annotations
@@ -18,22 +24,26 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
-from sweeperd.runtime.heapstats import HeapStats, heap_stats
-from sweeperd.sys.procmem import meminfo
-
-if TYPE_CHECKING:
-    from sweeperd.daemon.coordinator import Coordinator
-
+from sweeperd.daemon.snapshot import Snapshot
+from sweeperd.runtime.heapstats import HeapStats
 
 SAMPLE_S = 1.0
+ADVICES = ("REMOVE", "REMOVE_vectored", "DONTNEED", "FREE", "NOHUGEPAGE", "HUGEPAGE")
+ROLES = ("sweeper", "mutator", "scavenger")
 
 
 @dataclass(frozen=True)
@@ -41,6 +51,15 @@ class Sample:
     at: float  # time.monotonic()
     heap: HeapStats
     processes: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """Fresh reads of the kernel's figures: the heap's true backing and the system's Shmem."""
+
+    arena_backed: Callable[[], int]
+    meta_backed: Callable[[], int]
+    shmem: Callable[[], int]
 
 
 class Sampler:
@@ -66,63 +85,83 @@ class Sampler:
             self._thread.join()
 
 
-class _Collector(Collector):
-    def __init__(self, co: Coordinator) -> None:
-        self.co = co
+def _counter(name: str, help_: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, help_, value=value)
 
-    def collect(self) -> Any:
-        co = self.co
-        yield CounterMetricFamily("sweeperd_gc_cycles", "Completed GC cycles.", value=co.cycles)
+
+def _gauge(name: str, help_: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, help_, value=value)
+
+
+class SnapshotCollector(Collector):
+    def __init__(self, snapshot: Callable[[], Snapshot], sample: Callable[[], Sample],
+                 kernel: Kernel) -> None:
+        self.snapshot = snapshot
+        self.sample = sample
+        self.kernel = kernel
+
+    def collect(self) -> Iterator[Metric]:
+        snap, sample = self.snapshot(), self.sample()
+        yield from self._cycle(snap)
+        yield from self._heap(snap, sample)
+        yield from self._processes(sample)
+        yield from self._scavenger(snap)
+        yield from self._workers(snap)
+
+    def _cycle(self, s: Snapshot) -> Iterator[Metric]:
+        yield _counter("sweeperd_gc_cycles", "Completed GC cycles.", s.cycle)
         spans = CounterMetricFamily("sweeperd_sweep_spans", "Spans swept, by who swept them.",
                                     labels=["by"])
         pages = CounterMetricFamily("sweeperd_sweep_pages", "Pages swept, by who swept them.",
                                     labels=["by"])
-        for by, st in co.swept.items():
+        for by, st in s.swept.items():
             spans.add_metric([by], st.spans)
             pages.add_metric([by], st.pages)
         yield spans
         yield pages
-        yield CounterMetricFamily("sweeperd_sweep_objects_freed", "Objects freed by sweeping.",
-                                  value=sum(s.objects_freed for s in co.swept.values()))
-        yield CounterMetricFamily("sweeperd_finalizers_run", "Finalizers run.",
-                                  value=co.finalizers_run)
-        yield CounterMetricFamily("sweeperd_mutator_objects_allocated",
-                                  "Objects allocated by mutators.",
-                                  value=co.mutator_totals.get("objects_allocated", 0))
-        yield CounterMetricFamily("sweeperd_mutator_allocated_bytes",
-                                  "Bytes allocated by mutators.",
-                                  value=co.mutator_totals.get("bytes_allocated", 0))
-        sample = co.metrics.sampler.latest if co.metrics.sampler else co.metrics.sample_now()
-        yield GaugeMetricFamily("sweeperd_memory_sample_age_seconds",
-                                "Age of the sampled figures (heap classes, RSS, PSS).",
-                                value=time.monotonic() - sample.at)
+        yield _counter("sweeperd_sweep_objects_freed", "Objects freed by sweeping.",
+                       s.objects_freed())
+        h = s.sweep_phase
+        yield HistogramMetricFamily(
+            "sweeperd_sweep_phase_seconds", "Duration of sweep phases.",
+            buckets=[(floatToGoString(b), c) for b, c in zip(h.bounds, h.counts, strict=True)]
+            + [("+Inf", h.total)], sum_value=h.sum)
+        yield _counter("sweeperd_finalizers_run", "Finalizers run.", s.finalizers_run)
+        yield _counter("sweeperd_mutator_objects_allocated", "Objects allocated by mutators.",
+                       s.mutator.get("objects_allocated", 0))
+        yield _counter("sweeperd_mutator_allocated_bytes", "Bytes allocated by mutators.",
+                       s.mutator.get("bytes_allocated", 0))
+
+    def _heap(self, s: Snapshot, sample: Sample) -> Iterator[Metric]:
+        yield _gauge("sweeperd_memory_sample_age_seconds",
+                     "Age of the sampled figures (heap classes, RSS, PSS).",
+                     time.monotonic() - sample.at)
         hs = sample.heap
-        for name, help_, v in (
-            ("sweeperd_heap_objects_bytes", "Bytes in allocated objects "
-             "(/memory/classes/heap/objects).", hs.objects_bytes),
-            ("sweeperd_heap_unused_bytes", "Free slots inside in-use spans "
-             "(/memory/classes/heap/unused).", hs.unused_bytes),
-            ("sweeperd_heap_free_bytes", "Free pages still backed by memory "
-             "(/memory/classes/heap/free).", hs.free_bytes),
-            ("sweeperd_heap_goal_bytes", "Heap goal (/gc/heap/goal).", co.goal_bytes),
-            ("sweeperd_heap_size_bytes", "Size of the heap arena (address space).",
-             hs.heap_bytes),
-        ):
-            yield GaugeMetricFamily(name, help_, value=v)
-        yield GaugeMetricFamily("sweeperd_heap_released_bytes",
-                                "Free pages returned to the OS, by the books "
-                                "(/memory/classes/heap/released).", value=hs.released_bytes)
-        yield GaugeMetricFamily("sweeperd_heap_backed_bytes",
-                                "The heap arena's true backing: its memfd's allocated blocks.",
-                                value=co.heap.arena_backed_bytes())
-        yield GaugeMetricFamily("sweeperd_heap_metadata_backed_bytes",
-                                "The heap metadata's true backing (span table, bitmaps).",
-                                value=co.heap.meta_backed_bytes())
-        yield GaugeMetricFamily("sweeperd_system_shmem_bytes", "Shmem in /proc/meminfo.",
-                                value=meminfo("Shmem"))
-        yield GaugeMetricFamily("sweeperd_heap_fragmentation_bytes",
-                                "Free slots in spans that still hold live objects: memory the "
-                                "scavenger cannot release.", value=hs.unused_bytes)
+        yield _gauge("sweeperd_heap_objects_bytes",
+                     "Bytes in allocated objects (/memory/classes/heap/objects).", hs.objects_bytes)
+        yield _gauge("sweeperd_heap_unused_bytes",
+                     "Free slots inside in-use spans (/memory/classes/heap/unused).",
+                     hs.unused_bytes)
+        yield _gauge("sweeperd_heap_free_bytes",
+                     "Free pages still backed by memory (/memory/classes/heap/free).",
+                     hs.free_bytes)
+        yield _gauge("sweeperd_heap_goal_bytes", "Heap goal (/gc/heap/goal).", s.goal_bytes)
+        yield _gauge("sweeperd_heap_size_bytes", "Size of the heap arena (address space).",
+                     hs.heap_bytes)
+        yield _gauge("sweeperd_heap_released_bytes", "Free pages returned to the OS, by the "
+                     "books (/memory/classes/heap/released).", hs.released_bytes)
+        yield _gauge("sweeperd_heap_fragmentation_bytes",
+                     "Free slots in spans that also hold live objects: memory no scavenger "
+                     "can release.", hs.fragmentation_bytes)
+        k = self.kernel
+        yield _gauge("sweeperd_heap_backed_bytes",
+                     "The heap arena's true backing: its memfd's allocated blocks.",
+                     k.arena_backed())
+        yield _gauge("sweeperd_heap_metadata_backed_bytes",
+                     "The heap metadata's true backing (span table, bitmaps).", k.meta_backed())
+        yield _gauge("sweeperd_system_shmem_bytes", "Shmem in /proc/meminfo.", k.shmem())
+
+    def _processes(self, sample: Sample) -> Iterator[Metric]:
         rss = GaugeMetricFamily("sweeperd_process_resident_bytes",
                                 "RSS of each process (each counts the shared heap pages it "
                                 "touched: do not sum).", labels=["role", "id"])
@@ -134,82 +173,74 @@ class _Collector(Collector):
             pss.add_metric([p["role"], str(p["id"])], p["pss_bytes"])
         yield rss
         yield pss
-        sc = co._scavenger_status()
-        yield CounterMetricFamily("sweeperd_scavenge_released_bytes",
-                                  "Bytes the scavenger returned to the OS, as the kernel "
-                                  "counts them (allocated blocks of the released runs).",
-                                  value=sc["released_bytes_total"])
-        yield CounterMetricFamily("sweeperd_scavenge_advised_bytes",
-                                  "Bytes of free pages the scavenger advised the kernel to "
-                                  "drop, by the books (never-touched pages included).",
-                                  value=sc["advised_bytes_total"])
-        yield GaugeMetricFamily("sweeperd_scavenge_retain_goal_bytes",
-                                "Heap memory the scavenger lets stay backed (heap goal + 10%).",
-                                value=sc["retain_goal_bytes"])
-        yield CounterMetricFamily("sweeperd_scavenge_cpu_seconds",
-                                  "CPU time the scavenger process used.",
-                                  value=sc["cpu_seconds_total"])
-        yield GaugeMetricFamily("sweeperd_scavenge_cpu_fraction_target",
-                                "The scavenger's CPU budget, a fraction of the whole machine.",
-                                value=co.cfg.scavenger.cpu_fraction)
-        yield GaugeMetricFamily("sweeperd_machine_cpus",
-                                "CPUs of the machine (the scavenger's budget is a fraction of "
-                                "all of them).", value=os.cpu_count() or 1)
+
+    def _scavenger(self, s: Snapshot) -> Iterator[Metric]:
+        sc = s.scavenger_status()
+        yield _counter("sweeperd_scavenge_released_bytes",
+                       "Bytes the scavenger returned to the OS, as the kernel counts them "
+                       "(allocated blocks of the released runs).", sc["released_bytes_total"])
+        yield _counter("sweeperd_scavenge_advised_bytes",
+                       "Bytes of free pages the scavenger advised the kernel to drop, by the "
+                       "books (never-touched pages included).", sc["advised_bytes_total"])
+        yield _gauge("sweeperd_scavenge_retain_goal_bytes",
+                     "Heap memory the scavenger lets stay backed (heap goal + 10%).",
+                     sc["retain_goal_bytes"])
+        yield _counter("sweeperd_scavenge_cpu_seconds", "CPU time the scavenger process used.",
+                       sc["cpu_seconds_total"])
+        yield _gauge("sweeperd_scavenge_cpu_fraction_target",
+                     "The scavenger's CPU budget, a fraction of the whole machine.",
+                     s.cpu_fraction_target)
+        yield _gauge("sweeperd_machine_cpus", "CPUs of the machine (the scavenger's budget is "
+                     "a fraction of all of them).", os.cpu_count() or 1)
         calls = CounterMetricFamily("sweeperd_madvise_calls", "madvise calls by advice.",
                                     labels=["advice"])
-        for advice in ("REMOVE", "REMOVE_vectored", "DONTNEED", "FREE", "NOHUGEPAGE",
-                       "HUGEPAGE"):
+        for advice in ADVICES:
             calls.add_metric([advice], sc["madvise_calls_total"].get(advice, 0))
         yield calls
+
+    def _workers(self, s: Snapshot) -> Iterator[Metric]:
         workers = GaugeMetricFamily("sweeperd_workers", "Worker processes by role and state.",
                                     labels=["role", "state"])
-        for role in ("sweeper", "mutator", "scavenger"):
-            ws = [w for w in co.workers.values() if w.role == role]
-            workers.add_metric([role, "alive"], sum(1 for w in ws if w.identity))
-            workers.add_metric([role, "starting"], sum(1 for w in ws if not w.identity))
+        for role in ROLES:
+            workers.add_metric([role, "alive"], s.alive(role))
+            workers.add_metric([role, "starting"], s.starting(role))
         yield workers
         deaths = CounterMetricFamily("sweeperd_worker_deaths", "Worker processes that died.",
                                      labels=["role"])
-        for role, n in co.deaths.items():
+        for role, n in s.deaths.items():
             deaths.add_metric([role], n)
         yield deaths
         errs = CounterMetricFamily("sweeperd_control_errors",
                                    "Malformed or refused control-plane messages.",
                                    labels=["reason"])
-        for reason, n in co.control_errors.items():
+        for reason, n in s.control_errors.items():
             errs.add_metric([reason], n)
         yield errs
 
 
 class Metrics:
-    def __init__(self, co: Coordinator) -> None:
+    """The registry, the sampler thread and the HTTP server, started in that order."""
+
+    def __init__(self, snapshot: Callable[[], Snapshot], take_sample: Callable[[], Sample],
+                 kernel: Kernel) -> None:
+        self.sampler = Sampler(take_sample)  # the first sample is taken here
         self.registry = CollectorRegistry()
-        self.registry.register(_Collector(co))
-        self.sweep_phase = Histogram(
-            "sweeperd_sweep_phase_seconds", "Duration of sweep phases.",
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-            registry=self.registry)
+        self.registry.register(SnapshotCollector(snapshot, lambda: self.sampler.latest, kernel))
         self.server: Any = None
-        self.co = co
-        self.sampler: Sampler | None = None
-
-    def sample_now(self) -> Sample:
-        return Sample(time.monotonic(), heap_stats(self.co.heap), self.co.process_memory())
-
-    def start_sampler(self, period: float = SAMPLE_S) -> None:
-        self.sampler = Sampler(self.sample_now, period)
-        self.sampler.start()
 
     def serve(self, addr: str) -> str:
+        """Start the HTTP server (after the first snapshot exists); returns HOST:PORT."""
         host, _, port = addr.rpartition(":")
         host = host.removeprefix("[").removesuffix("]")  # [::1] -> ::1
         self.server, _thread = start_http_server(int(port), addr=host, registry=self.registry)
         shown = f"[{host}]" if ":" in host else host
         return f"{shown}:{self.server.server_port}"
 
+    def start_sampler(self) -> None:
+        self.sampler.start()
+
     def close(self) -> None:
-        if self.sampler is not None:
-            self.sampler.stop()
+        self.sampler.stop()
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()

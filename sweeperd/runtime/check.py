@@ -91,3 +91,25 @@ def check_heap(heap: Heap) -> None:
         if stray.any():
             p = int(np.flatnonzero(not_start)[np.argmax(stray)])
             raise HeapCorrupt(f"page {p} is not a span start but has {name} bits")
+
+
+# --- the daemon's per-cycle debug checks (``--debug-checks``) ---------------------------------
+
+
+def sweep_counts(heap: Heap) -> tuple[np.ndarray, np.ndarray]:
+    """The spans in use at the start of a sweep phase, and how often each was swept so far."""
+    spans = heap.in_use_spans()
+    return spans, heap.span_nsweeps[spans].copy()
+
+
+def exactly_once_violations(heap: Heap, spans: np.ndarray, before: np.ndarray) -> int:
+    """How many of ``spans`` (from :func:`sweep_counts`) were not swept exactly once since."""
+    d = heap.span_nsweeps[spans].astype(np.int64) - before
+    return int(np.count_nonzero(d != 1))
+
+
+def conservation_gap(heap: Heap, allocated: int, freed: int) -> int:
+    """Objects allocated minus those in the heap minus those freed: zero while nothing moves
+    (between mark and sweep) and no worker died holding unreported work."""
+    in_heap = int(heap.span_alloc_count[heap.in_use_spans()].sum(dtype=np.int64))
+    return allocated - in_heap - freed

@@ -1,0 +1,130 @@
+"""What the rest of the daemon may see of the coordinator: one immutable snapshot.
+
+Theory of operation
+-------------------
+The coordinator's main loop owns all of its state.  After every step it publishes a
+:class:`Snapshot` (a frozen dataclass of plain values and read-only mappings) by replacing one
+attribute, an atomic store in CPython; the metrics thread, the memory sampler and ``status``
+read only the latest snapshot, never the live state, so nothing they do can race the loop.
+
+:func:`status_json` is the ``status`` reply: the snapshot plus what is read fresh from the
+kernel and the shared heap at that moment (heap classes, true backing, per-process memory).
+Its fields are a public contract: tools parse them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sweeperd.daemon.totals import Histogram, SweepCounts
+from sweeperd.runtime.heapstats import HeapStats
+from sweeperd.runtime.sizeclasses import PAGE_SIZE
+
+
+@dataclass(frozen=True)
+class WorkerView:
+    role: str
+    id: int
+    pid: int
+    state: str  # "starting" until its hello, then "alive"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    at: float  # time.monotonic() of the step that published it
+    pid: int
+    cycle: int
+    sweepgen: int
+    phase: str
+    goal_bytes: int
+    trigger_bytes: int
+    retain_goal_bytes: int
+    workers: tuple[WorkerView, ...]
+    swept: Mapping[str, SweepCounts]
+    mutator: Mapping[str, float]
+    scavenger: Mapping[str, float]
+    madvise_calls: Mapping[str, int]
+    deaths: Mapping[str, int]
+    control_errors: Mapping[str, int]
+    finalizers_run: int
+    sweep_phase: Histogram
+    debug: Mapping[str, Any]
+    cpu_fraction_target: float
+    heap_handle: Mapping[str, Any]
+    control_addr: str
+    ipc_dir: str
+    metrics_addr: str
+
+    def alive(self, role: str) -> int:
+        return sum(1 for w in self.workers if w.role == role and w.state == "alive")
+
+    def starting(self, role: str) -> int:
+        return sum(1 for w in self.workers if w.role == role and w.state == "starting")
+
+    def pids(self) -> list[tuple[str, int, int]]:
+        """(role, slot id, pid) of the coordinator and every worker."""
+        return [("coordinator", 0, self.pid)] + [(w.role, w.id, w.pid) for w in self.workers]
+
+    def objects_freed(self) -> int:
+        return sum(s.objects_freed for s in self.swept.values())
+
+    def scavenger_status(self) -> dict[str, Any]:
+        t = self.scavenger
+        return {
+            # what the kernel gave back (blocks of the runs, counted before each release) ...
+            "released_bytes_total": int(t.get("released_kernel_bytes", 0)),
+            # ... and what was advised, by the books (includes never-touched free pages)
+            "advised_bytes_total": int(t.get("released_pages", 0)) * PAGE_SIZE,
+            "release_runs_total": int(t.get("release_runs", 0)),
+            "cpu_seconds_total": float(t.get("cpu_seconds", 0.0)),
+            "madvise_calls_total": dict(self.madvise_calls),
+            "vectored": bool(t.get("vectored", 0)),
+            "retain_goal_bytes": self.retain_goal_bytes,
+        }
+
+
+def status_json(snap: Snapshot, hs: HeapStats, memory: dict[str, Any],
+                workers_alive: int) -> dict[str, Any]:
+    """The ``status`` reply: the snapshot, the heap's classes and the kernel's view now."""
+    mt = snap.mutator
+    alloc_s = mt.get("alloc_seconds", 0)
+    return {
+        "cycle": snap.cycle,
+        "sweepgen": snap.sweepgen,
+        "phase": snap.phase,
+        "pid": os.getpid(),
+        "workers": [{"role": w.role, "id": w.id, "pid": w.pid, "state": w.state}
+                    for w in snap.workers],
+        "workers_alive": workers_alive,
+        "deaths": dict(snap.deaths),
+        "spans_swept": {k: v.spans for k, v in snap.swept.items()},
+        "pages_swept": {k: v.pages for k, v in snap.swept.items()},
+        "objects_freed": snap.objects_freed(),
+        "heap": {**hs.as_dict(), "goal_bytes": snap.goal_bytes,
+                 "trigger_bytes": snap.trigger_bytes,
+                 "arena_backed_bytes": memory["heap_backed_bytes"],
+                 "meta_backed_bytes": memory["metadata_backed_bytes"]},
+        "mutators": {
+            "objects_allocated": int(mt.get("objects_allocated", 0)),
+            "bytes_allocated": int(mt.get("bytes_allocated", 0)),
+            "objects_per_s_per_mutator": (mt.get("objects_allocated", 0) / alloc_s
+                                          if alloc_s else 0.0),
+            "mutators": max(1, sum(1 for w in snap.workers if w.role == "mutator")),
+            "oom_waits": int(mt.get("oom_waits", 0)),
+            "lost_objects": int(mt.get("lost_objects", 0)),
+            "payload_errors": int(mt.get("payload_errors", 0)),
+            "objects_checked": int(mt.get("objects_checked", 0)),
+        },
+        "finalizers_run": snap.finalizers_run,
+        "scavenger": snap.scavenger_status(),
+        "memory": memory,
+        "heap_handle": dict(snap.heap_handle),
+        "control_errors": dict(snap.control_errors),
+        "debug": dict(snap.debug),
+        "control_addr": snap.control_addr,
+        "ipc_dir": snap.ipc_dir,
+        "metrics_addr": snap.metrics_addr,
+    }
