@@ -24,11 +24,13 @@ shared heap, never from what a dead process knew.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import signal
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -36,18 +38,15 @@ import zmq
 from sweeperd.daemon import cycle as c
 from sweeperd.daemon.config import Config
 from sweeperd.daemon.cycle import Role, Slot
-from sweeperd.daemon.metrics import Kernel, Metrics, Sample
-from sweeperd.daemon.snapshot import Snapshot, status_json
+from sweeperd.daemon.heapwork import HeapWork, log
+from sweeperd.daemon.metrics import Kernel, Metrics
+from sweeperd.daemon.snapshot import Snapshot, memory_now, status_json, take_sample
 from sweeperd.daemon.supervisor import Supervisor
 from sweeperd.daemon.totals import Totals
 from sweeperd.pacing.scavpace import retain_goal
-from sweeperd.runtime import check, owners, recovery, scavenge, shards
-from sweeperd.runtime.heap import H_HEAP_GOAL, H_MEMORY_LIMIT, H_SWEEPGEN, Heap
-from sweeperd.runtime.heapstats import heap_stats, marked_bytes
-from sweeperd.runtime.specials import run_finalizers
-from sweeperd.runtime.sweep import sweep_batch
-from sweeperd.runtime.sweepgen import try_claim
-from sweeperd.sys.procmem import meminfo, process_memory
+from sweeperd.runtime.heap import H_HEAP_GOAL, H_MEMORY_LIMIT, Heap
+from sweeperd.runtime.heapstats import heap_stats
+from sweeperd.sys.procmem import meminfo
 from sweeperd.sys.sdnotify import Notifier
 from sweeperd.sys.sysmem import SysMem
 from sweeperd.wire import protocol
@@ -56,8 +55,38 @@ POLL_MS = 10
 DRAIN_S = 5.0
 
 
-def _log(msg: str) -> None:
-    print(f"sweeperd: {msg}", flush=True)
+def entry_point(cfg: Config, handle: dict[str, Any], endpoint: str,
+                slot: Slot) -> tuple[Callable[..., None], tuple[Any, ...]]:
+    """The process entry point (workers/) for ``slot`` and its arguments."""
+    hb = cfg.control.heartbeat_ms
+    if slot.role is Role.SWEEPER:
+        from workers.sweeper import main
+
+        return main, (handle, slot.id, endpoint, cfg.sweep.chunk_pages, hb)
+    if slot.role is Role.SCAVENGER:
+        from workers.scavenger import main as scav_main
+
+        sc = cfg.scavenger
+        return scav_main, (handle, endpoint, sc.cpu_fraction, os.cpu_count() or 1, sc.vectored,
+                           hb)
+    from workers.mutator import main as mut_main
+
+    return mut_main, (handle, slot.id, endpoint, cfg.mutators.workload().to_dict(), hb,
+                      cfg.run.debug_checks)
+
+
+def open_sockets(zctx: zmq.Context, ipc_dir: str, control: str) -> tuple[zmq.Socket, zmq.Socket]:
+    """The worker socket (ROUTER, ipc in the private 0700 dir) and the control socket (REP)."""
+    wsock = zctx.socket(zmq.ROUTER)
+    wsock.setsockopt(zmq.LINGER, 0)
+    wsock.bind(f"ipc://{ipc_dir}/workers.sock")
+    csock = zctx.socket(zmq.REP)
+    csock.setsockopt(zmq.LINGER, 0)
+    csock.setsockopt(zmq.MAXMSGSIZE, 1 << 20)  # hard cap; over 64 KiB gets an error reply
+    if control.startswith("tcp://") and control.endswith(":0"):
+        control = control[:-2] + ":*"
+    csock.bind(control)
+    return wsock, csock
 
 
 class Coordinator:
@@ -74,16 +103,7 @@ class Coordinator:
             undo.callback(shutil.rmtree, self.ipc_dir, True)
             self.zctx = zmq.Context()
             undo.callback(self.zctx.destroy, 0)
-            self.wsock = self.zctx.socket(zmq.ROUTER)
-            self.wsock.setsockopt(zmq.LINGER, 0)
-            self.wsock.bind(f"ipc://{self.ipc_dir}/workers.sock")
-            self.csock = self.zctx.socket(zmq.REP)
-            self.csock.setsockopt(zmq.LINGER, 0)
-            self.csock.setsockopt(zmq.MAXMSGSIZE, 1 << 20)  # hard cap; 64 KiB gets an error
-            addr = cfg.control.addr
-            if addr.startswith("tcp://") and addr.endswith(":0"):
-                addr = addr[:-2] + ":*"
-            self.csock.bind(addr)
+            self.wsock, self.csock = open_sockets(self.zctx, self.ipc_dir, cfg.control.addr)
             self.control_addr = self.csock.getsockopt_string(zmq.LAST_ENDPOINT)
             self.sysmem = SysMem(base=self.heap.arena.ctypes.data, size=self.heap.heap_bytes,
                                  shared=True)
@@ -92,16 +112,16 @@ class Coordinator:
                 nsweepers=cfg.sweep.sweepers, dead_after_s=cfg.control.dead_after_ms / 1000),
                 sweepgen=self.heap.sweepgen, now=time.monotonic())
             self.totals = Totals()
-            self.debug: dict[str, Any] = {
-                "cycles_checked": 0, "spans_checked": 0, "exactly_once_violations": 0,
-                "conservation_checks": 0, "conservation_gap": 0}
-            self._sweep_counts: tuple[Any, Any] | None = None
-            self.sup = Supervisor(mp.get_context("spawn"), self._target)
+            self.work = HeapWork(self.heap, self.sysmem, self.totals, cfg.run.debug_checks)
+            self.sup = Supervisor(mp.get_context("spawn"), functools.partial(
+                entry_point, cfg, self.heap.handle.to_dict(),
+                f"ipc://{self.ipc_dir}/workers.sock"))
             self.heap.header[H_HEAP_GOAL] = self.machine.goal_bytes
             self.heap.header[H_MEMORY_LIMIT] = cfg.scavenger.memory_limit_mib << 20
             self.metrics_addr = ""
             self._publish()  # the first snapshot exists before anything can read it
-            self.metrics = Metrics(lambda: self.snap, self._sample, Kernel(
+            self.metrics = Metrics(lambda: self.snap, lambda: take_sample(self.heap, self.snap),
+                                   Kernel(
                 self.heap.arena_backed_bytes, self.heap.meta_backed_bytes,
                 lambda: meminfo("Shmem")))
             self.metrics_addr = self.metrics.serve(cfg.metrics.addr)
@@ -109,25 +129,6 @@ class Coordinator:
             undo.pop_all()
 
     # --- processes ---------------------------------------------------------------------------
-
-    def _target(self, slot: Slot) -> tuple[Any, tuple]:
-        hb = self.cfg.control.heartbeat_ms
-        handle = self.heap.handle.to_dict()
-        endpoint = f"ipc://{self.ipc_dir}/workers.sock"
-        if slot.role is Role.SWEEPER:
-            from workers.sweeper import main
-
-            return main, (handle, slot.id, endpoint, self.cfg.sweep.chunk_pages, hb)
-        if slot.role is Role.SCAVENGER:
-            from workers.scavenger import main as scav_main
-
-            sc = self.cfg.scavenger
-            return scav_main, (handle, endpoint, sc.cpu_fraction, os.cpu_count() or 1,
-                               sc.vectored, hb)
-        from workers.mutator import main as mut_main
-
-        return mut_main, (handle, slot.id, endpoint, self.cfg.mutators.workload().to_dict(), hb,
-                          self.cfg.run.debug_checks)
 
     def start_all(self) -> None:
         slots = ([Slot(Role.SWEEPER, i) for i in range(self.cfg.sweep.sweepers)]
@@ -143,7 +144,7 @@ class Coordinator:
 
     def _reap(self) -> None:
         for slot, pid, code in self.sup.reap_dead():
-            _log(f"{slot} (pid {pid}) died (exit {code}); recovering"
+            log(f"{slot} (pid {pid}) died (exit {code}); recovering"
                  + ("" if self.stopping else " and starting a replacement"))
             self.totals.died(slot)
             self._feed(c.Died(slot))
@@ -172,20 +173,15 @@ class Coordinator:
                 self._feed(answer)
 
     def _do(self, a: c.Action) -> c.Event | None:
-        heap = self.heap
+        hw = self.work
         if isinstance(a, c.MeasureHeap):
-            hs = heap_stats(heap)
-            return c.HeapMeasured(hs.objects_bytes, hs.free_bytes + hs.released_bytes,
-                                  hs.heap_bytes)
+            return hw.measure_heap()
         if isinstance(a, c.MeasureLive):
-            spans = heap.in_use_spans()
-            return c.LiveMeasured(marked_bytes(heap), int(heap.span_npages[spans].sum()))
+            return hw.measure_live()
         if isinstance(a, c.MeasureSweep):
-            return c.SweepMeasured(shards.remaining_pages(heap), shards.in_flight(heap),
-                                   int(shards.unfinished(heap).size),
-                                   int(shards.unswept(heap).size))
+            return hw.measure_sweep()
         if isinstance(a, c.BeginSweep):
-            self._begin_sweep(a)
+            hw.begin_sweep(a)
         elif isinstance(a, c.SendMark):
             self._send(a.slots, "mark", cycle=a.cycle)
         elif isinstance(a, c.SendSweep):
@@ -194,61 +190,17 @@ class Coordinator:
             self._send(a.slots, "resume", cycle=a.cycle,
                        sweep_pages_per_byte=a.sweep_pages_per_byte)
         elif isinstance(a, c.SweepMissed):
-            with heap.lock:
-                left = shards.unswept(heap)
-                mine = try_claim(heap.span_sweepgen, left, heap.sweepgen, heap.span_owner,
-                                 owners.COORDINATOR)
-            _log(f"{left.size} spans missed by the shards; sweeping {mine.size} of them")
-            self.totals.coordinator_swept(sweep_batch(heap, mine))
+            hw.sweep_missed()
         elif isinstance(a, c.EndCycle):
-            self._end_cycle(a)
+            hw.end_cycle(a)
         elif isinstance(a, c.Kill):
-            _log(f"{a.slot} silent for {a.silent_s:.1f}s: killing it")
+            log(f"{a.slot} silent for {a.silent_s:.1f}s: killing it")
             self.sup.kill(a.slot)
         elif isinstance(a, c.Recover):
-            self._recover(a.slot)
+            hw.recover(a.slot)
         elif isinstance(a, c.Restart):
             self._start(a.slot)
         return None
-
-    def _begin_sweep(self, a: c.BeginSweep) -> None:
-        heap = self.heap
-        if self.cfg.run.debug_checks:  # nothing moves now: mutators wait, sweepers are done
-            self.debug["conservation_checks"] += 1
-            self.debug["conservation_gap"] = check.conservation_gap(
-                heap, int(self.totals.mutator.get("objects_allocated", 0)),
-                sum(s.objects_freed for s in self.totals.swept.values()))
-        heap.header[H_HEAP_GOAL] = a.goal_bytes  # the scavenger's retain goal follows
-        with heap.lock:
-            if heap.sweepgen + 2 != a.sweepgen:
-                raise c.CycleInvariantBroken(
-                    f"heap sweepgen {heap.sweepgen}, machine begins sweep {a.sweepgen}")
-            heap.header[H_SWEEPGEN] = a.sweepgen
-            shards.assign(heap, a.nshards)
-        if self.cfg.run.debug_checks:
-            self._sweep_counts = check.sweep_counts(heap)
-
-    def _end_cycle(self, a: c.EndCycle) -> None:
-        self.totals.sweep_phase_seconds(a.sweep_seconds)
-        if self._sweep_counts is not None:
-            spans, before = self._sweep_counts
-            self.debug["cycles_checked"] += 1
-            self.debug["spans_checked"] += int(spans.size)
-            self.debug["exactly_once_violations"] += check.exactly_once_violations(
-                self.heap, spans, before)
-            self._sweep_counts = None
-        with self.heap.lock:
-            fs, _ = run_finalizers(self.heap)
-        self.totals.finalizers_run += int(fs.size)
-
-    def _recover(self, slot: Slot) -> None:
-        calls = dict(self.sysmem.calls)
-        rec = recovery.recover(self.heap, slot.role.value, slot.id, self.sysmem)
-        self.totals.coordinator_swept(rec.swept)
-        self.totals.coordinator_released(rec.released, {
-            k: v - calls.get(k, 0) for k, v in self.sysmem.calls.items()})
-        if rec.alloc_counts_repaired:
-            _log(f"repaired allocCount of {rec.alloc_counts_repaired} spans from their bitmaps")
 
     # --- messages ----------------------------------------------------------------------------
 
@@ -326,12 +278,7 @@ class Coordinator:
         if self.sup.identity(slot) is not None:
             self._send((slot,), "release_all")
             return {"requested": True, "by": "scavenger"}
-        calls = dict(self.sysmem.calls)
-        r = scavenge.scavenge(self.heap, self.sysmem, self.heap.npages)
-        self.totals.coordinator_released(r, {
-            k: v - calls.get(k, 0) for k, v in self.sysmem.calls.items()})
-        return {"released_bytes": r.kernel_bytes, "advised_bytes": r.bytes,
-                "by": "coordinator"}
+        return {**self.work.free_os_memory(), "by": "coordinator"}
 
     # --- main loop ---------------------------------------------------------------------------
 
@@ -390,32 +337,11 @@ class Coordinator:
             retain_goal_bytes=retain_goal(m.goal_bytes,
                                           self.cfg.scavenger.memory_limit_mib << 20),
             workers=self.sup.views(), **self.totals.freeze(),
-            debug={**self.debug, "enabled": self.cfg.run.debug_checks},
+            debug={**self.work.debug, "enabled": self.cfg.run.debug_checks},
             cpu_fraction_target=self.cfg.scavenger.cpu_fraction,
             heap_handle=self.heap.handle.to_dict(), control_addr=self.control_addr,
             ipc_dir=self.ipc_dir, metrics_addr=self.metrics_addr)
 
-    def _processes(self, snap: Snapshot) -> list[dict[str, Any]]:
-        """RSS and PSS of every process, labelled by role and slot (never summed: RSS counts
-        the shared heap in each)."""
-        out = []
-        for role, wid, pid in snap.pids():
-            pm = process_memory(pid)
-            if pm is not None:
-                out.append({"role": role, "id": wid, "pid": pid, "rss_bytes": pm.rss_bytes,
-                            "pss_bytes": pm.pss_bytes})
-        return out
-
-    def _sample(self) -> Sample:
-        """The sampler thread's figures: the shared heap's classes and the kernel's view of
-        the processes named in the latest snapshot."""
-        return Sample(time.monotonic(), heap_stats(self.heap), self._processes(self.snap))
-
-    def memory(self) -> dict[str, Any]:
-        """Memory as the kernel sees it now."""
-        return {"heap_backed_bytes": self.heap.arena_backed_bytes(),
-                "metadata_backed_bytes": self.heap.meta_backed_bytes(),
-                "system_shmem_bytes": meminfo("Shmem"), "processes": self._processes(self.snap)}
-
     def status(self) -> dict[str, Any]:
-        return status_json(self.snap, heap_stats(self.heap), self.memory(), self.sup.alive())
+        return status_json(self.snap, heap_stats(self.heap), memory_now(self.heap, self.snap),
+                           self.sup.alive())

@@ -47,31 +47,76 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
-from typing import NamedTuple
 
+from sweeperd.daemon.events import (
+    MEASUREMENT_OF,
+    Action,
+    BeginSweep,
+    Died,
+    EndCycle,
+    Event,
+    GcRequested,
+    HeapMeasured,
+    Heard,
+    Hello,
+    Kill,
+    LiveMeasured,
+    Marked,
+    MeasureHeap,
+    MeasureLive,
+    MeasureSweep,
+    Recover,
+    Restart,
+    Role,
+    SendMark,
+    SendResume,
+    SendSweep,
+    Slot,
+    Started,
+    Stopping,
+    SweepMeasured,
+    SweepMissed,
+    Swept,
+    Tick,
+)
 from sweeperd.pacing import gcpace
+
+__all__ = [
+    "Action",
+    "BeginSweep",
+    "Died",
+    "EndCycle",
+    "Event",
+    "GcRequested",
+    "HeapMeasured",
+    "Heard",
+    "Hello",
+    "Kill",
+    "LiveMeasured",
+    "Marked",
+    "MeasureHeap",
+    "MeasureLive",
+    "MeasureSweep",
+    "Recover",
+    "Restart",
+    "Role",
+    "SendMark",
+    "SendResume",
+    "SendSweep",
+    "Slot",
+    "Started",
+    "Stopping",
+    "SweepMeasured",
+    "SweepMissed",
+    "Swept",
+    "Tick",
+]
 
 
 class Phase(StrEnum):
     IDLE = "idle"
     MARK = "mark"
     SWEEP = "sweep"
-
-
-class Role(StrEnum):
-    SWEEPER = "sweeper"
-    MUTATOR = "mutator"
-    SCAVENGER = "scavenger"
-
-
-class Slot(NamedTuple):
-    """A worker's place: its role and its id within the role (stable across restarts)."""
-
-    role: Role
-    id: int
-
-    def __str__(self) -> str:
-        return f"{self.role} {self.id}"
 
 
 class MemberState(Enum):
@@ -87,163 +132,6 @@ class IllegalTransition(RuntimeError):
 class CycleInvariantBroken(AssertionError):
     """The machine's own state is inconsistent: a bug, never a peer's doing."""
 
-
-# --- events -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Tick:
-    now: float
-
-
-@dataclass(frozen=True)
-class Started:
-    slot: Slot
-    now: float
-
-
-@dataclass(frozen=True)
-class Hello:
-    slot: Slot
-    now: float
-
-
-@dataclass(frozen=True)
-class Heard:
-    slot: Slot
-    now: float
-
-
-@dataclass(frozen=True)
-class Marked:
-    slot: Slot
-    cycle: int
-    now: float
-
-
-@dataclass(frozen=True)
-class Swept:
-    slot: Slot
-    cycle: int
-    now: float
-
-
-@dataclass(frozen=True)
-class Died:
-    slot: Slot
-
-
-@dataclass(frozen=True)
-class GcRequested:
-    pass
-
-
-@dataclass(frozen=True)
-class Stopping:
-    pass
-
-
-@dataclass(frozen=True)
-class HeapMeasured:
-    objects_bytes: int
-    headroom_bytes: int  # free + released
-    heap_bytes: int
-
-
-@dataclass(frozen=True)
-class LiveMeasured:
-    live_bytes: int
-    in_use_pages: int
-
-
-@dataclass(frozen=True)
-class SweepMeasured:
-    remaining_pages: int  # not yet handed out of any shard
-    in_flight: bool  # a chunk taken and not released
-    unfinished: int  # spans claimed (h-1)
-    missed: int  # spans still unswept (h-2)
-
-
-Event = (Tick | Started | Hello | Heard | Marked | Swept | Died | GcRequested | Stopping
-         | HeapMeasured | LiveMeasured | SweepMeasured)
-
-# --- actions ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class MeasureHeap:
-    pass
-
-
-@dataclass(frozen=True)
-class MeasureLive:
-    pass
-
-
-@dataclass(frozen=True)
-class MeasureSweep:
-    pass
-
-
-@dataclass(frozen=True)
-class SendMark:
-    slots: tuple[Slot, ...]
-    cycle: int  # the sweepgen the mark is for
-
-
-@dataclass(frozen=True)
-class BeginSweep:
-    sweepgen: int  # the heap's new sweepgen (old + 2)
-    nshards: int
-    goal_bytes: int
-    trigger_bytes: int
-
-
-@dataclass(frozen=True)
-class SendSweep:
-    slots: tuple[Slot, ...]
-    cycle: int
-
-
-@dataclass(frozen=True)
-class SendResume:
-    slots: tuple[Slot, ...]
-    cycle: int
-    sweep_pages_per_byte: float
-
-
-@dataclass(frozen=True)
-class SweepMissed:
-    pass
-
-
-@dataclass(frozen=True)
-class EndCycle:
-    cycles: int  # completed cycles, this one included
-    sweep_seconds: float
-
-
-@dataclass(frozen=True)
-class Kill:
-    slot: Slot
-    silent_s: float
-
-
-@dataclass(frozen=True)
-class Recover:
-    slot: Slot
-
-
-@dataclass(frozen=True)
-class Restart:
-    slot: Slot
-
-
-Action = (MeasureHeap | MeasureLive | MeasureSweep | SendMark | BeginSweep | SendSweep
-          | SendResume | SweepMissed | EndCycle | Kill | Recover | Restart)
-
-MEASUREMENT_OF = {MeasureHeap: HeapMeasured, MeasureLive: LiveMeasured,
-                  MeasureSweep: SweepMeasured}
 
 # --- the machine ------------------------------------------------------------------------------
 

@@ -38,19 +38,11 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from sweeperd.daemon.snapshot import Snapshot
-from sweeperd.runtime.heapstats import HeapStats
+from sweeperd.daemon.snapshot import Sample, Snapshot
 
 SAMPLE_S = 1.0
 ADVICES = ("REMOVE", "REMOVE_vectored", "DONTNEED", "FREE", "NOHUGEPAGE", "HUGEPAGE")
 ROLES = ("sweeper", "mutator", "scavenger")
-
-
-@dataclass(frozen=True)
-class Sample:
-    at: float  # time.monotonic()
-    heap: HeapStats
-    processes: list[dict[str, Any]]
 
 
 @dataclass(frozen=True)

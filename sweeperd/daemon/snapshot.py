@@ -15,13 +15,16 @@ Its fields are a public contract: tools parse them.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from sweeperd.daemon.totals import Histogram, SweepCounts
-from sweeperd.runtime.heapstats import HeapStats
+from sweeperd.runtime.heap import Heap
+from sweeperd.runtime.heapstats import HeapStats, heap_stats
 from sweeperd.runtime.sizeclasses import PAGE_SIZE
+from sweeperd.sys.procmem import meminfo, process_memory
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,15 @@ class WorkerView:
     id: int
     pid: int
     state: str  # "starting" until its hello, then "alive"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """The figures a thread samples once a second (they cost in proportion to the heap)."""
+
+    at: float  # time.monotonic()
+    heap: HeapStats
+    processes: list[dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -84,6 +96,31 @@ class Snapshot:
             "vectored": bool(t.get("vectored", 0)),
             "retain_goal_bytes": self.retain_goal_bytes,
         }
+
+
+def processes_memory(snap: Snapshot) -> list[dict[str, Any]]:
+    """RSS and PSS of every process the snapshot names, labelled by role and slot (never
+    summed: RSS counts the shared heap in each).  A process gone meanwhile is left out."""
+    out = []
+    for role, wid, pid in snap.pids():
+        pm = process_memory(pid)
+        if pm is not None:
+            out.append({"role": role, "id": wid, "pid": pid, "rss_bytes": pm.rss_bytes,
+                        "pss_bytes": pm.pss_bytes})
+    return out
+
+
+def memory_now(heap: Heap, snap: Snapshot) -> dict[str, Any]:
+    """Memory as the kernel sees it now: the heap's true backing, Shmem, every process."""
+    return {"heap_backed_bytes": heap.arena_backed_bytes(),
+            "metadata_backed_bytes": heap.meta_backed_bytes(),
+            "system_shmem_bytes": meminfo("Shmem"), "processes": processes_memory(snap)}
+
+
+def take_sample(heap: Heap, snap: Snapshot) -> Sample:
+    """The metrics sampler's figures (its thread): the shared heap's classes and the kernel's
+    view of the processes the snapshot names."""
+    return Sample(time.monotonic(), heap_stats(heap), processes_memory(snap))
 
 
 def status_json(snap: Snapshot, hs: HeapStats, memory: dict[str, Any],

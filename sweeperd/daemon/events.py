@@ -1,0 +1,185 @@
+"""The cycle machine's vocabulary: worker slots, the events it takes and the actions it returns.
+
+Plain frozen values, so the machine (cycle.py) stays pure and a test can build any sequence of
+them.  An event's ``now`` is the shell's monotonic clock; the machine keeps no clock of its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import NamedTuple
+
+
+class Role(StrEnum):
+    SWEEPER = "sweeper"
+    MUTATOR = "mutator"
+    SCAVENGER = "scavenger"
+
+
+class Slot(NamedTuple):
+    """A worker's place: its role and its id within the role (stable across restarts)."""
+
+    role: Role
+    id: int
+
+    def __str__(self) -> str:
+        return f"{self.role} {self.id}"
+
+
+# --- events -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tick:
+    now: float
+
+
+@dataclass(frozen=True)
+class Started:
+    slot: Slot
+    now: float
+
+
+@dataclass(frozen=True)
+class Hello:
+    slot: Slot
+    now: float
+
+
+@dataclass(frozen=True)
+class Heard:
+    slot: Slot
+    now: float
+
+
+@dataclass(frozen=True)
+class Marked:
+    slot: Slot
+    cycle: int
+    now: float
+
+
+@dataclass(frozen=True)
+class Swept:
+    slot: Slot
+    cycle: int
+    now: float
+
+
+@dataclass(frozen=True)
+class Died:
+    slot: Slot
+
+
+@dataclass(frozen=True)
+class GcRequested:
+    pass
+
+
+@dataclass(frozen=True)
+class Stopping:
+    pass
+
+
+@dataclass(frozen=True)
+class HeapMeasured:
+    objects_bytes: int
+    headroom_bytes: int  # free + released
+    heap_bytes: int
+
+
+@dataclass(frozen=True)
+class LiveMeasured:
+    live_bytes: int
+    in_use_pages: int
+
+
+@dataclass(frozen=True)
+class SweepMeasured:
+    remaining_pages: int  # not yet handed out of any shard
+    in_flight: bool  # a chunk taken and not released
+    unfinished: int  # spans claimed (h-1)
+    missed: int  # spans still unswept (h-2)
+
+
+Event = (Tick | Started | Hello | Heard | Marked | Swept | Died | GcRequested | Stopping
+         | HeapMeasured | LiveMeasured | SweepMeasured)
+
+# --- actions ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MeasureHeap:
+    pass
+
+
+@dataclass(frozen=True)
+class MeasureLive:
+    pass
+
+
+@dataclass(frozen=True)
+class MeasureSweep:
+    pass
+
+
+@dataclass(frozen=True)
+class SendMark:
+    slots: tuple[Slot, ...]
+    cycle: int  # the sweepgen the mark is for
+
+
+@dataclass(frozen=True)
+class BeginSweep:
+    sweepgen: int  # the heap's new sweepgen (old + 2)
+    nshards: int
+    goal_bytes: int
+    trigger_bytes: int
+
+
+@dataclass(frozen=True)
+class SendSweep:
+    slots: tuple[Slot, ...]
+    cycle: int
+
+
+@dataclass(frozen=True)
+class SendResume:
+    slots: tuple[Slot, ...]
+    cycle: int
+    sweep_pages_per_byte: float
+
+
+@dataclass(frozen=True)
+class SweepMissed:
+    pass
+
+
+@dataclass(frozen=True)
+class EndCycle:
+    cycles: int  # completed cycles, this one included
+    sweep_seconds: float
+
+
+@dataclass(frozen=True)
+class Kill:
+    slot: Slot
+    silent_s: float
+
+
+@dataclass(frozen=True)
+class Recover:
+    slot: Slot
+
+
+@dataclass(frozen=True)
+class Restart:
+    slot: Slot
+
+
+Action = (MeasureHeap | MeasureLive | MeasureSweep | SendMark | BeginSweep | SendSweep
+          | SendResume | SweepMissed | EndCycle | Kill | Recover | Restart)
+
+MEASUREMENT_OF = {MeasureHeap: HeapMeasured, MeasureLive: LiveMeasured,
+                  MeasureSweep: SweepMeasured}

@@ -1,0 +1,117 @@
+"""The coordinator's own work on the shared heap: the machine's heap actions, carried out.
+
+Theory of operation
+-------------------
+The cycle machine (cycle.py) decides; this module does what it decides that touches the heap:
+measuring it (answered as ``*Measured`` events), beginning a sweep (the heap goal for the
+scavenger, ``sweepgen += 2`` and sharding, under the heap lock), sweeping spans the shards
+missed (claimed under the coordinator's own claimer id), ending a cycle (draining finalizers),
+recovering a dead worker (``runtime/recovery.py``) and FreeOSMemory when no scavenger runs.
+With ``--debug-checks`` it also checks, per cycle, that objects are conserved between mark and
+sweep and that every span in use at the sweep's start was swept exactly once.
+
+Everything it counts goes to the :class:`~sweeperd.daemon.totals.Totals` it was given; it has
+one owner, the coordinator's main loop.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sweeperd.daemon import cycle as c
+from sweeperd.daemon.cycle import Slot
+from sweeperd.daemon.totals import Totals
+from sweeperd.runtime import check, owners, recovery, scavenge, shards
+from sweeperd.runtime.heap import H_HEAP_GOAL, H_SWEEPGEN, Heap
+from sweeperd.runtime.heapstats import heap_stats, marked_bytes
+from sweeperd.runtime.specials import run_finalizers
+from sweeperd.runtime.sweep import sweep_batch
+from sweeperd.runtime.sweepgen import try_claim
+from sweeperd.sys.sysmem import SysMem
+
+
+def log(msg: str) -> None:
+    print(f"sweeperd: {msg}", flush=True)
+
+
+class HeapWork:
+    def __init__(self, heap: Heap, sysmem: SysMem, totals: Totals, debug_checks: bool) -> None:
+        self.heap = heap
+        self.sysmem = sysmem
+        self.totals = totals
+        self.debug_checks = debug_checks
+        self.debug: dict[str, Any] = {
+            "cycles_checked": 0, "spans_checked": 0, "exactly_once_violations": 0,
+            "conservation_checks": 0, "conservation_gap": 0}
+        self._sweep_counts: tuple[Any, Any] | None = None
+
+    def measure_heap(self) -> c.HeapMeasured:
+        hs = heap_stats(self.heap)
+        return c.HeapMeasured(hs.objects_bytes, hs.free_bytes + hs.released_bytes,
+                              hs.heap_bytes)
+
+    def measure_live(self) -> c.LiveMeasured:
+        spans = self.heap.in_use_spans()
+        return c.LiveMeasured(marked_bytes(self.heap), int(self.heap.span_npages[spans].sum()))
+
+    def measure_sweep(self) -> c.SweepMeasured:
+        heap = self.heap
+        return c.SweepMeasured(shards.remaining_pages(heap), shards.in_flight(heap),
+                               int(shards.unfinished(heap).size), int(shards.unswept(heap).size))
+
+    def begin_sweep(self, a: c.BeginSweep) -> None:
+        heap = self.heap
+        if self.debug_checks:  # nothing moves now: mutators wait, sweepers are done
+            self.debug["conservation_checks"] += 1
+            self.debug["conservation_gap"] = check.conservation_gap(
+                heap, int(self.totals.mutator.get("objects_allocated", 0)),
+                sum(s.objects_freed for s in self.totals.swept.values()))
+        heap.header[H_HEAP_GOAL] = a.goal_bytes  # the scavenger's retain goal follows
+        with heap.lock:
+            if heap.sweepgen + 2 != a.sweepgen:
+                raise c.CycleInvariantBroken(
+                    f"heap sweepgen {heap.sweepgen}, machine begins sweep {a.sweepgen}")
+            heap.header[H_SWEEPGEN] = a.sweepgen
+            shards.assign(heap, a.nshards)
+        if self.debug_checks:
+            self._sweep_counts = check.sweep_counts(heap)
+
+    def sweep_missed(self) -> None:
+        heap = self.heap
+        with heap.lock:
+            left = shards.unswept(heap)
+            mine = try_claim(heap.span_sweepgen, left, heap.sweepgen, heap.span_owner,
+                             owners.COORDINATOR)
+        log(f"{left.size} spans missed by the shards; sweeping {mine.size} of them")
+        self.totals.coordinator_swept(sweep_batch(heap, mine))
+
+    def end_cycle(self, a: c.EndCycle) -> None:
+        self.totals.sweep_phase_seconds(a.sweep_seconds)
+        if self._sweep_counts is not None:
+            spans, before = self._sweep_counts
+            self.debug["cycles_checked"] += 1
+            self.debug["spans_checked"] += int(spans.size)
+            self.debug["exactly_once_violations"] += check.exactly_once_violations(
+                self.heap, spans, before)
+            self._sweep_counts = None
+        with self.heap.lock:
+            fs, _ = run_finalizers(self.heap)
+        self.totals.finalizers_run += int(fs.size)
+
+    def _calls_since(self, before: dict[str, int]) -> dict[str, int]:
+        return {k: v - before.get(k, 0) for k, v in self.sysmem.calls.items()}
+
+    def recover(self, slot: Slot) -> None:
+        calls = dict(self.sysmem.calls)
+        rec = recovery.recover(self.heap, slot.role.value, slot.id, self.sysmem)
+        self.totals.coordinator_swept(rec.swept)
+        self.totals.coordinator_released(rec.released, self._calls_since(calls))
+        if rec.alloc_counts_repaired:
+            log(f"repaired allocCount of {rec.alloc_counts_repaired} spans from their bitmaps")
+
+    def free_os_memory(self) -> dict[str, Any]:
+        """Release every free backed page now, from this process."""
+        calls = dict(self.sysmem.calls)
+        r = scavenge.scavenge(self.heap, self.sysmem, self.heap.npages)
+        self.totals.coordinator_released(r, self._calls_since(calls))
+        return {"released_bytes": r.kernel_bytes, "advised_bytes": r.bytes}
