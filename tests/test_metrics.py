@@ -1,0 +1,87 @@
+"""The metrics endpoint reads only the published snapshot: it answers every scrape while the
+main loop kills, recovers and replaces workers underneath it; and what it serves is the
+snapshot's."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import urllib.request
+
+from sweeperd.daemon.metrics import Kernel, SnapshotCollector
+from sweeperd.daemon.snapshot import Sample, Snapshot, WorkerView
+from sweeperd.daemon.totals import Totals
+from sweeperd.runtime.heapstats import HeapStats
+
+from .daemon import Daemon
+
+
+def test_1000_scrapes_all_answered_while_workers_are_killed_and_replaced():
+    d = Daemon("--heap-mib", "64", "--sweepers", "2", "--mutators", "2")
+    codes: list[int | str] = []
+    done = threading.Event()
+
+    def scrape() -> None:
+        while len(codes) < 1000:
+            try:
+                with urllib.request.urlopen(d.metrics, timeout=10) as r:
+                    r.read()
+                    codes.append(r.status)
+            except Exception as e:  # every failure is recorded, and asserted below
+                codes.append(repr(e))
+        done.set()
+
+    try:
+        t = threading.Thread(target=scrape)
+        t.start()
+        killed = 0
+        while not done.is_set() and killed < 12:
+            st = d.status()
+            ws = [w for w in st["workers"] if w["state"] == "alive"]
+            victim = ws[killed % len(ws)] if ws else None
+            if victim:
+                try:
+                    os.kill(victim["pid"], signal.SIGKILL)
+                    killed += 1
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.15)
+        t.join(120)
+        st = d.wait_for(lambda s: s["workers_alive"] == 5, what="all workers replaced")
+        assert len(codes) == 1000 and set(codes) == {200}, [c for c in codes if c != 200][:5]
+        assert killed >= 5 and sum(st["deaths"].values()) >= killed
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
+def _snapshot(**over) -> Snapshot:
+    t = Totals()
+    t.control_error("not_json")
+    base = dict(at=time.monotonic(), pid=1, cycle=7, sweepgen=18, phase="sweep",
+                goal_bytes=10 << 20, trigger_bytes=9 << 20, retain_goal_bytes=11 << 20,
+                workers=(WorkerView("sweeper", 0, 2, "alive"),
+                         WorkerView("mutator", 0, 3, "starting")),
+                debug={}, cpu_fraction_target=0.01, heap_handle={}, control_addr="",
+                ipc_dir="", metrics_addr="", **t.freeze())
+    base.update(over)
+    return Snapshot(**base)
+
+
+def test_collector_serves_the_snapshot_it_is_given():
+    snap = _snapshot()
+    hs = HeapStats(64 << 20, 8 << 20, 5 << 20, 3 << 20, 1 << 20, 2 << 20, 10, 1 << 20)
+    col = SnapshotCollector(lambda: snap, lambda: Sample(time.monotonic(), hs, []),
+                            Kernel(lambda: 123, lambda: 45, lambda: 6))
+    got = {s.name + str(sorted(s.labels.items())): s.value
+           for m in col.collect() for s in m.samples}
+    assert got["sweeperd_gc_cycles_total[]"] == 7
+    assert got["sweeperd_heap_goal_bytes[]"] == 10 << 20
+    assert got["sweeperd_heap_backed_bytes[]"] == 123
+    assert got["sweeperd_heap_fragmentation_bytes[]"] == 1 << 20
+    assert got["sweeperd_workers[('role', 'sweeper'), ('state', 'alive')]"] == 1
+    assert got["sweeperd_workers[('role', 'mutator'), ('state', 'starting')]"] == 1
+    assert got["sweeperd_control_errors_total[('reason', 'not_json')]"] == 1
+    assert got["sweeperd_sweep_phase_seconds_count[]"] == 0
