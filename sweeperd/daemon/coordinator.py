@@ -30,6 +30,7 @@ import shutil
 import signal
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -43,6 +44,7 @@ from sweeperd.daemon.metrics import Kernel, Metrics
 from sweeperd.daemon.snapshot import Snapshot, memory_now, status_json, take_sample
 from sweeperd.daemon.supervisor import Supervisor
 from sweeperd.daemon.totals import Totals
+from sweeperd.errors import Throw
 from sweeperd.pacing.scavpace import retain_goal
 from sweeperd.runtime.heap import H_HEAP_GOAL, H_MEMORY_LIMIT, Heap
 from sweeperd.runtime.heapstats import heap_stats
@@ -52,6 +54,7 @@ from sweeperd.sys.sysmem import SysMem
 from sweeperd.wire import protocol
 
 POLL_MS = 10
+MAX_FRAMES_PER_STEP = 1000
 DRAIN_S = 5.0
 
 
@@ -217,7 +220,7 @@ class Coordinator:
             return
         ident, frame = frames
         try:
-            msg = protocol.decode(frame)
+            msg = protocol.decode(frame, protocol.FROM_WORKER)
         except protocol.ProtocolError as e:
             self.totals.control_error(e.reason)
             return
@@ -250,27 +253,43 @@ class Coordinator:
             self.totals.control_error("unexpected")
 
     def _on_client(self) -> None:
+        """One request, exactly one reply (a REP socket wedges without it), whatever happens
+        while serving it."""
         frames = self.csock.recv_multipart()
+        try:
+            out = self._answer(frames)
+        except Throw:
+            self.csock.send(protocol.reply(False, error="internal error", reason="internal"))
+            raise
+        except Exception:
+            self._internal_error("control")
+            out = protocol.reply(False, error="internal error (logged)", reason="internal")
+        self.csock.send(out)
+
+    def _answer(self, frames: list[bytes]) -> bytes:
         if len(frames) != 1:
             self.totals.control_error("multipart")
-            self.csock.send(protocol.reply(False, error="one frame per request",
-                                           reason="multipart"))
-            return
+            return protocol.reply(False, error="one frame per request", reason="multipart")
         try:
             msg = protocol.decode(frames[0], protocol.CLIENT_TYPES)
         except protocol.ProtocolError as e:
             self.totals.control_error(e.reason)
-            self.csock.send(protocol.error_reply(e))
-            return
+            return protocol.error_reply(e)
         if msg.type == "status":
-            self.csock.send(protocol.reply(True, **self.status()))
-        elif msg.type == "gc":
+            return protocol.reply(True, **self.status())
+        if msg.type == "gc":
             self._feed(c.GcRequested())
-            self.csock.send(protocol.reply(True, cycle=self.machine.cycles))
-        elif msg.type == "scavenge":
-            self.csock.send(protocol.reply(True, **self._free_os_memory()))
-        else:
-            self.csock.send(protocol.reply(True, pong=True))
+            return protocol.reply(True, cycle=self.machine.cycles)
+        if msg.type == "scavenge":
+            return protocol.reply(True, **self._free_os_memory())
+        return protocol.reply(True, pong=True)
+
+    def _internal_error(self, where: str) -> None:
+        """An unexpected exception while serving one message: logged with its traceback and
+        counted; the daemon goes on.  (A broken heap invariant, a Throw, is not caught.)"""
+        log(f"internal error while serving a {where} message; going on:\n"
+            + traceback.format_exc().rstrip())
+        self.totals.internal_error(where)
 
     def _free_os_memory(self) -> dict[str, Any]:
         """Go's debug.FreeOSMemory: the scavenger does it, or we do it here and now."""
@@ -295,8 +314,16 @@ class Coordinator:
         while not self.stopping and (deadline is None or time.monotonic() < deadline):
             self.notify.ping(time.monotonic())
             ready = dict(poller.poll(POLL_MS))
-            while self.wsock in ready and self.wsock.poll(0):
-                self._on_worker_frame(self.wsock.recv_multipart())
+            for _ in range(MAX_FRAMES_PER_STEP):  # a flood cannot starve the loop
+                if self.wsock not in ready or not self.wsock.poll(0):
+                    break
+                frames = self.wsock.recv_multipart()
+                try:
+                    self._on_worker_frame(frames)
+                except Throw:
+                    raise
+                except Exception:
+                    self._internal_error("worker")
             if self.csock in ready:
                 self._on_client()
             self._reap()
@@ -321,7 +348,10 @@ class Coordinator:
         self.wsock.close()
         self.csock.close()
         self.zctx.term()
-        self.heap.close()
+        try:
+            self.heap.close()
+        except RuntimeError as e:  # views held by the frames of an exception still propagating
+            log(f"{e}; the heap's memfds go when this process exits")
         shutil.rmtree(self.ipc_dir, ignore_errors=True)
         if self.control_addr.startswith("ipc://"):
             with contextlib.suppress(OSError):

@@ -94,8 +94,7 @@ class HeapWork:
             self.debug["exactly_once_violations"] += check.exactly_once_violations(
                 self.heap, spans, before)
             self._sweep_counts = None
-        with self.heap.lock:
-            fs, _ = run_finalizers(self.heap)
+        fs, _ = run_finalizers(self.heap)
         self.totals.finalizers_run += int(fs.size)
 
     def _calls_since(self, before: dict[str, int]) -> dict[str, int]:

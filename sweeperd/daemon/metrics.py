@@ -208,6 +208,13 @@ class SnapshotCollector(Collector):
         for reason, n in s.control_errors.items():
             errs.add_metric([reason], n)
         yield errs
+        internal = CounterMetricFamily("sweeperd_internal_errors",
+                                       "Unexpected exceptions while serving one message "
+                                       "(logged with their traceback; the daemon went on).",
+                                       labels=["where"])
+        for where in ("control", "worker"):
+            internal.add_metric([where], s.internal_errors.get(where, 0))
+        yield internal
 
 
 class Metrics:

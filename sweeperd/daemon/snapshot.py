@@ -61,6 +61,7 @@ class Snapshot:
     madvise_calls: Mapping[str, int]
     deaths: Mapping[str, int]
     control_errors: Mapping[str, int]
+    internal_errors: Mapping[str, int]
     finalizers_run: int
     sweep_phase: Histogram
     debug: Mapping[str, Any]
@@ -160,6 +161,7 @@ def status_json(snap: Snapshot, hs: HeapStats, memory: dict[str, Any],
         "memory": memory,
         "heap_handle": dict(snap.heap_handle),
         "control_errors": dict(snap.control_errors),
+        "internal_errors": dict(snap.internal_errors),
         "debug": dict(snap.debug),
         "control_addr": snap.control_addr,
         "ipc_dir": snap.ipc_dir,

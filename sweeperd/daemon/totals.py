@@ -53,6 +53,7 @@ class Totals:
     scavenger: dict[str, float] = field(default_factory=dict)
     deaths: dict[str, int] = field(default_factory=lambda: {r.value: 0 for r in Role})
     control_errors: dict[str, int] = field(default_factory=dict)
+    internal_errors: dict[str, int] = field(default_factory=dict)
     finalizers_run: int = 0
     sweep_phase: list[int] = field(default_factory=lambda: [0] * len(SWEEP_PHASE_BUCKETS))
     sweep_phase_n: int = 0
@@ -109,6 +110,9 @@ class Totals:
     def control_error(self, reason: str) -> None:
         self.control_errors[reason] = self.control_errors.get(reason, 0) + 1
 
+    def internal_error(self, where: str) -> None:
+        self.internal_errors[where] = self.internal_errors.get(where, 0) + 1
+
     def sweep_phase_seconds(self, seconds: float) -> None:
         i = bisect.bisect_left(SWEEP_PHASE_BUCKETS, seconds)
         for j in range(i, len(self.sweep_phase)):
@@ -128,6 +132,7 @@ class Totals:
             "madvise_calls": MappingProxyType(self.madvise_calls()),
             "deaths": MappingProxyType(dict(self.deaths)),
             "control_errors": MappingProxyType(dict(self.control_errors)),
+            "internal_errors": MappingProxyType(dict(self.internal_errors)),
             "finalizers_run": self.finalizers_run,
             "sweep_phase": Histogram(SWEEP_PHASE_BUCKETS, tuple(self.sweep_phase),
                                      self.sweep_phase_n, self.sweep_phase_sum),

@@ -259,8 +259,10 @@ class Heap:
             self.__dict__.pop(name, None)
         self.__dict__.pop("arena", None)
         self.__dict__.pop("arena64", None)
-        self.arena_region.close()
-        self.meta_region.close()
+        try:
+            self.arena_region.close()
+        finally:
+            self.meta_region.close()
 
     def __enter__(self) -> Heap:
         return self

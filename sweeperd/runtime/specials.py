@@ -79,7 +79,8 @@ def run_finalizers(heap: Heap, limit: int | None = None) -> tuple[np.ndarray, np
     "Running" a finalizer here means handing the object back to the workload, which decides
     whether it stays reachable; the heap itself only forgets the entry.
     """
-    n = finq_len(heap) if limit is None else min(limit, finq_len(heap))
-    e = finq_entries(heap)[:n]
-    heap.header[H_FINQ_HEAD] = int(heap.header[H_FINQ_HEAD]) + n
+    with heap.lock:  # sweepers push concurrently
+        n = finq_len(heap) if limit is None else min(limit, finq_len(heap))
+        e = finq_entries(heap)[:n]
+        heap.header[H_FINQ_HEAD] = int(heap.header[H_FINQ_HEAD]) + n
     return e >> ENTRY_SHIFT, e & ((1 << ENTRY_SHIFT) - 1)

@@ -15,8 +15,6 @@ import zmq
 
 from sweeperd.wire import protocol
 
-TO_WORKER = {"sweep", "mark", "resume", "stop", "release_all"}
-
 
 class Link:
     def __init__(self, endpoint: str, role: str, wid: int) -> None:
@@ -36,7 +34,7 @@ class Link:
             return None
         frame = self.sock.recv()
         try:
-            return protocol.decode(frame, TO_WORKER)
+            return protocol.decode(frame, protocol.TO_WORKER)
         except protocol.ProtocolError as e:
             print(f"worker {os.getpid()}: dropped a bad frame from the coordinator: {e}",
                   file=sys.stderr)
