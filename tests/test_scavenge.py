@@ -1,6 +1,9 @@
 """The scavenger core on a real heap with real MADV_REMOVE, checked against the kernel."""
 
+import errno
+
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -199,3 +202,23 @@ def test_runs_across_search_windows_are_one_call(monkeypatch):
         assert heap.arena_backed_bytes() == 28 * PAGE_SIZE
         mheap.free_spans(heap, np.array([t]))  # freeing above raises the search again
         assert scavenge.scavenge(heap, _sysmem(heap), 1000).pages == 28
+
+
+class FailingKernel(Kernel):
+    def madvise(self, addr, length, advice):
+        raise OSError(errno.EAGAIN, "try again")
+
+
+def test_a_failed_release_gives_its_pages_back_to_the_allocator_and_the_search(monkeypatch):
+    monkeypatch.setattr(scavenge, "WINDOW", 256)  # the search walks down several windows
+    with Heap.create(16 << 20) as heap:
+        fill_heap(heap, 6, heap.npages)
+        _sweep_all_dead(heap)
+        with pytest.raises(OSError):
+            scavenge.scavenge(heap, _sysmem(heap, FailingKernel()), 300)
+        assert (heap.page_span == PAGE_FREE).all() and not heap.scavenged.any()
+        starts, lengths = scavenge.candidates(heap, 300)  # still visible to the scavenger
+        assert int(lengths.sum()) == 300 and int(starts[0] + lengths[0]) == heap.npages
+        r = scavenge.scavenge(heap, _sysmem(heap), heap.npages)
+        assert r.pages == heap.npages
+        check_heap(heap)

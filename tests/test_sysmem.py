@@ -18,14 +18,15 @@ K4 = 4096
 class Recorder:
     """A kernel that records calls; ``refuse`` lists advice values it fails with EINVAL."""
 
-    def __init__(self, refuse=()):
+    def __init__(self, refuse=(), err=errno.EINVAL):
         self.log = []
         self.refuse = set(refuse)
+        self.err = err
 
     def madvise(self, addr, length, advice):
         self.log.append((addr, length, advice))
         if advice in self.refuse:
-            raise OSError(errno.EINVAL, "refused")
+            raise OSError(self.err, "refused")
 
 
 def _private(rec, huge=HP, **kw):
@@ -54,6 +55,15 @@ def test_free_falls_back_to_dontneed_for_good():
     sm.sys_unused(16 * K4, K4)
     assert [a for _, _, a in rec.log] == [MADV["FREE"], MADV["DONTNEED"], MADV["DONTNEED"]]
     assert sm.advice_name == "DONTNEED"
+
+
+def test_free_falls_back_only_on_einval_as_go_does():
+    rec = Recorder(refuse={MADV["FREE"]}, err=errno.ENOMEM)  # e.g. a range not mapped
+    sm = _private(rec, huge=0)
+    with pytest.raises(OSError) as e:
+        sm.sys_unused(0, 8 * K4)
+    assert e.value.errno == errno.ENOMEM
+    assert sm.advice_name == "FREE" and [a for _, _, a in rec.log] == [MADV["FREE"]]
 
 
 def test_madvdontneed_knob_and_shared_remove():

@@ -143,6 +143,9 @@ def scavenge(heap: Heap, sysmem: SysMem, max_pages: int) -> Released:
     except BaseException:
         with heap.lock:  # nothing was marked scavenged: give the pages back as they were
             heap.page_span[run_pages(starts, lengths)] = PAGE_FREE
+            top = int((starts + lengths).max())  # and back in the search's sight
+            if top > heap.header[H_SCAV_SEARCH]:
+                heap.header[H_SCAV_SEARCH] = top
         raise
     finish(heap, starts, lengths)
     return Released(int(lengths.sum()), int(starts.size), kernel)

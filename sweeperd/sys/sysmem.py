@@ -15,7 +15,7 @@ recording or failing kernel; the real one is tested for real.
   frees nothing there (each process's RSS drops, the shmem pages stay) and ``MADV_FREE`` is
   refused;
 * on a **private** anonymous mapping the advice is ``MADV_FREE`` unless the ``madvdontneed``
-  knob is set; if the kernel refuses ``MADV_FREE`` the backend switches to ``MADV_DONTNEED``
+  knob is set; if the kernel refuses ``MADV_FREE`` with EINVAL the backend switches to ``MADV_DONTNEED``
   for good (sticky), as Go does for kernels before 4.5;
 * transparent huge pages (private mappings, when THP is on): before releasing, the huge pages
   holding the *unaligned* head and tail of the range get ``MADV_NOHUGEPAGE`` — one call when
@@ -31,6 +31,7 @@ Other operating systems: :func:`check_platform` raises naming what is missing.
 from __future__ import annotations
 
 import ctypes
+import errno
 import ctypes.util
 import mmap
 import os
@@ -173,8 +174,10 @@ class SysMem:
     def _release(self, v: int, n: int) -> None:
         try:
             self._madvise(v, n, self.advice)
-        except OSError:
-            if self.advice != MADV["FREE"]:
+        except OSError as e:
+            # Go falls back only when the kernel does not know the advice (EINVAL, before
+            # 4.5); any other failure (ENOMEM for an unmapped range, EAGAIN, ...) is raised
+            if self.advice != MADV["FREE"] or e.errno != errno.EINVAL:
                 raise
             self.advice = MADV["DONTNEED"]  # sticky: this kernel has no MADV_FREE
             self._madvise(v, n, self.advice)
