@@ -15,8 +15,8 @@ recording or failing kernel; the real one is tested for real.
   frees nothing there (each process's RSS drops, the shmem pages stay) and ``MADV_FREE`` is
   refused;
 * on a **private** anonymous mapping the advice is ``MADV_FREE`` unless the ``madvdontneed``
-  knob is set; if the kernel refuses ``MADV_FREE`` with EINVAL the backend switches to ``MADV_DONTNEED``
-  for good (sticky), as Go does for kernels before 4.5;
+  knob is set; if the kernel refuses ``MADV_FREE`` with EINVAL the backend switches to
+  ``MADV_DONTNEED`` for good (sticky), as Go does for kernels before 4.5;
 * transparent huge pages (private mappings, when THP is on): before releasing, the huge pages
   holding the *unaligned* head and tail of the range get ``MADV_NOHUGEPAGE`` — one call when
   they are adjacent — so khugepaged cannot re-inflate a lone 4 KiB page into 2 MiB, while the
@@ -31,8 +31,8 @@ Other operating systems: :func:`check_platform` raises naming what is missing.
 from __future__ import annotations
 
 import ctypes
-import errno
 import ctypes.util
+import errno
 import mmap
 import os
 import sys
