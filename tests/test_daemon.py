@@ -98,3 +98,26 @@ def test_duration_ends_the_run_by_itself():
         assert "stopping after" in out
     finally:
         d.close()
+
+
+@pytest.mark.parametrize("flag,key", [("--metrics-addr", "metrics.addr"),
+                                      ("--control", "control.addr")])
+def test_a_taken_port_names_the_address_and_key_and_leaves_nothing(flag, key):
+    import glob
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        taken = f"127.0.0.1:{port}" if flag == "--metrics-addr" else f"tcp://127.0.0.1:{port}"
+        other = (["--control", "tcp://127.0.0.1:0"] if flag == "--metrics-addr"
+                 else ["--metrics-addr", "127.0.0.1:0"])
+        before = set(glob.glob("/tmp/sweeperd-*"))
+        r = subprocess.run([sys.executable, "-m", "sweeperd.cli", "run", "--heap-mib", "16",
+                            flag, taken, *other], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1, r.stderr
+    assert key in r.stderr and str(port) in r.stderr and "in use" in r.stderr, r.stderr
+    assert set(glob.glob("/tmp/sweeperd-*")) - before == set()  # no temp dir left behind

@@ -78,17 +78,27 @@ def entry_point(cfg: Config, handle: dict[str, Any], endpoint: str,
                       cfg.run.debug_checks)
 
 
+class StartError(RuntimeError):
+    """The daemon cannot start; the message names what failed (an address and its key)."""
+
+
 def open_sockets(zctx: zmq.Context, ipc_dir: str, control: str) -> tuple[zmq.Socket, zmq.Socket]:
     """The worker socket (ROUTER, ipc in the private 0700 dir) and the control socket (REP)."""
     wsock = zctx.socket(zmq.ROUTER)
     wsock.setsockopt(zmq.LINGER, 0)
-    wsock.bind(f"ipc://{ipc_dir}/workers.sock")
+    try:
+        wsock.bind(f"ipc://{ipc_dir}/workers.sock")
+    except zmq.ZMQError as e:
+        raise StartError(f"worker socket ipc://{ipc_dir}/workers.sock: {e}") from e
     csock = zctx.socket(zmq.REP)
     csock.setsockopt(zmq.LINGER, 0)
     csock.setsockopt(zmq.MAXMSGSIZE, 1 << 20)  # hard cap; over 64 KiB gets an error reply
     if control.startswith("tcp://") and control.endswith(":0"):
         control = control[:-2] + ":*"
-    csock.bind(control)
+    try:
+        csock.bind(control)
+    except zmq.ZMQError as e:
+        raise StartError(f"control.addr {control}: {e}") from e
     return wsock, csock
 
 
@@ -127,7 +137,10 @@ class Coordinator:
                                    Kernel(
                 self.heap.arena_backed_bytes, self.heap.meta_backed_bytes,
                 lambda: meminfo("Shmem")))
-            self.metrics_addr = self.metrics.serve(cfg.metrics.addr)
+            try:
+                self.metrics_addr = self.metrics.serve(cfg.metrics.addr)
+            except OSError as e:
+                raise StartError(f"metrics.addr {cfg.metrics.addr}: {e.strerror or e}") from e
             self._publish()
             undo.pop_all()
 
