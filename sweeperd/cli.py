@@ -7,7 +7,10 @@ import faulthandler
 import json
 import signal
 import sys
+import traceback
 from typing import TYPE_CHECKING, Any
+
+from sweeperd.errors import Throw
 
 if TYPE_CHECKING:
     from sweeperd.daemon.config import Config
@@ -123,6 +126,7 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     co.install_signal_handlers()
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1: where is it stuck?
+    fatal: Throw | None = None
     try:
         print(f"sweeperd: heap {cfg.heap.size_mib} MiB, {cfg.sweep.sweepers} sweepers, "
               f"{cfg.mutators.count} mutators", flush=True)
@@ -131,9 +135,18 @@ def _run(args: argparse.Namespace) -> int:
         co.run(cfg.run.duration_s)
         st = co.status()
         print(f"sweeperd: stopping after {st['cycle']} cycles", flush=True)
+    except Throw as e:  # a heap invariant broke: stop loudly, after draining (finally)
+        traceback.print_exc()
+        fatal = e
     finally:
         co.close()
+    if fatal is not None:
+        print(f"sweeperd run: fatal: {fatal}", file=sys.stderr)
+        return EXIT_FATAL
     return 0
+
+
+EXIT_FATAL = 3  # a heap invariant broke (a named Throw); 1: cannot start; 2: bad config/usage
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -121,3 +121,26 @@ def test_a_taken_port_names_the_address_and_key_and_leaves_nothing(flag, key):
     assert r.returncode == 1, r.stderr
     assert key in r.stderr and str(port) in r.stderr and "in use" in r.stderr, r.stderr
     assert set(glob.glob("/tmp/sweeperd-*")) - before == set()  # no temp dir left behind
+
+
+def test_a_broken_heap_invariant_stops_the_daemon_loudly_after_draining():
+    """Corrupt every span's allocCount under the live daemon: the next sweep finds more marked
+    objects than allocated ("sweep increased allocation count").  That is a throw, not an
+    error to go on from: the daemon drains its workers, frees its memory, names the throw and
+    exits 3."""
+    from sweeperd.runtime.heap import Heap, HeapHandle
+
+    d = Daemon("--heap-mib", "32", "--sweepers", "1", "--mutators", "2")
+    try:
+        st = d.wait_for(lambda s: s["cycle"] >= 2, what="2 cycles")
+        pids = [w["pid"] for w in st["workers"]]
+        with Heap.attach(HeapHandle.from_dict(st["heap_handle"])) as heap:
+            with heap.lock:
+                heap.span_alloc_count[heap.in_use_spans()] = 0
+        assert d.proc.wait(60) == 3
+        err = d.proc.stderr.read()
+        assert "fatal" in err and "sweep increased allocation count" in err, err[-2000:]
+        assert not any(_alive(p) for p in pids), "a worker outlived the daemon"
+        assert not os.path.exists(st["ipc_dir"])
+    finally:
+        d.close()
