@@ -31,10 +31,6 @@ class BadSpanState(Throw):
     go_message = "mspan.sweep: bad span state"
 
 
-class FinalizerQueueOverflow(Throw):
-    go_message = "finalizer queue overflow"
-
-
 class OutOfMemory(Throw):
     go_message = "out of memory"
 

@@ -134,13 +134,30 @@ def test_a_broken_heap_invariant_stops_the_daemon_loudly_after_draining():
     try:
         st = d.wait_for(lambda s: s["cycle"] >= 2, what="2 cycles")
         pids = [w["pid"] for w in st["workers"]]
-        with Heap.attach(HeapHandle.from_dict(st["heap_handle"])) as heap:
-            with heap.lock:
-                heap.span_alloc_count[heap.in_use_spans()] = 0
+        with Heap.attach(HeapHandle.from_dict(st["heap_handle"])) as heap, heap.lock:
+            heap.span_alloc_count[heap.in_use_spans()] = 0
         assert d.proc.wait(60) == 3
         err = d.proc.stderr.read()
         assert "fatal" in err and "sweep increased allocation count" in err, err[-2000:]
         assert not any(_alive(p) for p in pids), "a worker outlived the daemon"
         assert not os.path.exists(st["ipc_dir"])
+    finally:
+        d.close()
+
+
+def test_every_object_finalizable_the_daemon_keeps_cycling(tmp_path):
+    """finalizer_fraction = 1: far more finalizers per cycle than the shared ring holds; the
+    sweepers run the oldest to make room (backpressure) and nothing dies."""
+    cfg = tmp_path / "fin.toml"
+    cfg.write_text("[mutators]\nfinalizer_fraction = 1.0\n")
+    d = Daemon("--config", str(cfg), "--heap-mib", "32", "--sweepers", "2", "--mutators", "2",
+               "--debug-checks")
+    try:
+        st = d.wait_for(lambda s: s["cycle"] >= 6 and s["finalizers_run"] > 65536,
+                        timeout=120, what="6 cycles and more finalizers than the ring holds")
+        assert sum(st["deaths"].values()) == 0 and st["workers_alive"] == 5
+        assert st["debug"]["exactly_once_violations"] == 0
+        assert st["mutators"]["lost_objects"] == 0 and st["mutators"]["payload_errors"] == 0
+        assert d.stop() == 0
     finally:
         d.close()

@@ -213,3 +213,27 @@ def test_crash_before_commit_is_swept_once(heap):
     assert specials.finq_len(heap) == 1  # not queued twice
     for k, v in heap.snapshot().items():
         assert np.array_equal(v, done[k]), k
+
+
+def test_every_object_finalizable_never_overflows_the_queue():
+    """finalizer_fraction = 1 with a ring of 64: the sweep runs the oldest finalizers to make
+    room instead of failing; every finalizer is queued or run exactly once."""
+    from sweeperd.bench.common import fill_heap
+    from sweeperd.runtime.heap import Heap
+
+    with Heap.create(4 << 20, finq_cap=64) as heap:
+        spans = fill_heap(heap, 6, 40)
+        for s in spans.tolist():
+            specials.set_finalizer(heap, s, np.arange(128))
+        start_cycle(heap)
+        mine = claim_all(heap)
+        st = sweep_batch(heap, mine[:17])  # two batches: backpressure within and across them
+        st.add(sweep_batch(heap, mine[17:]))
+        total = 40 * 128
+        assert st.finalizers_queued == total and st.finalizers_run == total - 64
+        assert specials.finq_len(heap) == 64 and not heap.fin_bits.any()
+        assert st.objects_freed == 0  # resurrected for their finalizers
+        check_heap(heap)
+        start_cycle(heap)  # nothing keeps them: the next cycle frees every one
+        assert sweep_batch(heap, claim_all(heap)).objects_freed == total
+        check_heap(heap)

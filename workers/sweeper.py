@@ -73,4 +73,4 @@ def main(handle: dict[str, Any], me: int, endpoint: str, chunk_pages: int,
 def _stats(st: SweepStats) -> dict[str, float]:
     return {"spans": st.spans, "pages": st.pages, "objects_freed": st.objects_freed,
             "spans_freed": st.spans_freed, "pages_freed": st.pages_freed,
-            "finalizers_queued": st.finalizers_queued}
+            "finalizers_queued": st.finalizers_queued, "finalizers_run": st.finalizers_run}

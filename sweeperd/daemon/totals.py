@@ -69,10 +69,12 @@ class Totals:
         """One cycle's work of a background sweeper (its ``swept`` message)."""
         self._add_swept("background", int(stats.get("spans", 0)), int(stats.get("pages", 0)),
                         int(stats.get("objects_freed", 0)))
+        self.finalizers_run += int(stats.get("finalizers_run", 0))
 
     def coordinator_swept(self, st: SweepStats) -> None:
         """Sweeping done by the coordinator itself (recovery, missed spans)."""
         self._add_swept("background", st.spans, st.pages, st.objects_freed)
+        self.finalizers_run += st.finalizers_run
 
     def mutator_report(self, slot: Slot, stats: dict[str, float]) -> None:
         """A mutator's cumulative figures (heartbeat or ``marked``)."""
@@ -80,6 +82,7 @@ class Totals:
         d = {k: v - prev.get(k, 0) for k, v in stats.items()}
         self._add_swept("mutator", int(d.get("spans_swept", 0)), int(d.get("pages_swept", 0)),
                         int(d.get("objects_freed", 0)))
+        self.finalizers_run += int(d.get("finalizers_run", 0))
         for k, v in d.items():
             if k != "live_objects":
                 self.mutator[k] = self.mutator.get(k, 0) + v

@@ -12,14 +12,20 @@ The queue is a ring in shared memory: entries ``[head, tail)`` of ``finq`` (modu
 capacity) are pending, each ``span << 16 | index``.  A push writes its entries first and bumps
 ``tail`` last (the commit point), so a crash mid-push leaves no half-visible entry.
 
-Invariants: finalizer bits are a subset of alloc bits; an object is in the queue at most once.
+The ring never overflows: a push that would overflow it runs the oldest pending finalizers
+first (:func:`finq_push`).  One window is known: a sweeper killed after its push and before
+its commit is re-swept with ``recover=True``, which does not queue again what is still in the
+ring — but an entry of it that another push already ran is queued again (run twice).
+
+Invariants: finalizer bits are a subset of alloc bits; an object is in the queue at most once;
+``0 <= tail - head <= capacity``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from sweeperd.errors import BadFinalizerTarget, FinalizerQueueOverflow
+from sweeperd.errors import BadFinalizerTarget
 from sweeperd.runtime.heap import H_FINQ_HEAD, H_FINQ_TAIL, SPAN_IN_USE, Heap
 from sweeperd.runtime.sizeclasses import CLASS_NWORDS
 
@@ -57,20 +63,31 @@ def finq_entries(heap: Heap) -> np.ndarray:
     return heap.finq[np.arange(head, tail) % cap].copy()
 
 
-def finq_push(heap: Heap, spans: np.ndarray, idx: np.ndarray) -> None:
-    """Queue finalizers of objects ``idx`` of ``spans`` (elementwise).  Heap lock held."""
+def finq_push(heap: Heap, spans: np.ndarray, idx: np.ndarray) -> int:
+    """Queue finalizers of objects ``idx`` of ``spans`` (elementwise).  Heap lock held.
+
+    Backpressure instead of overflow: Go's queue grows; this one lives in a fixed shared
+    ring, so a pusher that finds it too full **runs** the oldest pending finalizers itself
+    (for this model, running one is forgetting its entry: the object goes back to the
+    workload) until the new ones fit — and if one push holds more than the whole ring, its
+    oldest entries are run at once.  Returns how many finalizers the push ran.
+    """
     heap.require_lock("specials.finq_push")
     entries = (np.asarray(spans, np.int64) << ENTRY_SHIFT) | np.asarray(idx, np.int64)
     if entries.size == 0:
-        return
+        return 0
     cap = heap.finq.size
+    ran = 0
+    if entries.size > cap:
+        ran, entries = entries.size - cap, entries[entries.size - cap:]
+    excess = finq_len(heap) + entries.size - cap
+    if excess > 0:
+        heap.header[H_FINQ_HEAD] = int(heap.header[H_FINQ_HEAD]) + excess  # run the oldest
+        ran += excess
     tail = int(heap.header[H_FINQ_TAIL])
-    if finq_len(heap) + entries.size > cap:
-        raise FinalizerQueueOverflow(
-            f"{entries.size} new finalizers, {finq_len(heap)} pending, capacity {cap}"
-        )
     heap.finq[np.arange(tail, tail + entries.size) % cap] = entries
     heap.header[H_FINQ_TAIL] = tail + entries.size  # commit
+    return ran
 
 
 def run_finalizers(heap: Heap, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -65,11 +65,12 @@ class SweepStats:
     spans_freed: int = 0
     pages_freed: int = 0
     finalizers_queued: int = 0
+    finalizers_run: int = 0  # run by this sweep to make room in a full queue (backpressure)
     bitmap_bytes: int = 0  # alloc + mark (+ finalizer) bitmap bytes read
 
     def add(self, o: SweepStats) -> None:
         for k in ("spans", "pages", "objects_freed", "spans_freed", "pages_freed",
-                  "finalizers_queued", "bitmap_bytes"):
+                  "finalizers_queued", "finalizers_run", "bitmap_bytes"):
             setattr(self, k, getattr(self, k) + getattr(o, k))
 
 
@@ -239,7 +240,7 @@ def sweep_batch(heap: Heap, spans: np.ndarray, preserve: bool = False,
         if fin is not None:
             fcols, mnew, clear, (qs, qi) = fin
             with heap.lock:
-                finq_push(heap, qs, qi)
+                st.finalizers_run += finq_push(heap, qs, qi)
             st.finalizers_queued += qs.size
             mv = heap.bits[m, :k]
             mv[:, cols[fcols]] = mnew

@@ -71,6 +71,7 @@ class MutatorStats:
     objects_checked: int = 0
     live_objects: int = 0
     finalizers_set: int = 0
+    finalizers_run: int = 0  # run by its sweeps to make room in a full queue
     marks: int = 0
 
     def as_dict(self) -> dict[str, float]:
@@ -195,6 +196,7 @@ class Mutator:
         self.stats.spans_swept += work.spans
         self.stats.pages_swept += work.pages
         self.stats.objects_freed += work.objects_freed
+        self.stats.finalizers_run += work.finalizers_run
 
     def _paid(self, nbytes: int) -> None:
         """Allocation bookkeeping plus proportional sweep: pay the debt in claimed chunks."""
