@@ -161,3 +161,51 @@ def test_every_object_finalizable_the_daemon_keeps_cycling(tmp_path):
         assert d.stop() == 0
     finally:
         d.close()
+
+
+def _fast_liveness(tmp_path):
+    cfg = tmp_path / "live.toml"
+    cfg.write_text("[control]\nheartbeat_ms = 100\ndead_after_ms = 1000\n")
+    return Daemon("--config", str(cfg), "--heap-mib", "32", "--sweepers", "2",
+                  "--mutators", "2")
+
+
+def test_busy_is_not_dead_workers_blocked_in_a_long_step_still_beat(tmp_path):
+    """Hold the heap lock for 3x dead_after: every worker's main thread blocks in its step and
+    sends nothing, but its beat thread goes on, so none is killed."""
+    import time
+
+    from sweeperd.runtime.heap import Heap, HeapHandle
+
+    d = _fast_liveness(tmp_path)
+    try:
+        st = d.wait_for(lambda s: s["cycle"] >= 2, what="2 cycles")
+        with Heap.attach(HeapHandle.from_dict(st["heap_handle"])) as heap:
+            with heap.lock:
+                time.sleep(3.0)
+        c = d.status()["cycle"]
+        st = d.wait_for(lambda s: s["cycle"] >= c + 3, what="3 more cycles")
+        assert sum(st["deaths"].values()) == 0, st["deaths"]
+        assert d.stop() == 0
+    finally:
+        d.close()
+
+
+def test_a_stopped_worker_is_still_detected_within_dead_after(tmp_path):
+    import signal
+    import time
+
+    d = _fast_liveness(tmp_path)
+    try:
+        st = d.wait_for(lambda s: s["cycle"] >= 2, what="2 cycles")
+        victim = next(w for w in st["workers"] if w["role"] == "sweeper")
+        os.kill(victim["pid"], signal.SIGSTOP)
+        t0 = time.monotonic()
+        st = d.wait_for(lambda s: s["deaths"]["sweeper"] == 1, timeout=30, what="a kill")
+        assert time.monotonic() - t0 < 1.0 + 2.0  # dead_after, plus a status round trip
+        st = d.wait_for(lambda s: s["workers_alive"] == 5
+                        and all(w["state"] == "alive" for w in s["workers"]),
+                        what="a replacement")
+        assert d.stop() == 0
+    finally:
+        d.close()

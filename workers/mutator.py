@@ -12,8 +12,10 @@ from typing import Any
 
 import numpy as np
 
+from sweeperd.runtime import owners
 from sweeperd.runtime.heap import Heap, HeapHandle
 from sweeperd.sys.tuning import keep_malloc_memory
+from sweeperd.wire.beat import Beat
 from sweeperd.wire.link import Link
 from sweeperd.workload.mutator import Mutator, Workload
 
@@ -26,6 +28,7 @@ def main(handle: dict[str, Any], me: int, endpoint: str, mcfg: dict[str, Any],
     cfg = Workload.from_dict(mcfg)
     heap = Heap.attach(HeapHandle.from_dict(handle))
     link = Link(endpoint, "mutator", me)
+    beat = Beat(heap, owners.mutator(me), heartbeat_ms / 1000).start()
     m = Mutator(heap, me, cfg, debug, np.random.default_rng([me, time.time_ns()]))
     paused = True  # until the coordinator says resume: never allocate through a mark
     last_hb = time.monotonic()
@@ -60,5 +63,6 @@ def main(handle: dict[str, Any], me: int, endpoint: str, mcfg: dict[str, Any],
                 link.send("heartbeat", stats=m.stats.as_dict())
                 last_hb = now
     finally:
+        beat.stop()
         link.close()
         heap.close()

@@ -11,9 +11,11 @@ from typing import Any
 
 from sweeperd.pacing.bgscavenge import Scavenger
 from sweeperd.pacing.scavpace import Pacer
+from sweeperd.runtime import owners
 from sweeperd.runtime.heap import Heap, HeapHandle
 from sweeperd.sys.sysmem import SysMem, calibrate_vectored
 from sweeperd.sys.tuning import keep_malloc_memory
+from sweeperd.wire.beat import Beat
 from sweeperd.wire.link import Link
 
 
@@ -33,6 +35,7 @@ def main(handle: dict[str, Any], endpoint: str, fraction: float, ncpu: int,
                 vectored=use_vectored)
     sc = Scavenger(heap, sm, Pacer(fraction=fraction, ncpu=ncpu))
     link = Link(endpoint, "scavenger", 0)
+    beat = Beat(heap, owners.SCAVENGER, heartbeat_ms / 1000).start()
     cpu0 = time.process_time()
     last_hb = 0.0
     try:
@@ -58,5 +61,6 @@ def main(handle: dict[str, Any], endpoint: str, fraction: float, ncpu: int,
                     "sleep_ratio": sc.pacer.sleep_ratio, "vectored": int(use_vectored)})
                 last_hb = now
     finally:
+        beat.stop()
         link.close()
         heap.close()

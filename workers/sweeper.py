@@ -11,10 +11,12 @@ import signal
 import time
 from typing import Any
 
+from sweeperd.runtime import owners
 from sweeperd.runtime.bgsweep import sweep_until_done
 from sweeperd.runtime.heap import H_BENCH_GO, H_BENCH_READY, Heap, HeapHandle
 from sweeperd.runtime.sweep import SweepStats
 from sweeperd.sys.tuning import keep_malloc_memory
+from sweeperd.wire.beat import Beat
 from sweeperd.wire.link import Link
 
 
@@ -50,6 +52,7 @@ def main(handle: dict[str, Any], me: int, endpoint: str, chunk_pages: int,
     keep_malloc_memory()
     heap = Heap.attach(HeapHandle.from_dict(handle))
     link = Link(endpoint, "sweeper", me)
+    beat = Beat(heap, owners.sweeper(me), heartbeat_ms / 1000).start()
     total = SweepStats()
     try:
         while not link.orphaned():
@@ -66,6 +69,7 @@ def main(handle: dict[str, Any], me: int, endpoint: str, chunk_pages: int,
                 link.send("swept", cycle=msg["cycle"],
                           stats={**_stats(st), "seconds": time.perf_counter() - t0})
     finally:
+        beat.stop()
         link.close()
         heap.close()
 

@@ -46,12 +46,14 @@ from sweeperd.daemon.supervisor import Supervisor
 from sweeperd.daemon.totals import Totals
 from sweeperd.errors import Throw
 from sweeperd.pacing.scavpace import retain_goal
+from sweeperd.runtime import owners
 from sweeperd.runtime.heap import H_HEAP_GOAL, H_MEMORY_LIMIT, Heap
 from sweeperd.runtime.heapstats import heap_stats
 from sweeperd.sys.procmem import meminfo
 from sweeperd.sys.sdnotify import Notifier
 from sweeperd.sys.sysmem import SysMem
 from sweeperd.wire import protocol
+from sweeperd.wire.beat import last_beat_s
 
 POLL_MS = 10
 MAX_FRAMES_PER_STEP = 1000
@@ -125,6 +127,7 @@ class Coordinator:
                 nsweepers=cfg.sweep.sweepers, dead_after_s=cfg.control.dead_after_ms / 1000),
                 sweepgen=self.heap.sweepgen, now=time.monotonic())
             self.totals = Totals()
+            self._beats_seen: dict[Slot, float] = {}
             self.work = HeapWork(self.heap, self.sysmem, self.totals, cfg.run.debug_checks)
             self.sup = Supervisor(mp.get_context("spawn"), functools.partial(
                 entry_point, cfg, self.heap.handle.to_dict(),
@@ -153,6 +156,15 @@ class Coordinator:
             slots.append(Slot(Role.SCAVENGER, 0))
         for s in slots:
             self._start(s)
+
+    def _heard_beats(self) -> None:
+        """Workers busy in a long step still beat (wire/beat.py): they are heard."""
+        for slot in self.sup.bound():
+            t = last_beat_s(self.heap, owners.of(slot.role.value, slot.id))
+            if t > self._beats_seen.get(slot, 0.0):
+                self._beats_seen[slot] = t
+                with contextlib.suppress(c.IllegalTransition):  # being killed: no news
+                    self._carry_out(self.machine.handle(c.Heard(slot, t)))
 
     def _start(self, slot: Slot) -> None:
         self.sup.start(slot)
@@ -340,6 +352,7 @@ class Coordinator:
             if self.csock in ready:
                 self._on_client()
             self._reap()
+            self._heard_beats()
             self._feed(c.Tick(time.monotonic()))
             self._publish()
 

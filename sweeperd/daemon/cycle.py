@@ -220,8 +220,8 @@ class GCCycle:
 
     def _on_heard(self, ev: Heard) -> list[Action]:
         m = self._member(ev.slot, MemberState.UP, MemberState.KILLING)
-        if m.state is MemberState.UP:  # a frame already in flight from one being killed
-            m.last_heard = self.now
+        if m.state is MemberState.UP:  # (a frame in flight from one being killed: no news)
+            m.last_heard = max(m.last_heard, ev.now)  # a beat may be older than now
         return []
 
     def _on_died(self, ev: Died) -> list[Action]:

@@ -67,6 +67,10 @@ class Supervisor:
         p = self.procs.get(slot)
         return None if p is None else p.identity
 
+    def bound(self) -> list[Slot]:
+        """Slots whose process has said hello."""
+        return [s for s, p in self.procs.items() if p.identity is not None]
+
     def kill(self, slot: Slot) -> None:
         p = self.procs.get(slot)
         if p is not None and p.proc.is_alive():

@@ -47,12 +47,12 @@ from typing import Any
 import numpy as np
 
 from sweeperd.errors import HeapCorrupt, LockNotHeld
-from sweeperd.runtime.owners import MAX_SHARDS
+from sweeperd.runtime.owners import MAX_SHARDS, OWNER_BITS
 from sweeperd.runtime.sizeclasses import MAX_BITMAP_WORDS, PAGE_SHIFT, PAGE_SIZE
 from sweeperd.sys.shm import OS_PAGE, FlockLock, RegionHandle, SharedRegion
 
 MAGIC = 0x5357_4545_5045_5244  # "SWEEPERD"
-LAYOUT_VERSION = 5
+LAYOUT_VERSION = 6
 
 # page_span values that are not a span's start page.
 PAGE_FREE = -1  # free: the allocator may take it
@@ -111,6 +111,8 @@ def _fields(npages: int, finq_cap: int) -> list[tuple[str, np.dtype, tuple[int, 
         ("finq", np.dtype(np.int64), (finq_cap,)),
         # per claimer: cursor, end, original lo, hi, last chunk lo, hi (shards.py)
         ("shards", np.dtype(np.int64), (MAX_SHARDS, 6)),
+        # per claimer id: CLOCK_MONOTONIC ns of its process's last beat (wire/beat.py)
+        ("beats", np.dtype(np.int64), (1 << OWNER_BITS,)),
     ]
 
 
@@ -184,6 +186,7 @@ class Heap:
     fin_bits: np.ndarray
     finq: np.ndarray
     shards: np.ndarray
+    beats: np.ndarray
 
     def __init__(self, arena: SharedRegion, meta: SharedRegion, layout: Layout) -> None:
         self.arena_region = arena

@@ -13,6 +13,7 @@ The byte is split into fixed ranges:
 =========================== =========================================================
 ``0 .. MAX_SWEEPERS-1``     sweeper worker ``i`` (also its shard: rows ``0..n-1``)
 ``MUTATOR_BASE + j``        mutator ``j`` (``j < MAX_MUTATORS``)
+``SCAVENGER``               the scavenger (it claims no span; the id names its beat)
 ``COORDINATOR``             the coordinator itself (spans the shards missed)
 ``ANONYMOUS``               a caller that did not name itself (tests, benchmarks)
 =========================== =========================================================
@@ -29,6 +30,7 @@ MAX_SWEEPERS = 32
 MAX_MUTATORS = 32
 MUTATOR_BASE = MAX_SWEEPERS
 MAX_SHARDS = MUTATOR_BASE + MAX_MUTATORS  # rows of the heap's shard table
+SCAVENGER = 253
 COORDINATOR = 254
 ANONYMOUS = 255
 OWNER_BITS = 8  # span_owner is a uint8
@@ -48,6 +50,17 @@ def mutator(j: int) -> int:
     return MUTATOR_BASE + j
 
 
+def of(role: str, wid: int) -> int:
+    """The claimer id of worker slot (``role``, ``wid``)."""
+    if role == "sweeper":
+        return sweeper(wid)
+    if role == "mutator":
+        return mutator(wid)
+    if role == "scavenger" and wid == 0:
+        return SCAVENGER
+    raise ValueError(f"no claimer id for {role} {wid}")
+
+
 def has_shard_row(owner: int) -> bool:
     """Does ``owner`` take chunks of pages (and so own a row of the shard table)?"""
     return 0 <= owner < MAX_SHARDS
@@ -56,8 +69,9 @@ def has_shard_row(owner: int) -> bool:
 def _check() -> None:
     if not (0 < MAX_SWEEPERS <= MUTATOR_BASE and MUTATOR_BASE + MAX_MUTATORS <= MAX_SHARDS):
         raise AssertionError("owners: sweeper and mutator ids overlap or exceed the shards")
-    special = (COORDINATOR, ANONYMOUS)
-    if len(set(special)) != 2 or any(not MAX_SHARDS <= x < 1 << OWNER_BITS for x in special):
+    special = (SCAVENGER, COORDINATOR, ANONYMOUS)
+    if len(set(special)) != len(special) or any(
+            not MAX_SHARDS <= x < 1 << OWNER_BITS for x in special):
         raise AssertionError("owners: special ids must be distinct, past the shards, one byte")
 
 
