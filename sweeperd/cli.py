@@ -126,7 +126,10 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     co.install_signal_handlers()
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1: where is it stuck?
+    from sweeperd.daemon.coordinator import WorkersKeepDying
+
     fatal: Throw | None = None
+    code = 0
     try:
         print(f"sweeperd: heap {cfg.heap.size_mib} MiB, {cfg.sweep.sweepers} sweepers, "
               f"{cfg.mutators.count} mutators", flush=True)
@@ -138,15 +141,19 @@ def _run(args: argparse.Namespace) -> int:
     except Throw as e:  # a heap invariant broke: stop loudly, after draining (finally)
         traceback.print_exc()
         fatal = e
+    except WorkersKeepDying as e:
+        print(f"sweeperd run: giving up: {e}", file=sys.stderr)
+        code = EXIT_GAVE_UP
     finally:
         co.close()
     if fatal is not None:
         print(f"sweeperd run: fatal: {fatal}", file=sys.stderr)
         return EXIT_FATAL
-    return 0
+    return code
 
 
 EXIT_FATAL = 3  # a heap invariant broke (a named Throw); 1: cannot start; 2: bad config/usage
+EXIT_GAVE_UP = 4  # workers of one role kept dying (control.max_deaths)
 
 
 def _status(args: argparse.Namespace) -> int:

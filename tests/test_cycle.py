@@ -45,7 +45,8 @@ class World(RuleBasedStateMachine):
         self.now = 0.0
         self.sweepgen = 4
         self.m = c.GCCycle(c.Params(gogc=100, min_goal_bytes=1 << 20, nsweepers=NSWEEPERS,
-                                    dead_after_s=DEAD_AFTER), sweepgen=self.sweepgen)
+                                    dead_after_s=DEAD_AFTER, max_deaths=10_000),
+                           sweepgen=self.sweepgen)
         self.procs: dict[Slot, Proc] = {}
         self.remaining = 0
         self.in_flight: dict[Slot, int] = {}  # owner -> pages of the chunk it holds
@@ -370,3 +371,28 @@ def test_every_phase_has_a_tick_and_the_common_events():
         for ev in (c.Tick, c.Started, c.Hello, c.Heard, c.Died, c.GcRequested, c.Stopping):
             assert ev in table, (ph, ev)
     assert {a for a, _ in c.EDGES} == set(Phase)
+
+
+def test_restarts_back_off_and_too_many_deaths_give_up():
+    m = c.GCCycle(c.Params(nsweepers=1, restart_backoff_s=0.1, restart_backoff_max_s=0.3,
+                           max_deaths=4, death_window_s=10.0, trigger_check_s=1e9),
+                  sweepgen=4)
+    assert m.handle(c.Tick(0.0)) == [c.MeasureHeap()]  # (the only heap check, answered)
+    m.handle(c.HeapMeasured(0, 1 << 30, 1 << 30))
+    sw = Slot(Role.SWEEPER, 0)
+    m.handle(c.Started(sw, 0.0))
+    assert m.handle(c.Died(sw)) == [c.Recover(sw), c.Restart(sw)]  # the first: at once
+    waits = []
+    for _ in range(3):
+        m.handle(c.Started(sw, m.now))
+        assert m.handle(c.Died(sw)) == [c.Recover(sw)]  # then after a wait
+        t0 = m.now
+        while not (acts := m.handle(c.Tick(m.now + 0.01))):
+            pass
+        assert acts == [c.Restart(sw)]
+        waits.append(m.now - t0)
+    for got, want in zip(waits, [0.1, 0.2, 0.3], strict=True):  # doubling, capped
+        assert want <= got <= want + 0.011  # (ticks are 10 ms apart)
+    m.handle(c.Started(sw, m.now))
+    assert m.handle(c.Died(sw)) == [c.Recover(sw), c.GiveUp(Role.SWEEPER, 5, 10.0)]
+    assert m.stopping and m.handle(c.Tick(m.now + 10)) == []  # no restart after giving up

@@ -1,5 +1,6 @@
 """End to end: a real daemon with 2 sweepers and 2 mutators, over many cycles."""
 
+import json
 import os
 import urllib.request
 
@@ -180,9 +181,8 @@ def test_busy_is_not_dead_workers_blocked_in_a_long_step_still_beat(tmp_path):
     d = _fast_liveness(tmp_path)
     try:
         st = d.wait_for(lambda s: s["cycle"] >= 2, what="2 cycles")
-        with Heap.attach(HeapHandle.from_dict(st["heap_handle"])) as heap:
-            with heap.lock:
-                time.sleep(3.0)
+        with Heap.attach(HeapHandle.from_dict(st["heap_handle"])) as heap, heap.lock:
+            time.sleep(3.0)
         c = d.status()["cycle"]
         st = d.wait_for(lambda s: s["cycle"] >= c + 3, what="3 more cycles")
         assert sum(st["deaths"].values()) == 0, st["deaths"]
@@ -207,5 +207,47 @@ def test_a_stopped_worker_is_still_detected_within_dead_after(tmp_path):
                         and all(w["state"] == "alive" for w in s["workers"]),
                         what="a replacement")
         assert d.stop() == 0
+    finally:
+        d.close()
+
+
+def _status_or_none(d, timeout_ms=2000):
+    import zmq as _zmq
+
+    s = d.zctx.socket(_zmq.REQ)
+    s.setsockopt(_zmq.LINGER, 0)
+    try:
+        s.connect(d.control)
+        s.send(protocol.encode("status"))
+        return json.loads(s.recv()) if s.poll(timeout_ms) else None
+    finally:
+        s.close()
+
+
+def test_a_role_that_keeps_dying_stops_the_daemon_naming_it(tmp_path):
+    """More than control.max_deaths deaths of one role within the window: the daemon drains
+    and exits 4, naming the role, so that systemd's Restart= decides."""
+    import signal
+    import time
+
+    cfg = tmp_path / "deaths.toml"
+    cfg.write_text("[control]\nmax_deaths = 3\ndeath_window_s = 120\n"
+                   "restart_backoff_max_ms = 200\n")
+    d = Daemon("--config", str(cfg), "--heap-mib", "32", "--sweepers", "1", "--mutators", "1")
+    try:
+        killed = set()
+        deadline = time.monotonic() + 60
+        while d.proc.poll() is None and time.monotonic() < deadline:
+            st = _status_or_none(d)  # (never d.status(): on no answer it kills the daemon)
+            for w in (st or {}).get("workers", []):
+                if w["role"] == "mutator" and w["state"] == "alive" and w["pid"] not in killed:
+                    os.kill(w["pid"], signal.SIGKILL)
+                    killed.add(w["pid"])
+            time.sleep(0.1)
+        assert d.proc.wait(30) == 4
+        err = d.proc.stderr.read()
+        assert "giving up: 4 mutator deaths" in err and "control.max_deaths" in err, err[-2000:]
+        assert len(killed) == 4
+        assert not any(_alive(p) for p in killed)
     finally:
         d.close()

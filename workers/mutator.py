@@ -62,6 +62,9 @@ def main(handle: dict[str, Any], me: int, endpoint: str, mcfg: dict[str, Any],
             if now - last_hb >= heartbeat_ms / 1000:
                 link.send("heartbeat", stats=m.stats.as_dict())
                 last_hb = now
+    except BaseException:
+        link.crashed()
+        raise
     finally:
         beat.stop()
         link.close()

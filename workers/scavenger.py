@@ -60,6 +60,9 @@ def main(handle: dict[str, Any], endpoint: str, fraction: float, ncpu: int,
                     **{f"madvise_{k}": v for k, v in sm.calls.items()},
                     "sleep_ratio": sc.pacer.sleep_ratio, "vectored": int(use_vectored)})
                 last_hb = now
+    except BaseException:
+        link.crashed()
+        raise
     finally:
         beat.stop()
         link.close()

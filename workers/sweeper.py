@@ -68,6 +68,9 @@ def main(handle: dict[str, Any], me: int, endpoint: str, chunk_pages: int,
                 total.add(st)
                 link.send("swept", cycle=msg["cycle"],
                           stats={**_stats(st), "seconds": time.perf_counter() - t0})
+    except BaseException:
+        link.crashed()
+        raise
     finally:
         beat.stop()
         link.close()

@@ -57,6 +57,9 @@ class ControlConfig:
     addr: str = "tcp://127.0.0.1:9465"
     heartbeat_ms: int = 200
     dead_after_ms: int = 5000
+    restart_backoff_max_ms: int = 5000
+    max_deaths: int = 20
+    death_window_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,9 @@ RANGES: dict[str, tuple[float, float]] = {
     "mutators.large_max_kib": (33, 65536),
     "control.heartbeat_ms": (10, 60_000),
     "control.dead_after_ms": (10, 600_000),
+    "control.restart_backoff_max_ms": (0, 600_000),
+    "control.max_deaths": (1, 1_000_000),
+    "control.death_window_s": (1, 86_400),
     "run.duration_s": (0, 31_536_000),
     "scavenger.cpu_fraction": (0.0001, 1),
     "scavenger.memory_limit_mib": (0, 1 << 20),

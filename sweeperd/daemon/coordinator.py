@@ -80,6 +80,10 @@ def entry_point(cfg: Config, handle: dict[str, Any], endpoint: str,
                       cfg.run.debug_checks)
 
 
+class WorkersKeepDying(RuntimeError):
+    """One role died more than ``control.max_deaths`` times in ``control.death_window_s``."""
+
+
 class StartError(RuntimeError):
     """The daemon cannot start; the message names what failed (an address and its key)."""
 
@@ -124,7 +128,9 @@ class Coordinator:
                                  shared=True)
             self.machine = c.GCCycle(c.Params(
                 gogc=cfg.gc.gogc, min_goal_bytes=cfg.gc.min_goal_mib << 20,
-                nsweepers=cfg.sweep.sweepers, dead_after_s=cfg.control.dead_after_ms / 1000),
+                nsweepers=cfg.sweep.sweepers, dead_after_s=cfg.control.dead_after_ms / 1000,
+                restart_backoff_max_s=cfg.control.restart_backoff_max_ms / 1000,
+                max_deaths=cfg.control.max_deaths, death_window_s=cfg.control.death_window_s),
                 sweepgen=self.heap.sweepgen, now=time.monotonic())
             self.totals = Totals()
             self._beats_seen: dict[Slot, float] = {}
@@ -228,6 +234,12 @@ class Coordinator:
             hw.recover(a.slot)
         elif isinstance(a, c.Restart):
             self._start(a.slot)
+        elif isinstance(a, c.GiveUp):
+            role = a.role.value
+            raise WorkersKeepDying(
+                f"{a.deaths} {role} deaths within {a.window_s:g}s (control.max_deaths); "
+                f"the last {role} traceback:\n"
+                + self.totals.last_crash.get(role, "(none: killed, or died before its hello)"))
         return None
 
     # --- messages ----------------------------------------------------------------------------
@@ -268,6 +280,9 @@ class Coordinator:
         elif msg.type == "marked" and role is Role.MUTATOR:
             self.totals.mutator_report(bound, msg["stats"])
             self._peer(c.Marked(bound, msg["cycle"], now))
+        elif msg.type == "crashed":
+            log(f"{bound} crashed:\n{msg['traceback'].rstrip()}")
+            self.totals.last_crash[role.value] = msg["traceback"]
         elif msg.type == "heartbeat":
             if role is Role.MUTATOR:
                 self.totals.mutator_report(bound, msg["stats"])

@@ -56,6 +56,7 @@ from sweeperd.daemon.events import (
     EndCycle,
     Event,
     GcRequested,
+    GiveUp,
     HeapMeasured,
     Heard,
     Hello,
@@ -88,6 +89,7 @@ __all__ = [
     "EndCycle",
     "Event",
     "GcRequested",
+    "GiveUp",
     "HeapMeasured",
     "Heard",
     "Hello",
@@ -143,6 +145,10 @@ class Params:
     nsweepers: int = 1  # shards per sweep: one per configured sweeper slot
     dead_after_s: float = 5.0
     trigger_check_s: float = 0.02
+    restart_backoff_s: float = 0.1  # the wait before a slot's second restart in the window
+    restart_backoff_max_s: float = 5.0
+    max_deaths: int = 20  # of one role within death_window_s, before giving up
+    death_window_s: float = 60.0
 
 
 @dataclass
@@ -168,6 +174,8 @@ class GCCycle:
     sweep_pages_per_byte: float = 0.0
     phase_started: float = 0.0
     last_heap_check: float = -math.inf
+    deaths: dict[Slot, list[float]] = field(default_factory=dict)  # within the window
+    restart_at: dict[Slot, float] = field(default_factory=dict)  # restarts waiting out backoff
 
     def __post_init__(self) -> None:
         self.goal_bytes = self.goal_bytes or self.params.min_goal_bytes
@@ -230,7 +238,7 @@ class GCCycle:
         self.pending.discard(ev.slot)
         out: list[Action] = [Recover(ev.slot)]
         if not self.stopping:
-            out.append(Restart(ev.slot))
+            out += self._after_death(ev.slot)
         if self.phase is Phase.MARK:
             out += self._mark_done_if_none_pending()
         return out
@@ -242,6 +250,34 @@ class GCCycle:
     def _on_stopping(self, ev: Stopping) -> list[Action]:
         self.stopping = True
         return []
+
+    def _after_death(self, slot: Slot) -> list[Action]:
+        """Restart at once the first time in the window, then with doubling waits; give up
+        when the role has died more than ``max_deaths`` times in the window."""
+        p = self.params
+        since = self.now - p.death_window_s
+        mine = [t for t in self.deaths.get(slot, []) if t > since] + [self.now]
+        self.deaths[slot] = mine
+        role_deaths = sum(1 for s, ts in self.deaths.items() if s.role is slot.role
+                          for t in ts if t > since)
+        if role_deaths > p.max_deaths:
+            self.stopping = True
+            return [GiveUp(slot.role, role_deaths, p.death_window_s)]
+        if len(mine) == 1:
+            return [Restart(slot)]
+        wait = min(p.restart_backoff_max_s, p.restart_backoff_s * 2 ** (len(mine) - 2))
+        self.restart_at[slot] = self.now + wait
+        return []
+
+    def _supervise(self) -> list[Action]:
+        """Each tick: restarts whose wait is over, then kills of the silent."""
+        due = sorted(s for s, t in self.restart_at.items() if t <= self.now)
+        out: list[Action] = []
+        for s in due:
+            del self.restart_at[s]
+            if not self.stopping:
+                out.append(Restart(s))
+        return out + self._kill_silent()
 
     def _kill_silent(self) -> list[Action]:
         out: list[Action] = []
@@ -264,7 +300,7 @@ class GCCycle:
     # --- IDLE ----------------------------------------------------------------------------
 
     def _idle_tick(self, ev: Tick) -> list[Action]:
-        out = self._kill_silent()
+        out = self._supervise()
         if self.force:
             return out + self._begin_mark()
         if self.now - self.last_heap_check >= self.params.trigger_check_s:
@@ -290,7 +326,7 @@ class GCCycle:
     # --- MARK ----------------------------------------------------------------------------
 
     def _mark_tick(self, ev: Tick) -> list[Action]:
-        return self._kill_silent()
+        return self._supervise()
 
     def _on_marked(self, ev: Marked) -> list[Action]:
         if ev.slot not in self.pending or ev.cycle != self.sweepgen + 2:
@@ -325,7 +361,7 @@ class GCCycle:
     # --- SWEEP ---------------------------------------------------------------------------
 
     def _sweep_tick(self, ev: Tick) -> list[Action]:
-        out = self._kill_silent()
+        out = self._supervise()
         if not self.pending and self.awaiting is None:
             self.awaiting = SweepMeasured
             out.append(MeasureSweep())

@@ -178,8 +178,17 @@ class Restart:
     slot: Slot
 
 
+@dataclass(frozen=True)
+class GiveUp:
+    """Too many deaths of one role: stop the daemon and let the service manager decide."""
+
+    role: Role
+    deaths: int
+    window_s: float
+
+
 Action = (MeasureHeap | MeasureLive | MeasureSweep | SendMark | BeginSweep | SendSweep
-          | SendResume | SweepMissed | EndCycle | Kill | Recover | Restart)
+          | SendResume | SweepMissed | EndCycle | Kill | Recover | Restart | GiveUp)
 
 MEASUREMENT_OF = {MeasureHeap: HeapMeasured, MeasureLive: LiveMeasured,
                   MeasureSweep: SweepMeasured}

@@ -54,6 +54,7 @@ class Totals:
     deaths: dict[str, int] = field(default_factory=lambda: {r.value: 0 for r in Role})
     control_errors: dict[str, int] = field(default_factory=dict)
     internal_errors: dict[str, int] = field(default_factory=dict)
+    last_crash: dict[str, str] = field(default_factory=dict)  # role -> a worker's traceback
     finalizers_run: int = 0
     sweep_phase: list[int] = field(default_factory=lambda: [0] * len(SWEEP_PHASE_BUCKETS))
     sweep_phase_n: int = 0

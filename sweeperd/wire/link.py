@@ -7,8 +7,10 @@ the coordinator are validated like any other input; a malformed one is logged an
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import traceback
 from typing import Any
 
 import zmq
@@ -39,6 +41,13 @@ class Link:
             print(f"worker {os.getpid()}: dropped a bad frame from the coordinator: {e}",
                   file=sys.stderr)
             return None
+
+    def crashed(self) -> None:
+        """Tell the coordinator the traceback of the exception this worker is dying of (call
+        from an ``except`` block); best effort: the worker dies either way."""
+        tb = traceback.format_exc()[-protocol.MAX_TRACEBACK:]
+        with contextlib.suppress(Exception):
+            self.send("crashed", traceback=tb)
 
     def orphaned(self) -> bool:
         return os.getppid() != self.ppid

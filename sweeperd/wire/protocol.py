@@ -17,8 +17,9 @@ Two conversations share the format:
 
 * clients -> coordinator (REQ/REP): ``status``, ``gc`` (force a cycle), ``ping``,
   ``scavenge`` (release all free memory now);
-* workers <-> coordinator (DEALER/ROUTER): ``hello``, ``heartbeat``, ``swept``, ``marked``
-  from workers; ``sweep``, ``mark``, ``resume``, ``stop``, ``release_all`` to them.
+* workers <-> coordinator (DEALER/ROUTER): ``hello``, ``heartbeat``, ``swept``, ``marked``,
+  ``crashed`` (the traceback of the exception a worker is dying of) from workers; ``sweep``,
+  ``mark``, ``resume``, ``stop``, ``release_all`` to them.
 
 Replies carry ``"ok": true`` and their fields, or ``"ok": false``, ``"reason"`` and ``"error"``.
 """
@@ -37,6 +38,7 @@ VERSION = 1
 MAX_FRAME = 64 * 1024
 MAX_STATS = 64
 MAX_INT = 2**62 - 1
+MAX_TRACEBACK = 8192
 
 Int = Annotated[int, msgspec.Meta(ge=-MAX_INT, le=MAX_INT)]
 Id = Annotated[int, msgspec.Meta(ge=0, le=255)]
@@ -86,6 +88,10 @@ class MarkedMsg(_Msg, tag="marked"):
     stats: Stats
 
 
+class CrashedMsg(_Msg, tag="crashed"):  # a worker dying of an exception: its traceback
+    traceback: Annotated[str, msgspec.Meta(max_length=MAX_TRACEBACK)]
+
+
 class SweepMsg(_Msg, tag="sweep"):
     cycle: Int
 
@@ -110,9 +116,9 @@ class ReleaseAllMsg(_Msg, tag="release_all"):
 TYPES: dict[str, type[_Msg]] = {
     str(cls.__struct_config__.tag): cls
     for cls in (StatusMsg, GcMsg, PingMsg, ScavengeMsg, HelloMsg, HeartbeatMsg, SweptMsg,
-                MarkedMsg, SweepMsg, MarkMsg, ResumeMsg, StopMsg, ReleaseAllMsg)}
+                MarkedMsg, CrashedMsg, SweepMsg, MarkMsg, ResumeMsg, StopMsg, ReleaseAllMsg)}
 CLIENT_TYPES = frozenset({"status", "gc", "ping", "scavenge"})
-FROM_WORKER = frozenset({"hello", "heartbeat", "swept", "marked"})
+FROM_WORKER = frozenset({"hello", "heartbeat", "swept", "marked", "crashed"})
 TO_WORKER = frozenset({"sweep", "mark", "resume", "stop", "release_all"})
 
 
