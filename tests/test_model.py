@@ -15,7 +15,8 @@ from sweeperd.errors import OutOfMemory
 from sweeperd.runtime import malloc, mark, mheap, specials
 from sweeperd.runtime.check import check_heap
 from sweeperd.runtime.heap import H_SWEEPGEN, Heap
-from sweeperd.runtime.sizeclasses import CLASS_NPAGES
+from sweeperd.runtime.heapstats import heap_stats
+from sweeperd.runtime.sizeclasses import CLASS_NPAGES, PAGE_SIZE
 from sweeperd.runtime.sweep import sweep, sweep_batch
 from sweeperd.runtime.sweepgen import try_claim
 
@@ -133,6 +134,10 @@ class HeapModel(RuleBasedStateMachine):
             assert malloc.verify_payload(hp, s, idx, seed=s).all()
         # conservation: every object ever allocated is live or was freed
         assert self.allocated_total == live_objects + self.freed_total
+        # the running counters (the O(1) trigger check) agree with a scan of the span table
+        hs = heap_stats(hp)
+        assert hp.objects_bytes() == hs.objects_bytes
+        assert hp.in_use_pages() * PAGE_SIZE == hs.in_use_bytes
 
 
 HeapModel.TestCase.settings = settings(

@@ -4,7 +4,7 @@ import pytest
 from sweeperd.errors import BadSpanState, FoundPointerToFreeObject, SweepIncreasedAllocCount
 from sweeperd.runtime import malloc, mark, mcentral, mheap, specials
 from sweeperd.runtime.check import check_heap
-from sweeperd.runtime.heap import SPAN_DEAD
+from sweeperd.runtime.heap import C_OBJECT_BYTES, SPAN_DEAD
 from sweeperd.runtime.sweep import sweep, sweep_batch
 
 from .conftest import claim_all, start_cycle
@@ -186,6 +186,7 @@ def test_crash_after_commit_is_finished_not_swept_again(heap):
     done = heap.snapshot()
     heap.restore(snap)
     # replay the dead sweeper up to its commit: counters and sweptgen written, nothing after
+    heap.counters[:, C_OBJECT_BYTES] = done["counters"][:, C_OBJECT_BYTES]  # before the count
     heap.span_alloc_count[[a, b]] = done["span_alloc_count"][[a, b]]
     heap.span_freeindex[[a, b]] = 0
     heap.span_nsweeps[[a, b]] += 1
@@ -208,6 +209,7 @@ def test_crash_before_commit_is_swept_once(heap):
     # the dead sweeper queued the finalizer and wrote allocCount, then died before the commit
     with heap.lock:
         specials.finq_push(heap, np.array([s]), np.array([4]))
+    heap.counters[:, C_OBJECT_BYTES] = done["counters"][:, C_OBJECT_BYTES]  # ... its delta
     heap.span_alloc_count[s] = 2
     sweep_batch(heap, np.array([s]), recover=True)
     assert specials.finq_len(heap) == 1  # not queued twice

@@ -28,6 +28,7 @@ def main(handle: dict[str, Any], me: int, endpoint: str, mcfg: dict[str, Any],
     cfg = Workload.from_dict(mcfg)
     heap = Heap.attach(HeapHandle.from_dict(handle))
     link = Link(endpoint, "mutator", me)
+    heap.me = owners.mutator(me)  # its row of the heap's running counters
     beat = Beat(heap, owners.mutator(me), heartbeat_ms / 1000).start()
     m = Mutator(heap, me, cfg, debug, np.random.default_rng([me, time.time_ns()]))
     paused = True  # until the coordinator says resume: never allocate through a mark

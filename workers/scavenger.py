@@ -35,6 +35,7 @@ def main(handle: dict[str, Any], endpoint: str, fraction: float, ncpu: int,
                 vectored=use_vectored)
     sc = Scavenger(heap, sm, Pacer(fraction=fraction, ncpu=ncpu))
     link = Link(endpoint, "scavenger", 0)
+    heap.me = owners.SCAVENGER  # its row of the heap's running counters
     beat = Beat(heap, owners.SCAVENGER, heartbeat_ms / 1000).start()
     cpu0 = time.process_time()
     last_hb = 0.0

@@ -28,6 +28,7 @@ def bench_main(handle: dict[str, Any], me: int, results: Any, rounds: int,
     or a sleeping poll's wake-up skew was 0.5–3 ms on this VM, as long as the sweep itself."""
     keep_malloc_memory()
     heap = Heap.attach(HeapHandle.from_dict(handle))
+    heap.me = owners.sweeper(me)
     try:
         for r in range(1, rounds + 1):
             while heap.header[H_BENCH_READY] < r:
@@ -52,6 +53,7 @@ def main(handle: dict[str, Any], me: int, endpoint: str, chunk_pages: int,
     keep_malloc_memory()
     heap = Heap.attach(HeapHandle.from_dict(handle))
     link = Link(endpoint, "sweeper", me)
+    heap.me = owners.sweeper(me)  # its row of the heap's running counters
     beat = Beat(heap, owners.sweeper(me), heartbeat_ms / 1000).start()
     total = SweepStats()
     try:

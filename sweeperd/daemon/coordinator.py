@@ -118,6 +118,7 @@ class Coordinator:
         with contextlib.ExitStack() as undo:  # a failure part way releases what was made
             self.heap = Heap.create(cfg.heap.size_mib << 20)
             undo.callback(self.heap.close)
+            self.heap.me = owners.COORDINATOR
             self.ipc_dir = tempfile.mkdtemp(prefix="sweeperd-")  # 0700
             undo.callback(shutil.rmtree, self.ipc_dir, True)
             self.zctx = zmq.Context()

@@ -24,6 +24,7 @@ from sweeperd.daemon.totals import Totals
 from sweeperd.runtime import check, owners, recovery, scavenge, shards
 from sweeperd.runtime.heap import H_HEAP_GOAL, H_SWEEPGEN, Heap
 from sweeperd.runtime.heapstats import heap_stats, marked_bytes
+from sweeperd.runtime.sizeclasses import PAGE_SIZE
 from sweeperd.runtime.specials import run_finalizers
 from sweeperd.runtime.sweep import sweep_batch
 from sweeperd.runtime.sweepgen import try_claim
@@ -42,13 +43,14 @@ class HeapWork:
         self.debug_checks = debug_checks
         self.debug: dict[str, Any] = {
             "cycles_checked": 0, "spans_checked": 0, "exactly_once_violations": 0,
-            "conservation_checks": 0, "conservation_gap": 0}
+            "conservation_checks": 0, "conservation_gap": 0, "counter_gap_bytes": 0}
         self._sweep_counts: tuple[Any, Any] | None = None
 
     def measure_heap(self) -> c.HeapMeasured:
-        hs = heap_stats(self.heap)
-        return c.HeapMeasured(hs.objects_bytes, hs.free_bytes + hs.released_bytes,
-                              hs.heap_bytes)
+        """From the heap's running counters: O(1) in the heap's size (every 20 ms)."""
+        heap = self.heap
+        in_use = heap.in_use_pages() * PAGE_SIZE
+        return c.HeapMeasured(heap.objects_bytes(), heap.heap_bytes - in_use, heap.heap_bytes)
 
     def measure_live(self) -> c.LiveMeasured:
         spans = self.heap.in_use_spans()
@@ -66,6 +68,8 @@ class HeapWork:
             self.debug["conservation_gap"] = check.conservation_gap(
                 heap, int(self.totals.mutator.get("objects_allocated", 0)),
                 sum(s.objects_freed for s in self.totals.swept.values()))
+            # the running counters against a scan (a kill between two stores drifts them)
+            self.debug["counter_gap_bytes"] = heap.objects_bytes() - heap_stats(heap).objects_bytes
         heap.header[H_HEAP_GOAL] = a.goal_bytes  # the scavenger's retain goal follows
         with heap.lock:
             if heap.sweepgen + 2 != a.sweepgen:

@@ -47,12 +47,12 @@ from typing import Any
 import numpy as np
 
 from sweeperd.errors import HeapCorrupt, LockNotHeld
-from sweeperd.runtime.owners import MAX_SHARDS, OWNER_BITS
-from sweeperd.runtime.sizeclasses import MAX_BITMAP_WORDS, PAGE_SHIFT, PAGE_SIZE
+from sweeperd.runtime.owners import ANONYMOUS, MAX_SHARDS, OWNER_BITS
+from sweeperd.runtime.sizeclasses import CLASS_SIZE, MAX_BITMAP_WORDS, PAGE_SHIFT, PAGE_SIZE
 from sweeperd.sys.shm import OS_PAGE, FlockLock, RegionHandle, SharedRegion
 
 MAGIC = 0x5357_4545_5045_5244  # "SWEEPERD"
-LAYOUT_VERSION = 6
+LAYOUT_VERSION = 7
 
 # page_span values that are not a span's start page.
 PAGE_FREE = -1  # free: the allocator may take it
@@ -78,6 +78,13 @@ H_BENCH_READY = 11  # ... and spin (instead of sleeping) once this reaches r
 H_HEAP_GOAL = 12  # the coordinator's current heap goal (bytes), for the scavenger
 H_MEMORY_LIMIT = 13  # memory limit in bytes, 0 = none
 HEADER_WORDS = 64
+
+# Running counters (columns of ``counters``): every change of allocCount or of the pages in use
+# adds its delta to the changing process's own row (one writer per row, no lock), so the
+# heap's figures are a sum over 256 rows, whatever the heap's size: the trigger check is O(1).
+C_OBJECT_BYTES = 0  # bytes of allocated objects (Go's /memory/classes/heap/objects)
+C_IN_USE_PAGES = 1  # pages of in-use spans
+NCOUNTERS = 2
 
 # Sweepgen starts above zero so that h-2 never goes below zero.
 INITIAL_SWEEPGEN = 4
@@ -113,6 +120,8 @@ def _fields(npages: int, finq_cap: int) -> list[tuple[str, np.dtype, tuple[int, 
         ("shards", np.dtype(np.int64), (MAX_SHARDS, 6)),
         # per claimer id: CLOCK_MONOTONIC ns of its process's last beat (wire/beat.py)
         ("beats", np.dtype(np.int64), (1 << OWNER_BITS,)),
+        # per claimer id: its running deltas of the heap's figures (C_* below)
+        ("counters", np.dtype(np.int64), (1 << OWNER_BITS, NCOUNTERS)),
     ]
 
 
@@ -187,6 +196,7 @@ class Heap:
     finq: np.ndarray
     shards: np.ndarray
     beats: np.ndarray
+    counters: np.ndarray
 
     def __init__(self, arena: SharedRegion, meta: SharedRegion, layout: Layout) -> None:
         self.arena_region = arena
@@ -204,6 +214,8 @@ class Heap:
         # process that maps the heap and released by the kernel if its holder is killed.
         # Held for claims, page-heap changes and finalizer-queue pushes, never a whole sweep.
         self.lock = FlockLock(meta.fd)
+        # whose row of ``counters`` this process writes: its claimer id (owners.py)
+        self.me = ANONYMOUS
 
     # --- life cycle -------------------------------------------------------------------------
 
@@ -293,6 +305,25 @@ class Heap:
         """Index (0 or 1) of each span's alloc bitmap buffer (an array for an array of spans,
         a numpy scalar for one span); the mark buffer is the other."""
         return (self.span_sweptgen[spans] >> 1) & 1
+
+    def elem_sizes(self, spans: np.ndarray) -> np.ndarray:
+        """Object size of each span (a large span's one object is the whole span)."""
+        cls = self.span_class[spans]
+        return np.where(cls == 0, self.span_npages[spans].astype(np.int64) * PAGE_SIZE,
+                        CLASS_SIZE[cls])
+
+    def count(self, counter: int, delta: int) -> None:
+        """Add ``delta`` to this process's row of the running counters."""
+        if delta:
+            self.counters[self.me, counter] += delta
+
+    def objects_bytes(self) -> int:
+        """Bytes of allocated objects, from the running counters (O(1) in the heap's size)."""
+        return int(self.counters[:, C_OBJECT_BYTES].sum())
+
+    def in_use_pages(self) -> int:
+        """Pages of in-use spans, from the running counters."""
+        return int(self.counters[:, C_IN_USE_PAGES].sum())
 
     def by_alloc_buf(self, cols: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
         """Split spans ``cols`` by which buffer is their alloc bitmap: yields ``(buf, the

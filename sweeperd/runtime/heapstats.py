@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from sweeperd.runtime.heap import SPAN_IN_USE, Heap
-from sweeperd.runtime.sizeclasses import CLASS_SIZE, PAGE_SIZE
+from sweeperd.runtime.sizeclasses import PAGE_SIZE
 
 
 @dataclass(frozen=True)
@@ -34,15 +34,9 @@ class HeapStats:
         return asdict(self)
 
 
-def _elem_sizes(heap: Heap, spans: np.ndarray) -> np.ndarray:
-    cls = heap.span_class[spans]
-    return np.where(cls == 0, heap.span_npages[spans].astype(np.int64) * PAGE_SIZE,
-                    CLASS_SIZE[cls])
-
-
 def heap_stats(heap: Heap) -> HeapStats:
     spans = np.flatnonzero(heap.span_state == SPAN_IN_USE)
-    size = _elem_sizes(heap, spans)
+    size = heap.elem_sizes(spans)
     count = heap.span_alloc_count[spans].astype(np.int64)
     span_bytes = heap.span_npages[spans].astype(np.int64) * PAGE_SIZE
     objects = int((count * size).sum())
@@ -64,5 +58,5 @@ def marked_bytes(heap: Heap) -> int:
     total = 0
     for abuf, cols in heap.by_alloc_buf(spans):
         n = np.bitwise_count(heap.bits[abuf ^ 1][:, cols]).sum(axis=0, dtype=np.int64)
-        total += int((n * _elem_sizes(heap, cols)).sum())
+        total += int((n * heap.elem_sizes(cols)).sum())
     return total

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from sweeperd.errors import AllocCountOverflow, BadSpanState
-from sweeperd.runtime.heap import SPAN_IN_USE, Heap
+from sweeperd.runtime.heap import C_OBJECT_BYTES, SPAN_IN_USE, Heap
 from sweeperd.runtime.sizeclasses import CLASS_NWORDS, CLASS_SIZE, PAGE_SIZE
 from sweeperd.runtime.sweepgen import SweepState, state_of
 
@@ -58,6 +58,7 @@ def alloc_objects(heap: Heap, span: int, k: int) -> np.ndarray:
     if count > nelems:
         raise AllocCountOverflow(f"span {span}: allocCount {count}, nelems {nelems}")
     heap.span_alloc_count[span] = count
+    heap.count(C_OBJECT_BYTES, got.size * elem_size(heap, span))
     heap.span_freeindex[span] = int(got[-1]) + 1
     return got.astype(np.int64)
 
@@ -140,6 +141,7 @@ def alloc_all(heap: Heap, spans: np.ndarray) -> int:
             v = heap.bits[buf, :nw]
             v[:, cb] = words[:, None]
         heap.span_alloc_count[cols] = ne
+        heap.count(C_OBJECT_BYTES, ne * cols.size * int(CLASS_SIZE[c]))
         heap.span_freeindex[cols] = ne
         total += ne * cols.size
     return total
@@ -156,6 +158,7 @@ def repair_alloc_counts(heap: Heap, spans: np.ndarray) -> int:
         n = int(np.bitwise_count(heap.bits[int(heap.alloc_buf(s)), :nw, s]).sum())
         if n != int(heap.span_alloc_count[s]):
             wrong += 1
+            heap.count(C_OBJECT_BYTES, (n - int(heap.span_alloc_count[s])) * elem_size(heap, s))
             heap.span_alloc_count[s] = n
             heap.span_freeindex[s] = 0  # rescan from the start: the bits decide
     return wrong

@@ -26,6 +26,7 @@ import numpy as np
 
 from sweeperd.errors import HeapCorrupt, OutOfMemory
 from sweeperd.runtime.heap import (
+    C_IN_USE_PAGES,
     H_SCAV_SEARCH,
     H_SEARCH_ADDR,
     PAGE_FREE,
@@ -85,6 +86,7 @@ def init_spans(heap: Heap, starts: np.ndarray, npages: int, sizeclass: int) -> i
     heap.span_sweptgen[starts] = h
     heap.span_sweepgen[starts] = h
     heap.span_state[starts] = SPAN_IN_USE  # last: the span exists from here on
+    heap.count(C_IN_USE_PAGES, npages * int(starts.size))
     return nscav
 
 
@@ -160,6 +162,7 @@ def free_spans(heap: Heap, starts: np.ndarray) -> int:
     heap.span_set[ix] = SET_NONE
     heap.span_state[ix] = SPAN_DEAD
     heap.page_span[pages] = PAGE_FREE  # the pages are free from here on
+    heap.count(C_IN_USE_PAGES, -int(n.sum()))
     lo = int(starts[0])
     hi = int(starts[-1] + n[-1])
     with heap.lock:
@@ -182,6 +185,7 @@ def repair(heap: Heap, owner: int) -> int:
     orphan = owned[(heap.span_state[start] != SPAN_IN_USE) & (heap.span_owner[start] == owner)]
     if orphan.size:
         heap.page_span[orphan] = PAGE_FREE
+        heap.count(C_IN_USE_PAGES, -int(orphan.size))  # the dead one did not count them
         lo = int(orphan[0])
         if lo < heap.header[H_SEARCH_ADDR]:
             heap.header[H_SEARCH_ADDR] = lo

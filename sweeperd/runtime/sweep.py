@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sweeperd.errors import BadSpanState, FoundPointerToFreeObject, SweepIncreasedAllocCount
-from sweeperd.runtime.heap import SPAN_IN_USE, Heap, span_ix
+from sweeperd.runtime.heap import C_OBJECT_BYTES, SPAN_IN_USE, Heap, span_ix
 from sweeperd.runtime.mheap import free_spans
 from sweeperd.runtime.sizeclasses import CLASS_NWORDS
 from sweeperd.runtime.spanset import full_swept, partial_swept
@@ -126,6 +126,8 @@ def sweep(heap: Heap, s: int, preserve: bool = False) -> bool:
     heap.bits[m, :nw, s] = _int_to_words(mark, nw)
     heap.fin_bits[:nw, s] = _int_to_words(fin, nw)
     heap.span_specials[s] = 1 if fin else 0
+    heap.count(C_OBJECT_BYTES, (nalloc - int(heap.span_alloc_count[s]))
+               * int(heap.elem_sizes(np.array([s]))[0]))
     heap.span_alloc_count[s] = nalloc
     heap.span_freeindex[s] = 0
     heap.span_nsweeps[s] += 1
@@ -247,6 +249,8 @@ def sweep_batch(heap: Heap, spans: np.ndarray, preserve: bool = False,
             fv = heap.fin_bits[:k]
             fv[:, cols[fcols]] &= ~clear
             heap.span_specials[cols[fcols]] = fv[:, cols[fcols]].any(axis=0)
+        old = heap.span_alloc_count[cix].astype(np.int64)
+        heap.count(C_OBJECT_BYTES, int(((nalloc - old) * heap.elem_sizes(cols)).sum()))
         heap.span_alloc_count[cix] = nalloc
         heap.span_freeindex[cix] = 0
         heap.span_nsweeps[cix] += 1
