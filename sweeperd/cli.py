@@ -156,7 +156,8 @@ EXIT_FATAL = 3  # a heap invariant broke (a named Throw); 1: cannot start; 2: ba
 EXIT_GAVE_UP = 4  # workers of one role kept dying (control.max_deaths)
 
 
-def _status(args: argparse.Namespace) -> int:
+def _request(control: str, request: str, timeout: float) -> dict[str, Any]:
+    """One control request; TimeoutError if the daemon does not answer in time."""
     import zmq
 
     from sweeperd.wire import protocol
@@ -165,18 +166,40 @@ def _status(args: argparse.Namespace) -> int:
     sock = ctx.socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
     try:
-        sock.connect(args.control)
-        sock.send(protocol.encode(args.request))
-        if not sock.poll(int(args.timeout * 1000)):
-            print(f"sweeperd status: no answer from {args.control} within {args.timeout}s",
-                  file=sys.stderr)
-            return 1
-        reply = json.loads(sock.recv())
+        sock.connect(control)
+        sock.send(protocol.encode(request))
+        if not sock.poll(int(timeout * 1000)):
+            raise TimeoutError(f"no answer from {control} within {timeout}s")
+        reply: dict[str, Any] = json.loads(sock.recv())
+        return reply
     finally:
         sock.close()
         ctx.term()
+
+
+def _status(args: argparse.Namespace) -> int:
+    try:
+        reply = _request(args.control, args.request, args.timeout)
+    except TimeoutError as e:
+        print(f"sweeperd {args.request}: {e}", file=sys.stderr)
+        return 1
     print(json.dumps(reply, indent=2))
     return 0 if reply.get("ok") else 1
+
+
+def _soak(args: argparse.Namespace) -> int:
+    from sweeperd.daemon.soak import watch
+
+    if args.duration <= 0 or args.every <= 0:
+        print("sweeperd soak: --duration and --every must be positive", file=sys.stderr)
+        return 2
+    try:
+        watch(lambda: _request(args.control, "status", args.timeout), args.duration,
+              args.every, sys.stdout, as_json=args.json)
+    except TimeoutError as e:
+        print(f"sweeperd soak: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _config_check(args: argparse.Namespace) -> int:
@@ -259,6 +282,14 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--control", default="tcp://127.0.0.1:9465")
     sc.add_argument("--timeout", type=float, default=5.0)
     sc.set_defaults(func=_status, request="scavenge")
+    so = sub.add_parser("soak", help="watch a running daemon: per-process private memory, "
+                                     "descriptors and cycles over time, and their growth")
+    so.add_argument("--control", default="tcp://127.0.0.1:9465")
+    so.add_argument("--duration", type=float, default=1200.0, help="seconds (default 1200)")
+    so.add_argument("--every", type=float, default=30.0, help="seconds between samples")
+    so.add_argument("--timeout", type=float, default=30.0)
+    so.add_argument("--json", action="store_true", help="print only the summary, as JSON")
+    so.set_defaults(func=_soak)
 
     cfgp = sub.add_parser("config", help="configuration tools")
     csub = cfgp.add_subparsers(dest="config_cmd", required=True)

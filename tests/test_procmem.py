@@ -18,6 +18,12 @@ def test_rss_and_pss_follow_a_shared_region_as_the_kernel_counts_it():
         assert after.pss_bytes - before.pss_bytes >= 60 << 20  # mapped by this process alone
         assert meminfo("Shmem") - shmem0 >= 60 << 20
         del a
+        private = bytearray(32 << 20)  # touched: anonymous memory, and one more descriptor
+        fd = os.open("/dev/null", os.O_RDONLY)
+        later = process_memory(os.getpid())
+        assert later.anon_bytes - after.anon_bytes >= 30 << 20 and later.fds == after.fds + 1
+        os.close(fd)
+        del private
     finally:
         r.close()
 
@@ -26,8 +32,13 @@ def test_fake_proc_root(tmp_path):
     (tmp_path / "42").mkdir()
     (tmp_path / "42" / "statm").write_text("100 10 5 1 0 3 0\n")
     (tmp_path / "42" / "smaps_rollup").write_text("Rss: 40 kB\nPss: 24 kB\n")
+    (tmp_path / "42" / "status").write_text("Name: x\nRssAnon:\t  12 kB\nRssFile: 3 kB\n")
+    (tmp_path / "42" / "fd").mkdir()
+    for i in range(3):
+        (tmp_path / "42" / "fd" / str(i)).write_text("")
     (tmp_path / "meminfo").write_text("MemTotal: 100 kB\nShmem: 8 kB\n")
     pm = process_memory(42, root=str(tmp_path))
     assert pm.rss_bytes == 10 * os.sysconf("SC_PAGE_SIZE") and pm.pss_bytes == 24 * 1024
+    assert pm.anon_bytes == 12 * 1024 and pm.fds == 3
     assert meminfo("Shmem", root=str(tmp_path)) == 8 * 1024
     assert process_memory(43, root=str(tmp_path)) is None

@@ -107,7 +107,8 @@ def processes_memory(snap: Snapshot) -> list[dict[str, Any]]:
         pm = process_memory(pid)
         if pm is not None:
             out.append({"role": role, "id": wid, "pid": pid, "rss_bytes": pm.rss_bytes,
-                        "pss_bytes": pm.pss_bytes})
+                        "pss_bytes": pm.pss_bytes, "anon_bytes": pm.anon_bytes,
+                        "fds": pm.fds})
     return out
 
 

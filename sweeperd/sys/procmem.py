@@ -19,10 +19,13 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 class ProcMem:
     rss_bytes: int
     pss_bytes: int
+    anon_bytes: int  # RssAnon: the process's private memory (what leaks would grow)
+    fds: int  # open file descriptors
 
 
 def process_memory(pid: int, root: str = "/proc") -> ProcMem | None:
-    """RSS and PSS of ``pid`` in bytes, or None if it is gone."""
+    """RSS, PSS and private (anonymous) RSS of ``pid`` in bytes, and its open descriptors;
+    None if it is gone."""
     try:
         with open(f"{root}/{pid}/statm") as f:
             rss = int(f.read().split()[1]) * PAGE
@@ -32,7 +35,14 @@ def process_memory(pid: int, root: str = "/proc") -> ProcMem | None:
                 if line.startswith("Pss:"):
                     pss = int(line.split()[1]) * 1024
                     break
-        return ProcMem(rss, pss)
+        anon = 0
+        with open(f"{root}/{pid}/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    anon = int(line.split()[1]) * 1024
+                    break
+        fds = len(os.listdir(f"{root}/{pid}/fd"))
+        return ProcMem(rss, pss, anon, fds)
     except (OSError, ValueError, IndexError):
         return None
 
