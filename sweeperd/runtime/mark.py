@@ -21,11 +21,19 @@ from sweeperd.errors import BadObjectIndex, BadSpanState
 from sweeperd.runtime.heap import SPAN_IN_USE, Heap
 from sweeperd.runtime.sizeclasses import CLASS_NWORDS
 
+MARK_BATCH = 1 << 21  # objects per scatter: bounds the temporaries (~40 B an object)
+
 
 def mark_objects(heap: Heap, spans: np.ndarray, idx: np.ndarray) -> None:
-    """Mark objects ``idx[i]`` of spans ``spans[i]`` (elementwise; duplicates are fine)."""
-    spans = np.asarray(spans, dtype=np.int64)
-    idx = np.asarray(idx, dtype=np.int64)
+    """Mark objects ``idx[i]`` of spans ``spans[i]`` (elementwise; duplicates are fine), in
+    batches of :data:`MARK_BATCH`, so that a mark of 100 M live objects needs tens of MiB of
+    temporaries, not gigabytes."""
+    for lo in range(0, len(spans), MARK_BATCH):
+        _mark_batch(heap, np.asarray(spans[lo : lo + MARK_BATCH], dtype=np.int64),
+                    np.asarray(idx[lo : lo + MARK_BATCH], dtype=np.int64))
+
+
+def _mark_batch(heap: Heap, spans: np.ndarray, idx: np.ndarray) -> None:
     if spans.size == 0:
         return
     if (heap.span_state[spans] != SPAN_IN_USE).any():

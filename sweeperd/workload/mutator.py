@@ -14,6 +14,7 @@ is still allocated and its payload intact — no object lost, no byte changed.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -100,7 +101,7 @@ class Mutator:
 
     def _lifetimes(self, n: int) -> np.ndarray:
         p = min(1.0, 1.0 / max(self.cfg.mean_lifetime_cycles, 1e-9))
-        return self.stats.marks + self.rng.geometric(p, n)
+        return (self.stats.marks + self.rng.geometric(p, n)).astype(np.int32)  # 4 B a live object
 
     def _record(self, span: int | np.ndarray, idx: np.ndarray) -> None:
         """Write the new objects' payloads and remember them as live (one class)."""
@@ -223,7 +224,6 @@ class Mutator:
         """Mark this mutator's live objects for the cycle about to sweep."""
         self.cycle = cycle
         keep_chunks = []
-        ms, mi = [], []
         for ch in self.live:
             alive = ch.death > self.stats.marks
             if not alive.any():
@@ -231,13 +231,11 @@ class Mutator:
             if not alive.all():
                 ch = Chunk(ch.span[alive], ch.idx[alive], ch.seed, ch.death[alive])
             keep_chunks.append(ch)
-            ms.append(ch.span)
-            mi.append(ch.idx)
         self.live = keep_chunks
         if self.debug:
             self._verify()
-        if ms:
-            mark.mark_objects(self.heap, np.concatenate(ms), np.concatenate(mi))
+        for spans, idx in _batches(self.live, mark.MARK_BATCH):  # bounded memory
+            mark.mark_objects(self.heap, spans, idx)
         self.stats.marks += 1
         self.stats.live_objects = int(sum(c.idx.size for c in self.live))
 
@@ -251,3 +249,19 @@ class Mutator:
             ok = malloc.verify_payload(self.heap, ch.span, idx, ch.seed)
             self.stats.payload_errors += int((~ok).sum())
             self.stats.objects_checked += int(ch.idx.size)
+
+
+def _batches(chunks: list[Chunk], limit: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(spans, indices) of the objects of ``chunks``, about ``limit`` objects at a time."""
+    ms: list[np.ndarray] = []
+    mi: list[np.ndarray] = []
+    n = 0
+    for ch in chunks:
+        ms.append(ch.span)
+        mi.append(ch.idx)
+        n += ch.idx.size
+        if n >= limit:
+            yield np.concatenate(ms), np.concatenate(mi)
+            ms, mi, n = [], [], 0
+    if ms:
+        yield np.concatenate(ms), np.concatenate(mi)
