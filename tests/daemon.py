@@ -87,9 +87,13 @@ class Daemon:
             self.close()
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        if self.proc.poll() is None:  # drain it (so it frees what it made), then insist
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
         for f in (self.proc.stdout, self.proc.stderr):
             if f:
                 f.close()

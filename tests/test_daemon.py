@@ -3,6 +3,7 @@
 import json
 import os
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -252,3 +253,33 @@ def test_a_role_that_keeps_dying_stops_the_daemon_naming_it(tmp_path):
         assert not any(_alive(p) for p in killed)
     finally:
         d.close()
+
+
+def test_a_killed_daemons_private_dir_is_removed_by_the_next_start(tmp_path):
+    import signal
+
+    from sweeperd.daemon.coordinator import remove_stale_dirs
+
+    d = Daemon("--heap-mib", "16", "--sweepers", "1", "--mutators", "1")
+    try:
+        ipc_dir = d.status()["ipc_dir"]
+        d.proc.send_signal(signal.SIGKILL)
+        d.proc.wait()
+        assert os.path.isdir(ipc_dir)  # nobody could clean up after a SIGKILL ...
+    finally:
+        d.close()
+    live = tmp_path / "sweeperd-live"
+    live.mkdir()
+    (live / "pid").write_text(str(os.getpid()))
+    (tmp_path / "sweeperd-unknown").mkdir()  # no pid file: not judged
+    stale = tmp_path / "sweeperd-stale"
+    stale.mkdir()
+    (stale / "pid").write_text(Path(ipc_dir, "pid").read_text())  # the killed one
+    assert remove_stale_dirs(str(tmp_path)) == [str(stale)]
+    assert live.exists() and (tmp_path / "sweeperd-unknown").exists()
+    d2 = Daemon("--heap-mib", "16", "--sweepers", "1", "--mutators", "1")
+    try:
+        assert not os.path.exists(ipc_dir)  # ... the next daemon's start did
+        assert d2.stop() == 0
+    finally:
+        d2.close()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import glob
 import os
 import shutil
 import signal
@@ -88,6 +89,26 @@ class StartError(RuntimeError):
     """The daemon cannot start; the message names what failed (an address and its key)."""
 
 
+def remove_stale_dirs(tmp: str) -> list[str]:
+    """Remove the private directories of sweeperd daemons that are gone (a coordinator killed
+    with SIGKILL cannot remove its own): a ``sweeperd-*`` directory of ours whose ``pid`` file
+    names no running process.  Returns what it removed."""
+    removed = []
+    for d in glob.glob(os.path.join(tmp, "sweeperd-*")):
+        try:
+            if os.stat(d).st_uid != os.getuid():
+                continue
+            with open(os.path.join(d, "pid")) as f:
+                pid = int(f.read().strip())
+            os.kill(pid, 0)  # alive: leave it
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+        except (OSError, ValueError):
+            continue  # no pid file (not ours to judge), unreadable, or not ours
+    return removed
+
+
 def open_sockets(zctx: zmq.Context, ipc_dir: str, control: str) -> tuple[zmq.Socket, zmq.Socket]:
     """The worker socket (ROUTER, ipc in the private 0700 dir) and the control socket (REP)."""
     wsock = zctx.socket(zmq.ROUTER)
@@ -119,7 +140,10 @@ class Coordinator:
             self.heap = Heap.create(cfg.heap.size_mib << 20)
             undo.callback(self.heap.close)
             self.heap.me = owners.COORDINATOR
+            remove_stale_dirs(tempfile.gettempdir())
             self.ipc_dir = tempfile.mkdtemp(prefix="sweeperd-")  # 0700
+            with open(os.path.join(self.ipc_dir, "pid"), "w") as f:
+                f.write(str(os.getpid()))
             undo.callback(shutil.rmtree, self.ipc_dir, True)
             self.zctx = zmq.Context()
             undo.callback(self.zctx.destroy, 0)
