@@ -23,24 +23,23 @@ class ProcMem:
     fds: int  # open file descriptors
 
 
+def _kib_field(path: str, name: str) -> int:
+    """Bytes of a ``Name:  N kB`` line of a /proc file; 0 if there is none."""
+    with open(path) as f:
+        for line in f:
+            if line.startswith(name + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 def process_memory(pid: int, root: str = "/proc") -> ProcMem | None:
     """RSS, PSS and private (anonymous) RSS of ``pid`` in bytes, and its open descriptors;
     None if it is gone."""
     try:
         with open(f"{root}/{pid}/statm") as f:
             rss = int(f.read().split()[1]) * PAGE
-        pss = 0
-        with open(f"{root}/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    pss = int(line.split()[1]) * 1024
-                    break
-        anon = 0
-        with open(f"{root}/{pid}/status") as f:
-            for line in f:
-                if line.startswith("RssAnon:"):
-                    anon = int(line.split()[1]) * 1024
-                    break
+        pss = _kib_field(f"{root}/{pid}/smaps_rollup", "Pss")
+        anon = _kib_field(f"{root}/{pid}/status", "RssAnon")
         fds = len(os.listdir(f"{root}/{pid}/fd"))
         return ProcMem(rss, pss, anon, fds)
     except (OSError, ValueError, IndexError):
@@ -49,8 +48,4 @@ def process_memory(pid: int, root: str = "/proc") -> ProcMem | None:
 
 def meminfo(field: str, root: str = "/proc") -> int:
     """A ``/proc/meminfo`` field in bytes (e.g. ``Shmem``); 0 if absent."""
-    with open(f"{root}/meminfo") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    return 0
+    return _kib_field(f"{root}/meminfo", field)
