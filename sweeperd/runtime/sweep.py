@@ -46,7 +46,7 @@ import numpy as np
 from sweeperd.errors import BadSpanState, FoundPointerToFreeObject, SweepIncreasedAllocCount
 from sweeperd.runtime.heap import C_OBJECT_BYTES, SPAN_IN_USE, Heap, span_ix
 from sweeperd.runtime.mheap import free_spans
-from sweeperd.runtime.sizeclasses import CLASS_NWORDS
+from sweeperd.runtime.sizeclasses import CLASS_NWORDS, CLASS_SIZE, PAGE_SIZE
 from sweeperd.runtime.spanset import full_swept, partial_swept
 from sweeperd.runtime.specials import ENTRY_SHIFT, finq_entries, finq_push
 from sweeperd.runtime.sweepgen import M32
@@ -249,8 +249,7 @@ def sweep_batch(heap: Heap, spans: np.ndarray, preserve: bool = False,
             fv = heap.fin_bits[:k]
             fv[:, cols[fcols]] &= ~clear
             heap.span_specials[cols[fcols]] = fv[:, cols[fcols]].any(axis=0)
-        old = heap.span_alloc_count[cix].astype(np.int64)
-        heap.count(C_OBJECT_BYTES, int(((nalloc - old) * heap.elem_sizes(cols)).sum()))
+        heap.count(C_OBJECT_BYTES, _objects_bytes_delta(heap, cix, nalloc))
         heap.span_alloc_count[cix] = nalloc
         heap.span_freeindex[cix] = 0
         heap.span_nsweeps[cix] += 1
@@ -288,6 +287,19 @@ def sweep_batch(heap: Heap, spans: np.ndarray, preserve: bool = False,
         st.pages_freed = free_spans(heap, freed)
         st.spans_freed = int(freed.size)
     return st
+
+
+def _objects_bytes_delta(heap: Heap, cix: slice | np.ndarray, nalloc: np.ndarray) -> int:
+    """Bytes of objects the new counts ``nalloc`` remove from spans ``cix`` (negative).  A
+    batch of one small class, the usual case, costs two sums; a mix, a gather of sizes."""
+    cls = heap.span_class[cix]
+    c = int(cls[0])
+    old = heap.span_alloc_count[cix]
+    if c != 0 and not (cls != c).any():
+        return (int(nalloc.sum()) - int(old.sum(dtype=np.int64))) * int(CLASS_SIZE[c])
+    sizes = np.where(cls == 0, heap.span_npages[cix].astype(np.int64) * PAGE_SIZE,
+                     CLASS_SIZE[cls])
+    return int(((nalloc - old.astype(np.int64)) * sizes).sum())
 
 
 def _describe(heap: Heap, s: int) -> str:
