@@ -252,7 +252,7 @@ class World(RuleBasedStateMachine):
         for s in self.m.pending:
             assert self.m.members[s].state is c.MemberState.UP
         assert self.m.awaiting is None  # every measurement was answered at once
-        assert self.m.sweepgen == self.sweepgen or self.m.sweepgen == self.sweepgen
+        assert self.m.sweepgen == self.sweepgen  # the world's heap and the machine agree
 
     def _fair_step(self) -> None:
         """Every answering worker does the next thing it would do."""

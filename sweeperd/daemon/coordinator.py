@@ -33,6 +33,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
+from types import MappingProxyType
 from typing import Any
 
 import zmq
@@ -140,6 +141,7 @@ class Coordinator:
             self.heap = Heap.create(cfg.heap.size_mib << 20)
             undo.callback(self.heap.close)
             self.heap.me = owners.COORDINATOR
+            self._handle = MappingProxyType(self.heap.handle.to_dict())
             remove_stale_dirs(tempfile.gettempdir())
             self.ipc_dir = tempfile.mkdtemp(prefix="sweeperd-")  # 0700
             with open(os.path.join(self.ipc_dir, "pid"), "w") as f:
@@ -433,9 +435,9 @@ class Coordinator:
             retain_goal_bytes=retain_goal(m.goal_bytes,
                                           self.cfg.scavenger.memory_limit_mib << 20),
             workers=self.sup.views(), **self.totals.freeze(),
-            debug={**self.work.debug, "enabled": self.cfg.run.debug_checks},
+            debug=MappingProxyType({**self.work.debug, "enabled": self.cfg.run.debug_checks}),
             cpu_fraction_target=self.cfg.scavenger.cpu_fraction,
-            heap_handle=self.heap.handle.to_dict(), control_addr=self.control_addr,
+            heap_handle=self._handle, control_addr=self.control_addr,
             ipc_dir=self.ipc_dir, metrics_addr=self.metrics_addr)
 
     def status(self) -> dict[str, Any]:

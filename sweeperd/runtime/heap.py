@@ -306,7 +306,7 @@ class Heap:
         a numpy scalar for one span); the mark buffer is the other."""
         return (self.span_sweptgen[spans] >> 1) & 1
 
-    def elem_sizes(self, spans: np.ndarray) -> np.ndarray:
+    def elem_sizes(self, spans: np.ndarray | slice) -> np.ndarray:
         """Object size of each span (a large span's one object is the whole span)."""
         cls = self.span_class[spans]
         return np.where(cls == 0, self.span_npages[spans].astype(np.int64) * PAGE_SIZE,

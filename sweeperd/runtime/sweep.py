@@ -46,7 +46,7 @@ import numpy as np
 from sweeperd.errors import BadSpanState, FoundPointerToFreeObject, SweepIncreasedAllocCount
 from sweeperd.runtime.heap import C_OBJECT_BYTES, SPAN_IN_USE, Heap, span_ix
 from sweeperd.runtime.mheap import free_spans
-from sweeperd.runtime.sizeclasses import CLASS_NWORDS, CLASS_SIZE, PAGE_SIZE
+from sweeperd.runtime.sizeclasses import CLASS_NWORDS, CLASS_SIZE
 from sweeperd.runtime.spanset import full_swept, partial_swept
 from sweeperd.runtime.specials import ENTRY_SHIFT, finq_entries, finq_push
 from sweeperd.runtime.sweepgen import M32
@@ -297,9 +297,7 @@ def _objects_bytes_delta(heap: Heap, cix: slice | np.ndarray, nalloc: np.ndarray
     old = heap.span_alloc_count[cix]
     if c != 0 and not (cls != c).any():
         return (int(nalloc.sum()) - int(old.sum(dtype=np.int64))) * int(CLASS_SIZE[c])
-    sizes = np.where(cls == 0, heap.span_npages[cix].astype(np.int64) * PAGE_SIZE,
-                     CLASS_SIZE[cls])
-    return int(((nalloc - old.astype(np.int64)) * sizes).sum())
+    return int(((nalloc - old.astype(np.int64)) * heap.elem_sizes(cix)).sum())
 
 
 def _describe(heap: Heap, s: int) -> str:
