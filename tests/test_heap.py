@@ -68,12 +68,13 @@ def test_check_heap_catches_alloc_count_drift(heap):
 
 
 def test_fragmentation_is_free_slots_in_spans_that_hold_objects_only(heap):
-    from sweeperd.runtime.heapstats import heap_stats
+    from sweeperd.runtime.heapstats import heap_stats, scan_heap_stats
     from sweeperd.runtime.sizeclasses import CLASS_SIZE
 
     held, _ = mheap.alloc_span(heap, 6)  # 64 B objects: one allocated, 127 slots free
     malloc.alloc_objects(heap, held, 1)
     mheap.alloc_span(heap, 6)  # empty (a mutator's fresh span): unused, not stuck
     hs = heap_stats(heap)
+    assert hs == scan_heap_stats(heap)
     assert hs.fragmentation_bytes == PAGE_SIZE - int(CLASS_SIZE[6])
     assert hs.unused_bytes == 2 * PAGE_SIZE - int(CLASS_SIZE[6])

@@ -4,7 +4,7 @@ import pytest
 from sweeperd.errors import BadSpanState, FoundPointerToFreeObject, SweepIncreasedAllocCount
 from sweeperd.runtime import malloc, mark, mcentral, mheap, specials
 from sweeperd.runtime.check import check_heap
-from sweeperd.runtime.heap import C_OBJECT_BYTES, SPAN_DEAD
+from sweeperd.runtime.heap import C_OBJECT_BYTES, C_OCCUPIED_PAGES, SPAN_DEAD
 from sweeperd.runtime.sweep import sweep, sweep_batch
 
 from .conftest import claim_all, start_cycle
@@ -186,11 +186,11 @@ def test_crash_after_commit_is_finished_not_swept_again(heap):
     done = heap.snapshot()
     heap.restore(snap)
     # replay the dead sweeper up to its commit: counters and sweptgen written, nothing after
-    heap.counters[:, C_OBJECT_BYTES] = done["counters"][:, C_OBJECT_BYTES]  # before the count
+    counted = [C_OBJECT_BYTES, C_OCCUPIED_PAGES]  # what a sweep counts before its commit
+    heap.counters[:, counted] = done["counters"][:, counted]
     heap.span_alloc_count[[a, b]] = done["span_alloc_count"][[a, b]]
     heap.span_freeindex[[a, b]] = 0
-    heap.span_nsweeps[[a, b]] += 1
-    heap.span_sweptgen[[a, b]] = h
+    heap.commit_sweep([a, b], h)
     st = sweep_batch(heap, np.array([a, b]), recover=True)
     assert st.objects_freed == 0  # nothing is swept twice
     for k, v in heap.snapshot().items():

@@ -20,13 +20,14 @@ from .sweeperproc import sweeper
 CTX = mp.get_context("spawn")
 
 
-@pytest.mark.parametrize("die_at", ["claimed", "checked", "committed", "published",
-                                    "freeing"])
+@pytest.mark.parametrize("die_at", ["claimed", "checked", "committing", "committed",
+                                    "published", "freeing"])
 def test_kill_9_mid_sweep_cycle_completes_exactly_once(die_at):
     rng = np.random.default_rng(11)
     with Heap.create(32 << 20) as heap:
         build(heap, rng, 600)
         before = heap.snapshot()
+        nsweeps0 = heap.span_nsweeps.copy()
         spans0 = heap.in_use_spans()
         alloc0 = int(heap.span_alloc_count[spans0].sum())
         shards.assign(heap, 2)
@@ -53,7 +54,7 @@ def test_kill_9_mid_sweep_cycle_completes_exactly_once(die_at):
         rec = recovery.claims(heap, 0)
         left = sweep_until_done(heap, 0)
         assert shards.unswept(heap).size == 0 and shards.unfinished(heap).size == 0
-        d = heap.span_nsweeps[spans0].astype(np.int64) - before["span_nsweeps"][spans0]
+        d = heap.span_nsweeps[spans0].astype(np.int64) - nsweeps0[spans0]
         assert (d == 1).all(), f"{die_at}: spans swept {np.unique(d).tolist()} times"
         check_heap(heap)
         # no object lost: what was allocated is still allocated or was freed — counted from

@@ -22,7 +22,7 @@ def test_two_sweepers_and_a_mutator_sweep_each_span_exactly_once():
     with Heap.create(32 << 20) as heap:
         for _cycle in range(3):
             build(heap, rng, 400, p_fin=0.0)  # fresh spans, marks, sweepgen += 2
-            before = heap.snapshot()
+            nsweeps0 = heap.span_nsweeps.copy()
             spans0 = heap.in_use_spans()
             alloc0 = int(heap.span_alloc_count[spans0].sum())
             shards.assign(heap, 2)
@@ -49,7 +49,7 @@ def test_two_sweepers_and_a_mutator_sweep_each_span_exactly_once():
             for s in cached:
                 mcentral.uncache_span(heap, s)
             assert shards.unswept(heap).size == 0 and shards.unfinished(heap).size == 0
-            d = heap.span_nsweeps[spans0].astype(np.int64) - before["span_nsweeps"][spans0]
+            d = heap.span_nsweeps[spans0].astype(np.int64) - nsweeps0[spans0]
             assert (d == 1).all(), f"spans swept {np.unique(d)} times"
             assert sum(r[1] for r in res) + mut_spans == spans0.size
             # conservation: allocated before = still allocated in those spans + freed (the

@@ -21,9 +21,8 @@ from typing import Any
 from sweeperd.daemon import cycle as c
 from sweeperd.daemon.cycle import Slot
 from sweeperd.daemon.totals import Totals
-from sweeperd.runtime import check, owners, recovery, scavenge, shards
-from sweeperd.runtime.heap import H_HEAP_GOAL, H_SWEEPGEN, Heap
-from sweeperd.runtime.heapstats import heap_stats, marked_bytes
+from sweeperd.runtime import check, heapstats, owners, recovery, scavenge, shards
+from sweeperd.runtime.heap import C_OBJECT_BYTES, H_HEAP_GOAL, H_SWEEPGEN, Heap
 from sweeperd.runtime.sizeclasses import PAGE_SIZE
 from sweeperd.runtime.specials import run_finalizers
 from sweeperd.runtime.sweep import sweep_batch
@@ -45,6 +44,7 @@ class HeapWork:
             "cycles_checked": 0, "spans_checked": 0, "exactly_once_violations": 0,
             "conservation_checks": 0, "conservation_gap": 0, "counter_gap_bytes": 0}
         self._sweep_counts: tuple[Any, Any] | None = None
+        self._counters_dirty = False
 
     def measure_heap(self) -> c.HeapMeasured:
         """From the heap's running counters: O(1) in the heap's size (every 20 ms)."""
@@ -53,8 +53,7 @@ class HeapWork:
         return c.HeapMeasured(heap.objects_bytes(), heap.heap_bytes - in_use, heap.heap_bytes)
 
     def measure_live(self) -> c.LiveMeasured:
-        spans = self.heap.in_use_spans()
-        return c.LiveMeasured(marked_bytes(self.heap), int(self.heap.span_npages[spans].sum()))
+        return c.LiveMeasured(heapstats.marked_bytes(self.heap), self.heap.in_use_pages())
 
     def measure_sweep(self) -> c.SweepMeasured:
         heap = self.heap
@@ -68,8 +67,13 @@ class HeapWork:
             self.debug["conservation_gap"] = check.conservation_gap(
                 heap, int(self.totals.mutator.get("objects_allocated", 0)),
                 sum(s.objects_freed for s in self.totals.swept.values()))
-            # the running counters against a scan (a kill between two stores drifts them)
-            self.debug["counter_gap_bytes"] = heap.objects_bytes() - heap_stats(heap).objects_bytes
+            # the running counters against a scan (only a death may drift them)
+            self.debug["counter_gap_bytes"] = int(heapstats.counter_drift(heap)[C_OBJECT_BYTES])
+        if self._counters_dirty:  # a death may have cut a store from its count: rebase
+            drift = heapstats.rebase(heap)
+            self._counters_dirty = False
+            if drift.any():
+                log(f"running counters rebased after a death (drift {drift.tolist()})")
         heap.header[H_HEAP_GOAL] = a.goal_bytes  # the scavenger's retain goal follows
         with heap.lock:
             if heap.sweepgen + 2 != a.sweepgen:
@@ -107,6 +111,7 @@ class HeapWork:
     def recover(self, slot: Slot) -> None:
         calls = dict(self.sysmem.calls)
         rec = recovery.recover(self.heap, slot.role.value, slot.id, self.sysmem)
+        self._counters_dirty = True
         self.totals.coordinator_swept(rec.swept)
         self.totals.coordinator_released(rec.released, self._calls_since(calls))
         if rec.alloc_counts_repaired:

@@ -24,7 +24,9 @@ share a start page, so columns never overlap and need no allocator.
 Each span has two bitmap buffers, alloc and mark, and which is which flips at every sweep (Go
 swaps the ``allocBits``/``gcmarkBits`` pointers).  The selector is the parity of
 ``sweptgen // 2``, where ``sweptgen`` is the heap sweepgen at which the span was last swept (or
-allocated).  Writing ``sweptgen`` is therefore the single store that commits a sweep.
+allocated).  Writing ``sweptgen`` is therefore the single store that commits a sweep; it shares
+an 8-byte word with ``nsweeps`` (the sweep count the exactly-once check reads), so the one
+store also counts the sweep (``Heap.commit_sweep``).
 
 Invariants (checked by :func:`sweeperd.check.check_heap`):
 
@@ -52,7 +54,7 @@ from sweeperd.runtime.sizeclasses import CLASS_SIZE, MAX_BITMAP_WORDS, PAGE_SHIF
 from sweeperd.sys.shm import OS_PAGE, FlockLock, RegionHandle, SharedRegion
 
 MAGIC = 0x5357_4545_5045_5244  # "SWEEPERD"
-LAYOUT_VERSION = 7
+LAYOUT_VERSION = 8
 
 # page_span values that are not a span's start page.
 PAGE_FREE = -1  # free: the allocator may take it
@@ -79,12 +81,21 @@ H_HEAP_GOAL = 12  # the coordinator's current heap goal (bytes), for the scaveng
 H_MEMORY_LIMIT = 13  # memory limit in bytes, 0 = none
 HEADER_WORDS = 64
 
-# Running counters (columns of ``counters``): every change of allocCount or of the pages in use
-# adds its delta to the changing process's own row (one writer per row, no lock), so the
-# heap's figures are a sum over 256 rows, whatever the heap's size: the trigger check is O(1).
+# Running counters (columns of ``counters``): every change of allocCount, of the pages in use or
+# of scavenged bits adds its delta to the changing process's own row (one writer per row, no
+# lock), so the heap's figures are a sum over 256 rows, whatever the heap's size: the trigger
+# check, the scrape and ``status`` are O(1).  A process killed between a store and its count
+# leaves them off; the coordinator rebases them on a scan after a death (heapstats.rebase).
 C_OBJECT_BYTES = 0  # bytes of allocated objects (Go's /memory/classes/heap/objects)
 C_IN_USE_PAGES = 1  # pages of in-use spans
-NCOUNTERS = 2
+C_SPANS_IN_USE = 2  # in-use spans
+C_OCCUPIED_PAGES = 3  # pages of in-use spans holding at least one object (fragmentation's base)
+C_SCAVENGED_PAGES = 4  # pages with their scavenged bit set (all free: Go's heap/released)
+NCOUNTERS = 5
+
+_U1 = np.uint64(1)
+_U32 = np.uint64(32)
+assert np.little_endian, "the commit word's halves assume a little-endian machine"
 
 # Sweepgen starts above zero so that h-2 never goes below zero.
 INITIAL_SWEEPGEN = 4
@@ -109,8 +120,8 @@ def _fields(npages: int, finq_cap: int) -> list[tuple[str, np.dtype, tuple[int, 
         ("span_alloc_count", np.dtype(np.uint16), (npages,)),
         ("span_freeindex", np.dtype(np.uint16), (npages,)),
         ("span_sweepgen", np.dtype(np.uint32), (npages,)),
-        ("span_sweptgen", np.dtype(np.uint32), (npages,)),
-        ("span_nsweeps", np.dtype(np.uint32), (npages,)),
+        # low half sweptgen, high half nsweeps: one 8-byte store commits a sweep and counts it
+        ("span_commit", np.dtype(np.uint64), (npages,)),
         ("span_specials", np.dtype(np.uint8), (npages,)),
         ("span_owner", np.dtype(np.uint8), (npages,)),
         ("bits", np.dtype(np.uint64), (2, MAX_BITMAP_WORDS, npages)),
@@ -187,7 +198,8 @@ class Heap:
     span_alloc_count: np.ndarray
     span_freeindex: np.ndarray
     span_sweepgen: np.ndarray
-    span_sweptgen: np.ndarray
+    span_commit: np.ndarray
+    span_sweptgen: np.ndarray  # views of span_commit's halves
     span_nsweeps: np.ndarray
     span_specials: np.ndarray
     span_owner: np.ndarray
@@ -208,6 +220,11 @@ class Heap:
             count = int(np.prod(shape))
             arr = np.frombuffer(meta.mmap, dtype=dt, count=count, offset=layout.offsets[name])
             setattr(self, name, arr.reshape(shape))
+        # the two halves of each commit word (little-endian: sweptgen is the low one)
+        halves = self.span_commit.view(np.uint32)
+        self.span_sweptgen = halves[0::2]
+        self.span_nsweeps = halves[1::2]
+        self._commit_i64 = self.span_commit.view(np.int64)  # for reads of sweptgen's low bits
         self.arena = np.frombuffer(arena.mmap, dtype=np.uint8)
         self.arena64 = self.arena.view(np.uint64)
         # The heap lock (Go's mheap_.lock, plus the atomics of span claims), shared by every
@@ -238,6 +255,7 @@ class Heap:
         h = cls(arena, meta, layout)
         h.page_span[:] = -1
         h.scavenged[:] = 1  # fresh heap counts as scavenged: never release untouched memory
+        h.count(C_SCAVENGED_PAGES, npages)
         hd = h.header
         hd[H_NPAGES] = npages
         hd[H_SWEEPGEN] = INITIAL_SWEEPGEN
@@ -272,7 +290,8 @@ class Heap:
     def close(self) -> None:
         for name, _, _ in _fields(0, 0):
             self.__dict__.pop(name, None)
-        self.__dict__.pop("arena", None)
+        for name in ("arena", "span_sweptgen", "span_nsweeps", "_commit_i64"):
+            self.__dict__.pop(name, None)
         self.__dict__.pop("arena64", None)
         try:
             self.arena_region.close()
@@ -304,13 +323,25 @@ class Heap:
     def alloc_buf(self, spans: Any) -> Any:
         """Index (0 or 1) of each span's alloc bitmap buffer (an array for an array of spans,
         a numpy scalar for one span); the mark buffer is the other."""
-        return (self.span_sweptgen[spans] >> 1) & 1
+        return (self._commit_i64[spans] >> 1) & 1  # bit 1 of sweptgen, the low half
 
     def elem_sizes(self, spans: np.ndarray | slice) -> np.ndarray:
         """Object size of each span (a large span's one object is the whole span)."""
         cls = self.span_class[spans]
         return np.where(cls == 0, self.span_npages[spans].astype(np.int64) * PAGE_SIZE,
                         CLASS_SIZE[cls])
+
+    def commit_sweep(self, spans: Any, h: int) -> None:
+        """Commit the sweep of ``spans`` at heap sweepgen ``h``: set each one's sweptgen to ``h``
+        and add one to its nsweeps, in a single aligned 8-byte store per span, so a death can
+        never leave one without the other (the exactly-once check counts commits)."""
+        low = np.uint64(h & 0xFFFF_FFFF)
+        if isinstance(spans, slice):  # a run of spans: in place, each word stored once
+            v = self.span_commit[spans]
+            np.bitwise_or((v >> _U32) + _U1 << _U32, low, out=v)
+            return
+        w = self.span_commit[spans]
+        self.span_commit[spans] = ((w >> _U32) + _U1 << _U32) | low
 
     def count(self, counter: int, delta: int) -> None:
         """Add ``delta`` to this process's row of the running counters."""
@@ -324,6 +355,10 @@ class Heap:
     def in_use_pages(self) -> int:
         """Pages of in-use spans, from the running counters."""
         return int(self.counters[:, C_IN_USE_PAGES].sum())
+
+    def counter_totals(self) -> np.ndarray:
+        """Every running counter summed over the rows (index with ``C_*``)."""
+        return self.counters.sum(axis=0)
 
     def by_alloc_buf(self, cols: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
         """Split spans ``cols`` by which buffer is their alloc bitmap: yields ``(buf, the

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from sweeperd.errors import AllocCountOverflow, BadSpanState
-from sweeperd.runtime.heap import C_OBJECT_BYTES, SPAN_IN_USE, Heap
+from sweeperd.runtime.heap import C_OBJECT_BYTES, C_OCCUPIED_PAGES, SPAN_IN_USE, Heap
 from sweeperd.runtime.sizeclasses import CLASS_NWORDS, CLASS_SIZE, PAGE_SIZE
 from sweeperd.runtime.sweepgen import SweepState, state_of
 
@@ -57,8 +57,11 @@ def alloc_objects(heap: Heap, span: int, k: int) -> np.ndarray:
     count = int(heap.span_alloc_count[span]) + got.size
     if count > nelems:
         raise AllocCountOverflow(f"span {span}: allocCount {count}, nelems {nelems}")
+    was_empty = heap.span_alloc_count[span] == 0
     heap.span_alloc_count[span] = count
     heap.count(C_OBJECT_BYTES, got.size * elem_size(heap, span))
+    if was_empty:
+        heap.count(C_OCCUPIED_PAGES, int(heap.span_npages[span]))
     heap.span_freeindex[span] = int(got[-1]) + 1
     return got.astype(np.int64)
 
@@ -142,6 +145,7 @@ def alloc_all(heap: Heap, spans: np.ndarray) -> int:
             v[:, cb] = words[:, None]
         heap.span_alloc_count[cols] = ne
         heap.count(C_OBJECT_BYTES, ne * cols.size * int(CLASS_SIZE[c]))
+        heap.count(C_OCCUPIED_PAGES, int(heap.span_npages[cols].sum(dtype=np.int64)))  # were 0
         heap.span_freeindex[cols] = ne
         total += ne * cols.size
     return total
@@ -156,9 +160,11 @@ def repair_alloc_counts(heap: Heap, spans: np.ndarray) -> int:
     for s in spans.tolist():
         nw = int(CLASS_NWORDS[heap.span_class[s]])
         n = int(np.bitwise_count(heap.bits[int(heap.alloc_buf(s)), :nw, s]).sum())
-        if n != int(heap.span_alloc_count[s]):
+        old = int(heap.span_alloc_count[s])
+        if n != old:
             wrong += 1
-            heap.count(C_OBJECT_BYTES, (n - int(heap.span_alloc_count[s])) * elem_size(heap, s))
+            heap.count(C_OBJECT_BYTES, (n - old) * elem_size(heap, s))
+            heap.count(C_OCCUPIED_PAGES, ((n > 0) - (old > 0)) * int(heap.span_npages[s]))
             heap.span_alloc_count[s] = n
             heap.span_freeindex[s] = 0  # rescan from the start: the bits decide
     return wrong

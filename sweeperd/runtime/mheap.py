@@ -27,6 +27,9 @@ import numpy as np
 from sweeperd.errors import HeapCorrupt, OutOfMemory
 from sweeperd.runtime.heap import (
     C_IN_USE_PAGES,
+    C_OCCUPIED_PAGES,
+    C_SCAVENGED_PAGES,
+    C_SPANS_IN_USE,
     H_SCAV_SEARCH,
     H_SEARCH_ADDR,
     PAGE_FREE,
@@ -87,6 +90,8 @@ def init_spans(heap: Heap, starts: np.ndarray, npages: int, sizeclass: int) -> i
     heap.span_sweepgen[starts] = h
     heap.span_state[starts] = SPAN_IN_USE  # last: the span exists from here on
     heap.count(C_IN_USE_PAGES, npages * int(starts.size))
+    heap.count(C_SPANS_IN_USE, int(starts.size))
+    heap.count(C_SCAVENGED_PAGES, -nscav)
     return nscav
 
 
@@ -162,7 +167,7 @@ def free_spans(heap: Heap, starts: np.ndarray) -> int:
     heap.span_set[ix] = SET_NONE
     heap.span_state[ix] = SPAN_DEAD
     heap.page_span[pages] = PAGE_FREE  # the pages are free from here on
-    heap.count(C_IN_USE_PAGES, -int(n.sum()))
+    _count_freed(heap, ix, n)
     lo = int(starts[0])
     hi = int(starts[-1] + n[-1])
     with heap.lock:
@@ -171,6 +176,15 @@ def free_spans(heap: Heap, starts: np.ndarray) -> int:
         if hi > heap.header[H_SCAV_SEARCH]:  # new candidates for the scavenger up here
             heap.header[H_SCAV_SEARCH] = hi
     return int(n.sum())
+
+
+def _count_freed(heap: Heap, ix: np.ndarray | slice, npages: np.ndarray) -> None:
+    """The running counters' share of freeing spans ``ix`` of ``npages`` pages each."""
+    heap.count(C_IN_USE_PAGES, -int(npages.sum()))
+    heap.count(C_SPANS_IN_USE, -int(npages.size))
+    held = heap.span_alloc_count[ix] != 0  # a large span's sweep zeroes it first: rare
+    if held.any():
+        heap.count(C_OCCUPIED_PAGES, -int(npages[held].sum()))
 
 
 def repair(heap: Heap, owner: int) -> int:
@@ -182,10 +196,12 @@ def repair(heap: Heap, owner: int) -> int:
     heap.require_lock("mheap.repair")
     owned = np.flatnonzero(heap.page_span >= 0)
     start = heap.page_span[owned]
-    orphan = owned[(heap.span_state[start] != SPAN_IN_USE) & (heap.span_owner[start] == owner)]
+    cut = (heap.span_state[start] != SPAN_IN_USE) & (heap.span_owner[start] == owner)
+    orphan = owned[cut]
     if orphan.size:
         heap.page_span[orphan] = PAGE_FREE
-        heap.count(C_IN_USE_PAGES, -int(orphan.size))  # the dead one did not count them
+        starts = np.unique(start[cut])  # the dead one did not count them
+        _count_freed(heap, starts, heap.span_npages[starts].astype(np.int64))
         lo = int(orphan[0])
         if lo < heap.header[H_SEARCH_ADDR]:
             heap.header[H_SEARCH_ADDR] = lo

@@ -32,7 +32,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sweeperd.runtime.heap import H_SCAV_SEARCH, H_SEARCH_ADDR, PAGE_FREE, PAGE_SCAVENGING, Heap
+from sweeperd.runtime.heap import (
+    C_SCAVENGED_PAGES,
+    H_SCAV_SEARCH,
+    H_SEARCH_ADDR,
+    PAGE_FREE,
+    PAGE_SCAVENGING,
+    Heap,
+)
 from sweeperd.runtime.runs import run_pages, runs
 from sweeperd.runtime.sizeclasses import PAGE_SIZE
 from sweeperd.sys.sysmem import SysMem
@@ -126,7 +133,9 @@ def finish(heap: Heap, starts: np.ndarray, lengths: np.ndarray) -> None:
     """Step 3: the released pages are free again, and marked scavenged."""
     pages = run_pages(starts, lengths)
     with heap.lock:
+        fresh = int(pages.size) - int(np.count_nonzero(heap.scavenged[pages]))  # a redo: 0
         heap.scavenged[pages] = 1  # first: a page the allocator sees free is already marked
+        heap.count(C_SCAVENGED_PAGES, fresh)
         heap.page_span[pages] = PAGE_FREE
         if pages.size and int(pages.min()) < heap.header[H_SEARCH_ADDR]:
             heap.header[H_SEARCH_ADDR] = int(pages.min())

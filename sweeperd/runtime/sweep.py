@@ -44,9 +44,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from sweeperd.errors import BadSpanState, FoundPointerToFreeObject, SweepIncreasedAllocCount
-from sweeperd.runtime.heap import C_OBJECT_BYTES, SPAN_IN_USE, Heap, span_ix
+from sweeperd.runtime.heap import C_OBJECT_BYTES, C_OCCUPIED_PAGES, SPAN_IN_USE, Heap, span_ix
 from sweeperd.runtime.mheap import free_spans
-from sweeperd.runtime.sizeclasses import CLASS_NWORDS, CLASS_SIZE
+from sweeperd.runtime.sizeclasses import CLASS_NPAGES, CLASS_NWORDS, CLASS_SIZE
 from sweeperd.runtime.spanset import full_swept, partial_swept
 from sweeperd.runtime.specials import ENTRY_SHIFT, finq_entries, finq_push
 from sweeperd.runtime.sweepgen import M32
@@ -126,12 +126,13 @@ def sweep(heap: Heap, s: int, preserve: bool = False) -> bool:
     heap.bits[m, :nw, s] = _int_to_words(mark, nw)
     heap.fin_bits[:nw, s] = _int_to_words(fin, nw)
     heap.span_specials[s] = 1 if fin else 0
-    heap.count(C_OBJECT_BYTES, (nalloc - int(heap.span_alloc_count[s]))
-               * int(heap.elem_sizes(np.array([s]))[0]))
+    old = int(heap.span_alloc_count[s])
+    heap.count(C_OBJECT_BYTES, (nalloc - old) * int(heap.elem_sizes(np.array([s]))[0]))
+    if old and not nalloc:
+        heap.count(C_OCCUPIED_PAGES, -int(heap.span_npages[s]))
     heap.span_alloc_count[s] = nalloc
     heap.span_freeindex[s] = 0
-    heap.span_nsweeps[s] += 1
-    heap.span_sweptgen[s] = h  # commit: the mark buffer is now the alloc buffer
+    heap.commit_sweep(s, h)  # commit: the mark buffer is now the alloc buffer
     heap.bits[a, :nw, s] = 0  # the old alloc buffer is the fresh mark bitmap
     heap.span_sweepgen[s] = h
     if preserve:
@@ -249,11 +250,12 @@ def sweep_batch(heap: Heap, spans: np.ndarray, preserve: bool = False,
             fv = heap.fin_bits[:k]
             fv[:, cols[fcols]] &= ~clear
             heap.span_specials[cols[fcols]] = fv[:, cols[fcols]].any(axis=0)
-        heap.count(C_OBJECT_BYTES, _objects_bytes_delta(heap, cix, nalloc))
+        _count_swept(heap, cix, nalloc)
         heap.span_alloc_count[cix] = nalloc
         heap.span_freeindex[cix] = 0
-        heap.span_nsweeps[cix] += 1
-        heap.span_sweptgen[cix] = h  # commit
+        if fault:
+            fault("committing")
+        heap.commit_sweep(cix, h)  # commit (and count the sweep, in the same store)
         st.objects_freed += nbefore - int(nalloc.sum())
         st.bitmap_bytes += cols.size * k * 8 * 2
 
@@ -289,15 +291,23 @@ def sweep_batch(heap: Heap, spans: np.ndarray, preserve: bool = False,
     return st
 
 
-def _objects_bytes_delta(heap: Heap, cix: slice | np.ndarray, nalloc: np.ndarray) -> int:
-    """Bytes of objects the new counts ``nalloc`` remove from spans ``cix`` (negative).  A
-    batch of one small class, the usual case, costs two sums; a mix, a gather of sizes."""
+def _count_swept(heap: Heap, cix: slice | np.ndarray, nalloc: np.ndarray) -> None:
+    """The running counters' share of setting spans ``cix``'s allocCounts to ``nalloc``: the
+    objects freed and the pages of spans emptied.  A batch of one small class, the usual
+    case, costs a few sums; a mix, a gather of sizes."""
     cls = heap.span_class[cix]
     c = int(cls[0])
     old = heap.span_alloc_count[cix]
     if c != 0 and not (cls != c).any():
-        return (int(nalloc.sum()) - int(old.sum(dtype=np.int64))) * int(CLASS_SIZE[c])
-    return int(((nalloc - old.astype(np.int64)) * heap.elem_sizes(cix)).sum())
+        heap.count(C_OBJECT_BYTES,
+                   (int(nalloc.sum()) - int(old.sum(dtype=np.int64))) * int(CLASS_SIZE[c]))
+        # a sweep only lowers counts, so a span it leaves holding objects held some before
+        heap.count(C_OCCUPIED_PAGES, (int(np.count_nonzero(nalloc)) - int(np.count_nonzero(old)))
+                   * int(CLASS_NPAGES[c]))
+        return
+    heap.count(C_OBJECT_BYTES, int(((nalloc - old.astype(np.int64)) * heap.elem_sizes(cix)).sum()))
+    emptied = (nalloc == 0) & (old != 0)
+    heap.count(C_OCCUPIED_PAGES, -int(heap.span_npages[cix][emptied].sum(dtype=np.int64)))
 
 
 def _describe(heap: Heap, s: int) -> str:

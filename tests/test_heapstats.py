@@ -1,0 +1,81 @@
+"""The heap's classes from the running counters, against a scan; rebase after a death."""
+
+import numpy as np
+
+from sweeperd.runtime import malloc, mheap, owners, scavenge
+from sweeperd.runtime.heap import (
+    C_IN_USE_PAGES,
+    C_OBJECT_BYTES,
+    C_OCCUPIED_PAGES,
+    C_SPANS_IN_USE,
+    PAGE_FREE,
+    SPAN_DEAD,
+    Heap,
+)
+from sweeperd.runtime.heapstats import counter_drift, heap_stats, rebase, scan_heap_stats
+from sweeperd.runtime.sizeclasses import CLASS_SIZE, PAGE_SIZE
+
+
+def _busy_heap(heap: Heap) -> tuple[int, int]:
+    """One span holding objects, one empty, one large object, some pages released."""
+    held, _ = mheap.alloc_span(heap, 6)
+    malloc.alloc_objects(heap, held, 3)
+    empty, _ = mheap.alloc_span(heap, 6)
+    big, _ = mheap.alloc_span(heap, 0, 9)
+    malloc.alloc_objects(heap, big, 1)
+    gone, _ = mheap.alloc_span(heap, 0, 4)
+    mheap.free_spans(heap, np.array([gone]))  # four backed free pages; release two of them
+    scavenge.finish(heap, np.array([gone]), np.array([2]))
+    return held, empty
+
+
+def test_every_class_from_the_counters_equals_the_scan(heap):
+    _busy_heap(heap)
+    hs = heap_stats(heap)
+    assert hs == scan_heap_stats(heap)
+    assert hs.objects_bytes == 3 * int(CLASS_SIZE[6]) + 9 * PAGE_SIZE
+    assert hs.spans_in_use == 3
+    assert hs.in_use_bytes == 11 * PAGE_SIZE
+    assert hs.fragmentation_bytes == PAGE_SIZE - 3 * int(CLASS_SIZE[6])
+    # the fresh heap's pages count as released; the freed span's are backed until released
+    assert hs.released_bytes + hs.free_bytes + hs.in_use_bytes == heap.heap_bytes
+    assert hs.free_bytes == 2 * PAGE_SIZE
+
+
+def test_finishing_a_release_twice_counts_it_once(heap):
+    """Recovery of a dead scavenger runs ``finish`` again on the same runs."""
+    _busy_heap(heap)
+    s, _ = mheap.alloc_span(heap, 5)
+    mheap.free_spans(heap, np.array([s]))
+    scavenge.finish(heap, np.array([s]), np.array([1]))
+    once = heap_stats(heap)
+    scavenge.finish(heap, np.array([s]), np.array([1]))
+    assert heap_stats(heap) == once == scan_heap_stats(heap)
+
+
+def test_rebase_puts_the_counters_back_after_a_store_lost_its_count(heap):
+    held, _ = _busy_heap(heap)
+    # a sweeper killed inside freeSpan, after its stores and before its count: the span's
+    # objects were swept away (counted), then the span died and its pages went free
+    heap.me = owners.of("sweeper", 0)
+    before = heap_stats(heap)
+    malloc_bytes = 3 * int(CLASS_SIZE[6])
+    heap.span_alloc_count[held] = 0
+    heap.count(C_OBJECT_BYTES, -malloc_bytes)
+    heap.count(C_OCCUPIED_PAGES, -1)  # its occupied page: the sweep counted that too
+    heap.span_state[held] = SPAN_DEAD
+    heap.page_span[held] = PAGE_FREE  # ... and died here
+    drifted = heap_stats(heap)
+    assert drifted != scan_heap_stats(heap)
+    assert drifted.in_use_bytes == before.in_use_bytes  # the free was never counted
+    heap.me = owners.COORDINATOR
+    drift = rebase(heap)
+    expect = np.zeros_like(drift)
+    expect[[C_IN_USE_PAGES, C_SPANS_IN_USE]] = 1  # one page and one span too many in use
+    assert drift.tolist() == expect.tolist()
+    assert heap_stats(heap) == scan_heap_stats(heap)
+    assert not counter_drift(heap).any()
+    # only the rebasing process's row changed
+    row = heap.counters[owners.of("sweeper", 0)]
+    assert row[C_OBJECT_BYTES] == -malloc_bytes and row[C_OCCUPIED_PAGES] == -1
+    assert np.count_nonzero(row) == 2
