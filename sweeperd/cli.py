@@ -8,6 +8,7 @@ import json
 import signal
 import sys
 import traceback
+import urllib.request
 from typing import TYPE_CHECKING, Any
 
 from sweeperd.errors import Throw
@@ -194,9 +195,16 @@ def _soak(args: argparse.Namespace) -> int:
         print("sweeperd soak: --duration and --every must be positive", file=sys.stderr)
         return 2
     try:
+        addr = args.metrics or _request(args.control, "status", args.timeout)["metrics_addr"]
+        url = f"http://{addr}/metrics"
+
+        def scrape() -> None:
+            with urllib.request.urlopen(url, timeout=args.timeout) as r:
+                r.read()
+
         watch(lambda: _request(args.control, "status", args.timeout), args.duration,
-              args.every, sys.stdout, as_json=args.json)
-    except TimeoutError as e:
+              args.every, sys.stdout, as_json=args.json, scrape=scrape if addr else None)
+    except (TimeoutError, OSError) as e:
         print(f"sweeperd soak: {e}", file=sys.stderr)
         return 1
     return 0
@@ -288,6 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     so.add_argument("--duration", type=float, default=1200.0, help="seconds (default 1200)")
     so.add_argument("--every", type=float, default=30.0, help="seconds between samples")
     so.add_argument("--timeout", type=float, default=30.0)
+    so.add_argument("--metrics", default="", help="HOST:PORT of the metrics endpoint to time "
+                    "(default: the daemon's metrics_addr, from its status)")
     so.add_argument("--json", action="store_true", help="print only the summary, as JSON")
     so.set_defaults(func=_soak)
 

@@ -1,4 +1,5 @@
 import os
+import time
 
 import numpy as np
 
@@ -36,9 +37,23 @@ def test_fake_proc_root(tmp_path):
     (tmp_path / "42" / "fd").mkdir()
     for i in range(3):
         (tmp_path / "42" / "fd" / str(i)).write_text("")
+    # a command name with a space and a parenthesis; utime 250, stime 50 ticks
+    tail = " ".join(["0"] * 10 + ["250", "50"] + ["0"] * 30)
+    (tmp_path / "42" / "stat").write_text(f"42 (a b) c) S {tail}\n")
     (tmp_path / "meminfo").write_text("MemTotal: 100 kB\nShmem: 8 kB\n")
     pm = process_memory(42, root=str(tmp_path))
     assert pm.rss_bytes == 10 * os.sysconf("SC_PAGE_SIZE") and pm.pss_bytes == 24 * 1024
     assert pm.anon_bytes == 12 * 1024 and pm.fds == 3
+    assert pm.cpu_seconds == 300 / os.sysconf("SC_CLK_TCK")
     assert meminfo("Shmem", root=str(tmp_path)) == 8 * 1024
     assert process_memory(43, root=str(tmp_path)) is None
+
+
+def test_cpu_seconds_of_this_process_grow_with_its_work():
+    from sweeperd.sys.procmem import cpu_seconds
+
+    before = cpu_seconds(os.getpid())
+    t = time.process_time()
+    while time.process_time() - t < 0.3:
+        pass
+    assert cpu_seconds(os.getpid()) - before >= 0.2

@@ -16,7 +16,7 @@ from .daemon import Daemon
 def _status(pid: int, anon_mib: float, fds: int) -> dict:
     return {"cycle": 1, "deaths": {"sweeper": 0}, "memory": {"processes": [
         {"role": "sweeper", "id": 0, "pid": pid, "anon_bytes": int(anon_mib * 2**20),
-         "fds": fds}]}}
+         "fds": fds, "cpu_seconds": 2 * anon_mib}]}}
 
 
 def test_growth_is_after_the_warmup_and_per_incarnation():
@@ -34,6 +34,23 @@ def test_growth_is_after_the_warmup_and_per_incarnation():
     assert s["samples"] == 6 and json.loads(out.getvalue()) == s
     # pid 11 replaced pid 10 at t=120: compared with its own first sample
     assert p["anon_mib_start"] == 50 and p["anon_growth_mib"] == 0.25 and p["watched_s"] == 30
+    assert p["cpu_seconds"] == 0.5 and p["cpu_share"] == 0.017  # its own CPU over 30 s
+
+
+def test_scrapes_are_timed_and_reported_as_percentiles():
+    now = [0.0]
+    costs = iter([1.0, 2.0, 3.0, 4.0, 50.0] * 2)
+
+    def scrape() -> None:
+        now[0] += next(costs) / 1e3
+
+    def sleep(dt: float) -> None:
+        now[0] += dt
+
+    s = watch(lambda: _status(10, 20, 18), duration_s=30, every_s=30, out=io.StringIO(),
+              clock=lambda: now[0], sleep=sleep, scrape=scrape)
+    assert s["scrapes"] == 10
+    assert abs(s["scrape_ms_p50"] - 3.0) < 1e-6 and abs(s["scrape_ms_p99"] - 50.0) < 1e-6
 
 
 def test_soak_command_against_a_live_daemon():
@@ -46,9 +63,11 @@ def test_soak_command_against_a_live_daemon():
         assert r.returncode == 0, r.stderr
         s = json.loads(r.stdout)
         assert s["samples"] >= 4 and s["cycles"] >= 1
+        assert s["scrapes"] == 5 * s["samples"] and 0 < s["scrape_ms_p50"] <= s["scrape_ms_p99"]
         assert set(s["processes"]) == {"coordinator0", "sweeper0", "mutator0", "scavenger0"}
         for p in s["processes"].values():
             assert p["anon_mib_end"] > 1 and p["fds_end"] > 3
+        assert s["processes"]["mutator0"]["cpu_seconds"] > 0  # it allocates flat out
         assert d.stop() == 0
     finally:
         d.close()

@@ -1,12 +1,14 @@
 """The mutator's workload model, in-process: bulk and single allocation, mark, verification."""
 
 import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sweeperd.runtime import shards
 from sweeperd.runtime.check import check_heap
 from sweeperd.runtime.sweep import sweep_batch
 from sweeperd.runtime.sweepgen import try_claim
-from sweeperd.workload.mutator import Mutator, Workload
+from sweeperd.workload.mutator import Chunk, Mutator, Workload
 
 from .conftest import start_cycle
 
@@ -49,3 +51,30 @@ def test_verification_catches_a_lost_object(heap):
     m.flush()
     m.mark(heap.sweepgen + 2)
     assert m.stats.payload_errors == 1
+
+
+@given(st.lists(st.tuples(st.integers(0, (1 << 21) - 1), st.integers(0, 1023),
+                          st.integers(0, 50)), max_size=300),
+       st.lists(st.integers(0, 60), max_size=6))
+def test_a_chunk_keeps_exactly_the_objects_not_yet_dead(objs, marks):
+    """Sorted by death, a mark drops a prefix: the survivors are exactly the objects whose
+    death is above the mark, with their span and slot intact, at every mark in turn."""
+    spans = np.array([o[0] for o in objs], dtype=np.int64)
+    idx = np.array([o[1] for o in objs], dtype=np.int64)
+    death = np.array([o[2] for o in objs], dtype=np.int32)
+    ch: Chunk | None = Chunk.of(spans, idx, 7, death)
+    for m in sorted(marks):
+        ch = ch.survivors(m) if ch is not None else None
+        want = sorted((s, i) for s, i, d in objs if d > m)
+        got = [] if ch is None else sorted(zip(ch.span.tolist(), ch.idx.tolist(), strict=True))
+        assert got == want
+        if ch is not None:
+            assert ch.ids.size and ch.seed == 7
+
+
+def test_a_chunk_lets_the_memory_of_its_dead_go():
+    n = 100_000
+    ch = Chunk.of(np.zeros(n, np.int64), np.zeros(n, np.int64), 1, np.arange(n, dtype=np.int32))
+    later = ch.survivors(n - 10)
+    assert later is not None and later.ids.size == 9
+    assert later.ids.base is None or later.ids.base.size < n  # not a view of the whole

@@ -108,7 +108,7 @@ def processes_memory(snap: Snapshot) -> list[dict[str, Any]]:
         if pm is not None:
             out.append({"role": role, "id": wid, "pid": pid, "rss_bytes": pm.rss_bytes,
                         "pss_bytes": pm.pss_bytes, "anon_bytes": pm.anon_bytes,
-                        "fds": pm.fds})
+                        "fds": pm.fds, "cpu_seconds": pm.cpu_seconds})
     return out
 
 

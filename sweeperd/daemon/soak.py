@@ -8,6 +8,11 @@ and malloc reach their working set) and the change in descriptors — as text or
 Memory figures are the kernel's (``/proc/PID/status``, ``/proc/PID/fd``), read by the daemon
 for its own processes.  A process replaced during the watch is compared from its
 replacement's first sample.
+
+It also times the service as its users meet it: the ``status`` round trip of every sample and,
+given a scrape function, ``SCRAPES`` Prometheus scrapes per sample (percentiles over the run),
+and it reports each process's CPU seconds over the watch (``/proc/PID/stat``) and their share
+of one core.
 """
 
 from __future__ import annotations
@@ -18,15 +23,26 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 WARMUP_S = 60.0
+SCRAPES = 5  # scrapes timed per sample
 
 
-def _sample(st: dict[str, Any], t: float, rtt_ms: float) -> dict[str, Any]:
+def _sample(st: dict[str, Any], t: float, rtt_ms: float,
+            scrape_ms: list[float]) -> dict[str, Any]:
     return {"t": round(t, 1), "cycle": st["cycle"], "deaths": st["deaths"],
-            "status_ms": round(rtt_ms, 1),
+            "status_ms": round(rtt_ms, 1), "scrape_ms": [round(x, 2) for x in scrape_ms],
             "procs": {f'{p["role"]}{p["id"]}': {"pid": p["pid"],
                                                  "anon_mib": round(p["anon_bytes"] / 2**20, 2),
-                                                 "fds": p["fds"]}
+                                                 "fds": p["fds"],
+                                                 "cpu_s": p.get("cpu_seconds", 0.0)}
                       for p in st["memory"]["processes"]}}
+
+
+def _pct(xs: list[float], q: float) -> float:
+    """The ``q`` quantile (nearest rank) of ``xs``; 0 for none."""
+    if not xs:
+        return 0.0
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, max(0, round(q * len(xs) + 0.5) - 1))]
 
 
 def summarize(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -39,34 +55,51 @@ def summarize(samples: list[dict[str, Any]]) -> dict[str, Any]:
         mine = [s for s in samples if s["procs"].get(name, {}).get("pid") == p["pid"]]
         warm = [s for s in mine if s["t"] - mine[0]["t"] >= WARMUP_S] or mine
         base = warm[0]["procs"][name]
-        out[name] = {"anon_mib_start": mine[0]["procs"][name]["anon_mib"],
+        first = mine[0]["procs"][name]
+        watched = last["t"] - mine[0]["t"]
+        cpu = round(p["cpu_s"] - first["cpu_s"], 2)
+        out[name] = {"anon_mib_start": first["anon_mib"],
                      "anon_mib_after_warmup": base["anon_mib"], "anon_mib_end": p["anon_mib"],
                      "anon_growth_mib": round(p["anon_mib"] - base["anon_mib"], 2),
                      "fds_start": mine[0]["procs"][name]["fds"], "fds_end": p["fds"],
-                     "watched_s": round(last["t"] - mine[0]["t"], 1)}
-    rtts = sorted(s["status_ms"] for s in samples)
+                     "watched_s": round(watched, 1), "cpu_seconds": cpu,
+                     "cpu_share": round(cpu / watched, 3) if watched > 0 else 0.0}
+    rtts = [s["status_ms"] for s in samples]
+    scrapes = [x for s in samples for x in s["scrape_ms"]]
     return {"samples": len(samples), "seconds": last["t"], "cycles": last["cycle"],
-            "deaths": last["deaths"], "status_ms_median": rtts[len(rtts) // 2],
-            "status_ms_max": rtts[-1], "processes": out}
+            "deaths": last["deaths"], "status_ms_median": _pct(rtts, 0.5),
+            "status_ms_p99": _pct(rtts, 0.99), "status_ms_max": max(rtts),
+            "scrapes": len(scrapes), "scrape_ms_p50": _pct(scrapes, 0.5),
+            "scrape_ms_p99": _pct(scrapes, 0.99),
+            "scrape_ms_max": max(scrapes) if scrapes else 0.0, "processes": out}
 
 
 def watch(status: Callable[[], dict[str, Any]], duration_s: float, every_s: float,
           out: TextIO, as_json: bool = False,
           clock: Callable[[], float] = time.monotonic,
-          sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
+          sleep: Callable[[float], None] = time.sleep,
+          scrape: Callable[[], None] | None = None) -> dict[str, Any]:
     t0 = clock()
     samples: list[dict[str, Any]] = []
     while True:
         t = clock()
         st = status()
-        s = _sample(st, t - t0, (clock() - t) * 1e3)
+        rtt = (clock() - t) * 1e3
+        scrape_ms = []
+        if scrape is not None:
+            for _ in range(SCRAPES):
+                ts = clock()
+                scrape()
+                scrape_ms.append((clock() - ts) * 1e3)
+        s = _sample(st, t - t0, rtt, scrape_ms)
         samples.append(s)
         if not as_json:
             procs = "  ".join(f'{k} {v["anon_mib"]:.1f}MiB/{v["fds"]}fd'
                               for k, v in sorted(s["procs"].items()))
             deaths = sum(s["deaths"].values())
+            scr = f'scrape {max(scrape_ms):.1f}ms  ' if scrape_ms else ""
             print(f'{s["t"]:8.1f}s cycle {s["cycle"]:7d} deaths {deaths}  '
-                  f'status {s["status_ms"]:.0f}ms  {procs}', file=out, flush=True)
+                  f'status {s["status_ms"]:.0f}ms  {scr}{procs}', file=out, flush=True)
         if t - t0 >= duration_s:
             break
         sleep(max(0.0, min(every_s, duration_s - (clock() - t0))))
@@ -75,9 +108,13 @@ def watch(status: Callable[[], dict[str, Any]], duration_s: float, every_s: floa
         print(json.dumps(summary), file=out)
     else:
         print(f"after {summary['seconds']}s: {summary['cycles']} cycles, deaths "
-              f"{summary['deaths']}, status {summary['status_ms_median']} ms median", file=out)
+              f"{summary['deaths']}, status {summary['status_ms_median']} ms median "
+              f"({summary['status_ms_p99']} p99), scrape {summary['scrape_ms_p50']} ms p50 "
+              f"({summary['scrape_ms_p99']} p99, {summary['scrapes']} scrapes)", file=out)
         for name, p in sorted(summary["processes"].items()):
-            print(f"  {name:14s} private {p['anon_mib_after_warmup']:7.1f} -> "
-                  f"{p['anon_mib_end']:7.1f} MiB ({p['anon_growth_mib']:+.2f} after warm-up), "
-                  f"fds {p['fds_start']} -> {p['fds_end']}", file=out)
+            print(f"  {name:14s} private {p['anon_mib_start']:7.1f} / "
+                  f"{p['anon_mib_after_warmup']:7.1f} -> {p['anon_mib_end']:7.1f} MiB "
+                  f"({p['anon_growth_mib']:+.2f} after warm-up), fds {p['fds_start']} -> "
+                  f"{p['fds_end']}, cpu {p['cpu_seconds']:.1f} s ({p['cpu_share']:.0%})",
+                  file=out)
     return summary

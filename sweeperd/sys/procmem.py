@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,7 @@ class ProcMem:
     pss_bytes: int
     anon_bytes: int  # RssAnon: the process's private memory (what leaks would grow)
     fds: int  # open file descriptors
+    cpu_seconds: float  # user + system CPU time since it started
 
 
 def _kib_field(path: str, name: str) -> int:
@@ -41,9 +43,17 @@ def process_memory(pid: int, root: str = "/proc") -> ProcMem | None:
         pss = _kib_field(f"{root}/{pid}/smaps_rollup", "Pss")
         anon = _kib_field(f"{root}/{pid}/status", "RssAnon")
         fds = len(os.listdir(f"{root}/{pid}/fd"))
-        return ProcMem(rss, pss, anon, fds)
+        return ProcMem(rss, pss, anon, fds, cpu_seconds(pid, root))
     except (OSError, ValueError, IndexError):
         return None
+
+
+def cpu_seconds(pid: int, root: str = "/proc") -> float:
+    """User plus system CPU seconds of ``pid`` (``/proc/PID/stat`` fields 14 and 15)."""
+    with open(f"{root}/{pid}/stat") as f:
+        # the command name (field 2) may hold spaces and parentheses: split after its last ')'
+        rest = f.read().rsplit(")", 1)[1].split()
+    return (int(rest[11]) + int(rest[12])) / CLK_TCK
 
 
 def meminfo(field: str, root: str = "/proc") -> int:
