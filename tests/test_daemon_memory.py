@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 
+from sweeperd.daemon.metrics import SAMPLE_S
 from sweeperd.runtime import scavenge
 from sweeperd.runtime.heap import PAGE_FREE, Heap, HeapHandle
 from sweeperd.runtime.sizeclasses import PAGE_SIZE
@@ -39,16 +40,37 @@ def _bracketed(read_kernel, read_daemon, tol=0.01):
     raise AssertionError(f"daemon says {v}, kernel says {k0}..{k1}")
 
 
+def _sampled(read_kernel, read_daemon, window_s, tol=0.05):
+    """The daemon's figure was the kernel's at some moment of the last ``window_s`` seconds
+    (a sampled figure): it lies within the kernel's readings over that window (±5%)."""
+    for _ in range(5):
+        seen = []
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < window_s:
+            seen.append(read_kernel())
+            time.sleep(0.02)
+        v = read_daemon()
+        seen.append(read_kernel())
+        if min(seen) * (1 - tol) <= v <= max(seen) * (1 + tol):
+            return
+    raise AssertionError(f"daemon says {v}, kernel said {min(seen)}..{max(seen)}")
+
+
 def test_every_byte_figure_matches_the_kernel(daemon):
     st = daemon.wait_for(lambda s: s["cycle"] >= 3, what="3 cycles")
     h = st["heap_handle"]
     _bracketed(lambda: _kernel_backed(h), lambda: daemon.status()["memory"]["heap_backed_bytes"])
     _bracketed(lambda: meminfo("Shmem"), lambda: daemon.status()["memory"]["system_shmem_bytes"])
+    window = 2 * SAMPLE_S + 0.5  # PSS is the sampler's (it walks every page table entry)
     for p in st["memory"]["processes"]:
         pid = p["pid"]
-        _bracketed(lambda pid=pid: process_memory(pid).pss_bytes,
-                   lambda pid=pid: next(q["pss_bytes"] for q in daemon.status()["memory"]
+        _bracketed(lambda pid=pid: process_memory(pid).rss_bytes,
+                   lambda pid=pid: next(q["rss_bytes"] for q in daemon.status()["memory"]
                                         ["processes"] if q["pid"] == pid), tol=0.05)
+        _sampled(lambda pid=pid: process_memory(pid).pss_bytes,
+                 lambda pid=pid: next(q["pss_bytes"] for q in daemon.status()["memory"]
+                                      ["processes"] if q["pid"] == pid), window)
+    assert 0 <= daemon.status()["memory"]["pss_age_s"] <= window
     roles = {p["role"] for p in st["memory"]["processes"]}
     assert roles == {"coordinator", "sweeper", "mutator", "scavenger"}
     assert daemon.stop() == 0

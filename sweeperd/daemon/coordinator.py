@@ -441,5 +441,6 @@ class Coordinator:
             ipc_dir=self.ipc_dir, metrics_addr=self.metrics_addr)
 
     def status(self) -> dict[str, Any]:
-        return status_json(self.snap, heap_stats(self.heap), memory_now(self.heap, self.snap),
+        return status_json(self.snap, heap_stats(self.heap),
+                           memory_now(self.heap, self.snap, self.metrics.sampler.latest),
                            self.sup.alive())

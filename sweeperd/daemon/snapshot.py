@@ -99,24 +99,31 @@ class Snapshot:
         }
 
 
-def processes_memory(snap: Snapshot) -> list[dict[str, Any]]:
-    """RSS and PSS of every process the snapshot names, labelled by role and slot (never
-    summed: RSS counts the shared heap in each).  A process gone meanwhile is left out."""
+def processes_memory(snap: Snapshot, pss_from: Sample | None = None) -> list[dict[str, Any]]:
+    """RSS, PSS, private memory, descriptors and CPU of every process the snapshot names,
+    labelled by role and slot (never summed: RSS counts the shared heap in each).  A process
+    gone meanwhile is left out.  With ``pss_from``, PSS is not read now (it walks the page
+    tables of a 16 GiB mapping) but taken from that sample (0 for a process it lacks)."""
+    sampled = {p["pid"]: p["pss_bytes"] for p in pss_from.processes} if pss_from else {}
     out = []
     for role, wid, pid in snap.pids():
-        pm = process_memory(pid)
+        pm = process_memory(pid, pss=pss_from is None)
         if pm is not None:
             out.append({"role": role, "id": wid, "pid": pid, "rss_bytes": pm.rss_bytes,
-                        "pss_bytes": pm.pss_bytes, "anon_bytes": pm.anon_bytes,
-                        "fds": pm.fds, "cpu_seconds": pm.cpu_seconds})
+                        "pss_bytes": sampled.get(pid, 0) if pss_from else pm.pss_bytes,
+                        "anon_bytes": pm.anon_bytes, "fds": pm.fds,
+                        "cpu_seconds": pm.cpu_seconds})
     return out
 
 
-def memory_now(heap: Heap, snap: Snapshot) -> dict[str, Any]:
-    """Memory as the kernel sees it now: the heap's true backing, Shmem, every process."""
+def memory_now(heap: Heap, snap: Snapshot, sample: Sample) -> dict[str, Any]:
+    """Memory as the kernel sees it now: the heap's true backing, Shmem, every process (its
+    PSS from the metrics sampler's latest ``sample``, taken at most a second ago)."""
     return {"heap_backed_bytes": heap.arena_backed_bytes(),
             "metadata_backed_bytes": heap.meta_backed_bytes(),
-            "system_shmem_bytes": meminfo("Shmem"), "processes": processes_memory(snap)}
+            "system_shmem_bytes": meminfo("Shmem"),
+            "processes": processes_memory(snap, pss_from=sample),
+            "pss_age_s": round(time.monotonic() - sample.at, 3)}
 
 
 def take_sample(heap: Heap, snap: Snapshot) -> Sample:

@@ -34,16 +34,17 @@ def _kib_field(path: str, name: str) -> int:
     return 0
 
 
-def process_memory(pid: int, root: str = "/proc") -> ProcMem | None:
-    """RSS, PSS and private (anonymous) RSS of ``pid`` in bytes, and its open descriptors;
-    None if it is gone."""
+def process_memory(pid: int, root: str = "/proc", pss: bool = True) -> ProcMem | None:
+    """RSS, PSS and private (anonymous) RSS of ``pid`` in bytes, its open descriptors and
+    CPU time; None if it is gone.  PSS walks every page-table entry of the process (about
+    25 ms for 3.5 GiB of the heap mapped): ``pss=False`` skips it (``pss_bytes`` is then 0)."""
     try:
         with open(f"{root}/{pid}/statm") as f:
             rss = int(f.read().split()[1]) * PAGE
-        pss = _kib_field(f"{root}/{pid}/smaps_rollup", "Pss")
+        pss_b = _kib_field(f"{root}/{pid}/smaps_rollup", "Pss") if pss else 0
         anon = _kib_field(f"{root}/{pid}/status", "RssAnon")
         fds = len(os.listdir(f"{root}/{pid}/fd"))
-        return ProcMem(rss, pss, anon, fds, cpu_seconds(pid, root))
+        return ProcMem(rss, pss_b, anon, fds, cpu_seconds(pid, root))
     except (OSError, ValueError, IndexError):
         return None
 
