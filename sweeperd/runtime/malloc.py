@@ -24,6 +24,7 @@ from sweeperd.errors import AllocCountOverflow, BadSpanState
 from sweeperd.runtime.heap import C_OBJECT_BYTES, C_OCCUPIED_PAGES, SPAN_IN_USE, Heap
 from sweeperd.runtime.sizeclasses import CLASS_NWORDS, CLASS_SIZE, PAGE_SIZE
 from sweeperd.runtime.sweepgen import SweepState, state_of
+from sweeperd.sys import failpoint
 
 _GOLD = np.uint64(0x9E3779B97F4A7C15)
 
@@ -54,6 +55,7 @@ def alloc_objects(heap: Heap, span: int, k: int) -> np.ndarray:
         return got.astype(np.int64)
     b[got] = 1
     heap.bits[a, :nw, span] = np.packbits(b, bitorder="little").view(np.uint64)
+    failpoint.hit("malloc.bits_set")  # recovery recounts allocCount from the bits
     count = int(heap.span_alloc_count[span]) + got.size
     if count > nelems:
         raise AllocCountOverflow(f"span {span}: allocCount {count}, nelems {nelems}")
@@ -143,6 +145,7 @@ def alloc_all(heap: Heap, spans: np.ndarray) -> int:
         for buf, cb in heap.by_alloc_buf(cols):
             v = heap.bits[buf, :nw]
             v[:, cb] = words[:, None]
+        failpoint.hit("malloc.bits_set")
         heap.span_alloc_count[cols] = ne
         heap.count(C_OBJECT_BYTES, ne * cols.size * int(CLASS_SIZE[c]))
         heap.count(C_OCCUPIED_PAGES, int(heap.span_npages[cols].sum(dtype=np.int64)))  # were 0

@@ -42,6 +42,7 @@ from sweeperd.runtime.heap import (
 )
 from sweeperd.runtime.runs import run_pages, runs
 from sweeperd.runtime.sizeclasses import PAGE_SIZE
+from sweeperd.sys import failpoint
 from sweeperd.sys.sysmem import SysMem
 
 
@@ -146,9 +147,11 @@ def scavenge(heap: Heap, sysmem: SysMem, max_pages: int) -> Released:
     starts, lengths = take(heap, max_pages)
     if starts.size == 0:
         return Released()
+    failpoint.hit("scavenge.taken")
     try:
         kernel = heap.arena_region.backed_in(starts * PAGE_SIZE, lengths * PAGE_SIZE)
         sysmem.sys_unused_runs(starts * PAGE_SIZE, lengths * PAGE_SIZE)
+        failpoint.hit("scavenge.released")
     except BaseException:
         with heap.lock:  # nothing was marked scavenged: give the pages back as they were
             heap.page_span[run_pages(starts, lengths)] = PAGE_FREE

@@ -27,6 +27,7 @@ from sweeperd.runtime.shards import claim_next, release_chunk
 from sweeperd.runtime.sizeclasses import CLASS_NELEMS, CLASS_NPAGES, CLASS_SIZE, large_npages
 from sweeperd.runtime.spanset import full_swept
 from sweeperd.runtime.sweep import sweep_batch
+from sweeperd.sys import failpoint
 
 
 @dataclass(frozen=True)
@@ -196,6 +197,7 @@ class Mutator:
             idx = malloc.alloc_objects(self.heap, s, ne)
             os_.append(np.full(idx.size, s))
             oi.append(idx)
+        failpoint.hit("mutator.cached")  # holding the batch's spans, cached
         self._count_sweep(mcentral.uncache_spans(self.heap, spans, self.cand))
         if not os_:
             return 0
@@ -218,6 +220,7 @@ class Mutator:
                 return 0
             self._count_sweep(work)
             self.mcache[c] = span
+            failpoint.hit("mutator.cached")
             idx = malloc.alloc_objects(self.heap, span, burst)
         self._record(span, idx)
         self._paid(idx.size * int(CLASS_SIZE[c]))

@@ -1,0 +1,57 @@
+"""Fail points: a real ``kill -9`` of this process at a named instruction boundary.
+
+Theory of operation
+-------------------
+Crash safety is claimed for every instruction; fault tests check it at the boundaries that
+matter (a scavenger between taking runs and releasing them, a mutator between its alloc bits
+and its allocCount, ...).  Code marks such a boundary with ``failpoint.hit("scavenge.taken")``.
+Nothing happens unless the process was started with the fail point armed, through the
+environment (so a daemon's workers, started by ``spawn``, inherit it):
+
+``SWEEPERD_FAILPOINTS``
+    comma-separated names to arm, e.g. ``scavenge.released,malloc.bits_set``;
+``SWEEPERD_FAILPOINTS_DIR``
+    a directory where each firing leaves a file named after its point.  A point fires **once
+    per directory**: the process that creates the file (``O_CREAT | O_EXCL``, atomic) dies; the
+    ones after it (the replacement worker) go on.  Without the variable a point never fires.
+
+Firing is ``SIGKILL`` to itself: no handler, no ``finally``, no flush — the death a pager
+meets.  Unarmed, ``hit`` costs one set lookup; the points sit at batch granularity.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+NAMES = frozenset({
+    "scavenge.taken",  # runs taken out of the allocator's reach, nothing released yet
+    "scavenge.released",  # the kernel released them, the heap does not say so yet
+    "malloc.bits_set",  # alloc bits written, allocCount not yet
+    "mutator.cached",  # a mutator holds cached spans in the middle of a cycle
+})
+
+
+def _armed() -> frozenset[str]:
+    names = frozenset(n for n in os.environ.get("SWEEPERD_FAILPOINTS", "").split(",") if n)
+    unknown = names - NAMES
+    if unknown:
+        raise ValueError(f"SWEEPERD_FAILPOINTS: unknown fail points {sorted(unknown)}; "
+                         f"known: {sorted(NAMES)}")
+    return names if os.environ.get("SWEEPERD_FAILPOINTS_DIR") else frozenset()
+
+
+ARMED = _armed()
+
+
+def hit(name: str) -> None:
+    """Die here (SIGKILL) if ``name`` is armed and has not fired in this directory yet."""
+    assert name in NAMES, f"unknown fail point {name!r}"
+    if name not in ARMED:
+        return
+    path = os.path.join(os.environ["SWEEPERD_FAILPOINTS_DIR"], name)
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        return  # fired already: the replacement goes on
+    os.kill(os.getpid(), signal.SIGKILL)
