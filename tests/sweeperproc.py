@@ -29,3 +29,20 @@ def sweeper(handle_json, me, go, q, die_at=None, chunk_pages=128):
         q.put((me, st.spans, st.objects_freed))
     finally:
         heap.close()
+
+
+def spinning_sweeper(handle_json, me, ready, q, chunk_pages=16):
+    """Attach, say ready, then spin (no sleep, no event wake-up) until the test writes
+    ``H_BENCH_GO``: every sweeper leaves the same spin at the same store."""
+    from sweeperd.runtime.heap import H_BENCH_GO
+
+    heap = Heap.attach(HeapHandle.from_dict(json.loads(handle_json)))
+    try:
+        with ready.get_lock():
+            ready.value += 1
+        while heap.header[H_BENCH_GO] == 0:
+            pass
+        st = sweep_until_done(heap, me, chunk_pages=chunk_pages)
+        q.put((me, st.spans, st.objects_freed))
+    finally:
+        heap.close()

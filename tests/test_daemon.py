@@ -29,6 +29,12 @@ def _alive(pid):
         return f.read().split(")")[-1].split()[0] != "Z"
 
 
+def _nice(pid: int) -> int:
+    """The nice value of ``pid``, as the kernel reports it (/proc/PID/stat field 19)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[16])
+
+
 def test_cycles_exactly_once_no_object_lost_and_clean_shutdown(daemon):
     st = daemon.wait_for(lambda s: s["cycle"] >= 8, what="8 GC cycles")
     dbg, mut = st["debug"], st["mutators"]
@@ -48,6 +54,8 @@ def test_cycles_exactly_once_no_object_lost_and_clean_shutdown(daemon):
     for name in REQUIRED_METRICS:
         assert name in body, name
     pids = [w["pid"] for w in st["workers"]]
+    # workers run at control.worker_nice (5) below the daemon, which keeps its own priority
+    assert {_nice(p) - _nice(st["pid"]) for p in pids} == {5}
     ipc_dir = st["ipc_dir"]
     assert daemon.stop() == 0
     assert not any(_alive(p) for p in pids), "a worker outlived the daemon"

@@ -85,3 +85,22 @@ def test_collector_serves_the_snapshot_it_is_given():
     assert got["sweeperd_workers[('role', 'mutator'), ('state', 'starting')]"] == 1
     assert got["sweeperd_control_errors_total[('reason', 'not_json')]"] == 1
     assert got["sweeperd_sweep_phase_seconds_count[]"] == 0
+
+
+def test_the_sampler_spaces_out_samples_that_cost_much():
+    """A sample that costs 0.1 s (PSS of a process that touched 16 GiB) is taken every 5 s,
+    not every second: the sampler keeps within 1/50 of a core.  A cheap one: every second."""
+    from sweeperd.daemon.metrics import SAMPLE_S, Sampler
+
+    now = [0.0]
+    cost = [0.1]
+
+    def take():
+        now[0] += cost[0]
+        return object()
+
+    s = Sampler(take, clock=lambda: now[0])  # type: ignore[arg-type]
+    assert s.wait_s == 50 * 0.1
+    cost[0] = 0.001
+    s.latest = s._take()
+    assert s.wait_s == SAMPLE_S

@@ -2,17 +2,18 @@
 every span in use when the cycle began is swept exactly once, and no object is lost."""
 
 import json
+import time
 
 import multiprocess as mp
 import numpy as np
 
 from sweeperd.runtime import mcentral, shards
 from sweeperd.runtime.check import check_heap
-from sweeperd.runtime.heap import Heap
+from sweeperd.runtime.heap import H_BENCH_GO, Heap
 from sweeperd.sys.procs import reap
 
 from .heapgen import build
-from .sweeperproc import sweeper
+from .sweeperproc import spinning_sweeper, sweeper
 
 CTX = mp.get_context("spawn")
 
@@ -58,3 +59,36 @@ def test_two_sweepers_and_a_mutator_sweep_each_span_exactly_once():
             live = spans0[heap.span_state[spans0] != 0]
             assert alloc0 - freed == int(heap.span_alloc_count[live].sum())
             check_heap(heap)
+
+
+def test_sweepers_released_from_one_spin_each_sweep_their_share():
+    """Three sweeper processes spin on one shared word; one store releases them all.  Each
+    one swept spans (none sat idle while the others did the work), and together they swept
+    every span exactly once."""
+    rng = np.random.default_rng(3)
+    with Heap.create(64 << 20) as heap:
+        build(heap, rng, 3000, p_fin=0.0)
+        nsweeps0 = heap.span_nsweeps.copy()
+        spans0 = heap.in_use_spans()
+        shards.assign(heap, 3)
+        ready, q = CTX.Value("i", 0), CTX.Queue()
+        hj = json.dumps(heap.handle.to_dict())
+        ps = [CTX.Process(target=spinning_sweeper, args=(hj, i, ready, q)) for i in range(3)]
+        for p in ps:
+            p.start()
+        try:
+            deadline = time.monotonic() + 60
+            while ready.value < 3:
+                assert time.monotonic() < deadline, "the sweepers never got ready"
+                time.sleep(0.01)
+            heap.header[H_BENCH_GO] = 1  # go, for all three at once
+            res = sorted(q.get(timeout=60) for _ in ps)
+        finally:
+            reap(ps)
+            q.close()
+        assert all(p.exitcode == 0 for p in ps)
+        assert [r[0] for r in res] == [0, 1, 2]
+        assert all(r[1] > 0 for r in res), f"spans swept per sweeper: {[r[1] for r in res]}"
+        assert sum(r[1] for r in res) == spans0.size
+        d = heap.span_nsweeps[spans0].astype(np.int64) - nsweeps0[spans0]
+        assert (d == 1).all()

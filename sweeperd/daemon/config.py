@@ -60,6 +60,7 @@ class ControlConfig:
     restart_backoff_max_ms: int = 5000
     max_deaths: int = 20
     death_window_s: float = 60.0
+    worker_nice: int = 5
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "control.restart_backoff_max_ms": (0, 600_000),
     "control.max_deaths": (1, 1_000_000),
     "control.death_window_s": (1, 86_400),
+    "control.worker_nice": (0, 19),
     "run.duration_s": (0, 31_536_000),
     "scavenger.cpu_fraction": (0.0001, 1),
     "scavenger.memory_limit_mib": (0, 1 << 20),

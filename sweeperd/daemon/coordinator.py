@@ -52,6 +52,7 @@ from sweeperd.runtime import owners
 from sweeperd.runtime.heap import H_HEAP_GOAL, H_MEMORY_LIMIT, Heap
 from sweeperd.runtime.heapstats import heap_stats
 from sweeperd.sys.procmem import meminfo
+from sweeperd.sys.procs import run_niced
 from sweeperd.sys.sdnotify import Notifier
 from sweeperd.sys.sysmem import SysMem
 from sweeperd.wire import protocol
@@ -64,7 +65,14 @@ DRAIN_S = 5.0
 
 def entry_point(cfg: Config, handle: dict[str, Any], endpoint: str,
                 slot: Slot) -> tuple[Callable[..., None], tuple[Any, ...]]:
-    """The process entry point (workers/) for ``slot`` and its arguments."""
+    """The process entry point for ``slot`` and its arguments: its main in workers/, run at
+    ``control.worker_nice``."""
+    fn, args = _worker_main(cfg, handle, endpoint, slot)
+    return run_niced, (cfg.control.worker_nice, fn, args)
+
+
+def _worker_main(cfg: Config, handle: dict[str, Any], endpoint: str,
+                 slot: Slot) -> tuple[Callable[..., None], tuple[Any, ...]]:
     hb = cfg.control.heartbeat_ms
     if slot.role is Role.SWEEPER:
         from workers.sweeper import main

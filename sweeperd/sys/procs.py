@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+from collections.abc import Callable, Iterable
 from typing import Any
 
 
@@ -15,3 +16,12 @@ def reap(procs: Iterable[Any], timeout: float = 30.0) -> None:
         if p.is_alive():
             p.kill()
             p.join()
+
+
+def run_niced(nice: int, fn: Callable[..., None], args: tuple[Any, ...]) -> None:
+    """A worker's entry: lower its scheduling priority by ``nice`` first, then run ``fn``.
+    The daemon's own process keeps its priority, so its control plane (status, the scrape)
+    is scheduled ahead of workers that run flat out on every core."""
+    if nice:
+        os.nice(nice)
+    fn(*args)
