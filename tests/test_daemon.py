@@ -291,3 +291,19 @@ def test_a_killed_daemons_private_dir_is_removed_by_the_next_start(tmp_path):
         assert d2.stop() == 0
     finally:
         d2.close()
+
+
+def test_the_private_dir_goes_in_systemds_runtime_directory(tmp_path):
+    """With ``$RUNTIME_DIRECTORY`` (``RuntimeDirectory=`` in the unit) the worker socket's
+    private directory is made there, 0700, and is gone after a clean stop."""
+    d = Daemon("--heap-mib", "16", "--sweepers", "1", "--mutators", "1",
+               env={"RUNTIME_DIRECTORY": f"{tmp_path}:/nonexistent"})
+    try:
+        ipc_dir = d.status()["ipc_dir"]
+        assert os.path.dirname(ipc_dir) == str(tmp_path)
+        assert os.stat(ipc_dir).st_mode & 0o777 == 0o700
+        assert os.path.exists(os.path.join(ipc_dir, "workers.sock"))
+        assert d.stop() == 0
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        d.close()

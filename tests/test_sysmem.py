@@ -11,6 +11,8 @@ from sweeperd.errors import UnalignedSysUnused
 from sweeperd.sys.shm import SharedRegion
 from sweeperd.sys.sysmem import MADV, Kernel, SysMem, check_platform
 
+from .conftest import not_here
+
 HP = 2 << 20
 K4 = 4096
 
@@ -132,18 +134,62 @@ def test_dontneed_on_shared_frees_nothing():
 
 
 def test_vectored_release_of_scattered_runs():
+    """process_madvise for real (kernel 5.10+; an error fails the test: CI runs a kernel that
+    has it, and the daemon relies on it when it measured it faster)."""
     r = SharedRegion.create("t", 8 << 20)
     try:
         a = np.frombuffer(r.mmap, dtype=np.uint8)
         a[:] = 1
         sm = SysMem(base=a.ctypes.data, size=a.size, shared=True, vectored=True)
         offs = np.arange(0, 8 << 20, 2 * 8192)
-        try:
-            sm.sys_unused_runs(offs, np.full(offs.size, 8192))
-        except OSError as e:
-            pytest.skip(f"process_madvise unavailable on this kernel: {e}")
+        sm.sys_unused_runs(offs, np.full(offs.size, 8192))
         assert r.backed_bytes() == 4 << 20
         assert sm.calls == {"REMOVE_vectored": 1}
+        del a
+    finally:
+        r.close()
+
+
+def test_vectored_release_of_more_runs_than_iov_max_takes_several_calls():
+    """2,500 runs: more than the kernel's IOV_MAX (1024) iovecs in one call, so three calls;
+    every run is released, and nothing between them."""
+    from sweeperd.sys.sysmem import IOV_MAX
+
+    n = 2500
+    r = SharedRegion.create("t", n * 2 * K4)
+    try:
+        a = np.frombuffer(r.mmap, dtype=np.uint8)
+        a[:] = 7
+        sm = SysMem(base=a.ctypes.data, size=a.size, shared=True, vectored=True)
+        offs = np.arange(n, dtype=np.int64) * 2 * K4  # every other 4 KiB page
+        sm.sys_unused_runs(offs, np.full(n, K4))
+        assert n > 2 * IOV_MAX and sm.calls == {"REMOVE_vectored": 3}
+        assert r.backed_bytes() == n * K4  # exactly the runs, by the kernel's count
+        pages = a.reshape(n, 2, K4)
+        assert not pages[:, 0].any() and (pages[:, 1] == 7).all()
+        del a, pages
+    finally:
+        r.close()
+
+
+def test_the_real_kernel_refuses_madv_free_on_shared_memory_and_go_s_fallback_runs():
+    """MADV_FREE is for private anonymous memory: on a shared memfd mapping the kernel says
+    EINVAL, and sysUnused falls back to DONTNEED for good, as Go does — which on a shared
+    mapping frees nothing (the brief's measured fact), hence MADV_REMOVE for the heap."""
+    r = SharedRegion.create("t", 4 << 20)
+    try:
+        a = np.frombuffer(r.mmap, dtype=np.uint8)
+        a[:] = 3
+        sm = SysMem(base=a.ctypes.data, size=a.size, shared=False, huge=0)  # tries FREE
+        assert sm.advice_name == "FREE"
+        with pytest.raises(OSError) as refused:
+            Kernel().madvise(a.ctypes.data, 1 << 20, MADV["FREE"])
+        assert refused.value.errno == errno.EINVAL  # the kernel's own answer, first hand
+        sm.sys_unused(0, 1 << 20)
+        assert sm.advice_name == "DONTNEED" and sm.calls == {"DONTNEED": 1}
+        sm.sys_unused(1 << 20, 1 << 20)
+        assert sm.calls == {"DONTNEED": 2}  # sticky: FREE is not tried again
+        assert r.backed_bytes() == 4 << 20  # and nothing was freed
         del a
     finally:
         r.close()
@@ -182,8 +228,9 @@ def test_real_thp_head_and_tail_get_nohugepage_and_split():
     try:
         huge = sum(v["anon_huge"] for v in _vmas(base, base + 8 * HP))
         if huge == 0:
-            pytest.skip("the kernel granted no transparent huge page to a MADV_HUGEPAGE "
-                        "mapping here (THP off or memory too fragmented)")
+            not_here("the kernel granted no transparent huge page to a MADV_HUGEPAGE mapping "
+                     "here (THP off in /sys/kernel/mm/transparent_hugepage, or memory too "
+                     "fragmented)")
         # DONTNEED so the released pages read back as zero at once (MADV_FREE is lazy: the
         # old bytes stay readable until the kernel needs the memory)
         sm = SysMem(base=base, size=8 * HP, shared=False, huge=HP, madvdontneed=True)

@@ -98,6 +98,14 @@ class StartError(RuntimeError):
     """The daemon cannot start; the message names what failed (an address and its key)."""
 
 
+def private_parent() -> str:
+    """Where the daemon's private directory goes: systemd's ``$RUNTIME_DIRECTORY`` (the first
+    of its paths; ``RuntimeDirectory=`` in the unit) when it names a directory, else the
+    system's temp directory."""
+    rt = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    return rt if rt and os.path.isdir(rt) else tempfile.gettempdir()
+
+
 def remove_stale_dirs(tmp: str) -> list[str]:
     """Remove the private directories of sweeperd daemons that are gone (a coordinator killed
     with SIGKILL cannot remove its own): a ``sweeperd-*`` directory of ours whose ``pid`` file
@@ -150,8 +158,9 @@ class Coordinator:
             undo.callback(self.heap.close)
             self.heap.me = owners.COORDINATOR
             self._handle = MappingProxyType(self.heap.handle.to_dict())
-            remove_stale_dirs(tempfile.gettempdir())
-            self.ipc_dir = tempfile.mkdtemp(prefix="sweeperd-")  # 0700
+            parent = private_parent()
+            remove_stale_dirs(parent)
+            self.ipc_dir = tempfile.mkdtemp(prefix="sweeperd-", dir=parent)  # 0700
             with open(os.path.join(self.ipc_dir, "pid"), "w") as f:
                 f.write(str(os.getpid()))
             undo.callback(shutil.rmtree, self.ipc_dir, True)
