@@ -193,3 +193,39 @@ def test_released_bytes_are_exactly_the_kernels_under_concurrent_mutators_and_sw
         if heap is not None:
             heap.close()
         d.close()
+
+
+def _backing_under(tmp_path, limit_mib):
+    """Median and max of the arena's backing (the kernel's count) over 5 s of a daemon with
+    a modest allocation rate and GOGC 400 (a goal far above the limit), after 10 cycles."""
+    cfg = tmp_path / f"limit{limit_mib}.toml"
+    cfg.write_text(f"[heap]\nsize_mib = 128\n[gc]\ngogc = 400\n[mutators]\nalloc_rate = "
+                   f"100000\n[scavenger]\ncpu_fraction = 0.05\nmemory_limit_mib = {limit_mib}\n")
+    d = Daemon("--config", str(cfg), "--sweepers", "1", "--mutators", "1")
+    try:
+        st = d.wait_for(lambda s: s["cycle"] >= 10, timeout=120, what="10 cycles")
+        seen = []
+        for _ in range(10):
+            time.sleep(0.5)
+            st = d.status()
+            seen.append(st["memory"]["heap_backed_bytes"])
+        assert d.stop() == 0
+    finally:
+        d.close()
+    return sorted(seen)[len(seen) // 2], max(seen), st
+
+
+def test_a_memory_limit_holds_the_heaps_backing_at_the_retain_goal(tmp_path):
+    """GOMEMLIMIT = 24 MiB: the GC's goal drops to the limit less 3% (at least 1 MiB) and the
+    scavenger releases down to 95% of the limit, so the backing stays there; the same run
+    without a limit backs the whole 128 MiB arena."""
+    from sweeperd.pacing.gcpace import memory_limit_goal
+
+    mib = 1 << 20
+    median, top, st = _backing_under(tmp_path, 24)
+    assert st["heap"]["goal_bytes"] == memory_limit_goal(24 * mib)
+    assert st["scavenger"]["retain_goal_bytes"] == int(24 * mib * 0.95) // 8192 * 8192
+    assert median <= 1.1 * 24 * mib and top <= 1.5 * 24 * mib, (median / mib, top / mib)
+    free_median, _, free_st = _backing_under(tmp_path, 0)
+    assert free_st["heap"]["goal_bytes"] > 4 * 24 * mib
+    assert free_median > 3 * 24 * mib, free_median / mib

@@ -31,3 +31,16 @@ def test_a_nearly_full_heap_triggers_whatever_the_goal():
     assert gcpace.should_trigger(10, 5, 100, trigger_bytes=1 << 30)
     assert not gcpace.should_trigger(10, 50, 100, trigger_bytes=1 << 30)
     assert gcpace.should_trigger(1 << 30, 50, 100, trigger_bytes=1 << 30)
+
+
+def test_a_memory_limit_caps_the_goal_less_go_s_headroom():
+    """GOMEMLIMIT: goal at most limit - max(3% of it, 1 MiB), even under the minimum goal."""
+    from sweeperd.pacing.gcpace import heap_goal, memory_limit_goal
+
+    mib = 1 << 20
+    assert memory_limit_goal(1000 * mib) == 1000 * mib - 30 * mib
+    assert memory_limit_goal(10 * mib) == 9 * mib  # 3% is under 1 MiB: 1 MiB
+    assert heap_goal(100 * mib, 100, 4 * mib) == 200 * mib  # no limit
+    assert heap_goal(100 * mib, 100, 4 * mib, memory_limit=150 * mib) == 150 * mib - 4.5 * mib
+    assert heap_goal(0, 100, 4 * mib, memory_limit=3 * mib) == 2 * mib  # below min_goal
+    assert heap_goal(100 * mib, 100, 4 * mib, memory_limit=1 << 40) == 200 * mib  # no bind

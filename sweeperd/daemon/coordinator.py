@@ -172,6 +172,7 @@ class Coordinator:
                                  shared=True)
             self.machine = c.GCCycle(c.Params(
                 gogc=cfg.gc.gogc, min_goal_bytes=cfg.gc.min_goal_mib << 20,
+                memory_limit_bytes=cfg.scavenger.memory_limit_mib << 20,
                 nsweepers=cfg.sweep.sweepers, dead_after_s=cfg.control.dead_after_ms / 1000,
                 restart_backoff_max_s=cfg.control.restart_backoff_max_ms / 1000,
                 max_deaths=cfg.control.max_deaths, death_window_s=cfg.control.death_window_s),

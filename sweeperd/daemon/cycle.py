@@ -142,6 +142,7 @@ class CycleInvariantBroken(AssertionError):
 class Params:
     gogc: int = 100
     min_goal_bytes: int = 4 << 20
+    memory_limit_bytes: int = 0  # 0: no limit (the heap goal is GOGC's alone)
     nsweepers: int = 1  # shards per sweep: one per configured sweeper slot
     dead_after_s: float = 5.0
     trigger_check_s: float = 0.02
@@ -178,7 +179,9 @@ class GCCycle:
     restart_at: dict[Slot, float] = field(default_factory=dict)  # restarts waiting out backoff
 
     def __post_init__(self) -> None:
-        self.goal_bytes = self.goal_bytes or self.params.min_goal_bytes
+        p = self.params
+        self.goal_bytes = self.goal_bytes or gcpace.heap_goal(0, p.gogc, p.min_goal_bytes,
+                                                              p.memory_limit_bytes)
         self.trigger_bytes = self.trigger_bytes or gcpace.initial_trigger(self.goal_bytes)
         self.phase_started = self.now
 
@@ -345,7 +348,8 @@ class GCCycle:
         self.awaiting = None
         p = self.params
         live = max(0, ev.live_bytes)
-        self.goal_bytes = gcpace.heap_goal(live, p.gogc, p.min_goal_bytes)
+        self.goal_bytes = gcpace.heap_goal(live, p.gogc, p.min_goal_bytes,
+                                           p.memory_limit_bytes)
         self.trigger_bytes = gcpace.trigger(live, self.goal_bytes)
         self.sweep_pages_per_byte = gcpace.sweep_pages_per_byte(
             max(0, ev.in_use_pages), self.trigger_bytes, live)

@@ -3,7 +3,12 @@
 Theory of operation
 -------------------
 After a mark, the live heap ``live`` (bytes of marked objects) sets the next **heap goal**, as
-GOGC does: ``goal = live * (1 + GOGC/100)``, never below ``min_goal``.  The **trigger** (when
+GOGC does: ``goal = live * (1 + GOGC/100)``, never below ``min_goal``.  With a **memory
+limit** (Go's GOMEMLIMIT, 1.19+) the goal is also at most the limit less a headroom of 3% of
+it, at least 1 MiB (Go's memoryLimitHeapGoal: ``memoryLimitHeapGoalHeadroomPercent = 3``,
+``memoryLimitMinHeapGoalHeadroom = 1 MiB``), and the minimum goal does not lift it back: a
+live heap over that bound makes the cycles run back to back, as in Go (which also caps the
+GC's CPU at 50%; sweeperd has no such limiter).  The **trigger** (when
 the next cycle starts) is 90% of the way from ``live`` to the goal, so the cycle has room to
 finish before the heap reaches it.  A cycle also starts when the heap is nearly out of pages
 (less than ``FULL_HEADROOM`` of it free or released): a fixed-size arena cannot grow.
@@ -22,9 +27,22 @@ FULL_HEADROOM = 0.1  # start a cycle when less than this share of the heap is fr
 SWEEP_SLACK_BYTES = 1 << 20
 
 
-def heap_goal(live_bytes: int, gogc: int, min_goal_bytes: int) -> int:
-    """The heap goal after a mark that found ``live_bytes`` live."""
-    return max(int(live_bytes * (1 + gogc / 100)), min_goal_bytes)
+LIMIT_HEADROOM_PERCENT = 3
+LIMIT_MIN_HEADROOM_BYTES = 1 << 20
+
+
+def heap_goal(live_bytes: int, gogc: int, min_goal_bytes: int, memory_limit: int = 0) -> int:
+    """The heap goal after a mark that found ``live_bytes`` live (``memory_limit`` 0: none)."""
+    goal = max(int(live_bytes * (1 + gogc / 100)), min_goal_bytes)
+    if memory_limit > 0:
+        goal = min(goal, memory_limit_goal(memory_limit))
+    return goal
+
+
+def memory_limit_goal(memory_limit: int) -> int:
+    """The heap goal a memory limit allows: the limit less its headroom."""
+    headroom = max(memory_limit * LIMIT_HEADROOM_PERCENT // 100, LIMIT_MIN_HEADROOM_BYTES)
+    return max(memory_limit - headroom, 0)
 
 
 def trigger(live_bytes: int, goal_bytes: int) -> int:
