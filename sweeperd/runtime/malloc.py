@@ -61,9 +61,9 @@ def alloc_objects(heap: Heap, span: int, k: int) -> np.ndarray:
         raise AllocCountOverflow(f"span {span}: allocCount {count}, nelems {nelems}")
     was_empty = heap.span_alloc_count[span] == 0
     heap.span_alloc_count[span] = count
-    heap.count(C_OBJECT_BYTES, got.size * elem_size(heap, span))
-    if was_empty:
+    if was_empty:  # first, so a reader never sees more objects than occupied pages hold
         heap.count(C_OCCUPIED_PAGES, int(heap.span_npages[span]))
+    heap.count(C_OBJECT_BYTES, got.size * elem_size(heap, span))
     heap.span_freeindex[span] = int(got[-1]) + 1
     return got.astype(np.int64)
 
@@ -147,8 +147,8 @@ def alloc_all(heap: Heap, spans: np.ndarray) -> int:
             v[:, cb] = words[:, None]
         failpoint.hit("malloc.bits_set")
         heap.span_alloc_count[cols] = ne
-        heap.count(C_OBJECT_BYTES, ne * cols.size * int(CLASS_SIZE[c]))
         heap.count(C_OCCUPIED_PAGES, int(heap.span_npages[cols].sum(dtype=np.int64)))  # were 0
+        heap.count(C_OBJECT_BYTES, ne * cols.size * int(CLASS_SIZE[c]))
         heap.span_freeindex[cols] = ne
         total += ne * cols.size
     return total

@@ -89,9 +89,10 @@ def init_spans(heap: Heap, starts: np.ndarray, npages: int, sizeclass: int) -> i
     heap.span_sweptgen[starts] = h
     heap.span_sweepgen[starts] = h
     heap.span_state[starts] = SPAN_IN_USE  # last: the span exists from here on
+    # in this order, a reader between two counts never sees negative free bytes
+    heap.count(C_SCAVENGED_PAGES, -nscav)
     heap.count(C_IN_USE_PAGES, npages * int(starts.size))
     heap.count(C_SPANS_IN_USE, int(starts.size))
-    heap.count(C_SCAVENGED_PAGES, -nscav)
     return nscav
 
 
