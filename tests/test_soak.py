@@ -8,6 +8,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from sweeperd.daemon.soak import watch
 
 from .daemon import Daemon
@@ -35,6 +37,25 @@ def test_growth_is_after_the_warmup_and_per_incarnation():
     # pid 11 replaced pid 10 at t=120: compared with its own first sample
     assert p["anon_mib_start"] == 50 and p["anon_growth_mib"] == 0.25 and p["watched_s"] == 30
     assert p["cpu_seconds"] == 0.5 and p["cpu_share"] == 0.017  # its own CPU over 30 s
+
+
+def test_the_trend_sees_a_leak_through_a_live_set_that_moves():
+    """A live set swinging by 40 MiB with no trend, against a steady 6 MiB an hour leak: the
+    end-minus-start figure cannot tell them apart, the slope does."""
+    now = [0.0]
+
+    def sleep(dt: float) -> None:
+        now[0] += dt
+
+    def run(anon):
+        seq = iter([_status(10, anon(i), 18) for i in range(200)])
+        return watch(lambda: next(seq), duration_s=30 * 150, every_s=30, out=io.StringIO(),
+                     as_json=True, clock=lambda: now[0], sleep=sleep)["processes"]["sweeper0"]
+
+    swing = run(lambda i: 100 + (40 if i % 2 else 0))
+    leak = run(lambda i: 100 + i * 30 * 6 / 3600)
+    assert abs(swing["anon_slope_mib_per_h"]) < 1.0
+    assert leak["anon_slope_mib_per_h"] == pytest.approx(6.0, abs=0.05)
 
 
 def test_scrapes_are_timed_and_reported_as_percentiles():

@@ -14,7 +14,7 @@ import numpy as np
 
 from sweeperd.runtime import owners
 from sweeperd.runtime.heap import Heap, HeapHandle
-from sweeperd.sys.tuning import keep_malloc_memory
+from sweeperd.sys.tuning import keep_malloc_memory, release_free_heap
 from sweeperd.wire.beat import Beat
 from sweeperd.wire.link import Link
 from sweeperd.workload.mutator import Mutator, Workload
@@ -45,6 +45,7 @@ def main(handle: dict[str, Any], me: int, endpoint: str, mcfg: dict[str, Any],
                     m.mark(msg["cycle"])
                     link.send("marked", cycle=msg["cycle"], stats=m.stats.as_dict())
                     paused = True
+                    release_free_heap()  # the mark's temporaries and the dead's records
                 elif msg.type == "resume":
                     m.sweep_pages_per_byte = float(msg["sweep_pages_per_byte"])
                     m.sweep_debt = 0.0

@@ -15,7 +15,7 @@ from sweeperd.runtime import owners
 from sweeperd.runtime.bgsweep import sweep_until_done
 from sweeperd.runtime.heap import H_BENCH_GO, H_BENCH_READY, Heap, HeapHandle
 from sweeperd.runtime.sweep import SweepStats
-from sweeperd.sys.tuning import keep_malloc_memory
+from sweeperd.sys.tuning import keep_malloc_memory, release_free_heap
 from sweeperd.wire.beat import Beat
 from sweeperd.wire.link import Link
 
@@ -70,6 +70,7 @@ def main(handle: dict[str, Any], me: int, endpoint: str, chunk_pages: int,
                 total.add(st)
                 link.send("swept", cycle=msg["cycle"],
                           stats={**_stats(st), "seconds": time.perf_counter() - t0})
+                release_free_heap()  # idle until the next cycle: give back what it freed
     except BaseException:
         link.crashed()
         raise

@@ -37,6 +37,20 @@ def _sample(st: dict[str, Any], t: float, rtt_ms: float,
                       for p in st["memory"]["processes"]}}
 
 
+def _slope_per_h(points: list[tuple[float, float]]) -> float:
+    """Least-squares slope of (seconds, MiB) points, in MiB an hour: a leak's trend, where
+    the end-minus-start difference also carries a live set's ups and downs."""
+    if len(points) < 2:
+        return 0.0
+    n = len(points)
+    mt = sum(t for t, _ in points) / n
+    mv = sum(v for _, v in points) / n
+    var = sum((t - mt) ** 2 for t, _ in points)
+    if var == 0:
+        return 0.0
+    return round(sum((t - mt) * (v - mv) for t, v in points) / var * 3600, 2)
+
+
 def _pct(xs: list[float], q: float) -> float:
     """The ``q`` quantile (nearest rank) of ``xs``; 0 for none."""
     if not xs:
@@ -59,6 +73,8 @@ def summarize(samples: list[dict[str, Any]]) -> dict[str, Any]:
         watched = last["t"] - mine[0]["t"]
         cpu = round(p["cpu_s"] - first["cpu_s"], 2)
         out[name] = {"anon_mib_start": first["anon_mib"],
+                     "anon_slope_mib_per_h": _slope_per_h(
+                         [(x["t"], x["procs"][name]["anon_mib"]) for x in warm]),
                      "anon_mib_after_warmup": base["anon_mib"], "anon_mib_end": p["anon_mib"],
                      "anon_growth_mib": round(p["anon_mib"] - base["anon_mib"], 2),
                      "fds_start": mine[0]["procs"][name]["fds"], "fds_end": p["fds"],
@@ -114,7 +130,8 @@ def watch(status: Callable[[], dict[str, Any]], duration_s: float, every_s: floa
         for name, p in sorted(summary["processes"].items()):
             print(f"  {name:14s} private {p['anon_mib_start']:7.1f} / "
                   f"{p['anon_mib_after_warmup']:7.1f} -> {p['anon_mib_end']:7.1f} MiB "
-                  f"({p['anon_growth_mib']:+.2f} after warm-up), fds {p['fds_start']} -> "
+                  f"({p['anon_growth_mib']:+.2f} after warm-up, trend "
+                  f"{p['anon_slope_mib_per_h']:+.1f} MiB/h), fds {p['fds_start']} -> "
                   f"{p['fds_end']}, cpu {p['cpu_seconds']:.1f} s ({p['cpu_share']:.0%})",
                   file=out)
     return summary

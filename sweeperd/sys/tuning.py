@@ -7,6 +7,12 @@ this VM, that made one of two concurrent sweepers ~1.7x slower per span.  Raisin
 and trim thresholds keeps temporaries in the reused malloc heap.  Memory held stays bounded by
 the peak a worker really uses (tens of MiB), and the calls are best-effort: on a libc without
 ``mallopt`` nothing changes.
+
+Those thresholds keep, between bursts of work, what the last burst freed.  Once per burst
+(a sweeper's sweep phase, a mutator's mark) :func:`release_free_heap` gives the free pages of
+malloc's heap back (``malloc_trim``: whole free pages anywhere in the heap, not only its top),
+so a worker's private memory follows what it holds, not the highest it ever reached or the
+slow creep of a fragmenting heap; a burst re-faults a few MiB, once, not per temporary.
 """
 
 from __future__ import annotations
@@ -27,5 +33,16 @@ def keep_malloc_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 64 
         libc = ctypes.CDLL(name)
         return bool(libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(
             libc.mallopt(M_TRIM_THRESHOLD, trim_threshold))
+    except (OSError, AttributeError):
+        return False
+
+
+def release_free_heap() -> bool:
+    """Return malloc's free pages to the kernel (glibc ``malloc_trim(0)``); True if any."""
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        return bool(ctypes.CDLL(name).malloc_trim(0))
     except (OSError, AttributeError):
         return False
