@@ -333,7 +333,7 @@ def test_a_whole_cycle_in_order():
     assert m.handle(c.HeapMeasured(10 << 20, 100 << 20, 200 << 20)) == [
         c.SendMark((mu,), 6)]
     assert m.phase is Phase.MARK
-    assert m.handle(c.Marked(mu, 6, 0.3)) == [c.MeasureLive()]
+    assert m.handle(c.Marked(mu, 6, 0.3, 8 << 20)) == [c.MeasureLive(8 << 20)]
     acts = m.handle(c.LiveMeasured(8 << 20, 1000))
     assert acts[0] == c.BeginSweep(6, 1, 16 << 20, (8 << 20) + int(0.9 * (8 << 20)))
     assert acts[1] == c.SendSweep((sw,), 6) and isinstance(acts[2], c.SendResume)
@@ -396,3 +396,17 @@ def test_restarts_back_off_and_too_many_deaths_give_up():
     m.handle(c.Started(sw, m.now))
     assert m.handle(c.Died(sw)) == [c.Recover(sw), c.GiveUp(Role.SWEEPER, 5, 10.0)]
     assert m.stopping and m.handle(c.Tick(m.now + 10)) == []  # no restart after giving up
+
+
+def test_the_live_heap_to_measure_is_the_sum_of_the_mutators_marks():
+    m = _machine()
+    mus = [Slot(Role.MUTATOR, i) for i in range(3)]
+    for s in mus:
+        m.handle(c.Started(s, 0.0))
+        m.handle(c.Hello(s, 0.1))
+    m.handle(c.Tick(0.2))
+    assert m.handle(c.HeapMeasured(10 << 20, 100 << 20, 200 << 20)) == [
+        c.SendMark(tuple(mus), 6)]
+    assert m.handle(c.Marked(mus[0], 6, 0.3, 5)) == []
+    assert m.handle(c.Marked(mus[2], 6, 0.3, 7)) == []
+    assert m.handle(c.Marked(mus[1], 6, 0.3, 11)) == [c.MeasureLive(23)]

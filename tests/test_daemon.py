@@ -43,6 +43,7 @@ def test_cycles_exactly_once_no_object_lost_and_clean_shutdown(daemon):
     # allocated = live + freed, counted exactly at the last mark
     assert dbg["conservation_checks"] >= 8 and dbg["conservation_gap"] == 0
     assert dbg["counter_gap_bytes"] == 0  # the O(1) trigger's counters match a full scan
+    assert dbg["marked_gap_bytes"] == 0  # the mutators' marked bytes match the mark bits
     assert mut["objects_checked"] > 0 and mut["lost_objects"] == 0
     assert mut["payload_errors"] == 0
     assert st["spans_swept"]["background"] > 0 and st["objects_freed"] > 0

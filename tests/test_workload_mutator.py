@@ -6,6 +6,7 @@ from hypothesis import strategies as st
 
 from sweeperd.runtime import shards
 from sweeperd.runtime.check import check_heap
+from sweeperd.runtime.heapstats import marked_bytes
 from sweeperd.runtime.sweep import sweep_batch
 from sweeperd.runtime.sweepgen import try_claim
 from sweeperd.workload.mutator import Chunk, Mutator, Workload
@@ -16,6 +17,8 @@ from .conftest import start_cycle
 def _cycle(heap, m):
     m.flush()
     m.mark(heap.sweepgen + 2)
+    # what it reports marking is what the mark bits say (the coordinator's live heap)
+    assert m.stats.marked_bytes == marked_bytes(heap)
     start_cycle(heap)
     shards.assign(heap, 1)
     return sweep_batch(heap, try_claim(heap.span_sweepgen, heap.in_use_spans(),

@@ -43,7 +43,8 @@ def main(handle: dict[str, Any], me: int, endpoint: str, mcfg: dict[str, Any],
                 if msg.type == "mark":
                     m.flush()
                     m.mark(msg["cycle"])
-                    link.send("marked", cycle=msg["cycle"], stats=m.stats.as_dict())
+                    link.send("marked", cycle=msg["cycle"], stats=m.stats.as_dict(),
+                              marked_bytes=m.stats.marked_bytes)
                     paused = True
                     release_free_heap()  # the mark's temporaries and the dead's records
                 elif msg.type == "resume":

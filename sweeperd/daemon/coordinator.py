@@ -256,7 +256,7 @@ class Coordinator:
         if isinstance(a, c.MeasureHeap):
             return hw.measure_heap()
         if isinstance(a, c.MeasureLive):
-            return hw.measure_live()
+            return hw.measure_live(a.reported_bytes)
         if isinstance(a, c.MeasureSweep):
             return hw.measure_sweep()
         if isinstance(a, c.BeginSweep):
@@ -324,7 +324,7 @@ class Coordinator:
                 self.totals.sweeper_report(msg["stats"])
         elif msg.type == "marked" and role is Role.MUTATOR:
             self.totals.mutator_report(bound, msg["stats"])
-            self._peer(c.Marked(bound, msg["cycle"], now))
+            self._peer(c.Marked(bound, msg["cycle"], now, msg["marked_bytes"]))
         elif msg.type == "crashed":
             log(f"{bound} crashed:\n{msg['traceback'].rstrip()}")
             self.totals.last_crash[role.value] = msg["traceback"]

@@ -173,6 +173,7 @@ class GCCycle:
     goal_bytes: int = 0
     trigger_bytes: int = 0
     sweep_pages_per_byte: float = 0.0
+    marked_bytes: int = 0  # reported by this cycle's marks so far
     phase_started: float = 0.0
     last_heap_check: float = -math.inf
     deaths: dict[Slot, list[float]] = field(default_factory=dict)  # within the window
@@ -323,6 +324,7 @@ class GCCycle:
         self.force = False
         self._goto("trigger")
         self.pending = set(self.up(Role.MUTATOR))
+        self.marked_bytes = 0
         out: list[Action] = [SendMark(tuple(sorted(self.pending)), self.sweepgen + 2)]
         return out + self._mark_done_if_none_pending()
 
@@ -336,13 +338,14 @@ class GCCycle:
             raise IllegalTransition(f"{ev.slot} marked for cycle {ev.cycle} unasked")
         self.members[ev.slot].last_heard = self.now
         self.pending.discard(ev.slot)
+        self.marked_bytes += ev.marked_bytes
         return self._mark_done_if_none_pending()
 
     def _mark_done_if_none_pending(self) -> list[Action]:
         if self.pending or self.awaiting is not None:
             return []
         self.awaiting = LiveMeasured
-        return [MeasureLive()]
+        return [MeasureLive(self.marked_bytes)]
 
     def _live_measured(self, ev: LiveMeasured) -> list[Action]:
         self.awaiting = None

@@ -58,6 +58,7 @@ class Marked:
     slot: Slot
     cycle: int
     now: float
+    marked_bytes: int = 0  # bytes of the objects this mutator marked
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,7 @@ class MeasureHeap:
 
 @dataclass(frozen=True)
 class MeasureLive:
-    pass
+    reported_bytes: int = 0  # the marked bytes the mutators reported, summed
 
 
 @dataclass(frozen=True)

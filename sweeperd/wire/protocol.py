@@ -42,6 +42,7 @@ MAX_TRACEBACK = 8192
 
 Int = Annotated[int, msgspec.Meta(ge=-MAX_INT, le=MAX_INT)]
 Id = Annotated[int, msgspec.Meta(ge=0, le=255)]
+Bytes = Annotated[int, msgspec.Meta(ge=0, le=MAX_INT)]
 Pid = Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)]
 Stats = Annotated[dict[Annotated[str, msgspec.Meta(max_length=64)], float],
                   msgspec.Meta(max_length=MAX_STATS)]
@@ -86,6 +87,7 @@ class SweptMsg(_Msg, tag="swept"):
 class MarkedMsg(_Msg, tag="marked"):
     cycle: Int
     stats: Stats
+    marked_bytes: Bytes  # bytes of the objects this mutator marked live
 
 
 class CrashedMsg(_Msg, tag="crashed"):  # a worker dying of an exception: its traceback

@@ -116,6 +116,7 @@ class MutatorStats:
     finalizers_set: int = 0
     finalizers_run: int = 0  # run by its sweeps to make room in a full queue
     marks: int = 0
+    marked_bytes: int = 0  # bytes of the objects its last mark marked
 
     def as_dict(self) -> dict[str, float]:
         return dict(self.__dict__)
@@ -276,8 +277,11 @@ class Mutator:
         self.live = [ch for ch in survivors if ch is not None]
         if self.debug:
             self._verify()
+        marked = 0
         for spans, idx in _batches(self.live, mark.MARK_BATCH):  # bounded memory
             mark.mark_objects(self.heap, spans, idx)
+            marked += int(self.heap.elem_sizes(spans).sum())
+        self.stats.marked_bytes = marked
         self.stats.marks += 1
         self.stats.live_objects = int(sum(c.ids.size for c in self.live))
 
