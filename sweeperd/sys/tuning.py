@@ -24,25 +24,37 @@ M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 
 
+_libc: ctypes.CDLL | None = None
+
+
+def _c() -> ctypes.CDLL | None:
+    """The C library, loaded once (each ``CDLL`` makes a new function-pointer class: loading
+    it per call grew a worker that trims twice a second by kilobytes a minute)."""
+    global _libc
+    if _libc is None:
+        name = ctypes.util.find_library("c")
+        if name:
+            try:
+                _libc = ctypes.CDLL(name)
+            except OSError:
+                return None
+    return _libc
+
+
 def keep_malloc_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 64 << 20) -> bool:
     """Returns True if both thresholds were set."""
-    name = ctypes.util.find_library("c")
-    if not name:
-        return False
+    libc = _c()
     try:
-        libc = ctypes.CDLL(name)
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(
-            libc.mallopt(M_TRIM_THRESHOLD, trim_threshold))
-    except (OSError, AttributeError):
+        return libc is not None and bool(libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and \
+            bool(libc.mallopt(M_TRIM_THRESHOLD, trim_threshold))
+    except AttributeError:
         return False
 
 
 def release_free_heap() -> bool:
     """Return malloc's free pages to the kernel (glibc ``malloc_trim(0)``); True if any."""
-    name = ctypes.util.find_library("c")
-    if not name:
-        return False
+    libc = _c()
     try:
-        return bool(ctypes.CDLL(name).malloc_trim(0))
-    except (OSError, AttributeError):
+        return libc is not None and bool(libc.malloc_trim(0))
+    except AttributeError:
         return False
