@@ -73,8 +73,8 @@ def _snapshot(**over) -> Snapshot:
 def test_collector_serves_the_snapshot_it_is_given():
     snap = _snapshot()
     hs = HeapStats(64 << 20, 8 << 20, 5 << 20, 3 << 20, 1 << 20, 2 << 20, 10, 1 << 20)
-    col = SnapshotCollector(lambda: snap, lambda: Sample(time.monotonic(), hs, []),
-                            Kernel(lambda: 123, lambda: 45, lambda: 6))
+    col = SnapshotCollector(lambda: snap, lambda: Sample(time.monotonic(), []),
+                            Kernel(lambda: 123, lambda: 45, lambda: 6, lambda: hs))
     got = {s.name + str(sorted(s.labels.items())): s.value
            for m in col.collect() for s in m.samples}
     assert got["sweeperd_gc_cycles_total[]"] == 7

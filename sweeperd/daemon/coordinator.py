@@ -187,10 +187,9 @@ class Coordinator:
             self.heap.header[H_MEMORY_LIMIT] = cfg.scavenger.memory_limit_mib << 20
             self.metrics_addr = ""
             self._publish()  # the first snapshot exists before anything can read it
-            self.metrics = Metrics(lambda: self.snap, lambda: take_sample(self.heap, self.snap),
-                                   Kernel(
+            self.metrics = Metrics(lambda: self.snap, lambda: take_sample(self.snap), Kernel(
                 self.heap.arena_backed_bytes, self.heap.meta_backed_bytes,
-                lambda: meminfo("Shmem")))
+                lambda: meminfo("Shmem"), lambda: heap_stats(self.heap)))
             try:
                 self.metrics_addr = self.metrics.serve(cfg.metrics.addr)
             except OSError as e:

@@ -22,7 +22,7 @@ from typing import Any
 
 from sweeperd.daemon.totals import Histogram, SweepCounts
 from sweeperd.runtime.heap import Heap
-from sweeperd.runtime.heapstats import HeapStats, heap_stats
+from sweeperd.runtime.heapstats import HeapStats
 from sweeperd.runtime.sizeclasses import PAGE_SIZE
 from sweeperd.sys.procmem import meminfo, process_memory
 
@@ -37,10 +37,10 @@ class WorkerView:
 
 @dataclass(frozen=True)
 class Sample:
-    """The figures a thread samples once a second (they cost in proportion to the heap)."""
+    """The figures a thread samples about once a second (PSS costs in proportion to the
+    memory each process touched)."""
 
     at: float  # time.monotonic()
-    heap: HeapStats
     processes: list[dict[str, Any]]
 
 
@@ -126,10 +126,10 @@ def memory_now(heap: Heap, snap: Snapshot, sample: Sample) -> dict[str, Any]:
             "pss_age_s": round(time.monotonic() - sample.at, 3)}
 
 
-def take_sample(heap: Heap, snap: Snapshot) -> Sample:
-    """The metrics sampler's figures (its thread): the shared heap's classes and the kernel's
-    view of the processes the snapshot names."""
-    return Sample(time.monotonic(), heap_stats(heap), processes_memory(snap))
+def take_sample(snap: Snapshot) -> Sample:
+    """The metrics sampler's figures (its thread): the kernel's view of the processes the
+    snapshot names."""
+    return Sample(time.monotonic(), processes_memory(snap))
 
 
 def status_json(snap: Snapshot, hs: HeapStats, memory: dict[str, Any],
