@@ -14,7 +14,7 @@ import numpy as np
 
 from sweeperd.runtime import owners
 from sweeperd.runtime.heap import Heap, HeapHandle
-from sweeperd.sys.tuning import keep_malloc_memory, release_free_heap
+from sweeperd.sys.tuning import prepare_worker_memory, release_free_heap
 from sweeperd.wire.beat import Beat
 from sweeperd.wire.link import Link
 from sweeperd.workload.mutator import Mutator, Workload
@@ -24,7 +24,7 @@ def main(handle: dict[str, Any], me: int, endpoint: str, mcfg: dict[str, Any],
          heartbeat_ms: int, debug: bool) -> None:
     """Daemon shell: allocate until told to mark; mark; wait for resume; repeat."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator drains us with "stop"
-    keep_malloc_memory()
+    prepare_worker_memory()
     cfg = Workload.from_dict(mcfg)
     heap = Heap.attach(HeapHandle.from_dict(handle))
     link = Link(endpoint, "mutator", me)

@@ -14,7 +14,7 @@ from sweeperd.pacing.scavpace import Pacer
 from sweeperd.runtime import owners
 from sweeperd.runtime.heap import Heap, HeapHandle
 from sweeperd.sys.sysmem import SysMem, calibrate_vectored
-from sweeperd.sys.tuning import keep_malloc_memory
+from sweeperd.sys.tuning import prepare_worker_memory
 from sweeperd.wire.beat import Beat
 from sweeperd.wire.link import Link
 
@@ -24,7 +24,7 @@ def main(handle: dict[str, Any], endpoint: str, fraction: float, ncpu: int,
     """Daemon shell: wake, work, sleep as paced; release everything on ``release_all``."""
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    keep_malloc_memory()
+    prepare_worker_memory()
     if vectored == "auto":  # measure both ways here, keep the faster
         rates = calibrate_vectored()
         use_vectored = rates["vectored"] > rates["per_run"]

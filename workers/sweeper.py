@@ -15,7 +15,7 @@ from sweeperd.runtime import owners
 from sweeperd.runtime.bgsweep import sweep_until_done
 from sweeperd.runtime.heap import H_BENCH_GO, H_BENCH_READY, Heap, HeapHandle
 from sweeperd.runtime.sweep import SweepStats
-from sweeperd.sys.tuning import keep_malloc_memory, release_free_heap
+from sweeperd.sys.tuning import prepare_worker_memory, release_free_heap
 from sweeperd.wire.beat import Beat
 from sweeperd.wire.link import Link
 
@@ -26,7 +26,7 @@ def bench_main(handle: dict[str, Any], me: int, results: Any, rounds: int,
     header's H_BENCH_GO to r.  Workers sleep-poll until H_BENCH_READY reaches r (the heap is
     filled), then spin on H_BENCH_GO, so they start within ~0.05 ms of each other: a barrier's
     or a sleeping poll's wake-up skew was 0.5–3 ms on this VM, as long as the sweep itself."""
-    keep_malloc_memory()
+    prepare_worker_memory()
     heap = Heap.attach(HeapHandle.from_dict(handle))
     heap.me = owners.sweeper(me)
     try:
@@ -50,7 +50,7 @@ def main(handle: dict[str, Any], me: int, endpoint: str, chunk_pages: int,
     """Daemon shell: sweep the current cycle's shards each time the coordinator says
     ``sweep``; report ``swept`` with this cycle's figures; heartbeat while idle."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator drains us with "stop"
-    keep_malloc_memory()
+    prepare_worker_memory()
     heap = Heap.attach(HeapHandle.from_dict(handle))
     link = Link(endpoint, "sweeper", me)
     heap.me = owners.sweeper(me)  # its row of the heap's running counters
