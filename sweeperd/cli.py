@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import json
+import os
 import signal
 import sys
 import traceback
@@ -12,6 +13,7 @@ import urllib.request
 from typing import TYPE_CHECKING, Any
 
 from sweeperd.errors import Throw
+from sweeperd.pacing.names import POLICIES
 
 if TYPE_CHECKING:
     from sweeperd.daemon.config import Config
@@ -59,7 +61,8 @@ def _bench_scavenge(args: argparse.Namespace) -> int:
     from sweeperd.bench.scavenge import bench_scavenge
 
     try:
-        result = bench_scavenge(args.heap_mib, args.live, args.cpu_fraction, args.vectored)
+        result = bench_scavenge(args.heap_mib, args.live, args.cpu_fraction, args.vectored,
+                                policy=args.policy)
     except ValueError as e:
         print(f"sweeperd bench scavenge: {e}", file=sys.stderr)
         return 2
@@ -89,9 +92,14 @@ def _int_list(text: str, flag: str) -> list[int]:
 def _load_config(args: argparse.Namespace) -> Config:
     """The config file overlaid with the flags given (flags win)."""
     from sweeperd.daemon.config import from_dict, load
+    from sweeperd.daemon.gotrace import parse_debug
 
     cfg = load(args.config)
     over: dict[str, dict[str, Any]] = {}
+    debug = parse_debug(os.environ.get("SWEEPERD_DEBUG", ""))  # as Go's GODEBUG; flags win
+    for name in ("gctrace", "scavtrace"):
+        if name in debug:
+            over.setdefault("run", {})[name] = debug[name] > 0
     for flag, (sec, key) in RUN_FLAGS.items():
         v = getattr(args, flag, None)
         if v is not None:
@@ -107,6 +115,9 @@ RUN_FLAGS = {
     "control": ("control", "addr"),
     "duration": ("run", "duration_s"),
     "debug_checks": ("run", "debug_checks"),
+    "policy": ("scavenger", "policy"),
+    "gctrace": ("run", "gctrace"),
+    "scavtrace": ("run", "scavtrace"),
 }
 
 
@@ -261,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="scavenger CPU budget as a fraction of the machine (default 0.01)")
     bsc.add_argument("--vectored", action="store_true",
                      help="release scattered runs with process_madvise")
+    bsc.add_argument("--policy", default="go",
+                     help="scavenger policy, with its default parameters (default go): "
+                     + ", ".join(POLICIES))
     bsc.add_argument("--json", action="store_true")
     bsc.set_defaults(func=_bench_scavenge)
 
@@ -273,6 +287,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--control", default=None, help="tcp://HOST:PORT or ipc://PATH")
     run.add_argument("--duration", type=float, default=None,
                      help="seconds to run (default: until SIGTERM/SIGINT)")
+    run.add_argument("--gctrace", action="store_const", const=True, default=None,
+                     help="one Go gctrace line per GC cycle on stderr (run.gctrace)")
+    run.add_argument("--scavtrace", action="store_const", const=True, default=None,
+                     help="one Go scavtrace line per GC cycle on stderr (run.scavtrace)")
+    run.add_argument("--policy", default=None,
+                     help="scavenger policy (scavenger.policy): " + ", ".join(POLICIES))
     run.add_argument("--debug-checks", dest="debug_checks", action="store_const", const=True,
                      default=None, help="count sweeps per span and check exactly-once")
     run.set_defaults(func=_run)

@@ -65,3 +65,32 @@ def test_bench_alloc_prints_its_json():
     assert out["objects"] > 0 and out["objects_per_s"] > 0 and out["gc_cycles"] >= 0
     assert out["arena_backed_bytes"] > 0  # payloads were really written
     assert _sweeperd("bench", "alloc", "--size-class", "67").returncode == 2
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["run", "--policy", "tcmalloc"],
+     "scavenger.policy: 'tcmalloc' is not one of eager, go, gperftools-rate, hugepage-aware, "
+     "jemalloc-decay, mimalloc-delay, none"),
+    (["bench", "scavenge", "--policy", "tcmalloc"],
+     "--policy 'tcmalloc' is not one of go, jemalloc-decay"),
+])
+def test_an_unknown_policy_exits_2_naming_the_key_and_the_choices(args, needle):
+    r = _sweeperd(*args)
+    assert r.returncode == 2, r.stderr
+    assert needle in r.stderr
+
+
+@pytest.mark.parametrize("policy", ["go", "jemalloc-decay", "gperftools-rate", "mimalloc-delay",
+                                    "eager", "none", "hugepage-aware"])
+def test_bench_scavenge_runs_every_policy(policy):
+    r = _sweeperd("bench", "scavenge", "--json", "--heap-mib", "32", "--live", "0.1",
+                  "--policy", policy)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["policy"] == policy and out["released_bytes"] >= 0
+    if policy == "none":
+        assert out["released_bytes"] == 0 and out["madvise_calls"] == 0
+    elif policy != "hugepage-aware":  # 32 MiB of 64 B objects, 10% kept: free runs remain
+        assert out["released_bytes"] > 0
+        for k in ("cpu_seconds_per_gib", "kernel_cpu_seconds_per_gib", "cpu_ratio_to_kernel"):
+            assert out[k] is not None and out[k] > 0, k

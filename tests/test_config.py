@@ -11,9 +11,18 @@ from sweeperd.daemon.config import Config, ConfigError, from_dict, load
 def test_shipped_file_documents_every_key_with_its_default():
     data = tomllib.loads(config.default_text())
     assert from_dict(data) == Config()
-    shipped = {f"{s}.{k}" for s, t in data.items() for k in t}
-    expected = {f"{s}.{k}" for s, t in Config().__dict__.items() for k in t.__dict__}
-    assert shipped == expected
+    def keys(prefix: str, table: dict) -> set[str]:  # dotted keys, into sub-tables
+        out = set()
+        for k, v in table.items():
+            out |= keys(f"{prefix}{k}.", v) if isinstance(v, dict) else {prefix + k}
+        return out
+
+    def as_dict(obj: object) -> dict:
+        return {k.replace("_", "-") if hasattr(v, "__dataclass_fields__") else k:
+                as_dict(v) if hasattr(v, "__dataclass_fields__") else v
+                for k, v in obj.__dict__.items()}
+
+    assert keys("", data) == keys("", as_dict(Config()))
     with open("config/sweeperd.toml") as f:  # the repo's config/ is the same file
         assert f.read() == config.default_text()
 
@@ -35,6 +44,20 @@ def test_shipped_file_documents_every_key_with_its_default():
     ({"mutators": {"size_classes": [6, 99]}}, "mutators.size_classes"),
     ({"mutators": {"finalizer_fraction": 2}}, "mutators.finalizer_fraction"),
     ({"control": {"heartbeat_ms": 1000, "dead_after_ms": 1500}}, "control.dead_after_ms"),
+    ({"scavenger": {"policy": "tcmalloc"}},
+     "scavenger.policy: 'tcmalloc' is not one of eager, go, gperftools-rate, hugepage-aware, "
+     "jemalloc-decay, mimalloc-delay, none"),
+    ({"scavenger": {"jemalloc-decay": {"dirty_decay_ms": 0}}},
+     "scavenger.jemalloc-decay.dirty_decay_ms: 0 is out of range; allowed 1..3600000"),
+    ({"scavenger": {"gperftools-rate": {"release_rate": "fast"}}},
+     "scavenger.gperftools-rate.release_rate: expected a number"),
+    ({"scavenger": {"mimalloc-delay": {"purge_delay": 5}}},
+     "unknown key scavenger.mimalloc-delay.purge_delay; known in [scavenger.mimalloc-delay]: "
+     "purge_delay_ms"),
+    ({"scavenger": {"mimalloc-delay": 5}}, "scavenger.mimalloc-delay must be a table"),
+    ({"scavenger": {"go": {"x": 1}}}, "[scavenger.go]: the go policy has no parameters"),
+    ({"scavenger": {"tcmalloc": {}}}, "unknown table [scavenger.tcmalloc]"),
+    ({"scavenger": {"jemalloc_decay": {}}}, "unknown table [scavenger.jemalloc_decay]"),
 ])
 def test_invalid_values_name_the_key(data, needle):
     with pytest.raises(ConfigError) as e:

@@ -354,7 +354,7 @@ def test_a_silent_worker_is_killed_then_recovered_and_restarted():
     m.handle(c.Started(mu, 0.0))
     m.handle(c.Hello(mu, 0.0))
     m.handle(c.GcRequested())
-    assert m.handle(c.Tick(0.01)) == [c.SendMark((mu,), 6)]
+    assert m.handle(c.Tick(0.01)) == [c.SendMark((mu,), 6, forced=True)]
     assert m.handle(c.Tick(5.0)) == []
     kill = m.handle(c.Tick(5.02))  # silent while marking: killed, and the mark goes on
     assert kill == [c.Kill(mu, pytest.approx(5.02)), c.MeasureLive()]

@@ -64,8 +64,10 @@ def _snapshot(**over) -> Snapshot:
                 goal_bytes=10 << 20, trigger_bytes=9 << 20, retain_goal_bytes=11 << 20,
                 workers=(WorkerView("sweeper", 0, 2, "alive"),
                          WorkerView("mutator", 0, 3, "starting")),
-                debug={}, cpu_fraction_target=0.01, heap_handle={}, control_addr="",
-                ipc_dir="", metrics_addr="", **t.freeze())
+                debug={}, cpu_fraction_target=0.01, policy="eager", policy_params={},
+                tallies={"freed_pages": 100, "released_pages": 40, "release_runs": 4,
+                         "released_kernel_bytes": 40 * 8192, "madvise_calls": 4},
+                heap_handle={}, control_addr="", ipc_dir="", metrics_addr="", **t.freeze())
     base.update(over)
     return Snapshot(**base)
 
@@ -85,6 +87,13 @@ def test_collector_serves_the_snapshot_it_is_given():
     assert got["sweeperd_workers[('role', 'mutator'), ('state', 'starting')]"] == 1
     assert got["sweeperd_control_errors_total[('reason', 'not_json')]"] == 1
     assert got["sweeperd_sweep_phase_seconds_count[]"] == 0
+    assert got["sweeperd_scavenge_policy_info[('policy', 'eager')]"] == 1
+    # the freers' own releases (eager) are in the totals
+    assert got["sweeperd_scavenge_released_bytes_total[]"] == 40 * 8192
+    assert got["sweeperd_scavenge_released_on_free_bytes_total[]"] == 40 * 8192
+    assert got["sweeperd_scavenge_advised_bytes_total[]"] == 40 * 8192
+    assert got["sweeperd_heap_freed_bytes_total[]"] == 100 * 8192
+    assert got["sweeperd_madvise_calls_total[('advice', 'REMOVE')]"] == 4
 
 
 def test_the_sampler_spaces_out_samples_that_cost_much():

@@ -9,9 +9,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from sweeperd.bench.common import fill_heap
-from sweeperd.runtime import malloc, mheap, recovery, scavenge
+from sweeperd.runtime import malloc, mheap, owners, recovery, scavenge
 from sweeperd.runtime.check import check_heap
-from sweeperd.runtime.heap import PAGE_FREE, PAGE_SCAVENGING, Heap
+from sweeperd.runtime.heap import PAGE_FREE, Heap, scavenging
 from sweeperd.runtime.sizeclasses import PAGE_SIZE
 from sweeperd.sys.sysmem import Kernel, SysMem
 
@@ -83,7 +83,7 @@ def test_pages_being_released_are_out_of_the_allocators_reach():
         heap.arena[:] = 1
         mheap.free_spans(heap, np.array([s]))
         starts, lengths = scavenge.take(heap, 128)  # released right now, by "another process"
-        assert (heap.page_span == PAGE_SCAVENGING).all()
+        assert (heap.page_span == scavenging(heap.me)).all()
         assert mheap.find_run(heap, 1) == -1
         scavenge.finish(heap, starts, lengths)
         got, nscav = mheap.alloc_span(heap, 6)
@@ -95,10 +95,31 @@ def test_a_dead_scavengers_half_release_is_recovered():
         spans, _ = mheap.alloc_spans(heap, 6, heap.npages)
         heap.arena[:] = 3
         mheap.free_spans(heap, spans)
+        heap.me = owners.SCAVENGER
         scavenge.take(heap, heap.npages)  # ... and the scavenger is killed before madvise
-        r = recovery.scavenger_runs(heap, _sysmem(heap))
+        r = recovery.released_runs(heap, _sysmem(heap))
         assert r.pages == heap.npages and heap.arena_backed_bytes() == 0
         assert (heap.page_span == PAGE_FREE).all() and heap.scavenged.all()
+        check_heap(heap)
+
+
+def test_recovery_finishes_only_the_dead_releasers_pages():
+    """Under the eager policy a sweeper releases what it frees, while the scavenger may be
+    releasing too: the recovery of one must leave the other's taken pages alone (finishing
+    them early would let an allocator take pages about to be advised away)."""
+    with Heap.create(2 << 20) as heap:  # 256 pages
+        spans, _ = mheap.alloc_spans(heap, 6, heap.npages)
+        heap.arena[:] = 3
+        mheap.free_spans(heap, spans)
+        heap.me = owners.SCAVENGER
+        scavenge.take(heap, 100)  # the top 100 pages
+        heap.me = owners.sweeper(1)
+        mine = scavenge.take_runs(heap, np.array([0]), np.array([50]))
+        assert mine[0].tolist() == [0] and mine[1].tolist() == [50]
+        r = recovery.released_runs(heap, _sysmem(heap), owners.sweeper(1))
+        assert r.pages == 50 and heap.scavenged[:50].all() and not heap.scavenged[50:].any()
+        assert (heap.page_span[156:] == scavenging(owners.SCAVENGER)).all()  # untouched
+        assert (heap.page_span[:156] == PAGE_FREE).all()
         check_heap(heap)
 
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from sweeperd.runtime import owners
 from sweeperd.runtime.heap import Heap, HeapHandle
+from sweeperd.runtime.scavenge import ReleaseOnFree
 from sweeperd.sys.tuning import prepare_worker_memory, release_free_heap
 from sweeperd.wire.beat import Beat
 from sweeperd.wire.link import Link
@@ -21,7 +22,7 @@ from sweeperd.workload.mutator import Mutator, Workload
 
 
 def main(handle: dict[str, Any], me: int, endpoint: str, mcfg: dict[str, Any],
-         heartbeat_ms: int, debug: bool) -> None:
+         heartbeat_ms: int, debug: bool, release_on_free: bool = False) -> None:
     """Daemon shell: allocate until told to mark; mark; wait for resume; repeat."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator drains us with "stop"
     prepare_worker_memory()
@@ -29,6 +30,8 @@ def main(handle: dict[str, Any], me: int, endpoint: str, mcfg: dict[str, Any],
     heap = Heap.attach(HeapHandle.from_dict(handle))
     link = Link(endpoint, "mutator", me)
     heap.me = owners.mutator(me)  # its row of the heap's running counters
+    if release_on_free:  # the eager policy: its on-demand sweeps release what they free
+        ReleaseOnFree.install(heap)
     beat = Beat(heap, owners.mutator(me), heartbeat_ms / 1000).start()
     m = Mutator(heap, me, cfg, debug, np.random.default_rng([me, time.time_ns()]))
     paused = True  # until the coordinator says resume: never allocate through a mark
@@ -41,8 +44,10 @@ def main(handle: dict[str, Any], me: int, endpoint: str, mcfg: dict[str, Any],
                 if msg.type == "stop":
                     break
                 if msg.type == "mark":
+                    t0 = time.perf_counter()
                     m.flush()
                     m.mark(msg["cycle"])
+                    m.stats.mark_seconds += time.perf_counter() - t0
                     link.send("marked", cycle=msg["cycle"], stats=m.stats.as_dict(),
                               marked_bytes=m.stats.marked_bytes)
                     paused = True

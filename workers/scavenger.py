@@ -1,6 +1,8 @@
-"""Scavenger process: wake, release as paced, sleep; release everything on ``release_all``.
+"""Scavenger process: wake, release what the policy says, sleep; release everything on
+``release_all``.
 
-The wake's logic is :class:`sweeperd.pacing.bgscavenge.Scavenger`; this is the process loop.
+The wake's logic is :class:`sweeperd.pacing.bgscavenge.Scavenger` and the policies are in
+``sweeperd.pacing``; this is the process loop.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ import signal
 import time
 from typing import Any
 
+from sweeperd.pacing import policies
 from sweeperd.pacing.bgscavenge import Scavenger
 from sweeperd.pacing.scavpace import Pacer
 from sweeperd.runtime import owners
@@ -20,8 +23,9 @@ from sweeperd.wire.link import Link
 
 
 def main(handle: dict[str, Any], endpoint: str, fraction: float, ncpu: int,
-         vectored: str, heartbeat_ms: int) -> None:
-    """Daemon shell: wake, work, sleep as paced; release everything on ``release_all``."""
+         vectored: str, heartbeat_ms: int, policy: str = "go", params: Any = None) -> None:
+    """Daemon shell: wake, work, sleep as the policy says; release everything on
+    ``release_all``."""
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     prepare_worker_memory()
@@ -33,7 +37,8 @@ def main(handle: dict[str, Any], endpoint: str, fraction: float, ncpu: int,
     heap = Heap.attach(HeapHandle.from_dict(handle))
     sm = SysMem(base=heap.arena.ctypes.data, size=heap.heap_bytes, shared=True,
                 vectored=use_vectored)
-    sc = Scavenger(heap, sm, Pacer(fraction=fraction, ncpu=ncpu))
+    sc = Scavenger(heap, sm, Pacer(fraction=fraction, ncpu=ncpu),
+                   policy=policies.make(policy, params))
     link = Link(endpoint, "scavenger", 0)
     heap.me = owners.SCAVENGER  # its row of the heap's running counters
     beat = Beat(heap, owners.SCAVENGER, heartbeat_ms / 1000).start()
@@ -42,10 +47,10 @@ def main(handle: dict[str, Any], endpoint: str, fraction: float, ncpu: int,
     try:
         while not link.orphaned():
             pages, worked = sc.wake()
-            sleep = sc.pacer.sleep_for(worked) if pages else heartbeat_ms / 1000
+            sleep = sc.sleep_for(pages, worked, heartbeat_ms / 1000)
             t = time.perf_counter()
             msg = link.recv(int(min(sleep, heartbeat_ms / 1000) * 1000))
-            if pages:
+            if pages and sc.policy.paced:
                 sc.pacer.observe(worked, time.perf_counter() - t)
             if msg is not None:
                 if msg.type == "stop":
@@ -59,7 +64,8 @@ def main(handle: dict[str, Any], endpoint: str, fraction: float, ncpu: int,
                     "released_kernel_bytes": sc.released.kernel_bytes,
                     "cpu_seconds": time.process_time() - cpu0,
                     **{f"madvise_{k}": v for k, v in sm.calls.items()},
-                    "sleep_ratio": sc.pacer.sleep_ratio, "vectored": int(use_vectored)})
+                    "sleep_ratio": sc.pacer.sleep_ratio, "vectored": int(use_vectored),
+                    **{f"policy_{k}": v for k, v in sc.policy.figures().items()}})
                 last_hb = now
     except BaseException:
         link.crashed()

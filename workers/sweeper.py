@@ -14,6 +14,7 @@ from typing import Any
 from sweeperd.runtime import owners
 from sweeperd.runtime.bgsweep import sweep_until_done
 from sweeperd.runtime.heap import H_BENCH_GO, H_BENCH_READY, Heap, HeapHandle
+from sweeperd.runtime.scavenge import ReleaseOnFree
 from sweeperd.runtime.sweep import SweepStats
 from sweeperd.sys.tuning import prepare_worker_memory, release_free_heap
 from sweeperd.wire.beat import Beat
@@ -46,7 +47,7 @@ def bench_main(handle: dict[str, Any], me: int, results: Any, rounds: int,
 
 
 def main(handle: dict[str, Any], me: int, endpoint: str, chunk_pages: int,
-         heartbeat_ms: int) -> None:
+         heartbeat_ms: int, release_on_free: bool = False) -> None:
     """Daemon shell: sweep the current cycle's shards each time the coordinator says
     ``sweep``; report ``swept`` with this cycle's figures; heartbeat while idle."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator drains us with "stop"
@@ -54,6 +55,8 @@ def main(handle: dict[str, Any], me: int, endpoint: str, chunk_pages: int,
     heap = Heap.attach(HeapHandle.from_dict(handle))
     link = Link(endpoint, "sweeper", me)
     heap.me = owners.sweeper(me)  # its row of the heap's running counters
+    if release_on_free:  # the eager policy: release what it frees, at once
+        ReleaseOnFree.install(heap)
     beat = Beat(heap, owners.sweeper(me), heartbeat_ms / 1000).start()
     total = SweepStats()
     try:

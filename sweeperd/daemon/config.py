@@ -15,6 +15,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from sweeperd.pacing.decay import DecayParams
+from sweeperd.pacing.policies import PARAMS, POLICIES
+from sweeperd.pacing.policies import RANGES as POLICY_RANGES
+from sweeperd.pacing.purgedelay import DelayParams
+from sweeperd.pacing.releaserate import RateParams
 from sweeperd.runtime.owners import MAX_MUTATORS, MAX_SWEEPERS
 from sweeperd.runtime.sizeclasses import NUM_CLASSES
 from sweeperd.workload.mutator import Workload
@@ -74,12 +79,24 @@ class ScavengerConfig:
     cpu_fraction: float = 0.01
     memory_limit_mib: int = 0
     vectored: str = "auto"
+    policy: str = "go"
+    # each policy's parameters: the table [scavenger.NAME] (attribute: NAME with "_" for "-")
+    jemalloc_decay: DecayParams = field(default_factory=DecayParams)
+    gperftools_rate: RateParams = field(default_factory=RateParams)
+    mimalloc_delay: DelayParams = field(default_factory=DelayParams)
+
+    def policy_params(self, name: str | None = None) -> Any:
+        """The parameters of policy ``name`` (default: the chosen one), None if it has none."""
+        name = name or self.policy
+        return getattr(self, name.replace("-", "_")) if name in PARAMS else None
 
 
 @dataclass(frozen=True)
 class RunConfig:
     duration_s: float = 0
     debug_checks: bool = False
+    gctrace: bool = False
+    scavtrace: bool = False
 
 
 @dataclass(frozen=True)
@@ -117,7 +134,9 @@ RANGES: dict[str, tuple[float, float]] = {
     "scavenger.cpu_fraction": (0.0001, 1),
     "scavenger.memory_limit_mib": (0, 1 << 20),
 }
-CHOICES: dict[str, set[str]] = {"scavenger.vectored": {"auto", "on", "off"}}
+RANGES.update({f"scavenger.{k}": v for k, v in POLICY_RANGES.items()})
+CHOICES: dict[str, set[str]] = {"scavenger.vectored": {"auto", "on", "off"},
+                                "scavenger.policy": set(POLICIES)}
 
 
 def _check_value(key: str, typ: Any, v: Any) -> Any:
@@ -136,7 +155,7 @@ def _check_value(key: str, typ: Any, v: Any) -> Any:
         if not isinstance(v, str):
             raise ConfigError(f"{key}: expected a string, got {v!r}")
         if key in CHOICES and v not in CHOICES[key]:
-            raise ConfigError(f"{key}: {v!r} is not one of {sorted(CHOICES[key])}")
+            raise ConfigError(f"{key}: {v!r} is not one of {', '.join(sorted(CHOICES[key]))}")
         return v
     elif typ in ("tuple[int, ...]",):
         if not isinstance(v, list | tuple) or not v or not all(
@@ -148,8 +167,12 @@ def _check_value(key: str, typ: Any, v: Any) -> Any:
         return tuple(v)
     lo, hi = RANGES[key]
     if not lo <= v <= hi:
-        raise ConfigError(f"{key}: {v} is out of range; allowed {lo:g}..{hi:g}")
+        raise ConfigError(f"{key}: {v} is out of range; allowed {_num(lo)}..{_num(hi)}")
     return v
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
 _HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*")
@@ -192,15 +215,40 @@ def from_dict(data: dict[str, Any], base: Config | None = None) -> Config:
             raise ConfigError(f"[{sec}] must be a table")
         current = getattr(cfg, sec)
         keys = {f.name: f for f in fields(current)}
-        updates = {}
+        updates: dict[str, Any] = {}
         for k, v in table.items():
-            if k not in keys:
+            if sec == "scavenger" and isinstance(v, dict):
+                updates[k.replace("-", "_")] = _policy_table(k, v, current)
+                continue
+            if sec == "scavenger" and k in POLICIES:
+                raise ConfigError(f"scavenger.{k} must be a table ([scavenger.{k}])")
+            if k not in keys or k in _POLICY_FIELDS:
                 raise ConfigError(f"unknown key {sec}.{k}; known in [{sec}]: "
-                                  f"{', '.join(keys)}")
+                                  f"{', '.join(k for k in keys if k not in _POLICY_FIELDS)}")
             updates[k] = _check_value(f"{sec}.{k}", keys[k].type, v)
         cfg = replace(cfg, **{sec: replace(current, **updates)})
     _validate_addrs(cfg)
     return cfg
+
+
+_POLICY_FIELDS = {n.replace("-", "_") for n in PARAMS}
+
+
+def _policy_table(name: str, table: dict[str, Any], current: ScavengerConfig) -> Any:
+    """``[scavenger.NAME]``: the parameters of policy NAME, each checked like any key."""
+    if name not in POLICIES:
+        raise ConfigError(f"unknown table [scavenger.{name}]; policies: {', '.join(POLICIES)}")
+    if name not in PARAMS:
+        raise ConfigError(f"[scavenger.{name}]: the {name} policy has no parameters")
+    params = current.policy_params(name)
+    known = {f.name: f for f in fields(params)}
+    updates = {}
+    for k, v in table.items():
+        if k not in known:
+            raise ConfigError(f"unknown key scavenger.{name}.{k}; known in "
+                              f"[scavenger.{name}]: {', '.join(known)}")
+        updates[k] = _check_value(f"scavenger.{name}.{k}", known[k].type, v)
+    return replace(params, **updates)
 
 
 def default_text() -> str:

@@ -33,6 +33,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import asdict
 from types import MappingProxyType
 from typing import Any
 
@@ -41,16 +42,20 @@ import zmq
 from sweeperd.daemon import cycle as c
 from sweeperd.daemon.config import Config
 from sweeperd.daemon.cycle import Role, Slot
+from sweeperd.daemon.gotrace import Tracer
 from sweeperd.daemon.heapwork import HeapWork, log
 from sweeperd.daemon.metrics import Kernel, Metrics
 from sweeperd.daemon.snapshot import Snapshot, memory_now, status_json, take_sample
 from sweeperd.daemon.supervisor import Supervisor
 from sweeperd.daemon.totals import Totals
 from sweeperd.errors import Throw
+from sweeperd.pacing.policies import RELEASES_ON_FREE
 from sweeperd.pacing.scavpace import retain_goal
 from sweeperd.runtime import owners
-from sweeperd.runtime.heap import H_HEAP_GOAL, H_MEMORY_LIMIT, Heap
-from sweeperd.runtime.heapstats import heap_stats
+from sweeperd.runtime.heap import H_HEAP_GOAL, H_MEMORY_LIMIT, T_RELEASED_PAGES, Heap
+from sweeperd.runtime.heapstats import heap_stats, tally_totals
+from sweeperd.runtime.scavenge import ReleaseOnFree
+from sweeperd.runtime.sizeclasses import PAGE_SIZE
 from sweeperd.sys.procmem import meminfo
 from sweeperd.sys.procs import run_niced
 from sweeperd.sys.sdnotify import Notifier
@@ -74,20 +79,21 @@ def entry_point(cfg: Config, handle: dict[str, Any], endpoint: str,
 def _worker_main(cfg: Config, handle: dict[str, Any], endpoint: str,
                  slot: Slot) -> tuple[Callable[..., None], tuple[Any, ...]]:
     hb = cfg.control.heartbeat_ms
+    eager = cfg.scavenger.policy in RELEASES_ON_FREE  # freers release what they free
     if slot.role is Role.SWEEPER:
         from workers.sweeper import main
 
-        return main, (handle, slot.id, endpoint, cfg.sweep.chunk_pages, hb)
+        return main, (handle, slot.id, endpoint, cfg.sweep.chunk_pages, hb, eager)
     if slot.role is Role.SCAVENGER:
         from workers.scavenger import main as scav_main
 
         sc = cfg.scavenger
         return scav_main, (handle, endpoint, sc.cpu_fraction, os.cpu_count() or 1, sc.vectored,
-                           hb)
+                           hb, sc.policy, sc.policy_params())
     from workers.mutator import main as mut_main
 
     return mut_main, (handle, slot.id, endpoint, cfg.mutators.workload().to_dict(), hb,
-                      cfg.run.debug_checks)
+                      cfg.run.debug_checks, eager)
 
 
 class WorkersKeepDying(RuntimeError):
@@ -170,6 +176,10 @@ class Coordinator:
             self.control_addr = self.csock.getsockopt_string(zmq.LAST_ENDPOINT)
             self.sysmem = SysMem(base=self.heap.arena.ctypes.data, size=self.heap.heap_bytes,
                                  shared=True)
+            params = cfg.scavenger.policy_params()
+            self._policy_params = MappingProxyType(asdict(params) if params else {})
+            if cfg.scavenger.policy in RELEASES_ON_FREE:  # what recovery frees, it releases
+                self.heap.on_free = ReleaseOnFree(self.heap, self.sysmem)
             self.machine = c.GCCycle(c.Params(
                 gogc=cfg.gc.gogc, min_goal_bytes=cfg.gc.min_goal_mib << 20,
                 memory_limit_bytes=cfg.scavenger.memory_limit_mib << 20,
@@ -178,6 +188,7 @@ class Coordinator:
                 max_deaths=cfg.control.max_deaths, death_window_s=cfg.control.death_window_s),
                 sweepgen=self.heap.sweepgen, now=time.monotonic())
             self.totals = Totals()
+            self.trace = Tracer(cfg.run.gctrace, cfg.run.scavtrace, time.monotonic())
             self._beats_seen: dict[Slot, float] = {}
             self.work = HeapWork(self.heap, self.sysmem, self.totals, cfg.run.debug_checks)
             self.sup = Supervisor(mp.get_context("spawn"), functools.partial(
@@ -259,8 +270,15 @@ class Coordinator:
         if isinstance(a, c.MeasureSweep):
             return hw.measure_sweep()
         if isinstance(a, c.BeginSweep):
+            t = time.monotonic()
+            self.trace.marked(t, self.heap.objects_bytes(), self.machine.marked_bytes,
+                              self.totals.mutator.get("mark_seconds", 0.0))
             hw.begin_sweep(a)
+            self.trace.mark_terminated(time.monotonic() - t)
         elif isinstance(a, c.SendMark):
+            self.trace.triggered(time.monotonic(), self.heap.objects_bytes(),
+                                 self.machine.goal_bytes, a.forced,
+                                 self.totals.mutator.get("mark_seconds", 0.0))
             self._send(a.slots, "mark", cycle=a.cycle)
         elif isinstance(a, c.SendSweep):
             self._send(a.slots, "sweep", cycle=a.cycle)
@@ -271,6 +289,8 @@ class Coordinator:
             hw.sweep_missed()
         elif isinstance(a, c.EndCycle):
             hw.end_cycle(a)
+            if self.trace.on:
+                self.trace.cycle_ended(a.cycles, time.monotonic(), *self._scav_figures())
         elif isinstance(a, c.Kill):
             log(f"{a.slot} silent for {a.silent_s:.1f}s: killing it")
             self.sup.kill(a.slot)
@@ -321,6 +341,7 @@ class Coordinator:
         if msg.type == "swept" and role is Role.SWEEPER:
             if self._peer(c.Swept(bound, msg["cycle"], now)):
                 self.totals.sweeper_report(msg["stats"])
+                self.trace.swept(float(msg["stats"].get("seconds", 0.0)))
         elif msg.type == "marked" and role is Role.MUTATOR:
             self.totals.mutator_report(bound, msg["stats"])
             self._peer(c.Marked(bound, msg["cycle"], now, msg["marked_bytes"]))
@@ -381,7 +402,17 @@ class Coordinator:
         if self.sup.identity(slot) is not None:
             self._send((slot,), "release_all")
             return {"requested": True, "by": "scavenger"}
-        return {**self.work.free_os_memory(), "by": "coordinator"}
+        out = {**self.work.free_os_memory(), "by": "coordinator"}
+        self.trace.scavenged(*self._scav_figures(), forced=True)
+        return out
+
+    def _scav_figures(self) -> tuple[int, int, int, int]:
+        """For a ``scav`` line: bytes ever released (the books: the scavenger's, the
+        coordinator's and the freers'), released now, in use, free and backed."""
+        hs = heap_stats(self.heap)
+        pages = int(self.totals.scavenger.get("released_pages", 0)) + int(
+            self.heap.tallies[:, T_RELEASED_PAGES].sum())
+        return pages * PAGE_SIZE, hs.released_bytes, hs.in_use_bytes, hs.free_bytes
 
     # --- main loop ---------------------------------------------------------------------------
 
@@ -454,8 +485,10 @@ class Coordinator:
             workers=self.sup.views(), **self.totals.freeze(),
             debug=MappingProxyType({**self.work.debug, "enabled": self.cfg.run.debug_checks}),
             cpu_fraction_target=self.cfg.scavenger.cpu_fraction,
-            heap_handle=self._handle, control_addr=self.control_addr,
-            ipc_dir=self.ipc_dir, metrics_addr=self.metrics_addr)
+            policy=self.cfg.scavenger.policy, policy_params=self._policy_params,
+            tallies=MappingProxyType(tally_totals(self.heap)), heap_handle=self._handle,
+            control_addr=self.control_addr, ipc_dir=self.ipc_dir,
+            metrics_addr=self.metrics_addr)
 
     def status(self) -> dict[str, Any]:
         return status_json(self.snap, heap_stats(self.heap),

@@ -321,11 +321,11 @@ class GCCycle:
         return []
 
     def _begin_mark(self) -> list[Action]:
-        self.force = False
+        forced, self.force = self.force, False
         self._goto("trigger")
         self.pending = set(self.up(Role.MUTATOR))
         self.marked_bytes = 0
-        out: list[Action] = [SendMark(tuple(sorted(self.pending)), self.sweepgen + 2)]
+        out: list[Action] = [SendMark(tuple(sorted(self.pending)), self.sweepgen + 2, forced)]
         return out + self._mark_done_if_none_pending()
 
     # --- MARK ----------------------------------------------------------------------------

@@ -129,6 +129,7 @@ class MeasureSweep:
 class SendMark:
     slots: tuple[Slot, ...]
     cycle: int  # the sweepgen the mark is for
+    forced: bool = False  # a client asked for this cycle (``gc``)
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,13 @@ from sweeperd.daemon.snapshot import Sample, Snapshot
 from sweeperd.runtime.heapstats import HeapStats
 
 SAMPLE_S = 1.0
+POLICY_FIGURES = {
+    "decay_npages_limit": "jemalloc-decay: free pages allowed to stay backed (npages_limit).",
+    "release_rate_counter_pages": "gperftools-rate: pages to free before the next release "
+                                  "(scavenge_counter_).",
+    "purge_delay_expired_pages": "mimalloc-delay: free pages past their purge delay.",
+    "hugepage_kept_bytes": "hugepage-aware: free backed bytes kept in partly used huge pages.",
+}
 ADVICES = ("REMOVE", "REMOVE_vectored", "DONTNEED", "FREE", "NOHUGEPAGE", "HUGEPAGE")
 ROLES = ("sweeper", "mutator", "scavenger")
 
@@ -202,6 +209,19 @@ class SnapshotCollector(Collector):
                      s.cpu_fraction_target)
         yield _gauge("sweeperd_machine_cpus", "CPUs of the machine (the scavenger's budget is "
                      "a fraction of all of them).", os.cpu_count() or 1)
+        info = GaugeMetricFamily("sweeperd_scavenge_policy_info", "The scavenger policy "
+                                 "(config scavenger.policy; always 1).", labels=["policy"])
+        info.add_metric([sc["policy"]], 1)
+        yield info
+        yield _counter("sweeperd_scavenge_released_on_free_bytes",
+                       "Bytes released by whoever freed them (the eager policy), as the kernel "
+                       "counts them; included in sweeperd_scavenge_released_bytes.",
+                       sc["released_on_free_bytes_total"])
+        yield _counter("sweeperd_heap_freed_bytes", "Bytes of spans returned to the page heap "
+                       "(what gperftools' release rate counts).", sc["freed_bytes_total"])
+        for name, v in sorted(sc["policy_figures"].items()):
+            yield _gauge(f"sweeperd_scavenge_policy_{name}", POLICY_FIGURES.get(
+                name, "A figure of the scavenger policy."), v)
         calls = CounterMetricFamily("sweeperd_madvise_calls", "madvise calls by advice.",
                                     labels=["advice"])
         for advice in ADVICES:

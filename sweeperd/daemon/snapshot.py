@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sweeperd.daemon.totals import Histogram, SweepCounts
+from sweeperd.daemon.totals import POLICY_FIGURE, Histogram, SweepCounts
 from sweeperd.runtime.heap import Heap
 from sweeperd.runtime.heapstats import HeapStats
 from sweeperd.runtime.sizeclasses import PAGE_SIZE
@@ -66,6 +66,9 @@ class Snapshot:
     sweep_phase: Histogram
     debug: Mapping[str, Any]
     cpu_fraction_target: float
+    policy: str  # the scavenger policy (config scavenger.policy)
+    policy_params: Mapping[str, Any]
+    tallies: Mapping[str, int]  # heapstats.tally_totals at the step
     heap_handle: Mapping[str, Any]
     control_addr: str
     ipc_dir: str
@@ -85,17 +88,30 @@ class Snapshot:
         return sum(s.objects_freed for s in self.swept.values())
 
     def scavenger_status(self) -> dict[str, Any]:
-        t = self.scavenger
+        """Every release, the scavenger's and (under ``eager``) the freers' own."""
+        t, on_free = self.scavenger, self.tallies
+        calls = dict(self.madvise_calls)
+        if on_free.get("madvise_calls", 0):  # a freer's SysMem: shared arena, MADV_REMOVE
+            calls["REMOVE"] = calls.get("REMOVE", 0) + on_free["madvise_calls"]
         return {
+            "policy": self.policy,
+            "policy_params": dict(self.policy_params),
             # what the kernel gave back (blocks of the runs, counted before each release) ...
-            "released_bytes_total": int(t.get("released_kernel_bytes", 0)),
+            "released_bytes_total": int(t.get("released_kernel_bytes", 0))
+            + on_free.get("released_kernel_bytes", 0),
             # ... and what was advised, by the books (includes never-touched free pages)
-            "advised_bytes_total": int(t.get("released_pages", 0)) * PAGE_SIZE,
-            "release_runs_total": int(t.get("release_runs", 0)),
+            "advised_bytes_total": (int(t.get("released_pages", 0))
+                                    + on_free.get("released_pages", 0)) * PAGE_SIZE,
+            "release_runs_total": int(t.get("release_runs", 0)) + on_free.get("release_runs", 0),
+            # of those, released by whoever freed them (the eager policy)
+            "released_on_free_bytes_total": on_free.get("released_kernel_bytes", 0),
+            "freed_bytes_total": on_free.get("freed_pages", 0) * PAGE_SIZE,
             "cpu_seconds_total": float(t.get("cpu_seconds", 0.0)),
-            "madvise_calls_total": dict(self.madvise_calls),
+            "madvise_calls_total": calls,
             "vectored": bool(t.get("vectored", 0)),
             "retain_goal_bytes": self.retain_goal_bytes,
+            "policy_figures": {k[len(POLICY_FIGURE):]: v for k, v in t.items()
+                               if k.startswith(POLICY_FIGURE)},
         }
 
 

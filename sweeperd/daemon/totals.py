@@ -26,6 +26,7 @@ from sweeperd.runtime.sweep import SweepStats
 
 SWEEP_PHASE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 SCAVENGER_GAUGES = ("sleep_ratio", "vectored")  # reported as is, not accumulated
+POLICY_FIGURE = "policy_"  # a scavenger stat so prefixed is its policy's gauge
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ class Totals:
     def scavenger_report(self, slot: Slot, stats: dict[str, float]) -> None:
         prev = self._last.get(slot, {})
         for k, v in stats.items():
-            if k in SCAVENGER_GAUGES:
+            if k in SCAVENGER_GAUGES or k.startswith(POLICY_FIGURE):
                 self.scavenger[k] = v
             else:
                 self.scavenger[k] = self.scavenger.get(k, 0) + v - prev.get(k, 0)

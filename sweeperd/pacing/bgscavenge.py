@@ -1,12 +1,13 @@
 """The background scavenger's wake (Go's bgscavenge / scavengerState.run), time passed in.
 
 :class:`Scavenger` is the scavenger process's loop body over injectable time (``clock``) and
-memory truth (``backed`` — the kernel's count of the arena's blocks): each wake releases in
-quanta from the highest free pages down until it has worked ``min_work`` or the heap's backing
-is within the retain goal, and the :class:`~sweeperd.pacing.scavpace.Pacer` says how long to
-sleep.  The quantum
-adapts so that one quantum takes about ``min_work`` (vectorized runs make a quantum of many MiB
-cheap; Go's fixed 64 KiB quantum would be syscall-bound here).
+memory truth (``backed`` — the kernel's count of the arena's blocks): each wake asks its policy
+(``sweeperd.pacing.policy``; Go's by default) what to release, releases it in quanta from the
+highest free pages down, and asks again, until the policy wants nothing or the wake's time is
+up. For the paced policy (Go's) the :class:`~sweeperd.pacing.scavpace.Pacer` says how long to
+sleep; the others say when they want to be asked again. The quantum adapts so that one quantum
+takes about ``min_work`` (vectorized runs make a quantum of many MiB cheap; Go's fixed 64 KiB
+quantum would be syscall-bound here).
 """
 
 from __future__ import annotations
@@ -15,11 +16,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from sweeperd.pacing.policy import GoPolicy, Policy, View
 from sweeperd.pacing.scavpace import Pacer, pages_to_release, retain_goal
 from sweeperd.runtime import scavenge
-from sweeperd.runtime.heap import H_HEAP_GOAL, H_MEMORY_LIMIT, Heap
+from sweeperd.runtime.heap import (
+    C_IN_USE_PAGES,
+    C_SCAVENGED_PAGES,
+    H_HEAP_GOAL,
+    H_MEMORY_LIMIT,
+    T_FREED_PAGES,
+    Heap,
+)
 from sweeperd.runtime.scavenge import Released
 from sweeperd.sys.sysmem import SysMem
+
+MAX_WAKE_S = 0.02  # an unpaced policy's wake works at most this long, then the loop listens
 
 
 @dataclass
@@ -31,6 +42,9 @@ class Scavenger:
     backed: Callable[[], int] | None = None
     quantum: int = 8  # pages: 64 KiB, Go's scavengeQuantum, to start
     released: Released = field(default_factory=Released)
+    policy: Policy = field(default_factory=GoPolicy)
+    more: bool = False  # the last wake stopped on time with work left
+    next_sleep: float = 0.0  # an unpaced policy's wait, from its last plan
 
     def goal(self) -> int:
         return retain_goal(int(self.heap.header[H_HEAP_GOAL]),
@@ -42,28 +56,58 @@ class Scavenger:
     def need(self) -> int:
         return pages_to_release(self.backed_bytes(), self.goal())
 
+    def view(self) -> View:
+        h = self.heap
+        c = h.counter_totals()
+        return View(now=self.clock(), backed_bytes=self.backed_bytes(),
+                    heap_goal=int(h.header[H_HEAP_GOAL]),
+                    memory_limit=int(h.header[H_MEMORY_LIMIT]),
+                    dirty_pages=h.npages - int(c[C_IN_USE_PAGES]) - int(c[C_SCAVENGED_PAGES]),
+                    freed_pages=int(h.tallies[:, T_FREED_PAGES].sum()), npages=h.npages)
+
     def wake(self) -> tuple[int, float]:
-        """One wake's work: returns (pages released, seconds worked)."""
+        """One wake's work: returns (pages released, seconds worked).  It asks the policy,
+        releases what it says (in quanta), tells it, and asks again, until the policy wants
+        nothing or the wake's time is up (Go's ``min_work`` when paced, else ``MAX_WAKE_S``)."""
         t0 = self.clock()
+        budget = self.pacer.min_work if self.policy.paced else MAX_WAKE_S
         pages = 0
-        need = self.need()
-        while need > 0:
+        self.more = False
+        while True:
+            v = self.view()
+            plan = self.policy.plan(v, self.heap)
+            self.next_sleep = plan.sleep_s  # (the plan itself may hold views of the heap)
+            if plan.pages <= 0:
+                break
+            step = plan.pages if plan.whole_runs else min(plan.pages, self.quantum)
             t = self.clock()
-            r = scavenge.scavenge(self.heap, self.sysmem, min(need, self.quantum))
+            r = scavenge.scavenge(self.heap, self.sysmem, step, plan.allow, plan.whole_runs)
             dt = self.clock() - t
+            self.policy.released(r.pages, v)
             if r.pages == 0:
-                break  # nothing free and backed is left: the rest is fragmentation
+                break  # nothing free and backed is left that it may take
             pages += r.pages
             self._count(r)
             if dt > 0:  # aim at ~min_work per quantum: one release per wake when warmed up
                 self.quantum = max(8, int(r.pages / dt * self.pacer.min_work))
-            if self.clock() - t0 >= self.pacer.min_work:
+            if self.clock() - t0 >= budget:
+                self.more = True
                 break
-            need -= r.pages
         return pages, self.clock() - t0
 
+    def sleep_for(self, pages: int, worked: float, idle_s: float) -> float:
+        """How long to wait after a wake: the pacer's sleep for a paced policy that worked,
+        nothing if the wake stopped on time with work left, else the policy's own wait (at
+        most ``idle_s``)."""
+        if self.policy.paced:
+            return self.pacer.sleep_for(worked) if pages else idle_s
+        if self.more:
+            return 0.0
+        return min(self.next_sleep, idle_s)
+
     def release_all(self) -> int:
-        """Go's debug.FreeOSMemory: every free backed page, now, unpaced."""
+        """Go's debug.FreeOSMemory: every free backed page, now, unpaced (under any policy:
+        it is the operator's request)."""
         r = scavenge.scavenge(self.heap, self.sysmem, self.heap.npages)
         self._count(r)
         return r.pages

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from sweeperd.errors import HeapCorrupt
-from sweeperd.runtime.heap import H_SEARCH_ADDR, PAGE_FREE, PAGE_SCAVENGING, Heap
+from sweeperd.runtime.heap import H_SEARCH_ADDR, PAGE_FREE, Heap, scavenging
 from sweeperd.runtime.runs import run_pages
 from sweeperd.runtime.sizeclasses import CLASS_NELEMS, CLASS_NWORDS, MAX_BITMAP_WORDS
 from sweeperd.runtime.sweepgen import M32
@@ -34,7 +34,7 @@ def check_heap(heap: Heap) -> None:
             raise HeapCorrupt("in-use spans overlap or run past the end of the heap")
         owner[pages] = np.repeat(starts, n)
     # a page being scavenged is a free page
-    ps = np.where(heap.page_span == PAGE_SCAVENGING, PAGE_FREE, heap.page_span)
+    ps = np.where(heap.page_span <= scavenging(0), PAGE_FREE, heap.page_span)
     bad = np.flatnonzero(owner != ps)
     if bad.size:
         p = int(bad[0])

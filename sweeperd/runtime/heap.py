@@ -31,7 +31,8 @@ store also counts the sweep (``Heap.commit_sweep``).
 Invariants (checked by :func:`sweeperd.check.check_heap`):
 
 * ``page_span`` of every page of an in-use span is its start page; a free page holds
-  ``PAGE_FREE`` (-1), or ``PAGE_SCAVENGING`` (-2) while the scavenger releases it;
+  ``PAGE_FREE`` (-1), or ``scavenging(owner)`` (-2 and below) while claimer ``owner``
+  releases it (the scavenger, or under the ``eager`` policy whoever freed it);
 * ``span_state`` is IN_USE exactly at start pages of in-use spans, DEAD everywhere else;
 * ``scavenged`` is set only on free pages;
 * for a swept span ``alloc_count == popcount(alloc bits)``, no bit at or beyond ``nelems``,
@@ -42,23 +43,32 @@ Invariants (checked by :func:`sweeperd.check.check_heap`):
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from sweeperd.errors import HeapCorrupt, LockNotHeld
-from sweeperd.runtime.owners import ANONYMOUS, MAX_SHARDS, OWNER_BITS
+from sweeperd.runtime.owners import ANONYMOUS, MAX_SHARDS, OWNER_BITS, SCAVENGER
 from sweeperd.runtime.sizeclasses import CLASS_SIZE, MAX_BITMAP_WORDS, PAGE_SHIFT, PAGE_SIZE
 from sweeperd.sys.shm import OS_PAGE, FlockLock, RegionHandle, SharedRegion
 
 MAGIC = 0x5357_4545_5045_5244  # "SWEEPERD"
-LAYOUT_VERSION = 8
+LAYOUT_VERSION = 9
 
 # page_span values that are not a span's start page.
 PAGE_FREE = -1  # free: the allocator may take it
-PAGE_SCAVENGING = -2  # free, taken out of the allocator's reach while the scavenger releases it
+_SCAVENGING_TOP = -2  # free, taken out of the allocator's reach by a releaser: scavenging(owner)
+
+
+def scavenging(owner: int) -> int:
+    """The ``page_span`` value of a free page that claimer ``owner`` is releasing: the mark
+    names its releaser, so the recovery of a dead one finishes its pages and nobody else's."""
+    return _SCAVENGING_TOP - owner
+
+
+PAGE_SCAVENGING = scavenging(SCAVENGER)  # the scavenger process's mark
 
 # Span states (Go's mSpanState).
 SPAN_DEAD = 0
@@ -92,6 +102,16 @@ C_SPANS_IN_USE = 2  # in-use spans
 C_OCCUPIED_PAGES = 3  # pages of in-use spans holding at least one object (fragmentation's base)
 C_SCAVENGED_PAGES = 4  # pages with their scavenged bit set (all free: Go's heap/released)
 NCOUNTERS = 5
+
+# Tallies (columns of ``tallies``): per claimer, what it has done since the heap was made.
+# Only ever added to, one writer per row, never rebased (a scan cannot recount history), and
+# kept when the process dies, so its replacement carries on and nothing is lost.
+T_FREED_PAGES = 0  # pages returned to the page heap (freeSpan): gperftools' scavenge counter
+T_RELEASED_PAGES = 1  # pages released by a freer itself (the eager policy), by the books
+T_RELEASE_RUNS = 2  # ... in this many runs
+T_RELEASED_KERNEL_BYTES = 3  # ... of which the kernel had this many bytes backed
+T_MADVISE_CALLS = 4  # ... in this many system calls
+NTALLIES = 5
 
 _U1 = np.uint64(1)
 _U32 = np.uint64(32)
@@ -133,6 +153,8 @@ def _fields(npages: int, finq_cap: int) -> list[tuple[str, np.dtype, tuple[int, 
         ("beats", np.dtype(np.int64), (1 << OWNER_BITS,)),
         # per claimer id: its running deltas of the heap's figures (C_* below)
         ("counters", np.dtype(np.int64), (1 << OWNER_BITS, NCOUNTERS)),
+        # per claimer id: what it has done (T_* below)
+        ("tallies", np.dtype(np.int64), (1 << OWNER_BITS, NTALLIES)),
     ]
 
 
@@ -209,6 +231,7 @@ class Heap:
     shards: np.ndarray
     beats: np.ndarray
     counters: np.ndarray
+    tallies: np.ndarray
 
     def __init__(self, arena: SharedRegion, meta: SharedRegion, layout: Layout) -> None:
         self.arena_region = arena
@@ -233,6 +256,9 @@ class Heap:
         self.lock = FlockLock(meta.fd)
         # whose row of ``counters`` this process writes: its claimer id (owners.py)
         self.me = ANONYMOUS
+        # called as on_free(starts, npages) after freeSpan returned spans to the page heap:
+        # the eager policy's release (installed by a process that frees, never shared)
+        self.on_free: Callable[[np.ndarray, np.ndarray], None] | None = None
 
     # --- life cycle -------------------------------------------------------------------------
 
@@ -347,6 +373,11 @@ class Heap:
         """Add ``delta`` to this process's row of the running counters."""
         if delta:
             self.counters[self.me, counter] += delta
+
+    def tally(self, column: int, delta: int) -> None:
+        """Add ``delta`` to this process's row of the tallies."""
+        if delta:
+            self.tallies[self.me, column] += delta
 
     def objects_bytes(self) -> int:
         """Bytes of allocated objects, from the running counters (O(1) in the heap's size)."""

@@ -30,6 +30,11 @@ from sweeperd.runtime.heap import (
     C_SPANS_IN_USE,
     NCOUNTERS,
     SPAN_IN_USE,
+    T_FREED_PAGES,
+    T_MADVISE_CALLS,
+    T_RELEASE_RUNS,
+    T_RELEASED_KERNEL_BYTES,
+    T_RELEASED_PAGES,
     Heap,
 )
 from sweeperd.runtime.sizeclasses import PAGE_SIZE
@@ -105,3 +110,15 @@ def marked_bytes(heap: Heap) -> int:
         n = np.bitwise_count(heap.bits[abuf ^ 1][:, cols]).sum(axis=0, dtype=np.int64)
         total += int((n * heap.elem_sizes(cols)).sum())
     return total
+
+
+TALLY_NAMES = {T_FREED_PAGES: "freed_pages", T_RELEASED_PAGES: "released_pages",
+               T_RELEASE_RUNS: "release_runs", T_RELEASED_KERNEL_BYTES: "released_kernel_bytes",
+               T_MADVISE_CALLS: "madvise_calls"}
+
+
+def tally_totals(heap: Heap) -> dict[str, int]:
+    """The heap's tallies summed over every claimer (O(1) in the heap's size): pages freed
+    to the page heap, and what the freers released themselves (the ``eager`` policy)."""
+    t = heap.tallies.sum(axis=0).tolist()
+    return {name: int(t[col]) for col, name in TALLY_NAMES.items()}

@@ -10,6 +10,9 @@ faulted back in; the scavenger releases from the highest addresses down, so the 
 rarely.  ``H_SEARCH_ADDR`` is a lower bound on the first free page (every page below it is in
 use), which keeps searches short on a full heap.
 
+Every page freed is tallied (``T_FREED_PAGES``: what gperftools' release rate counts), and a
+process that installed ``heap.on_free`` (the ``eager`` policy) releases what it freed at once.
+
 Allocating a span clears the scavenged bits of its pages and reports how many were set: those
 pages need ``sysUsed`` before reuse (the caller's business, and the scavenger issue's).
 
@@ -35,6 +38,7 @@ from sweeperd.runtime.heap import (
     PAGE_FREE,
     SPAN_DEAD,
     SPAN_IN_USE,
+    T_FREED_PAGES,
     Heap,
     span_ix,
 )
@@ -176,6 +180,8 @@ def free_spans(heap: Heap, starts: np.ndarray) -> int:
             heap.header[H_SEARCH_ADDR] = lo
         if hi > heap.header[H_SCAV_SEARCH]:  # new candidates for the scavenger up here
             heap.header[H_SCAV_SEARCH] = hi
+    if heap.on_free is not None:
+        heap.on_free(starts, n)
     return int(n.sum())
 
 
@@ -183,6 +189,7 @@ def _count_freed(heap: Heap, ix: np.ndarray | slice, npages: np.ndarray) -> None
     """The running counters' share of freeing spans ``ix`` of ``npages`` pages each."""
     heap.count(C_IN_USE_PAGES, -int(npages.sum()))
     heap.count(C_SPANS_IN_USE, -int(npages.size))
+    heap.tally(T_FREED_PAGES, int(npages.sum()))
     held = heap.span_alloc_count[ix] != 0  # a large span's sweep zeroes it first: rare
     if held.any():
         heap.count(C_OCCUPIED_PAGES, -int(npages[held].sum()))
@@ -207,4 +214,6 @@ def repair(heap: Heap, owner: int) -> int:
         if lo < heap.header[H_SEARCH_ADDR]:
             heap.header[H_SEARCH_ADDR] = lo
         heap.header[H_SCAV_SEARCH] = max(int(heap.header[H_SCAV_SEARCH]), int(orphan[-1]) + 1)
+        if heap.on_free is not None:
+            heap.on_free(starts, heap.span_npages[starts].astype(np.int64))
     return int(orphan.size)

@@ -16,8 +16,9 @@ step may also simply be run again):
 * **a mutator's cache** (:func:`mutator_cache`): spans cached by it (h+1 or h+3).  It may have
   died between writing alloc bits and ``allocCount``, so the counts are first recomputed from
   the bitmaps (the bits are the truth); then each span is uncached as the mutator would have;
-* **a scavenger's runs** (:func:`scavenger_runs`): pages left ``PAGE_SCAVENGING`` are released
-  again (``MADV_REMOVE`` of a removed page is a no-op) and finished.
+* **a releaser's runs** (:func:`released_runs`): pages left marked ``scavenging(owner)`` by
+  the dead scavenger (or, under the ``eager`` policy, by a worker releasing what it freed)
+  are released again (``MADV_REMOVE`` of a removed page is a no-op) and finished.
 
 Preconditions: the dead process has been reaped; the caller is the coordinator.
 """
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sweeperd.runtime import mcentral, owners
-from sweeperd.runtime.heap import H_SCAV_SEARCH, PAGE_SCAVENGING, SPAN_IN_USE, Heap
+from sweeperd.runtime.heap import H_SCAV_SEARCH, SPAN_IN_USE, Heap, scavenging
 from sweeperd.runtime.malloc import repair_alloc_counts
 from sweeperd.runtime.mheap import repair
 from sweeperd.runtime.runs import runs
@@ -76,9 +77,10 @@ def mutator_cache(heap: Heap, owner: int) -> tuple[SweepStats, int]:
     return st, fixed
 
 
-def scavenger_runs(heap: Heap, sysmem: SysMem) -> Released:
-    """Finish the release a dead scavenger left half done."""
-    starts, lengths = runs(heap.page_span == PAGE_SCAVENGING)
+def released_runs(heap: Heap, sysmem: SysMem, owner: int = owners.SCAVENGER) -> Released:
+    """Finish the release the dead releaser ``owner`` left half done (the scavenger; or,
+    under the ``eager`` policy, a worker that was releasing what it had freed)."""
+    starts, lengths = runs(heap.page_span == scavenging(owner))
     kernel = 0
     if starts.size:
         with heap.lock:
@@ -93,9 +95,10 @@ def recover(heap: Heap, role: str, wid: int, sysmem: SysMem) -> Recovered:
     """Everything a dead worker (``role``, slot ``wid``) held, finished."""
     out = Recovered()
     if role == "scavenger":
-        out.released = scavenger_runs(heap, sysmem)
+        out.released = released_runs(heap, sysmem)
         return out
     owner = owners.sweeper(wid) if role == "sweeper" else owners.mutator(wid)
+    out.released = released_runs(heap, sysmem, owner)
     out.swept.add(claims(heap, owner))
     if role == "mutator":
         st, out.alloc_counts_repaired = mutator_cache(heap, owner)

@@ -10,16 +10,23 @@ madvise call (or one iovec of a vectored call), never one per page.
 
 A release goes in three steps, as Go's scavenger allocates the pages it releases:
 
-1. **take** (heap lock): the chosen runs are re-read and marked ``PAGE_SCAVENGING``; from then
-   on no allocator can hand them out, because the allocator only takes ``PAGE_FREE`` pages;
+1. **take** (heap lock): the chosen runs are re-read and marked ``scavenging(me)`` (the
+   releaser's claimer id is in the mark); from then on no allocator can hand them out,
+   because the allocator only takes ``PAGE_FREE`` pages;
 2. **release** (no lock): ``sysUnused`` on each run — the slow part, with mutators and sweepers
    running;
 3. **finish** (heap lock): the pages become ``PAGE_FREE`` again with their ``scavenged`` bits
    set, and the allocator's search address is lowered to them.
 
-A scavenger killed between 1 and 3 leaves ``PAGE_SCAVENGING`` pages;
-:func:`sweeperd.runtime.recovery.dead_scavenger` releases them again (MADV_REMOVE of a removed
-page is a no-op) and finishes them.
+A releaser killed between 1 and 3 leaves pages marked with its id;
+:func:`sweeperd.runtime.recovery.released_runs` releases them again (MADV_REMOVE of a removed
+page is a no-op) and finishes them, and touches no other releaser's pages (one may be between
+its steps 1 and 3 right then: finishing its pages early would let an allocator take pages
+that are about to be advised away).
+
+Which pages and how many is the policy's business (``sweeperd.pacing.policy``): the search
+takes a count, an optional filter (``allow``) and whether runs stay whole.  Under the
+``eager`` policy the freer itself releases what it freed (:class:`ReleaseOnFree`).
 
 Invariants: no page of an in-use span is ever released; a page is released at most once until
 it is reused (its scavenged bit is set by the release and cleared only by allocation); the
@@ -28,6 +35,7 @@ scavenged bit is set only on free pages.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,8 +45,12 @@ from sweeperd.runtime.heap import (
     H_SCAV_SEARCH,
     H_SEARCH_ADDR,
     PAGE_FREE,
-    PAGE_SCAVENGING,
+    T_MADVISE_CALLS,
+    T_RELEASE_RUNS,
+    T_RELEASED_KERNEL_BYTES,
+    T_RELEASED_PAGES,
     Heap,
+    scavenging,
 )
 from sweeperd.runtime.runs import run_pages, runs
 from sweeperd.runtime.sizeclasses import PAGE_SIZE
@@ -64,44 +76,61 @@ class Released:
 
 WINDOW = 1 << 16  # pages looked at per step of the downward search
 
+# ``allow(lo, hi)``: a policy's further say on which candidates of pages [lo, hi) it releases,
+# as a mask of hi - lo booleans, evaluated under the heap lock (so it may read the heap).
+Allow = Callable[[int, int], np.ndarray]
 
-def candidates(heap: Heap, max_pages: int) -> tuple[np.ndarray, np.ndarray]:
+
+def candidates(heap: Heap, max_pages: int, allow: Allow | None = None,
+               whole_runs: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Runs of free, unscavenged pages totalling at most ``max_pages``, highest first."""
     with heap.lock:
-        starts, lengths, _ = _search(heap, max_pages)
+        starts, lengths, _ = _search(heap, max_pages, allow, whole_runs)
     return starts, lengths
 
 
-def _search(heap: Heap, max_pages: int) -> tuple[np.ndarray, np.ndarray, int]:
+def _search(heap: Heap, max_pages: int, allow: Allow | None = None,
+            whole_runs: bool = False) -> tuple[np.ndarray, np.ndarray, int]:
     """:func:`candidates`, plus where the next search may start once these are taken.
 
     The search starts at ``H_SCAV_SEARCH`` (no candidate at or above it) and moves down a
     window at a time, so a release costs in proportion to what it looks at, not to the heap.
-    Freeing a span raises ``H_SCAV_SEARCH`` above it again.  Call with the heap lock held.
+    Freeing a span raises ``H_SCAV_SEARCH`` above it again.  With ``allow`` (a policy's
+    filter) pages it refuses stay candidates, so the bound is lowered only past windows it
+    has no say in: past none.  ``whole_runs`` keeps the last run whole (gperftools releases
+    whole spans) where the count would cut it.  Call with the heap lock held.
     """
     heap.require_lock("scavenge._search")
-    hi = min(int(heap.header[H_SCAV_SEARCH]), heap.npages)
+    top = min(int(heap.header[H_SCAV_SEARCH]), heap.npages)
+    hi = top
     found_s: list[np.ndarray] = []
     found_l: list[np.ndarray] = []
     total = 0
     while hi > 0 and total < max_pages:
         lo = max(0, hi - WINDOW)
-        s_, l_ = runs((heap.page_span[lo:hi] == PAGE_FREE) & (heap.scavenged[lo:hi] == 0))
+        mask = (heap.page_span[lo:hi] == PAGE_FREE) & (heap.scavenged[lo:hi] == 0)
+        if allow is not None:
+            mask &= allow(lo, hi)
+        s_, l_ = runs(mask)
         if s_.size:
             found_s.append(s_[::-1] + lo)
             found_l.append(l_[::-1])
             total += int(l_.sum())
         if total < max_pages:
             hi = lo
+    if allow is not None:
+        hi = top  # what the filter refused now may be allowed later
     if not found_s or max_pages <= 0:
         return np.empty(0, np.int64), np.empty(0, np.int64), hi
-    starts, lengths = _merge_top(np.concatenate(found_s), np.concatenate(found_l), max_pages)
+    starts, lengths = _merge_top(np.concatenate(found_s), np.concatenate(found_l), max_pages,
+                                 whole_runs)
     return starts, lengths, hi
 
 
-def _merge_top(starts: np.ndarray, lengths: np.ndarray,
-               max_pages: int) -> tuple[np.ndarray, np.ndarray]:
-    """Join runs split by window edges (descending input), then cut to ``max_pages``."""
+def _merge_top(starts: np.ndarray, lengths: np.ndarray, max_pages: int,
+               whole_runs: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Join runs split by window edges (descending input), then cut to ``max_pages`` (or to
+    the first runs that reach it, with ``whole_runs``)."""
     if starts.size > 1:
         join = starts[:-1] == starts[1:] + lengths[1:]  # run i starts where run i+1 ends
         if join.any():
@@ -113,6 +142,8 @@ def _merge_top(starts: np.ndarray, lengths: np.ndarray,
             starts, lengths = starts[alive], lengths[alive]
     cum = np.cumsum(lengths)
     k = int(np.searchsorted(cum, max_pages, side="left"))
+    if k < starts.size and whole_runs:
+        return starts[: k + 1], lengths[: k + 1]
     if k < starts.size:  # the last run is cut: keep its top part
         keep = max_pages - (int(cum[k - 1]) if k else 0)
         starts, lengths = starts[: k + 1].copy(), lengths[: k + 1].copy()
@@ -121,13 +152,34 @@ def _merge_top(starts: np.ndarray, lengths: np.ndarray,
     return starts, lengths
 
 
-def take(heap: Heap, max_pages: int) -> tuple[np.ndarray, np.ndarray]:
-    """Step 1: choose and take runs out of the allocator's reach."""
+def take(heap: Heap, max_pages: int, allow: Allow | None = None,
+         whole_runs: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Step 1: choose and take runs out of the allocator's reach (marked with this process's
+    claimer id, ``scavenging(heap.me)``)."""
     with heap.lock:
-        starts, lengths, hi = _search(heap, max_pages)
-        heap.page_span[run_pages(starts, lengths)] = PAGE_SCAVENGING
+        starts, lengths, hi = _search(heap, max_pages, allow, whole_runs)
+        heap.page_span[run_pages(starts, lengths)] = scavenging(heap.me)
         heap.header[H_SCAV_SEARCH] = hi  # taken: no candidate is left above hi
     return starts, lengths
+
+
+def take_runs(heap: Heap, starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray,
+                                                                           np.ndarray]:
+    """Step 1 for given runs (the spans a freer just freed): the pages of them still free and
+    unscavenged (an allocator may have taken some back meanwhile), taken, as runs."""
+    pages = run_pages(starts, lengths)
+    if pages.size == 0:
+        return pages, pages
+    with heap.lock:
+        pages = pages[(heap.page_span[pages] == PAGE_FREE) & (heap.scavenged[pages] == 0)]
+        heap.page_span[pages] = scavenging(heap.me)
+    if pages.size == 0:
+        return pages, pages
+    pages = np.sort(pages)
+    brk = np.flatnonzero(np.diff(pages) != 1) + 1
+    rs = np.concatenate(([0], brk))
+    re = np.concatenate((brk, [pages.size]))
+    return pages[rs], re - rs
 
 
 def finish(heap: Heap, starts: np.ndarray, lengths: np.ndarray) -> None:
@@ -142,9 +194,9 @@ def finish(heap: Heap, starts: np.ndarray, lengths: np.ndarray) -> None:
             heap.header[H_SEARCH_ADDR] = int(pages.min())
 
 
-def scavenge(heap: Heap, sysmem: SysMem, max_pages: int) -> Released:
-    """Release up to ``max_pages`` free pages, highest first, in as few calls as runs."""
-    starts, lengths = take(heap, max_pages)
+def release(heap: Heap, sysmem: SysMem, starts: np.ndarray, lengths: np.ndarray) -> Released:
+    """Steps 2 and 3 for runs this process has taken; on a failure of the system call the
+    pages go back as they were (free, unscavenged, in the search's sight)."""
     if starts.size == 0:
         return Released()
     failpoint.hit("scavenge.taken")
@@ -161,3 +213,37 @@ def scavenge(heap: Heap, sysmem: SysMem, max_pages: int) -> Released:
         raise
     finish(heap, starts, lengths)
     return Released(int(lengths.sum()), int(starts.size), kernel)
+
+
+def scavenge(heap: Heap, sysmem: SysMem, max_pages: int, allow: Allow | None = None,
+             whole_runs: bool = False) -> Released:
+    """Release up to ``max_pages`` free pages, highest first, in as few calls as runs."""
+    starts, lengths = take(heap, max_pages, allow, whole_runs)
+    return release(heap, sysmem, starts, lengths)
+
+
+class ReleaseOnFree:
+    """The ``eager`` policy's hook (``heap.on_free``): whoever frees spans releases their
+    pages at once, through the same take → release → finish, and tallies what it did in its
+    row of the heap's tallies (the scavenger's figures come in its heartbeat instead)."""
+
+    def __init__(self, heap: Heap, sysmem: SysMem) -> None:
+        self.heap = heap
+        self.sysmem = sysmem
+
+    @classmethod
+    def install(cls, heap: Heap) -> ReleaseOnFree:
+        """Make this process release what it frees in ``heap`` (its own ``SysMem``)."""
+        hook = cls(heap, SysMem(base=heap.arena.ctypes.data, size=heap.heap_bytes,
+                                shared=True))
+        heap.on_free = hook
+        return hook
+
+    def __call__(self, starts: np.ndarray, npages: np.ndarray) -> None:
+        calls = sum(self.sysmem.calls.values())
+        r = release(self.heap, self.sysmem, *take_runs(self.heap, starts, npages))
+        h = self.heap
+        h.tally(T_RELEASED_PAGES, r.pages)
+        h.tally(T_RELEASE_RUNS, r.runs)
+        h.tally(T_RELEASED_KERNEL_BYTES, r.kernel_bytes)
+        h.tally(T_MADVISE_CALLS, sum(self.sysmem.calls.values()) - calls)

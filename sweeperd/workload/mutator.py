@@ -117,6 +117,7 @@ class MutatorStats:
     finalizers_run: int = 0  # run by its sweeps to make room in a full queue
     marks: int = 0
     marked_bytes: int = 0  # bytes of the objects its last mark marked
+    mark_seconds: float = 0.0  # time spent marking (the shell times it)
 
     def as_dict(self) -> dict[str, float]:
         return dict(self.__dict__)

@@ -1,0 +1,105 @@
+"""The ``jemalloc-decay`` policy: dirty pages decay on jemalloc's smootherstep curve.
+
+Theory of operation (after jemalloc 5's src/decay.c and include/jemalloc/internal/smoothstep.h)
+--------------------------------------------------------------------------------------------
+Time is cut into epochs of ``dirty_decay_ms / 200`` (``SMOOTHSTEP_NSTEPS`` = 200; jemalloc's
+default ``dirty_decay_ms`` is 10,000, so an epoch is 50 ms).  A backlog of 200 slots records
+how many pages became dirty in each of the last 200 epochs: at each epoch boundary the
+backlog shifts by the number of epochs that passed and its newest slot gets
+``max(0, dirty now − nunpurged)``.  The pages allowed to stay dirty are
+
+    npages_limit = Σ backlog[i] · h[i]  >> 24
+
+where ``h[i]`` is smootherstep, ``6x⁵ − 15x⁴ + 10x³`` at ``x = (i + 1) / 200``, in 24-bit fixed
+point rounded down (``SMOOTHSTEP_BFP`` = 24): pages dirtied in the newest epoch may all stay
+(h = 1), pages dirtied 200 epochs ago may not (their slot has shifted out).  Then
+``nunpurged = max(npages_limit, dirty now)``, and everything above the limit is purged
+(jemalloc's background thread purges on each epoch advance, and only then).  Here "dirty" is
+the page heap's free pages not released since last used (free and unscavenged, from the
+heap's counters), and the excess is released from the top of the heap down like every other
+policy's.
+
+Not modelled: jemalloc's random jitter of each epoch's deadline (it spreads many arenas'
+purges; there is one page heap here) and the muzzy stage (``MADV_FREE`` pages that decay
+again before ``MADV_DONTNEED``; here a release is one step).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+
+from sweeperd.pacing.policy import PageTable, Plan, View
+
+SMOOTHSTEP_NSTEPS = 200
+SMOOTHSTEP_BFP = 24
+
+
+def smootherstep_table(nsteps: int = SMOOTHSTEP_NSTEPS, bfp: int = SMOOTHSTEP_BFP) -> list[int]:
+    """jemalloc's ``h_steps``: smootherstep at (i+1)/nsteps, in ``bfp``-bit fixed point,
+    rounded down (computed exactly, in rationals)."""
+    out = []
+    for i in range(1, nsteps + 1):
+        x = Fraction(i, nsteps)
+        h = 6 * x**5 - 15 * x**4 + 10 * x**3
+        out.append(int(h * (1 << bfp)))  # int() of a positive Fraction rounds down
+    return out
+
+
+H_STEPS = smootherstep_table()
+
+
+@dataclass(frozen=True)
+class DecayParams:
+    dirty_decay_ms: int = 10_000  # jemalloc's default (opt.dirty_decay_ms)
+
+
+class DecayPolicy:
+    name = "jemalloc-decay"
+    paced = False
+
+    def __init__(self, params: DecayParams | None = None) -> None:
+        self.params = params or DecayParams()
+        self.interval = self.params.dirty_decay_ms / 1000 / SMOOTHSTEP_NSTEPS  # one epoch, s
+        self.epoch: float | None = None  # start of the current epoch
+        self.backlog = [0] * SMOOTHSTEP_NSTEPS
+        self.nunpurged = 0
+        self.limit = 0
+        self.purging = False  # an epoch passed and the dirty pages are not down to the limit
+
+    def npages_limit(self) -> int:
+        return sum(b * h for b, h in zip(self.backlog, H_STEPS, strict=True)) >> SMOOTHSTEP_BFP
+
+    def advance(self, now: float, dirty: int) -> bool:
+        """jemalloc's decay_maybe_advance_epoch: True if an epoch boundary was passed."""
+        if self.epoch is None:
+            self.epoch = now
+            return False
+        nadvance = int((now - self.epoch) / self.interval)
+        if nadvance <= 0:
+            return False
+        self.epoch += nadvance * self.interval
+        if nadvance >= SMOOTHSTEP_NSTEPS:
+            self.backlog = [0] * SMOOTHSTEP_NSTEPS
+        else:
+            self.backlog = self.backlog[nadvance:] + [0] * nadvance
+        self.backlog[-1] = max(0, dirty - self.nunpurged)
+        self.limit = self.npages_limit()
+        self.nunpurged = max(self.limit, dirty)
+        return True
+
+    def plan(self, v: View, pages: PageTable) -> Plan:
+        """Purge down to the limit when an epoch has passed (and until it is reached, if a
+        wake ends first); between epochs, nothing."""
+        if self.advance(v.now, v.dirty_pages):
+            self.purging = True
+        excess = max(0, v.dirty_pages - self.limit) if self.purging else 0
+        self.purging = excess > 0
+        assert self.epoch is not None
+        return Plan(excess, sleep_s=max(0.0, self.epoch + self.interval - v.now))
+
+    def released(self, pages: int, v: View) -> None:
+        pass
+
+    def figures(self) -> dict[str, float]:
+        return {"decay_npages_limit": self.limit}
