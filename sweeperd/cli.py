@@ -62,7 +62,7 @@ def _bench_scavenge(args: argparse.Namespace) -> int:
 
     try:
         result = bench_scavenge(args.heap_mib, args.live, args.cpu_fraction, args.vectored,
-                                policy=args.policy)
+                                policy=args.policy, repeat=args.repeat)
     except ValueError as e:
         print(f"sweeperd bench scavenge: {e}", file=sys.stderr)
         return 2
@@ -272,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="scavenger CPU budget as a fraction of the machine (default 0.01)")
     bsc.add_argument("--vectored", action="store_true",
                      help="release scattered runs with process_madvise")
+    bsc.add_argument("--repeat", type=int, default=1,
+                     help="runs; the one of median cpu_ratio_to_kernel is reported (default 1)")
     bsc.add_argument("--policy", default="go",
                      help="scavenger policy, with its default parameters (default go): "
                      + ", ".join(POLICIES))

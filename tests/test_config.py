@@ -3,6 +3,8 @@ import sys
 import tomllib
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sweeperd.daemon import config
 from sweeperd.daemon.config import Config, ConfigError, from_dict, load
@@ -122,3 +124,59 @@ def test_config_check_accepts_the_shipped_file():
     r = _cli("config", "check", "config/sweeperd.toml")
     assert r.returncode == 0 and "ok" in r.stdout
     assert _cli("config", "check", "/nonexistent.toml").returncode == 2
+
+
+# --- hostile configs: whatever a file holds, the answer is a Config or a ConfigError ------
+
+def _known_keys() -> dict[str, list[str]]:
+    from dataclasses import fields
+
+    out = {f.name: [g.name for g in fields(getattr(Config(), f.name))]
+           for f in fields(Config)}
+    out["scavenger"] += ["jemalloc-decay", "gperftools-rate", "mimalloc-delay", "go", "eager"]
+    return out
+
+
+_KEYS = _known_keys()
+_SCALARS = (st.none() | st.booleans() | st.integers(min_value=-(10**40), max_value=10**40)
+            | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=30)
+            | st.sampled_from(["go", "jemalloc-decay", "none", "on", "auto", "tcp://*:0",
+                               "127.0.0.1:0", "ipc:///tmp/x"]))
+_VALUES = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=4)
+                       | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+                       max_leaves=20)
+
+
+@st.composite
+def _hostile_config(draw):
+    data = {}
+    for sec in draw(st.lists(st.sampled_from([*_KEYS, "x", ""]), max_size=4, unique=True)):
+        keys = [*_KEYS.get(sec, []), "dirty_decay_ms", "release_rate", "purge_delay_ms", "?"]
+        table = {}
+        for k in draw(st.lists(st.sampled_from(keys), max_size=5, unique=True)):
+            table[k] = draw(_VALUES | st.dictionaries(st.sampled_from(keys), _VALUES,
+                                                      max_size=3))
+        data[sec] = draw(st.just(table) | _VALUES)
+    return data
+
+
+@settings(max_examples=400, deadline=None)
+@given(_hostile_config())
+def test_any_config_data_gives_a_config_or_a_config_error(data):
+    try:
+        cfg = from_dict(data)
+    except ConfigError as e:
+        assert str(e)  # names what is wrong
+        return
+    assert isinstance(cfg, Config)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=400) | st.just("a = " + "[" * 5000) | st.just("x = " + "9" * 5000))
+def test_any_toml_text_gives_a_config_or_a_config_error(tmp_path_factory, text):
+    path = tmp_path_factory.mktemp("fuzz") / "c.toml"
+    path.write_text(text, encoding="utf-8", errors="surrogatepass")
+    try:
+        load(path)
+    except ConfigError as e:
+        assert str(e)

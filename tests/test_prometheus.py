@@ -8,31 +8,21 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import socket
 import subprocess
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from .conftest import not_here
+from . import promserver
 from .daemon import Daemon
+from .promserver import get as _get
+from .promserver import query
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "deploy/grafana/dashboards/sweeperd.json"
 SCRAPE_CONFIG = ROOT / "deploy/prometheus/prometheus.yml"
-
-
-def _binary(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        msg = (f"{name} is not installed (Debian package 'prometheus'): the real-Prometheus "
-               "tests cannot run; `apt-get install prometheus`, as .ci/run does")
-        not_here(msg)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -44,59 +34,32 @@ def daemon():
         d.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get(url: str, timeout: float = 10) -> dict:
-    with urllib.request.urlopen(url, timeout=timeout) as r:
-        return json.loads(r.read())
+def _enough_scrapes(api: str) -> bool:  # enough for every rate() in the dashboard
+    r = query(api, "count_over_time(sweeperd_gc_cycles_total[1m])")
+    return bool(r) and float(r[0]["value"][1]) >= 8
 
 
 @pytest.fixture(scope="module")
 def prometheus(daemon, tmp_path_factory):
-    binary = _binary("prometheus")
     tmp = tmp_path_factory.mktemp("prom")
     target = daemon.metrics.removeprefix("http://").removesuffix("/metrics")
     text = SCRAPE_CONFIG.read_text()
     assert '"127.0.0.1:9464"' in text and "scrape_interval: 5s" in text, \
         "deploy/prometheus/prometheus.yml no longer scrapes the default address"
-    cfg = tmp / "prometheus.yml"
-    cfg.write_text(text.replace('"127.0.0.1:9464"', f'"{target}"')
-                   .replace("scrape_interval: 5s", "scrape_interval: 1s"))
-    port = _free_port()
-    proc = subprocess.Popen(
-        [binary, f"--config.file={cfg}", f"--storage.tsdb.path={tmp / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-        stdout=subprocess.DEVNULL, stderr=open(tmp / "prometheus.log", "w"))  # noqa: SIM115
-    api = f"http://127.0.0.1:{port}/api/v1"
-    try:
-        deadline = time.monotonic() + 60
-        while True:  # enough scrapes for every rate() in the dashboard
-            try:
-                r = _get(f"{api}/query?query=" + urllib.parse.quote(
-                    "count_over_time(sweeperd_gc_cycles_total[1m])"))
-                if r["data"]["result"] and float(r["data"]["result"][0]["value"][1]) >= 8:
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError("prometheus did not scrape sweeperd: "
-                                     + (tmp / "prometheus.log").read_text()[-3000:])
-            time.sleep(0.5)
+    config = (text.replace('"127.0.0.1:9464"', f'"{target}"')
+              .replace("scrape_interval: 5s", "scrape_interval: 1s"))
+    with promserver.prometheus(config, tmp, _enough_scrapes) as (api, _):
         yield api
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
-def _dashboard_exprs() -> list[tuple[str, str]]:
+def dashboard_query(expr: str, instance: str = ".*", policy: str = ".*") -> str:
+    """A dashboard expression as Grafana sends it: 1 s scrapes, so a 10 s rate window; the
+    instance and policy variables at a choice (All: Grafana's ``.*``)."""
+    return (expr.replace("$__rate_interval", "10s").replace("$instance", instance)
+            .replace("$policy", policy))
+
+
+def dashboard_exprs() -> list[tuple[str, str]]:
     dash = json.loads(DASHBOARD.read_text())
     out = []
     for p in dash["panels"]:
@@ -106,7 +69,7 @@ def _dashboard_exprs() -> list[tuple[str, str]]:
 
 
 def test_the_dashboard_has_the_panels_an_operator_needs():
-    titles = {t for t, _ in _dashboard_exprs()}
+    titles = {t for t, _ in dashboard_exprs()}
     for needle in ("Sweep rate: spans/s", "Sweep rate: pages/s", "Sweep phase duration",
                    "GC cycles", "Heap classes", "True backing", "PSS", "RSS",
                    "Scavenger release rate", "Scavenger CPU fraction", "madvise",
@@ -115,11 +78,11 @@ def test_the_dashboard_has_the_panels_an_operator_needs():
 
 
 def test_every_dashboard_expression_returns_data(prometheus):
-    exprs = _dashboard_exprs()
+    exprs = dashboard_exprs()
     assert len(exprs) >= 20
     failures = []
     for title, expr in exprs:
-        q = expr.replace("$__rate_interval", "10s")  # 1 s scrapes: 10 samples a window
+        q = dashboard_query(expr)
         assert "$" not in q, f"{title}: unknown Grafana variable in {expr}"
         try:
             r = _get(f"{prometheus}/query?query=" + urllib.parse.quote(q))
@@ -140,7 +103,7 @@ def test_prometheus_scraped_every_series_it_was_served(prometheus, daemon):
 
 
 def test_promtool_check_metrics_is_clean_on_a_live_scrape(daemon):
-    promtool = _binary("promtool")
+    promtool = promserver.binary("promtool")
     body = urllib.request.urlopen(daemon.metrics, timeout=10).read()
     assert b"sweeperd_gc_cycles_total" in body
     r = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True,
@@ -150,10 +113,35 @@ def test_promtool_check_metrics_is_clean_on_a_live_scrape(daemon):
 
 
 def test_promtool_accepts_the_shipped_scrape_config():
-    promtool = _binary("promtool")
+    promtool = promserver.binary("promtool")
     r = subprocess.run([promtool, "check", "config", str(SCRAPE_CONFIG)], capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_the_dashboard_browses_hosts_and_compares_policies():
+    """Variables $instance and $policy (multi-value, All = .*) filter every panel, and each
+    series carries its policy (joined from sweeperd_scavenge_policy_info)."""
+    dash = json.loads(DASHBOARD.read_text())
+    names = {v["name"]: v for v in dash["templating"]["list"]}
+    for var in ("instance", "policy"):
+        v = names[var]
+        assert v["type"] == "query" and v["multi"] and v["includeAll"]
+        assert "sweeperd_scavenge_policy_info" in v["query"]["query"]
+    for title, expr in dashboard_exprs():
+        assert 'instance=~"$instance"' in expr and 'policy=~"$policy"' in expr, title
+
+
+def test_the_fleet_configs_pass_promtool():
+    promtool = promserver.binary("promtool")
+    for name in ("federation.yml", "remote-write-thanos.yml"):
+        path = ROOT / "deploy/prometheus" / name
+        r = subprocess.run([promtool, "check", "config", str(path)], capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 0, name + ": " + r.stdout + r.stderr
+    fed = (ROOT / "deploy/prometheus/federation.yml").read_text()
+    assert "honor_labels: true" in fed and "/federate" in fed
+    assert "/api/v1/receive" in (ROOT / "deploy/prometheus/remote-write-thanos.yml").read_text()
 
 
 def test_grafana_provisioning_points_at_the_dashboard_and_datasource():

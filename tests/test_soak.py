@@ -56,6 +56,11 @@ def test_the_trend_sees_a_leak_through_a_live_set_that_moves():
     leak = run(lambda i: 100 + i * 30 * 6 / 3600)
     assert abs(swing["anon_slope_mib_per_h"]) < 1.0
     assert leak["anon_slope_mib_per_h"] == pytest.approx(6.0, abs=0.05)
+    # the floor and the median of the last window against the first: flat for the swing,
+    # up by the leak's hour (4,470 s watched, windows of 300 s) for the leak
+    assert swing["anon_floor_growth_mib"] == 0 and swing["anon_median_growth_mib"] == 0
+    assert leak["anon_floor_growth_mib"] == pytest.approx(6.0 * (4470 - 300) / 3600, abs=0.1)
+    assert leak["anon_median_growth_mib"] == pytest.approx(6.0 * (4470 - 300) / 3600, abs=0.1)
 
 
 def test_scrapes_are_timed_and_reported_as_percentiles():

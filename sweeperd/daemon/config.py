@@ -264,8 +264,14 @@ def load(path: str | Path | None) -> Config:
         text = Path(path).read_text()
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: not UTF-8 ({e.reason})") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    except RecursionError:  # tomllib recurses once per level of nested arrays or tables
+        raise ConfigError(f"{path}: not valid TOML: nested too deeply") from None
+    except ValueError as e:  # e.g. an integer of more digits than Python converts
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
     return from_dict(data, cfg)

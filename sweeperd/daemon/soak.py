@@ -4,7 +4,10 @@ Every ``every`` seconds it asks the daemon for ``status`` and prints one line: e
 cycles, deaths, and per process (by role and slot) its private memory (``RssAnon``, what a
 leak grows) and open descriptors, with the ``status`` round trip.  At the end it prints a
 summary — per process, the growth of private memory after the first minute (a warm-up: numpy
-and malloc reach their working set) and the change in descriptors — as text or JSON.
+and malloc reach their working set), of its floor and of its median (last window against the
+first), its least-squares trend, and the change in descriptors — as text or JSON.  A
+mutator's memory is its live set plus its mark's temporaries and swings by 100 MiB within a
+cycle, so one sample against another says little; the floor and the median tell a leak apart.
 Memory figures are the kernel's (``/proc/PID/status``, ``/proc/PID/fd``), read by the daemon
 for its own processes.  A process replaced during the watch is compared from its
 replacement's first sample.
@@ -24,6 +27,7 @@ from typing import Any, TextIO
 
 WARMUP_S = 60.0
 SCRAPES = 5  # scrapes timed per sample
+WINDOW_S = 300.0  # the windows the floor and median growths compare (at most a quarter each)
 
 
 def _sample(st: dict[str, Any], t: float, rtt_ms: float,
@@ -51,6 +55,18 @@ def _slope_per_h(points: list[tuple[float, float]]) -> float:
     return round(sum((t - mt) * (v - mv) for t, v in points) / var * 3600, 2)
 
 
+def _windows(points: list[tuple[float, float]]) -> tuple[list[float], list[float]]:
+    """Values of the first and the last window of ``points`` (``WINDOW_S``, at most a quarter
+    of the span each)."""
+    if not points:
+        return [], []
+    t0, t1 = points[0][0], points[-1][0]
+    w = min(WINDOW_S, (t1 - t0) / 4) if t1 > t0 else 0.0
+    first = [v for t, v in points if t <= t0 + w]
+    last = [v for t, v in points if t >= t1 - w]
+    return first, last
+
+
 def _pct(xs: list[float], q: float) -> float:
     """The ``q`` quantile (nearest rank) of ``xs``; 0 for none."""
     if not xs:
@@ -72,7 +88,12 @@ def summarize(samples: list[dict[str, Any]]) -> dict[str, Any]:
         first = mine[0]["procs"][name]
         watched = last["t"] - mine[0]["t"]
         cpu = round(p["cpu_s"] - first["cpu_s"], 2)
+        early, late = _windows([(x["t"], x["procs"][name]["anon_mib"]) for x in warm])
         out[name] = {"anon_mib_start": first["anon_mib"],
+                     # a leak raises the floor (what stays held between bursts) and the median;
+                     # a live set that swings within a cycle moves neither much
+                     "anon_floor_growth_mib": round(min(late) - min(early), 2) if late else 0.0,
+                     "anon_median_growth_mib": round(_pct(late, 0.5) - _pct(early, 0.5), 2),
                      "anon_slope_mib_per_h": _slope_per_h(
                          [(x["t"], x["procs"][name]["anon_mib"]) for x in warm]),
                      "anon_mib_after_warmup": base["anon_mib"], "anon_mib_end": p["anon_mib"],
@@ -130,8 +151,9 @@ def watch(status: Callable[[], dict[str, Any]], duration_s: float, every_s: floa
         for name, p in sorted(summary["processes"].items()):
             print(f"  {name:14s} private {p['anon_mib_start']:7.1f} / "
                   f"{p['anon_mib_after_warmup']:7.1f} -> {p['anon_mib_end']:7.1f} MiB "
-                  f"({p['anon_growth_mib']:+.2f} after warm-up, trend "
-                  f"{p['anon_slope_mib_per_h']:+.1f} MiB/h), fds {p['fds_start']} -> "
+                  f"({p['anon_growth_mib']:+.2f} after warm-up, floor "
+                  f"{p['anon_floor_growth_mib']:+.2f}, median {p['anon_median_growth_mib']:+.2f},"
+                  f" trend {p['anon_slope_mib_per_h']:+.1f} MiB/h), fds {p['fds_start']} -> "
                   f"{p['fds_end']}, cpu {p['cpu_seconds']:.1f} s ({p['cpu_share']:.0%})",
                   file=out)
     return summary

@@ -6,7 +6,7 @@ memory truth (``backed`` — the kernel's count of the arena's blocks): each wak
 highest free pages down, and asks again, until the policy wants nothing or the wake's time is
 up. For the paced policy (Go's) the :class:`~sweeperd.pacing.scavpace.Pacer` says how long to
 sleep; the others say when they want to be asked again. The quantum adapts so that one quantum
-takes about ``min_work`` (vectorized runs make a quantum of many MiB cheap; Go's fixed 64 KiB
+takes about ``wake_work`` (vectorized runs make a quantum of many MiB cheap; Go's fixed 64 KiB
 quantum would be syscall-bound here).
 """
 
@@ -68,9 +68,10 @@ class Scavenger:
     def wake(self) -> tuple[int, float]:
         """One wake's work: returns (pages released, seconds worked).  It asks the policy,
         releases what it says (in quanta), tells it, and asks again, until the policy wants
-        nothing or the wake's time is up (Go's ``min_work`` when paced, else ``MAX_WAKE_S``)."""
+        nothing or the wake's time is up (the pacer's ``wake_work`` when paced, else
+        ``MAX_WAKE_S``)."""
         t0 = self.clock()
-        budget = self.pacer.min_work if self.policy.paced else MAX_WAKE_S
+        budget = self.pacer.wake_work if self.policy.paced else MAX_WAKE_S
         pages = 0
         self.more = False
         while True:
@@ -88,8 +89,8 @@ class Scavenger:
                 break  # nothing free and backed is left that it may take
             pages += r.pages
             self._count(r)
-            if dt > 0:  # aim at ~min_work per quantum: one release per wake when warmed up
-                self.quantum = max(8, int(r.pages / dt * self.pacer.min_work))
+            if dt > 0:  # aim at ~wake_work per quantum: one release per wake when warmed up
+                self.quantum = max(8, int(r.pages / dt * self.pacer.wake_work))
             if self.clock() - t0 >= budget:
                 self.more = True
                 break

@@ -22,14 +22,18 @@ closes the memfd's last reference on purpose (attached processes just unmap).
 
 from __future__ import annotations
 
-import errno
+import ctypes
 import fcntl
 import mmap
 import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
+import numpy as np
+
 OS_PAGE = mmap.PAGESIZE
+SPAN_SLACK_PAGES = 1 << 16  # one mincore over up to 256 MiB beyond 4x the ranges' pages
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,9 @@ class SharedRegion:
         self.mmap: mmap.mmap | None = mmap.mmap(
             fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE
         )
+        probe = ctypes.c_char.from_buffer(self.mmap)  # (an export of the buffer while alive)
+        self.addr = ctypes.addressof(probe)
+        del probe
 
     @classmethod
     def create(cls, name: str, size: int) -> SharedRegion:
@@ -95,26 +102,44 @@ class SharedRegion:
         return os.fstat(self.fd).st_blocks * 512
 
     def backed_in(self, offsets: Iterable[int], lengths: Iterable[int]) -> int:
-        """Bytes of these ranges the kernel has allocated, by ``SEEK_DATA``/``SEEK_HOLE``.
+        """Bytes of these ranges (OS-page aligned) the kernel holds: what releasing them will
+        really give back.
 
-        The same blocks ``st_blocks`` counts, but of just these ranges: what releasing them
-        will really give back.  A fully backed range costs one ``lseek``."""
-        total = 0
-        for off, n in zip(offsets, lengths, strict=True):
-            pos, end = int(off), int(off) + int(n)
-            while pos < end:
-                try:
-                    data = os.lseek(self.fd, pos, os.SEEK_DATA)
-                except OSError as e:  # ENXIO: no data at or after pos
-                    if e.errno == errno.ENXIO:
-                        break
-                    raise
-                if data >= end:
-                    break
-                hole = os.lseek(self.fd, data, os.SEEK_HOLE)
-                total += min(hole, end) - data
-                pos = hole
-        return total
+        One ``mincore`` over the pages the ranges span (their page-cache residency: for a
+        memfd, the pages ``st_blocks`` counts, less any swapped out), or one per range when
+        they are scattered thinly over a much larger span.  ``SEEK_DATA``/``SEEK_HOLE``, used
+        before, walk the same page cache ~17x slower (1.5 ms for 160 MiB, against 0.09 ms):
+        12% of a paced release's CPU went to them."""
+        offs = np.asarray(list(offsets) if not isinstance(offsets, np.ndarray) else offsets,
+                          dtype=np.int64)
+        lens = np.asarray(list(lengths) if not isinstance(lengths, np.ndarray) else lengths,
+                          dtype=np.int64)
+        if offs.shape != lens.shape:
+            raise ValueError("backed_in: as many lengths as offsets")
+        keep = lens > 0
+        offs, lens = offs[keep], lens[keep]
+        if offs.size == 0:
+            return 0
+        if ((offs | lens) % OS_PAGE).any() or offs.min() < 0 or (offs + lens).max() > self.size:
+            raise ValueError("backed_in: ranges must be OS-page aligned and inside the region")
+        lo, hi = int(offs.min()) // OS_PAGE, int((offs + lens).max()) // OS_PAGE
+        pages = int(lens.sum()) // OS_PAGE
+        if hi - lo <= 4 * pages + SPAN_SLACK_PAGES:
+            res = np.concatenate(([0], np.cumsum(self._resident(lo, hi - lo), dtype=np.int64)))
+            starts = offs // OS_PAGE - lo
+            return int((res[starts + lens // OS_PAGE] - res[starts]).sum()) * OS_PAGE
+        return sum(int(self._resident(int(o) // OS_PAGE, int(n) // OS_PAGE).sum())
+                   for o, n in zip(offs.tolist(), lens.tolist(), strict=True)) * OS_PAGE
+
+    def _resident(self, first: int, count: int) -> np.ndarray:
+        """mincore of ``count`` OS pages from page ``first``: 1 where resident."""
+        vec = np.empty(count, dtype=np.uint8)
+        if _libc.mincore(ctypes.c_void_p(self.addr + first * OS_PAGE),
+                         ctypes.c_size_t(count * OS_PAGE),
+                         vec.ctypes.data_as(ctypes.c_void_p)) != 0:
+            e = ctypes.get_errno()
+            raise OSError(e, f"mincore: {os.strerror(e)}")
+        return vec & 1
 
     def close(self) -> None:
         """Unmap and close.  Views into the mapping must be dropped first."""
