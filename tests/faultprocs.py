@@ -29,3 +29,18 @@ def mutator(handle_json: str, steps: int, seed: int) -> None:
     for _ in range(steps):
         m.step()
     heap.close()
+
+
+def eager_freer(handle_json: str) -> None:
+    """A sweeper under the eager policy: it frees every other in-use span, releasing each
+    batch's pages as it frees them (the fail point kills it in the middle)."""
+    from sweeperd.runtime import mheap
+    from sweeperd.runtime.scavenge import ReleaseOnFree
+
+    heap = Heap.attach(HeapHandle.from_dict(json.loads(handle_json)))
+    heap.me = owners.sweeper(0)
+    ReleaseOnFree.install(heap)
+    spans = heap.in_use_spans()[::2]
+    for i in range(0, spans.size, 4):
+        mheap.free_spans(heap, spans[i:i + 4])
+    heap.close()

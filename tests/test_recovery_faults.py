@@ -140,3 +140,37 @@ def test_a_live_daemon_goes_on_after_its_scavenger_and_a_mutator_die_mid_step(tm
         assert d.stop() == 0
     finally:
         d.close()
+
+
+@pytest.mark.parametrize("point", ["mheap.freed", "scavenge.taken", "scavenge.released"])
+def test_an_eager_freer_killed_mid_release_is_finished_by_the_coordinator(monkeypatch,
+                                                                          tmp_path, point):
+    """Under the eager policy a sweeper releases what it frees: killed after freeing, before
+    taking, its freed pages are left backed; killed between its take and its finish, they
+    carry its id.  The coordinator (eager too) finishes those and releases what was left, so
+    no free page stays backed."""
+    from sweeperd.runtime import owners
+    from sweeperd.runtime.heap import scavenging
+    from sweeperd.runtime.scavenge import ReleaseOnFree
+
+    with Heap.create(32 << 20) as heap:
+        spans = [mheap.alloc_span(heap, 0, 16)[0] for _ in range(40)]
+        heap.arena[: 40 * 16 * PAGE_SIZE] = 0xA5
+        _die_at(monkeypatch, tmp_path, point, faultprocs.eager_freer,
+                json.dumps(heap.handle.to_dict()))
+        mine = heap.page_span == scavenging(owners.sweeper(0))
+        dirty = (heap.page_span == PAGE_FREE) & (heap.scavenged == 0)
+        left = dirty if point == "mheap.freed" else mine
+        assert np.count_nonzero(left) == 4 * 16  # its first batch: freed, or taken
+        heap.me = owners.COORDINATOR
+        ReleaseOnFree.install(heap)
+        totals = Totals()
+        HeapWork(heap, _sysmem(heap), totals, debug_checks=False).recover(
+            Slot(Role.SWEEPER, 0))
+        assert not (heap.page_span <= scavenging(0)).any()
+        dirty = (heap.page_span == PAGE_FREE) & (heap.scavenged == 0)
+        assert not dirty.any()  # nothing freed is left backed
+        assert _backed_of(heap, heap.scavenged != 0) == 0
+        assert heap_stats(heap) == scan_heap_stats(heap)
+        check_heap(heap)
+        assert len([s for s in spans if heap.span_state[s] == SPAN_IN_USE]) == 36  # 1 batch

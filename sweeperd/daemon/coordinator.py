@@ -179,7 +179,7 @@ class Coordinator:
             params = cfg.scavenger.policy_params()
             self._policy_params = MappingProxyType(asdict(params) if params else {})
             if cfg.scavenger.policy in RELEASES_ON_FREE:  # what recovery frees, it releases
-                self.heap.on_free = ReleaseOnFree(self.heap, self.sysmem)
+                ReleaseOnFree.install(self.heap)  # (its own SysMem: tallied, not in ours)
             self.machine = c.GCCycle(c.Params(
                 gogc=cfg.gc.gogc, min_goal_bytes=cfg.gc.min_goal_mib << 20,
                 memory_limit_bytes=cfg.scavenger.memory_limit_mib << 20,

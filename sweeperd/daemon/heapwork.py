@@ -119,6 +119,8 @@ class HeapWork:
         rec = recovery.recover(self.heap, slot.role.value, slot.id, self.sysmem)
         self._counters_dirty = True
         self.totals.coordinator_swept(rec.swept)
+        if self.heap.on_free is not None:  # eager: what the dead one freed but had not
+            rec.released.add(scavenge.scavenge(self.heap, self.sysmem, self.heap.npages))
         self.totals.coordinator_released(rec.released, self._calls_since(calls))
         if rec.alloc_counts_repaired:
             log(f"repaired allocCount of {rec.alloc_counts_repaired} spans from their bitmaps")

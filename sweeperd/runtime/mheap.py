@@ -45,6 +45,7 @@ from sweeperd.runtime.heap import (
 from sweeperd.runtime.runs import first_run, run_pages
 from sweeperd.runtime.sizeclasses import CLASS_NELEMS, CLASS_NPAGES, CLASS_NWORDS
 from sweeperd.runtime.spanset import SET_NONE
+from sweeperd.sys import failpoint
 
 
 def find_run(heap: Heap, npages: int) -> int:
@@ -181,6 +182,7 @@ def free_spans(heap: Heap, starts: np.ndarray) -> int:
         if hi > heap.header[H_SCAV_SEARCH]:  # new candidates for the scavenger up here
             heap.header[H_SCAV_SEARCH] = hi
     if heap.on_free is not None:
+        failpoint.hit("mheap.freed")
         heap.on_free(starts, n)
     return int(n.sum())
 

@@ -73,6 +73,11 @@ class Released:
     def bytes(self) -> int:
         return self.pages * PAGE_SIZE
 
+    def add(self, other: Released) -> None:
+        self.pages += other.pages
+        self.runs += other.runs
+        self.kernel_bytes += other.kernel_bytes
+
 
 WINDOW = 1 << 16  # pages looked at per step of the downward search
 

@@ -29,6 +29,7 @@ NAMES = frozenset({
     "scavenge.released",  # the kernel released them, the heap does not say so yet
     "malloc.bits_set",  # alloc bits written, allocCount not yet
     "mutator.cached",  # a mutator holds cached spans in the middle of a cycle
+    "mheap.freed",  # an eager freer freed spans and has not taken their pages to release
 })
 
 
