@@ -243,5 +243,4 @@ def test_every_name_makes_its_policy_and_unknown_names_are_refused():
         assert pol.paced == (name in ("go", "hugepage-aware"))
     with pytest.raises(ValueError, match="unknown scavenger policy 'tcmalloc'"):
         policies.make("tcmalloc")
-    assert policies.param_names("jemalloc-decay") == ["dirty_decay_ms"]
     assert replace(DecayParams(), dirty_decay_ms=5).dirty_decay_ms == 5

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sweeperd.pacing.policy import GoPolicy, Policy, View
-from sweeperd.pacing.scavpace import Pacer, pages_to_release, retain_goal
+from sweeperd.pacing.scavpace import Pacer, retain_goal
 from sweeperd.runtime import scavenge
 from sweeperd.runtime.heap import (
     C_IN_USE_PAGES,
@@ -52,9 +52,6 @@ class Scavenger:
 
     def backed_bytes(self) -> int:
         return self.backed() if self.backed else self.heap.arena_backed_bytes()
-
-    def need(self) -> int:
-        return pages_to_release(self.backed_bytes(), self.goal())
 
     def view(self) -> View:
         h = self.heap

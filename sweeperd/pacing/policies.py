@@ -8,7 +8,6 @@ above 0.
 
 from __future__ import annotations
 
-from dataclasses import fields
 from typing import Any
 
 from sweeperd.pacing.decay import DecayParams, DecayPolicy
@@ -30,10 +29,6 @@ RELEASES_ON_FREE = frozenset({"eager"})  # every process that frees releases (he
 
 def default_params(name: str) -> Any:
     return PARAMS[name]() if name in PARAMS else None
-
-
-def param_names(name: str) -> list[str]:
-    return [f.name for f in fields(PARAMS[name])] if name in PARAMS else []
 
 
 def make(name: str, params: Any = None) -> Policy:

@@ -37,7 +37,7 @@ MEMORY_LIMIT_FRACTION = 0.95
 STARTING_SLEEP_RATIO = 0.001
 MIN_WORK_S = 0.001
 WAKE_WORK_S = 0.02  # a wake's work here: twenty of Go's (see the module's notes)
-MAX_SPLIT = 1000
+MAX_GO_WAKES = 1000  # a wake counts as at most this many of Go's
 
 
 def retain_goal(heap_goal: int, memory_limit: int = 0) -> int:
@@ -108,7 +108,7 @@ class Pacer:
         if self.cooldown > 0:
             self.cooldown -= slept + worked
             return frac
-        k = max(1, min(MAX_SPLIT, int(worked / self.min_work)))
+        k = max(1, min(MAX_GO_WAKES, int(worked / self.min_work)))
         self.sleep_ratio, ok = self.controller.next(frac, self.fraction, (slept + worked) / k)
         if not ok:  # the proportional response broke down: sleep conservatively for a while
             self.sleep_ratio = STARTING_SLEEP_RATIO
