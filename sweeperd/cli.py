@@ -116,6 +116,7 @@ RUN_FLAGS = {
     "duration": ("run", "duration_s"),
     "debug_checks": ("run", "debug_checks"),
     "policy": ("scavenger", "policy"),
+    "scenario": ("mutators", "scenario"),
     "gctrace": ("run", "gctrace"),
     "scavtrace": ("run", "scavtrace"),
 }
@@ -295,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="one Go scavtrace line per GC cycle on stderr (run.scavtrace)")
     run.add_argument("--policy", default=None,
                      help="scavenger policy (scavenger.policy): " + ", ".join(POLICIES))
+    run.add_argument("--scenario", default=None,
+                     help="the mutators follow this scenario (mutators.scenario): a shipped "
+                          "name or a scenario file (see sweeperd loadtest)")
     run.add_argument("--debug-checks", dest="debug_checks", action="store_const", const=True,
                      default=None, help="count sweeps per span and check exactly-once")
     run.set_defaults(func=_run)

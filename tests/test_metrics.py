@@ -67,7 +67,8 @@ def _snapshot(**over) -> Snapshot:
                 debug={}, cpu_fraction_target=0.01, policy="eager", policy_params={},
                 tallies={"freed_pages": 100, "released_pages": 40, "release_runs": 4,
                          "released_kernel_bytes": 40 * 8192, "madvise_calls": 4},
-                heap_handle={}, control_addr="", ipc_dir="", metrics_addr="", **t.freeze())
+                heap_handle={}, control_addr="", ipc_dir="", metrics_addr="", live_bytes=5 << 20,
+                scenario={}, **t.freeze())
     base.update(over)
     return Snapshot(**base)
 

@@ -19,11 +19,14 @@ from sweeperd.sys.tuning import prepare_worker_memory, release_free_heap
 from sweeperd.wire.beat import Beat
 from sweeperd.wire.link import Link
 from sweeperd.workload.mutator import Mutator, Workload
+from sweeperd.workload.scenario import Schedule, parse
 
 
 def main(handle: dict[str, Any], me: int, endpoint: str, mcfg: dict[str, Any],
-         heartbeat_ms: int, debug: bool, release_on_free: bool = False) -> None:
-    """Daemon shell: allocate until told to mark; mark; wait for resume; repeat."""
+         heartbeat_ms: int, debug: bool, release_on_free: bool = False,
+         scenario: tuple[str, float, float] | None = None) -> None:
+    """Daemon shell: allocate until told to mark; mark; wait for resume; repeat.
+    ``scenario``: (its TOML, when it started, this mutator's share), or None."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator drains us with "stop"
     prepare_worker_memory()
     cfg = Workload.from_dict(mcfg)
@@ -34,6 +37,9 @@ def main(handle: dict[str, Any], me: int, endpoint: str, mcfg: dict[str, Any],
         ReleaseOnFree.install(heap)
     beat = Beat(heap, owners.mutator(me), heartbeat_ms / 1000).start()
     m = Mutator(heap, me, cfg, debug, np.random.default_rng([me, time.time_ns()]))
+    if scenario is not None:
+        text, m.t0, share = scenario
+        m.schedule = Schedule(parse(text, "the coordinator's scenario"), share)
     paused = True  # until the coordinator says resume: never allocate through a mark
     last_hb = time.monotonic()
     t_start = time.monotonic()
@@ -46,7 +52,7 @@ def main(handle: dict[str, Any], me: int, endpoint: str, mcfg: dict[str, Any],
                 if msg.type == "mark":
                     t0 = time.perf_counter()
                     m.flush()
-                    m.mark(msg["cycle"])
+                    m.mark(msg["cycle"], time.monotonic())
                     m.stats.mark_seconds += time.perf_counter() - t0
                     link.send("marked", cycle=msg["cycle"], stats=m.stats.as_dict(),
                               marked_bytes=m.stats.marked_bytes)
@@ -56,7 +62,12 @@ def main(handle: dict[str, Any], me: int, endpoint: str, mcfg: dict[str, Any],
                     m.sweep_pages_per_byte = float(msg["sweep_pages_per_byte"])
                     m.sweep_debt = 0.0
                     paused = False
-            if not paused:
+            if not paused and m.schedule is not None:
+                n = m.step_scheduled(time.monotonic())
+                m.stats.objects_allocated += n
+                if n == 0:
+                    time.sleep(0.002)  # nothing due yet (or the heap is full)
+            elif not paused:
                 n = m.step()
                 m.stats.objects_allocated += n
                 if n == 0:

@@ -22,6 +22,7 @@ from sweeperd.pacing.purgedelay import DelayParams
 from sweeperd.pacing.releaserate import RateParams
 from sweeperd.runtime.owners import MAX_MUTATORS, MAX_SWEEPERS
 from sweeperd.runtime.sizeclasses import NUM_CLASSES
+from sweeperd.workload import scenario as scenarios
 from sweeperd.workload.mutator import Workload
 
 
@@ -51,6 +52,7 @@ class MutatorConfig(Workload):
     """``[mutators]``: how many mutator processes, and the workload each runs."""
 
     count: int = 2
+    scenario: str = ""  # a shipped scenario's name or a scenario file: the mutators follow it
 
     def workload(self) -> Workload:
         """The model each mutator runs (every key of the section but ``count``)."""
@@ -227,7 +229,27 @@ def from_dict(data: dict[str, Any], base: Config | None = None) -> Config:
                                   f"{', '.join(k for k in keys if k not in _POLICY_FIELDS)}")
             updates[k] = _check_value(f"{sec}.{k}", keys[k].type, v)
         cfg = replace(cfg, **{sec: replace(current, **updates)})
+    if isinstance(data.get("mutators"), dict) and data["mutators"].get("scenario"):
+        cfg = _with_scenario(cfg, data)
     _validate_addrs(cfg)
+    return cfg
+
+
+def _with_scenario(cfg: Config, data: dict[str, Any]) -> Config:
+    """A scenario brings its heap size, GOGC and memory limit, except where the same layer
+    (file or flags) sets them itself."""
+    try:
+        sc = scenarios.load(cfg.mutators.scenario)
+    except scenarios.ScenarioError as e:
+        raise ConfigError(f"mutators.scenario: {e}") from None
+    h = sc.scenario
+    mine = {(sec, k) for sec, t in data.items() if isinstance(t, dict) for k in t}
+    if ("heap", "size_mib") not in mine:
+        cfg = replace(cfg, heap=replace(cfg.heap, size_mib=h.heap_mib))
+    if ("gc", "gogc") not in mine:
+        cfg = replace(cfg, gc=replace(cfg.gc, gogc=h.gogc))
+    if ("scavenger", "memory_limit_mib") not in mine:
+        cfg = replace(cfg, scavenger=replace(cfg.scavenger, memory_limit_mib=h.memory_limit_mib))
     return cfg
 
 

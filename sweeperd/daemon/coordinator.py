@@ -32,7 +32,7 @@ import signal
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from types import MappingProxyType
 from typing import Any
@@ -62,6 +62,7 @@ from sweeperd.sys.sdnotify import Notifier
 from sweeperd.sys.sysmem import SysMem
 from sweeperd.wire import protocol
 from sweeperd.wire.beat import last_beat_s
+from sweeperd.workload import scenario as scenarios
 
 POLL_MS = 10
 MAX_FRAMES_PER_STEP = 1000
@@ -69,14 +70,17 @@ DRAIN_S = 5.0
 
 
 def entry_point(cfg: Config, handle: dict[str, Any], endpoint: str,
+                scenario: tuple[str, float] | None,
                 slot: Slot) -> tuple[Callable[..., None], tuple[Any, ...]]:
     """The process entry point for ``slot`` and its arguments: its main in workers/, run at
-    ``control.worker_nice``."""
-    fn, args = _worker_main(cfg, handle, endpoint, slot)
+    ``control.worker_nice``.  ``scenario``: the scenario's TOML and when it started
+    (time.monotonic, shared by every process of the machine), or None."""
+    fn, args = _worker_main(cfg, handle, endpoint, scenario, slot)
     return run_niced, (cfg.control.worker_nice, fn, args)
 
 
 def _worker_main(cfg: Config, handle: dict[str, Any], endpoint: str,
+                 scenario: tuple[str, float] | None,
                  slot: Slot) -> tuple[Callable[..., None], tuple[Any, ...]]:
     hb = cfg.control.heartbeat_ms
     eager = cfg.scavenger.policy in RELEASES_ON_FREE  # freers release what they free
@@ -92,8 +96,9 @@ def _worker_main(cfg: Config, handle: dict[str, Any], endpoint: str,
                            hb, sc.policy, sc.policy_params())
     from workers.mutator import main as mut_main
 
+    share = None if scenario is None else (*scenario, 1 / cfg.mutators.count)
     return mut_main, (handle, slot.id, endpoint, cfg.mutators.workload().to_dict(), hb,
-                      cfg.run.debug_checks, eager)
+                      cfg.run.debug_checks, eager, share)
 
 
 class WorkersKeepDying(RuntimeError):
@@ -191,9 +196,15 @@ class Coordinator:
             self.trace = Tracer(cfg.run.gctrace, cfg.run.scavtrace, time.monotonic())
             self._beats_seen: dict[Slot, float] = {}
             self.work = HeapWork(self.heap, self.sysmem, self.totals, cfg.run.debug_checks)
+            self.scenario = (scenarios.load(cfg.mutators.scenario) if cfg.mutators.scenario
+                             else None)
+            self.scenario_t0 = time.monotonic()  # the schedule's zero: workers start now
+            if self.scenario is not None:
+                self._schedule = scenarios.Schedule(self.scenario)
             self.sup = Supervisor(mp.get_context("spawn"), functools.partial(
                 entry_point, cfg, self.heap.handle.to_dict(),
-                f"ipc://{self.ipc_dir}/workers.sock"))
+                f"ipc://{self.ipc_dir}/workers.sock",
+                None if self.scenario is None else (self.scenario.to_toml(), self.scenario_t0)))
             self.heap.header[H_HEAP_GOAL] = self.machine.goal_bytes
             self.heap.header[H_MEMORY_LIMIT] = cfg.scavenger.memory_limit_mib << 20
             self.metrics_addr = ""
@@ -480,6 +491,7 @@ class Coordinator:
         self.snap = Snapshot(
             at=time.monotonic(), pid=os.getpid(), cycle=m.cycles, sweepgen=m.sweepgen,
             phase=m.phase.value, goal_bytes=m.goal_bytes, trigger_bytes=m.trigger_bytes,
+            live_bytes=m.live_bytes,
             retain_goal_bytes=retain_goal(m.goal_bytes,
                                           self.cfg.scavenger.memory_limit_mib << 20),
             workers=self.sup.views(), **self.totals.freeze(),
@@ -488,7 +500,17 @@ class Coordinator:
             policy=self.cfg.scavenger.policy, policy_params=self._policy_params,
             tallies=MappingProxyType(tally_totals(self.heap)), heap_handle=self._handle,
             control_addr=self.control_addr, ipc_dir=self.ipc_dir,
-            metrics_addr=self.metrics_addr)
+            metrics_addr=self.metrics_addr, scenario=self._scenario_now())
+
+    def _scenario_now(self) -> Mapping[str, Any]:
+        if self.scenario is None:
+            return MappingProxyType({})
+        t = time.monotonic() - self.scenario_t0
+        st = self._schedule.at(t)
+        return MappingProxyType({
+            "name": self.scenario.name, "elapsed_s": t, "seconds": self.scenario.seconds,
+            "phase": st.phase, "phase_name": self.scenario.phase[st.phase].name,
+            "target_live_bytes": int(st.live_bytes)})
 
     def status(self) -> dict[str, Any]:
         return status_json(self.snap, heap_stats(self.heap),

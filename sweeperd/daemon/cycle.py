@@ -174,6 +174,7 @@ class GCCycle:
     trigger_bytes: int = 0
     sweep_pages_per_byte: float = 0.0
     marked_bytes: int = 0  # reported by this cycle's marks so far
+    live_bytes: int = 0  # what the last completed mark found live (Go's /gc/heap/live)
     phase_started: float = 0.0
     last_heap_check: float = -math.inf
     deaths: dict[Slot, list[float]] = field(default_factory=dict)  # within the window
@@ -351,6 +352,7 @@ class GCCycle:
         self.awaiting = None
         p = self.params
         live = max(0, ev.live_bytes)
+        self.live_bytes = live
         self.goal_bytes = gcpace.heap_goal(live, p.gogc, p.min_goal_bytes,
                                            p.memory_limit_bytes)
         self.trigger_bytes = gcpace.trigger(live, self.goal_bytes)

@@ -22,6 +22,7 @@ never a pid): cardinality does not grow with spans, pids or cycles.
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import time
@@ -41,6 +42,7 @@ from prometheus_client.utils import floatToGoString
 
 from sweeperd.daemon.snapshot import Sample, Snapshot
 from sweeperd.runtime.heapstats import HeapStats
+from sweeperd.workload.mutator import ALLOC_BUCKETS
 
 SAMPLE_S = 1.0
 POLICY_FIGURES = {
@@ -148,6 +150,25 @@ class SnapshotCollector(Collector):
                        s.mutator.get("objects_allocated", 0))
         yield _counter("sweeperd_mutator_allocated_bytes", "Bytes allocated by mutators.",
                        s.mutator.get("bytes_allocated", 0))
+        counts = [int(s.mutator.get(f"refill_le_{i}", 0)) for i in range(len(ALLOC_BUCKETS))]
+        cum = list(itertools.accumulate(counts))
+        yield HistogramMetricFamily(
+            "sweeperd_mutator_alloc_seconds", "Time of each mutator refill (an mcache miss: "
+            "mcentral.cacheSpan with its on-demand sweeping, and the sweep credit it pays).",
+            buckets=[(floatToGoString(b), c) for b, c in zip(ALLOC_BUCKETS, cum, strict=True)]
+            + [("+Inf", int(s.mutator.get("refills", 0)))],
+            sum_value=s.mutator.get("refill_seconds", 0.0))
+        if s.scenario:
+            sc = s.scenario
+            info = GaugeMetricFamily("sweeperd_scenario_info", "The scenario the mutators "
+                                     "follow, and its current phase (value 1).",
+                                     labels=["scenario", "phase"])
+            info.add_metric([sc["name"], sc["phase_name"] or str(sc["phase"])], 1)
+            yield info
+            yield _gauge("sweeperd_scenario_elapsed_seconds", "Seconds since the scenario "
+                         "started.", sc["elapsed_s"])
+            yield _gauge("sweeperd_scenario_target_live_bytes", "The live heap the scenario "
+                         "asks of the mutators now.", sc["target_live_bytes"])
 
     def _heap(self, s: Snapshot, sample: Sample) -> Iterator[Metric]:
         yield _gauge("sweeperd_memory_sample_age_seconds",
@@ -163,6 +184,8 @@ class SnapshotCollector(Collector):
                      "Free pages still backed by memory (/memory/classes/heap/free).",
                      hs.free_bytes)
         yield _gauge("sweeperd_heap_goal_bytes", "Heap goal (/gc/heap/goal).", s.goal_bytes)
+        yield _gauge("sweeperd_heap_live_bytes", "Bytes marked live by the last GC cycle "
+                     "(/gc/heap/live).", s.live_bytes)
         yield _gauge("sweeperd_heap_size_bytes", "Size of the heap arena (address space).",
                      hs.heap_bytes)
         yield _gauge("sweeperd_heap_released_bytes", "Free pages returned to the OS, by the "

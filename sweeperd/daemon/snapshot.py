@@ -53,6 +53,7 @@ class Snapshot:
     phase: str
     goal_bytes: int
     trigger_bytes: int
+    live_bytes: int  # marked live by the last completed mark
     retain_goal_bytes: int
     workers: tuple[WorkerView, ...]
     swept: Mapping[str, SweepCounts]
@@ -73,6 +74,7 @@ class Snapshot:
     control_addr: str
     ipc_dir: str
     metrics_addr: str
+    scenario: Mapping[str, Any]  # name, elapsed_s, phase, phase_name, target_live_bytes; {} if none
 
     def alive(self, role: str) -> int:
         return sum(1 for w in self.workers if w.role == role and w.state == "alive")
@@ -165,7 +167,8 @@ def status_json(snap: Snapshot, hs: HeapStats, memory: dict[str, Any],
         "spans_swept": {k: v.spans for k, v in snap.swept.items()},
         "pages_swept": {k: v.pages for k, v in snap.swept.items()},
         "objects_freed": snap.objects_freed(),
-        "heap": {**hs.as_dict(), "goal_bytes": snap.goal_bytes,
+        "scenario": dict(snap.scenario),
+        "heap": {**hs.as_dict(), "goal_bytes": snap.goal_bytes, "live_bytes": snap.live_bytes,
                  "trigger_bytes": snap.trigger_bytes,
                  "arena_backed_bytes": memory["heap_backed_bytes"],
                  "meta_backed_bytes": memory["metadata_backed_bytes"]},

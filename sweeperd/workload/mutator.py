@@ -6,13 +6,24 @@ spans, then heap growth).  Every object's payload is written into the arena.  Af
 allocation the mutator pays its **proportional sweep** debt (pages per byte set by the
 coordinator at sweep start) by claiming and sweeping chunks itself.
 
-Liveness is the workload's: each object lives a geometric number of GC cycles.  At ``mark``
-the mutator flushes its mcache, marks its live objects, and (debug mode) checks that each one
-is still allocated and its payload intact — no object lost, no byte changed.
+Liveness is the workload's.  Without a scenario each object lives a geometric number of GC
+cycles at a fixed rate.  With one (:mod:`sweeperd.workload.scenario`), the mutator follows its
+share of the schedule: it allocates *kept* objects until it holds the live heap the schedule
+asks for, and *garbage* (dead at the next mark) at the schedule's rate; when the target falls,
+its next mark drops the oldest kept objects (whole chunks) until it holds the target again.
+Pinned objects (``long_lived_every``) live for the rest of the run.  At ``mark`` the mutator
+flushes its mcache, marks its live objects, and (debug mode) checks that each one is still
+allocated and its payload intact — no object lost, no byte changed.
+
+Each refill (an mcache miss: ``mcentral.cache_span``, on-demand sweeping included, plus the
+proportional sweep it pays) is timed into ``refill_buckets`` (``ALLOC_BUCKETS``): the
+mutator's view of sweep pressure, exported as ``sweeperd_mutator_alloc_seconds``.
 """
 
 from __future__ import annotations
 
+import bisect
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -28,6 +39,15 @@ from sweeperd.runtime.sizeclasses import CLASS_NELEMS, CLASS_NPAGES, CLASS_SIZE,
 from sweeperd.runtime.spanset import full_swept
 from sweeperd.runtime.sweep import sweep_batch
 from sweeperd.sys import failpoint
+from sweeperd.workload.scenario import Schedule, State
+
+# Upper bounds (s) of the refill-time histogram's buckets; one more bucket counts the rest.
+ALLOC_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2,
+                 5e-2, 0.1, 0.25, 0.5, 1.0)
+KEEP = np.int32(2**31 - 2)  # death of a kept object: until the schedule's target drops it
+PIN = np.int32(2**31 - 1)  # death of a pinned object: never
+BULK_BYTES = 512 << 10  # a scheduled mutator fills whole spans (the bulk path) above this
+BUDGET_CAP_S = 1.0  # garbage owed while paused is capped at this many seconds' worth
 
 
 @dataclass(frozen=True)
@@ -67,16 +87,25 @@ class Chunk:
     seed: int
     deaths: np.ndarray  # distinct deaths, ascending
     ends: np.ndarray  # where each death's objects end in ids
+    keep_bytes: int = 0  # bytes of its kept objects (death KEEP): what dropping it frees
 
     @classmethod
-    def of(cls, spans: np.ndarray, idx: np.ndarray, seed: int, death: np.ndarray) -> Chunk:
+    def of(cls, spans: np.ndarray, idx: np.ndarray, seed: int, death: np.ndarray,
+           keep_bytes: int = 0) -> Chunk:
         ids = (spans.astype(np.uint32) << np.uint32(SLOT_BITS)) | idx.astype(np.uint32)
         order = np.argsort(death, kind="stable")
         d = death[order]
         cut = np.flatnonzero(d[1:] != d[:-1]) + 1
         deaths = d[np.concatenate(([0], cut))] if d.size else d
         ends = np.append(cut, d.size).astype(np.int64)
-        return cls(ids[order], seed, deaths, ends)
+        return cls(ids[order], seed, deaths, ends, keep_bytes)
+
+    def drop_kept(self, marks: int) -> Chunk:
+        """The chunk with its kept objects dead at mark ``marks`` (pinned ones stay)."""
+        counts = np.diff(np.concatenate(([0], self.ends)))
+        death = np.repeat(self.deaths, counts)
+        death[death == KEEP] = marks
+        return Chunk.of(self.span, self.idx, self.seed, death)
 
     @property
     def span(self) -> np.ndarray:
@@ -97,7 +126,7 @@ class Chunk:
         ids = self.ids[cut:]
         if ids.base is not None and 2 * ids.size < ids.base.size:
             ids = ids.copy()  # let the dead part's memory go
-        return Chunk(ids, self.seed, self.deaths[k:], self.ends[k:] - cut)
+        return Chunk(ids, self.seed, self.deaths[k:], self.ends[k:] - cut, self.keep_bytes)
 
 
 @dataclass
@@ -118,9 +147,30 @@ class MutatorStats:
     marks: int = 0
     marked_bytes: int = 0  # bytes of the objects its last mark marked
     mark_seconds: float = 0.0  # time spent marking (the shell times it)
+    refills: int = 0
+    refill_seconds: float = 0.0
+    refill_buckets: list[int] = field(default_factory=lambda: [0] * (len(ALLOC_BUCKETS) + 1))
 
     def as_dict(self) -> dict[str, float]:
-        return dict(self.__dict__)
+        d: dict[str, float] = {k: v for k, v in self.__dict__.items() if k != "refill_buckets"}
+        d.update({f"refill_le_{i}": float(c) for i, c in enumerate(self.refill_buckets)})
+        return d
+
+    def observe_refill(self, seconds: float) -> None:
+        self.refills += 1
+        self.refill_seconds += seconds
+        self.refill_buckets[bisect.bisect_left(ALLOC_BUCKETS, seconds)] += 1
+
+
+@dataclass(frozen=True)
+class Mix:
+    """What one step allocates: size classes (uniform), the large and finalizer fractions,
+    and whether it fills whole spans at once (the bulk path)."""
+
+    size_classes: tuple[int, ...]
+    large_fraction: float
+    finalizer_fraction: float
+    bulk: bool
 
 
 @dataclass
@@ -138,6 +188,17 @@ class Mutator:
     sweep_debt: float = 0.0
     seeds: int = 0
     cand: mcentral.Candidates = field(default_factory=mcentral.Candidates)
+    schedule: Schedule | None = None  # a scenario's share (None: the geometric model)
+    t0: float = 0.0  # when the schedule started (time.monotonic)
+    kept_bytes: int = 0  # bytes of kept and pinned objects held
+    budget: float = 0.0  # garbage bytes the schedule allows now
+    last_t: float | None = None
+    nth: int = 0  # objects allocated under the schedule (every Nth is pinned)
+    _keep: bool = False  # the current step allocates kept objects
+    _every: int = 0
+    _refill_s: float = 0.0  # time in refills during the current step
+    _refilled: bool = False
+    _mix: Mix | None = None  # the current step's
 
     def __post_init__(self) -> None:
         if self.heap.npages << SLOT_BITS > 1 << 32:
@@ -148,45 +209,97 @@ class Mutator:
     def owner(self) -> int:
         return owners.mutator(self.me)
 
-    def _lifetimes(self, n: int) -> np.ndarray:
-        p = min(1.0, 1.0 / max(self.cfg.mean_lifetime_cycles, 1e-9))
-        return (self.stats.marks + self.rng.geometric(p, n)).astype(np.int32)  # 4 B a live object
+    def _lifetimes(self, n: int, elem_bytes: int) -> tuple[np.ndarray, int]:
+        """Deaths of ``n`` new objects (4 B a live object) and the bytes of the kept ones."""
+        if self.schedule is None:
+            p = min(1.0, 1.0 / max(self.cfg.mean_lifetime_cycles, 1e-9))
+            return (self.stats.marks + self.rng.geometric(p, n)).astype(np.int32), 0
+        death = np.full(n, KEEP if self._keep else self.stats.marks, dtype=np.int32)
+        if self._every:
+            first = (-self.nth) % self._every  # the first of them whose number divides
+            death[first::self._every] = PIN
+        self.nth += n
+        kept = int(np.count_nonzero(death >= KEEP)) * elem_bytes
+        self.kept_bytes += kept
+        return death, int(np.count_nonzero(death == KEEP)) * elem_bytes
 
-    def _record(self, span: int | np.ndarray, idx: np.ndarray) -> None:
+    def _record(self, span: int | np.ndarray, idx: np.ndarray, elem_bytes: int) -> None:
         """Write the new objects' payloads and remember them as live (one class)."""
         self.seeds += 1
         seed = (self.owner << 48) | self.seeds
         spans = np.broadcast_to(np.asarray(span, dtype=np.int32), idx.shape).copy()
         malloc.write_payload(self.heap, spans, idx, seed)
-        self.live.append(Chunk.of(spans, idx, seed, self._lifetimes(idx.size)))
-        if self.cfg.finalizer_fraction > 0:
-            pick = np.flatnonzero(self.rng.random(idx.size) < self.cfg.finalizer_fraction)
+        death, keep_bytes = self._lifetimes(idx.size, elem_bytes)
+        self.live.append(Chunk.of(spans, idx, seed, death, keep_bytes))
+        fin = (self._mix or self._default_mix).finalizer_fraction
+        if fin > 0:
+            pick = np.flatnonzero(self.rng.random(idx.size) < fin)
             for i in pick.tolist():
                 specials.set_finalizer(self.heap, int(spans[i]), int(idx[i]))
             self.stats.finalizers_set += int(pick.size)
 
-    def step(self, burst: int = 256) -> int:
+    @property
+    def _default_mix(self) -> Mix:
+        c = self.cfg
+        return Mix(c.size_classes, c.large_fraction, c.finalizer_fraction, c.alloc_rate == 0)
+
+    def step(self, burst: int = 256, mix: Mix | None = None) -> int:
         """One burst of allocation; returns objects allocated (0 when the heap is full)."""
         t0 = time.perf_counter()
-        if self.cfg.large_fraction and self.rng.random() < self.cfg.large_fraction * burst:
+        self._mix = m = mix or self._default_mix
+        self._refill_s, self._refilled = 0.0, False
+        if m.large_fraction and self.rng.random() < m.large_fraction * burst:
             n = self._alloc_large()
         else:
-            c = int(self.rng.choice(self.cfg.size_classes))
-            if self.cfg.alloc_rate == 0 and CLASS_NPAGES[c] == 1:
+            c = int(self.rng.choice(m.size_classes))
+            if m.bulk and CLASS_NPAGES[c] == 1:
                 n = self._alloc_bulk(c)
             else:
                 n = self._alloc_small(c, burst)
+        if self._refilled:
+            self.stats.observe_refill(self._refill_s)
         self.stats.alloc_seconds += time.perf_counter() - t0
+        return n
+
+    def step_scheduled(self, now: float) -> int:
+        """One step of the schedule at ``now`` (time.monotonic): kept objects while below the
+        target, else garbage while the rate allows; 0 when there is nothing to do yet (or the
+        heap is full)."""
+        assert self.schedule is not None, "step_scheduled without a schedule"
+        st = self.schedule.at(now - self.t0)
+        dt = 0.0 if self.last_t is None else max(0.0, now - self.last_t)
+        self.last_t = now
+        rate = st.garbage_bytes_per_s
+        if math.isinf(rate):
+            self.budget = math.inf
+        else:
+            self.budget = min(self.budget + rate * dt, max(rate * BUDGET_CAP_S, 0.0))
+        need = st.live_bytes - self.kept_bytes
+        if need > 0:
+            self._keep, amount = True, need
+        elif self.budget > 0:
+            self._keep, amount = False, self.budget
+        else:
+            return 0
+        self._every = st.long_lived_every
+        before = self.stats.bytes_allocated
+        n = self.step(mix=_mix_of(st, amount >= BULK_BYTES))
+        if not self._keep and not math.isinf(self.budget):
+            self.budget -= self.stats.bytes_allocated - before
         return n
 
     def _alloc_bulk(self, c: int, nspans: int = 64) -> int:
         """Fill a batch of spans of one-page class ``c`` completely, vectorized: the path of
         a mutator allocating as fast as it can."""
+        t0 = time.perf_counter()
         try:
             spans, _, work = mcentral.cache_spans(self.heap, c, nspans, self.owner, self.cand)
         except OutOfMemory:
             self.stats.oom_waits += 1
             return 0
+        finally:
+            self._refill_s += time.perf_counter() - t0
+            self._refilled = True
         self._count_sweep(work)
         fresh = spans[self.heap.span_alloc_count[spans] == 0]
         ne = int(CLASS_NELEMS[c])
@@ -204,7 +317,7 @@ class Mutator:
         if not os_:
             return 0
         obj_spans, obj_idx = np.concatenate(os_), np.concatenate(oi)
-        self._record(obj_spans, obj_idx)
+        self._record(obj_spans, obj_idx, int(CLASS_SIZE[c]))
         self._paid(obj_idx.size * int(CLASS_SIZE[c]))
         return int(obj_idx.size)
 
@@ -215,16 +328,20 @@ class Mutator:
             if span >= 0:
                 mcentral.uncache_span(self.heap, span)
                 del self.mcache[c]
+            t0 = time.perf_counter()
             try:
                 span, _, work = mcentral.cache_span(self.heap, c, self.owner, self.cand)
             except OutOfMemory:
                 self.stats.oom_waits += 1
                 return 0
+            finally:
+                self._refill_s += time.perf_counter() - t0
+                self._refilled = True
             self._count_sweep(work)
             self.mcache[c] = span
             failpoint.hit("mutator.cached")
             idx = malloc.alloc_objects(self.heap, span, burst)
-        self._record(span, idx)
+        self._record(span, idx, int(CLASS_SIZE[c]))
         self._paid(idx.size * int(CLASS_SIZE[c]))
         return int(idx.size)
 
@@ -232,6 +349,7 @@ class Mutator:
         nbytes = int(self.rng.integers(32 * 1024 + 1, self.cfg.large_max_kib * 1024 + 1))
         npages = large_npages(nbytes)
         h = self.heap.sweepgen
+        t0 = time.perf_counter()
         try:
             with self.heap.lock:
                 span, _ = mheap.alloc_span(self.heap, 0, npages)
@@ -240,7 +358,10 @@ class Mutator:
         except OutOfMemory:
             self.stats.oom_waits += 1
             return 0
-        self._record(span, idx)
+        finally:
+            self._refill_s += time.perf_counter() - t0
+            self._refilled = True
+        self._record(span, idx, npages * 8192)
         self._paid(npages * 8192)
         return 1
 
@@ -254,6 +375,14 @@ class Mutator:
         """Allocation bookkeeping plus proportional sweep: pay the debt in claimed chunks."""
         self.stats.bytes_allocated += nbytes
         self.sweep_debt += nbytes * self.sweep_pages_per_byte
+        if self.sweep_debt < 1:
+            return
+        t0 = time.perf_counter()
+        self._pay_debt()
+        if self._refilled:  # Go pays sweep credit in the refill (deductSweepCredit)
+            self._refill_s += time.perf_counter() - t0
+
+    def _pay_debt(self) -> None:
         while self.sweep_debt >= 1:
             chunk = max(16, int(self.sweep_debt))
             spans = claim_next(self.heap, self.owner, chunk)
@@ -271,9 +400,13 @@ class Mutator:
             mcentral.uncache_span(self.heap, span)
             del self.mcache[c]
 
-    def mark(self, cycle: int) -> None:
-        """Mark this mutator's live objects for the cycle about to sweep."""
+    def mark(self, cycle: int, now: float | None = None) -> None:
+        """Mark this mutator's live objects for the cycle about to sweep (``now``, the
+        time.monotonic of the mark, is where a schedule's target is read)."""
         self.cycle = cycle
+        if self.schedule is not None:
+            assert now is not None, "a scheduled mutator's mark needs the time"
+            self._drop_to(self.schedule.at(now - self.t0).live_bytes)
         survivors = (ch.survivors(self.stats.marks) for ch in self.live)
         self.live = [ch for ch in survivors if ch is not None]
         if self.debug:
@@ -286,6 +419,16 @@ class Mutator:
         self.stats.marks += 1
         self.stats.live_objects = int(sum(c.ids.size for c in self.live))
 
+    def _drop_to(self, target: float) -> None:
+        """Kill the oldest kept chunks until at most ``target`` bytes are kept (or none is
+        left to drop: pinned objects stay)."""
+        for i, ch in enumerate(self.live):
+            if self.kept_bytes <= target:
+                break
+            if ch.keep_bytes:
+                self.live[i] = ch.drop_kept(self.stats.marks)
+                self.kept_bytes -= ch.keep_bytes
+
     def _verify(self) -> None:
         """Every live object is still allocated and its payload intact."""
         for ch in self.live:
@@ -296,6 +439,11 @@ class Mutator:
             ok = malloc.verify_payload(self.heap, spans, idx, ch.seed)
             self.stats.payload_errors += int((~ok).sum())
             self.stats.objects_checked += int(idx.size)
+
+
+def _mix_of(st: State, bulk: bool) -> Mix:
+    return Mix(st.size_classes, st.large_fraction, st.finalizer_fraction,
+               bulk or math.isinf(st.garbage_bytes_per_s))
 
 
 def _batches(chunks: list[Chunk], limit: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
