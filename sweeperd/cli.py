@@ -6,6 +6,7 @@ import argparse
 import faulthandler
 import json
 import os
+import pathlib
 import signal
 import sys
 import traceback
@@ -120,6 +121,20 @@ RUN_FLAGS = {
     "gctrace": ("run", "gctrace"),
     "scavtrace": ("run", "scavtrace"),
 }
+
+
+def _loadtest(args: argparse.Namespace) -> int:
+    from sweeperd.loadtest.main import Options, UsageError, loadtest, parse_policies
+
+    try:
+        o = Options(scenarios=[s for a in args.scenario or [] for s in a.split(",") if s],
+                    policies=parse_policies(args.policy), out=args.out,
+                    heap_mib=args.heap_mib, scale=args.scale, replay=args.replay,
+                    go_reference=args.go_reference, json=args.json)
+        return loadtest(o)
+    except UsageError as e:
+        print(f"sweeperd loadtest: {e}", file=sys.stderr)
+        return 2
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -302,6 +317,26 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--debug-checks", dest="debug_checks", action="store_const", const=True,
                      default=None, help="count sweeps per span and check exactly-once")
     run.set_defaults(func=_run)
+
+    lt = sub.add_parser("loadtest", help="run scenarios under scavenger policies on the real "
+                        "daemon and write a report (README \"Load testing\")")
+    lt.add_argument("--scenario", action="append", default=None,
+                    help="shipped scenario name or scenario file; repeat or comma-separate "
+                         "(default: every shipped one, or none with --replay)")
+    lt.add_argument("--policy", default=None,
+                    help="comma-separated policies (default: all): " + ", ".join(POLICIES))
+    lt.add_argument("--replay", default=None, metavar="FILE",
+                    help="a Go program's GODEBUG=gctrace=1 output to replay as a scenario")
+    lt.add_argument("--go-reference", dest="go_reference", action="store_true",
+                    help="also run each scenario in the real Go runtime (needs go on PATH)")
+    lt.add_argument("--out", type=pathlib.Path, default=None,
+                    help="report directory (default loadtest-<UTC timestamp>/)")
+    lt.add_argument("--heap-mib", dest="heap_mib", type=int, default=None,
+                    help="heap size for every scenario (default: the scenario's, scaled)")
+    lt.add_argument("--scale", type=float, default=1.0,
+                    help="multiply every MiB figure of the scenarios (default 1)")
+    lt.add_argument("--json", action="store_true", help="print summary.json when done")
+    lt.set_defaults(func=_loadtest)
 
     st = sub.add_parser("status", help="print the daemon's state as JSON")
     st.add_argument("--control", default="tcp://127.0.0.1:9465")

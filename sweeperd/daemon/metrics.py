@@ -64,6 +64,7 @@ class Kernel:
     meta_backed: Callable[[], int]
     shmem: Callable[[], int]
     heap_stats: Callable[[], HeapStats]  # not the kernel's, but as fresh and as cheap
+    releasing: Callable[[], int] = lambda: 0  # books: bytes with a release in flight
 
 
 class Sampler:
@@ -188,6 +189,9 @@ class SnapshotCollector(Collector):
                      "(/gc/heap/live).", s.live_bytes)
         yield _gauge("sweeperd_heap_size_bytes", "Size of the heap arena (address space).",
                      hs.heap_bytes)
+        yield _gauge("sweeperd_heap_releasing_bytes", "Free pages taken by a releaser, "
+                     "madvise in flight (still in heap_free_bytes until it finishes).",
+                     self.kernel.releasing())
         yield _gauge("sweeperd_heap_released_bytes", "Free pages returned to the OS, by the "
                      "books (/memory/classes/heap/released).", hs.released_bytes)
         yield _gauge("sweeperd_heap_fragmentation_bytes",

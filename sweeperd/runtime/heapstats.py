@@ -36,6 +36,7 @@ from sweeperd.runtime.heap import (
     T_RELEASED_KERNEL_BYTES,
     T_RELEASED_PAGES,
     Heap,
+    scavenging,
 )
 from sweeperd.runtime.sizeclasses import PAGE_SIZE
 
@@ -100,6 +101,13 @@ def rebase(heap: Heap) -> np.ndarray:
     drift = counter_drift(heap)
     heap.counters[heap.me] -= drift
     return drift
+def releasing_bytes(heap: Heap) -> int:
+    """Bytes of free pages a releaser has taken and not yet finished (madvise in flight): the
+    books count them backed until the release finishes.  A scan of the page table (about a
+    millisecond per GiB of heap, no lock: a racy count of a moving figure)."""
+    return int(np.count_nonzero(heap.page_span <= scavenging(0))) * PAGE_SIZE
+
+
 def marked_bytes(heap: Heap) -> int:
     """Bytes of marked objects in in-use spans (call between mark and the sweepgen bump)."""
     spans = np.flatnonzero(heap.span_state == SPAN_IN_USE)

@@ -1,0 +1,208 @@
+"""The real Go runtime as a reference row (``--go-reference``, policy ``go-runtime``).
+
+Theory of operation
+-------------------
+``goref/main.go`` (our own program, standard library only) follows a scenario's phases with
+``[]byte`` objects in the real Go runtime.  :func:`run` builds it with the ``go`` on PATH
+(offline: ``GOPROXY=off``, ``GOTOOLCHAIN=local``), runs it with the scenario as JSON on
+stdin, ``GODEBUG=gctrace=1``, and the scenario's ``GOGC`` and ``GOMEMLIMIT``, and samples it
+every ``sample_s`` into rows with the daemon runs' columns:
+
+* ``kernel_backed_bytes``: the resident bytes of the Go heap's arena mappings (``Rss`` of the
+  mappings from ``0xc000000000``, Go's first arena hint on 64-bit Linux, in
+  ``/proc/PID/smaps``, read here) — the same figure as the daemon's arena backing, without the
+  binary, stacks and runtime metadata that ``RssAnon`` adds.  Go releases with
+  ``MADV_DONTNEED`` on private memory, which leaves RSS at once;
+* ``goal_bytes``, ``released_books_bytes``, ``gc_cycles``: ``runtime/metrics`` of the
+  program's last sample line; the books' backed bytes are Go's heap objects + unused + free.
+  Go's books call every free page backed, touched or not: their error against the kernel is
+  Go's, reported as measured;
+* ``live_bytes``: the live heap of the program's latest gctrace line (Go 1.19 has no
+  ``/gc/heap/live`` metric); ``retain_goal_bytes``: Go's own rule, heap goal + 10%;
+* ``cpu_mutator_s``: the whole process's CPU (mutators and GC are one process in Go).
+
+Go 1.19 does not expose its scavenger's CPU, madvise calls, released-bytes total or refill
+latency: those figures of the row are null, not zero.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from sweeperd.loadtest.replay import GC_LINE
+from sweeperd.loadtest.runner import RunResult
+from sweeperd.loadtest.sampler import columns, cpu_seconds
+from sweeperd.pacing.scavpace import retain_goal
+from sweeperd.runtime.sizeclasses import CLASS_SIZE
+from sweeperd.workload.scenario import Scenario
+
+POLICY = "go-runtime"
+MUTATORS = 2  # goroutines allocating: the daemon's default mutator count
+NOT_MEASURED = ("scavenger_cpu_seconds", "released_bytes", "cpu_seconds_per_gib_released",
+                "madvise_calls", "alloc_latency_p50_seconds", "alloc_latency_p99_seconds")
+MIB = 1 << 20
+
+
+class GoMissing(RuntimeError):
+    pass
+
+
+def go_binary() -> str:
+    go = shutil.which("go")
+    if go is None:
+        raise GoMissing("--go-reference needs the go toolchain on PATH (Debian: golang-go)")
+    return go
+
+
+def go_version() -> str:
+    out = subprocess.run([go_binary(), "version"], capture_output=True, text=True, timeout=60)
+    return out.stdout.strip()
+
+
+def _env() -> dict[str, str]:
+    env = {**os.environ, "GOPROXY": "off", "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod"}
+    env.setdefault("GOCACHE", str(Path.home() / ".cache" / "go-build"))
+    return env
+
+
+def build(outdir: Path) -> Path:
+    """The reference program, built into ``outdir`` from the sources shipped with sweeperd."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    src = resources.files("sweeperd.loadtest").joinpath("goref")
+    with resources.as_file(src) as d:
+        exe = (outdir / "goref").resolve()
+        r = subprocess.run([go_binary(), "build", "-o", str(exe), "."], cwd=d, env=_env(),
+                           capture_output=True, text=True, timeout=600)
+    if r.returncode != 0:
+        raise RuntimeError(f"go build of the reference program failed:\n{r.stderr[-2000:]}")
+    return exe
+
+
+def scenario_json(sc: Scenario, sample_s: float) -> str:
+    phases = [{"seconds": p.seconds, "live_from_mib": p.live_from, "live_to_mib": p.live_to,
+               "garbage_mib_s": -1.0 if p.garbage_mib_s == "max" else p.garbage_mib_s,
+               "sizes": [int(CLASS_SIZE[c]) for c in p.size_classes],
+               "long_lived_every": p.long_lived_every, "large_fraction": p.large_fraction}
+              for p in sc.phase]
+    return json.dumps({"phases": phases, "workers": MUTATORS,
+                       "sample_ms": max(1, round(sample_s * 1000))})
+
+
+ARENA_LO, ARENA_HI = 0xC0_0000_0000, 0x7F00_0000_0000  # Go's heap arenas on linux/amd64
+
+
+def go_heap_rss(pid: int, proc: str = "/proc") -> int:
+    """Resident bytes of the mappings in Go's heap arena range (``/proc/PID/smaps``)."""
+    total, inside = 0, False
+    with open(f"{proc}/{pid}/smaps") as f:
+        for line in f:
+            head = line.split(maxsplit=1)[0]
+            if "-" in head and not head.endswith(":"):
+                start = int(head.split("-")[0], 16)
+                inside = ARENA_LO <= start < ARENA_HI
+            elif inside and head == "Rss:":
+                total += int(line.split()[1]) * 1024
+    return total
+
+
+def run(sc: Scenario, rundir: Path, sample_s: float,
+        on_sample: Callable[[float], None] | None = None) -> RunResult:
+    """The scenario in the real Go runtime, sampled like a daemon run."""
+    res = RunResult(sc.name, POLICY, ok=False)
+    t_start = time.monotonic()
+    try:
+        exe = build(rundir)
+    except (GoMissing, RuntimeError, OSError, subprocess.TimeoutExpired) as e:
+        res.error = str(e)
+        return res
+    env = {**os.environ, "GODEBUG": "gctrace=1", "GOGC": str(sc.scenario.gogc)}
+    if sc.scenario.memory_limit_mib:
+        env["GOMEMLIMIT"] = f"{sc.scenario.memory_limit_mib}MiB"
+    proc = subprocess.Popen([str(exe)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    state: dict[str, Any] = {"metrics": {}, "live": 0.0}
+    lines: list[str] = []
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    proc.stdin.write(scenario_json(sc, sample_s))
+    proc.stdin.close()
+    threading.Thread(target=_read_metrics, args=(proc.stdout, state), daemon=True).start()
+    err_reader = threading.Thread(target=_read_trace, args=(proc.stderr, state, lines),
+                                  daemon=True)
+    err_reader.start()
+    try:
+        nxt = time.monotonic()
+        while proc.poll() is None:
+            m = state["metrics"]
+            if m:
+                row = _row(m, state["live"], proc.pid)
+                res.rows.append(row)
+                if on_sample is not None:
+                    on_sample(row["scenario_elapsed_s"])
+            nxt += sample_s
+            time.sleep(max(0.0, nxt - time.monotonic()))
+        proc.wait()
+        err_reader.join(5)
+        res.ok = proc.returncode == 0 and bool(res.rows)
+        if not res.ok:
+            res.error = f"the Go reference program exited with {proc.returncode}"
+    except Exception as e:
+        res.error = f"{type(e).__name__}: {e}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    res.exit_code = proc.returncode
+    res.gctrace = [ln for ln in lines if ln.startswith("gc ")]
+    (rundir / "gctrace.txt").write_text("\n".join(lines) + "\n")
+    if not res.ok:
+        res.log_tail = "\n".join(lines[-40:])
+    res.wall_s = time.monotonic() - t_start
+    return res
+
+
+def _read_metrics(stream: Any, state: dict[str, Any]) -> None:
+    for line in stream:
+        with contextlib.suppress(ValueError):
+            state["metrics"] = json.loads(line)
+
+
+def _read_trace(stream: Any, state: dict[str, Any], lines: list[str]) -> None:
+    for line in stream:
+        line = line.rstrip("\n")
+        lines.append(line)
+        if (m := GC_LINE.match(line)) is not None:
+            state["live"] = float(int(m[5]) * MIB)
+
+
+def _row(m: dict[str, float], live: float, pid: int) -> dict[str, float]:
+    row = dict.fromkeys(columns(), 0.0)
+    goal = m.get("/gc/heap/goal:bytes", 0.0)
+    row.update({
+        "t": m.get("t", 0.0), "scenario_elapsed_s": m.get("t", 0.0),
+        "target_live_bytes": m.get("target_live_bytes", 0.0), "live_bytes": live,
+        "goal_bytes": goal, "retain_goal_bytes": float(retain_goal(int(goal))),
+        "objects_bytes": m.get("/memory/classes/heap/objects:bytes", 0.0),
+        "free_bytes": m.get("/memory/classes/heap/free:bytes", 0.0),
+        "released_books_bytes": m.get("/memory/classes/heap/released:bytes", 0.0),
+        "heap_size_bytes": sum(m.get(f"/memory/classes/heap/{k}:bytes", 0.0)
+                               for k in ("objects", "unused", "free", "released")),
+        "gc_cycles": m.get("/gc/cycles/total:gc-cycles", 0.0),
+    })
+    with contextlib.suppress(OSError):
+        row["kernel_backed_bytes"] = float(go_heap_rss(pid))
+        row["cpu_mutator_s"] = cpu_seconds(pid)
+    books = row["heap_size_bytes"] - row["released_books_bytes"]
+    row["books_backed_bytes"] = books
+    k = row["kernel_backed_bytes"]
+    row["books_vs_kernel"] = abs(books - k) / max(k, 32 << 20)
+    return row

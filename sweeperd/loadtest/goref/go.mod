@@ -1,0 +1,3 @@
+module sweeperd/goref
+
+go 1.19

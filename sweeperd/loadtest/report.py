@@ -1,0 +1,214 @@
+"""The load test's report: PNG plots (matplotlib), CSVs, ``summary.json`` and ``report.html``.
+
+``report.html`` is self-contained: every plot is embedded as a ``data:`` URI, so the file can
+be mailed or attached to a ticket.  Plots, per scenario, one line per policy:
+
+* ``<scenario>-memory.png``: the kernel's backing, with the live heap, heap goal and retain
+  goal of each run (thin lines in the policy's colour);
+* ``<scenario>-scavenger-cpu.png``: cumulative scavenger CPU (``/proc``);
+* ``<scenario>-madvise.png``: cumulative madvise calls;
+* ``<scenario>-sweep-rate.png``: pages swept per second, background sweepers vs mutators;
+* ``<scenario>-alloc-latency.png``: refill latency p50/p90/p99 per policy.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import itertools
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display: render to files
+import matplotlib.pyplot as plt
+
+from sweeperd.loadtest.sampler import columns
+from sweeperd.loadtest.summary import quantile
+from sweeperd.workload.mutator import ALLOC_BUCKETS
+
+MIB = 1 << 20
+
+
+def write_csv(path: Path, rows: list[dict[str, float]]) -> None:
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns())
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r.get(k, 0.0) for k in columns()})
+
+
+def _xs(rows: list[dict[str, float]]) -> list[float]:
+    return [r["scenario_elapsed_s"] for r in rows]
+
+
+def _rate(rows: list[dict[str, float]], key: str) -> tuple[list[float], list[float]]:
+    xs, ys = [], []
+    for a, b in itertools.pairwise(rows):
+        dt = b["scenario_elapsed_s"] - a["scenario_elapsed_s"]
+        if dt > 0:
+            xs.append(b["scenario_elapsed_s"])
+            ys.append((b[key] - a[key]) / dt)
+    return xs, ys
+
+
+def plot_scenario(outdir: Path, scenario: str, runs: list[tuple[str, list[dict[str, float]]]],
+                  phases: Iterable[tuple[float, str]]) -> list[Path]:
+    """The scenario's five plots; returns their paths."""
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    paths: list[Path] = []
+    marks = list(phases)
+
+    def new(title: str, ylabel: str) -> tuple[Any, Any]:
+        fig, ax = plt.subplots(figsize=(10, 4.2), dpi=100)
+        ax.set_title(f"{scenario}: {title}")
+        ax.set_xlabel("seconds since the scenario started")
+        ax.set_ylabel(ylabel)
+        for t, name in marks:
+            ax.axvline(t, color="#bbbbbb", lw=0.8, zorder=0)
+            ax.text(t, 1.0, f" {name}", transform=ax.get_xaxis_transform(), fontsize=7,
+                    va="top", color="#777777")
+        ax.grid(alpha=0.3)
+        return fig, ax
+
+    def save(fig: Any, ax: Any, name: str) -> None:
+        ax.legend(fontsize=8, loc="best")
+        fig.tight_layout()
+        p = outdir / f"{scenario}-{name}.png"
+        fig.savefig(p)
+        plt.close(fig)
+        paths.append(p)
+
+    fig, ax = new("heap backing (kernel) vs live heap, heap goal, retain goal", "MiB")
+    for i, (policy, rows) in enumerate(runs):
+        c, xs = colors[i % len(colors)], _xs(rows)
+        ax.plot(xs, [r["kernel_backed_bytes"] / MIB for r in rows], color=c, lw=2,
+                label=f"{policy}: backed")
+        ax.plot(xs, [r["retain_goal_bytes"] / MIB for r in rows], color=c, lw=0.8, ls=":")
+        ax.plot(xs, [r["goal_bytes"] / MIB for r in rows], color=c, lw=0.8, ls="--")
+    if runs:
+        rows = runs[0][1]
+        ax.plot(_xs(rows), [r["live_bytes"] / MIB for r in rows], color="black", lw=1.2,
+                label="live heap (marked)")
+        ax.plot([], [], color="gray", ls="--", lw=0.8, label="heap goal (per run)")
+        ax.plot([], [], color="gray", ls=":", lw=0.8, label="retain goal (per run)")
+    save(fig, ax, "memory")
+
+    for key, name, title, ylabel in (
+            ("cpu_scavenger_s", "scavenger-cpu", "scavenger CPU (/proc)", "CPU seconds"),
+            ("madvise_calls", "madvise", "madvise calls", "calls")):
+        fig, ax = new(title, ylabel)
+        for i, (policy, rows) in enumerate(runs):
+            if policy == "go-runtime":  # Go 1.19 does not expose these
+                continue
+            base = rows[0][key] if rows else 0.0
+            ax.plot(_xs(rows), [r[key] - base for r in rows], color=colors[i % len(colors)],
+                    label=policy)
+        save(fig, ax, name)
+
+    fig, ax = new("sweep rate: background sweepers (solid) vs mutators (dashed)", "pages/s")
+    for i, (policy, rows) in enumerate(runs):
+        c = colors[i % len(colors)]
+        ax.plot(*_rate(rows, "sweep_pages_background"), color=c, label=f"{policy}: background")
+        ax.plot(*_rate(rows, "sweep_pages_mutator"), color=c, ls="--",
+                label=f"{policy}: mutators")
+    save(fig, ax, "sweep-rate")
+
+    fig, ax = new("mutator refill latency (sweeperd_mutator_alloc_seconds)", "ms")
+    qs = (0.5, 0.9, 0.99)
+    width = 0.8 / max(1, len(runs))
+    for i, (policy, rows) in enumerate(runs):
+        vals = [1000 * (alloc_quantile(rows, q) or 0.0) for q in qs]
+        ax.bar([k + i * width for k in range(len(qs))], vals, width=width,
+               color=colors[i % len(colors)], label=policy)
+    ax.set_xticks([k + width * (len(runs) - 1) / 2 for k in range(len(qs))],
+                  [f"p{round(q * 100)}" for q in qs])
+    ax.set_xlabel("quantile over the run")
+    save(fig, ax, "alloc-latency")
+    return paths
+
+
+def alloc_quantile(rows: list[dict[str, float]], q: float) -> float | None:
+    if not rows:
+        return None
+    a, b = rows[0], rows[-1]
+    counts = [b[f"alloc_le_{i}"] - a[f"alloc_le_{i}"] for i in range(len(ALLOC_BUCKETS))]
+    return quantile(q, [*counts, b["alloc_count"] - a["alloc_count"]])
+
+
+def _img(p: Path) -> str:
+    data = base64.b64encode(p.read_bytes()).decode()
+    return (f'<figure><img alt="{html.escape(p.stem)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{html.escape(p.name)}</figcaption></figure>")
+
+
+def _fmt(k: str, v: Any) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, bool):
+        return "yes" if v else "NO"
+    if k.endswith("_bytes") and isinstance(v, int | float):
+        return f"{v / MIB:,.1f} MiB"
+    if k == "excess_byte_seconds":
+        return f"{v / MIB:,.0f} MiB·s"
+    if k.endswith("_seconds") and isinstance(v, float):
+        return f"{v * 1000:.3f} ms" if "latency" in k else f"{v:.2f} s"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return html.escape(str(v))
+
+
+TABLE = ("policy", "ok", "peak_backed_bytes", "mean_backed_bytes", "excess_byte_seconds",
+         "seconds_to_retain_goal", "scavenger_cpu_seconds", "released_bytes",
+         "cpu_seconds_per_gib_released", "madvise_calls", "alloc_latency_p50_seconds",
+         "alloc_latency_p99_seconds", "gc_cycles", "worker_deaths", "max_books_vs_kernel_error")
+
+
+def write_html(path: Path, summary: dict[str, Any], plots: dict[str, list[Path]],
+               scenarios: dict[str, str]) -> None:
+    """``report.html``: the machine, the versions, per scenario its text, a summary table and
+    its plots, then each failed run's log tail."""
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>sweeperd load test"
+             "</title><style>body{font-family:sans-serif;max-width:1100px;margin:auto}"
+             "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;"
+             "padding:3px 6px;text-align:right}th{background:#eee}img{max-width:100%}"
+             "pre{background:#f6f6f6;padding:6px;overflow-x:auto;font-size:11px}"
+             ".bad{color:#b00}</style></head><body>",
+             "<h1>sweeperd load test</h1>",
+             f"<p>Started {html.escape(str(summary.get('started', '')))}. "
+             "Backing is the kernel's (st_blocks of the heap's memfd, read by the harness); "
+             "see the README's \"Load testing\" for each column.</p>",
+             "<h2>Machine and versions</h2><pre>"
+             + html.escape(json.dumps({"machine": summary["machine"],
+                                       "versions": summary["versions"]}, indent=2)) + "</pre>"]
+    for name, text in scenarios.items():
+        runs = [r for r in summary["runs"] if r["scenario"] == name]
+        parts.append(f"<h2>Scenario {html.escape(name)}</h2>")
+        parts.append("<table><tr>" + "".join(f"<th>{html.escape(k)}</th>" for k in TABLE)
+                     + (("<th>trace fit (median / p90 error)</th>")
+                        if any("trace_fit" in r for r in runs) else "") + "</tr>")
+        for r in runs:
+            cells = "".join(f"<td>{_fmt(k, r.get(k))}</td>" for k in TABLE)
+            if "trace_fit" in r:
+                f = r["trace_fit"]
+                cells += (f"<td>{_fmt('', f['live_bytes_rel_error_median'])} / "
+                          f"{_fmt('', f['live_bytes_rel_error_p90'])} "
+                          f"({f['cycles']} cycles)</td>")
+            cls = "" if r["ok"] else " class='bad'"
+            parts.append(f"<tr{cls}>{cells}</tr>")
+        parts.append("</table>")
+        parts.extend(_img(p) for p in plots.get(name, []))
+        parts.append("<details><summary>the scenario</summary><pre>" + html.escape(text)
+                     + "</pre></details>")
+        for r in runs:
+            if not r["ok"]:
+                parts.append(f"<h3 class='bad'>{html.escape(name)} x "
+                             f"{html.escape(r['policy'])} failed</h3><pre>"
+                             + html.escape(r.get("error", "") + "\n" + r.get("log_tail", ""))
+                             + "</pre>")
+    parts.append("</body></html>")
+    path.write_text("\n".join(parts))

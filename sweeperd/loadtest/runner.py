@@ -1,0 +1,151 @@
+"""One load-test run: a real ``sweeperd run`` child following a scenario under one policy.
+
+Theory of operation
+-------------------
+:func:`run_one` writes the run's scenario and config into its directory, starts
+``python -m sweeperd.cli run --config ...`` (the real daemon: its heap, its processes) with
+ephemeral loopback ports and Go's gctrace on, reads the addresses it prints, then samples it
+(:mod:`sweeperd.loadtest.sampler`) every ``sample_s`` until the scenario's time is up.  It stops
+the daemon with SIGTERM (SIGKILL after ``STOP_S``) on every path, failures included, and keeps
+its stderr as ``daemon.log``.  A daemon that exits early, or a sample that fails, ends the run
+with ``ok = False`` and the log's tail; the caller still writes the report.
+
+One daemon at a time: runs never compete for the cores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sweeperd.loadtest.sampler import SAMPLE_S, Sampler
+from sweeperd.workload.scenario import Scenario
+
+START_S = 60.0  # the daemon prints its addresses within this
+STOP_S = 30.0  # then SIGKILL
+TAIL_LINES = 40
+
+
+@dataclass
+class RunResult:
+    scenario: str
+    policy: str
+    ok: bool
+    rows: list[dict[str, float]] = field(default_factory=list)
+    error: str = ""
+    log_tail: str = ""
+    gctrace: list[str] = field(default_factory=list)
+    exit_code: int | None = None
+    wall_s: float = 0.0
+
+
+def config_text(sc_path: Path, policy: str, sc: Scenario) -> str:
+    h = sc.scenario
+    return "\n".join([
+        "[heap]", f"size_mib = {h.heap_mib}",
+        "[gc]", f"gogc = {h.gogc}",
+        "[mutators]", f'scenario = "{sc_path}"',
+        "[control]", 'addr = "tcp://127.0.0.1:0"',
+        "[metrics]", 'addr = "127.0.0.1:0"',
+        "[run]", f"duration_s = {sc.seconds + 5:g}", "gctrace = true",
+        "[scavenger]", f'policy = "{policy}"', f"memory_limit_mib = {h.memory_limit_mib}",
+        ""])
+
+
+def run_one(sc: Scenario, policy: str, rundir: Path, sample_s: float = SAMPLE_S,
+            on_sample: Callable[[float], None] | None = None) -> RunResult:
+    """Run ``sc`` under ``policy``; ``on_sample(elapsed_s)`` after each sample."""
+    rundir.mkdir(parents=True, exist_ok=True)
+    sc_path = (rundir / "scenario.toml").resolve()
+    sc_path.write_text(sc.to_toml())
+    cfg_path = rundir / "config.toml"
+    cfg_path.write_text(config_text(sc_path, policy, sc))
+    res = RunResult(sc.name, policy, ok=False)
+    log_path = rundir / "daemon.log"
+    t_start = time.monotonic()
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sweeperd.cli", "run", "--config", str(cfg_path)],
+            stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
+        sampler: Sampler | None = None
+        try:
+            metrics, control = _addresses(proc)
+            threading.Thread(target=_drain, args=(proc,), daemon=True).start()
+            sampler = Sampler(proc.pid, metrics + "", control)
+            _sample_until(sc, proc, sampler, res, sample_s, on_sample)
+        except Exception as e:  # the run failed; the report says how
+            res.ok, res.error = False, f"{type(e).__name__}: {e}"
+        finally:
+            if sampler is not None:
+                sampler.close()
+            res.exit_code = _stop(proc)
+    res.wall_s = time.monotonic() - t_start
+    text = log_path.read_text(errors="replace")
+    res.gctrace = [ln for ln in text.splitlines() if ln.startswith("gc ")]
+    if not res.ok:
+        res.log_tail = "\n".join(text.splitlines()[-TAIL_LINES:])
+    return res
+
+
+def _addresses(proc: subprocess.Popen[str]) -> tuple[str, str]:
+    metrics = control = ""
+    deadline = time.monotonic() + START_S
+    assert proc.stdout is not None
+    while not (metrics and control):
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"sweeperd run exited before serving (exit {proc.wait()})")
+        if m := re.search(r"metrics on (http://\S+)", line):
+            metrics = m.group(1)
+        if m := re.search(r"control on (tcp://\S+)", line):
+            control = m.group(1)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"sweeperd run did not print its addresses in {START_S:g} s")
+    return metrics, control
+
+
+def _drain(proc: subprocess.Popen[str]) -> None:
+    assert proc.stdout is not None
+    for _ in proc.stdout:
+        pass
+
+
+def _sample_until(sc: Scenario, proc: subprocess.Popen[str], sampler: Sampler,
+                  res: RunResult, sample_s: float,
+                  on_sample: Callable[[float], None] | None) -> None:
+    nxt = time.monotonic()
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the daemon exited (code {proc.returncode}) during the run")
+        row = sampler.take()
+        res.rows.append(row)
+        elapsed = row["scenario_elapsed_s"]
+        if on_sample is not None:
+            on_sample(elapsed)
+        if elapsed >= sc.seconds:
+            res.ok = True
+            return
+        nxt += sample_s
+        time.sleep(max(0.0, nxt - time.monotonic()))
+
+
+def _stop(proc: subprocess.Popen[str]) -> int | None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(STOP_S)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # the daemon and any worker left
+            proc.wait()
+    return proc.returncode

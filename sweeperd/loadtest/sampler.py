@@ -1,0 +1,222 @@
+"""One sample of a running daemon: its ``/metrics`` as Prometheus reads them, and the kernel.
+
+Theory of operation
+-------------------
+A load-test run reads two views every ``SAMPLE_S`` and keeps both, side by side, in one row:
+
+* **the books** — the daemon's own figures, scraped over HTTP from ``/metrics`` and parsed
+  with prometheus_client's text parser, exactly what a Prometheus server would store;
+* **the kernel** — read here, by this process, never through the daemon: the heap arena's
+  backing (``st_blocks`` of the coordinator's ``memfd:sweeperd-arena``, through
+  ``/proc/PID/fd``), ``Shmem`` from ``/proc/meminfo``, and each process's PSS
+  (``/proc/PID/smaps_rollup``) and CPU (``/proc/PID/stat``) summed by role.
+
+Roles come from the daemon's ``status`` (pid -> role), asked once a second.  CPU is summed
+over every pid ever seen in a role, so a replaced worker's seconds are not lost.  A process
+that is gone between listing and reading is skipped, not an error.
+
+Books against the kernel: the books' backed bytes are ``heap_size - released`` of the scrape,
+less up to ``releasing`` (pages whose madvise is in flight: the kernel may have dropped them
+already); the kernel's backing is read just before and just after the scrape, and the figures
+move meanwhile (mutators touch new pages, releasers drop them).  A row's ``books_vs_kernel``
+is the gap between the two intervals — 0 when they overlap — relative to the kernel's figure,
+or to ``ERROR_FLOOR_BYTES`` when that is smaller (a few spans in flight are percent of an empty
+heap).
+
+Invariants: a row's keys are the same for every sample (missing figures are 0), so rows make
+a CSV.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+from prometheus_client.parser import text_string_to_metric_families
+
+from sweeperd.wire import protocol
+from sweeperd.workload.mutator import ALLOC_BUCKETS
+
+SAMPLE_S = 0.25
+ERROR_FLOOR_BYTES = 32 << 20
+ROLES = ("coordinator", "mutator", "sweeper", "scavenger")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+ARENA = "memfd:sweeperd-arena"
+
+# the scraped series kept, by the CSV column they go to
+GAUGES = {
+    "sweeperd_heap_live_bytes": "live_bytes",
+    "sweeperd_heap_goal_bytes": "goal_bytes",
+    "sweeperd_scavenge_retain_goal_bytes": "retain_goal_bytes",
+    "sweeperd_heap_objects_bytes": "objects_bytes",
+    "sweeperd_heap_free_bytes": "free_bytes",
+    "sweeperd_heap_released_bytes": "released_books_bytes",
+    "sweeperd_heap_releasing_bytes": "releasing_books_bytes",
+    "sweeperd_heap_size_bytes": "heap_size_bytes",
+    "sweeperd_heap_backed_bytes": "daemon_backed_bytes",
+    "sweeperd_scenario_target_live_bytes": "target_live_bytes",
+    "sweeperd_scenario_elapsed_seconds": "scenario_elapsed_s",
+    "sweeperd_gc_cycles_total": "gc_cycles",
+    "sweeperd_scavenge_released_bytes_total": "released_bytes",
+    "sweeperd_scavenge_cpu_seconds_total": "scavenge_cpu_daemon_s",
+    "sweeperd_mutator_allocated_bytes_total": "allocated_bytes",
+}
+SUMS = {"sweeperd_madvise_calls_total": "madvise_calls",
+        "sweeperd_worker_deaths_total": "worker_deaths"}
+
+
+def columns() -> list[str]:
+    cols = ["t", *GAUGES.values(), *SUMS.values(), "sweep_pages_background",
+            "sweep_pages_mutator", "alloc_count", "alloc_sum_s"]
+    cols += [f"alloc_le_{i}" for i in range(len(ALLOC_BUCKETS))]
+    cols += ["kernel_backed_bytes", "shmem_bytes", "books_backed_bytes", "books_vs_kernel"]
+    cols += [f"pss_{r}_bytes" for r in ROLES] + [f"cpu_{r}_s" for r in ROLES]
+    return cols
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """The figures of one scrape (``columns`` names; those absent are left out)."""
+    row: dict[str, float] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name in GAUGES:
+                row[GAUGES[s.name]] = s.value
+            elif s.name in SUMS:
+                row[SUMS[s.name]] = row.get(SUMS[s.name], 0.0) + s.value
+            elif s.name == "sweeperd_sweep_pages_total":
+                row[f"sweep_pages_{s.labels.get('by', '')}"] = s.value
+            elif s.name == "sweeperd_mutator_alloc_seconds_bucket":
+                le = s.labels.get("le", "")
+                if le != "+Inf":
+                    row[f"alloc_le_{_bucket_index(float(le))}"] = s.value
+            elif s.name == "sweeperd_mutator_alloc_seconds_count":
+                row["alloc_count"] = s.value
+            elif s.name == "sweeperd_mutator_alloc_seconds_sum":
+                row["alloc_sum_s"] = s.value
+    return row
+
+
+def _bucket_index(le: float) -> int:
+    for i, b in enumerate(ALLOC_BUCKETS):
+        if abs(b - le) <= 1e-12 * max(1.0, b):
+            return i
+    raise ValueError(f"sweeperd_mutator_alloc_seconds has an unknown bucket le={le}")
+
+
+def books_error(books_lo: float, books_hi: float, k0: float, k1: float) -> float:
+    """The gap between the books' interval and the kernel's, relative to the kernel's figure
+    (at least ERROR_FLOOR_BYTES); 0 when they overlap."""
+    k_lo, k_hi = min(k0, k1), max(k0, k1)
+    gap = max(0.0, books_lo - k_hi, k_lo - books_hi)
+    return gap / max(k_hi, ERROR_FLOOR_BYTES)
+
+
+def arena_fd(pid: int, proc: str = "/proc") -> str:
+    """The path, under /proc, of the coordinator's heap arena memfd."""
+    d = f"{proc}/{pid}/fd"
+    for name in os.listdir(d):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"{d}/{name}").startswith(f"/{ARENA}"):
+                return f"{d}/{name}"
+    raise FileNotFoundError(f"process {pid} has no {ARENA} open")
+
+
+def pss_bytes(pid: int, proc: str = "/proc") -> int:
+    with open(f"{proc}/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def cpu_seconds(pid: int, proc: str = "/proc") -> float:
+    with open(f"{proc}/{pid}/stat") as f:
+        rest = f.read().rsplit(")", 1)[1].split()
+    return (int(rest[11]) + int(rest[12])) / CLK_TCK  # utime, stime (fields 14, 15)
+
+
+def shmem_bytes(proc: str = "/proc") -> int:
+    with open(f"{proc}/meminfo") as f:
+        for line in f:
+            if line.startswith("Shmem:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+@dataclass
+class Sampler:
+    """Samples one daemon: its coordinator's pid, metrics URL and control address."""
+
+    pid: int
+    metrics_url: str
+    control: str
+    t0: float = field(default_factory=time.monotonic)
+    roles: dict[int, str] = field(default_factory=dict)
+    cpu: dict[int, float] = field(default_factory=dict)  # pid -> its last CPU seconds
+    _roles_at: float = -1.0
+    _arena: str = ""
+    _zctx: zmq.Context | None = None
+
+    def close(self) -> None:
+        if self._zctx is not None:
+            self._zctx.destroy(0)
+            self._zctx = None
+
+    def _status(self) -> dict[str, Any]:
+        if self._zctx is None:
+            self._zctx = zmq.Context()
+        s = self._zctx.socket(zmq.REQ)
+        s.setsockopt(zmq.LINGER, 0)
+        try:
+            s.connect(self.control)
+            s.send(protocol.encode("status"))
+            if not s.poll(2000):
+                raise TimeoutError(f"no status from {self.control} within 2 s")
+            reply: dict[str, Any] = json.loads(s.recv())
+            return reply
+        finally:
+            s.close()
+
+    def _refresh_roles(self, now: float) -> None:
+        if now - self._roles_at < 1.0:
+            return
+        self._roles_at = now
+        st = self._status()
+        self.roles[self.pid] = "coordinator"
+        for w in st.get("workers", []):
+            if w.get("pid"):
+                self.roles[int(w["pid"])] = str(w["role"])
+
+    def take(self) -> dict[str, float]:
+        """One row (every key of :func:`columns`)."""
+        now = time.monotonic()
+        self._refresh_roles(now)
+        if not self._arena:
+            self._arena = arena_fd(self.pid)
+        k0 = os.stat(self._arena).st_blocks * 512
+        with urllib.request.urlopen(self.metrics_url, timeout=5) as r:
+            text = r.read().decode()
+        k1 = os.stat(self._arena).st_blocks * 512
+        row = dict.fromkeys(columns(), 0.0)
+        row.update(parse_metrics(text))
+        row["kernel_backed_bytes"] = k1
+        row["t"] = now - self.t0
+        row["shmem_bytes"] = shmem_bytes()
+        books = row["heap_size_bytes"] - row["released_books_bytes"]
+        row["books_backed_bytes"] = books
+        row["books_vs_kernel"] = books_error(books - row["releasing_books_bytes"], books, k0, k1)
+        for pid, role in list(self.roles.items()):
+            try:
+                row[f"pss_{role}_bytes"] += pss_bytes(pid)
+                self.cpu[pid] = cpu_seconds(pid)
+            except (FileNotFoundError, ProcessLookupError):
+                continue  # gone; its CPU stays counted
+        for pid, s in self.cpu.items():
+            row[f"cpu_{self.roles[pid]}_s"] += s
+        return row

@@ -1,0 +1,122 @@
+"""The figures of one run, from its samples: pure code over the rows and the scenario.
+
+Definitions (``summary.json``'s contract; the README's "Load testing" says how to read them):
+
+* ``peak_backed_bytes``, ``mean_backed_bytes``: the kernel's backing of the heap arena (read by
+  the harness, not the daemon), its maximum and its time-weighted mean;
+* ``excess_byte_seconds``: ∫ (backed − live heap) dt, the live heap being what the last GC
+  marked — memory held beyond need, over time (trapezoids between samples);
+* ``seconds_to_retain_goal``: from the scenario's last drop (or its last phase's start if it
+  never drops) until the backing is first at or below the retain goal the run settles at
+  (the largest retain goal of its last fifth); null if never;
+* ``scavenger_cpu_seconds``: the scavenger process's CPU by ``/proc`` over the run
+  (``eager`` releases in the freers instead: their CPU is in the sweepers' and mutators');
+* ``released_bytes``, ``madvise_calls``, ``gc_cycles``, ``worker_deaths``: the daemon's
+  counters, last sample less first;
+* ``alloc_latency_p50/p99_seconds``: quantiles of ``sweeperd_mutator_alloc_seconds`` over the
+  run, interpolated within a bucket as Prometheus' ``histogram_quantile`` does;
+* ``max_books_vs_kernel_error``: the largest |books − kernel| / kernel of any sample, the books
+  being the heap size less the released bytes of ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from sweeperd.workload.mutator import ALLOC_BUCKETS
+from sweeperd.workload.scenario import Scenario
+
+GIB = 1 << 30
+SETTLED_FRACTION = 0.2  # the retain goal the run settles at: the largest of its last fifth
+
+
+def quantile(q: float, counts: list[float]) -> float | None:
+    """The ``q`` quantile of a histogram with cumulative ``counts`` per ALLOC_BUCKETS bound and
+    the total last (``+Inf``); None with no observations."""
+    assert len(counts) == len(ALLOC_BUCKETS) + 1, "counts: one per bucket and the total"
+    total = counts[-1]
+    if total <= 0:
+        return None
+    rank = q * total
+    lo, below = 0.0, 0.0
+    for b, c in zip(ALLOC_BUCKETS, counts, strict=False):
+        if c >= rank:
+            return lo + (b - lo) * ((rank - below) / (c - below) if c > below else 1.0)
+        lo, below = b, c
+    return ALLOC_BUCKETS[-1]  # in the +Inf bucket: its lower bound, as Prometheus does
+
+
+def integral(xs: list[float], ys: list[float]) -> float:
+    return sum((xs[i] - xs[i - 1]) * (ys[i] + ys[i - 1]) / 2 for i in range(1, len(xs)))
+
+
+def settle_from(sc: Scenario) -> float:
+    drop = sc.last_drop()
+    if drop is not None:
+        return drop
+    return sc.seconds - sc.phase[-1].seconds
+
+
+def seconds_to_goal(ts: list[float], backed: list[float], goals: list[float],
+                    since: float) -> float | None:
+    if not ts:
+        return None
+    tail = [g for t, g in zip(ts, goals, strict=True) if t >= ts[-1] * (1 - SETTLED_FRACTION)]
+    goal = max(tail) if tail else goals[-1]
+    for t, b in zip(ts, backed, strict=True):
+        if t >= since and b <= goal:
+            return t - since
+    return None
+
+
+def summarize(sc: Scenario, policy: str, rows: list[dict[str, float]], ok: bool,
+              scavenger_role: str = "scavenger") -> dict[str, Any]:
+    """One entry of ``runs``."""
+    out: dict[str, Any] = {"scenario": sc.name, "policy": policy, "ok": ok}
+    if not rows:
+        return {**out, "seconds": 0.0, **dict.fromkeys(FIGURES)}
+    first, last = rows[0], rows[-1]
+    ts = [r["scenario_elapsed_s"] for r in rows]
+    backed = [r["kernel_backed_bytes"] for r in rows]
+
+    def delta(k: str) -> float:
+        return last[k] - first[k]
+
+    cpu = delta(f"cpu_{scavenger_role}_s")
+    released = delta("released_bytes")
+    hist = [delta(f"alloc_le_{i}") for i in range(len(ALLOC_BUCKETS))] + [delta("alloc_count")]
+    span = ts[-1] - ts[0]
+    return {
+        **out,
+        "seconds": round(ts[-1], 3),
+        "peak_backed_bytes": int(max(backed)),
+        "mean_backed_bytes": int(integral(ts, backed) / span) if span > 0 else int(backed[-1]),
+        "excess_byte_seconds": integral(ts, [b - r["live_bytes"]
+                                             for b, r in zip(backed, rows, strict=True)]),
+        "seconds_to_retain_goal": seconds_to_goal(
+            ts, backed, [r["retain_goal_bytes"] for r in rows], settle_from(sc)),
+        "scavenger_cpu_seconds": round(cpu, 3),
+        "released_bytes": int(released),
+        "cpu_seconds_per_gib_released": cpu / (released / GIB) if released > 0 else None,
+        "madvise_calls": int(delta("madvise_calls")),
+        "alloc_latency_p50_seconds": quantile(0.5, hist),
+        "alloc_latency_p99_seconds": quantile(0.99, hist),
+        "gc_cycles": int(delta("gc_cycles")),
+        "worker_deaths": int(last["worker_deaths"]),
+        "max_books_vs_kernel_error": max(r["books_vs_kernel"] for r in rows),
+    }
+
+
+FIGURES = ("peak_backed_bytes", "mean_backed_bytes", "excess_byte_seconds",
+           "seconds_to_retain_goal", "scavenger_cpu_seconds", "released_bytes",
+           "cpu_seconds_per_gib_released", "madvise_calls", "alloc_latency_p50_seconds",
+           "alloc_latency_p99_seconds", "gc_cycles", "worker_deaths",
+           "max_books_vs_kernel_error")
+
+
+def finite_or_none(x: Any) -> Any:
+    """JSON has no NaN or infinity: such a figure is null."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
