@@ -24,9 +24,9 @@ from sweeperd.workload.scenario import Schedule, parse
 
 def main(handle: dict[str, Any], me: int, endpoint: str, mcfg: dict[str, Any],
          heartbeat_ms: int, debug: bool, release_on_free: bool = False,
-         scenario: tuple[str, float, float] | None = None) -> None:
+         scenario: tuple[str, float] | None = None) -> None:
     """Daemon shell: allocate until told to mark; mark; wait for resume; repeat.
-    ``scenario``: (its TOML, when it started, this mutator's share), or None."""
+    ``scenario``: (its TOML, this mutator's share), or None; its clock comes with resume."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator drains us with "stop"
     prepare_worker_memory()
     cfg = Workload.from_dict(mcfg)
@@ -38,7 +38,7 @@ def main(handle: dict[str, Any], me: int, endpoint: str, mcfg: dict[str, Any],
     beat = Beat(heap, owners.mutator(me), heartbeat_ms / 1000).start()
     m = Mutator(heap, me, cfg, debug, np.random.default_rng([me, time.time_ns()]))
     if scenario is not None:
-        text, m.t0, share = scenario
+        text, share = scenario
         m.schedule = Schedule(parse(text, "the coordinator's scenario"), share)
     paused = True  # until the coordinator says resume: never allocate through a mark
     last_hb = time.monotonic()
@@ -60,6 +60,8 @@ def main(handle: dict[str, Any], me: int, endpoint: str, mcfg: dict[str, Any],
                     release_free_heap()  # the mark's temporaries and the dead's records
                 elif msg.type == "resume":
                     m.sweep_pages_per_byte = float(msg["sweep_pages_per_byte"])
+                    if msg.fields.get("scenario_t0") is not None:
+                        m.t0 = float(msg["scenario_t0"])
                     m.sweep_debt = 0.0
                     paused = False
             if not paused and m.schedule is not None:

@@ -70,17 +70,17 @@ DRAIN_S = 5.0
 
 
 def entry_point(cfg: Config, handle: dict[str, Any], endpoint: str,
-                scenario: tuple[str, float] | None,
+                scenario: str | None,
                 slot: Slot) -> tuple[Callable[..., None], tuple[Any, ...]]:
     """The process entry point for ``slot`` and its arguments: its main in workers/, run at
-    ``control.worker_nice``.  ``scenario``: the scenario's TOML and when it started
-    (time.monotonic, shared by every process of the machine), or None."""
+    ``control.worker_nice``.  ``scenario``: the scenario's TOML, or None (its clock comes
+    with ``resume``)."""
     fn, args = _worker_main(cfg, handle, endpoint, scenario, slot)
     return run_niced, (cfg.control.worker_nice, fn, args)
 
 
 def _worker_main(cfg: Config, handle: dict[str, Any], endpoint: str,
-                 scenario: tuple[str, float] | None,
+                 scenario: str | None,
                  slot: Slot) -> tuple[Callable[..., None], tuple[Any, ...]]:
     hb = cfg.control.heartbeat_ms
     eager = cfg.scavenger.policy in RELEASES_ON_FREE  # freers release what they free
@@ -96,7 +96,7 @@ def _worker_main(cfg: Config, handle: dict[str, Any], endpoint: str,
                            hb, sc.policy, sc.policy_params())
     from workers.mutator import main as mut_main
 
-    share = None if scenario is None else (*scenario, 1 / cfg.mutators.count)
+    share = None if scenario is None else (scenario, 1 / cfg.mutators.count)
     return mut_main, (handle, slot.id, endpoint, cfg.mutators.workload().to_dict(), hb,
                       cfg.run.debug_checks, eager, share)
 
@@ -198,13 +198,13 @@ class Coordinator:
             self.work = HeapWork(self.heap, self.sysmem, self.totals, cfg.run.debug_checks)
             self.scenario = (scenarios.load(cfg.mutators.scenario) if cfg.mutators.scenario
                              else None)
-            self.scenario_t0 = time.monotonic()  # the schedule's zero: workers start now
+            self.scenario_t0: float | None = None  # the schedule's zero: the first resume
             if self.scenario is not None:
                 self._schedule = scenarios.Schedule(self.scenario)
             self.sup = Supervisor(mp.get_context("spawn"), functools.partial(
                 entry_point, cfg, self.heap.handle.to_dict(),
                 f"ipc://{self.ipc_dir}/workers.sock",
-                None if self.scenario is None else (self.scenario.to_toml(), self.scenario_t0)))
+                None if self.scenario is None else self.scenario.to_toml()))
             self.heap.header[H_HEAP_GOAL] = self.machine.goal_bytes
             self.heap.header[H_MEMORY_LIMIT] = cfg.scavenger.memory_limit_mib << 20
             self.metrics_addr = ""
@@ -295,8 +295,13 @@ class Coordinator:
         elif isinstance(a, c.SendSweep):
             self._send(a.slots, "sweep", cycle=a.cycle)
         elif isinstance(a, c.SendResume):
+            extra = {}
+            if self.scenario is not None:  # its clock starts when the first mutator may run
+                if self.scenario_t0 is None:
+                    self.scenario_t0 = time.monotonic()
+                extra["scenario_t0"] = self.scenario_t0
             self._send(a.slots, "resume", cycle=a.cycle,
-                       sweep_pages_per_byte=a.sweep_pages_per_byte)
+                       sweep_pages_per_byte=a.sweep_pages_per_byte, **extra)
         elif isinstance(a, c.SweepMissed):
             hw.sweep_missed()
         elif isinstance(a, c.EndCycle):
@@ -506,10 +511,13 @@ class Coordinator:
     def _scenario_now(self) -> Mapping[str, Any]:
         if self.scenario is None:
             return MappingProxyType({})
-        t = time.monotonic() - self.scenario_t0
+        t0 = self.scenario_t0
+        t = 0.0 if t0 is None else time.monotonic() - t0
         st = self._schedule.at(t)
         return MappingProxyType({
             "name": self.scenario.name, "elapsed_s": t, "seconds": self.scenario.seconds,
+            # when it started, in the seconds of the gctrace lines' @ (None: not yet)
+            "start_s": None if t0 is None else t0 - self.trace.t0,
             "phase": st.phase, "phase_name": self.scenario.phase[st.phase].name,
             "target_live_bytes": int(st.live_bytes)})
 

@@ -167,7 +167,11 @@ class SnapshotCollector(Collector):
             info.add_metric([sc["name"], sc["phase_name"] or str(sc["phase"])], 1)
             yield info
             yield _gauge("sweeperd_scenario_elapsed_seconds", "Seconds since the scenario "
-                         "started.", sc["elapsed_s"])
+                         "started (when the first mutator was resumed; 0 until then).",
+                         sc["elapsed_s"])
+            yield _gauge("sweeperd_scenario_start_seconds", "When the scenario started, in "
+                         "seconds since the daemon started (the gctrace lines' @); -1 until "
+                         "it has.", -1.0 if sc["start_s"] is None else sc["start_s"])
             yield _gauge("sweeperd_scenario_target_live_bytes", "The live heap the scenario "
                          "asks of the mutators now.", sc["target_live_bytes"])
 

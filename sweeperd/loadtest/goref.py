@@ -206,3 +206,29 @@ def _row(m: dict[str, float], live: float, pid: int) -> dict[str, float]:
     k = row["kernel_backed_bytes"]
     row["books_vs_kernel"] = abs(books - k) / max(k, 32 << 20)
     return row
+
+
+def make_trace(sc: Scenario, out: Path, workdir: Path) -> int:
+    """Run ``sc`` in the Go program with ``GODEBUG=gctrace=1,scavtrace=1`` and write its
+    stderr (gc and scav lines) to ``out``: how the sample traces in config/traces/ were made.
+    Returns the number of gc lines."""
+    exe = build(workdir)
+    env = {**os.environ, "GODEBUG": "gctrace=1,scavtrace=1", "GOGC": str(sc.scenario.gogc)}
+    r = subprocess.run([str(exe)], input=scenario_json(sc, 1.0), capture_output=True,
+                       text=True, env=env, timeout=sc.seconds + 120)
+    if r.returncode != 0:
+        raise RuntimeError(f"the Go reference program exited with {r.returncode}: "
+                           f"{r.stderr[-2000:]}")
+    out.write_text(r.stderr)
+    return sum(1 for ln in r.stderr.splitlines() if ln.startswith("gc "))
+
+
+if __name__ == "__main__":  # python -m sweeperd.loadtest.goref SCENARIO OUT
+    import sys
+    import tempfile
+
+    from sweeperd.workload import scenario as scenarios
+
+    with tempfile.TemporaryDirectory() as tmp:
+        n = make_trace(scenarios.load(sys.argv[1]), Path(sys.argv[2]), Path(tmp))
+    print(f"{n} gc lines in {sys.argv[2]}")

@@ -225,7 +225,8 @@ def write_report(p: Plan, results: list[tuple[Scenario, RunResult]], started: st
         if sc.name in p.replays:
             from sweeperd.loadtest import replay
 
-            entry["trace_fit"] = replay.fit(p.replays[sc.name], res.gctrace, sc)
+            start = res.rows[-1]["scenario_start_s"] if res.rows else 0.0
+            entry["trace_fit"] = replay.fit(p.replays[sc.name], res.gctrace, sc, start)
         runs.append({k: finite_or_none(v) for k, v in entry.items()})
         if res.rows:
             report.write_csv(p.out / f"{sc.name}-{res.policy}.csv", res.rows)

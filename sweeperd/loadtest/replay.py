@@ -18,8 +18,12 @@ of *i* less live heap of *i−1*) are split into that growth, held, and the rest
 spread evenly over the phase.  A trace of more than ``MAX_PHASES`` cycles is thinned evenly,
 the garbage of the dropped cycles added to the next kept one.
 
-:func:`fit` compares a run with its trace: for each trace cycle, the live heap of the run's
-gctrace cycle nearest in time, relative to the trace's (at least 1 MiB, Go's resolution).
+:func:`fit` compares a run with its trace: for each of the run's own GC cycles (its gctrace
+lines, their times moved to the scenario's clock) within the trace's span, the live heap it
+marked against the trace's live heap at that moment — linear between the trace's cycles, as
+the replay asks for it, scaled as the scenario was — relative to the trace's (at least 1 MiB,
+Go's resolution).  The daemon's cycles fall where its own pacer puts them, so each one is a
+measurement of how closely the heap followed the trace then.
 """
 
 from __future__ import annotations
@@ -123,21 +127,19 @@ def to_scenario(cycles: list[Cycle], scale: float = 1.0, heap_mib: int | None = 
     return sc.scaled(scale, heap_mib)
 
 
-def fit(trace: list[Cycle], run_lines: list[str], sc: Scenario) -> dict[str, Any]:
-    """How closely a run's live heap followed the trace's (scaled as the scenario was)."""
-    run = parse_trace("\n".join(run_lines))
-    if not run:
-        return {"cycles": 0, "live_bytes_rel_error_median": None,
-                "live_bytes_rel_error_p90": None}
+def fit(trace: list[Cycle], run_lines: list[str], sc: Scenario,
+        start_s: float) -> dict[str, Any]:
+    """How closely a run's live heap followed the trace's (scaled as the scenario was);
+    ``start_s``: when the run's scenario started, in its gctrace lines' seconds."""
     scale = _scale_of(trace, sc)
-    rt = np.array([c.t for c in run])
+    ts = [c.t for c in trace]
+    lives = [c.live_mib * scale for c in trace]
     errs = []
-    for c in trace:
-        if c.t > sc.seconds:
-            break
-        j = int(np.abs(rt - c.t).argmin())
-        want = max(c.live_mib * scale, 1.0)
-        errs.append(abs(run[j].live_mib - want) / want)
+    for c in parse_trace("\n".join(run_lines)):
+        t = c.t - start_s
+        if ts[0] <= t <= ts[-1]:
+            want = max(float(np.interp(t, ts, lives)), 1.0)
+            errs.append(abs(c.live_mib - want) / want)
     return {"cycles": len(errs),
             "live_bytes_rel_error_median": float(np.median(errs)) if errs else None,
             "live_bytes_rel_error_p90": float(np.percentile(errs, 90)) if errs else None}

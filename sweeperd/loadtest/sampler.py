@@ -62,6 +62,7 @@ GAUGES = {
     "sweeperd_heap_backed_bytes": "daemon_backed_bytes",
     "sweeperd_scenario_target_live_bytes": "target_live_bytes",
     "sweeperd_scenario_elapsed_seconds": "scenario_elapsed_s",
+    "sweeperd_scenario_start_seconds": "scenario_start_s",
     "sweeperd_gc_cycles_total": "gc_cycles",
     "sweeperd_scavenge_released_bytes_total": "released_bytes",
     "sweeperd_scavenge_cpu_seconds_total": "scavenge_cpu_daemon_s",

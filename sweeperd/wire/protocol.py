@@ -105,6 +105,7 @@ class MarkMsg(_Msg, tag="mark"):
 class ResumeMsg(_Msg, tag="resume"):
     cycle: Int
     sweep_pages_per_byte: Annotated[float, msgspec.Meta(ge=0)]
+    scenario_t0: Annotated[float, msgspec.Meta(ge=0)] | None = None  # when the scenario began
 
 
 class StopMsg(_Msg, tag="stop"):
