@@ -13,10 +13,12 @@ from sweeperd.workload.mutator import Chunk, Mutator, Workload
 
 from .conftest import start_cycle
 
+MIB = 1 << 20
 
-def _cycle(heap, m):
+
+def _cycle(heap, m, now=None):
     m.flush()
-    m.mark(heap.sweepgen + 2)
+    m.mark(heap.sweepgen + 2, now)
     # what it reports marking is what the mark bits say (the coordinator's live heap)
     assert m.stats.marked_bytes == marked_bytes(heap)
     start_cycle(heap)
@@ -81,3 +83,90 @@ def test_a_chunk_lets_the_memory_of_its_dead_go():
     later = ch.survivors(n - 10)
     assert later is not None and later.ids.size == 9
     assert later.ids.base is None or later.ids.base.size < n  # not a view of the whole
+
+
+# --- following a scenario's schedule ----------------------------------------------------------
+
+SCHED = """
+[scenario]
+name = "t"
+heap_mib = 64
+
+[[phase]]
+name = "hold"
+seconds = 10
+live_mib = 4
+garbage_mib_s = 2
+
+[[phase]]
+name = "drop"
+seconds = 10
+live_mib = 1
+garbage_mib_s = 0
+"""
+
+
+def _scheduled(heap, text=SCHED, debug=True, seed=5):
+    from sweeperd.workload.scenario import Schedule, parse
+
+    m = Mutator(heap, 0, Workload(), debug=debug, rng=np.random.default_rng(seed))
+    m.schedule, m.t0 = Schedule(parse(text)), 100.0
+    return m
+
+
+def _run_until(m, t_from, t_to, dt=0.01):
+    t = t_from
+    while t < t_to:
+        m.step_scheduled(t)
+        t += dt
+    return t
+
+
+def test_a_scheduled_mutator_holds_the_target_and_drops_the_oldest_when_it_falls(heap):
+    m = _scheduled(heap)
+    t = _run_until(m, 100.0, 101.0)
+    assert 4 * MIB <= m.kept_bytes <= 4 * MIB + 600 * 1024  # up to one bulk batch over
+    garbage = m.stats.bytes_allocated - m.kept_bytes
+    assert 1.5 * MIB <= garbage <= 3.5 * MIB  # ~2 MiB/s for 1 s (plus the first second owed)
+    _cycle(heap, m, t)
+    assert m.stats.marked_bytes == m.kept_bytes  # the garbage died at the first mark
+    oldest = m.live[0].seed
+    m.flush()
+    m.mark(heap.sweepgen + 2, now=100.0 + 10.5)  # in "drop": 1 MiB
+    assert m.kept_bytes <= 1 * MIB
+    assert m.stats.marked_bytes == m.kept_bytes and m.stats.lost_objects == 0
+    assert all(ch.seed != oldest for ch in m.live)  # the oldest went first
+    _run_until(m, 110.5, 110.6)  # tops up what dropping whole chunks took below the target
+    assert 1 * MIB <= m.kept_bytes <= 1 * MIB + 64 * 1024
+    assert m.step_scheduled(110.7) == 0  # at its target, no garbage due: nothing to do
+
+
+def test_pinned_objects_survive_every_drop(heap):
+    text = SCHED.replace('name = "hold"', 'name = "hold"\nlong_lived_every = 10')
+    m = _scheduled(heap, text)
+    t = _run_until(m, 100.0, 100.5)
+    pinned = m.kept_bytes - sum(ch.keep_bytes for ch in m.live)
+    assert pinned > 0
+    _cycle(heap, m, t)
+    m.flush()
+    m.mark(heap.sweepgen + 2, now=100.0 + 10.5)
+    m.mark(heap.sweepgen + 2, now=100.0 + 10.6)
+    kept_chunks = sum(ch.keep_bytes for ch in m.live)
+    assert m.kept_bytes - kept_chunks == pinned  # every pinned object is still held
+    assert m.stats.lost_objects == 0 and m.stats.payload_errors == 0
+
+
+def test_refills_are_timed_into_the_histogram(heap):
+    from sweeperd.workload.mutator import ALLOC_BUCKETS
+
+    m = Mutator(heap, 0, Workload(size_classes=(2, 6)), rng=np.random.default_rng(2))
+    for _ in range(50):
+        m.step()
+    s = m.stats
+    assert s.refills > 0 and sum(s.refill_buckets) == s.refills
+    assert len(s.refill_buckets) == len(ALLOC_BUCKETS) + 1
+    d = s.as_dict()
+    assert d["refills"] == s.refills and d["refill_le_0"] == s.refill_buckets[0]
+    from sweeperd.wire.protocol import MAX_STATS
+
+    assert len(d) <= MAX_STATS  # it still fits a heartbeat frame

@@ -53,7 +53,12 @@ from sweeperd.pacing.policies import RELEASES_ON_FREE
 from sweeperd.pacing.scavpace import retain_goal
 from sweeperd.runtime import owners
 from sweeperd.runtime.heap import H_HEAP_GOAL, H_MEMORY_LIMIT, T_RELEASED_PAGES, Heap
-from sweeperd.runtime.heapstats import heap_stats, releasing_bytes, tally_totals
+from sweeperd.runtime.heapstats import (
+    cached_bytes,
+    heap_stats,
+    releasing_bytes,
+    tally_totals,
+)
 from sweeperd.runtime.scavenge import ReleaseOnFree
 from sweeperd.runtime.sizeclasses import PAGE_SIZE
 from sweeperd.sys.procmem import meminfo
@@ -212,7 +217,7 @@ class Coordinator:
             self.metrics = Metrics(lambda: self.snap, lambda: take_sample(self.snap), Kernel(
                 self.heap.arena_backed_bytes, self.heap.meta_backed_bytes,
                 lambda: meminfo("Shmem"), lambda: heap_stats(self.heap),
-                lambda: releasing_bytes(self.heap)))
+                lambda: releasing_bytes(self.heap), lambda: cached_bytes(self.heap)))
             try:
                 self.metrics_addr = self.metrics.serve(cfg.metrics.addr)
             except OSError as e:

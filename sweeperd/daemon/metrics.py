@@ -65,6 +65,7 @@ class Kernel:
     shmem: Callable[[], int]
     heap_stats: Callable[[], HeapStats]  # not the kernel's, but as fresh and as cheap
     releasing: Callable[[], int] = lambda: 0  # books: bytes with a release in flight
+    cached: Callable[[], int] = lambda: 0  # books: bytes of spans in mutators' mcaches
 
 
 class Sampler:
@@ -196,6 +197,9 @@ class SnapshotCollector(Collector):
         yield _gauge("sweeperd_heap_releasing_bytes", "Free pages taken by a releaser, "
                      "madvise in flight (still in heap_free_bytes until it finishes).",
                      self.kernel.releasing())
+        yield _gauge("sweeperd_heap_cached_bytes", "Pages of spans held in mutators' mcaches "
+                     "(in heap_objects/unused; pages not written yet are not backed).",
+                     self.kernel.cached())
         yield _gauge("sweeperd_heap_released_bytes", "Free pages returned to the OS, by the "
                      "books (/memory/classes/heap/released).", hs.released_bytes)
         yield _gauge("sweeperd_heap_fragmentation_bytes",

@@ -16,12 +16,16 @@ over every pid ever seen in a role, so a replaced worker's seconds are not lost.
 that is gone between listing and reading is skipped, not an error.
 
 Books against the kernel: the books' backed bytes are ``heap_size - released`` of the scrape,
-less up to ``releasing`` (pages whose madvise is in flight: the kernel may have dropped them
-already); the kernel's backing is read just before and just after the scrape, and the figures
-move meanwhile (mutators touch new pages, releasers drop them).  A row's ``books_vs_kernel``
-is the gap between the two intervals — 0 when they overlap — relative to the kernel's figure,
-or to ``ERROR_FLOOR_BYTES`` when that is smaller (a few spans in flight are percent of an empty
-heap).
+less up to what the books cannot know is touched: ``releasing`` (pages whose madvise is in
+flight: the kernel may have dropped them already), ``cached`` (spans in mutators' mcaches,
+allocated but perhaps not written yet) and ``unused`` (free slots of in-use spans: touched if
+ever allocated, not if never — the untouched tail of a partly filled span).  The kernel's
+figure moves while the scrape runs (mutators touch new pages, releasers drop them), so its
+interval is the range of three reads of ``st_blocks``: the harness's just before and just
+after the scrape, and the daemon's own within it (``sweeperd_heap_backed_bytes``).  A row's
+``books_vs_kernel`` is the gap between the two intervals — 0 when they overlap — relative to
+the kernel's figure, or to ``ERROR_FLOOR_BYTES`` when that is smaller (a few spans in flight
+are percent of an empty heap).
 
 Invariants: a row's keys are the same for every sample (missing figures are 0), so rows make
 a CSV.
@@ -56,8 +60,10 @@ GAUGES = {
     "sweeperd_scavenge_retain_goal_bytes": "retain_goal_bytes",
     "sweeperd_heap_objects_bytes": "objects_bytes",
     "sweeperd_heap_free_bytes": "free_bytes",
+    "sweeperd_heap_unused_bytes": "unused_bytes",
     "sweeperd_heap_released_bytes": "released_books_bytes",
     "sweeperd_heap_releasing_bytes": "releasing_books_bytes",
+    "sweeperd_heap_cached_bytes": "cached_books_bytes",
     "sweeperd_heap_size_bytes": "heap_size_bytes",
     "sweeperd_heap_backed_bytes": "daemon_backed_bytes",
     "sweeperd_scenario_target_live_bytes": "target_live_bytes",
@@ -76,7 +82,8 @@ def columns() -> list[str]:
     cols = ["t", *GAUGES.values(), *SUMS.values(), "sweep_pages_background",
             "sweep_pages_mutator", "alloc_count", "alloc_sum_s"]
     cols += [f"alloc_le_{i}" for i in range(len(ALLOC_BUCKETS))]
-    cols += ["kernel_backed_bytes", "shmem_bytes", "books_backed_bytes", "books_vs_kernel"]
+    cols += ["kernel_backed_before_bytes", "kernel_backed_bytes", "shmem_bytes",
+             "books_backed_bytes", "books_vs_kernel"]
     cols += [f"pss_{r}_bytes" for r in ROLES] + [f"cpu_{r}_s" for r in ROLES]
     return cols
 
@@ -206,12 +213,15 @@ class Sampler:
         k1 = os.stat(self._arena).st_blocks * 512
         row = dict.fromkeys(columns(), 0.0)
         row.update(parse_metrics(text))
-        row["kernel_backed_bytes"] = k1
+        row["kernel_backed_before_bytes"], row["kernel_backed_bytes"] = k0, k1
         row["t"] = now - self.t0
         row["shmem_bytes"] = shmem_bytes()
         books = row["heap_size_bytes"] - row["released_books_bytes"]
         row["books_backed_bytes"] = books
-        row["books_vs_kernel"] = books_error(books - row["releasing_books_bytes"], books, k0, k1)
+        lo = (books - row["releasing_books_bytes"] - row["cached_books_bytes"]
+              - row["unused_bytes"])
+        kd = row["daemon_backed_bytes"]
+        row["books_vs_kernel"] = books_error(lo, books, min(k0, k1, kd), max(k0, k1, kd))
         for pid, role in list(self.roles.items()):
             try:
                 row[f"pss_{role}_bytes"] += pss_bytes(pid)

@@ -108,6 +108,17 @@ def releasing_bytes(heap: Heap) -> int:
     return int(np.count_nonzero(heap.page_span <= scavenging(0))) * PAGE_SIZE
 
 
+def cached_bytes(heap: Heap) -> int:
+    """Bytes of the spans mutators hold in their mcaches (sweepgen h+1 or h+3): in use by the
+    books, but a mutator may not have touched all of their pages yet.  A racy scan of the
+    span table, like :func:`releasing_bytes`."""
+    h = heap.sweepgen
+    spans = heap.in_use_spans()
+    sgs = heap.span_sweepgen[spans]
+    held = spans[(sgs == h + 1) | (sgs == h + 3)]
+    return int(heap.span_npages[held].sum()) * PAGE_SIZE
+
+
 def marked_bytes(heap: Heap) -> int:
     """Bytes of marked objects in in-use spans (call between mark and the sweepgen bump)."""
     spans = np.flatnonzero(heap.span_state == SPAN_IN_USE)

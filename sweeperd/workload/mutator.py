@@ -313,11 +313,12 @@ class Mutator:
             os_.append(np.full(idx.size, s))
             oi.append(idx)
         failpoint.hit("mutator.cached")  # holding the batch's spans, cached
+        if os_:  # written while still cached, as Go's mcache holds a span while it fills
+            obj_spans, obj_idx = np.concatenate(os_), np.concatenate(oi)
+            self._record(obj_spans, obj_idx, int(CLASS_SIZE[c]))
         self._count_sweep(mcentral.uncache_spans(self.heap, spans, self.cand))
         if not os_:
             return 0
-        obj_spans, obj_idx = np.concatenate(os_), np.concatenate(oi)
-        self._record(obj_spans, obj_idx, int(CLASS_SIZE[c]))
         self._paid(obj_idx.size * int(CLASS_SIZE[c]))
         return int(obj_idx.size)
 

@@ -1,0 +1,290 @@
+"""``sweeperd loadtest`` end to end: real daemons, the real Go runtime, the report in a real
+browser.  One module-wide run (a 9-second scenario under go, eager and none, plus the Go
+reference) feeds every test here."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import http.server
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sweeperd.loadtest.sampler import columns
+
+from .conftest import not_here
+
+pytestmark = pytest.mark.timeout(400)
+
+SHORT = """
+[scenario]
+name = "short"
+description = "A small spike and a drop, for the tests."
+heap_mib = 512
+
+[[phase]]
+name = "ramp"
+seconds = 2
+live_mib = [0, 96]
+garbage_mib_s = 48
+
+[[phase]]
+name = "drain"
+seconds = 2.5
+live_mib = 4
+garbage_mib_s = 96
+
+[[phase]]
+name = "idle"
+seconds = 4.5
+live_mib = 4
+garbage_mib_s = 1
+"""
+
+
+def _loadtest(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sweeperd.cli", "loadtest", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _need_go() -> None:
+    if shutil.which("go") is None:
+        not_here("go is not installed (Debian package 'golang-go'), as .ci/run installs it")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], str]:
+    _need_go()
+    d = tmp_path_factory.mktemp("loadtest")
+    (d / "short.toml").write_text(SHORT)
+    out = d / "report"
+    p = _loadtest("--scenario", str(d / "short.toml"), "--policy", "go,eager,none",
+                  "--go-reference", "--out", str(out), "--json")
+    assert p.returncode == 0, p.stderr[-3000:]
+    return out, json.loads(p.stdout), p.stderr
+
+
+def _runs(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {r["policy"]: r for r in summary["runs"]}
+
+
+def test_the_summary_keeps_its_contract(run) -> None:
+    out, summary, _ = run
+    assert json.loads((out / "summary.json").read_text()) == summary
+    fields = {"scenario", "policy", "ok", "seconds", "peak_backed_bytes", "mean_backed_bytes",
+              "excess_byte_seconds", "seconds_to_retain_goal", "scavenger_cpu_seconds",
+              "released_bytes", "cpu_seconds_per_gib_released", "madvise_calls",
+              "alloc_latency_p50_seconds", "alloc_latency_p99_seconds", "gc_cycles",
+              "worker_deaths", "max_books_vs_kernel_error"}
+    runs = _runs(summary)
+    assert set(runs) == {"go", "eager", "none", "go-runtime"}
+    for r in runs.values():
+        assert fields <= set(r), fields - set(r)
+        assert r["ok"] is True and r["scenario"] == "short"
+        # the Go program's last sample can come as it exits, a sample period early
+        assert r["seconds"] >= (9.0 if r["policy"] != "go-runtime" else 8.5), r
+        assert r["gc_cycles"] > 0 and r["peak_backed_bytes"] > 0
+    assert {"cpus", "mem_total_bytes", "kernel"} <= set(summary["machine"])
+    assert summary["versions"]["go"].startswith("go version")
+
+
+def test_books_match_the_kernel_and_the_policies_differ_as_they_must(run) -> None:
+    runs = _runs(run[1])
+    for p in ("go", "eager", "none"):
+        assert runs[p]["max_books_vs_kernel_error"] <= 0.01, (p, runs[p])
+        assert runs[p]["worker_deaths"] == 0
+        assert runs[p]["alloc_latency_p50_seconds"] > 0  # refills were observed
+        assert runs[p]["peak_backed_bytes"] >= 90 << 20  # the ramp to 96 MiB happened
+    assert runs["none"]["released_bytes"] == 0 and runs["none"]["madvise_calls"] == 0
+    assert runs["none"]["seconds_to_retain_goal"] is None
+    assert runs["eager"]["released_bytes"] > 50 << 20
+    e, g = runs["eager"]["seconds_to_retain_goal"], runs["go"]["seconds_to_retain_goal"]
+    assert e is not None and (g is None or e <= g), (e, g)
+    assert runs["none"]["excess_byte_seconds"] > runs["eager"]["excess_byte_seconds"]
+
+
+def test_each_run_has_a_csv_of_samples_at_most_250_ms_apart(run) -> None:
+    out = run[0]
+    for p in ("go", "eager", "none", "go-runtime"):
+        with (out / f"short-{p}.csv").open() as f:
+            rows = list(csv.DictReader(f))
+        assert list(rows[0]) == columns()
+        ts = [float(r["scenario_elapsed_s"]) for r in rows]
+        gaps = [b - a for a, b in itertools.pairwise(ts)]
+        assert len(rows) >= 30 and sorted(gaps)[len(gaps) // 2] <= 0.3, p  # the median gap
+        if p != "go-runtime":
+            assert max(float(r["pss_mutator_bytes"]) for r in rows) > 0
+            assert float(rows[-1]["cpu_mutator_s"]) > 0
+            assert float(rows[-1]["alloc_count"]) > 0
+
+
+def test_the_go_runtime_row_is_the_real_go_runtime(run) -> None:
+    out, summary, _ = run
+    g = _runs(summary)["go-runtime"]
+    trace = (out / "runs" / "short-go-runtime" / "gctrace.txt").read_text()
+    gc_lines = [ln for ln in trace.splitlines() if ln.startswith("gc ")]
+    assert len(gc_lines) >= g["gc_cycles"] > 0  # its own gctrace counts its cycles
+    assert g["scavenger_cpu_seconds"] is None and g["madvise_calls"] is None  # not exposed
+    assert 60 << 20 <= g["peak_backed_bytes"] <= 400 << 20
+
+
+def test_the_plots_are_written(run) -> None:
+    out = run[0]
+    for name in ("memory", "scavenger-cpu", "madvise", "sweep-rate", "alloc-latency"):
+        png = out / f"short-{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser"):
+        if (path := shutil.which(name)) is not None:
+            return path
+    not_here("chromium is not installed (Debian package 'chromium'), as .ci/run installs it")
+    raise AssertionError  # unreachable
+
+
+CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--hide-scrollbars"]
+
+HARNESS = """<!doctype html><html><body><div id="result">waiting</div>
+<iframe id="f" src="report.html" width="1200" height="800"></iframe>
+<script>
+window.addEventListener("load", () => {  // after the frame and every image in it
+  const imgs = [...document.getElementById("f").contentDocument.images];
+  const ok = imgs.filter(i => i.complete && i.naturalWidth > 100 && i.naturalHeight > 100);
+  document.getElementById("result").textContent = "decoded " + ok.length + "/" + imgs.length;
+});
+</script></body></html>"""
+
+
+def test_report_html_renders_in_chromium_with_every_plot(run, tmp_path: Path) -> None:
+    out = run[0]
+    browser = _chromium()
+    (out / "harness.html").write_text(HARNESS)
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *a: Any) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                          functools.partial(Quiet, directory=str(out)))
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{srv.server_address[1]}"
+    profile = tmp_path / "profile"
+    flags = [*CHROME_FLAGS, f"--user-data-dir={profile}"]
+    try:
+        dom = subprocess.run([browser, *flags, "--virtual-time-budget=20000", "--dump-dom",
+                              f"{base}/harness.html"], capture_output=True, text=True,
+                             timeout=120, env={**os.environ, "HOME": str(tmp_path)})
+        shot = tmp_path / "shot.png"
+        subprocess.run([browser, *flags, f"--screenshot={shot}", "--window-size=1200,1600",
+                        f"{base}/report.html"], capture_output=True, timeout=120,
+                       env={**os.environ, "HOME": str(tmp_path)})
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert "decoded 5/5" in dom.stdout, dom.stdout[-2000:] + dom.stderr[-2000:]
+    import matplotlib.image
+
+    img = matplotlib.image.imread(str(shot))
+    assert img.shape[0] >= 1000 and img.shape[1] >= 1000
+    rgb = img[..., :3]
+    inked = (rgb.min(axis=2) < 0.9).mean()  # pixels that are not (near) white
+    colours = len({tuple(p) for p in (rgb[::7, ::7] * 255).astype(int).reshape(-1, 3)})
+    assert inked > 0.03 and colours > 50, (inked, colours)  # text, tables and a plot drawn
+
+
+def test_progress_is_plain_lines_off_a_terminal(run) -> None:
+    err = run[2]
+    assert "[1/4] short x go: starting" in err
+    assert "short x go-runtime: ok" in err
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--policy", "go,fastest"], "--policy: unknown fastest"),
+    (["--scenario", "nosuch"], "no scenario 'nosuch'"),
+    (["--scenario", "steady", "--scale", "nan"], "--scale"),
+    (["--scenario", "steady", "--scale", "-2"], "--scale"),
+    (["--scenario", "steady", "--heap-mib", "64"], "does not fit"),
+    (["--scenario", "steady", "--heap-mib", "99999"], "--heap-mib"),
+    (["--replay", "/nonexistent/trace"], "cannot read"),
+    (["--replay", "/etc/hostname"], "gctrace cycle line"),
+])
+def test_bad_inputs_exit_2_naming_them(args: list[str], says: str) -> None:
+    p = _loadtest(*args, timeout=60)
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    assert says in p.stderr
+
+
+REPLAY_SCALE = "0.5"
+
+
+def test_replaying_a_shipped_trace_follows_it(tmp_path: Path) -> None:
+    trace = Path(__file__).resolve().parents[1] / "config" / "traces" / "go-sawtooth.gctrace"
+    p = _loadtest("--replay", str(trace), "--scale", REPLAY_SCALE, "--policy", "go",
+                  "--out", str(tmp_path / "r"), "--json")
+    assert p.returncode == 0, p.stderr[-3000:]
+    (r,) = json.loads(p.stdout)["runs"]
+    fit = r["trace_fit"]
+    assert fit["cycles"] >= 10
+    assert fit["live_bytes_rel_error_median"] <= 0.10, fit
+
+
+def test_a_run_whose_daemon_dies_is_reported_not_lost(tmp_path: Path) -> None:
+    """SIGKILL the daemon of the first of two runs: that run is ok false with its log's tail,
+    the second still runs, and the report is written; the exit status says something failed."""
+    import signal
+    import time
+
+    (tmp_path / "short.toml").write_text(SHORT)
+    out = tmp_path / "r"
+    p = subprocess.Popen([sys.executable, "-m", "sweeperd.cli", "loadtest", "--scenario",
+                          str(tmp_path / "short.toml"), "--policy", "go,none", "--out",
+                          str(out), "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    try:
+        log = out / "runs" / "short-go" / "daemon.log"
+        deadline = time.monotonic() + 60
+        victim = None
+        while victim is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+            if log.exists():
+                victim = _child_running(p.pid, "run")
+        assert victim is not None, "the first run's daemon never started"
+        time.sleep(2)
+        os.kill(victim, signal.SIGKILL)
+        stdout, stderr = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 1, stderr[-2000:]
+    runs = {r["policy"]: r for r in json.loads(stdout)["runs"]}
+    assert runs["go"]["ok"] is False and "exited" in runs["go"]["error"]
+    assert "log_tail" in runs["go"]
+    assert runs["none"]["ok"] is True
+    assert json.loads((out / "summary.json").read_text())["runs"][0]["ok"] is False
+    assert "short x go failed" in (out / "report.html").read_text()
+
+
+def _child_running(pid: int, word: str) -> int | None:
+    try:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return None
+    for k in kids:
+        try:
+            if f" {word} " in " " + Path(f"/proc/{k}/cmdline").read_text().replace("\0", " "):
+                return int(k)
+        except OSError:
+            continue
+    return None

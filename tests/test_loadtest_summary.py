@@ -1,0 +1,111 @@
+"""The load test's arithmetic (quantiles, integrals, the retain-goal clock, books against the
+kernel) and its kernel readers, against known answers and the real /proc."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sweeperd.loadtest import sampler, summary
+from sweeperd.loadtest.sampler import books_error, columns
+from sweeperd.sys.shm import SharedRegion
+from sweeperd.workload.mutator import ALLOC_BUCKETS
+from sweeperd.workload.scenario import parse
+
+MIB = 1 << 20
+SC = parse("""
+[scenario]
+name = "t"
+heap_mib = 256
+[[phase]]
+seconds = 4
+live_mib = 100
+[[phase]]
+seconds = 6
+live_mib = 10
+""")
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.floats(min_value=1e-6, max_value=0.9), min_size=1, max_size=500),
+       st.sampled_from([0.5, 0.9, 0.99]))
+def test_quantile_falls_in_the_bucket_of_the_true_quantile(obs: list[float], q: float) -> None:
+    counts = [sum(1 for x in obs if x <= b) for b in ALLOC_BUCKETS] + [len(obs)]
+    got = summary.quantile(q, counts)
+    assert got is not None
+    true = float(np.quantile(obs, q, method="inverted_cdf"))
+    i = int(np.searchsorted(ALLOC_BUCKETS, true))  # the bucket holding the true quantile
+    lo = ALLOC_BUCKETS[i - 1] if i > 0 else 0.0
+    assert lo - 1e-12 <= got <= ALLOC_BUCKETS[i] + 1e-12
+
+
+def test_quantile_of_nothing_and_of_the_overflow_bucket() -> None:
+    n = len(ALLOC_BUCKETS)
+    assert summary.quantile(0.5, [0] * (n + 1)) is None
+    assert summary.quantile(0.5, [0] * n + [10]) == ALLOC_BUCKETS[-1]
+
+
+def test_integral_and_the_retain_goal_clock() -> None:
+    assert summary.integral([0, 1, 3], [0, 2, 2]) == pytest.approx(1 + 4)
+    ts = [0, 2, 4, 6, 8, 10]
+    goals = [50, 50, 20, 20, 20, 20]
+    assert summary.seconds_to_goal(ts, [90, 90, 90, 30, 15, 15], goals, 4.0) == 4.0
+    assert summary.seconds_to_goal(ts, [90] * 6, goals, 4.0) is None
+    assert summary.settle_from(SC) == 4.0
+
+
+def _rows(backed: list[float], live: float = 10 * MIB) -> list[dict[str, float]]:
+    rows = []
+    for i, b in enumerate(backed):
+        r = dict.fromkeys(columns(), 0.0)
+        r.update(scenario_elapsed_s=float(i), kernel_backed_bytes=b, live_bytes=live,
+                 retain_goal_bytes=22 * MIB, released_bytes=i * 100 * MIB,
+                 cpu_scavenger_s=0.1 * i, madvise_calls=3.0 * i, gc_cycles=float(i),
+                 books_vs_kernel=0.001 * i)
+        rows.append(r)
+    return rows
+
+
+def test_summarize_figures() -> None:
+    rows = _rows([100 * MIB] * 5 + [20 * MIB] * 6)
+    s = summary.summarize(SC, "go", rows, ok=True)
+    assert s["peak_backed_bytes"] == 100 * MIB
+    assert s["mean_backed_bytes"] == pytest.approx((4.5 * 100 + 5.5 * 20) / 10 * MIB, rel=1e-6)
+    assert s["excess_byte_seconds"] == pytest.approx((4.5 * 90 + 5.5 * 10) * MIB, rel=1e-6)
+    assert s["seconds_to_retain_goal"] == 1.0  # 20 MiB <= 22 MiB from t = 5, drop at 4
+    assert s["released_bytes"] == 1000 * MIB and s["madvise_calls"] == 30
+    assert s["cpu_seconds_per_gib_released"] == pytest.approx(1.0 / (1000 / 1024))
+    assert s["gc_cycles"] == 10 and s["max_books_vs_kernel_error"] == pytest.approx(0.01)
+    assert s["alloc_latency_p50_seconds"] is None  # no refills observed
+    nothing = summary.summarize(SC, "none", _rows([100 * MIB] * 11), ok=True)
+    assert nothing["seconds_to_retain_goal"] is None
+    empty = summary.summarize(SC, "x", [], ok=False)
+    assert empty["ok"] is False and empty["peak_backed_bytes"] is None
+
+
+def test_books_error_is_the_gap_between_the_intervals() -> None:
+    assert books_error(90 * MIB, 100 * MIB, 95 * MIB, 96 * MIB) == 0  # overlap
+    assert books_error(100 * MIB, 100 * MIB, 98 * MIB, 99 * MIB) == pytest.approx(1 / 99)
+    assert books_error(1 * MIB, 1 * MIB, 0, 0) == pytest.approx(1 / 32)  # the floor
+    assert books_error(50 * MIB, 60 * MIB, 70 * MIB, 64 * MIB) == pytest.approx(4 / 70)
+
+
+def test_kernel_readers_find_a_real_memfd_and_read_real_proc() -> None:
+    r = SharedRegion.create("sweeperd-arena", 4 * MIB)
+    try:
+        path = sampler.arena_fd(os.getpid())
+        assert os.stat(path).st_blocks == 0
+        assert r.mmap is not None
+        r.mmap[: 2 * MIB] = b"x" * (2 * MIB)
+        assert os.stat(path).st_blocks * 512 == 2 * MIB
+    finally:
+        r.close()
+    with pytest.raises(FileNotFoundError):
+        sampler.arena_fd(os.getpid())
+    assert sampler.pss_bytes(os.getpid()) > 0
+    assert sampler.cpu_seconds(os.getpid()) > 0
+    assert sampler.shmem_bytes() >= 0
