@@ -68,6 +68,9 @@ def test_each_policy_runs_in_the_daemon_and_its_books_match_the_kernel(tmp_path,
             assert re.search(r"sweeperd_scavenge_released_bytes_total [1-9]", body)
         if policy == "eager":  # the freers released it, the scavenger nothing
             assert sc["released_on_free_bytes_total"] == sc["released_bytes_total"]
+            assert sc["released_on_free_cpu_seconds_total"] > 0  # and their CPU is counted
+            assert re.search(r"sweeperd_scavenge_released_on_free_cpu_seconds_total [0-9.e-]*[1-9]",
+                             body)
         assert sum(st["deaths"].values()) == 0
         assert d.stop() == 0
     finally:

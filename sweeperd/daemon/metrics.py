@@ -252,6 +252,10 @@ class SnapshotCollector(Collector):
                        "Bytes released by whoever freed them (the eager policy), as the kernel "
                        "counts them; included in sweeperd_scavenge_released_bytes.",
                        sc["released_on_free_bytes_total"])
+        yield _counter("sweeperd_scavenge_released_on_free_cpu_seconds", "CPU the freers "
+                       "spent releasing what they freed (the eager policy; their thread time). "
+                       "Not in sweeperd_scavenge_cpu_seconds, which is the scavenger's.",
+                       sc["released_on_free_cpu_seconds_total"])
         yield _counter("sweeperd_heap_freed_bytes", "Bytes of spans returned to the page heap "
                        "(what gperftools' release rate counts).", sc["freed_bytes_total"])
         for name, v in sorted(sc["policy_figures"].items()):

@@ -108,6 +108,8 @@ class Snapshot:
             # of those, released by whoever freed them (the eager policy)
             "released_on_free_bytes_total": on_free.get("released_kernel_bytes", 0),
             "freed_bytes_total": on_free.get("freed_pages", 0) * PAGE_SIZE,
+            # the CPU the freers spent in those releases (their thread time)
+            "released_on_free_cpu_seconds_total": on_free.get("release_cpu_ns", 0) / 1e9,
             "cpu_seconds_total": float(t.get("cpu_seconds", 0.0)),
             "madvise_calls_total": calls,
             "vectored": bool(t.get("vectored", 0)),

@@ -72,6 +72,7 @@ GAUGES = {
     "sweeperd_gc_cycles_total": "gc_cycles",
     "sweeperd_scavenge_released_bytes_total": "released_bytes",
     "sweeperd_scavenge_cpu_seconds_total": "scavenge_cpu_daemon_s",
+    "sweeperd_scavenge_released_on_free_cpu_seconds_total": "release_on_free_cpu_s",
     "sweeperd_mutator_allocated_bytes_total": "allocated_bytes",
 }
 SUMS = {"sweeperd_madvise_calls_total": "madvise_calls",

@@ -9,8 +9,9 @@ Definitions (``summary.json``'s contract; the README's "Load testing" says how t
 * ``seconds_to_retain_goal``: from the scenario's last drop (or its last phase's start if it
   never drops) until the backing is first at or below the retain goal the run settles at
   (the largest retain goal of its last fifth); null if never;
-* ``scavenger_cpu_seconds``: the scavenger process's CPU by ``/proc`` over the run
-  (``eager`` releases in the freers instead: their CPU is in the sweepers' and mutators');
+* ``scavenger_cpu_seconds``: CPU spent giving memory back: the scavenger process's CPU by
+  ``/proc`` over the run (its idle wakes included), plus the CPU the freers spent in their own
+  releases (``eager``: ``sweeperd_scavenge_released_on_free_cpu_seconds``, their thread time);
 * ``released_bytes``, ``madvise_calls``, ``gc_cycles``, ``worker_deaths``: the daemon's
   counters, last sample less first;
 * ``alloc_latency_p50/p99_seconds``: quantiles of ``sweeperd_mutator_alloc_seconds`` over the
@@ -83,7 +84,7 @@ def summarize(sc: Scenario, policy: str, rows: list[dict[str, float]], ok: bool,
     def delta(k: str) -> float:
         return last[k] - first[k]
 
-    cpu = delta(f"cpu_{scavenger_role}_s")
+    cpu = delta(f"cpu_{scavenger_role}_s") + delta("release_on_free_cpu_s")
     released = delta("released_bytes")
     hist = [delta(f"alloc_le_{i}") for i in range(len(ALLOC_BUCKETS))] + [delta("alloc_count")]
     span = ts[-1] - ts[0]

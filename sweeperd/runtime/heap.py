@@ -55,7 +55,7 @@ from sweeperd.runtime.sizeclasses import CLASS_SIZE, MAX_BITMAP_WORDS, PAGE_SHIF
 from sweeperd.sys.shm import OS_PAGE, FlockLock, RegionHandle, SharedRegion
 
 MAGIC = 0x5357_4545_5045_5244  # "SWEEPERD"
-LAYOUT_VERSION = 9
+LAYOUT_VERSION = 10
 
 # page_span values that are not a span's start page.
 PAGE_FREE = -1  # free: the allocator may take it
@@ -111,7 +111,8 @@ T_RELEASED_PAGES = 1  # pages released by a freer itself (the eager policy), by 
 T_RELEASE_RUNS = 2  # ... in this many runs
 T_RELEASED_KERNEL_BYTES = 3  # ... of which the kernel had this many bytes backed
 T_MADVISE_CALLS = 4  # ... in this many system calls
-NTALLIES = 5
+T_RELEASE_CPU_NS = 5  # ... spending this much of its CPU (thread time, ns) in the releases
+NTALLIES = 6
 
 _U1 = np.uint64(1)
 _U32 = np.uint64(32)

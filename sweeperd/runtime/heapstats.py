@@ -32,6 +32,7 @@ from sweeperd.runtime.heap import (
     SPAN_IN_USE,
     T_FREED_PAGES,
     T_MADVISE_CALLS,
+    T_RELEASE_CPU_NS,
     T_RELEASE_RUNS,
     T_RELEASED_KERNEL_BYTES,
     T_RELEASED_PAGES,
@@ -133,7 +134,7 @@ def marked_bytes(heap: Heap) -> int:
 
 TALLY_NAMES = {T_FREED_PAGES: "freed_pages", T_RELEASED_PAGES: "released_pages",
                T_RELEASE_RUNS: "release_runs", T_RELEASED_KERNEL_BYTES: "released_kernel_bytes",
-               T_MADVISE_CALLS: "madvise_calls"}
+               T_MADVISE_CALLS: "madvise_calls", T_RELEASE_CPU_NS: "release_cpu_ns"}
 
 
 def tally_totals(heap: Heap) -> dict[str, int]:

@@ -35,6 +35,7 @@ scavenged bit is set only on free pages.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -46,6 +47,7 @@ from sweeperd.runtime.heap import (
     H_SEARCH_ADDR,
     PAGE_FREE,
     T_MADVISE_CALLS,
+    T_RELEASE_CPU_NS,
     T_RELEASE_RUNS,
     T_RELEASED_KERNEL_BYTES,
     T_RELEASED_PAGES,
@@ -246,8 +248,10 @@ class ReleaseOnFree:
 
     def __call__(self, starts: np.ndarray, npages: np.ndarray) -> None:
         calls = sum(self.sysmem.calls.values())
+        t0 = time.thread_time_ns()
         r = release(self.heap, self.sysmem, *take_runs(self.heap, starts, npages))
         h = self.heap
+        h.tally(T_RELEASE_CPU_NS, time.thread_time_ns() - t0)
         h.tally(T_RELEASED_PAGES, r.pages)
         h.tally(T_RELEASE_RUNS, r.runs)
         h.tally(T_RELEASED_KERNEL_BYTES, r.kernel_bytes)
