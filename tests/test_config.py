@@ -180,3 +180,18 @@ def test_any_toml_text_gives_a_config_or_a_config_error(tmp_path_factory, text):
         load(path)
     except ConfigError as e:
         assert str(e)
+
+
+def test_a_scenario_brings_its_heap_gogc_and_limit_unless_the_same_layer_sets_them(tmp_path):
+    cfg = from_dict({"mutators": {"scenario": "memory-limit-squeeze"}})
+    assert cfg.mutators.scenario == "memory-limit-squeeze"
+    assert cfg.heap.size_mib == 2048 and cfg.scavenger.memory_limit_mib == 400
+    mine = from_dict({"mutators": {"scenario": "steady"}, "heap": {"size_mib": 4096},
+                      "gc": {"gogc": 50}})
+    assert mine.heap.size_mib == 4096 and mine.gc.gogc == 50
+    with pytest.raises(ConfigError, match=r"mutators\.scenario: no scenario 'nope'"):
+        from_dict({"mutators": {"scenario": "nope"}})
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[scenario]\nname = "b"\n[[phase]]\nseconds = -1\nlive_mib = 1\n')
+    with pytest.raises(ConfigError, match=r"mutators\.scenario: .*\$\.phase\[0\]\.seconds"):
+        from_dict({"mutators": {"scenario": str(bad)}})

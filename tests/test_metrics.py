@@ -114,3 +114,36 @@ def test_the_sampler_spaces_out_samples_that_cost_much():
     cost[0] = 0.001
     s.latest = s._take()
     assert s.wait_s == SAMPLE_S
+
+
+def test_refill_histogram_and_scenario_series():
+    """The mutators' refill buckets (non-cumulative, summed over mutators) become a cumulative
+    Prometheus histogram; a scenario's series appear only with a scenario."""
+    from sweeperd.workload.mutator import ALLOC_BUCKETS
+
+    counts = [0] * (len(ALLOC_BUCKETS) + 1)
+    counts[0], counts[3], counts[len(ALLOC_BUCKETS)] = 5, 2, 1  # one above every bound
+    mutator = {f"refill_le_{i}": float(c) for i, c in enumerate(counts)}
+    mutator.update(refills=8.0, refill_seconds=2.5)
+    snap = _snapshot(mutator=mutator, scenario={
+        "name": "steady", "elapsed_s": 3.5, "seconds": 30.0, "phase": 1, "phase_name": "hold",
+        "target_live_bytes": 7 << 20, "start_s": 1.25})
+    hs = HeapStats(64 << 20, 8 << 20, 5 << 20, 3 << 20, 1 << 20, 2 << 20, 10, 1 << 20)
+    col = SnapshotCollector(lambda: snap, lambda: Sample(time.monotonic(), []),
+                            Kernel(lambda: 123, lambda: 45, lambda: 6, lambda: hs))
+    got = {s.name + str(sorted(s.labels.items())): s.value
+           for m in col.collect() for s in m.samples}
+    b = "sweeperd_mutator_alloc_seconds_bucket"
+    assert got[f"{b}[('le', '1e-05')]"] == 5
+    assert got[f"{b}[('le', '0.0001')]"] == 7  # cumulative
+    assert got[f"{b}[('le', '1.0')]"] == 7
+    assert got[f"{b}[('le', '+Inf')]"] == 8 == got["sweeperd_mutator_alloc_seconds_count[]"]
+    assert got["sweeperd_mutator_alloc_seconds_sum[]"] == 2.5
+    assert got["sweeperd_scenario_info[('phase', 'hold'), ('scenario', 'steady')]"] == 1
+    assert got["sweeperd_scenario_target_live_bytes[]"] == 7 << 20
+    assert got["sweeperd_scenario_start_seconds[]"] == 1.25
+    assert got["sweeperd_heap_live_bytes[]"] == 5 << 20
+    plain = {m.name for m in SnapshotCollector(
+        lambda: _snapshot(), lambda: Sample(time.monotonic(), []),
+        Kernel(lambda: 123, lambda: 45, lambda: 6, lambda: hs)).collect()}
+    assert "sweeperd_scenario_info" not in plain
