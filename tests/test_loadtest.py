@@ -288,3 +288,35 @@ def _child_running(pid: int, word: str) -> int | None:
         except OSError:
             continue
     return None
+
+
+def test_sigterm_stops_the_daemon_and_writes_the_report_of_the_runs_done(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    (tmp_path / "short.toml").write_text(SHORT)
+    out = tmp_path / "r"
+    p = subprocess.Popen([sys.executable, "-m", "sweeperd.cli", "loadtest", "--scenario",
+                          str(tmp_path / "short.toml"), "--policy", "none,go", "--out",
+                          str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        daemon = None
+        while daemon is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+            if (out / "runs" / "short-none" / "daemon.log").exists():
+                daemon = _child_running(p.pid, "run")
+        assert daemon is not None, "the first run's daemon never started"
+        time.sleep(1.5)
+        p.send_signal(signal.SIGTERM)
+        _, stderr = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 130, stderr[-2000:]
+    assert "interrupted" in stderr
+    assert not Path(f"/proc/{daemon}").exists() or "zombie" in Path(
+        f"/proc/{daemon}/status").read_text()  # its daemon was stopped, not orphaned
+    assert json.loads((out / "summary.json").read_text())["runs"] == []
+    assert (out / "report.html").exists()

@@ -9,7 +9,8 @@ each scenario x policy runs in turn (:func:`sweeperd.loadtest.runner.run_one`; o
 time), with progress on stderr — a bar on a terminal, a line every few seconds otherwise.
 After the runs (failed ones too) the output directory gets one CSV of samples per run, the
 plots, ``summary.json`` and ``report.html``.  The exit status is 0 when every run was ok, 1
-otherwise; the report is written either way.
+otherwise; the report is written either way.  Ctrl-C or SIGTERM stops the run in progress
+(its daemon is stopped too), writes the report of the runs done, and exits 130.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -35,6 +37,14 @@ from sweeperd.workload import scenario as scenarios
 from sweeperd.workload.scenario import Scenario, ScenarioError
 
 GO_RUNTIME = "go-runtime"  # the policy name of the --go-reference rows
+
+
+class Interrupted(BaseException):
+    """SIGTERM, raised where the main thread is, so that ``finally`` blocks stop the daemon."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Interrupted
 
 
 class UsageError(ValueError):
@@ -182,6 +192,8 @@ def loadtest(o: Options, err: TextIO = sys.stderr, out_stream: TextIO = sys.stdo
     results: list[tuple[Scenario, RunResult]] = []
     extra_versions: dict[str, str] = {}
     k = 0
+    interrupted = False
+    old = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         for sc in p.scenarios:
             for policy in p.policies:
@@ -199,7 +211,12 @@ def loadtest(o: Options, err: TextIO = sys.stderr, out_stream: TextIO = sys.stdo
                 extra_versions["go"] = goref.go_version()
                 prog.done(res)
                 results.append((sc, res))
+    except (KeyboardInterrupt, Interrupted):
+        interrupted = True
+        print("sweeperd loadtest: interrupted; writing the report of the runs done",
+              file=err, flush=True)
     finally:
+        signal.signal(signal.SIGTERM, old)
         prog.close()
     summary = write_report(p, results, started, versions(extra_versions))
     if o.json:
@@ -207,6 +224,8 @@ def loadtest(o: Options, err: TextIO = sys.stderr, out_stream: TextIO = sys.stdo
     else:
         print_table(summary, out_stream)
         print(f"report: {p.out / 'report.html'}", file=out_stream)
+    if interrupted:
+        return 130
     return 0 if all(r.ok for _, r in results) else 1
 
 

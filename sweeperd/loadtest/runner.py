@@ -7,8 +7,9 @@ Theory of operation
 ephemeral loopback ports and Go's gctrace on, reads the addresses it prints, then samples it
 (:mod:`sweeperd.loadtest.sampler`) every ``sample_s`` until the scenario's time is up.  It stops
 the daemon with SIGTERM (SIGKILL after ``STOP_S``) on every path, failures included, and keeps
-its stderr as ``daemon.log``.  A daemon that exits early, or a sample that fails, ends the run
-with ``ok = False`` and the log's tail; the caller still writes the report.
+its stderr as ``daemon.log``.  A daemon that exits early, or ``MAX_MISSES`` samples in a row
+that fail, end the run with ``ok = False`` and the log's tail; the caller still writes the
+report.
 
 One daemon at a time: runs never compete for the cores.
 """
@@ -32,6 +33,7 @@ from sweeperd.workload.scenario import Scenario
 
 START_S = 60.0  # the daemon prints its addresses within this
 STOP_S = 30.0  # then SIGKILL
+MAX_MISSES = 20  # consecutive samples that fail (5 s at 250 ms) before the run is given up
 TAIL_LINES = 40
 
 
@@ -80,7 +82,7 @@ def run_one(sc: Scenario, policy: str, rundir: Path, sample_s: float = SAMPLE_S,
         try:
             metrics, control = _addresses(proc)
             threading.Thread(target=_drain, args=(proc,), daemon=True).start()
-            sampler = Sampler(proc.pid, metrics + "", control)
+            sampler = Sampler(proc.pid, metrics, control)
             _sample_until(sc, proc, sampler, res, sample_s, on_sample)
         except Exception as e:  # the run failed; the report says how
             res.ok, res.error = False, f"{type(e).__name__}: {e}"
@@ -123,10 +125,20 @@ def _sample_until(sc: Scenario, proc: subprocess.Popen[str], sampler: Sampler,
                   res: RunResult, sample_s: float,
                   on_sample: Callable[[float], None] | None) -> None:
     nxt = time.monotonic()
+    misses = 0
     while True:
         if proc.poll() is not None:
             raise RuntimeError(f"the daemon exited (code {proc.returncode}) during the run")
-        row = sampler.take()
+        try:
+            row = sampler.take()
+        except (OSError, TimeoutError, ValueError) as e:  # a slow scrape: the next one
+            misses += 1
+            if misses >= MAX_MISSES:
+                raise RuntimeError(f"{misses} samples in a row failed; the last: {e}") from e
+            nxt += sample_s
+            time.sleep(max(0.0, nxt - time.monotonic()))
+            continue
+        misses = 0
         res.rows.append(row)
         elapsed = row["scenario_elapsed_s"]
         if on_sample is not None:
