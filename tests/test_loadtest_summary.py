@@ -109,3 +109,19 @@ def test_kernel_readers_find_a_real_memfd_and_read_real_proc() -> None:
     assert sampler.pss_bytes(os.getpid()) > 0
     assert sampler.cpu_seconds(os.getpid()) > 0
     assert sampler.shmem_bytes() >= 0
+
+
+def test_go_heap_rss_counts_arena_mappings_once_when_smaps_repeats_one(tmp_path) -> None:
+    """A fake /proc root (the seam): a grown mapping read again must not count twice."""
+    from sweeperd.loadtest.goref import go_heap_rss
+
+    d = tmp_path / "7"
+    d.mkdir()
+    d.joinpath("smaps").write_text(
+        "00400000-004c5000 r-xp 00000000 08:01 1 /goref\nRss:  788 kB\n"
+        "c000000000-c000400000 rw-p 00000000 00:00 0\nRss:  1024 kB\nVmFlags: rd wr\n"
+        "c000400000-c004400000 rw-p 00000000 00:00 0\nRss:  40000 kB\n"
+        # the read went on after the mapping grew: it comes again, larger
+        "c000400000-c008400000 rw-p 00000000 00:00 0\nRss:  50000 kB\n"
+        "7fd54cf11000-7fd54d2fe000 rw-p 00000000 00:00 0\nRss:  2836 kB\n")
+    assert go_heap_rss(7, proc=str(tmp_path)) == (1024 + 50000) * 1024
