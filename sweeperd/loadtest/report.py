@@ -64,7 +64,7 @@ def plot_scenario(outdir: Path, scenario: str, runs: list[tuple[str, list[dict[s
     marks = list(phases)
 
     def new(title: str, ylabel: str) -> tuple[Any, Any]:
-        fig, ax = plt.subplots(figsize=(10, 4.2), dpi=100)
+        fig, ax = plt.subplots(figsize=(12, 4.6), dpi=100)
         ax.set_title(f"{scenario}: {title}")
         ax.set_xlabel("seconds since the scenario started")
         ax.set_ylabel(ylabel)
@@ -76,7 +76,7 @@ def plot_scenario(outdir: Path, scenario: str, runs: list[tuple[str, list[dict[s
         return fig, ax
 
     def save(fig: Any, ax: Any, name: str) -> None:
-        ax.legend(fontsize=8, loc="best")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # off the lines
         fig.tight_layout()
         p = outdir / f"{scenario}-{name}.png"
         fig.savefig(p)
@@ -91,9 +91,9 @@ def plot_scenario(outdir: Path, scenario: str, runs: list[tuple[str, list[dict[s
         ax.plot(xs, [r["retain_goal_bytes"] / MIB for r in rows], color=c, lw=0.8, ls=":")
         ax.plot(xs, [r["goal_bytes"] / MIB for r in rows], color=c, lw=0.8, ls="--")
     if runs:
-        rows = runs[0][1]
+        first, rows = runs[0]
         ax.plot(_xs(rows), [r["live_bytes"] / MIB for r in rows], color="black", lw=1.2,
-                label="live heap (marked)")
+                label=f"live heap (marked; {first} run)")
         ax.plot([], [], color="gray", ls="--", lw=0.8, label="heap goal (per run)")
         ax.plot([], [], color="gray", ls=":", lw=0.8, label="retain goal (per run)")
     save(fig, ax, "memory")
@@ -110,8 +110,9 @@ def plot_scenario(outdir: Path, scenario: str, runs: list[tuple[str, list[dict[s
                     label=policy)
         save(fig, ax, name)
 
+    ours = [(i, p, rows) for i, (p, rows) in enumerate(runs) if p != "go-runtime"]
     fig, ax = new("sweep rate: background sweepers (solid) vs mutators (dashed)", "pages/s")
-    for i, (policy, rows) in enumerate(runs):
+    for i, policy, rows in ours:  # Go 1.19 does not expose these
         c = colors[i % len(colors)]
         ax.plot(*_rate(rows, "sweep_pages_background"), color=c, label=f"{policy}: background")
         ax.plot(*_rate(rows, "sweep_pages_mutator"), color=c, ls="--",
@@ -120,12 +121,12 @@ def plot_scenario(outdir: Path, scenario: str, runs: list[tuple[str, list[dict[s
 
     fig, ax = new("mutator refill latency (sweeperd_mutator_alloc_seconds)", "ms")
     qs = (0.5, 0.9, 0.99)
-    width = 0.8 / max(1, len(runs))
-    for i, (policy, rows) in enumerate(runs):
+    width = 0.8 / max(1, len(ours))
+    for j, (i, policy, rows) in enumerate(ours):
         vals = [1000 * (alloc_quantile(rows, q) or 0.0) for q in qs]
-        ax.bar([k + i * width for k in range(len(qs))], vals, width=width,
+        ax.bar([k + j * width for k in range(len(qs))], vals, width=width,
                color=colors[i % len(colors)], label=policy)
-    ax.set_xticks([k + width * (len(runs) - 1) / 2 for k in range(len(qs))],
+    ax.set_xticks([k + width * (len(ours) - 1) / 2 for k in range(len(qs))],
                   [f"p{round(q * 100)}" for q in qs])
     ax.set_xlabel("quantile over the run")
     save(fig, ax, "alloc-latency")

@@ -30,6 +30,7 @@ Invariants: phases are non-empty and each lasts > 0 s; every MiB figure is finit
 
 from __future__ import annotations
 
+import bisect
 import math
 import tomllib
 from dataclasses import dataclass
@@ -232,14 +233,14 @@ class Schedule:
     def __init__(self, sc: Scenario, share: float = 1.0) -> None:
         assert 0 < share <= 1, share
         self.sc, self.share = sc, share
-        self.ends = []
+        self.ends: list[float] = []
         t = 0.0
         for p in sc.phase:
             t += p.seconds
             self.ends.append(t)
 
     def at(self, t: float) -> State:
-        i = next((k for k, e in enumerate(self.ends) if t < e), len(self.ends) - 1)
+        i = min(bisect.bisect_right(self.ends, t), len(self.ends) - 1)  # first end after t
         p = self.sc.phase[i]
         start = self.ends[i] - p.seconds
         f = min(1.0, max(0.0, (t - start) / p.seconds))
