@@ -1,0 +1,48 @@
+"""``sweeperd loadtest``'s inputs, checked before any daemon starts: whatever the flags hold,
+the answer is a plan or a UsageError naming the flag (hypothesis), never anything else."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sweeperd.loadtest.main import Options, UsageError, parse_policies, plan
+from sweeperd.pacing.names import POLICIES
+
+
+def test_defaults_are_every_shipped_scenario_and_every_policy(tmp_path: Path) -> None:
+    p = plan(Options(out=tmp_path))
+    assert {s.name for s in p.scenarios} >= {"steady", "spike-then-idle", "sawtooth",
+                                              "fragmentation", "memory-limit-squeeze",
+                                              "alloc-storm"}
+    assert p.policies == list(POLICIES) == parse_policies(None)
+    assert plan(Options()).out.name.startswith("loadtest-")
+
+
+def test_policies_keep_their_order_and_drop_repeats() -> None:
+    assert parse_policies("eager, go,eager") == ["eager", "go"]
+    with pytest.raises(UsageError, match="--policy: unknown"):
+        parse_policies(" , ")
+
+
+@settings(max_examples=300, deadline=None)
+@given(policy=st.text(max_size=60),
+       scale=st.floats(allow_nan=True, allow_infinity=True),
+       heap=st.none() | st.integers(min_value=-10**20, max_value=10**20),
+       scenario=st.sampled_from(["steady", "alloc-storm", "nope", "", "../../etc/passwd"]))
+def test_fuzzed_flags_make_a_plan_or_a_usage_error(policy: str, scale: float,
+                                                    heap: int | None, scenario: str) -> None:
+    try:
+        o = Options(scenarios=[scenario] if scenario else [], policies=parse_policies(policy),
+                    heap_mib=heap, scale=scale, out=Path("/nonexistent/never-written"))
+        p = plan(o)
+    except UsageError as e:
+        assert str(e)
+        return
+    assert math.isfinite(scale) and 0 < scale <= 1000
+    assert all(s.peak_live_mib <= 0.9 * s.scenario.heap_mib <= 0.9 * 16384 for s in p.scenarios)
+    assert set(p.policies) <= set(POLICIES)
