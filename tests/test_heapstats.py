@@ -79,3 +79,30 @@ def test_rebase_puts_the_counters_back_after_a_store_lost_its_count(heap):
     row = heap.counters[owners.of("sweeper", 0)]
     assert row[C_OBJECT_BYTES] == -malloc_bytes and row[C_OCCUPIED_PAGES] == -1
     assert np.count_nonzero(row) == 2
+
+
+def test_scrape_scans_count_cached_spans_and_releases_in_flight_in_any_chunking(
+        heap, monkeypatch):
+    """cached_bytes and releasing_bytes, chunked, against whole-table numpy references."""
+    from sweeperd.runtime import heapstats
+    from sweeperd.runtime.heap import SPAN_IN_USE, scavenging
+    from sweeperd.workload.mutator import Mutator, Workload
+
+    m = Mutator(heap, 0, Workload(size_classes=(2, 6, 45), alloc_rate=1000),
+                rng=np.random.default_rng(4))
+    for _ in range(40):
+        m.step()  # the small path: one span per class stays cached
+    free = np.flatnonzero(heap.page_span == -1)
+    heap.page_span[free[:5]] = scavenging(owners.SCAVENGER)  # a release in flight
+    h = heap.sweepgen
+    spans = np.flatnonzero(heap.span_state == SPAN_IN_USE)
+    sg = heap.span_sweepgen[spans]
+    want_cached = int(heap.span_npages[spans[(sg == h + 1) | (sg == h + 3)]].sum()) * PAGE_SIZE
+    assert want_cached > 0 and len(m.mcache) == 3
+    for chunk in (7, 64, 1 << 16):
+        monkeypatch.setattr(heapstats, "SCAN_PAGES", chunk)
+        assert heapstats.cached_bytes(heap) == want_cached
+        assert heapstats.releasing_bytes(heap) == 5 * PAGE_SIZE
+    heap.page_span[free[:5]] = -1
+    m.flush()
+    assert heapstats.cached_bytes(heap) == 0

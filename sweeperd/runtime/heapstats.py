@@ -18,6 +18,7 @@ after a death left a store without its count.  Invariant: with nothing in flight
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -102,11 +103,25 @@ def rebase(heap: Heap) -> np.ndarray:
     drift = counter_drift(heap)
     heap.counters[heap.me] -= drift
     return drift
+SCAN_PAGES = 1 << 16  # the scrape's scans go this many pages at a time
+
+
+def _scan_chunks(heap: Heap) -> Iterator[slice]:
+    """The page table in slices of SCAN_PAGES.  The scrape's scans run in the metrics thread
+    of a long-lived process: whole-table temporaries (16 MiB of indices at 16 GiB) would raise
+    glibc's dynamic mmap threshold and stay in that thread's arena (seen: the coordinator's
+    private memory +45 MiB in 200 s); chunks keep every temporary under 1 MiB."""
+    for lo in range(0, heap.npages, SCAN_PAGES):
+        yield slice(lo, min(lo + SCAN_PAGES, heap.npages))
+
+
 def releasing_bytes(heap: Heap) -> int:
     """Bytes of free pages a releaser has taken and not yet finished (madvise in flight): the
     books count them backed until the release finishes.  A scan of the page table (about a
     millisecond per GiB of heap, no lock: a racy count of a moving figure)."""
-    return int(np.count_nonzero(heap.page_span <= scavenging(0))) * PAGE_SIZE
+    top = scavenging(0)
+    return sum(int(np.count_nonzero(heap.page_span[c] <= top))
+               for c in _scan_chunks(heap)) * PAGE_SIZE
 
 
 def cached_bytes(heap: Heap) -> int:
@@ -114,10 +129,12 @@ def cached_bytes(heap: Heap) -> int:
     books, but a mutator may not have touched all of their pages yet.  A racy scan of the
     span table, like :func:`releasing_bytes`."""
     h = heap.sweepgen
-    spans = heap.in_use_spans()
-    sgs = heap.span_sweepgen[spans]
-    held = spans[(sgs == h + 1) | (sgs == h + 3)]
-    return int(heap.span_npages[held].sum()) * PAGE_SIZE
+    pages = 0
+    for c in _scan_chunks(heap):
+        sg = heap.span_sweepgen[c]
+        held = (heap.span_state[c] == SPAN_IN_USE) & ((sg == h + 1) | (sg == h + 3))
+        pages += int(heap.span_npages[c][held].sum())
+    return pages * PAGE_SIZE
 
 
 def marked_bytes(heap: Heap) -> int:
