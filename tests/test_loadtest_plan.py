@@ -46,3 +46,21 @@ def test_fuzzed_flags_make_a_plan_or_a_usage_error(policy: str, scale: float,
     assert math.isfinite(scale) and 0 < scale <= 1000
     assert all(s.peak_live_mib <= 0.9 * s.scenario.heap_mib <= 0.9 * 16384 for s in p.scenarios)
     assert set(p.policies) <= set(POLICIES)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"),
+               min_size=1, max_size=40))
+def test_a_run_config_names_its_scenario_file_whatever_the_path(name: str) -> None:
+    """The run directory comes from --out: quotes, backslashes and newlines in it must not
+    break (or inject into) the config the child daemon reads."""
+    import tomllib
+
+    from sweeperd.loadtest.runner import config_text
+    from sweeperd.workload.scenario import load
+
+    path = Path("/tmp") / name / "scenario.toml"
+    data = tomllib.loads(config_text(path, "eager", load("steady")))
+    assert data["mutators"] == {"scenario": str(path)}
+    assert data["scavenger"]["policy"] == "eager"
+    assert data["control"]["addr"] == "tcp://127.0.0.1:0"

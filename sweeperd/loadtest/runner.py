@@ -17,6 +17,7 @@ One daemon at a time: runs never compete for the cores.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -55,7 +56,7 @@ def config_text(sc_path: Path, policy: str, sc: Scenario) -> str:
     return "\n".join([
         "[heap]", f"size_mib = {h.heap_mib}",
         "[gc]", f"gogc = {h.gogc}",
-        "[mutators]", f'scenario = "{sc_path}"',
+        "[mutators]", f"scenario = {json.dumps(str(sc_path))}",  # a TOML basic string
         "[control]", 'addr = "tcp://127.0.0.1:0"',
         "[metrics]", 'addr = "127.0.0.1:0"',
         "[run]", f"duration_s = {sc.seconds + 5:g}", "gctrace = true",
