@@ -173,3 +173,16 @@ def test_huge_numbers_and_deep_nesting(depth: int, digits: int) -> None:
         s.parse(GOOD.replace("seconds = 3", "seconds = " + "9" * digits))
     with pytest.raises(ScenarioError):
         s.parse(GOOD.replace("live_mib = 5", "live_mib = " + "[" * depth + "]" * depth))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=60))
+def test_to_toml_round_trips_any_description(text: str) -> None:
+    """The daemon is handed ``to_toml()``: control characters, DEL, quotes, backslashes and
+    astral characters in a description must come back as they were."""
+    import msgspec
+
+    sc = s.parse(GOOD)
+    sc = msgspec.structs.replace(sc, scenario=msgspec.structs.replace(sc.scenario,
+                                                                      description=text))
+    assert s.parse(sc.to_toml()) == sc

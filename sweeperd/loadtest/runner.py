@@ -17,7 +17,6 @@ One daemon at a time: runs never compete for the cores.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import signal
@@ -30,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sweeperd.loadtest.sampler import SAMPLE_S, Sampler
-from sweeperd.workload.scenario import Scenario
+from sweeperd.workload.scenario import Scenario, toml_string
 
 START_S = 60.0  # the daemon prints its addresses within this
 STOP_S = 30.0  # then SIGKILL
@@ -56,7 +55,7 @@ def config_text(sc_path: Path, policy: str, sc: Scenario) -> str:
     return "\n".join([
         "[heap]", f"size_mib = {h.heap_mib}",
         "[gc]", f"gogc = {h.gogc}",
-        "[mutators]", f"scenario = {json.dumps(str(sc_path))}",  # a TOML basic string
+        "[mutators]", f"scenario = {toml_string(str(sc_path))}",
         "[control]", 'addr = "tcp://127.0.0.1:0"',
         "[metrics]", 'addr = "127.0.0.1:0"',
         "[run]", f"duration_s = {sc.seconds + 5:g}", "gctrace = true",

@@ -152,9 +152,23 @@ class Scenario(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         return "\n".join(lines) + "\n"
 
 
+def toml_string(s: str) -> str:
+    """``s`` as a TOML basic string: quote, backslash and every control character escaped
+    (TOML forbids them raw, DEL included, which JSON encoders leave alone)."""
+    out = []
+    for ch in s:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
 def _toml(v: object) -> str:
     if isinstance(v, str):
-        return msgspec.json.encode(v).decode()
+        return toml_string(v)
     if isinstance(v, tuple | list):
         return "[" + ", ".join(_toml(x) for x in v) + "]"
     if isinstance(v, bool):
