@@ -156,7 +156,7 @@ def _fmt(k: str, v: Any) -> str:
         return f"{v / MIB:,.1f} MiB"
     if k == "excess_byte_seconds":
         return f"{v / MIB:,.0f} MiB·s"
-    if k.endswith("_seconds") and isinstance(v, float):
+    if (k.endswith("_seconds") or k == "seconds_to_retain_goal") and isinstance(v, float):
         return f"{v * 1000:.3f} ms" if "latency" in k else f"{v:.2f} s"
     if isinstance(v, float):
         return f"{v:.4g}"
@@ -176,7 +176,8 @@ def write_html(path: Path, summary: dict[str, Any], plots: dict[str, list[Path]]
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>sweeperd load test"
              "</title><style>body{font-family:sans-serif;max-width:1100px;margin:auto}"
              "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;"
-             "padding:3px 6px;text-align:right}th{background:#eee}img{max-width:100%}"
+             "padding:3px 6px;text-align:right}th{background:#eee;max-width:7em;"
+             "vertical-align:bottom}img{max-width:100%}"
              "pre{background:#f6f6f6;padding:6px;overflow-x:auto;font-size:11px}"
              ".bad{color:#b00}</style></head><body>",
              "<h1>sweeperd load test</h1>",
@@ -189,7 +190,8 @@ def write_html(path: Path, summary: dict[str, Any], plots: dict[str, list[Path]]
     for name, text in scenarios.items():
         runs = [r for r in summary["runs"] if r["scenario"] == name]
         parts.append(f"<h2>Scenario {html.escape(name)}</h2>")
-        parts.append("<table><tr>" + "".join(f"<th>{html.escape(k)}</th>" for k in TABLE)
+        parts.append("<table><tr>" + "".join(  # the contract's names, wrapped at each _
+            "<th>" + html.escape(k).replace("_", "_<wbr>") + "</th>" for k in TABLE)
                      + (("<th>trace fit (median / p90 error)</th>")
                         if any("trace_fit" in r for r in runs) else "") + "</tr>")
         for r in runs:

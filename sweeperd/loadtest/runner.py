@@ -5,7 +5,9 @@ Theory of operation
 :func:`run_one` writes the run's scenario and config into its directory, starts
 ``python -m sweeperd.cli run --config ...`` (the real daemon: its heap, its processes) with
 ephemeral loopback ports and Go's gctrace on, reads the addresses it prints, then samples it
-(:mod:`sweeperd.loadtest.sampler`) every ``sample_s`` until the scenario's time is up.  It stops
+(:mod:`sweeperd.loadtest.sampler`) every ``sample_s`` until the scenario's time is up; rows
+start when the scenario does (the first mutator resumed), so that every counter's first row
+is its baseline and the workers' start-up is not charged to the policy.  It stops
 the daemon with SIGTERM (SIGKILL after ``STOP_S``) on every path, failures included, and keeps
 its stderr as ``daemon.log``.  A daemon that exits early, or ``MAX_MISSES`` samples in a row
 that fail, end the run with ``ok = False`` and the log's tail; the caller still writes the
@@ -139,7 +141,8 @@ def _sample_until(sc: Scenario, proc: subprocess.Popen[str], sampler: Sampler,
             time.sleep(max(0.0, nxt - time.monotonic()))
             continue
         misses = 0
-        res.rows.append(row)
+        if row["scenario_elapsed_s"] > 0:  # from the scenario's start: not the start-up's
+            res.rows.append(row)
         elapsed = row["scenario_elapsed_s"]
         if on_sample is not None:
             on_sample(elapsed)

@@ -193,7 +193,9 @@ class Sampler:
             s.close()
 
     def _refresh_roles(self, now: float) -> None:
-        if now - self._roles_at < 1.0:
+        """pid -> role from ``status``: at every sample until the scavenger is known (the
+        workers are still starting), then once a second (replacements)."""
+        if "scavenger" in self.roles.values() and now - self._roles_at < 1.0:
             return
         self._roles_at = now
         st = self._status()

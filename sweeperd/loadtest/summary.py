@@ -10,8 +10,11 @@ Definitions (``summary.json``'s contract; the README's "Load testing" says how t
   never drops) until the backing is first at or below the retain goal the run settles at
   (the largest retain goal of its last fifth); null if never;
 * ``scavenger_cpu_seconds``: CPU spent giving memory back: the scavenger process's CPU by
-  ``/proc`` over the run (its idle wakes included), plus the CPU the freers spent in their own
-  releases (``eager``: ``sweeperd_scavenge_released_on_free_cpu_seconds``, their thread time);
+  ``/proc`` from the scenario's start (its idle wakes included), plus the CPU the freers spent
+  in their own releases (``eager``: ``sweeperd_scavenge_released_on_free_cpu_seconds``, their
+  thread time);
+* every counter is counted from the run's first row, taken when the scenario starts (the
+  first mutator resumed): the workers' start-up is nobody's policy;
 * ``released_bytes``, ``madvise_calls``, ``gc_cycles``, ``worker_deaths``: the daemon's
   counters, last sample less first;
 * ``alloc_latency_p50/p99_seconds``: quantiles of ``sweeperd_mutator_alloc_seconds`` over the
