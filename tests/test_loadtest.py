@@ -245,21 +245,9 @@ def test_a_run_whose_daemon_dies_is_reported_not_lost(tmp_path: Path) -> None:
     import signal
     import time
 
-    (tmp_path / "short.toml").write_text(SHORT)
     out = tmp_path / "r"
-    p = subprocess.Popen([sys.executable, "-m", "sweeperd.cli", "loadtest", "--scenario",
-                          str(tmp_path / "short.toml"), "--policy", "go,none", "--out",
-                          str(out), "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True)
+    p, victim = _first_runs_daemon(tmp_path, "go,none", "--json")
     try:
-        log = out / "runs" / "short-go" / "daemon.log"
-        deadline = time.monotonic() + 60
-        victim = None
-        while victim is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-            if log.exists():
-                victim = _child_running(p.pid, "run")
-        assert victim is not None, "the first run's daemon never started"
         time.sleep(2)
         os.kill(victim, signal.SIGKILL)
         stdout, stderr = p.communicate(timeout=120)
@@ -274,6 +262,29 @@ def test_a_run_whose_daemon_dies_is_reported_not_lost(tmp_path: Path) -> None:
     assert runs["none"]["ok"] is True
     assert json.loads((out / "summary.json").read_text())["runs"][0]["ok"] is False
     assert "short x go failed" in (out / "report.html").read_text()
+
+
+def _first_runs_daemon(tmp_path: Path, policies: str, *more: str
+                       ) -> tuple[subprocess.Popen[str], int]:
+    """Start ``sweeperd loadtest`` on SHORT into ``tmp_path/r``; return it and the pid of its
+    first run's daemon once that is running."""
+    import time
+
+    (tmp_path / "short.toml").write_text(SHORT)
+    out = tmp_path / "r"
+    p = subprocess.Popen([sys.executable, "-m", "sweeperd.cli", "loadtest", "--scenario",
+                          str(tmp_path / "short.toml"), "--policy", policies, "--out",
+                          str(out), *more], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    log = out / "runs" / f"short-{policies.split(',')[0]}" / "daemon.log"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        if log.exists() and (pid := _child_running(p.pid, "run")) is not None:
+            return p, pid
+    p.kill()
+    p.wait()
+    raise AssertionError("the first run's daemon never started")
 
 
 def _child_running(pid: int, word: str) -> int | None:
@@ -294,19 +305,9 @@ def test_sigterm_stops_the_daemon_and_writes_the_report_of_the_runs_done(tmp_pat
     import signal
     import time
 
-    (tmp_path / "short.toml").write_text(SHORT)
     out = tmp_path / "r"
-    p = subprocess.Popen([sys.executable, "-m", "sweeperd.cli", "loadtest", "--scenario",
-                          str(tmp_path / "short.toml"), "--policy", "none,go", "--out",
-                          str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p, daemon = _first_runs_daemon(tmp_path, "none,go")
     try:
-        deadline = time.monotonic() + 60
-        daemon = None
-        while daemon is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-            if (out / "runs" / "short-none" / "daemon.log").exists():
-                daemon = _child_running(p.pid, "run")
-        assert daemon is not None, "the first run's daemon never started"
         time.sleep(1.5)
         p.send_signal(signal.SIGTERM)
         _, stderr = p.communicate(timeout=60)
