@@ -13,7 +13,7 @@ import traceback
 import urllib.request
 from typing import TYPE_CHECKING, Any
 
-from sweeperd.errors import Throw
+from sweeperd.errors import ExitCode, Throw
 from sweeperd.pacing.names import POLICIES
 
 if TYPE_CHECKING:
@@ -180,8 +180,8 @@ def _run(args: argparse.Namespace) -> int:
     return code
 
 
-EXIT_FATAL = 3  # a heap invariant broke (a named Throw); 1: cannot start; 2: bad config/usage
-EXIT_GAVE_UP = 4  # workers of one role kept dying (control.max_deaths)
+EXIT_FATAL = ExitCode.HEAP_INVARIANT
+EXIT_GAVE_UP = ExitCode.WORKERS_KEEP_DYING
 
 
 def _request(control: str, request: str, timeout: float) -> dict[str, Any]:

@@ -8,6 +8,8 @@ reads the same as it would in the runtime and tests can assert on the exact kind
 
 from __future__ import annotations
 
+from enum import IntEnum
+
 
 class Throw(RuntimeError):
     """A heap invariant is broken: the shared state is corrupt or a caller misused it."""
@@ -57,3 +59,20 @@ class AllocCountOverflow(Throw):
 
 class BadFinalizerTarget(Throw):
     go_message = "runtime.SetFinalizer: pointer not at beginning of allocated block"
+
+
+class ExitCode(IntEnum):
+    """Why ``sweeperd run`` ended: one code per cause (README "Exit codes").
+
+    A service manager restarts on some and not others (``RestartPreventExitStatus=`` in the
+    systemd unit names the ones a restart cannot fix)."""
+
+    OK = 0  # ran its duration, or drained on SIGTERM/SIGINT
+    CANNOT_START = 1  # an address or resource the daemon needs at start is unavailable
+    USAGE = 2  # a bad flag or config key, or a heap larger than the host can back
+    HEAP_INVARIANT = 3  # a heap invariant broke (a named Throw); drained, then exit
+    WORKERS_KEEP_DYING = 4  # one role died more than control.max_deaths times in the window
+    CYCLE_BROKEN = 5  # the GC cycle machine went BROKEN: an action failed half-done
+    OUT_OF_MEMORY = 6  # workers kept dying of memory (OOM killer, SIGBUS): the host said no
+    UNSUPPORTED_PLATFORM = 7  # not Linux with memfd_create (check_platform names what is missing)
+    INTERNAL = 8  # an unexpected exception in the coordinator's own shell (logged, drained)
