@@ -348,6 +348,24 @@ def test_a_whole_cycle_in_order():
     assert m.phase is Phase.IDLE and m.cycles == 1
 
 
+def test_a_starting_worker_has_start_after_not_dead_after_to_say_hello():
+    """A spawn on a loaded host takes seconds: before its hello a worker is judged against
+    start_after_s (a short dead_after must not kill every start in a loop); after it, against
+    dead_after_s."""
+    m = c.GCCycle(c.Params(nsweepers=1, dead_after_s=1.0, start_after_s=30.0), sweepgen=4)
+    sw, late = Slot(Role.SWEEPER, 0), Slot(Role.SWEEPER, 1)
+    m.handle(c.Started(sw, 0.0))
+    m.handle(c.Started(late, 0.0))
+
+    def kills(now: float) -> list[c.Action]:
+        return [a for a in m.handle(c.Tick(now)) if isinstance(a, c.Kill)]
+
+    assert kills(29.0) == []  # 29 x dead_after, still starting: not killed
+    m.handle(c.Hello(sw, 29.6))
+    assert kills(30.5) == [c.Kill(late, pytest.approx(30.5))]  # a hung start
+    assert kills(30.7) == [c.Kill(sw, pytest.approx(1.1))]  # up: dead_after
+
+
 def test_a_silent_worker_is_killed_then_recovered_and_restarted():
     m = _machine()
     mu = Slot(Role.MUTATOR, 0)

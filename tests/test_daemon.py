@@ -191,29 +191,38 @@ def test_busy_is_not_dead_workers_blocked_in_a_long_step_still_beat(tmp_path):
 
     d = _fast_liveness(tmp_path)
     try:
-        st = d.wait_for(lambda s: s["cycle"] >= 2, what="2 cycles")
+        # every worker up (a start on a loaded host is judged by the start allowance, not by
+        # dead_after: cycle.py), then the hold
+        st = d.wait_for(lambda s: s["cycle"] >= 2 and s["workers_alive"] == 5
+                        and all(w["state"] == "alive" for w in s["workers"]), timeout=120,
+                        what="2 cycles, every worker up")
+        before = dict(st["deaths"])
         with Heap.attach(HeapHandle.from_dict(st["heap_handle"])) as heap, heap.lock:
             time.sleep(3.0)
         c = d.status()["cycle"]
-        st = d.wait_for(lambda s: s["cycle"] >= c + 3, what="3 more cycles")
-        assert sum(st["deaths"].values()) == 0, st["deaths"]
+        st = d.wait_for(lambda s: s["cycle"] >= c + 3, timeout=120, what="3 more cycles")
+        assert st["deaths"] == before, (before, st["deaths"])
         assert d.stop() == 0
     finally:
         d.close()
 
 
-def test_a_stopped_worker_is_still_detected_within_dead_after(tmp_path):
+def test_a_stopped_worker_is_still_detected_killed_and_replaced(tmp_path):
+    """A stopped worker's beat stops too: it is killed as silent and replaced.  (That the kill
+    comes at the first tick past dead_after is the machine's, checked without a clock in
+    test_cycle.py; a wall-clock bound here would race a loaded machine.)"""
     import signal
-    import time
 
     d = _fast_liveness(tmp_path)
     try:
-        st = d.wait_for(lambda s: s["cycle"] >= 2, what="2 cycles")
+        st = d.wait_for(lambda s: s["cycle"] >= 2 and s["workers_alive"] == 5
+                        and all(w["state"] == "alive" for w in s["workers"]), timeout=120,
+                        what="2 cycles, every worker up")
+        before = st["deaths"]["sweeper"]
         victim = next(w for w in st["workers"] if w["role"] == "sweeper")
         os.kill(victim["pid"], signal.SIGSTOP)
-        t0 = time.monotonic()
-        st = d.wait_for(lambda s: s["deaths"]["sweeper"] == 1, timeout=30, what="a kill")
-        assert time.monotonic() - t0 < 1.0 + 2.0  # dead_after, plus a status round trip
+        st = d.wait_for(lambda s: s["deaths"]["sweeper"] > before, timeout=120,
+                        what="a kill")
         st = d.wait_for(lambda s: s["workers_alive"] == 5
                         and all(w["state"] == "alive" for w in s["workers"]),
                         what="a replacement")

@@ -32,8 +32,12 @@ Phases, and the only edges between them (:data:`EDGES`)::
 Which event is legal in which phase is the table :data:`TRANSITIONS`; any other combination
 raises :class:`IllegalTransition` naming both, *before* any state changes, so the shell can
 refuse a peer's untimely message without harm.  A worker is **waited on** only while it is up
-and pending; one silent for longer than ``dead_after_s`` (whether starting, up or pending) is
-killed, and its death removes it from every pending set: no worker is waited on forever.
+and pending; one silent for longer than ``dead_after_s`` (up or pending) is killed, and its
+death removes it from every pending set: no worker is waited on forever.  A worker that has
+not said hello yet is still starting (a spawned interpreter importing numpy and zmq, niced,
+which on a loaded host takes seconds): it is killed only after ``start_after_s`` — at least
+``dead_after_s`` — like systemd's start timeout beside its watchdog, so that a short
+``dead_after_s`` cannot kill every start in a loop.
 
 Invariants (checked after every event, :class:`CycleInvariantBroken` if one breaks): the
 pending set is empty in ``IDLE``, holds only up mutators in ``MARK`` and only up sweepers in
@@ -145,6 +149,7 @@ class Params:
     memory_limit_bytes: int = 0  # 0: no limit (the heap goal is GOGC's alone)
     nsweepers: int = 1  # shards per sweep: one per configured sweeper slot
     dead_after_s: float = 5.0
+    start_after_s: float = 30.0  # silence allowed before hello (the larger of it and dead_after)
     trigger_check_s: float = 0.02
     restart_backoff_s: float = 0.1  # the wait before a slot's second restart in the window
     restart_backoff_max_s: float = 5.0
@@ -288,7 +293,10 @@ class GCCycle:
         out: list[Action] = []
         for slot, m in sorted(self.members.items()):
             silent = self.now - m.last_heard
-            if m.state is not MemberState.KILLING and silent > self.params.dead_after_s:
+            limit = self.params.dead_after_s
+            if m.state is MemberState.STARTING:
+                limit = max(limit, self.params.start_after_s)
+            if m.state is not MemberState.KILLING and silent > limit:
                 m.state = MemberState.KILLING
                 self.pending.discard(slot)
                 out.append(Kill(slot, silent))
