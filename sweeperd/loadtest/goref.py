@@ -39,6 +39,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from sweeperd.loadtest.outdir import atomic_write
 from sweeperd.loadtest.replay import GC_LINE
 from sweeperd.loadtest.runner import RunResult
 from sweeperd.loadtest.sampler import books_error, columns, cpu_seconds
@@ -174,7 +175,7 @@ def run(sc: Scenario, rundir: Path, sample_s: float,
             proc.wait()
     res.exit_code = proc.returncode
     res.gctrace = [ln for ln in lines if ln.startswith("gc ")]
-    (rundir / "gctrace.txt").write_text("\n".join(lines) + "\n")
+    atomic_write(rundir / "gctrace.txt", "\n".join(lines) + "\n")
     if not res.ok:
         res.log_tail = "\n".join(lines[-40:])
     res.wall_s = time.monotonic() - t_start

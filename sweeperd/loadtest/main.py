@@ -7,10 +7,15 @@ names, files, or a Go gctrace to replay), scaled to ``--scale`` and ``--heap-mib
 policies (``--policy``, default all of the policy lab's).  A bad one exits 2 naming it.  Then
 each scenario x policy runs in turn (:func:`sweeperd.loadtest.runner.run_one`; one daemon at a
 time), with progress on stderr — a bar on a terminal, a line every few seconds otherwise.
-After the runs (failed ones too) the output directory gets one CSV of samples per run, the
-plots, ``summary.json`` and ``report.html``.  The exit status is 0 when every run was ok, 1
-otherwise; the report is written either way.  Ctrl-C or SIGTERM stops the run in progress
-(its daemon is stopped too), writes the report of the runs done, and exits 130.
+``--out`` must be a new or empty directory of this user's, and no symlink
+(:mod:`sweeperd.loadtest.outdir`); it is made, mode 0700, before the first daemon starts.
+After the runs (failed ones too) the output directory gets ``summary.json`` first, then one
+CSV of samples per run, the plots and ``report.html``, each written atomically.  The exit
+status is 0 when every run was ok, 1 otherwise; the report is written either way.  A file
+that cannot be written (a full disk) is named on stderr, the summary is printed to stdout as
+JSON whatever ``--json`` says (nothing measured is lost), and the exit is
+:data:`EXIT_CANNOT_WRITE`.  Ctrl-C or SIGTERM stops the run in progress (its daemon is
+stopped too), writes the report of the runs done, and exits 130.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from sweeperd.loadtest import report
+from sweeperd.loadtest.outdir import CannotWrite, OutDir, OutDirError
 from sweeperd.loadtest.runner import RunResult, run_one
 from sweeperd.loadtest.sampler import SAMPLE_S
 from sweeperd.loadtest.summary import finite_or_none, summarize
@@ -37,6 +43,7 @@ from sweeperd.workload import scenario as scenarios
 from sweeperd.workload.scenario import Scenario, ScenarioError
 
 GO_RUNTIME = "go-runtime"  # the policy name of the --go-reference rows
+EXIT_CANNOT_WRITE = 74  # a report file could not be written (sysexits' EX_IOERR)
 
 
 class Interrupted(BaseException):
@@ -98,10 +105,15 @@ def plan(o: Options) -> Plan:
         if o.replay:
             from sweeperd.loadtest import replay
 
-            trace = replay.load_trace(o.replay)
-            sc = replay.to_scenario(trace, o.scale, o.heap_mib)
+            trace, note = replay.read_trace(o.replay)
+            try:
+                sc = replay.to_scenario(trace, o.scale, o.heap_mib, note=note)
+            except ScenarioError as e:
+                raise ScenarioError(f"--replay {o.replay}: {e}") from None
             replays[sc.name] = trace
             chosen.append(sc)
+        for sc in chosen:  # what each child will read back: refused here, not in every child
+            scenarios.parse(sc.to_toml(), f"scenario {sc.name} (as the daemon reads it)")
     except ScenarioError as e:
         raise UsageError(str(e)) from None
     seen = [s.name for s in chosen]
@@ -185,7 +197,21 @@ def versions(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 def loadtest(o: Options, err: TextIO = sys.stderr, out_stream: TextIO = sys.stdout) -> int:
     p = plan(o)
-    p.out.mkdir(parents=True, exist_ok=True)
+    try:
+        out = OutDir.create(p.out)
+    except OutDirError as e:
+        raise UsageError(str(e)) from None
+    try:
+        return _loadtest(o, p, out, err, out_stream)
+    finally:
+        out.close()
+
+
+def _failed(sc: Scenario, policy: str, e: Exception) -> RunResult:
+    return RunResult(sc.name, policy, ok=False, error=str(e))
+
+
+def _loadtest(o: Options, p: Plan, out: OutDir, err: TextIO, out_stream: TextIO) -> int:
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     runs_per = len(p.policies) + (1 if o.go_reference else 0)
     prog = Progress(err, len(p.scenarios) * runs_per)
@@ -198,16 +224,22 @@ def loadtest(o: Options, err: TextIO = sys.stderr, out_stream: TextIO = sys.stdo
         for sc in p.scenarios:
             for policy in p.policies:
                 k += 1
-                res = run_one(sc, policy, p.out / "runs" / f"{sc.name}-{policy}",
-                              o.sample_s, prog.run(k, sc, policy))
+                try:
+                    res = run_one(sc, policy, out.subdir("runs", f"{sc.name}-{policy}"),
+                                  o.sample_s, prog.run(k, sc, policy))
+                except CannotWrite as e:  # its config: the run cannot start
+                    res = _failed(sc, policy, e)
                 prog.done(res)
                 results.append((sc, res))
             if o.go_reference:
                 from sweeperd.loadtest import goref
 
                 k += 1
-                res = goref.run(sc, p.out / "runs" / f"{sc.name}-go-runtime", o.sample_s,
-                                prog.run(k, sc, goref.POLICY))
+                try:
+                    res = goref.run(sc, out.subdir("runs", f"{sc.name}-go-runtime"),
+                                    o.sample_s, prog.run(k, sc, goref.POLICY))
+                except CannotWrite as e:
+                    res = _failed(sc, goref.POLICY, e)
                 extra_versions["go"] = goref.go_version()
                 prog.done(res)
                 results.append((sc, res))
@@ -218,19 +250,37 @@ def loadtest(o: Options, err: TextIO = sys.stderr, out_stream: TextIO = sys.stdo
     finally:
         signal.signal(signal.SIGTERM, old)
         prog.close()
-    summary = write_report(p, results, started, versions(extra_versions))
-    if o.json:
-        print(json.dumps(summary, indent=2), file=out_stream)
-    else:
-        print_table(summary, out_stream)
-        print(f"report: {p.out / 'report.html'}", file=out_stream)
+    rc = finish(p, out, results, started, versions(extra_versions), o.json, err, out_stream)
+    if rc:
+        return rc
     if interrupted:
         return 130
     return 0 if all(r.ok for _, r in results) else 1
 
 
-def write_report(p: Plan, results: list[tuple[Scenario, RunResult]], started: str,
-                 vers: dict[str, str]) -> dict[str, Any]:
+def finish(p: Plan, out: OutDir, results: list[tuple[Scenario, RunResult]], started: str,
+           vers: dict[str, str], as_json: bool, err: TextIO, out_stream: TextIO) -> int:
+    """Write the report and print the summary; 0, or :data:`EXIT_CANNOT_WRITE` when a file
+    could not be written: then it is named on ``err`` and the summary JSON goes to
+    ``out_stream`` whatever ``as_json`` says, so that no figure is lost."""
+    summary = summarize_runs(p, results, started, vers)
+    try:
+        write_report(p, out, results, summary)
+    except CannotWrite as e:
+        print(f"sweeperd loadtest: {e}; the summary follows on stdout", file=err, flush=True)
+        print(json.dumps(summary, indent=2), file=out_stream, flush=True)
+        return EXIT_CANNOT_WRITE
+    if as_json:
+        print(json.dumps(summary, indent=2), file=out_stream)
+    else:
+        print_table(summary, out_stream)
+        print(f"report: {p.out / 'report.html'}", file=out_stream)
+    return 0
+
+
+def summarize_runs(p: Plan, results: list[tuple[Scenario, RunResult]], started: str,
+                   vers: dict[str, str]) -> dict[str, Any]:
+    """``summary.json``'s content (pure: nothing is written)."""
     runs: list[dict[str, Any]] = []
     for sc, res in results:
         entry = summarize(sc, res.policy, res.rows, res.ok)
@@ -247,10 +297,17 @@ def write_report(p: Plan, results: list[tuple[Scenario, RunResult]], started: st
             start = res.rows[-1]["scenario_start_s"] if res.rows else 0.0
             entry["trace_fit"] = replay.fit(p.replays[sc.name], res.gctrace, sc, start)
         runs.append({k: finite_or_none(v) for k, v in entry.items()})
+    return {"started": started, "runs": runs, "machine": machine(), "versions": vers}
+
+
+def write_report(p: Plan, out: OutDir, results: list[tuple[Scenario, RunResult]],
+                 summary: dict[str, Any]) -> None:
+    """``summary.json`` first (the figures), then the CSVs, plots and ``report.html``; each
+    atomically.  :class:`CannotWrite` naming the first file that could not be written."""
+    out.write("summary.json", json.dumps(summary, indent=2) + "\n")
+    for sc, res in results:
         if res.rows:
-            report.write_csv(p.out / f"{sc.name}-{res.policy}.csv", res.rows)
-    summary = {"started": started, "runs": runs, "machine": machine(), "versions": vers}
-    (p.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            out.write(f"{sc.name}-{res.policy}.csv", report.csv_text(res.rows))
     plots = {}
     for sc in p.scenarios:
         mine = [(r.policy, r.rows) for s, r in results if s is sc and r.rows]
@@ -258,10 +315,11 @@ def write_report(p: Plan, results: list[tuple[Scenario, RunResult]], started: st
         for i, ph in enumerate(sc.phase):
             starts.append((t, ph.name or f"phase {i}"))
             t += ph.seconds
-        plots[sc.name] = report.plot_scenario(p.out, sc.name, mine, starts)
-    report.write_html(p.out / "report.html", summary, plots,
+        out.verify()
+        plots[sc.name] = report.plot_scenario(out.path, sc.name, mine, starts)
+    out.verify()
+    report.write_html(out.path / "report.html", summary, plots,
                       {sc.name: sc.to_toml() for sc in p.scenarios})
-    return summary
 
 
 def print_table(summary: dict[str, Any], out: TextIO) -> None:

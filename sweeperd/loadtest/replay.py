@@ -9,14 +9,32 @@ Go 1.19's gctrace line (``runtime/extern.go``) is::
 
 (``stacks`` and ``globals`` since 1.18; ``(forced)`` may follow).  Of each cycle the replay
 keeps the ``@`` time, the heap at the start of the cycle (the first of ``#->#->#``) and the
-live heap it marked (the third).  Every other line — ``scav`` lines, the program's own output,
-garbage — is skipped; numbers are read with bounded digits, so no line can blow up the parser.
+live heap it marked (the third).  The line may stand behind a log collector's prefix (CRI's
+``TIMESTAMP stderr F``, journald's ``DATE host unit[pid]:``): it is found wherever it starts.
+Every other line — ``scav`` lines, the program's own output, garbage — is skipped; numbers
+are read with bounded digits, so no line can blow up the parser.
 
-Cycle *i* becomes a phase from cycle *i−1*'s time to its own, in which the live heap ramps
-from cycle *i−1*'s live heap to cycle *i*'s, and the bytes allocated meanwhile (heap at start
-of *i* less live heap of *i−1*) are split into that growth, held, and the rest, garbage
-spread evenly over the phase.  A trace of more than ``MAX_PHASES`` cycles is thinned evenly,
-the garbage of the dropped cycles added to the next kept one.
+A file may hold several lifetimes of the program (a restart: the gc numbers start again).
+They are never stitched: the longest (most cycles; the last of equals) is replayed, and the
+scenario's description says which.  Within a lifetime a cycle whose time goes back is
+skipped; cycles sharing one ``@`` time (a high GC rate) are all kept.
+
+Times are taken relative to the first cycle: an excerpt of a service that has run for days
+(``gc 48211 @172801.7s``) lasts its own span.  The live heap first ramps from zero to the
+first cycle's over a start-up of ``min(first @time, the mean interval)`` s.  Cycle *i* then
+becomes a phase from cycle *i−1*'s time to its own, in which the live heap ramps from cycle
+*i−1*'s live heap to cycle *i*'s, and the bytes allocated meanwhile (heap at start of *i*
+less live heap of *i−1*) are split into that growth, held, and the rest, garbage spread
+evenly over the phase (a cycle at the same time as the one before adds its garbage to the
+next phase).  A trace of more than ``MAX_PHASES`` cycles is thinned evenly, the garbage of
+the dropped cycles added to the next kept one.
+
+Limits, checked before any daemon starts (:func:`check_limits`, a ``ScenarioError`` naming
+the cycle: its gc number, ``@`` time and MB figure): the replay spans at most
+``MAX_REPLAY_S`` (a scenario phase's limit, one day); each phase's garbage rate is at most
+the scenario's ``MAX_MIB`` per second; the scaled live heap fits the heap at 90% (the heap
+``--heap-mib`` gives, else three times the scaled peak, at least 256 MiB and at most
+sweeperd's 16384 MiB).
 
 :func:`fit` compares a run with its trace: for each of the run's own GC cycles (its gctrace
 lines, their times moved to the scenario's clock) within the trace's span, the live heap it
@@ -38,6 +56,7 @@ import numpy as np
 
 from sweeperd.workload.scenario import (
     MAX_FILE_BYTES,
+    MAX_MIB,
     MAX_PHASES,
     Header,
     Phase,
@@ -46,10 +65,14 @@ from sweeperd.workload.scenario import (
 )
 
 MAX_TRACE_BYTES = 64 * MAX_FILE_BYTES
+# (matched from a line's start by goref; searched for behind a log prefix by parse_trace)
 GC_LINE = re.compile(
-    r"^gc (\d{1,12}) @(\d{1,9}(?:\.\d{1,9})?)s \d{1,4}%: .{0,400}? "
+    r"(?<![\w.@-])gc (\d{1,12}) @(\d{1,9}(?:\.\d{1,9})?)s \d{1,4}%: .{0,400}? "
     r"(\d{1,12})->(\d{1,12})->(\d{1,12}) MB, (\d{1,12}) MB goal")
 MIB = 1 << 20
+MAX_REPLAY_S = 86_400.0  # a scenario phase's limit (scenario.Seconds): one day
+MAX_HEAP_MIB = 16384  # sweeperd's heap limit (scenario.Header.heap_mib)
+MAX_LINE = 2000  # characters of a line looked at (a prefix, then the gc line)
 
 
 @dataclass(frozen=True)
@@ -61,22 +84,44 @@ class Cycle:
     goal_mib: int
 
 
-def parse_trace(text: str) -> list[Cycle]:
-    """The gctrace cycles of ``text``, in time order; other lines are skipped, and so is a
-    cycle that goes back in time."""
-    out: list[Cycle] = []
+def parse_lifetimes(text: str) -> list[list[Cycle]]:
+    """The gctrace cycles of ``text``, one list per lifetime of the program (a gc number that
+    does not grow starts a new one), each in time order; other lines are skipped, and so is a
+    cycle that goes back in time within its lifetime."""
+    lives: list[list[Cycle]] = []
     for line in text.splitlines():
-        m = GC_LINE.match(line.strip()[:1000])
+        m = GC_LINE.search(line[:MAX_LINE])
         if m is None:
             continue
         c = Cycle(int(m[1]), float(m[2]), int(m[3]), int(m[5]), int(m[6]))
-        if out and c.t <= out[-1].t:
-            continue
-        out.append(c)
-    return out
+        if not lives or c.n <= lives[-1][-1].n:
+            lives.append([c])
+        elif c.t >= lives[-1][-1].t:
+            lives[-1].append(c)
+    return lives
 
 
-def load_trace(path: str) -> list[Cycle]:
+def choose_lifetime(lives: list[list[Cycle]]) -> tuple[list[Cycle], str]:
+    """The lifetime replayed — the longest, the last of equals — and a note saying which
+    ("" when the file holds one)."""
+    if not lives:
+        return [], ""
+    k = max(range(len(lives)), key=lambda i: (len(lives[i]), i))
+    best = lives[k]
+    if len(lives) == 1:
+        return best, ""
+    return best, (f"lifetime {k + 1} of {len(lives)} in the file (a restart starts the gc "
+                  f"numbers again), the longest: gc {best[0].n}..{best[-1].n}")
+
+
+def parse_trace(text: str) -> list[Cycle]:
+    """The cycles of the lifetime :func:`choose_lifetime` replays."""
+    return choose_lifetime(parse_lifetimes(text))[0]
+
+
+def read_trace(path: str) -> tuple[list[Cycle], str]:
+    """The cycles to replay from the file ``path``, and the note of :func:`choose_lifetime`;
+    ``ScenarioError`` naming the file when it cannot be read or holds fewer than 2."""
     p = Path(path)
     try:
         with p.open("rb") as f:
@@ -85,11 +130,74 @@ def load_trace(path: str) -> list[Cycle]:
         raise ScenarioError(f"--replay {path}: cannot read: {e.strerror}") from None
     if len(raw) > MAX_TRACE_BYTES:
         raise ScenarioError(f"--replay {path}: larger than {MAX_TRACE_BYTES >> 20} MiB")
-    cycles = parse_trace(raw.decode(errors="replace"))
+    cycles, note = choose_lifetime(parse_lifetimes(raw.decode(errors="replace")))
     if len(cycles) < 2:
         raise ScenarioError(f"--replay {path}: {len(cycles)} gctrace cycle line(s) found; a "
                             "replay needs at least 2 (GODEBUG=gctrace=1 output, Go 1.19+)")
-    return cycles
+    return cycles, note
+
+
+def load_trace(path: str) -> list[Cycle]:
+    return read_trace(path)[0]
+
+
+def start_up_s(cycles: list[Cycle]) -> float:
+    """How long the replay ramps the live heap up to the first cycle's: the first cycle's
+    time, at most the trace's mean interval between cycles (0.0 for a trace of no span)."""
+    span = cycles[-1].t - cycles[0].t
+    mean = span / (len(cycles) - 1) if len(cycles) > 1 else 0.0
+    first = cycles[0].t
+    return min(first, mean) if first > 0 else mean
+
+
+def scenario_time(cycles: list[Cycle]) -> float:
+    """What to subtract from a cycle's ``@`` time for the scenario's clock."""
+    return cycles[0].t - start_up_s(cycles)
+
+
+def _where(c: Cycle) -> str:
+    return f"gc {c.n} @{c.t}s"
+
+
+def check_limits(cycles: list[Cycle], scale: float = 1.0, heap_mib: int | None = None) -> int:
+    """The replay's span and heap within the scenario limits (module docstring); returns the
+    heap (MiB) the scenario gets.  ``ScenarioError`` naming the first cycle that breaks one."""
+    if not (math.isfinite(scale) and 0 < scale <= 1000):
+        raise ScenarioError(f"--scale must be a number in (0, 1000], got {scale}")
+    if len(cycles) < 2 or cycles[-1].t <= cycles[0].t:
+        raise ScenarioError(f"its {len(cycles)} cycle(s) span no time"
+                            + (f" (all at @{cycles[0].t:g}s)" if cycles else ""))
+    for c in cycles:
+        if c.t - cycles[0].t > MAX_REPLAY_S:
+            raise ScenarioError(
+                f"{_where(c)} is {c.t - cycles[0].t:g} s after the first cycle "
+                f"({_where(cycles[0])}); a replay spans at most {MAX_REPLAY_S:g} s (one day): "
+                "cut the trace")
+    prev, t_prev = 0, scenario_time(cycles)
+    for c in cycles:
+        for what, mb in (("heap at start", c.start_mib), ("live heap", c.live_mib)):
+            if mb * scale > MAX_MIB:
+                raise ScenarioError(f"{_where(c)}: {what} {mb} MB is more than "
+                                    f"{MAX_MIB:g} MiB at --scale {scale:g}")
+        dt = c.t - t_prev
+        garbage = max(0, c.start_mib - prev)
+        if dt > 0 and garbage * scale / dt > MAX_MIB:
+            raise ScenarioError(f"{_where(c)}: {garbage} MB allocated in {dt:g} s is "
+                                f"more than {MAX_MIB:g} MiB/s at --scale {scale:g}")
+        if dt > 0:
+            t_prev = c.t
+        prev = c.live_mib
+    peak = max(cycles, key=lambda c: c.live_mib)
+    live = peak.live_mib * scale
+    heap = heap_mib if heap_mib is not None else min(
+        MAX_HEAP_MIB, max(256, 64 * math.ceil(live * 3 / 64)))
+    if live > 0.9 * heap:
+        fix = ("raise --heap-mib or lower --scale" if heap_mib is not None and heap_mib <
+               MAX_HEAP_MIB else f"lower --scale (sweeperd's heap is at most {MAX_HEAP_MIB} MiB)")
+        raise ScenarioError(f"{_where(peak)}: live heap {peak.live_mib} MB "
+                            f"({live:g} MiB at --scale {scale:g}) does not fit a {heap} MiB "
+                            f"heap (at most 90% of it): {fix}")
+    return heap
 
 
 def _thin(cycles: list[Cycle]) -> list[tuple[Cycle, float]]:
@@ -110,21 +218,26 @@ def _thin(cycles: list[Cycle]) -> list[tuple[Cycle, float]]:
 
 
 def to_scenario(cycles: list[Cycle], scale: float = 1.0, heap_mib: int | None = None,
-                name: str = "replay") -> Scenario:
-    phases, t_prev, live_prev = [], 0.0, 0.0
+                name: str = "replay", note: str = "") -> Scenario:
+    """The scenario that replays ``cycles`` (module docstring), scaled; ``ScenarioError``
+    naming the cycle when it breaks a limit (:func:`check_limits`)."""
+    heap = check_limits(cycles, scale, heap_mib)
+    t0 = scenario_time(cycles)
+    phases, t_prev, live_prev, owed = [], t0, 0.0, 0.0
     for c, garbage in _thin(cycles):
         dt = c.t - t_prev
-        if dt <= 0:
-            continue
+        owed += garbage
         live = float(c.live_mib)
+        if dt <= 0:  # at the same time as the one before: its garbage goes to the next
+            live_prev = live
+            continue
         phases.append(Phase(seconds=dt, live_mib=[live_prev, live] if live != live_prev else live,
-                            garbage_mib_s=garbage / dt, name=f"gc {c.n}"))
-        t_prev, live_prev = c.t, live
-    peak = max(c.live_mib for c in cycles)
-    heap = max(256, 64 * math.ceil(peak * 3 / 64))
-    sc = Scenario(Header(name=name, description=f"replay of {len(cycles)} gctrace cycles",
-                         heap_mib=min(heap, 16384)), tuple(phases))
-    return sc.scaled(scale, heap_mib)
+                            garbage_mib_s=owed / dt, name=f"gc {c.n}"))
+        t_prev, live_prev, owed = c.t, live, 0.0
+    desc = f"replay of {len(cycles)} gctrace cycles" + (f"; {note}" if note else "")
+    sc = Scenario(Header(name=name, description=desc[:2000], heap_mib=MAX_HEAP_MIB),
+                  tuple(phases))
+    return sc.scaled(scale, heap)
 
 
 def fit(trace: list[Cycle], run_lines: list[str], sc: Scenario,
@@ -132,7 +245,8 @@ def fit(trace: list[Cycle], run_lines: list[str], sc: Scenario,
     """How closely a run's live heap followed the trace's (scaled as the scenario was);
     ``start_s``: when the run's scenario started, in its gctrace lines' seconds."""
     scale = _scale_of(trace, sc)
-    ts = [c.t for c in trace]
+    t0 = scenario_time(trace)
+    ts = [c.t - t0 for c in trace]
     lives = [c.live_mib * scale for c in trace]
     errs = []
     for c in parse_trace("\n".join(run_lines)):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import csv
 import html
+import io
 import itertools
 import json
 from collections.abc import Iterable
@@ -27,6 +28,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display: render to files
 import matplotlib.pyplot as plt
 
+from sweeperd.loadtest.outdir import atomic_write
 from sweeperd.loadtest.sampler import columns
 from sweeperd.loadtest.summary import quantile
 from sweeperd.workload.mutator import ALLOC_BUCKETS
@@ -34,12 +36,19 @@ from sweeperd.workload.mutator import ALLOC_BUCKETS
 MIB = 1 << 20
 
 
+def csv_text(rows: list[dict[str, float]]) -> str:
+    """The run's samples as CSV, one row each."""
+    f = io.StringIO(newline="")
+    w = csv.DictWriter(f, fieldnames=columns())
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: r.get(k, 0.0) for k in columns()})
+    return f.getvalue()
+
+
 def write_csv(path: Path, rows: list[dict[str, float]]) -> None:
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=columns())
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: r.get(k, 0.0) for k in columns()})
+    """:func:`csv_text` into ``path``, atomically (``CannotWrite`` naming it)."""
+    atomic_write(path, csv_text(rows))
 
 
 def _xs(rows: list[dict[str, float]]) -> list[float]:
@@ -79,9 +88,12 @@ def plot_scenario(outdir: Path, scenario: str, runs: list[tuple[str, list[dict[s
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # off the lines
         fig.tight_layout()
         p = outdir / f"{scenario}-{name}.png"
-        fig.savefig(p)
-        plt.close(fig)
-        paths.append(p)
+        buf = io.BytesIO()
+        try:
+            fig.savefig(buf, format="png")
+        finally:
+            plt.close(fig)
+        paths.append(atomic_write(p, buf.getvalue()))
 
     fig, ax = new("heap backing (kernel) vs live heap, heap goal, retain goal", "MiB")
     for i, (policy, rows) in enumerate(runs):
@@ -214,4 +226,4 @@ def write_html(path: Path, summary: dict[str, Any], plots: dict[str, list[Path]]
                              + html.escape(r.get("error", "") + "\n" + r.get("log_tail", ""))
                              + "</pre>")
     parts.append("</body></html>")
-    path.write_text("\n".join(parts))
+    atomic_write(path, "\n".join(parts))

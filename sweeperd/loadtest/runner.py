@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sweeperd.loadtest.outdir import atomic_write
 from sweeperd.loadtest.sampler import SAMPLE_S, Sampler
 from sweeperd.workload.scenario import Scenario, toml_string
 
@@ -70,9 +71,9 @@ def run_one(sc: Scenario, policy: str, rundir: Path, sample_s: float = SAMPLE_S,
     """Run ``sc`` under ``policy``; ``on_sample(elapsed_s)`` after each sample."""
     rundir.mkdir(parents=True, exist_ok=True)
     sc_path = (rundir / "scenario.toml").resolve()
-    sc_path.write_text(sc.to_toml())
+    atomic_write(sc_path, sc.to_toml())
     cfg_path = rundir / "config.toml"
-    cfg_path.write_text(config_text(sc_path, policy, sc))
+    atomic_write(cfg_path, config_text(sc_path, policy, sc))
     res = RunResult(sc.name, policy, ok=False)
     log_path = rundir / "daemon.log"
     t_start = time.monotonic()
