@@ -115,7 +115,7 @@ def test_a_daemon_prints_parseable_lines_that_agree_with_its_metrics():
         goal = int(_metric(body, "sweeperd_heap_goal_bytes"))
         d.wait_for(lambda s: s["cycle"] >= cycles + 3, what="3 more cycles")
         d.proc.send_signal(signal.SIGTERM)
-        assert d.proc.wait(30) == 0
+        assert d.proc.wait(120) == 0
         reader.join(10)
     finally:
         d.close()
