@@ -61,7 +61,11 @@ def config_text(sc_path: Path, policy: str, sc: Scenario) -> str:
         "[mutators]", f"scenario = {toml_string(str(sc_path))}",
         "[control]", 'addr = "tcp://127.0.0.1:0"',
         "[metrics]", 'addr = "127.0.0.1:0"',
-        "[run]", f"duration_s = {sc.seconds + 5:g}", "gctrace = true",
+        # the harness stops the daemon when the scenario's time is up; this is only the
+        # backstop should the harness die.  The scenario starts when the first mutator
+        # resumes, which the workers' start-up on a loaded host delays by seconds: counted
+        # from the daemon's start, the backstop must outlast that start (START_S) too
+        "[run]", f"duration_s = {sc.seconds + START_S + 30:g}", "gctrace = true",
         "[scavenger]", f'policy = "{policy}"', f"memory_limit_mib = {h.memory_limit_mib}",
         ""])
 
