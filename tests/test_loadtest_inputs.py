@@ -349,23 +349,53 @@ def test_cycles_sharing_one_time_are_all_kept_with_their_garbage(tmp_path: Path)
     assert garbage == pytest.approx(10 + 20 + 20 + 20)
 
 
+HOSTILE = ["1e300", "-0", "-5", "NaN", "nan", "inf", "9" * 40, "0.000000001", "172800.5",
+           "999999999.999999999", "86401", ""]
+
+
 @st.composite
 def _hostile_line(draw: st.DrawFn) -> str:
-    num = st.one_of(st.integers(-10**15, 10**15).map(str),
-                    st.floats(allow_nan=True, allow_infinity=True).map(repr),
-                    st.sampled_from(["1e300", "-0", "NaN", "inf", "9" * 40, "0.000000001",
-                                     "172800.5", "999999999.999999999", "86401"]))
-    n, t, a, b, c, g = (draw(num) for _ in range(6))
-    prefix = draw(st.sampled_from(["", "2026-03-01T10:00:00Z stderr F ", "x: ", "xgc "]))
+    """A gc line with any figure broken or extreme, or other text."""
+    def figure(valid: st.SearchStrategy[str]) -> str:
+        return draw(st.one_of(valid, st.sampled_from(HOSTILE)))
+
+    n = figure(st.integers(0, 40).map(str))
+    t = figure(st.floats(0, 1e9).map(lambda x: f"{x:.3f}"))
+    a, b, c, g = (figure(st.integers(0, 10**12).map(str)) for _ in range(4))
     return draw(st.one_of(
-        st.just(f"{prefix}gc {n} @{t}s 5%: 1+1+1 ms clock, {a}->{b}->{c} MB, {g} MB goal, 8 P"),
-        st.text(max_size=120),
+        st.just(f"gc {n} @{t}s 5%: 1+1+1 ms clock, {a}->{b}->{c} MB, {g} MB goal, 8 P"),
+        st.text(max_size=80),
         st.just("scav 0 KiB work, 1536 KiB total, 100% util")))
 
 
-@settings(max_examples=300, deadline=None,
+@st.composite
+def _hostile_trace(draw: st.DrawFn) -> list[str]:
+    """A real-looking trace (gc numbers counting up from anywhere, restarting at 1 now and
+    then; times apart by nothing to days; MB from 0 to 12 digits; log prefixes), with
+    hostile lines put anywhere."""
+    n, t, out = draw(st.integers(1, 10**6)), draw(st.sampled_from([0.05, 1.0, 172800.0])), []
+    for _ in range(draw(st.integers(0, 30))):
+        if draw(st.integers(0, 15)) == 0:
+            n, t = 1, 0.0  # a restart
+        rare = draw(st.integers(0, 40)) == 0  # days apart, or a huge figure
+        t += draw(st.sampled_from([90_000.0, 1e6] if rare else [0.0, 0.001, 0.25, 0.5, 2.0]))
+        rare = draw(st.integers(0, 40)) == 0
+        live = draw(st.integers(0, 10**12 if rare else 400))
+        start = live + draw(st.integers(0, 10**12 if rare else 400))
+        prefix = draw(st.sampled_from(["", "", "2026-03-01T10:00:00Z stderr F ",
+                                       "Mar 01 10:00:00 h svc[9]: ", "xgc "]))
+        out.append(f"{prefix}gc {n} @{t:.3f}s 3%: 0.1+1+0.1 ms clock, 0.2+0.1/1/1+0.1 ms cpu, "
+                   f"{start}->{start}->{live} MB, {2 * live} MB goal, 0 MB stacks, 8 P"
+                   + draw(st.sampled_from(["", " (forced)"])))
+        n += 1
+    for bad in draw(st.lists(_hostile_line(), max_size=5)):
+        out.insert(draw(st.integers(0, len(out))), bad)
+    return out
+
+
+@settings(max_examples=200, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
-@given(lines=st.lists(_hostile_line(), max_size=25),
+@given(lines=_hostile_trace(),
        scale=st.sampled_from([1.0, 0.01, 1e-6, 1000.0]),
        heap=st.none() | st.integers(1, 16384))
 def test_hostile_replays_make_a_plan_the_daemon_accepts_or_a_usage_error(
