@@ -258,6 +258,11 @@ class SnapshotCollector(Collector):
                        sc["released_on_free_cpu_seconds_total"])
         yield _counter("sweeperd_heap_freed_bytes", "Bytes of spans returned to the page heap "
                        "(what gperftools' release rate counts).", sc["freed_bytes_total"])
+        yield _counter("sweeperd_heap_commit_failures", "Span allocations refused because "
+                       "backing their pages would pass the heap's commit limit (the memory "
+                       "cgroup's limit less the daemon's own) or the kernel said no: each an "
+                       "out-of-memory wait of a mutator until a GC frees spans.",
+                       s.tallies.get("commit_failures", 0))
         for name, v in sorted(sc["policy_figures"].items()):
             yield _gauge(f"sweeperd_scavenge_policy_{name}", POLICY_FIGURES.get(
                 name, "A figure of the scavenger policy."), v)

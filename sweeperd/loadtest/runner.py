@@ -19,6 +19,7 @@ One daemon at a time: runs never compete for the cores.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -61,7 +62,8 @@ def config_text(sc_path: Path, policy: str, sc: Scenario) -> str:
         "[control]", 'addr = "tcp://127.0.0.1:0"',
         "[metrics]", 'addr = "127.0.0.1:0"',
         "[run]", f"duration_s = {sc.seconds + 5:g}", "gctrace = true",
-        "[scavenger]", f'policy = "{policy}"', f"memory_limit_mib = {h.memory_limit_mib}",
+        "[scavenger]", f'policy = "{policy}"',
+        f"memory_limit_mib = {json.dumps(h.memory_limit_mib)}",
         ""])
 
 

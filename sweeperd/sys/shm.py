@@ -97,6 +97,17 @@ class SharedRegion:
             os.close(fd)
             raise
 
+    def commit(self, offsets: np.ndarray, lengths: np.ndarray) -> None:
+        """Back these byte ranges now (``fallocate`` on the memfd, one call per range), so the
+        kernel allocates at the commit rather than at the first write.  Raises OSError as the
+        kernel does outside a memory cgroup (ENOSPC/ENOMEM); inside one, on Linux 6.18, a
+        charge over the limit goes to the cgroup's OOM killer instead (measured), which is why
+        the heap's commit limit is checked first (``runtime/mheap.py``)."""
+        for o, n in zip(offsets.tolist(), lengths.tolist(), strict=True):
+            if _libc.fallocate(self.fd, 0, ctypes.c_long(o), ctypes.c_long(n)) != 0:
+                e = ctypes.get_errno()
+                raise OSError(e, f"fallocate of {n} bytes at {o}: {os.strerror(e)}")
+
     def backed_bytes(self) -> int:
         """Bytes the kernel has really allocated to this region (tmpfs blocks)."""
         return os.fstat(self.fd).st_blocks * 512
