@@ -372,7 +372,8 @@ class Coordinator:
         elif isinstance(a, c.Restart):
             self._start(a.slot)
         elif isinstance(a, c.GiveUp) and a.memory:
-            lim = self.cgroup.limit_bytes if self.cgroup else None
+            now = cgroup.own_cgroup()  # its limit now (a container's may change under us)
+            lim = now.limit_bytes if now else None
             raise MemoryDeaths(
                 f"out of memory: {a.deaths} worker deaths of memory (the OOM killer or SIGBUS) "
                 f"within {a.window_s:g}s, the last a {a.role.value}; the memory cgroup's limit "

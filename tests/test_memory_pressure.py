@@ -1,0 +1,193 @@
+"""``sweeperd run`` inside a real memory cgroup (v1: ``memory.limit_in_bytes``) smaller than
+what it is asked for: it refuses at start naming both figures (exit 2), or runs to the end with
+its limit derived from the cgroup (``memory_limit_mib = "cgroup"``) and no worker death; and a
+limit lowered under a running daemon, so that the kernel's OOM killer takes its workers, ends
+in exit 6 naming memory, not a respawn loop.  Each test's cgroup is removed on every path,
+after every process in it is gone."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+from sweeperd.errors import ExitCode
+from sweeperd.wire import protocol
+
+MIB = 1 << 20
+V1 = Path("/sys/fs/cgroup/memory")
+_n = itertools.count()
+
+
+def _own_v1() -> Path | None:
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, ctrl, path = line.split(":", 2)
+        if "memory" in ctrl.split(","):
+            d = V1 / path.lstrip("/")
+            return d if d.is_dir() else V1
+    return None
+
+
+@pytest.fixture
+def memcg() -> Iterator[Path]:
+    """A fresh child of this process's v1 memory cgroup; every process left in it is killed
+    and the group removed at the end."""
+    own = _own_v1()
+    if own is None or not os.access(own, os.W_OK):
+        pytest.skip("needs a writable cgroup v1 memory controller (root)")
+    d = own / f"sweeperd-test-{os.getpid()}-{next(_n)}"
+    d.mkdir()
+    try:
+        yield d
+    finally:
+        deadline = time.monotonic() + 60
+        while True:
+            pids = [int(p) for p in (d / "cgroup.procs").read_text().split()]
+            if not pids:
+                break
+            for p in pids:  # only the daemon's processes are in it
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p, signal.SIGKILL)
+            if time.monotonic() > deadline:
+                raise AssertionError(f"processes stay in {d}: {pids}")
+            time.sleep(0.1)
+        while True:
+            try:
+                d.rmdir()
+                break
+            except OSError:  # the kernel lets go of an emptied group a little later
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+
+def _run_in(cg: Path, *args: str) -> subprocess.Popen[str]:
+    def enter() -> None:
+        (cg / "cgroup.procs").write_text(str(os.getpid()))
+
+    cmd = [sys.executable, "-m", "sweeperd.cli", "run", "--control", "tcp://127.0.0.1:0",
+           "--metrics-addr", "127.0.0.1:0", *args]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=enter)
+
+
+def _finish(p: subprocess.Popen[str], timeout: float) -> tuple[int, str, str]:
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate()
+        raise AssertionError(f"sweeperd run did not end in {timeout}s:\n{err[-4000:]}") from None
+    return p.returncode, out, err
+
+
+def test_a_heap_larger_than_the_cgroup_without_a_limit_is_refused_naming_both(memcg):
+    (memcg / "memory.limit_in_bytes").write_text(str(320 * MIB))
+    code, _, err = _finish(_run_in(memcg, "--scenario", "steady", "--duration", "5"), 120)
+    assert code == ExitCode.USAGE, err
+    assert "a heap of 2048 MiB" in err and "memory cgroup's limit of 320 MiB" in err, err
+
+
+def test_a_memory_limit_above_the_cgroup_is_refused_naming_both(memcg, tmp_path):
+    (memcg / "memory.limit_in_bytes").write_text(str(512 * MIB))
+    conf = tmp_path / "c.toml"
+    conf.write_text('[mutators]\nscenario = "memory-limit-squeeze"\n'
+                    "[scavenger]\nmemory_limit_mib = 400\n")
+    code, _, err = _finish(_run_in(memcg, "--config", str(conf), "--duration", "5"), 120)
+    assert code == ExitCode.USAGE, err
+    assert "scavenger.memory_limit_mib (400 MiB)" in err and "512 MiB" in err, err
+
+
+def test_the_limit_derived_from_the_cgroup_runs_to_the_end_without_a_death(memcg, tmp_path):
+    """steady asks for a 2 GiB heap in a 1 GiB cgroup: with the limit derived, it runs."""
+    (memcg / "memory.limit_in_bytes").write_text(str(1024 * MIB))
+    conf = tmp_path / "c.toml"
+    conf.write_text('[mutators]\nscenario = "steady"\n'
+                    '[scavenger]\nmemory_limit_mib = "cgroup"\n')
+    code, out, err = _finish(_run_in(memcg, "--config", str(conf), "--duration", "20"), 180)
+    assert code == ExitCode.OK, err[-4000:]
+    assert "died" not in err, err[-4000:]
+    assert "stopping after" in out
+    oom = (memcg / "memory.oom_control").read_text()
+    assert "oom_kill 0" in oom, oom
+
+
+def _control(p: subprocess.Popen[str], timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = p.stdout.readline() if p.stdout else ""
+        if not line:
+            raise AssertionError(f"sweeperd run ended early: {p.stderr.read() if p.stderr else ''}")
+        if m := re.search(r"control on (tcp://\S+)", line):
+            return m.group(1)
+    raise AssertionError(f"no control address in {timeout}s")
+
+
+def _wait_running(control: str, workers: int, timeout: float) -> None:
+    """Until every worker is up and a GC cycle has ended (the mutators are allocating)."""
+    zctx = zmq.Context()
+    deadline = time.monotonic() + timeout
+    st: dict[str, Any] = {}
+    try:
+        while time.monotonic() < deadline:
+            s = zctx.socket(zmq.REQ)
+            s.setsockopt(zmq.LINGER, 0)
+            s.connect(control)
+            s.send(protocol.encode("status"))
+            if s.poll(10_000):
+                st = json.loads(s.recv())
+            s.close()
+            if st.get("workers_alive") == workers and st.get("cycle", 0) >= 1:
+                return
+            time.sleep(0.2)
+    finally:
+        zctx.term()
+    raise AssertionError(f"the daemon did not settle in {timeout}s: {st}")
+
+
+def test_workers_killed_by_the_oom_killer_again_and_again_end_in_exit_6(memcg, tmp_path):
+    """The cgroup is unlimited at start (so the start check passes and there is no commit
+    limit), then its limit is lowered to just above what the daemon holds while its mutators
+    keep growing the live heap: the kernel's OOM killer takes a mutator, then each
+    replacement (workers raise their oom_score_adj: the coordinator is not the one taken)."""
+    sc = tmp_path / "grow.toml"
+    sc.write_text('[scenario]\nname = "grow"\nheap_mib = 1024\n\n'
+                  '[[phase]]\nseconds = 120\nlive_mib = [0, 800]\ngarbage_mib_s = 8\n')
+    p = _run_in(memcg, "--scenario", str(sc), "--duration", "150")
+    try:
+        _wait_running(_control(p, 60), 5, 120)
+        deadline = time.monotonic() + 60
+        while True:  # just above what it holds now: lowering below usage is refused (EBUSY)
+            usage = int((memcg / "memory.usage_in_bytes").read_text())
+            try:
+                limit = usage + 48 * MIB
+                (memcg / "memory.limit_in_bytes").write_text(str(limit))
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+        code, out, err = _finish(p, 240)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert code == ExitCode.OUT_OF_MEMORY, err[-4000:]
+    assert "out of memory" in err and "OOM killer" in err, err[-4000:]
+    assert "died (killed by SIGKILL from the OOM killer (memory cgroup oom_kill" in out, out
+    assert f"the memory cgroup's limit {limit >> 20} MiB" in err, err[-4000:]
