@@ -4,6 +4,7 @@ machine, and the platform check over fake platform facts."""
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 
 from sweeperd.daemon import config
 from sweeperd.daemon import cycle as c
-from sweeperd.daemon.coordinator import plan_memory
+from sweeperd.daemon.coordinator import death_cause, plan_memory
 from sweeperd.daemon.cycle import Role, Slot
 from sweeperd.sys import cgroup
 from sweeperd.sys.sysmem import UnsupportedPlatform, check_platform
@@ -221,3 +222,17 @@ def test_check_platform_names_what_is_missing():
     with pytest.raises(UnsupportedPlatform, match="memfd_create"):
         check_platform("linux", False)
     check_platform()  # this machine has both
+
+
+# --- how a worker died -------------------------------------------------------------------------
+
+def test_death_causes_are_named_and_memory_only_where_the_kernel_says_so():
+    assert death_cause(-signal.SIGKILL, 3) == (
+        True, "killed by SIGKILL from the OOM killer (memory cgroup oom_kill 3)")
+    assert death_cause(-signal.SIGKILL, None) == (False, "killed by SIGKILL")  # ours, or unknown
+    memory, why = death_cause(-signal.SIGBUS, None)
+    assert memory and why.startswith("killed by SIGBUS")
+    assert death_cause(1, None) == (False, "exit 1")
+    assert death_cause(None, None) == (False, "exit None")
+    assert death_cause(-signal.SIGSEGV, 5) == (False, "killed by SIGSEGV")
+    assert death_cause(-200, None) == (False, "killed by signal 200")

@@ -136,6 +136,23 @@ def plan_memory(cfg: Config, host: cgroup.HostMemory) -> tuple[Config, int]:
     return cfg, (0 if host.cgroup_limit is None else max(host.cgroup_limit - over, 0))
 
 
+def death_cause(code: int | None, oom_kills: int | None) -> tuple[bool, str]:
+    """Whether a worker that ended with exit ``code`` (negative: the signal) died of memory,
+    and how it died, in words.  ``oom_kills``: the memory cgroup's oom_kill count when it rose
+    for this death (a SIGKILL then came from the OOM killer, not from us), else None."""
+    if code is None or code >= 0:
+        return False, f"exit {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    if code == -signal.SIGKILL and oom_kills is not None:
+        return True, f"killed by {name} from the OOM killer (memory cgroup oom_kill {oom_kills})"
+    if code == -signal.SIGBUS:
+        return True, f"killed by {name}: a page of the shared heap the kernel could not back"
+    return False, f"killed by {name}"
+
+
 class StartError(RuntimeError):
     """The daemon cannot start; the message names what failed (an address and its key)."""
 
@@ -199,7 +216,6 @@ class Coordinator:
         self.cfg = cfg
         self.notify = Notifier.from_env()  # first: no worker may inherit NOTIFY_SOCKET
         self.stopping = False
-        self.memory_deaths = 0
         with contextlib.ExitStack() as undo:  # a failure part way releases what was made
             self.heap = Heap.create(cfg.heap.size_mib << 20)
             undo.callback(self.heap.close)
@@ -288,22 +304,12 @@ class Coordinator:
         new_kills = 0 if kills is None else max(kills - self._oom_kills, 0)
         self._oom_kills = self._oom_kills if kills is None else kills
         for slot, pid, code in dead:
-            memory = code == -signal.SIGBUS
-            why = f"exit {code}"
-            if code is not None and code < 0:
-                with contextlib.suppress(ValueError):
-                    why = f"killed by {signal.Signals(-code).name}"
-            if code == -signal.SIGKILL and new_kills > 0:  # the cgroup's count says whose
-                new_kills -= 1
-                memory = True
-                why += f" from the OOM killer (memory cgroup oom_kill {kills})"
-            elif memory:
-                why += " (a page of shared memory the kernel could not back)"
+            oom = code == -signal.SIGKILL and new_kills > 0  # the cgroup's count says whose
+            new_kills -= oom
+            memory, why = death_cause(code, kills if oom else None)
             log(f"{slot} (pid {pid}) died ({why}); recovering"
                  + ("" if self.stopping else " and starting a replacement"))
-            self.totals.died(slot)
-            if memory:
-                self.memory_deaths += 1
+            self.totals.died(slot, memory)
             self._feed(c.Died(slot, memory))
 
     # --- the machine ---------------------------------------------------------------------------

@@ -284,6 +284,13 @@ class SnapshotCollector(Collector):
         for role, n in s.deaths.items():
             deaths.add_metric([role], n)
         yield deaths
+        mem = CounterMetricFamily("sweeperd_worker_memory_deaths", "Worker processes that died "
+                                  "of memory: killed by the OOM killer (the memory cgroup's "
+                                  "oom_kill count rose) or by SIGBUS; counted in "
+                                  "sweeperd_worker_deaths too.", labels=["role"])
+        for role, n in s.memory_deaths.items():
+            mem.add_metric([role], n)
+        yield mem
         errs = CounterMetricFamily("sweeperd_control_errors",
                                    "Malformed or refused control-plane messages.",
                                    labels=["reason"])

@@ -15,8 +15,9 @@ process that installed ``heap.on_free`` (the ``eager`` policy) releases what it 
 
 Allocating a span clears the scavenged bits of its pages and reports how many were set: those
 pages are unbacked (released, or never touched), and they are **committed** first (Go's
-``sysUsed``): ``fallocate`` on the arena memfd, one call per contiguous run, so the kernel backs
-them at allocation and never at a mutator's first write.  A memory cgroup does not answer a
+``sysUsed``): ``MADV_POPULATE_WRITE`` (else ``fallocate``) on the arena, one call per
+contiguous run (``SharedRegion.commit``), so the kernel backs them at allocation and never at
+a mutator's first write.  A memory cgroup does not answer a
 charge over its limit with an error but with its OOM killer (measured on Linux 6.18: write,
 ``MADV_POPULATE_WRITE`` and ``fallocate`` alike), so before committing, the arena's true
 backing plus the pages asked for is checked against ``H_COMMIT_LIMIT`` (set by the coordinator
