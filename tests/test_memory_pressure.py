@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -131,15 +132,69 @@ def test_the_limit_derived_from_the_cgroup_runs_to_the_end_without_a_death(memcg
     assert "oom_kill 0" in oom, oom
 
 
-def _control(p: subprocess.Popen[str], timeout: float) -> str:
+def _addresses(p: subprocess.Popen[str], timeout: float) -> tuple[str, str]:
+    """(metrics URL, control address) as the daemon prints them."""
     deadline = time.monotonic() + timeout
+    metrics = ""
     while time.monotonic() < deadline:
         line = p.stdout.readline() if p.stdout else ""
         if not line:
             raise AssertionError(f"sweeperd run ended early: {p.stderr.read() if p.stderr else ''}")
+        if m := re.search(r"metrics on (http://\S+)", line):
+            metrics = m.group(1)
         if m := re.search(r"control on (tcp://\S+)", line):
-            return m.group(1)
+            return metrics, m.group(1)
     raise AssertionError(f"no control address in {timeout}s")
+
+
+def _control(p: subprocess.Popen[str], timeout: float) -> str:
+    return _addresses(p, timeout)[1]
+
+
+def _metric(url: str, name: str) -> float:
+    with urllib.request.urlopen(url, timeout=30) as r:
+        text = r.read().decode()
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in the scrape")
+
+
+def test_a_live_heap_over_the_derived_limit_waits_for_commits_and_nobody_is_killed(
+        memcg, tmp_path):
+    """700 MiB live asked under a limit derived from a 768 MiB cgroup: the kernel would
+    OOM-kill a mutator writing past it; instead the commits are refused (counted), the
+    mutators wait and the GC runs, and no worker dies."""
+    (memcg / "memory.limit_in_bytes").write_text(str(768 * MIB))
+    sc = tmp_path / "over.toml"
+    sc.write_text('[scenario]\nname = "over"\nheap_mib = 2048\nmemory_limit_mib = "cgroup"\n\n'
+                  '[[phase]]\nseconds = 15\nlive_mib = [0, 700]\ngarbage_mib_s = 16\n'
+                  "size_classes = [40]\n\n"
+                  '[[phase]]\nseconds = 300\nlive_mib = 700\ngarbage_mib_s = 16\n'
+                  "size_classes = [40]\n")
+    p = _run_in(memcg, "--scenario", str(sc), "--duration", "300")
+    try:
+        metrics, _ = _addresses(p, 60)
+        deadline = time.monotonic() + 180
+        while _metric(metrics, "sweeperd_heap_commit_failures_total") == 0:
+            assert time.monotonic() < deadline, "no commit was refused in 180 s"
+            assert p.poll() is None, "the daemon ended"
+            time.sleep(1)
+        cycles = _metric(metrics, "sweeperd_gc_cycles_total")
+        deadline = time.monotonic() + 120
+        while _metric(metrics, "sweeperd_gc_cycles_total") < cycles + 2:  # the GC runs
+            assert time.monotonic() < deadline, "no GC cycle in 120 s after the refusals"
+            time.sleep(0.5)
+        assert _metric(metrics, 'sweeperd_worker_deaths_total{role="mutator"}') == 0
+        p.send_signal(signal.SIGTERM)
+        code, out, err = _finish(p, 120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert code == ExitCode.OK, err[-4000:]
+    assert "died" not in out, out[-4000:]
+    assert "oom_kill 0" in (memcg / "memory.oom_control").read_text()
 
 
 def _wait_running(control: str, workers: int, timeout: float) -> None:
