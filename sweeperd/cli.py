@@ -138,6 +138,13 @@ def _loadtest(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from sweeperd.sys.support import UnsupportedPlatform, check_platform
+
+    try:  # first: the modules that follow need Linux at import
+        check_platform()
+    except UnsupportedPlatform as e:
+        print(f"sweeperd run: unsupported platform: {e}", file=sys.stderr)
+        return ExitCode.UNSUPPORTED_PLATFORM
     from sweeperd.daemon.config import ConfigError
 
     try:
@@ -147,7 +154,6 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     from sweeperd.daemon.coordinator import Coordinator
     from sweeperd.sys.cgroup import NoCgroupLimit, TooLarge
-    from sweeperd.sys.sysmem import UnsupportedPlatform
 
     try:
         co = Coordinator(cfg)

@@ -4,6 +4,7 @@ machine, and the platform check over fake platform facts."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 from pathlib import Path
 
@@ -97,9 +98,12 @@ def test_garbage_in_the_files_gives_a_figure_or_none(tmp_path_factory, cg_text, 
     (root / "proc/self/cgroup").write_text(cg_text + "\n4:memory:/box/inner\n")
     (root / "proc/self/mountinfo").write_text(
         mi_text + "\n35 31 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n")
+    (root / "proc/meminfo").write_text(f"MemAvailable: {lim} kB\n")
     cg = cgroup.own_cgroup(root)
     assert cg is None or cg.limit_bytes is None or isinstance(cg.limit_bytes, int)
     cgroup.oom_kills(cg)
+    with contextlib.suppress(OSError):  # unreadable: an OSError naming the file, nothing else
+        assert cgroup.mem_available(root) >= 0
 
 
 def test_the_machine_s_own_cgroup_reads():

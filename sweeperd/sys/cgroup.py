@@ -71,6 +71,12 @@ class HostMemory:
     cgroup_limit: int | None  # bytes, None: no limit (or no memory cgroup)
 
 
+def _int(text: str) -> int | None:
+    """A non-negative decimal integer, or None (``str.isdigit`` alone admits '¹')."""
+    t = text.strip()
+    return int(t) if t.isascii() and t.isdigit() else None
+
+
 def _read(p: Path) -> str | None:
     try:
         return p.read_text()
@@ -91,8 +97,8 @@ def mem_available(root: str | Path = "/") -> int:
     for line in text.splitlines():
         k, _, v = line.partition(":")
         parts = v.split()
-        if parts and parts[0].isdigit():
-            fields[k.strip()] = int(parts[0]) * 1024
+        if parts and (n := _int(parts[0])) is not None:
+            fields[k.strip()] = n * 1024
     for k in ("MemAvailable", "MemFree"):
         if k in fields:
             return fields[k]
@@ -116,10 +122,9 @@ def _limit_at(version: int, d: Path) -> int | None:
     text = _read(d / name)
     if text is None:
         return None
-    t = text.strip()
-    if not t.isdigit():
+    v = _int(text)
+    if v is None:
         return None  # "max", or garbage: no limit we can honour
-    v = int(t)
     return None if version == 1 and v >= UNLIMITED_V1 else v
 
 
@@ -170,8 +175,8 @@ def oom_kills(cg: Cgroup | None) -> int | None:
     name = "memory.oom_control" if cg.version == 1 else "memory.events"
     for line in (_read(Path(cg.path) / name) or "").splitlines():
         k, _, v = line.partition(" ")
-        if k == "oom_kill" and v.strip().isdigit():
-            return int(v.strip())
+        if k == "oom_kill" and (n := _int(v)) is not None:
+            return n
     return None
 
 
