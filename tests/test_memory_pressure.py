@@ -81,12 +81,21 @@ def memcg() -> Iterator[Path]:
                 time.sleep(0.1)
 
 
-def _run_in(cg: Path, *args: str) -> subprocess.Popen[str]:
+def _conf(tmp: Path, extra: str = "") -> Path:
+    """A config file: ``extra``, and patience with silent workers — these tests are about
+    memory, not liveness, and on a loaded 2-core machine a busy worker may go silent past the
+    default 5 s and be killed as hung: a death that is not the one under test."""
+    p = tmp / "sweeperd.toml"
+    p.write_text(extra + "\n[control]\ndead_after_ms = 120000\n")
+    return p
+
+
+def _run_in(cg: Path, conf: Path, *args: str) -> subprocess.Popen[str]:
     def enter() -> None:
         (cg / "cgroup.procs").write_text(str(os.getpid()))
 
     cmd = [sys.executable, "-m", "sweeperd.cli", "run", "--control", "tcp://127.0.0.1:0",
-           "--metrics-addr", "127.0.0.1:0", *args]
+           "--metrics-addr", "127.0.0.1:0", "--config", str(conf), *args]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=enter)
 
@@ -101,19 +110,19 @@ def _finish(p: subprocess.Popen[str], timeout: float) -> tuple[int, str, str]:
     return p.returncode, out, err
 
 
-def test_a_heap_larger_than_the_cgroup_without_a_limit_is_refused_naming_both(memcg):
+def test_a_heap_larger_than_the_cgroup_without_a_limit_is_refused_naming_both(memcg, tmp_path):
     (memcg / "memory.limit_in_bytes").write_text(str(320 * MIB))
-    code, _, err = _finish(_run_in(memcg, "--scenario", "steady", "--duration", "5"), 120)
+    code, _, err = _finish(_run_in(memcg, _conf(tmp_path), "--scenario", "steady",
+                                   "--duration", "5"), 120)
     assert code == ExitCode.USAGE, err
     assert "a heap of 2048 MiB" in err and "memory cgroup's limit of 320 MiB" in err, err
 
 
 def test_a_memory_limit_above_the_cgroup_is_refused_naming_both(memcg, tmp_path):
     (memcg / "memory.limit_in_bytes").write_text(str(512 * MIB))
-    conf = tmp_path / "c.toml"
-    conf.write_text('[mutators]\nscenario = "memory-limit-squeeze"\n'
-                    "[scavenger]\nmemory_limit_mib = 400\n")
-    code, _, err = _finish(_run_in(memcg, "--config", str(conf), "--duration", "5"), 120)
+    conf = _conf(tmp_path, '[mutators]\nscenario = "memory-limit-squeeze"\n'
+                 "[scavenger]\nmemory_limit_mib = 400\n")
+    code, _, err = _finish(_run_in(memcg, conf, "--duration", "5"), 120)
     assert code == ExitCode.USAGE, err
     assert "scavenger.memory_limit_mib (400 MiB)" in err and "512 MiB" in err, err
 
@@ -121,10 +130,9 @@ def test_a_memory_limit_above_the_cgroup_is_refused_naming_both(memcg, tmp_path)
 def test_the_limit_derived_from_the_cgroup_runs_to_the_end_without_a_death(memcg, tmp_path):
     """steady asks for a 2 GiB heap in a 1 GiB cgroup: with the limit derived, it runs."""
     (memcg / "memory.limit_in_bytes").write_text(str(1024 * MIB))
-    conf = tmp_path / "c.toml"
-    conf.write_text('[mutators]\nscenario = "steady"\n'
-                    '[scavenger]\nmemory_limit_mib = "cgroup"\n')
-    code, out, err = _finish(_run_in(memcg, "--config", str(conf), "--duration", "20"), 180)
+    conf = _conf(tmp_path, '[mutators]\nscenario = "steady"\n'
+                 '[scavenger]\nmemory_limit_mib = "cgroup"\n')
+    code, out, err = _finish(_run_in(memcg, conf, "--duration", "20"), 180)
     assert code == ExitCode.OK, err[-4000:]
     assert "died" not in err, err[-4000:]
     assert "stopping after" in out
@@ -172,7 +180,7 @@ def test_a_live_heap_over_the_derived_limit_waits_for_commits_and_nobody_is_kill
                   "size_classes = [40]\n\n"
                   '[[phase]]\nseconds = 300\nlive_mib = 700\ngarbage_mib_s = 16\n'
                   "size_classes = [40]\n")
-    p = _run_in(memcg, "--scenario", str(sc), "--duration", "300")
+    p = _run_in(memcg, _conf(tmp_path), "--scenario", str(sc), "--duration", "300")
     try:
         metrics, _ = _addresses(p, 60)
         deadline = time.monotonic() + 180
@@ -227,7 +235,7 @@ def test_workers_killed_by_the_oom_killer_again_and_again_end_in_exit_6(memcg, t
     sc = tmp_path / "grow.toml"
     sc.write_text('[scenario]\nname = "grow"\nheap_mib = 1024\n\n'
                   '[[phase]]\nseconds = 120\nlive_mib = [0, 800]\ngarbage_mib_s = 8\n')
-    p = _run_in(memcg, "--scenario", str(sc), "--duration", "150")
+    p = _run_in(memcg, _conf(tmp_path), "--scenario", str(sc), "--duration", "150")
     try:
         _wait_running(_control(p, 60), 5, 120)
         deadline = time.monotonic() + 60
