@@ -2,7 +2,12 @@
 
 Theory of operation
 -------------------
-One process owns the heap, the sockets, the worker processes and the clock.  Its main loop,
+One process owns the heap, the sockets, the worker processes and the clock.  Before it makes
+any of them it checks the platform (``sys/support.py``) and that the heap, or its memory limit,
+fits what the host and the memory cgroup can back (``sys/cgroup.py``, :func:`plan_memory`,
+which also resolves ``memory_limit_mib = "cgroup"`` and sets the heap's commit limit).  A
+worker's death is named by its cause, and deaths of memory (the OOM killer, as the cgroup's
+``oom_kill`` count tells, or SIGBUS) have their own limit in the cycle machine.  Its main loop,
 every 10 ms (or as soon as a frame arrives):
 
 1. reads worker frames and client requests and turns each into an event for the cycle machine
