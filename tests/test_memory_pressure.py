@@ -2,8 +2,9 @@
 what it is asked for: it refuses at start naming both figures (exit 2), or runs to the end with
 its limit derived from the cgroup (``memory_limit_mib = "cgroup"``) and no worker death; and a
 limit lowered under a running daemon, so that the kernel's OOM killer takes its workers, ends
-in exit 6 naming memory, not a respawn loop.  Each test's cgroup is removed on every path,
-after every process in it is gone."""
+in exit 6 naming memory, not a respawn loop; so do workers killed by SIGBUS.  A live heap over
+the derived limit has its commits refused (counted) and waits for the GC, and nobody is killed.
+Each test's cgroup is removed on every path, after every process in it is gone."""
 
 from __future__ import annotations
 
@@ -257,3 +258,33 @@ def test_workers_killed_by_the_oom_killer_again_and_again_end_in_exit_6(memcg, t
     assert "out of memory" in err and "OOM killer" in err, err[-4000:]
     assert "died (killed by SIGKILL from the OOM killer (memory cgroup oom_kill" in out, out
     assert f"the memory cgroup's limit {limit >> 20} MiB" in err, err[-4000:]
+
+
+def test_workers_dying_of_sigbus_are_memory_deaths_and_end_in_exit_6(tmp_path):
+    """SIGBUS is what a write into a shared page the kernel cannot back gets: each mutator
+    killed by it is named so and counted as a memory death, and the fourth ends the daemon
+    with exit 6 (no cgroup needed: the signal is sent to real workers)."""
+    from .daemon import Daemon
+
+    d = Daemon("--heap-mib", "64", "--sweepers", "1", "--mutators", "1",
+               "--config", str(_conf(tmp_path)))
+    try:
+        for i in range(4):
+            st = d.wait_for(lambda s: any(w["role"] == "mutator" and w["state"] == "alive"
+                                          for w in s["workers"]), what="a live mutator")
+            assert st["memory_deaths"]["mutator"] == i
+            victim = next(w for w in st["workers"] if w["role"] == "mutator")
+            os.kill(victim["pid"], signal.SIGBUS)
+            if i < 3:
+                d.wait_for(lambda s, pid=victim["pid"], n=i + 1: s["memory_deaths"]["mutator"] == n
+                           and all(w["pid"] != pid for w in s["workers"]),
+                           what=f"memory death {i + 1} counted")
+        code = d.proc.wait(120)
+        out = d.proc.stdout.read() if d.proc.stdout else ""
+        err = d.proc.stderr.read() if d.proc.stderr else ""
+    finally:
+        d.close()
+    assert code == ExitCode.OUT_OF_MEMORY, err[-4000:]
+    assert out.count("killed by SIGBUS: a page of the shared heap") == 4, out[-4000:]
+    assert "out of memory: 4 worker deaths of memory" in err, err[-4000:]
+
