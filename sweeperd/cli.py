@@ -138,6 +138,13 @@ def _loadtest(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from sweeperd.sys.support import UnsupportedPlatform, check_platform
+
+    try:  # first: the modules that follow need Linux at import
+        check_platform()
+    except UnsupportedPlatform as e:
+        print(f"sweeperd run: unsupported platform: {e}", file=sys.stderr)
+        return ExitCode.UNSUPPORTED_PLATFORM
     from sweeperd.daemon.config import ConfigError
 
     try:
@@ -146,15 +153,22 @@ def _run(args: argparse.Namespace) -> int:
         print(f"sweeperd run: {e}", file=sys.stderr)
         return 2
     from sweeperd.daemon.coordinator import Coordinator
+    from sweeperd.sys.cgroup import NoCgroupLimit, TooLarge
 
     try:
         co = Coordinator(cfg)
+    except (TooLarge, NoCgroupLimit) as e:  # the heap or its limit, against host and cgroup
+        print(f"sweeperd run: {e}", file=sys.stderr)
+        return ExitCode.USAGE
+    except UnsupportedPlatform as e:
+        print(f"sweeperd run: unsupported platform: {e}", file=sys.stderr)
+        return ExitCode.UNSUPPORTED_PLATFORM
     except Exception as e:  # bind failures, heap too large for this machine, ...
         print(f"sweeperd run: cannot start: {e}", file=sys.stderr)
         return 1
     co.install_signal_handlers()
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1: where is it stuck?
-    from sweeperd.daemon.coordinator import WorkersKeepDying
+    from sweeperd.daemon.coordinator import MemoryDeaths, WorkersKeepDying
 
     fatal: Throw | None = None
     code = 0
@@ -169,6 +183,9 @@ def _run(args: argparse.Namespace) -> int:
     except Throw as e:  # a heap invariant broke: stop loudly, after draining (finally)
         traceback.print_exc()
         fatal = e
+    except MemoryDeaths as e:
+        print(f"sweeperd run: giving up: {e}", file=sys.stderr)
+        code = ExitCode.OUT_OF_MEMORY
     except WorkersKeepDying as e:
         print(f"sweeperd run: giving up: {e}", file=sys.stderr)
         code = EXIT_GAVE_UP

@@ -17,8 +17,8 @@ def test_alloc_objects_fills_in_order_and_stops_at_nelems(heap):
 
 
 def test_payload_is_really_written(heap):
-    s, _ = mheap.alloc_span(heap, 0, 3)
     before = heap.arena_backed_bytes()
+    s, _ = mheap.alloc_span(heap, 0, 3)  # committed at allocation (mheap.commit)
     idx = malloc.alloc_objects(heap, s, 1)
     malloc.write_payload(heap, s, idx, seed=42)
     assert heap.arena_backed_bytes() - before == 3 * 8192

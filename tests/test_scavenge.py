@@ -125,8 +125,10 @@ def test_recovery_finishes_only_the_dead_releasers_pages():
 
 def test_reported_bytes_are_the_kernels_even_for_never_touched_free_pages():
     with Heap.create(8 << 20) as heap:  # 1024 pages
-        a, _ = mheap.alloc_span(heap, 0, 64)  # a large span: only its first page is written
+        a, _ = mheap.alloc_span(heap, 0, 64)  # a large span: only its first page is kept
         b, _ = mheap.alloc_span(heap, 0, 64)  # written whole
+        # allocation committed both whole (mheap.commit); the kernel drops a's other pages
+        _sysmem(heap).sys_unused(a * PAGE_SIZE + 4096, 64 * PAGE_SIZE - 4096)
         heap.arena[a * PAGE_SIZE : a * PAGE_SIZE + 4096] = 7
         heap.arena[b * PAGE_SIZE : (b + 64) * PAGE_SIZE] = 9
         mheap.free_spans(heap, np.array([a, b]))

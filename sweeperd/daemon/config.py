@@ -13,7 +13,7 @@ import tomllib
 from dataclasses import dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sweeperd.pacing.decay import DecayParams
 from sweeperd.pacing.policies import PARAMS, POLICIES
@@ -79,13 +79,20 @@ class MetricsConfig:
 class ScavengerConfig:
     enabled: bool = True
     cpu_fraction: float = 0.01
-    memory_limit_mib: int = 0
+    memory_limit_mib: int | Literal["cgroup"] = 0  # "cgroup": derived at start (sys/cgroup.py)
     vectored: str = "auto"
     policy: str = "go"
     # each policy's parameters: the table [scavenger.NAME] (attribute: NAME with "_" for "-")
     jemalloc_decay: DecayParams = field(default_factory=DecayParams)
     gperftools_rate: RateParams = field(default_factory=RateParams)
     mimalloc_delay: DelayParams = field(default_factory=DelayParams)
+
+    def memory_limit_bytes(self) -> int:
+        """The memory limit in bytes, 0 for none.  ``"cgroup"`` is resolved by the coordinator
+        at start (a ValueError before that)."""
+        if isinstance(self.memory_limit_mib, str):
+            raise ValueError('scavenger.memory_limit_mib = "cgroup" is resolved at start')
+        return self.memory_limit_mib << 20
 
     def policy_params(self, name: str | None = None) -> Any:
         """The parameters of policy ``name`` (default: the chosen one), None if it has none."""
@@ -137,11 +144,18 @@ RANGES: dict[str, tuple[float, float]] = {
     "scavenger.memory_limit_mib": (0, 1 << 20),
 }
 RANGES.update({f"scavenger.{k}": v for k, v in POLICY_RANGES.items()})
+CGROUP = "cgroup"
 CHOICES: dict[str, set[str]] = {"scavenger.vectored": {"auto", "on", "off"},
                                 "scavenger.policy": set(POLICIES)}
 
 
 def _check_value(key: str, typ: Any, v: Any) -> Any:
+    if typ == "int | Literal['cgroup']":  # a figure, or derived from the memory cgroup
+        if v == CGROUP:
+            return v
+        if isinstance(v, str):
+            raise ConfigError(f'{key}: expected an integer or "cgroup", got {v!r}')
+        typ = int
     if typ == "bool" or typ is bool:
         if not isinstance(v, bool):
             raise ConfigError(f"{key}: expected true or false, got {v!r}")

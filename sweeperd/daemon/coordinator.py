@@ -2,7 +2,12 @@
 
 Theory of operation
 -------------------
-One process owns the heap, the sockets, the worker processes and the clock.  Its main loop,
+One process owns the heap, the sockets, the worker processes and the clock.  Before it makes
+any of them it checks the platform (``sys/support.py``) and that the heap, or its memory limit,
+fits what the host and the memory cgroup can back (``sys/cgroup.py``, :func:`plan_memory`,
+which also resolves ``memory_limit_mib = "cgroup"`` and sets the heap's commit limit).  A
+worker's death is named by its cause, and deaths of memory (the OOM killer, as the cgroup's
+``oom_kill`` count tells, or SIGBUS) have their own limit in the cycle machine.  Its main loop,
 every 10 ms (or as soon as a frame arrives):
 
 1. reads worker frames and client requests and turns each into an event for the cycle machine
@@ -33,7 +38,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Mapping
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -52,7 +57,13 @@ from sweeperd.errors import Throw
 from sweeperd.pacing.policies import RELEASES_ON_FREE
 from sweeperd.pacing.scavpace import retain_goal
 from sweeperd.runtime import owners
-from sweeperd.runtime.heap import H_HEAP_GOAL, H_MEMORY_LIMIT, T_RELEASED_PAGES, Heap
+from sweeperd.runtime.heap import (
+    H_COMMIT_LIMIT,
+    H_HEAP_GOAL,
+    H_MEMORY_LIMIT,
+    T_RELEASED_PAGES,
+    Heap,
+)
 from sweeperd.runtime.heapstats import (
     cached_bytes,
     heap_stats,
@@ -61,10 +72,11 @@ from sweeperd.runtime.heapstats import (
 )
 from sweeperd.runtime.scavenge import ReleaseOnFree
 from sweeperd.runtime.sizeclasses import PAGE_SIZE
+from sweeperd.sys import cgroup
 from sweeperd.sys.procmem import meminfo
 from sweeperd.sys.procs import run_niced
 from sweeperd.sys.sdnotify import Notifier
-from sweeperd.sys.sysmem import SysMem
+from sweeperd.sys.sysmem import SysMem, check_platform
 from sweeperd.wire import protocol
 from sweeperd.wire.beat import last_beat_s
 from sweeperd.workload import scenario as scenarios
@@ -108,6 +120,42 @@ def _worker_main(cfg: Config, handle: dict[str, Any], endpoint: str,
 
 class WorkersKeepDying(RuntimeError):
     """One role died more than ``control.max_deaths`` times in ``control.death_window_s``."""
+
+
+class MemoryDeaths(RuntimeError):
+    """Workers kept dying of memory (the OOM killer, SIGBUS): ``sweeperd run`` exits 6."""
+
+
+def plan_memory(cfg: Config, host: cgroup.HostMemory) -> tuple[Config, int]:
+    """The start check of ``sys/cgroup.py`` for this config: ``cfg`` with a memory limit of
+    ``"cgroup"`` resolved (whole MiB), and the heap's commit limit in bytes — the cgroup's
+    limit less the daemon's own processes, or 0 (none) outside a limited cgroup, where the
+    host's shortage is the kernel's to report (MemAvailable moves; a snapshot of it is no
+    ceiling).  Raises ``cgroup.TooLarge`` or ``cgroup.NoCgroupLimit``."""
+    nproc = 2 + cfg.sweep.sweepers + cfg.mutators.count + int(cfg.scavenger.enabled)
+    over = cgroup.overhead_bytes(nproc, cfg.mutators.count, cfg.heap.size_mib << 20)
+    if cfg.scavenger.memory_limit_mib == "cgroup":
+        mib = cgroup.derive_limit(host, over) >> 20
+        cfg = replace(cfg, scavenger=replace(cfg.scavenger, memory_limit_mib=mib))
+    cgroup.check_fit(cfg.heap.size_mib << 20, cfg.scavenger.memory_limit_bytes(), host, over)
+    return cfg, (0 if host.cgroup_limit is None else max(host.cgroup_limit - over, 0))
+
+
+def death_cause(code: int | None, oom_kills: int | None) -> tuple[bool, str]:
+    """Whether a worker that ended with exit ``code`` (negative: the signal) died of memory,
+    and how it died, in words.  ``oom_kills``: the memory cgroup's oom_kill count when it rose
+    for this death (a SIGKILL then came from the OOM killer, not from us), else None."""
+    if code is None or code >= 0:
+        return False, f"exit {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    if code == -signal.SIGKILL and oom_kills is not None:
+        return True, f"killed by {name} from the OOM killer (memory cgroup oom_kill {oom_kills})"
+    if code == -signal.SIGBUS:
+        return True, f"killed by {name}: a page of the shared heap the kernel could not back"
+    return False, f"killed by {name}"
 
 
 class StartError(RuntimeError):
@@ -166,6 +214,10 @@ class Coordinator:
     def __init__(self, cfg: Config) -> None:
         import multiprocess as mp
 
+        check_platform()  # elsewhere than Linux with memfd_create: named, exit 7
+        self.cgroup = cgroup.own_cgroup()
+        cfg, commit_limit = plan_memory(cfg, cgroup.read_host())  # too large: named, exit 2
+        self._oom_kills = cgroup.oom_kills(self.cgroup) or 0
         self.cfg = cfg
         self.notify = Notifier.from_env()  # first: no worker may inherit NOTIFY_SOCKET
         self.stopping = False
@@ -192,7 +244,7 @@ class Coordinator:
                 ReleaseOnFree.install(self.heap)  # (its own SysMem: tallied, not in ours)
             self.machine = c.GCCycle(c.Params(
                 gogc=cfg.gc.gogc, min_goal_bytes=cfg.gc.min_goal_mib << 20,
-                memory_limit_bytes=cfg.scavenger.memory_limit_mib << 20,
+                memory_limit_bytes=cfg.scavenger.memory_limit_bytes(),
                 nsweepers=cfg.sweep.sweepers, dead_after_s=cfg.control.dead_after_ms / 1000,
                 restart_backoff_max_s=cfg.control.restart_backoff_max_ms / 1000,
                 max_deaths=cfg.control.max_deaths, death_window_s=cfg.control.death_window_s),
@@ -211,7 +263,8 @@ class Coordinator:
                 f"ipc://{self.ipc_dir}/workers.sock",
                 None if self.scenario is None else self.scenario.to_toml()))
             self.heap.header[H_HEAP_GOAL] = self.machine.goal_bytes
-            self.heap.header[H_MEMORY_LIMIT] = cfg.scavenger.memory_limit_mib << 20
+            self.heap.header[H_MEMORY_LIMIT] = cfg.scavenger.memory_limit_bytes()
+            self.heap.header[H_COMMIT_LIMIT] = commit_limit
             self.metrics_addr = ""
             self._publish()  # the first snapshot exists before anything can read it
             self.metrics = Metrics(lambda: self.snap, lambda: take_sample(self.snap), Kernel(
@@ -249,11 +302,20 @@ class Coordinator:
         self._feed(c.Started(slot, time.monotonic()))
 
     def _reap(self) -> None:
-        for slot, pid, code in self.sup.reap_dead():
-            log(f"{slot} (pid {pid}) died (exit {code}); recovering"
+        dead = self.sup.reap_dead()
+        if not dead:
+            return
+        kills = cgroup.oom_kills(self.cgroup)
+        new_kills = 0 if kills is None else max(kills - self._oom_kills, 0)
+        self._oom_kills = self._oom_kills if kills is None else kills
+        for slot, pid, code in dead:
+            oom = code == -signal.SIGKILL and new_kills > 0  # the cgroup's count says whose
+            new_kills -= oom
+            memory, why = death_cause(code, kills if oom else None)
+            log(f"{slot} (pid {pid}) died ({why}); recovering"
                  + ("" if self.stopping else " and starting a replacement"))
-            self.totals.died(slot)
-            self._feed(c.Died(slot))
+            self.totals.died(slot, memory)
+            self._feed(c.Died(slot, memory))
 
     # --- the machine ---------------------------------------------------------------------------
 
@@ -320,6 +382,16 @@ class Coordinator:
             hw.recover(a.slot)
         elif isinstance(a, c.Restart):
             self._start(a.slot)
+        elif isinstance(a, c.GiveUp) and a.memory:
+            now = cgroup.own_cgroup()  # its limit now (a container's may change under us)
+            lim = now.limit_bytes if now else None
+            raise MemoryDeaths(
+                f"out of memory: {a.deaths} worker deaths of memory (the OOM killer or SIGBUS) "
+                f"within {a.window_s:g}s, the last a {a.role.value}; the memory cgroup's limit "
+                + (f"{lim >> 20} MiB" if lim is not None else "none")
+                + f", its oom_kill count {self._oom_kills}; scavenger.memory_limit_mib "
+                f"{self.cfg.scavenger.memory_limit_mib or 'none'}, heap {self.cfg.heap.size_mib}"
+                " MiB: lower the heap or the memory limit, or give the daemon more memory")
         elif isinstance(a, c.GiveUp):
             role = a.role.value
             raise WorkersKeepDying(
@@ -504,7 +576,7 @@ class Coordinator:
             phase=m.phase.value, goal_bytes=m.goal_bytes, trigger_bytes=m.trigger_bytes,
             live_bytes=m.live_bytes,
             retain_goal_bytes=retain_goal(m.goal_bytes,
-                                          self.cfg.scavenger.memory_limit_mib << 20),
+                                          self.cfg.scavenger.memory_limit_bytes()),
             workers=self.sup.views(), **self.totals.freeze(),
             debug=MappingProxyType({**self.work.debug, "enabled": self.cfg.run.debug_checks}),
             cpu_fraction_target=self.cfg.scavenger.cpu_fraction,

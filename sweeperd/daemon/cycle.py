@@ -154,6 +154,7 @@ class Params:
     restart_backoff_s: float = 0.1  # the wait before a slot's second restart in the window
     restart_backoff_max_s: float = 5.0
     max_deaths: int = 20  # of one role within death_window_s, before giving up
+    max_memory_deaths: int = 3  # deaths of memory (any role) within death_window_s: give up
     death_window_s: float = 60.0
 
 
@@ -183,6 +184,7 @@ class GCCycle:
     phase_started: float = 0.0
     last_heap_check: float = -math.inf
     deaths: dict[Slot, list[float]] = field(default_factory=dict)  # within the window
+    memory_deaths: list[float] = field(default_factory=list)  # deaths of memory, in the window
     restart_at: dict[Slot, float] = field(default_factory=dict)  # restarts waiting out backoff
 
     def __post_init__(self) -> None:
@@ -248,7 +250,7 @@ class GCCycle:
         self.pending.discard(ev.slot)
         out: list[Action] = [Recover(ev.slot)]
         if not self.stopping:
-            out += self._after_death(ev.slot)
+            out += self._after_death(ev.slot, ev.memory)
         if self.phase is Phase.MARK:
             out += self._mark_done_if_none_pending()
         return out
@@ -261,11 +263,17 @@ class GCCycle:
         self.stopping = True
         return []
 
-    def _after_death(self, slot: Slot) -> list[Action]:
+    def _after_death(self, slot: Slot, memory: bool = False) -> list[Action]:
         """Restart at once the first time in the window, then with doubling waits; give up
-        when the role has died more than ``max_deaths`` times in the window."""
+        when the role has died more than ``max_deaths`` times in the window, or workers died
+        of memory more than ``max_memory_deaths`` times (a replacement would die the same)."""
         p = self.params
         since = self.now - p.death_window_s
+        if memory:
+            self.memory_deaths = [t for t in self.memory_deaths if t > since] + [self.now]
+            if len(self.memory_deaths) > p.max_memory_deaths:
+                self.stopping = True
+                return [GiveUp(slot.role, len(self.memory_deaths), p.death_window_s, True)]
         mine = [t for t in self.deaths.get(slot, []) if t > since] + [self.now]
         self.deaths[slot] = mine
         role_deaths = sum(1 for s, ts in self.deaths.items() if s.role is slot.role

@@ -71,6 +71,7 @@ class Swept:
 @dataclass(frozen=True)
 class Died:
     slot: Slot
+    memory: bool = False  # killed by the OOM killer or SIGBUS: the host had no memory for it
 
 
 @dataclass(frozen=True)
@@ -187,6 +188,7 @@ class GiveUp:
     role: Role
     deaths: int
     window_s: float
+    memory: bool = False  # the deaths were of memory (OOM killer, SIGBUS): exit 6, not 4
 
 
 Action = (MeasureHeap | MeasureLive | MeasureSweep | SendMark | BeginSweep | SendSweep

@@ -258,6 +258,11 @@ class SnapshotCollector(Collector):
                        sc["released_on_free_cpu_seconds_total"])
         yield _counter("sweeperd_heap_freed_bytes", "Bytes of spans returned to the page heap "
                        "(what gperftools' release rate counts).", sc["freed_bytes_total"])
+        yield _counter("sweeperd_heap_commit_failures", "Span allocations refused because "
+                       "backing their pages would pass the heap's commit limit (the memory "
+                       "cgroup's limit less the daemon's own) or the kernel said no: each an "
+                       "out-of-memory wait of a mutator until a GC frees spans.",
+                       s.tallies.get("commit_failures", 0))
         for name, v in sorted(sc["policy_figures"].items()):
             yield _gauge(f"sweeperd_scavenge_policy_{name}", POLICY_FIGURES.get(
                 name, "A figure of the scavenger policy."), v)
@@ -279,6 +284,13 @@ class SnapshotCollector(Collector):
         for role, n in s.deaths.items():
             deaths.add_metric([role], n)
         yield deaths
+        mem = CounterMetricFamily("sweeperd_worker_memory_deaths", "Worker processes that died "
+                                  "of memory: killed by the OOM killer (the memory cgroup's "
+                                  "oom_kill count rose) or by SIGBUS; counted in "
+                                  "sweeperd_worker_deaths too.", labels=["role"])
+        for role, n in s.memory_deaths.items():
+            mem.add_metric([role], n)
+        yield mem
         errs = CounterMetricFamily("sweeperd_control_errors",
                                    "Malformed or refused control-plane messages.",
                                    labels=["reason"])

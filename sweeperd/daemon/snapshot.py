@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sweeperd.daemon.totals import POLICY_FIGURE, Histogram, SweepCounts
@@ -75,6 +75,7 @@ class Snapshot:
     ipc_dir: str
     metrics_addr: str
     scenario: Mapping[str, Any]  # name, elapsed_s, phase, phase_name, target_live_bytes; {} if none
+    memory_deaths: Mapping[str, int] = field(default_factory=dict)  # by role: OOM killer, SIGBUS
 
     def alive(self, role: str) -> int:
         return sum(1 for w in self.workers if w.role == role and w.state == "alive")
@@ -166,6 +167,7 @@ def status_json(snap: Snapshot, hs: HeapStats, memory: dict[str, Any],
                     for w in snap.workers],
         "workers_alive": workers_alive,
         "deaths": dict(snap.deaths),
+        "memory_deaths": dict(snap.memory_deaths),
         "spans_swept": {k: v.spans for k, v in snap.swept.items()},
         "pages_swept": {k: v.pages for k, v in snap.swept.items()},
         "objects_freed": snap.objects_freed(),

@@ -53,6 +53,8 @@ class Totals:
     mutator: dict[str, float] = field(default_factory=dict)
     scavenger: dict[str, float] = field(default_factory=dict)
     deaths: dict[str, int] = field(default_factory=lambda: {r.value: 0 for r in Role})
+    # ... of which of memory: the OOM killer (the cgroup's oom_kill rose) or SIGBUS
+    memory_deaths: dict[str, int] = field(default_factory=lambda: {r.value: 0 for r in Role})
     control_errors: dict[str, int] = field(default_factory=dict)
     internal_errors: dict[str, int] = field(default_factory=dict)
     last_crash: dict[str, str] = field(default_factory=dict)  # role -> a worker's traceback
@@ -108,8 +110,9 @@ class Totals:
         for k, v in madvise_calls.items():
             t[f"madvise_{k}"] = t.get(f"madvise_{k}", 0) + v
 
-    def died(self, slot: Slot) -> None:
+    def died(self, slot: Slot, memory: bool = False) -> None:
         self.deaths[slot.role.value] += 1
+        self.memory_deaths[slot.role.value] += memory
         self._last.pop(slot, None)  # its replacement reports from zero
 
     def control_error(self, reason: str) -> None:
@@ -136,6 +139,7 @@ class Totals:
             "scavenger": MappingProxyType(dict(self.scavenger)),
             "madvise_calls": MappingProxyType(self.madvise_calls()),
             "deaths": MappingProxyType(dict(self.deaths)),
+            "memory_deaths": MappingProxyType(dict(self.memory_deaths)),
             "control_errors": MappingProxyType(dict(self.control_errors)),
             "internal_errors": MappingProxyType(dict(self.internal_errors)),
             "finalizers_run": self.finalizers_run,

@@ -138,7 +138,7 @@ def run(sc: Scenario, rundir: Path, sample_s: float,
         res.error = str(e)
         return res
     env = {**os.environ, "GODEBUG": "gctrace=1", "GOGC": str(sc.scenario.gogc)}
-    if sc.scenario.memory_limit_mib:
+    if isinstance(sc.scenario.memory_limit_mib, int) and sc.scenario.memory_limit_mib:
         env["GOMEMLIMIT"] = f"{sc.scenario.memory_limit_mib}MiB"
     proc = subprocess.Popen([str(exe)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)

@@ -19,6 +19,7 @@ One daemon at a time: runs never compete for the cores.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -66,7 +67,8 @@ def config_text(sc_path: Path, policy: str, sc: Scenario) -> str:
         # resumes, which the workers' start-up on a loaded host delays by seconds: counted
         # from the daemon's start, the backstop must outlast that start (START_S) too
         "[run]", f"duration_s = {sc.seconds + START_S + 30:g}", "gctrace = true",
-        "[scavenger]", f'policy = "{policy}"', f"memory_limit_mib = {h.memory_limit_mib}",
+        "[scavenger]", f'policy = "{policy}"',
+        f"memory_limit_mib = {json.dumps(h.memory_limit_mib)}",
         ""])
 
 

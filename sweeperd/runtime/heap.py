@@ -89,6 +89,7 @@ H_BENCH_GO = 10  # benchmark rounds: workers start round r when this reaches r
 H_BENCH_READY = 11  # ... and spin (instead of sleeping) once this reaches r
 H_HEAP_GOAL = 12  # the coordinator's current heap goal (bytes), for the scavenger
 H_MEMORY_LIMIT = 13  # memory limit in bytes, 0 = none
+H_COMMIT_LIMIT = 14  # the arena's backing may not exceed this many bytes (mheap.commit), 0 = none
 HEADER_WORDS = 64
 
 # Running counters (columns of ``counters``): every change of allocCount, of the pages in use or
@@ -112,7 +113,8 @@ T_RELEASE_RUNS = 2  # ... in this many runs
 T_RELEASED_KERNEL_BYTES = 3  # ... of which the kernel had this many bytes backed
 T_MADVISE_CALLS = 4  # ... in this many system calls
 T_RELEASE_CPU_NS = 5  # ... spending this much of its CPU (thread time, ns) in the releases
-NTALLIES = 6
+T_COMMIT_FAILURES = 6  # span allocations refused: backing them would pass H_COMMIT_LIMIT
+NTALLIES = 7
 
 _U1 = np.uint64(1)
 _U32 = np.uint64(32)

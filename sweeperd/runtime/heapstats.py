@@ -31,6 +31,7 @@ from sweeperd.runtime.heap import (
     C_SPANS_IN_USE,
     NCOUNTERS,
     SPAN_IN_USE,
+    T_COMMIT_FAILURES,
     T_FREED_PAGES,
     T_MADVISE_CALLS,
     T_RELEASE_CPU_NS,
@@ -151,7 +152,8 @@ def marked_bytes(heap: Heap) -> int:
 
 TALLY_NAMES = {T_FREED_PAGES: "freed_pages", T_RELEASED_PAGES: "released_pages",
                T_RELEASE_RUNS: "release_runs", T_RELEASED_KERNEL_BYTES: "released_kernel_bytes",
-               T_MADVISE_CALLS: "madvise_calls", T_RELEASE_CPU_NS: "release_cpu_ns"}
+               T_MADVISE_CALLS: "madvise_calls", T_RELEASE_CPU_NS: "release_cpu_ns",
+               T_COMMIT_FAILURES: "commit_failures"}
 
 
 def tally_totals(heap: Heap) -> dict[str, int]:

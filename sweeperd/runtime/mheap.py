@@ -14,7 +14,17 @@ Every page freed is tallied (``T_FREED_PAGES``: what gperftools' release rate co
 process that installed ``heap.on_free`` (the ``eager`` policy) releases what it freed at once.
 
 Allocating a span clears the scavenged bits of its pages and reports how many were set: those
-pages need ``sysUsed`` before reuse (the caller's business, and the scavenger issue's).
+pages are unbacked (released, or never touched), and they are **committed** first (Go's
+``sysUsed``): ``MADV_POPULATE_WRITE`` (else ``fallocate``) on the arena, one call per
+contiguous run (``SharedRegion.commit``), so the kernel backs them at allocation and never at
+a mutator's first write.  A memory cgroup does not answer a
+charge over its limit with an error but with its OOM killer (measured on Linux 6.18: write,
+``MADV_POPULATE_WRITE`` and ``fallocate`` alike), so before committing, the arena's true
+backing plus the pages asked for is checked against ``H_COMMIT_LIMIT`` (set by the coordinator
+from the cgroup or the host, ``sys/cgroup.py``): over it, or a commit the kernel refuses, is
+:class:`~sweeperd.errors.OutOfMemory` — the mutators' out-of-memory wait until a GC frees
+spans — tallied in ``T_COMMIT_FAILURES``, and nothing of the heap changed.  Unscavenged pages
+(still backed) cost nothing: allocation prefers them.
 
 Invariants kept: an allocated run never overlaps an in-use span; a freed span's pages all
 become free with their scavenged bits clear (they were in use, so backed); ``H_SEARCH_ADDR``
@@ -33,17 +43,19 @@ from sweeperd.runtime.heap import (
     C_OCCUPIED_PAGES,
     C_SCAVENGED_PAGES,
     C_SPANS_IN_USE,
+    H_COMMIT_LIMIT,
     H_SCAV_SEARCH,
     H_SEARCH_ADDR,
     PAGE_FREE,
     SPAN_DEAD,
     SPAN_IN_USE,
+    T_COMMIT_FAILURES,
     T_FREED_PAGES,
     Heap,
     span_ix,
 )
 from sweeperd.runtime.runs import first_run, run_pages
-from sweeperd.runtime.sizeclasses import CLASS_NELEMS, CLASS_NPAGES, CLASS_NWORDS
+from sweeperd.runtime.sizeclasses import CLASS_NELEMS, CLASS_NPAGES, CLASS_NWORDS, PAGE_SIZE
 from sweeperd.runtime.spanset import SET_NONE
 from sweeperd.sys import failpoint
 
@@ -78,9 +90,12 @@ def init_spans(heap: Heap, starts: np.ndarray, npages: int, sizeclass: int) -> i
         pages = (starts[:, None] + np.arange(npages)).ravel()
     if (heap.page_span[pages] != PAGE_FREE).any():
         raise HeapCorrupt("init_spans: run overlaps an in-use span or pages being scavenged")
+    unbacked = heap.scavenged[pages] != 0
+    nscav = int(np.count_nonzero(unbacked))
+    if nscav:
+        commit(heap, pages[unbacked] if nscav < unbacked.size else pages)
     h = heap.sweepgen
     heap.page_span[pages] = np.repeat(starts, npages) if npages > 1 else starts
-    nscav = int(np.count_nonzero(heap.scavenged[pages]))
     heap.scavenged[pages] = 0
     nw = int(CLASS_NWORDS[sizeclass])
     heap.bits[:, :nw, starts] = 0
@@ -99,6 +114,36 @@ def init_spans(heap: Heap, starts: np.ndarray, npages: int, sizeclass: int) -> i
     heap.count(C_IN_USE_PAGES, npages * int(starts.size))
     heap.count(C_SPANS_IN_USE, int(starts.size))
     return nscav
+
+
+def commit_room(heap: Heap) -> int:
+    """Pages that may still be committed under ``H_COMMIT_LIMIT`` (a large number if none)."""
+    limit = int(heap.header[H_COMMIT_LIMIT])
+    if limit <= 0:
+        return 1 << 62
+    return max(limit - heap.arena_backed_bytes(), 0) // PAGE_SIZE
+
+
+def commit(heap: Heap, pages: np.ndarray) -> None:
+    """Back the unbacked heap ``pages`` (ascending) before a span takes them (module header).
+    Raises :class:`~sweeperd.errors.OutOfMemory`, tallied, when the commit limit or the
+    kernel says no."""
+    heap.require_lock("mheap.commit")
+    limit = int(heap.header[H_COMMIT_LIMIT])
+    if limit > 0 and commit_room(heap) < pages.size:
+        heap.tally(T_COMMIT_FAILURES, 1)
+        raise OutOfMemory(
+            f"committing {pages.size * PAGE_SIZE} bytes would take the heap's backing "
+            f"({heap.arena_backed_bytes()} bytes) past its commit limit of {limit} bytes")
+    brk = np.flatnonzero(np.diff(pages) != 1) + 1
+    first = pages[np.concatenate(([0], brk))]
+    last = pages[np.concatenate((brk - 1, [pages.size - 1]))]
+    try:
+        heap.arena_region.commit(first * PAGE_SIZE, (last - first + 1) * PAGE_SIZE)
+    except OSError as e:
+        heap.tally(T_COMMIT_FAILURES, 1)
+        raise OutOfMemory(f"the kernel would not back {pages.size * PAGE_SIZE} bytes of "
+                          f"the heap: {e}") from e
 
 
 def alloc_span(heap: Heap, sizeclass: int, npages: int | None = None) -> tuple[int, int]:
@@ -134,8 +179,8 @@ def alloc_spans(heap: Heap, sizeclass: int, count: int) -> tuple[np.ndarray, int
         free = heap.page_span[lo:] == PAGE_FREE
         scav = heap.scavenged[lo:] != 0
         take = np.flatnonzero(free & ~scav)[:count]
-        if take.size < count:
-            more = np.flatnonzero(free & scav)[: count - take.size]
+        if take.size < count:  # unbacked pages: as many as the commit limit leaves room for
+            more = np.flatnonzero(free & scav)[: min(count - take.size, commit_room(heap))]
             take = np.sort(np.concatenate((take, more)))
         starts = take.astype(np.int64) + lo
         nscav = init_spans(heap, starts, 1, sizeclass)

@@ -23,6 +23,7 @@ closes the memfd's last reference on purpose (attached processes just unmap).
 from __future__ import annotations
 
 import ctypes
+import errno
 import fcntl
 import mmap
 import os
@@ -34,6 +35,8 @@ import numpy as np
 OS_PAGE = mmap.PAGESIZE
 SPAN_SLACK_PAGES = 1 << 16  # one mincore over up to 256 MiB beyond 4x the ranges' pages
 _libc = ctypes.CDLL(None, use_errno=True)
+MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
+_populate_ok = True  # until the kernel says EINVAL (before 5.14)
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,31 @@ class SharedRegion:
         except BaseException:
             os.close(fd)
             raise
+
+    def commit(self, offsets: np.ndarray, lengths: np.ndarray) -> None:
+        """Back these byte ranges now, one call per range, so the kernel allocates at the
+        commit rather than at the first write: ``MADV_POPULATE_WRITE`` (Linux 5.14+; it also
+        maps the pages into this process, so the writer's first touches do not fault — 1.5-2x
+        faster to commit-then-write 512 MiB than to fault it in by writing, measured), else
+        ``fallocate`` on the memfd (whose pages ``mincore`` does not see until written).
+        Raises OSError as the kernel refuses outside a memory cgroup (ENOMEM/ENOSPC/EFAULT);
+        inside one, on Linux 6.18, a charge over the limit goes to the cgroup's OOM killer
+        instead (measured for both calls and for a plain write), which is why the heap's
+        commit limit is checked first (``runtime/mheap.py``)."""
+        global _populate_ok
+        for o, n in zip(offsets.tolist(), lengths.tolist(), strict=True):
+            if _populate_ok:
+                if _libc.madvise(ctypes.c_void_p(self.addr + o), ctypes.c_size_t(n),
+                                 MADV_POPULATE_WRITE) == 0:
+                    continue
+                e = ctypes.get_errno()
+                if e != errno.EINVAL:
+                    raise OSError(e, f"MADV_POPULATE_WRITE of {n} bytes at {o}: "
+                                     f"{os.strerror(e)}")
+                _populate_ok = False  # a kernel before 5.14: fallocate from now on
+            if _libc.fallocate(self.fd, 0, ctypes.c_long(o), ctypes.c_long(n)) != 0:
+                e = ctypes.get_errno()
+                raise OSError(e, f"fallocate of {n} bytes at {o}: {os.strerror(e)}")
 
     def backed_bytes(self) -> int:
         """Bytes the kernel has really allocated to this region (tmpfs blocks)."""

@@ -35,13 +35,14 @@ import ctypes.util
 import errno
 import mmap
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from sweeperd.errors import UnalignedSysUnused
+from sweeperd.sys.support import UnsupportedPlatform as UnsupportedPlatform
+from sweeperd.sys.support import check_platform as check_platform
 
 OS_PAGE = mmap.PAGESIZE
 MADV = {name: getattr(mmap, f"MADV_{name}") for name in
@@ -50,21 +51,6 @@ ADVICE_NAME = {v: k for k, v in MADV.items()}
 SYS_process_madvise = 440
 SYS_pidfd_open = 434
 IOV_MAX = 1024
-
-
-class UnsupportedPlatform(RuntimeError):
-    pass
-
-
-def check_platform() -> None:
-    """sweeperd releases memory with Linux's madvise; elsewhere say exactly what is missing."""
-    if not sys.platform.startswith("linux"):
-        raise UnsupportedPlatform(
-            f"sweeperd needs Linux (madvise MADV_REMOVE/MADV_FREE on memfd mappings); this is "
-            f"{sys.platform}. On Windows the equivalent would be VirtualFree(MEM_DECOMMIT) / "
-            "VirtualAlloc(MEM_COMMIT), which sweeperd does not implement.")
-    if not hasattr(os, "memfd_create"):
-        raise UnsupportedPlatform("os.memfd_create is missing: Linux 3.17+ and glibc 2.27+")
 
 
 def huge_page_size() -> int:

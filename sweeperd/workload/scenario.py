@@ -88,7 +88,8 @@ class Header(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     description: Annotated[str, msgspec.Meta(max_length=2000)] = ""
     heap_mib: Annotated[int, msgspec.Meta(ge=1, le=16384)] = 2048
     gogc: Annotated[int, msgspec.Meta(ge=10, le=1000)] = 100
-    memory_limit_mib: Annotated[int, msgspec.Meta(ge=0, le=1 << 20)] = 0
+    # MiB, 0 none; "cgroup": the memory cgroup's limit less the daemon's own (sys/cgroup.py)
+    memory_limit_mib: Annotated[int, msgspec.Meta(ge=0, le=1 << 20)] | Literal["cgroup"] = 0
 
 
 class Scenario(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -123,8 +124,9 @@ class Scenario(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
             raise ScenarioError(f"--scale must be a number in (0, 1000], got {scale}")
         h = self.scenario
         heap = heap_mib if heap_mib is not None else max(1, round(h.heap_mib * scale))
+        lim = h.memory_limit_mib  # "cgroup" is the host's figure: not scaled
         head = msgspec.structs.replace(
-            h, heap_mib=heap, memory_limit_mib=round(h.memory_limit_mib * scale))
+            h, heap_mib=heap, memory_limit_mib=lim if isinstance(lim, str) else round(lim * scale))
         out = Scenario(head, tuple(p.scaled(scale) for p in self.phase))
         out.check()
         return out
