@@ -61,6 +61,7 @@ from sweeperd.runtime.heapstats import (
 )
 from sweeperd.runtime.scavenge import ReleaseOnFree
 from sweeperd.runtime.sizeclasses import PAGE_SIZE
+from sweeperd.sys import failpoint
 from sweeperd.sys.procmem import meminfo
 from sweeperd.sys.procs import run_niced
 from sweeperd.sys.sdnotify import Notifier
@@ -108,6 +109,10 @@ def _worker_main(cfg: Config, handle: dict[str, Any], endpoint: str,
 
 class WorkersKeepDying(RuntimeError):
     """One role died more than ``control.max_deaths`` times in ``control.death_window_s``."""
+
+
+class CycleBroken(RuntimeError):
+    """The cycle machine went BROKEN; the message names the phase, the action and the cause."""
 
 
 class StartError(RuntimeError):
@@ -273,12 +278,28 @@ class Coordinator:
         return True
 
     def _carry_out(self, actions: list[c.Action]) -> None:
+        """Carry out the machine's actions in order.  One that fails (any exception but a
+        heap invariant's Throw) leaves the world half-way from what the machine believes: the
+        machine goes BROKEN and :class:`CycleBroken` ends the run (the rest are not done)."""
         for a in actions:
-            answer = self._do(a)
+            try:
+                answer = self._do(a)
+            except (Throw, WorkersKeepDying, CycleBroken):
+                raise
+            except Exception as e:
+                self._broken(type(a).__name__, e)
             if answer is not None:
                 self._feed(answer)
 
+    def _broken(self, action: str, e: BaseException) -> None:
+        log(f"could not carry out {action}:\n" + traceback.format_exc().rstrip())
+        cause = f"{type(e).__name__}: {e}".rstrip(": ")
+        with contextlib.suppress(c.IllegalTransition):  # (BROKEN already: the first cause)
+            self.machine.handle(c.ActionFailed(action, cause))
+        raise CycleBroken(f"cycle machine BROKEN: {self.machine.broken}") from e
+
     def _do(self, a: c.Action) -> c.Event | None:
+        failpoint.fail(f"action.{type(a).__name__}")
         hw = self.work
         if isinstance(a, c.MeasureHeap):
             return hw.measure_heap()
@@ -457,7 +478,7 @@ class Coordinator:
                 frames = self.wsock.recv_multipart()
                 try:
                     self._on_worker_frame(frames)
-                except Throw:
+                except (Throw, CycleBroken, c.CycleInvariantBroken, WorkersKeepDying):
                     raise
                 except Exception:
                     self._internal_error("worker")
@@ -467,6 +488,9 @@ class Coordinator:
             self._heard_beats()
             self._feed(c.Tick(time.monotonic()))
             self._publish()
+            if self.machine.broken is not None:  # (however it got there)
+                raise CycleBroken(f"cycle machine BROKEN: {self.machine.broken}")
+            failpoint.fail("shell.step")
 
     def install_signal_handlers(self) -> None:
         def stop(signum: int, frame: Any) -> None:
@@ -478,7 +502,8 @@ class Coordinator:
     def close(self) -> None:
         """Drain: stop every child, reap it, close sockets, unmap and free the heap."""
         self.stopping = True
-        self.machine.handle(c.Stopping())
+        with contextlib.suppress(c.IllegalTransition):  # (BROKEN: nothing is legal)
+            self.machine.handle(c.Stopping())
         self.notify.stopping(f"draining after {self.machine.cycles} cycles")
         self._send(tuple(self.sup.procs), "stop")
         self.sup.stop_all(DRAIN_S)
