@@ -65,6 +65,7 @@ from sweeperd.sys import failpoint
 from sweeperd.sys.procmem import meminfo
 from sweeperd.sys.procs import run_niced
 from sweeperd.sys.sdnotify import Notifier
+from sweeperd.sys.shm import LockTimeout
 from sweeperd.sys.sysmem import SysMem
 from sweeperd.wire import protocol
 from sweeperd.wire.beat import last_beat_s
@@ -73,6 +74,9 @@ from sweeperd.workload import scenario as scenarios
 POLL_MS = 10
 MAX_FRAMES_PER_STEP = 1000
 DRAIN_S = 5.0
+# A control request that needs the heap lock waits this long at most (a REP socket answers
+# nobody else meanwhile), then says busy; the loop's own waits answer status (_lock_wait).
+REQUEST_LOCK_WAIT_S = 0.5
 
 
 def entry_point(cfg: Config, handle: dict[str, Any], endpoint: str,
@@ -115,8 +119,22 @@ class CycleBroken(RuntimeError):
     """The cycle machine went BROKEN; the message names the phase, the action and the cause."""
 
 
+class HeapLockAbandoned(RuntimeError):
+    """Asked to stop while the heap lock's holder can neither answer nor die (a frozen
+    cgroup): the action that waited for it is abandoned (the machine goes BROKEN)."""
+
+
 class StartError(RuntimeError):
     """The daemon cannot start; the message names what failed (an address and its key)."""
+
+
+def _proc_state(pid: int) -> str:
+    """``state T`` (stopped), ``state S`` ...: the holder's state as /proc says, for a log."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return "state " + f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "gone"
 
 
 def private_parent() -> str:
@@ -178,6 +196,8 @@ class Coordinator:
             self.heap = Heap.create(cfg.heap.size_mib << 20)
             undo.callback(self.heap.close)
             self.heap.me = owners.COORDINATOR
+            self.heap.lock.waiter = self._lock_wait  # never a blind wait (see _lock_wait)
+            self._lock_wait_at = self._lock_wait_since = self._holder_checked = 0.0
             self._handle = MappingProxyType(self.heap.handle.to_dict())
             parent = private_parent()
             remove_stale_dirs(parent)
@@ -259,6 +279,63 @@ class Coordinator:
                  + ("" if self.stopping else " and starting a replacement"))
             self.totals.died(slot)
             self._feed(c.Died(slot))
+
+    # --- the heap lock --------------------------------------------------------------------------
+
+    def _lock_wait(self, holder: int) -> None:
+        """Between tries for the heap lock another process holds (FlockLock.waiter): answer
+        read-only control requests, and kill the holder if it is a worker of ours silent for
+        ``control.dead_after_ms`` (no frame and no beat: stopped, or hung) — the kernel then
+        drops its lock, and the machine, told of the death by the next reap, has its claims
+        recovered.  Asked to stop while a holder that is not ours, or cannot die, keeps the
+        lock for twice ``dead_after_ms``: :class:`HeapLockAbandoned`."""
+        now = time.monotonic()
+        if now - self._lock_wait_at > 0.5:  # a new wait (calls come every few ms)
+            self._lock_wait_since = now
+        self._lock_wait_at = now
+        self._serve_read_only()
+        if now - self._holder_checked < 0.05:
+            return
+        self._holder_checked = now
+        dead_after = self.cfg.control.dead_after_ms / 1000
+        for slot, p in list(self.sup.procs.items()):
+            if holder == 0 or p.pid != holder:
+                continue
+            m = self.machine.members.get(slot)
+            heard = max(m.last_heard if m else 0.0,
+                        last_beat_s(self.heap, owners.of(slot.role.value, slot.id)))
+            if now - heard > dead_after and p.proc.is_alive():
+                log(f"{slot} (pid {holder}) holds the heap lock and has been silent for "
+                    f"{now - heard:.1f}s ({_proc_state(holder)}): killing it")
+                self.sup.kill(slot)
+        if self.stopping and now - self._lock_wait_since > 2 * dead_after:
+            raise HeapLockAbandoned(
+                f"stopping, and the heap lock is still held by pid {holder or '?'} "
+                f"({_proc_state(holder)}) after {now - self._lock_wait_since:.1f}s")
+
+    def _serve_read_only(self) -> None:
+        """Answer ``status`` and ``ping`` while the loop is held up; anything else is refused
+        (reason ``busy``: it would change what the action in progress is doing)."""
+        try:
+            if not self.csock.poll(0):
+                return
+            frames = self.csock.recv_multipart(zmq.NOBLOCK)
+        except zmq.ZMQError:  # (inside a request already: a REP socket must answer it first)
+            return
+        try:
+            msg = protocol.decode(frames[0], protocol.CLIENT_TYPES) if len(frames) == 1 else None
+        except protocol.ProtocolError:
+            msg = None
+        if msg is not None and msg.type in ("status", "ping"):
+            try:
+                out = self._answer(frames)
+            except Exception:
+                self._internal_error("control")
+                out = protocol.reply(False, error="internal error (logged)", reason="internal")
+        else:
+            out = protocol.reply(False, error="busy: waiting for the heap lock; ask again",
+                                 reason="busy")
+        self.csock.send(out)
 
     # --- the machine ---------------------------------------------------------------------------
 
@@ -429,7 +506,10 @@ class Coordinator:
             self._feed(c.GcRequested())
             return protocol.reply(True, cycle=self.machine.cycles)
         if msg.type == "scavenge":
-            return protocol.reply(True, **self._free_os_memory())
+            try:
+                return protocol.reply(True, **self._free_os_memory())
+            except LockTimeout as e:  # (a request never waits long: status would wait too)
+                return protocol.reply(False, error=f"busy: {e}; ask again", reason="busy")
         return protocol.reply(True, pong=True)
 
     def _internal_error(self, where: str) -> None:
@@ -445,7 +525,8 @@ class Coordinator:
         if self.sup.identity(slot) is not None:
             self._send((slot,), "release_all")
             return {"requested": True, "by": "scavenger"}
-        out = {**self.work.free_os_memory(), "by": "coordinator"}
+        with self.heap.lock.within(REQUEST_LOCK_WAIT_S):
+            out = {**self.work.free_os_memory(), "by": "coordinator"}
         self.trace.scavenged(*self._scav_figures(), forced=True)
         return out
 

@@ -33,7 +33,7 @@ NAMES = frozenset({
     "malloc.bits_set",  # alloc bits written, allocCount not yet
     "mutator.cached",  # a mutator holds cached spans in the middle of a cycle
     "mheap.freed",  # an eager freer freed spans and has not taken their pages to release
-    "mutator.locked_stop",  # a mutator holds the heap lock: it stops itself (SIGSTOP), see stop
+    "mutator.locked",  # a mutator holds the heap lock: it stops itself (SIGSTOP: see stop)
     "shell.step",  # the coordinator's loop raises (an unexpected exception in the shell)
 }) | frozenset(f"action.{kind}" for kind in (  # the coordinator cannot carry out an action
     "MeasureHeap", "MeasureLive", "MeasureSweep", "SendMark", "BeginSweep", "SendSweep",
@@ -70,13 +70,18 @@ class InjectedFailure(RuntimeError):
 
 
 def _fires(name: str) -> bool:
+    """Armed and not fired yet in the directory: the file is made, holding this pid."""
     if name not in ARMED:
         return False
     path = os.path.join(os.environ["SWEEPERD_FAILPOINTS_DIR"], name)
     try:
-        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
     except FileExistsError:
         return False
+    try:
+        os.write(fd, str(os.getpid()).encode())
+    finally:
+        os.close(fd)
     return True
 
 
