@@ -153,6 +153,7 @@ def _run(args: argparse.Namespace) -> int:
     except Exception as e:  # bind failures, heap too large for this machine, ...
         print(f"sweeperd run: cannot start: {e}", file=sys.stderr)
         return 1
+    co.reload_config = lambda: _load_config(args)  # SIGHUP: the same file, env and flags
     co.install_signal_handlers()
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1: where is it stuck?
     from sweeperd.daemon.coordinator import WorkersKeepDying

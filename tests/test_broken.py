@@ -122,3 +122,56 @@ def test_an_unexpected_exception_in_the_shell_exits_8_after_draining(tmp_path):
     assert "sweeperd run: internal error: InjectedFailure: fail point shell.step" in err
     assert "Traceback" in err  # the cause, for the bug report
     assert all(_gone(p) for p in pids)
+
+
+# --- failures that must not end the daemon ----------------------------------------------------
+
+
+def _lines(stream) -> list[str]:
+    import threading
+
+    got: list[str] = []
+    threading.Thread(target=lambda: got.extend(iter(stream.readline, "")), daemon=True).start()
+    return got
+
+
+def test_a_trace_stream_gone_stops_tracing_not_the_daemon(tmp_path):
+    """``sweeperd run --gctrace 2>&1 | head -1``: the reader of stderr goes away (EPIPE)."""
+    d = Daemon("--heap-mib", "32", "--sweepers", "1", "--mutators", "1", "--gctrace",
+               "--scavtrace")
+    try:
+        out = _lines(d.proc.stdout)
+        d.proc.stderr.close()  # the reading end: every write to the daemon's stderr is EPIPE
+        start = d.status()["cycle"]
+        deadline = time.monotonic() + DEADLINE_S
+        while d.status()["cycle"] < start + 3:  # cycles go on, each would write a trace line
+            assert time.monotonic() < deadline, "no cycles after the trace stream went"
+            d.request(protocol.encode("gc"))
+            time.sleep(0.2)
+        assert any("the trace stream failed (BrokenPipeError" in ln for ln in out), out[-20:]
+        assert sum("trace stream failed" in ln for ln in out) == 1  # said once, then quiet
+        d.proc.send_signal(signal.SIGTERM)
+        assert d.proc.wait(60) == ExitCode.OK
+    finally:
+        d.close()
+
+
+def test_a_service_manager_gone_is_not_a_reason_to_die(tmp_path):
+    """NOTIFY_SOCKET names a socket nobody listens on (the manager restarted, or a stale
+    environment): READY, WATCHDOG and STOPPING all fail; the daemon says so once and runs."""
+    d = Daemon("--heap-mib", "32", "--sweepers", "1", "--mutators", "1",
+               env={"NOTIFY_SOCKET": str(tmp_path / "gone" / "notify"),
+                    "WATCHDOG_USEC": "200000"})
+    try:
+        start = d.status()["cycle"]
+        deadline = time.monotonic() + DEADLINE_S
+        while d.status()["cycle"] < start + 2:
+            assert time.monotonic() < deadline, "no cycles without the service manager"
+            d.request(protocol.encode("gc"))
+            time.sleep(0.3)
+        d.proc.send_signal(signal.SIGTERM)
+        assert d.proc.wait(60) == ExitCode.OK
+        err = d.proc.stderr.read()
+        assert err.count("sd_notify to") == 1 and "No such file or directory" in err, err
+    finally:
+        d.close()

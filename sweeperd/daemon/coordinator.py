@@ -24,6 +24,7 @@ shared heap, never from what a dead process knew.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import glob
 import os
@@ -137,6 +138,30 @@ def _proc_state(pid: int) -> str:
         return "gone"
 
 
+#: Config keys a SIGHUP applies (dotted; a prefix ending in "." covers a policy's table):
+#: GOGC and the minimum goal (the next mark's goal), the trace flags, the scavenger's CPU
+#: budget and policy parameters (the scavenger is restarted with them).
+RELOADABLE = ("gc.gogc", "gc.min_goal_mib", "run.gctrace", "run.scavtrace",
+              "scavenger.cpu_fraction", "scavenger.jemalloc_decay.",
+              "scavenger.gperftools_rate.", "scavenger.mimalloc_delay.")
+
+
+def _reloadable(key: str) -> bool:
+    return any(key == r or (r.endswith(".") and key.startswith(r)) for r in RELOADABLE)
+
+
+def _changed_keys(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two nested dicts (sorted)."""
+    out: list[str] = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += _changed_keys(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}")
+    return out
+
+
 def private_parent() -> str:
     """Where the daemon's private directory goes: systemd's ``$RUNTIME_DIRECTORY`` (the first
     of its paths; ``RuntimeDirectory=`` in the unit) when it names a directory, else the
@@ -192,6 +217,9 @@ class Coordinator:
         self.cfg = cfg
         self.notify = Notifier.from_env()  # first: no worker may inherit NOTIFY_SOCKET
         self.stopping = False
+        self.reload_requested = False
+        # what SIGHUP reloads from: a callable giving the config anew (set by the CLI)
+        self.reload_config: Callable[[], Config] | None = None
         with contextlib.ExitStack() as undo:  # a failure part way releases what was made
             self.heap = Heap.create(cfg.heap.size_mib << 20)
             undo.callback(self.heap.close)
@@ -569,6 +597,8 @@ class Coordinator:
             self._heard_beats()
             self._feed(c.Tick(time.monotonic()))
             self._publish()
+            if self.reload_requested:
+                self._reload()
             if self.machine.broken is not None:  # (however it got there)
                 raise CycleBroken(f"cycle machine BROKEN: {self.machine.broken}")
             failpoint.fail("shell.step")
@@ -577,8 +607,67 @@ class Coordinator:
         def stop(signum: int, frame: Any) -> None:
             self.stopping = True
 
+        def hup(signum: int, frame: Any) -> None:
+            self.reload_requested = True  # (done by the loop: a handler only sets a flag)
+
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, hup)
+
+    # --- SIGHUP ---------------------------------------------------------------------------------
+
+    def _reload(self) -> None:
+        """SIGHUP: read the config again (``self.reload_config``: the file the daemon was
+        started with, the environment and the flags, as at the start) and apply what can change
+        while running (:data:`RELOADABLE`); anything else that changed is named and kept as it
+        was.  A bad file, or any failure here, is logged and the running config kept: a
+        reload never ends the daemon."""
+        self.reload_requested = False
+        if self.reload_config is None:
+            log("SIGHUP: no config to reload from; ignored")
+            return
+        try:
+            new = self.reload_config()
+        except Exception as e:
+            log(f"SIGHUP: config not reloaded, keeping the running one: {e}")
+            return
+        try:
+            applied, kept = self._apply(new)
+        except Exception:
+            log("SIGHUP: reload failed part way; going on:\n" + traceback.format_exc().rstrip())
+            return
+        log("SIGHUP: reloaded " + (", ".join(applied) or "nothing (no reloadable key changed)")
+            + (f"; not reloaded (a restart applies them): {', '.join(kept)}" if kept else ""))
+
+    def _apply(self, new: Config) -> tuple[list[str], list[str]]:
+        old = self.cfg
+        changed = _changed_keys(asdict(old), asdict(new))
+        applied = [k for k in changed if _reloadable(k)]
+        kept = [k for k in changed if not _reloadable(k)]
+        if not applied:
+            return [], kept
+        sc = dataclasses.replace(
+            old.scavenger, cpu_fraction=new.scavenger.cpu_fraction,
+            jemalloc_decay=new.scavenger.jemalloc_decay,
+            gperftools_rate=new.scavenger.gperftools_rate,
+            mimalloc_delay=new.scavenger.mimalloc_delay)
+        cfg = dataclasses.replace(
+            old, gc=new.gc, scavenger=sc,
+            run=dataclasses.replace(old.run, gctrace=new.run.gctrace,
+                                    scavtrace=new.run.scavtrace))
+        self.cfg = cfg
+        if not self.trace.stopped:  # (a trace stream that failed stays off)
+            self.trace.gctrace, self.trace.scavtrace = cfg.run.gctrace, cfg.run.scavtrace
+        self.machine.params = dataclasses.replace(
+            self.machine.params, gogc=cfg.gc.gogc, min_goal_bytes=cfg.gc.min_goal_mib << 20)
+        params = cfg.scavenger.policy_params()
+        self._policy_params = MappingProxyType(asdict(params) if params else {})
+        self.sup.target = functools.partial(
+            entry_point, cfg, self.heap.handle.to_dict(), f"ipc://{self.ipc_dir}/workers.sock",
+            None if self.scenario is None else self.scenario.to_toml())
+        if any(k.startswith("scavenger.") for k in applied):  # its parameters are its args:
+            self._send((Slot(Role.SCAVENGER, 0),), "stop")  # it stops, and is restarted
+        return applied, kept
 
     def close(self) -> None:
         """Drain: stop every child, reap it, close sockets, unmap and free the heap."""
