@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
 import signal
 import threading
@@ -42,6 +43,11 @@ def _gone(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] == "Z"
     except FileNotFoundError:
         return True
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
 
 
 def _wait(pred, what: str, timeout_s: float = 60) -> None:
@@ -121,3 +127,100 @@ def test_a_mutator_stopped_holding_the_heap_lock_never_wedges_the_daemon(tmp_pat
     assert killed_by_waiter + killed_silent >= ROUNDS
     assert code == 0
     assert all(_gone(p) for p in stopped)
+
+
+# --- the lock itself, and a holder that is not ours -----------------------------------------
+
+HOLD = """
+import json, os, signal, sys
+from sweeperd.runtime.heap import Heap, HeapHandle
+heap = Heap.attach(HeapHandle.from_dict(json.loads(sys.argv[1])))
+heap.lock.__enter__()
+print("held", flush=True)
+os.kill(os.getpid(), signal.SIGSTOP)
+"""
+
+
+def test_a_timed_acquire_names_a_stopped_holder_and_a_waiter_can_end_its_hold():
+    import subprocess
+    import sys
+
+    from sweeperd.runtime.heap import H_LOCK_HOLDER, Heap
+    from sweeperd.sys.shm import LockTimeout
+
+    heap = Heap.create(1 << 20)
+    p = subprocess.Popen([sys.executable, "-c", HOLD, json.dumps(heap.handle.to_dict())],
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline() == "held\n"
+        _wait(lambda: _state(p.pid) == "T", "the holder to stop")
+        assert heap.lock.holder_pid() == p.pid == int(heap.header[H_LOCK_HOLDER])
+        assert heap.lock.acquire(timeout_s=0.2) is False  # stopped: never let go
+        try:
+            with heap.lock.within(0.2):
+                raise AssertionError("taken while a stopped process holds it")
+        except LockTimeout as e:
+            assert f"held by pid {p.pid}" in str(e)
+        assert not heap.lock.held
+        seen: list[int] = []
+
+        def waiter(holder: int) -> None:  # as the coordinator does: the silent holder dies
+            seen.append(holder)
+            if len(seen) == 1:
+                os.kill(holder, signal.SIGKILL)
+
+        heap.lock.waiter = waiter
+        with heap.lock:  # the kernel drops a dead holder's lock
+            assert heap.lock.holder_pid() == os.getpid()
+        assert heap.lock.holder_pid() == 0 and seen and set(seen) == {p.pid}
+        assert p.wait(60) == -signal.SIGKILL
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        p.stdout.close()
+        heap.lock.waiter = None
+        heap.close()
+
+
+def test_a_holder_not_ours_is_waited_on_answering_status_and_sigterm_ends_the_wait_named(
+        tmp_path):
+    """A process that is no worker of the daemon (never killed by it) holds the heap lock: a
+    ``scavenge`` request answers ``busy`` within its 0.5 s; the recovery of a killed sweeper
+    waits, answering ``status``; SIGTERM then ends the wait after 2 x dead_after: the action
+    is abandoned, the machine BROKEN, exit 5 naming the holder."""
+    from sweeperd.errors import ExitCode
+    from sweeperd.runtime.heap import Heap, HeapHandle
+
+    cfg = tmp_path / "foreign.toml"
+    cfg.write_text("[control]\nheartbeat_ms = 100\ndead_after_ms = 1000\n"
+                   "[scavenger]\nenabled = false\n")
+    d = Daemon("--config", str(cfg), "--heap-mib", "32", "--sweepers", "1", "--mutators", "1")
+    heap = None
+    try:
+        st = d.wait_for(lambda s: s["workers_alive"] == 2, what="both workers up")
+        heap = Heap.attach(HeapHandle.from_dict(st["heap_handle"]))
+        heap.lock.__enter__()
+        busy = _ask(d.zctx, d.control, "scavenge")
+        assert busy is not None and busy["ok"] is False and busy["reason"] == "busy", busy
+        assert f"held by pid {os.getpid()}" in busy["error"]
+        sweeper = next(w["pid"] for w in st["workers"] if w["role"] == "sweeper")
+        os.kill(sweeper, signal.SIGKILL)  # its recovery needs the lock
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 3:  # the coordinator waits, and answers
+            st = _ask(d.zctx, d.control, "status", timeout_s=3)
+            assert st is not None and st["ok"], st
+            time.sleep(0.1)
+        assert d.proc.poll() is None
+        d.proc.send_signal(signal.SIGTERM)
+        code = d.proc.wait(60)
+        err = d.proc.stderr.read()
+    finally:
+        if heap is not None:
+            heap.lock.__exit__()
+            heap.close()
+        d.close()
+    assert code == ExitCode.CYCLE_BROKEN, err[-3000:]
+    assert ("sweeperd run: cycle machine BROKEN: action Recover failed in phase " in err
+            and f"HeapLockAbandoned: stopping, and the heap lock is still held by pid "
+                f"{os.getpid()}" in err), err[-3000:]
