@@ -10,6 +10,11 @@ import threading
 import time
 import urllib.request
 
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sweeperd.daemon.coordinator import RELOADABLE, _changed_keys, _reloadable
+
 from .daemon import Daemon
 
 BASE = ("[control]\nheartbeat_ms = 100\n"
@@ -93,3 +98,51 @@ def test_sighup_reloads_what_it_can_names_the_rest_and_survives_a_bad_file(tmp_p
         assert d.proc.wait(60) == 0
     finally:
         d.close()
+
+
+# --- the diff a reload is decided on (pure) ---------------------------------------------------
+
+_leaf = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False),
+                  st.text(max_size=5))
+_tree = st.recursive(st.dictionaries(st.text("abc.", min_size=1, max_size=3), _leaf,
+                                     max_size=4),
+                     lambda t: st.dictionaries(st.text("abc", min_size=1, max_size=3), t,
+                                               max_size=4), max_leaves=20)
+
+
+@given(_tree)
+def test_a_config_unchanged_has_no_changed_key(tree):
+    assert _changed_keys(tree, tree) == []
+
+
+@given(_tree, st.data())
+def test_one_leaf_changed_is_the_one_key_named(tree, data):
+    import copy
+
+    leaves = list(_walk(tree))
+    if not leaves:
+        return
+    path, keys = data.draw(st.sampled_from(leaves))  # (a key may hold a ".": keys are real)
+    new = copy.deepcopy(tree)
+    node = new
+    for key in keys[:-1]:
+        node = node[key]
+    node[keys[-1]] = ["changed"]  # a value no leaf strategy makes
+    assert path in _changed_keys(tree, new)
+    assert all(k == path for k in _changed_keys(tree, new))
+
+
+def _walk(d, prefix="", keys=()):
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from _walk(v, f"{prefix}{k}.", (*keys, k))
+        else:
+            yield f"{prefix}{k}", [*keys, k]
+
+
+def test_only_the_documented_keys_reload():
+    assert _reloadable("gc.gogc") and _reloadable("scavenger.jemalloc_decay.dirty_decay_ms")
+    for key in ("heap.size_mib", "gc", "gc.gogcx", "scavenger.policy", "control.addr",
+                "scavenger.jemalloc_decayx.a", "run.duration_s", "mutators.scenario", ""):
+        assert not _reloadable(key), key
+    assert all(r.startswith(("gc.", "run.", "scavenger.")) for r in RELOADABLE)
