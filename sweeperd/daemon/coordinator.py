@@ -16,6 +16,13 @@ every 10 ms (or as soon as a frame arrives):
 5. publishes an immutable :class:`~sweeperd.daemon.snapshot.Snapshot`, the only thing the
    metrics thread and ``status`` read.
 
+An action that cannot be carried out (an exception other than a heap invariant's ``Throw``)
+moves the machine to its terminal ``BROKEN`` phase and ends the run with :class:`CycleBroken`
+(exit 5, after the drain): the world is no longer what the machine believes.  The loop never
+waits blindly for the heap lock: between ``LOCK_NB`` tries it answers ``status`` and kills a
+holder that is a worker silent for ``control.dead_after_ms`` (a stopped process keeps its
+flock; a dead one does not).  SIGHUP reloads what can change while running (:data:`RELOADABLE`).
+
 All GC-cycle decisions are the machine's; all heap work is ``sweeperd.runtime``'s; this module
 only connects them.  Nothing is lost when a worker dies: every decision is recomputed from the
 shared heap, never from what a dead process knew.
