@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import faulthandler
 import json
 import os
@@ -166,35 +167,54 @@ def _run(args: argparse.Namespace) -> int:
     except Exception as e:  # bind failures, heap too large for this machine, ...
         print(f"sweeperd run: cannot start: {e}", file=sys.stderr)
         return 1
+    co.reload_config = lambda: _load_config(args)  # SIGHUP: the same file, env and flags
     co.install_signal_handlers()
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1: where is it stuck?
     from sweeperd.daemon.coordinator import MemoryDeaths, WorkersKeepDying
 
-    fatal: Throw | None = None
-    code = 0
+    code, why = ExitCode.OK, ""
     try:
-        print(f"sweeperd: heap {cfg.heap.size_mib} MiB, {cfg.sweep.sweepers} sweepers, "
-              f"{cfg.mutators.count} mutators", flush=True)
-        print(f"sweeperd: metrics on http://{co.metrics_addr}/metrics", flush=True)
-        print(f"sweeperd: control on {co.control_addr}", flush=True)
+        _say(f"sweeperd: heap {cfg.heap.size_mib} MiB, {cfg.sweep.sweepers} sweepers, "
+             f"{cfg.mutators.count} mutators")
+        _say(f"sweeperd: metrics on http://{co.metrics_addr}/metrics")
+        _say(f"sweeperd: control on {co.control_addr}")
         co.run(cfg.run.duration_s)
-        st = co.status()
-        print(f"sweeperd: stopping after {st['cycle']} cycles", flush=True)
+        _say(f"sweeperd: stopping after {co.snap.cycle} cycles")
     except Throw as e:  # a heap invariant broke: stop loudly, after draining (finally)
-        traceback.print_exc()
-        fatal = e
+        _print_exc()
+        code, why = EXIT_FATAL, f"fatal: {e}"
     except MemoryDeaths as e:
-        print(f"sweeperd run: giving up: {e}", file=sys.stderr)
-        code = ExitCode.OUT_OF_MEMORY
+        code, why = ExitCode.OUT_OF_MEMORY, f"giving up: {e}"
     except WorkersKeepDying as e:
-        print(f"sweeperd run: giving up: {e}", file=sys.stderr)
-        code = EXIT_GAVE_UP
+        code, why = EXIT_GAVE_UP, f"giving up: {e}"
+    except Exception as e:  # (the machine says whether it broke; else it is our own bug)
+        if co.machine.broken is not None:
+            code, why = ExitCode.CYCLE_BROKEN, f"cycle machine BROKEN: {co.machine.broken}"
+        else:
+            _print_exc()
+            code, why = ExitCode.INTERNAL, f"internal error: {type(e).__name__}: {e}"
     finally:
-        co.close()
-    if fatal is not None:
-        print(f"sweeperd run: fatal: {fatal}", file=sys.stderr)
-        return EXIT_FATAL
-    return code
+        try:
+            co.close()
+        except Exception as e:
+            _print_exc()
+            if code is ExitCode.OK:
+                code, why = ExitCode.INTERNAL, f"internal error while draining: {e!r}"
+    if why:
+        _say(f"sweeperd run: {why}", sys.stderr)
+    return int(code)
+
+
+def _say(line: str, stream: Any = None) -> None:
+    """One line on stdout (or ``stream``), flushed; a closed or broken stream is not a reason
+    to die (the daemon's exit code still says why it ended)."""
+    with contextlib.suppress(OSError, ValueError):
+        print(line, file=stream or sys.stdout, flush=True)
+
+
+def _print_exc() -> None:
+    with contextlib.suppress(OSError, ValueError):
+        traceback.print_exc()
 
 
 EXIT_FATAL = ExitCode.HEAP_INVARIANT

@@ -386,9 +386,81 @@ def test_a_silent_worker_is_killed_then_recovered_and_restarted():
 
 def test_every_phase_has_a_tick_and_the_common_events():
     for ph, table in c.TRANSITIONS.items():
-        for ev in (c.Tick, c.Started, c.Hello, c.Heard, c.Died, c.GcRequested, c.Stopping):
+        if ph is Phase.BROKEN:
+            continue
+        for ev in (c.Tick, c.Started, c.Hello, c.Heard, c.Died, c.GcRequested, c.Stopping,
+                   c.ActionFailed):
             assert ev in table, (ph, ev)
-    assert {a for a, _ in c.EDGES} == set(Phase)
+    assert {a for a, _ in c.EDGES} == set(Phase) - {Phase.BROKEN}
+
+
+# --- BROKEN ---------------------------------------------------------------------------------
+
+MU, SW = Slot(Role.MUTATOR, 0), Slot(Role.SWEEPER, 0)
+EVERY_EVENT = [c.Tick(9.0), c.Started(Slot(Role.MUTATOR, 1), 9.0), c.Hello(MU, 9.0),
+               c.Heard(MU, 9.0), c.Marked(MU, 6, 9.0, 1), c.Swept(SW, 6, 9.0), c.Died(MU),
+               c.GcRequested(), c.Stopping(), c.ActionFailed("Restart", "again"),
+               c.HeapMeasured(0, 0, 0), c.LiveMeasured(0, 0), c.SweepMeasured(0, False, 0, 0)]
+
+
+def _in_phase(phase: Phase) -> c.GCCycle:
+    """A machine with one sweeper and one mutator up, brought to ``phase``."""
+    m = _machine()
+    for s in (SW, MU):
+        m.handle(c.Started(s, 0.0))
+        m.handle(c.Hello(s, 0.1))
+    if phase is not Phase.IDLE:
+        m.handle(c.GcRequested())
+        assert m.handle(c.Tick(0.2)) == [c.SendMark((MU,), 6, forced=True)]
+    if phase is Phase.SWEEP:
+        m.handle(c.Marked(MU, 6, 0.3, 1 << 20))
+        assert isinstance(m.handle(c.LiveMeasured(1 << 20, 10))[0], c.BeginSweep)
+    assert m.phase is phase
+    return m
+
+
+def test_the_broken_edges_lead_only_into_a_terminal_phase():
+    assert {(src, to) for (src, e), to in c.EDGES.items() if e == "broken"} == {
+        (p, Phase.BROKEN) for p in Phase if p is not Phase.BROKEN}
+    assert not any(src is Phase.BROKEN for src, _ in c.EDGES)  # no way out
+    assert c.TRANSITIONS[Phase.BROKEN] == {}  # the table says every event is illegal there
+
+
+@pytest.mark.parametrize("phase", [Phase.IDLE, Phase.MARK, Phase.SWEEP])
+def test_a_failed_action_breaks_the_machine_for_good_naming_phase_action_and_cause(phase):
+    m = _in_phase(phase)
+    assert m.handle(c.ActionFailed("BeginSweep", "OSError: [Errno 5] boom")) == []
+    assert m.phase is Phase.BROKEN and not m.pending and m.awaiting is None
+    assert m.broken == c.Broken(phase, "action BeginSweep", "OSError: [Errno 5] boom")
+    assert str(m.broken) == (f"action BeginSweep failed in phase {phase.value}: "
+                             "OSError: [Errno 5] boom")
+    before = (m.sweepgen, m.cycles, dict(m.members), m.broken)
+    for ev in EVERY_EVENT:
+        with pytest.raises(c.IllegalTransition, match="not legal in phase broken"):
+            m.handle(ev)
+    assert (m.sweepgen, m.cycles, dict(m.members), m.broken) == before
+    assert m.phase is Phase.BROKEN
+
+
+def test_a_failed_measurement_breaks_the_machine_while_it_awaits_the_answer():
+    m = _in_phase(Phase.IDLE)
+    assert m.handle(c.Tick(0.5)) == [c.MeasureHeap()] and m.awaiting is c.HeapMeasured
+    m.handle(c.ActionFailed("MeasureHeap", "RuntimeError: no"))
+    assert m.phase is Phase.BROKEN and m.awaiting is None
+    with pytest.raises(c.IllegalTransition):
+        m.handle(c.HeapMeasured(0, 1, 1))  # the answer that never came is refused too
+
+
+def test_a_broken_invariant_moves_the_machine_to_broken_and_names_the_event():
+    m = _in_phase(Phase.IDLE)
+    m.pending.add(SW)  # a bug: a pending worker in IDLE
+    with pytest.raises(c.CycleInvariantBroken, match="sweeper 0 pending in phase idle"):
+        m.handle(c.Tick(0.5))
+    assert m.phase is Phase.BROKEN
+    assert m.broken is not None and m.broken.phase is Phase.IDLE
+    assert m.broken.what == "event Tick" and "sweeper 0 pending" in m.broken.cause
+    with pytest.raises(c.IllegalTransition):
+        m.handle(c.Tick(0.6))
 
 
 def test_restarts_back_off_and_too_many_deaths_give_up():

@@ -32,7 +32,9 @@ def test_unit_is_notify_mixed_kill_and_sandboxed():
     assert u["KillMode"] == ["mixed"] and u["KillSignal"] == ["SIGTERM"]
     assert re.search(r"sweeperd run --config \S+", u["ExecStart"][0])
     assert "config check" in u["ExecStartPre"][0]
-    assert u["RestartPreventExitStatus"] == ["2"]  # a bad config is not retried forever
+    # a bad config (2) or an unsupported platform (7) is not retried forever
+    assert u["RestartPreventExitStatus"] == ["2 7"]
+    assert u["ExecReload"] == ["/bin/kill -HUP $MAINPID"]  # SIGHUP reloads, never kills
     for key, value in [("NoNewPrivileges", "yes"), ("ProtectSystem", "strict"),
                        ("ProtectHome", "yes"), ("PrivateTmp", "yes"),
                        ("PrivateDevices", "yes"), ("CapabilityBoundingSet", "")]:

@@ -34,3 +34,54 @@ def test_an_armed_point_kills_once_per_directory(tmp_path):
 def test_an_unknown_point_is_refused_by_name(tmp_path):
     r = _run({"SWEEPERD_FAILPOINTS": "scavenge.takne", "SWEEPERD_FAILPOINTS_DIR": str(tmp_path)})
     assert r.returncode == 1 and "scavenge.takne" in r.stderr and "unknown" in r.stderr
+
+
+FAIL = ("from sweeperd.sys import failpoint\n"
+        "try:\n    failpoint.fail('action.BeginSweep')\n"
+        "except failpoint.InjectedFailure as e:\n    print('raised:', e)\n"
+        "print('alive')")
+
+
+def test_a_fail_point_raises_once_per_directory(tmp_path):
+    env = {"SWEEPERD_FAILPOINTS": "action.BeginSweep", "SWEEPERD_FAILPOINTS_DIR": str(tmp_path)}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SWEEPERD_FAILPOINTS")}
+    run = [sys.executable, "-c", FAIL]
+    first = subprocess.run(run, env={**clean, **env}, capture_output=True, text=True, timeout=60)
+    assert first.stdout == "raised: fail point action.BeginSweep\nalive\n", first.stderr
+    assert (tmp_path / "action.BeginSweep").read_text().isdigit()
+    again = subprocess.run(run, env={**clean, **env}, capture_output=True, text=True, timeout=60)
+    assert again.stdout == "alive\n"
+    unarmed = subprocess.run(run, env=clean, capture_output=True, text=True, timeout=60)
+    assert unarmed.stdout == "alive\n"
+
+
+def test_a_stop_point_stops_the_process_and_names_it(tmp_path):
+    import time
+
+    env = {"SWEEPERD_FAILPOINTS": "mutator.locked", "SWEEPERD_FAILPOINTS_DIR": str(tmp_path)}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SWEEPERD_FAILPOINTS")}
+    code = "from sweeperd.sys import failpoint; failpoint.stop('mutator.locked'); print('alive')"
+    p = subprocess.Popen([sys.executable, "-c", code], env={**clean, **env},
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        marker = tmp_path / "mutator.locked"
+        deadline = time.monotonic() + 60
+        while not (marker.exists() and marker.read_text().isdigit()):
+            assert time.monotonic() < deadline, "the point did not fire"
+            time.sleep(0.02)
+        assert int(marker.read_text()) == p.pid
+
+        def state() -> str:
+            with open(f"/proc/{p.pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0]
+
+        while state() != "T":
+            assert time.monotonic() < deadline, "the process did not stop"
+            time.sleep(0.02)
+        os.kill(p.pid, signal.SIGCONT)
+        assert p.stdout.read() == "alive\n" and p.wait(60) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        p.stdout.close()

@@ -69,6 +69,24 @@ def test_outside_systemd_nothing_is_sent_and_no_watchdog():
     n.stopping()  # no socket: no error
 
 
+def test_a_manager_that_stopped_listening_is_counted_and_said_once(tmp_path, capsys):
+    import socket
+
+    gone = tmp_path / "notify"  # nobody bound, then a socket bound and closed (refused)
+    n = Notifier.from_env({"NOTIFY_SOCKET": str(gone), "WATCHDOG_USEC": "1000"})
+    n.ready("up")
+    n.stopping()
+    assert n.errors == 2
+    for t in range(5):
+        n.ping(float(t))  # each due ping fails, and is not retried before the next is due
+    assert n.errors == 7 and "No such file" in n.last_error
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.bind(str(gone))
+    assert n.send("WATCHDOG=1") is False and n.errors == 8  # refused
+    err = capsys.readouterr().err
+    assert err.count("sd_notify to") == 1 and "going on" in err
+
+
 def test_watchdog_for_another_pid_is_not_ours(listener):
     _, path = listener
     n = Notifier.from_env({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "5000",

@@ -21,6 +21,13 @@ every 10 ms (or as soon as a frame arrives):
 5. publishes an immutable :class:`~sweeperd.daemon.snapshot.Snapshot`, the only thing the
    metrics thread and ``status`` read.
 
+An action that cannot be carried out (an exception other than a heap invariant's ``Throw``)
+moves the machine to its terminal ``BROKEN`` phase and ends the run with :class:`CycleBroken`
+(exit 5, after the drain): the world is no longer what the machine believes.  The loop never
+waits blindly for the heap lock: between ``LOCK_NB`` tries it answers ``status`` and kills a
+holder that is a worker silent for ``control.dead_after_ms`` (a stopped process keeps its
+flock; a dead one does not).  SIGHUP reloads what can change while running (:data:`RELOADABLE`).
+
 All GC-cycle decisions are the machine's; all heap work is ``sweeperd.runtime``'s; this module
 only connects them.  Nothing is lost when a worker dies: every decision is recomputed from the
 shared heap, never from what a dead process knew.
@@ -29,6 +36,7 @@ shared heap, never from what a dead process knew.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import glob
 import os
@@ -72,10 +80,11 @@ from sweeperd.runtime.heapstats import (
 )
 from sweeperd.runtime.scavenge import ReleaseOnFree
 from sweeperd.runtime.sizeclasses import PAGE_SIZE
-from sweeperd.sys import cgroup
+from sweeperd.sys import cgroup, failpoint
 from sweeperd.sys.procmem import meminfo
 from sweeperd.sys.procs import run_niced
 from sweeperd.sys.sdnotify import Notifier
+from sweeperd.sys.shm import LockTimeout
 from sweeperd.sys.sysmem import SysMem, check_platform
 from sweeperd.wire import protocol
 from sweeperd.wire.beat import last_beat_s
@@ -84,6 +93,9 @@ from sweeperd.workload import scenario as scenarios
 POLL_MS = 10
 MAX_FRAMES_PER_STEP = 1000
 DRAIN_S = 5.0
+# A control request that needs the heap lock waits this long at most (a REP socket answers
+# nobody else meanwhile), then says busy; the loop's own waits answer status (_lock_wait).
+REQUEST_LOCK_WAIT_S = 0.5
 
 
 def entry_point(cfg: Config, handle: dict[str, Any], endpoint: str,
@@ -158,8 +170,50 @@ def death_cause(code: int | None, oom_kills: int | None) -> tuple[bool, str]:
     return False, f"killed by {name}"
 
 
+class CycleBroken(RuntimeError):
+    """The cycle machine went BROKEN; the message names the phase, the action and the cause."""
+
+
+class HeapLockAbandoned(RuntimeError):
+    """Asked to stop while the heap lock's holder can neither answer nor die (a frozen
+    cgroup): the action that waited for it is abandoned (the machine goes BROKEN)."""
+
+
 class StartError(RuntimeError):
     """The daemon cannot start; the message names what failed (an address and its key)."""
+
+
+def _proc_state(pid: int) -> str:
+    """``state T`` (stopped), ``state S`` ...: the holder's state as /proc says, for a log."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return "state " + f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "gone"
+
+
+#: Config keys a SIGHUP applies (dotted; a prefix ending in "." covers a policy's table):
+#: GOGC and the minimum goal (the next mark's goal), the trace flags, the scavenger's CPU
+#: budget and policy parameters (the scavenger is restarted with them).
+RELOADABLE = ("gc.gogc", "gc.min_goal_mib", "run.gctrace", "run.scavtrace",
+              "scavenger.cpu_fraction", "scavenger.jemalloc_decay.",
+              "scavenger.gperftools_rate.", "scavenger.mimalloc_delay.")
+
+
+def _reloadable(key: str) -> bool:
+    return any(key == r or (r.endswith(".") and key.startswith(r)) for r in RELOADABLE)
+
+
+def _changed_keys(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two nested dicts (sorted)."""
+    out: list[str] = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += _changed_keys(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}")
+    return out
 
 
 def private_parent() -> str:
@@ -221,10 +275,15 @@ class Coordinator:
         self.cfg = cfg
         self.notify = Notifier.from_env()  # first: no worker may inherit NOTIFY_SOCKET
         self.stopping = False
+        self.reload_requested = False
+        # what SIGHUP reloads from: a callable giving the config anew (set by the CLI)
+        self.reload_config: Callable[[], Config] | None = None
         with contextlib.ExitStack() as undo:  # a failure part way releases what was made
             self.heap = Heap.create(cfg.heap.size_mib << 20)
             undo.callback(self.heap.close)
             self.heap.me = owners.COORDINATOR
+            self.heap.lock.waiter = self._lock_wait  # never a blind wait (see _lock_wait)
+            self._lock_wait_at = self._lock_wait_since = self._holder_checked = 0.0
             self._handle = MappingProxyType(self.heap.handle.to_dict())
             parent = private_parent()
             remove_stale_dirs(parent)
@@ -317,6 +376,63 @@ class Coordinator:
             self.totals.died(slot, memory)
             self._feed(c.Died(slot, memory))
 
+    # --- the heap lock --------------------------------------------------------------------------
+
+    def _lock_wait(self, holder: int) -> None:
+        """Between tries for the heap lock another process holds (FlockLock.waiter): answer
+        read-only control requests, and kill the holder if it is a worker of ours silent for
+        ``control.dead_after_ms`` (no frame and no beat: stopped, or hung) — the kernel then
+        drops its lock, and the machine, told of the death by the next reap, has its claims
+        recovered.  Asked to stop while a holder that is not ours, or cannot die, keeps the
+        lock for twice ``dead_after_ms``: :class:`HeapLockAbandoned`."""
+        now = time.monotonic()
+        if now - self._lock_wait_at > 0.5:  # a new wait (calls come every few ms)
+            self._lock_wait_since = now
+        self._lock_wait_at = now
+        self._serve_read_only()
+        if now - self._holder_checked < 0.05:
+            return
+        self._holder_checked = now
+        dead_after = self.cfg.control.dead_after_ms / 1000
+        for slot, p in list(self.sup.procs.items()):
+            if holder == 0 or p.pid != holder:
+                continue
+            m = self.machine.members.get(slot)
+            heard = max(m.last_heard if m else 0.0,
+                        last_beat_s(self.heap, owners.of(slot.role.value, slot.id)))
+            if now - heard > dead_after and p.proc.is_alive():
+                log(f"{slot} (pid {holder}) holds the heap lock and has been silent for "
+                    f"{now - heard:.1f}s ({_proc_state(holder)}): killing it")
+                self.sup.kill(slot)
+        if self.stopping and now - self._lock_wait_since > 2 * dead_after:
+            raise HeapLockAbandoned(
+                f"stopping, and the heap lock is still held by pid {holder or '?'} "
+                f"({_proc_state(holder)}) after {now - self._lock_wait_since:.1f}s")
+
+    def _serve_read_only(self) -> None:
+        """Answer ``status`` and ``ping`` while the loop is held up; anything else is refused
+        (reason ``busy``: it would change what the action in progress is doing)."""
+        try:
+            if not self.csock.poll(0):
+                return
+            frames = self.csock.recv_multipart(zmq.NOBLOCK)
+        except zmq.ZMQError:  # (inside a request already: a REP socket must answer it first)
+            return
+        try:
+            msg = protocol.decode(frames[0], protocol.CLIENT_TYPES) if len(frames) == 1 else None
+        except protocol.ProtocolError:
+            msg = None
+        if msg is not None and msg.type in ("status", "ping"):
+            try:
+                out = self._answer(frames)
+            except Exception:
+                self._internal_error("control")
+                out = protocol.reply(False, error="internal error (logged)", reason="internal")
+        else:
+            out = protocol.reply(False, error="busy: waiting for the heap lock; ask again",
+                                 reason="busy")
+        self.csock.send(out)
+
     # --- the machine ---------------------------------------------------------------------------
 
     def _feed(self, ev: c.Event) -> None:
@@ -335,12 +451,28 @@ class Coordinator:
         return True
 
     def _carry_out(self, actions: list[c.Action]) -> None:
+        """Carry out the machine's actions in order.  One that fails (any exception but a
+        heap invariant's Throw) leaves the world half-way from what the machine believes: the
+        machine goes BROKEN and :class:`CycleBroken` ends the run (the rest are not done)."""
         for a in actions:
-            answer = self._do(a)
+            try:
+                answer = self._do(a)
+            except (Throw, WorkersKeepDying, CycleBroken):
+                raise
+            except Exception as e:
+                self._broken(type(a).__name__, e)
             if answer is not None:
                 self._feed(answer)
 
+    def _broken(self, action: str, e: BaseException) -> None:
+        log(f"could not carry out {action}:\n" + traceback.format_exc().rstrip())
+        cause = f"{type(e).__name__}: {e}".rstrip(": ")
+        with contextlib.suppress(c.IllegalTransition):  # (BROKEN already: the first cause)
+            self.machine.handle(c.ActionFailed(action, cause))
+        raise CycleBroken(f"cycle machine BROKEN: {self.machine.broken}") from e
+
     def _do(self, a: c.Action) -> c.Event | None:
+        failpoint.fail(f"action.{type(a).__name__}")
         hw = self.work
         if isinstance(a, c.MeasureHeap):
             return hw.measure_heap()
@@ -480,7 +612,10 @@ class Coordinator:
             self._feed(c.GcRequested())
             return protocol.reply(True, cycle=self.machine.cycles)
         if msg.type == "scavenge":
-            return protocol.reply(True, **self._free_os_memory())
+            try:
+                return protocol.reply(True, **self._free_os_memory())
+            except LockTimeout as e:  # (a request never waits long: status would wait too)
+                return protocol.reply(False, error=f"busy: {e}; ask again", reason="busy")
         return protocol.reply(True, pong=True)
 
     def _internal_error(self, where: str) -> None:
@@ -496,7 +631,8 @@ class Coordinator:
         if self.sup.identity(slot) is not None:
             self._send((slot,), "release_all")
             return {"requested": True, "by": "scavenger"}
-        out = {**self.work.free_os_memory(), "by": "coordinator"}
+        with self.heap.lock.within(REQUEST_LOCK_WAIT_S):
+            out = {**self.work.free_os_memory(), "by": "coordinator"}
         self.trace.scavenged(*self._scav_figures(), forced=True)
         return out
 
@@ -529,7 +665,7 @@ class Coordinator:
                 frames = self.wsock.recv_multipart()
                 try:
                     self._on_worker_frame(frames)
-                except Throw:
+                except (Throw, CycleBroken, c.CycleInvariantBroken, WorkersKeepDying):
                     raise
                 except Exception:
                     self._internal_error("worker")
@@ -539,18 +675,83 @@ class Coordinator:
             self._heard_beats()
             self._feed(c.Tick(time.monotonic()))
             self._publish()
+            if self.reload_requested:
+                self._reload()
+            if self.machine.broken is not None:  # (however it got there)
+                raise CycleBroken(f"cycle machine BROKEN: {self.machine.broken}")
+            failpoint.fail("shell.step")
 
     def install_signal_handlers(self) -> None:
         def stop(signum: int, frame: Any) -> None:
             self.stopping = True
 
+        def hup(signum: int, frame: Any) -> None:
+            self.reload_requested = True  # (done by the loop: a handler only sets a flag)
+
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, hup)
+
+    # --- SIGHUP ---------------------------------------------------------------------------------
+
+    def _reload(self) -> None:
+        """SIGHUP: read the config again (``self.reload_config``: the file the daemon was
+        started with, the environment and the flags, as at the start) and apply what can change
+        while running (:data:`RELOADABLE`); anything else that changed is named and kept as it
+        was.  A bad file, or any failure here, is logged and the running config kept: a
+        reload never ends the daemon."""
+        self.reload_requested = False
+        if self.reload_config is None:
+            log("SIGHUP: no config to reload from; ignored")
+            return
+        try:
+            new = self.reload_config()
+        except Exception as e:
+            log(f"SIGHUP: config not reloaded, keeping the running one: {e}")
+            return
+        try:
+            applied, kept = self._apply(new)
+        except Exception:
+            log("SIGHUP: reload failed part way; going on:\n" + traceback.format_exc().rstrip())
+            return
+        log("SIGHUP: reloaded " + (", ".join(applied) or "nothing (no reloadable key changed)")
+            + (f"; not reloaded (a restart applies them): {', '.join(kept)}" if kept else ""))
+
+    def _apply(self, new: Config) -> tuple[list[str], list[str]]:
+        old = self.cfg
+        changed = _changed_keys(asdict(old), asdict(new))
+        applied = [k for k in changed if _reloadable(k)]
+        kept = [k for k in changed if not _reloadable(k)]
+        if not applied:
+            return [], kept
+        sc = dataclasses.replace(
+            old.scavenger, cpu_fraction=new.scavenger.cpu_fraction,
+            jemalloc_decay=new.scavenger.jemalloc_decay,
+            gperftools_rate=new.scavenger.gperftools_rate,
+            mimalloc_delay=new.scavenger.mimalloc_delay)
+        cfg = dataclasses.replace(
+            old, gc=new.gc, scavenger=sc,
+            run=dataclasses.replace(old.run, gctrace=new.run.gctrace,
+                                    scavtrace=new.run.scavtrace))
+        self.cfg = cfg
+        if not self.trace.stopped:  # (a trace stream that failed stays off)
+            self.trace.gctrace, self.trace.scavtrace = cfg.run.gctrace, cfg.run.scavtrace
+        self.machine.params = dataclasses.replace(
+            self.machine.params, gogc=cfg.gc.gogc, min_goal_bytes=cfg.gc.min_goal_mib << 20)
+        params = cfg.scavenger.policy_params()
+        self._policy_params = MappingProxyType(asdict(params) if params else {})
+        self.sup.target = functools.partial(
+            entry_point, cfg, self.heap.handle.to_dict(), f"ipc://{self.ipc_dir}/workers.sock",
+            None if self.scenario is None else self.scenario.to_toml())
+        if any(k.startswith("scavenger.") for k in applied):  # its parameters are its args:
+            self._send((Slot(Role.SCAVENGER, 0),), "stop")  # it stops, and is restarted
+        return applied, kept
 
     def close(self) -> None:
         """Drain: stop every child, reap it, close sockets, unmap and free the heap."""
         self.stopping = True
-        self.machine.handle(c.Stopping())
+        with contextlib.suppress(c.IllegalTransition):  # (BROKEN: nothing is legal)
+            self.machine.handle(c.Stopping())
         self.notify.stopping(f"draining after {self.machine.cycles} cycles")
         self._send(tuple(self.sup.procs), "stop")
         self.sup.stop_all(DRAIN_S)

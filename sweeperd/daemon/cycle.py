@@ -15,6 +15,7 @@ answers a ``Measure*`` action at once with the matching ``*Measured`` event.
 Phases, and the only edges between them (:data:`EDGES`)::
 
     IDLE --trigger--> MARK --marked--> SWEEP --terminated--> IDLE
+    IDLE | MARK | SWEEP --broken--> BROKEN                       (terminal)
 
 ``IDLE``   mutators allocate.  Each tick (at most every ``trigger_check_s``) the heap is
            measured; when its objects reach the trigger, the heap is nearly full, or a client
@@ -28,6 +29,13 @@ Phases, and the only edges between them (:data:`EDGES`)::
            page is left in any shard, no chunk is in flight, and no span is claimed (h-1) or
            unswept (h-2) — spans the shards missed are swept by the coordinator first and the
            measurement repeated.
+
+``BROKEN`` the machine cannot go on: one of its own invariants broke (a bug), or the shell
+           could not carry out an action it returned (:class:`ActionFailed`: a sweep begun
+           half-way, a message not sent, a worker not restarted), so the world no longer is
+           what the machine believes.  No event is legal there (its row of the table is
+           empty); :attr:`GCCycle.broken` names the phase it broke in, the action or event and
+           the cause, and the shell drains and exits (``ExitCode.CYCLE_BROKEN``).
 
 Which event is legal in which phase is the table :data:`TRANSITIONS`; any other combination
 raises :class:`IllegalTransition` naming both, *before* any state changes, so the shell can
@@ -55,6 +63,7 @@ from enum import Enum, StrEnum
 from sweeperd.daemon.events import (
     MEASUREMENT_OF,
     Action,
+    ActionFailed,
     BeginSweep,
     Died,
     EndCycle,
@@ -88,6 +97,7 @@ from sweeperd.pacing import gcpace
 
 __all__ = [
     "Action",
+    "ActionFailed",
     "BeginSweep",
     "Died",
     "EndCycle",
@@ -123,6 +133,7 @@ class Phase(StrEnum):
     IDLE = "idle"
     MARK = "mark"
     SWEEP = "sweep"
+    BROKEN = "broken"
 
 
 class MemberState(Enum):
@@ -137,6 +148,18 @@ class IllegalTransition(RuntimeError):
 
 class CycleInvariantBroken(AssertionError):
     """The machine's own state is inconsistent: a bug, never a peer's doing."""
+
+
+@dataclass(frozen=True)
+class Broken:
+    """Why the machine went BROKEN: the phase it was in, what failed there and how."""
+
+    phase: Phase  # the phase the machine was in when it broke
+    what: str  # the action that failed ("action BeginSweep") or the event being handled
+    cause: str
+
+    def __str__(self) -> str:
+        return f"{self.what} failed in phase {self.phase.value}: {self.cause}"
 
 
 # --- the machine ------------------------------------------------------------------------------
@@ -186,6 +209,7 @@ class GCCycle:
     deaths: dict[Slot, list[float]] = field(default_factory=dict)  # within the window
     memory_deaths: list[float] = field(default_factory=list)  # deaths of memory, in the window
     restart_at: dict[Slot, float] = field(default_factory=dict)  # restarts waiting out backoff
+    broken: Broken | None = None  # set when the machine went BROKEN
 
     def __post_init__(self) -> None:
         p = self.params
@@ -205,9 +229,22 @@ class GCCycle:
         now = getattr(ev, "now", None)
         if now is not None:
             self.now = max(self.now, float(now))
-        actions = handler(self, ev)
-        self._check()
+        try:
+            actions = handler(self, ev)
+            self._check()
+        except CycleInvariantBroken as e:
+            self._break(f"event {type(ev).__name__}", f"invariant broken: {e}")
+            raise
         return actions
+
+    def _break(self, what: str, cause: str) -> None:
+        """Go BROKEN (the ``broken`` edge), keeping the first cause: nothing waits any more."""
+        if self.broken is None:
+            self.broken = Broken(self.phase, what, cause)
+        self.phase = EDGES.get((self.phase, "broken"), Phase.BROKEN)
+        self.phase_started = self.now
+        self.pending.clear()
+        self.awaiting = None
 
     def up(self, role: Role) -> tuple[Slot, ...]:
         return tuple(sorted(s for s, m in self.members.items()
@@ -257,6 +294,10 @@ class GCCycle:
 
     def _on_gc(self, ev: GcRequested) -> list[Action]:
         self.force = True
+        return []
+
+    def _on_action_failed(self, ev: ActionFailed) -> list[Action]:
+        self._break(f"action {ev.action}", ev.cause)
         return []
 
     def _on_stopping(self, ev: Stopping) -> list[Action]:
@@ -413,14 +454,15 @@ class GCCycle:
     # --- invariants ----------------------------------------------------------------------
 
     def _check(self) -> None:
-        want = {Phase.IDLE: None, Phase.MARK: Role.MUTATOR, Phase.SWEEP: Role.SWEEPER}[self.phase]
+        want = {Phase.IDLE: None, Phase.MARK: Role.MUTATOR, Phase.SWEEP: Role.SWEEPER,
+                Phase.BROKEN: None}[self.phase]
         for slot in self.pending:
             m = self.members.get(slot)
             if want is None or slot.role is not want or m is None or m.state is not (
                     MemberState.UP):
                 raise CycleInvariantBroken(f"{slot} pending in phase {self.phase}")
         allowed = {Phase.IDLE: HeapMeasured, Phase.MARK: LiveMeasured,
-                   Phase.SWEEP: SweepMeasured}[self.phase]
+                   Phase.SWEEP: SweepMeasured, Phase.BROKEN: None}[self.phase]
         if self.awaiting not in (None, allowed):
             raise CycleInvariantBroken(f"awaiting {self.awaiting} in phase {self.phase}")
 
@@ -434,6 +476,7 @@ _COMMON: dict[type, Handler] = {
     Died: GCCycle._on_died,  # type: ignore[dict-item]
     GcRequested: GCCycle._on_gc,  # type: ignore[dict-item]
     Stopping: GCCycle._on_stopping,  # type: ignore[dict-item]
+    ActionFailed: GCCycle._on_action_failed,  # type: ignore[dict-item]
 }
 
 #: Which event is legal in which phase, and what handles it.
@@ -446,6 +489,7 @@ TRANSITIONS: dict[Phase, dict[type, Handler]] = {
     Phase.SWEEP: {**_COMMON, Tick: GCCycle._sweep_tick,  # type: ignore[dict-item]
                   Swept: GCCycle._on_swept,  # type: ignore[dict-item]
                   SweepMeasured: GCCycle._sweep_measured},  # type: ignore[dict-item]
+    Phase.BROKEN: {},  # terminal: every event is illegal
 }
 
 #: The only phase changes there are.
@@ -453,4 +497,7 @@ EDGES: dict[tuple[Phase, str], Phase] = {
     (Phase.IDLE, "trigger"): Phase.MARK,
     (Phase.MARK, "marked"): Phase.SWEEP,
     (Phase.SWEEP, "terminated"): Phase.IDLE,
+    (Phase.IDLE, "broken"): Phase.BROKEN,
+    (Phase.MARK, "broken"): Phase.BROKEN,
+    (Phase.SWEEP, "broken"): Phase.BROKEN,
 }

@@ -85,6 +85,14 @@ class Stopping:
 
 
 @dataclass(frozen=True)
+class ActionFailed:
+    """The shell could not carry out an action the machine returned: the machine goes BROKEN."""
+
+    action: str  # the action's kind, e.g. "BeginSweep"
+    cause: str  # what failed, e.g. "OSError: [Errno 22] Invalid argument"
+
+
+@dataclass(frozen=True)
 class HeapMeasured:
     objects_bytes: int
     headroom_bytes: int  # free + released
@@ -106,7 +114,7 @@ class SweepMeasured:
 
 
 Event = (Tick | Started | Hello | Heard | Marked | Swept | Died | GcRequested | Stopping
-         | HeapMeasured | LiveMeasured | SweepMeasured)
+         | ActionFailed | HeapMeasured | LiveMeasured | SweepMeasured)
 
 # --- actions ----------------------------------------------------------------------------------
 

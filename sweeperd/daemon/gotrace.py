@@ -32,6 +32,7 @@ gathers a cycle's figures from the coordinator's loop (its one owner) and writes
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from dataclasses import dataclass, field
@@ -136,6 +137,7 @@ class Tracer:
     _mark_end: tuple[float, int, int, float] | None = None  # at, H1, H2, mark seconds
     _mark_term_s: float = 0.0
     _released_seen: int = 0
+    stopped: str = ""  # why tracing stopped (its stream failed), "" while it has not
 
     @property
     def on(self) -> bool:
@@ -185,4 +187,17 @@ class Tracer:
         self._released_seen = advised_total
 
     def _write(self, line: GcLine | ScavLine) -> None:
-        print(line, file=self.out, flush=True)
+        """Write one line; if the stream is gone (EPIPE: the reader of ``2>&1 | head`` left,
+        or it was closed), tracing stops and says so on stdout if stdout still works — the
+        daemon itself goes on."""
+        try:
+            print(line, file=self.out, flush=True)
+        except (OSError, ValueError) as e:
+            self.gctrace = self.scavtrace = False
+            self.stopped = f"{type(e).__name__}: {e}"
+            if self.out is sys.stderr:  # nothing more goes there (nor at exit's flush)
+                with contextlib.suppress(OSError, ValueError):
+                    sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (for the process' life)
+            with contextlib.suppress(OSError, ValueError):
+                print(f"sweeperd: the trace stream failed ({self.stopped}); gctrace and "
+                      "scavtrace stopped", file=sys.stdout, flush=True)

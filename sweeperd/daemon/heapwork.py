@@ -16,6 +16,7 @@ one owner, the coordinator's main loop.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from sweeperd.daemon import cycle as c
@@ -31,7 +32,9 @@ from sweeperd.sys.sysmem import SysMem
 
 
 def log(msg: str) -> None:
-    print(f"sweeperd: {msg}", flush=True)
+    """One line on stdout; a closed or broken stdout does not stop the daemon."""
+    with contextlib.suppress(OSError, ValueError):
+        print(f"sweeperd: {msg}", flush=True)
 
 
 class HeapWork:

@@ -90,6 +90,7 @@ H_BENCH_READY = 11  # ... and spin (instead of sleeping) once this reaches r
 H_HEAP_GOAL = 12  # the coordinator's current heap goal (bytes), for the scavenger
 H_MEMORY_LIMIT = 13  # memory limit in bytes, 0 = none
 H_COMMIT_LIMIT = 14  # the arena's backing may not exceed this many bytes (mheap.commit), 0 = none
+H_LOCK_HOLDER = 15  # pid of the heap lock's holder, 0 = none (FlockLock; stale if it died)
 HEADER_WORDS = 64
 
 # Running counters (columns of ``counters``): every change of allocCount, of the pages in use or
@@ -256,7 +257,7 @@ class Heap:
         # The heap lock (Go's mheap_.lock, plus the atomics of span claims), shared by every
         # process that maps the heap and released by the kernel if its holder is killed.
         # Held for claims, page-heap changes and finalizer-queue pushes, never a whole sweep.
-        self.lock = FlockLock(meta.fd)
+        self.lock = FlockLock(meta.fd, self.header[H_LOCK_HOLDER:H_LOCK_HOLDER + 1])
         # whose row of ``counters`` this process writes: its claimer id (owners.py)
         self.me = ANONYMOUS
         # called as on_free(starts, npages) after freeSpan returned spans to the page heap:
@@ -322,6 +323,7 @@ class Heap:
         for name in ("arena", "span_sweptgen", "span_nsweeps", "_commit_i64"):
             self.__dict__.pop(name, None)
         self.__dict__.pop("arena64", None)
+        self.lock.holder = None  # (a view of the header)
         try:
             self.arena_region.close()
         finally:

@@ -16,7 +16,10 @@ environment (so a daemon's workers, started by ``spawn``, inherit it):
     ones after it (the replacement worker) go on.  Without the variable a point never fires.
 
 Firing is ``SIGKILL`` to itself: no handler, no ``finally``, no flush — the death a pager
-meets.  Unarmed, ``hit`` costs one set lookup; the points sit at batch granularity.
+meets.  Unarmed, ``hit`` costs one set lookup; the points sit at batch granularity.  Two other
+kinds of firing: :func:`stop` stops the process (``SIGSTOP`` to itself: a debugger, a cgroup
+freeze, a hang), and :func:`fail` raises :class:`InjectedFailure` (an action the coordinator
+cannot carry out: ``action.<Kind>`` for each kind of the cycle machine's actions).
 """
 
 from __future__ import annotations
@@ -30,7 +33,11 @@ NAMES = frozenset({
     "malloc.bits_set",  # alloc bits written, allocCount not yet
     "mutator.cached",  # a mutator holds cached spans in the middle of a cycle
     "mheap.freed",  # an eager freer freed spans and has not taken their pages to release
-})
+    "mutator.locked",  # a mutator holds the heap lock: it stops itself (SIGSTOP: see stop)
+    "shell.step",  # the coordinator's loop raises (an unexpected exception in the shell)
+}) | frozenset(f"action.{kind}" for kind in (  # the coordinator cannot carry out an action
+    "MeasureHeap", "MeasureLive", "MeasureSweep", "SendMark", "BeginSweep", "SendSweep",
+    "SendResume", "SweepMissed", "EndCycle", "Kill", "Recover", "Restart"))
 
 
 def _armed() -> frozenset[str]:
@@ -56,3 +63,39 @@ def hit(name: str) -> None:
     except FileExistsError:
         return  # fired already: the replacement goes on
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+class InjectedFailure(RuntimeError):
+    """What an armed ``action.*`` fail point raises in place of the action it guards."""
+
+
+def _fires(name: str) -> bool:
+    """Armed and not fired yet in the directory: the file is made, holding this pid."""
+    if name not in ARMED:
+        return False
+    path = os.path.join(os.environ["SWEEPERD_FAILPOINTS_DIR"], name)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return False
+    try:
+        os.write(fd, str(os.getpid()).encode())
+    finally:
+        os.close(fd)
+    return True
+
+
+def stop(name: str) -> None:
+    """Stop here (SIGSTOP to itself) if ``name`` is armed and its file is absent; a test that
+    removes the file arms it again for the next process to pass."""
+    assert name in NAMES, f"unknown fail point {name!r}"
+    if _fires(name):
+        os.kill(os.getpid(), signal.SIGSTOP)
+
+
+def fail(name: str) -> None:
+    """Raise :class:`InjectedFailure` here if ``name`` is armed and has not fired yet.
+    ``name`` need not be known (the coordinator asks for every action it carries out, and
+    only ``action.<Kind>`` names can be armed)."""
+    if _fires(name):
+        raise InjectedFailure(f"fail point {name}")

@@ -16,8 +16,10 @@ the ``now`` arguments.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import sys
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 
@@ -31,6 +33,8 @@ class Notifier:
     address: str | bytes | None = None
     watchdog_s: float = 0.0
     last_ping: float = float("-inf")
+    errors: int = 0  # sends that failed
+    last_error: str = ""
 
     @classmethod
     def from_env(cls, env: MutableMapping[str, str] | None = None,
@@ -56,11 +60,25 @@ class Notifier:
     def enabled(self) -> bool:
         return self.address is not None
 
-    def send(self, *assignments: str) -> None:
+    def send(self, *assignments: str) -> bool:
+        """Send to the service manager; False if it could not be told (the socket gone, full,
+        refused: counted in ``errors``, the first said on stderr) — never an exception: a
+        daemon does not die because its manager stopped listening."""
         if self.address is None:
-            return
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
-            s.sendto("\n".join(assignments).encode(), self.address)
+            return True
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+                s.sendto("\n".join(assignments).encode(), self.address)
+        except OSError as e:
+            self.errors += 1
+            self.last_error = f"{e.strerror or e}"
+            if self.errors == 1:
+                with contextlib.suppress(OSError, ValueError):
+                    print(f"sweeperd: sd_notify to {self.address!r} failed ({self.last_error});"
+                          " going on without telling the service manager", file=sys.stderr,
+                          flush=True)
+            return False
+        return True
 
     def ready(self, status: str = "") -> None:
         self.send("READY=1", *([f"STATUS={status}"] if status else []))
@@ -74,5 +92,5 @@ class Notifier:
 
     def ping(self, now: float) -> None:
         if self.watchdog_due(now):
+            self.last_ping = now  # (a failed ping is not retried every step)
             self.send("WATCHDOG=1")
-            self.last_ping = now

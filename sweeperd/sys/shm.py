@@ -22,12 +22,14 @@ closes the memfd's last reference on purpose (attached processes just unmap).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
 import mmap
 import os
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -184,6 +186,10 @@ class SharedRegion:
             self.fd = -1
 
 
+class LockTimeout(TimeoutError):
+    """The lock was not taken within the time asked for."""
+
+
 class FlockLock:
     """A cross-process lock that a killed holder cannot leave held.
 
@@ -191,24 +197,83 @@ class FlockLock:
     file description (``/proc/PID/fd``), so the kernel arbitrates between them and drops the
     lock when a holder dies — ``kill -9`` mid-critical-section releases it.  Reentrant within
     a process (a depth count), as the heap's callers nest it.  About a microsecond a round trip.
+
+    A stopped holder (SIGSTOP, a debugger, a frozen cgroup) is not dead: the kernel keeps its
+    lock.  So the holder writes its pid into ``holder`` (a shared word) once it has the lock
+    and clears it before letting go, and a process that must not wait blindly — the
+    coordinator, which answers ``status`` and kills silent workers — sets :attr:`waiter`: it
+    then takes the lock with ``LOCK_NB`` tries, calling ``waiter(holder pid)`` between them
+    (the pid may be stale for an instant: a dead holder's, until the next one writes its own).
+    Without a waiter the wait is the kernel's (no poll latency): a worker's wait ends when the
+    coordinator kills a stopped holder.
     """
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, holder: np.ndarray | None = None) -> None:
         self.fd = fd
         self.depth = 0
+        self.holder = holder  # one int64 word in shared memory: the holder's pid, 0 if none
+        self.waiter: Callable[[int], None] | None = None
 
     def __enter__(self) -> FlockLock:
         if self.depth == 0:
-            fcntl.flock(self.fd, fcntl.LOCK_EX)
+            self.acquire()
         self.depth += 1
         return self
+
+    def acquire(self, timeout_s: float | None = None) -> bool:
+        """Take the lock (not reentrant: ``with`` is).  ``timeout_s``: give up after that many
+        seconds and return False (None: wait as long as it takes).  A :attr:`waiter` is called
+        between tries with the holder's pid (0: unknown) and may raise to abandon the wait."""
+        if self.waiter is None and timeout_s is None:
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        else:
+            end = None if timeout_s is None else time.monotonic() + timeout_s
+            pause = 50e-6
+            while True:
+                try:
+                    fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    pass
+                if end is not None and time.monotonic() >= end:
+                    return False
+                if self.waiter is not None:
+                    self.waiter(self.holder_pid())
+                time.sleep(pause)
+                pause = min(2 * pause, 2e-3)
+        if self.holder is not None:
+            self.holder[0] = os.getpid()
+        return True
+
+    @contextlib.contextmanager
+    def within(self, timeout_s: float) -> Iterator[FlockLock]:
+        """``with lock.within(0.5):`` — held as ``with lock:`` is, or :class:`LockTimeout`
+        (naming the holder's pid) when not taken in ``timeout_s`` seconds."""
+        if self.depth == 0 and not self.acquire(timeout_s):
+            raise LockTimeout(f"the heap lock is held by pid {self.holder_pid() or '?'}; "
+                              f"not taken within {timeout_s:g}s")
+        self.depth += 1
+        try:
+            yield self
+        finally:
+            self.__exit__()
+
+    def holder_pid(self) -> int:
+        """The pid the last holder recorded (0: none, or no holder word)."""
+        return 0 if self.holder is None else int(self.holder[0])
 
     @property
     def held(self) -> bool:
         """Does this process hold the lock now?"""
         return self.depth > 0
 
+    def release(self) -> None:
+        """Let go of a lock :meth:`acquire` took."""
+        if self.holder is not None:
+            self.holder[0] = 0
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+
     def __exit__(self, *exc: object) -> None:
         self.depth -= 1
         if self.depth == 0:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            self.release()

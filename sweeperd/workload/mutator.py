@@ -353,6 +353,7 @@ class Mutator:
         t0 = time.perf_counter()
         try:
             with self.heap.lock:
+                failpoint.stop("mutator.locked")  # (a stopped holder must not wedge anyone)
                 span, _ = mheap.alloc_span(self.heap, 0, npages)
                 idx = malloc.alloc_objects(self.heap, span, 1)
                 self.heap.span_set[span] = full_swept(h)
