@@ -457,7 +457,7 @@ class Coordinator:
         for a in actions:
             try:
                 answer = self._do(a)
-            except (Throw, WorkersKeepDying, CycleBroken):
+            except (Throw, WorkersKeepDying, MemoryDeaths, CycleBroken):  # named ends of their own
                 raise
             except Exception as e:
                 self._broken(type(a).__name__, e)
