@@ -20,7 +20,7 @@ Who may connect at all is the socket's business:
   same path (:func:`auto_path`).  The daemon binds the path itself (:func:`bind_ipc`: bind(2)
   never replaces a file), removes only a dead socket of its own uid found there, refuses a live
   one ("in use by another daemon") or any other file, and at close unlinks the path only if it
-  is still the very socket it bound (same device and inode).
+  is still the very socket it bound (a socket of the same device, inode and ctime).
 * ``tcp://``: only with ZeroMQ CURVE (the server's secret certificate
   ``control.curve_server_key``, the allowed client public keys ``control.curve_allowed_clients``)
   and pyzmq's ZAP authenticator; a client whose key is not allowed never completes the
@@ -315,6 +315,7 @@ class Bound:
     path: str
     dev: int
     ino: int
+    ctime_ns: int  # with dev and ino: an inode number freed and reused is not taken for ours
 
 
 def bind_ipc(path: str, gid: int | None) -> Bound:
@@ -345,7 +346,7 @@ def bind_ipc(path: str, gid: int | None) -> Bound:
             os.chmod(path, mode)
             s.listen(64)
             st = os.lstat(path)
-            return Bound(s.detach(), path, st.st_dev, st.st_ino)
+            return Bound(s.detach(), path, st.st_dev, st.st_ino, st.st_ctime_ns)
         finally:
             s.close()
 
@@ -369,7 +370,8 @@ def unlink_if_ours(b: Bound) -> bool:
         st = os.lstat(b.path)
     except OSError:
         return False
-    if (st.st_dev, st.st_ino) != (b.dev, b.ino):
+    if (not stat.S_ISSOCK(st.st_mode)
+            or (st.st_dev, st.st_ino, st.st_ctime_ns) != (b.dev, b.ino, b.ctime_ns)):
         return False
     with contextlib.suppress(OSError):
         os.unlink(b.path)
