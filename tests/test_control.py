@@ -10,6 +10,7 @@ import stat
 import string
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import zmq.auth
@@ -124,7 +125,7 @@ def test_allowed_clients_are_a_file_of_certificates_or_a_directory_of_public_one
     with pytest.raises(control.CertError, match="holds a secret key"):
         control.read_allowed(a[1])  # a secret file named directly is refused
     both = tmp_path / "both"
-    both.write_text(open(a[0]).read() + open(b[0]).read())
+    both.write_text(Path(a[0]).read_text() + Path(b[0]).read_text())
     assert control.read_allowed(str(both)) == keys
     (tmp_path / "e").mkdir()
     with pytest.raises(control.CertError, match="no public-key"):
@@ -231,7 +232,7 @@ def test_tcp_without_curve_is_refused_at_config_check_naming_the_key(tmp_path):
     assert r.returncode == 2 and "control.curve_server_key" in r.stderr  # no secret in it
     assert "secret" in r.stderr
     cfg.write_text(f'[control]\naddr = "tcp://127.0.0.1:9465"\ncurve_server_key = "{sec}"\n')
-    with pytest.raises(ConfigError, match="control.curve_allowed_clients: required"):
+    with pytest.raises(ConfigError, match=r"control\.curve_allowed_clients: required"):
         check_server(load(cfg))
     cli = control.write_pair(str(tmp_path / "k"), "client")[0]
     cfg.write_text(cfg.read_text() + f'curve_allowed_clients = "{cli}"\n')
@@ -294,7 +295,7 @@ def test_at_close_a_file_that_replaced_our_socket_is_not_removed(tmp_path):
 def test_a_socket_path_too_long_for_sun_path_is_refused_by_name(tmp_path):
     with pytest.raises(control.ControlSocketError, match="longer than 107"):
         control.bind_ipc(str(tmp_path / ("x" * 120)), None)
-    with pytest.raises(ConfigError, match="control.addr: an ipc path is at most 107"):
+    with pytest.raises(ConfigError, match=r"control\.addr: an ipc path is at most 107"):
         from_dict({"control": {"addr": "ipc://" + "/x" * 60}})
 
 

@@ -33,8 +33,8 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
 def _metric(d: Daemon, type_: str, outcome: str) -> float:
     with urllib.request.urlopen(d.metrics, timeout=30) as r:
         body = r.read().decode()
-    m = re.search(r'^sweeperd_control_requests_total\{outcome="%s",type="%s"\} (\S+)$'
-                  % (outcome, type_), body, re.M)
+    line = f'sweeperd_control_requests_total{{outcome="{outcome}",type="{type_}"}} '
+    m = re.search("^" + re.escape(line) + r"(\S+)$", body, re.M)
     assert m, f"no sweeperd_control_requests_total{{type={type_},outcome={outcome}}}"
     return float(m.group(1))
 
