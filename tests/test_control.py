@@ -183,9 +183,9 @@ def test_any_control_keys_give_a_working_config_or_an_error_naming_the_key(tmp_p
     table: dict[str, object] = {
         "addr": data.draw(st.sampled_from(["tcp://127.0.0.1:0", "tcp://*:9465", "ipc://auto",
                                            "ipc:///tmp/x.sock", "ipc://" + "x" * 120,
-                                           "ipc://a\0b", "tcp://[::1]:1"])),
+                                           "ipc://a\0b", "ipc:///t/\ud800", "tcp://[::1]:1"])),
         "admin": data.draw(st.booleans() | st.integers(0, 1) | st.text(max_size=3)),
-        "group": data.draw(st.sampled_from(["", "root", "nogroup", "no-such-group-x"])
+        "group": data.draw(st.sampled_from(["", "root", "nogroup", "no-such-group-x", "a\0b"])
                            | st.text(max_size=10)),
     }
     for k in ("curve_server_key", "curve_allowed_clients", "curve_client_key"):

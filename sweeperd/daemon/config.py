@@ -210,16 +210,24 @@ def _validate_addrs(cfg: Config) -> None:
         _check_curve(cfg.control)
     elif not (a.startswith("ipc://") and len(a) > 6):
         raise ConfigError(f"control.addr: expected tcp://HOST:PORT or ipc://PATH, got {a!r}")
-    elif a != control.AUTO and ("\0" in a or len(os.fsencode(a[6:])) > control.MAX_IPC_PATH):
+    elif a != control.AUTO and not _ipc_path_ok(a[6:]):
         raise ConfigError(f"control.addr: an ipc path is at most {control.MAX_IPC_PATH} bytes "
                           f"with no NUL, got {a!r}")
     if cfg.control.group:
         try:
             control.group_id(cfg.control.group)
-        except KeyError:
+        except (KeyError, ValueError):  # ValueError: a NUL in the name
             raise ConfigError(f"control.group: no group named {cfg.control.group!r}") from None
     if cfg.control.dead_after_ms < 2 * cfg.control.heartbeat_ms:
         raise ConfigError("control.dead_after_ms must be at least twice control.heartbeat_ms")
+
+
+def _ipc_path_ok(path: str) -> bool:
+    try:
+        raw = os.fsencode(path)
+    except UnicodeError:  # a lone surrogate: no file name
+        return False
+    return b"\0" not in raw and len(raw) <= control.MAX_IPC_PATH
 
 
 def _check_curve(cc: ControlConfig) -> None:
