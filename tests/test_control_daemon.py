@@ -39,6 +39,27 @@ def _metric(d: Daemon, type_: str, outcome: str) -> float:
     return float(m.group(1))
 
 
+# Connect with a CURVE key pair and wait (60 s at most) for the handshake's end: prints
+# "refused" if the daemon's ZAP handler refused the key, "accepted" if it completed.
+CURVE_PROBE = """
+import sys, time, zmq
+from zmq.utils.monitor import recv_monitor_message
+addr, pub, sec, server = sys.argv[1:5]
+ctx = zmq.Context()
+s = ctx.socket(zmq.DEALER)
+s.setsockopt(zmq.LINGER, 0)
+s.curve_publickey, s.curve_secretkey, s.curve_serverkey = pub.encode(), sec.encode(), \
+    server.encode()
+mon = s.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_SUCCEEDED)
+s.connect(addr)
+if not mon.poll(60000):
+    sys.exit("no handshake within 60 s")
+ev = recv_monitor_message(mon)["event"]
+print("refused" if ev == zmq.EVENT_HANDSHAKE_FAILED_AUTH else "accepted")
+mon.close(); s.close(); ctx.term()
+"""
+
+
 def _config(tmp_path: Path, text: str) -> str:
     p = tmp_path / "sweeperd.toml"
     p.write_text(text)
@@ -217,8 +238,15 @@ def test_tcp_is_served_only_to_an_allowed_curve_key(tmp_path):
         r = _cli("gc", "--control", d.control, "--curve-server-key", server_pub,
                  "--curve-client-key", mallory_sec, "--timeout", "3")
         assert r.returncode == 1 and "no answer" in r.stderr
+        m = read_cert(mallory_sec)
+        assert m.secret is not None
+        for key, seen in ((m, "refused"), (a, "accepted")):  # the handshake's own verdict
+            r = subprocess.run([sys.executable, "-c", CURVE_PROBE, d.control, key.public,
+                                key.secret or "", s.public], capture_output=True, text=True,
+                               timeout=120)
+            assert r.stdout.strip() == seen, (r.stdout, r.stderr)
         d.wait_for(lambda st: st["control_requests"].get("handshake", {}).get("refused", 0)
-                   >= 1, what="mallory's key refused by ZAP")
+                   >= 1, what="mallory's key counted as refused")
         ctx = zmq.Context()  # and a client with no CURVE at all gets nothing either
         try:
             plain = ctx.socket(zmq.REQ)
