@@ -135,3 +135,22 @@ def test_nobody_with_a_curve_key_not_allowed_gets_no_reply_over_tcp(rundir):
         assert d.stop() == 0
     finally:
         d.close()
+
+
+def test_a_key_file_the_user_cannot_read_is_a_config_error_naming_the_key(rundir):
+    _, server_sec = write_pair(rundir, "server")  # 0600, root's
+    allowed = write_pair(rundir, "client")[0]
+    os.chmod(rundir, 0o755)
+    cfg = Path(rundir) / "c.toml"
+    cfg.write_text(f'[control]\naddr = "tcp://127.0.0.1:0"\ncurve_server_key = "{server_sec}"\n'
+                   f'curve_allowed_clients = "{allowed}"\n')
+    os.chmod(cfg, 0o644)
+    r = _cli_as_nobody("config", "check", str(cfg))
+    assert r.returncode == 2, r.stderr
+    assert "control.curve_server_key: cannot read" in r.stderr and "Permission denied" in r.stderr
+    assert _cli("config", "check", str(cfg)).returncode == 0  # its owner can
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sweeperd.cli", *args], capture_output=True,
+                          text=True, timeout=120)
