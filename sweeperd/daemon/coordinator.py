@@ -237,7 +237,11 @@ def _bind_ipc(out: ControlSocket, cc: ControlConfig) -> None:
     except (control.ControlSocketError, KeyError, OSError) as e:
         raise StartError(f"control.addr {cc.addr} ({path}): {e}") from e
     out.sock.setsockopt(zmq.USE_FD, out.bound.fd)  # zmq listens on our socket: it neither
-    out.sock.bind(out.addr)  # unlinks what is at the path at bind nor at close
+    try:  # unlinks what is at the path at bind nor at close
+        out.sock.bind(out.addr)
+    except zmq.ZMQError as e:
+        os.close(out.bound.fd)  # not zmq's yet
+        raise StartError(f"control.addr {cc.addr} ({path}): {e}") from e
 
 
 class Coordinator:
