@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -91,6 +92,19 @@ def _all_up(st: dict) -> bool:
     return len(st["workers"]) == 3 and all(w["state"] == "alive" for w in st["workers"])
 
 
+def _stop_outside_the_lock(st: dict, pid: int) -> None:
+    """SIGSTOP ``pid`` while we hold the heap lock, so it cannot be frozen holding it (the
+    coordinator would block on it): we let go only once the kernel shows it stopped."""
+    from sweeperd.runtime.heap import Heap, HeapHandle
+
+    with Heap.attach(HeapHandle.from_dict(st["heap_handle"])) as heap, heap.lock:
+        os.kill(pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 60
+        while Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "T":
+            assert time.monotonic() < deadline, f"{pid} did not stop"
+            time.sleep(0.01)
+
+
 def _drain(f, into: list[str]) -> threading.Thread:
     t = threading.Thread(target=lambda: into.extend(f), daemon=True)
     t.start()
@@ -98,30 +112,30 @@ def _drain(f, into: list[str]) -> threading.Thread:
 
 
 def test_a_gc_while_one_is_pending_is_coalesced_and_starts_no_extra_cycle(tmp_path):
-    """A mutator stopped (SIGSTOP) holds the cycle in mark, so a forced cycle asked for
-    stays pending; every further ``gc`` is coalesced.  After SIGCONT exactly as many forced
-    cycles run as ``gc`` requests were not coalesced (gctrace's "(forced)")."""
+    """A mutator stopped (SIGSTOP) holds the cycle (in mark, or in a sweep it claimed a span
+    of), so at most one more cycle can begin: of the ``gc`` requests after the stop, one sets
+    the forced cycle pending, at most one more does after that cycle begins, and every other
+    is coalesced.  After SIGCONT exactly as many forced cycles run as ``gc`` requests were not
+    coalesced (gctrace's "(forced)")."""
     cfg = _config(tmp_path, "[control]\ndead_after_ms = 600000\n")
     d = Daemon(*SMALL, "--gctrace", "--config", cfg)
     err: list[str] = []
     try:
         assert d.proc.stderr is not None
         drain = _drain(d.proc.stderr, err)
-        st = d.wait_for(_all_up, what="workers up")
+        st = d.wait_for(_all_up, timeout=180, what="workers up")
         mut = next(w["pid"] for w in st["workers"] if w["role"] == "mutator")
-        os.kill(mut, signal.SIGSTOP)
+        _stop_outside_the_lock(st, mut)
         try:
-            replies = [d.request(protocol.encode("gc"))]
-            assert replies[0]["ok"] is True and replies[0]["coalesced"] is False
-            d.wait_for(lambda s: s["phase"] == "mark", what="a mark held by the stopped mutator")
-            for _ in range(3):
-                replies.append(d.request(protocol.encode("gc")))
-            assert replies[-1]["ok"] is True and replies[-1]["coalesced"] is True, replies
+            replies = [d.request(protocol.encode("gc")) for _ in range(4)]
+            assert all(r["ok"] for r in replies) and replies[0]["coalesced"] is False
+            assert [r["coalesced"] for r in replies[1:]].count(False) <= 1, replies
+            assert replies[2]["coalesced"] is True or replies[1]["coalesced"] is True, replies
             c0 = d.status()["cycle"]
         finally:
             os.kill(mut, signal.SIGCONT)
         started = sum(1 for r in replies if not r["coalesced"])
-        st = d.wait_for(lambda s: s["cycle"] >= c0 + 4, what="4 more cycles")
+        st = d.wait_for(lambda s: s["cycle"] >= c0 + 3, timeout=180, what="3 more cycles")
         by = st["control_requests"]["gc"]
         assert by.get("ok", 0) == started and by.get("coalesced", 0) == 4 - started
         assert d.stop() == 0
@@ -136,9 +150,9 @@ def test_a_scavenge_while_one_is_pending_is_coalesced(tmp_path):
     cfg = _config(tmp_path, "[control]\ndead_after_ms = 600000\n")
     d = Daemon(*SMALL, "--config", cfg)
     try:
-        st = d.wait_for(_all_up, what="workers up")
+        st = d.wait_for(_all_up, timeout=180, what="workers up")
         scav = next(w["pid"] for w in st["workers"] if w["role"] == "scavenger")
-        os.kill(scav, signal.SIGSTOP)
+        _stop_outside_the_lock(st, scav)
         try:
             replies = []
             for _ in range(6):  # a heartbeat already in flight may acknowledge one
