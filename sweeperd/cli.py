@@ -146,10 +146,11 @@ def _run(args: argparse.Namespace) -> int:
     except UnsupportedPlatform as e:
         print(f"sweeperd run: unsupported platform: {e}", file=sys.stderr)
         return ExitCode.UNSUPPORTED_PLATFORM
-    from sweeperd.daemon.config import ConfigError
+    from sweeperd.daemon.config import ConfigError, check_server
 
     try:
         cfg = _load_config(args)
+        check_server(cfg)
     except ConfigError as e:
         print(f"sweeperd run: {e}", file=sys.stderr)
         return 2
@@ -221,8 +222,13 @@ EXIT_FATAL = ExitCode.HEAP_INVARIANT
 EXIT_GAVE_UP = ExitCode.WORKERS_KEEP_DYING
 
 
-def _request(control: str, request: str, timeout: float) -> dict[str, Any]:
-    """One control request; TimeoutError if the daemon does not answer in time."""
+Curve = tuple[str, str, str]  # the client's public and secret keys, the server's public key
+
+
+def _request(control: str, request: str, timeout: float,
+             curve: Curve | None = None) -> dict[str, Any]:
+    """One control request; TimeoutError if the daemon does not answer in time (also what a
+    refused CURVE key or a refused ipc connect looks like: zmq retries quietly)."""
     import zmq
 
     from sweeperd.wire import protocol
@@ -231,6 +237,9 @@ def _request(control: str, request: str, timeout: float) -> dict[str, Any]:
     sock = ctx.socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
     try:
+        if curve is not None:
+            sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = (
+                k.encode() for k in curve)
         sock.connect(control)
         sock.send(protocol.encode(request))
         if not sock.poll(int(timeout * 1000)):
@@ -242,9 +251,40 @@ def _request(control: str, request: str, timeout: float) -> dict[str, Any]:
         ctx.term()
 
 
+def _client(args: argparse.Namespace) -> tuple[str, Curve | None]:
+    """Where the daemon's control socket is and the CURVE keys to use: the config
+    (``--config``, else the built-in one) overlaid with the flags.  ConfigError naming the key."""
+    from sweeperd.daemon import control
+    from sweeperd.daemon.config import ConfigError, cert_of, client_cert, from_dict, load
+
+    cfg = load(args.config)
+    over = {k: v for k, v in (("addr", args.control),
+                              ("curve_server_key", args.curve_server_key),
+                              ("curve_client_key", args.curve_client_key)) if v is not None}
+    if over:
+        cfg = from_dict({"control": over}, cfg)
+    cc = cfg.control
+    addr = control.resolve(cc.addr)
+    if not addr.startswith("tcp://"):
+        return addr, None
+    if not cc.curve_client_key:
+        raise ConfigError("control.curve_client_key: required to reach a tcp:// control.addr "
+                          "(the client's NAME.key_secret; flag --curve-client-key)")
+    me = client_cert(cc)
+    server = cert_of("control.curve_server_key", cc.curve_server_key)
+    return addr, (me.public, me.secret or "", server.public)
+
+
 def _status(args: argparse.Namespace) -> int:
+    from sweeperd.daemon.config import ConfigError
+
     try:
-        reply = _request(args.control, args.request, args.timeout)
+        addr, curve = _client(args)
+    except ConfigError as e:
+        print(f"sweeperd {args.request}: {e}", file=sys.stderr)
+        return 2
+    try:
+        reply = _request(addr, args.request, args.timeout, curve)
     except TimeoutError as e:
         print(f"sweeperd {args.request}: {e}", file=sys.stderr)
         return 1
@@ -258,15 +298,22 @@ def _soak(args: argparse.Namespace) -> int:
     if args.duration <= 0 or args.every <= 0:
         print("sweeperd soak: --duration and --every must be positive", file=sys.stderr)
         return 2
+    from sweeperd.daemon.config import ConfigError
+
     try:
-        addr = args.metrics or _request(args.control, "status", args.timeout)["metrics_addr"]
+        control, curve = _client(args)
+    except ConfigError as e:
+        print(f"sweeperd soak: {e}", file=sys.stderr)
+        return 2
+    try:
+        addr = args.metrics or _request(control, "status", args.timeout, curve)["metrics_addr"]
         url = f"http://{addr}/metrics"
 
         def scrape() -> None:
             with urllib.request.urlopen(url, timeout=args.timeout) as r:
                 r.read()
 
-        watch(lambda: _request(args.control, "status", args.timeout), args.duration,
+        watch(lambda: _request(control, "status", args.timeout, curve), args.duration,
               args.every, sys.stdout, as_json=args.json, scrape=scrape if addr else None)
     except (TimeoutError, OSError) as e:
         print(f"sweeperd soak: {e}", file=sys.stderr)
@@ -275,14 +322,38 @@ def _soak(args: argparse.Namespace) -> int:
 
 
 def _config_check(args: argparse.Namespace) -> int:
-    from sweeperd.daemon.config import ConfigError, load
+    from sweeperd.daemon.config import ConfigError, check_server, load
 
     try:
-        load(args.path)
+        check_server(load(args.path))
     except ConfigError as e:
         print(f"sweeperd config check: {e}", file=sys.stderr)
         return 2
     print(f"{args.path}: ok")
+    return 0
+
+
+def _keys(args: argparse.Namespace) -> int:
+    """A new CURVE key pair for the daemon (server) or a client, and how to use it."""
+    from sweeperd.daemon.control import write_pair
+
+    name = args.name or args.kind
+    if not name or "/" in name or name.startswith(".") or "\0" in name:
+        print(f"sweeperd keys: --name {name!r} is not a plain file name", file=sys.stderr)
+        return 2
+    try:
+        pub, sec = write_pair(args.dir, name)
+    except (OSError, ValueError) as e:
+        where = getattr(e, "filename", None) or args.dir
+        print(f"sweeperd keys: {where}: {getattr(e, 'strerror', None) or e}", file=sys.stderr)
+        return 2
+    print(f"public key: {pub}\nsecret key: {sec} (mode 0600)")
+    if args.kind == "server":
+        print(f"daemon's config, [control]: curve_server_key = {json.dumps(sec)}\n"
+              f"clients' config, [control]: curve_server_key = {json.dumps(pub)}")
+    else:
+        print(f"this client's config, [control]: curve_client_key = {json.dumps(sec)}\n"
+              f"on the daemon's host: add {pub} to control.curve_allowed_clients")
     return 0
 
 
@@ -339,7 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--sweepers", type=int, default=None)
     run.add_argument("--mutators", type=int, default=None)
     run.add_argument("--metrics-addr", dest="metrics_addr", default=None, help="HOST:PORT")
-    run.add_argument("--control", default=None, help="tcp://HOST:PORT or ipc://PATH")
+    run.add_argument("--control", default=None,
+                     help="ipc://PATH, ipc://auto (default) or tcp://HOST:PORT (with CURVE)")
     run.add_argument("--duration", type=float, default=None,
                      help="seconds to run (default: until SIGTERM/SIGINT)")
     run.add_argument("--gctrace", action="store_const", const=True, default=None,
@@ -376,21 +448,49 @@ def build_parser() -> argparse.ArgumentParser:
     lt.set_defaults(func=_loadtest)
 
     st = sub.add_parser("status", help="print the daemon's state as JSON")
-    st.add_argument("--control", default="tcp://127.0.0.1:9465")
+    st.add_argument("--config", default=None,
+                     help="the daemon's config file: where its control socket is (default: "
+                          "built-in, control.addr = ipc://auto)")
+    st.add_argument("--control", default=None, help="ADDR (default: the config's control.addr)")
+    st.add_argument("--curve-client-key", dest="curve_client_key", default=None,
+                     help="tcp: this client's NAME.key_secret (control.curve_client_key)")
+    st.add_argument("--curve-server-key", dest="curve_server_key", default=None,
+                     help="tcp: the daemon's public key file (control.curve_server_key)")
     st.add_argument("--timeout", type=float, default=5.0)
     st.set_defaults(func=_status, request="status")
     gc = sub.add_parser("gc", help="ask the daemon to start a GC cycle now")
-    gc.add_argument("--control", default="tcp://127.0.0.1:9465")
+    gc.add_argument("--config", default=None,
+                     help="the daemon's config file: where its control socket is (default: "
+                          "built-in, control.addr = ipc://auto)")
+    gc.add_argument("--control", default=None, help="ADDR (default: the config's control.addr)")
+    gc.add_argument("--curve-client-key", dest="curve_client_key", default=None,
+                     help="tcp: this client's NAME.key_secret (control.curve_client_key)")
+    gc.add_argument("--curve-server-key", dest="curve_server_key", default=None,
+                     help="tcp: the daemon's public key file (control.curve_server_key)")
     gc.add_argument("--timeout", type=float, default=5.0)
     gc.set_defaults(func=_status, request="gc")
     sc = sub.add_parser("scavenge", help="release every free page to the kernel now "
                                           "(Go's debug.FreeOSMemory)")
-    sc.add_argument("--control", default="tcp://127.0.0.1:9465")
+    sc.add_argument("--config", default=None,
+                     help="the daemon's config file: where its control socket is (default: "
+                          "built-in, control.addr = ipc://auto)")
+    sc.add_argument("--control", default=None, help="ADDR (default: the config's control.addr)")
+    sc.add_argument("--curve-client-key", dest="curve_client_key", default=None,
+                     help="tcp: this client's NAME.key_secret (control.curve_client_key)")
+    sc.add_argument("--curve-server-key", dest="curve_server_key", default=None,
+                     help="tcp: the daemon's public key file (control.curve_server_key)")
     sc.add_argument("--timeout", type=float, default=5.0)
     sc.set_defaults(func=_status, request="scavenge")
     so = sub.add_parser("soak", help="watch a running daemon: per-process private memory, "
                                      "descriptors and cycles over time, and their growth")
-    so.add_argument("--control", default="tcp://127.0.0.1:9465")
+    so.add_argument("--config", default=None,
+                     help="the daemon's config file: where its control socket is (default: "
+                          "built-in, control.addr = ipc://auto)")
+    so.add_argument("--control", default=None, help="ADDR (default: the config's control.addr)")
+    so.add_argument("--curve-client-key", dest="curve_client_key", default=None,
+                     help="tcp: this client's NAME.key_secret (control.curve_client_key)")
+    so.add_argument("--curve-server-key", dest="curve_server_key", default=None,
+                     help="tcp: the daemon's public key file (control.curve_server_key)")
     so.add_argument("--duration", type=float, default=1200.0, help="seconds (default 1200)")
     so.add_argument("--every", type=float, default=30.0, help="seconds between samples")
     so.add_argument("--timeout", type=float, default=30.0)
@@ -398,6 +498,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "(default: the daemon's metrics_addr, from its status)")
     so.add_argument("--json", action="store_true", help="print only the summary, as JSON")
     so.set_defaults(func=_soak)
+
+    keys = sub.add_parser("keys", help="make a CURVE key pair for the tcp control socket "
+                          "(README \"Security\")")
+    keys.add_argument("kind", choices=["server", "client"])
+    keys.add_argument("dir", help="directory to write NAME.key and NAME.key_secret into")
+    keys.add_argument("--name", default=None, help="file name stem (default: the kind)")
+    keys.set_defaults(func=_keys)
 
     cfgp = sub.add_parser("config", help="configuration tools")
     csub = cfgp.add_subparsers(dest="config_cmd", required=True)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -18,14 +20,29 @@ from sweeperd.wire import protocol
 
 class Daemon:
     def __init__(self, *args: str, env: dict[str, str] | None = None,
-                 ephemeral_ports: bool = True) -> None:
-        ports = ["--control", "tcp://127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"]
+                 ephemeral_ports: bool = True,
+                 curve: tuple[str, str, str] | None = None) -> None:
+        """``ephemeral_ports``: control on an ipc socket in a fresh temp dir of ours, metrics
+        on any free port.  ``curve``: (client public, client secret, server public) keys for
+        a tcp control address."""
+        self._ctl_dir = tempfile.mkdtemp(prefix="sweeperd_t")  # short: a socket path
+        self.curve = curve
+        ports = ["--control", f"ipc://{self._ctl_dir}/control.sock",
+                 "--metrics-addr", "127.0.0.1:0"]
         cmd = [sys.executable, "-m", "sweeperd.cli", "run",
                *(ports if ephemeral_ports else []), *args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, env={**os.environ, **(env or {})})
         self.lines: list[str] = []
         self.control = self.metrics = ""
+        try:
+            self._wait_for_addresses()
+        except BaseException:
+            shutil.rmtree(self._ctl_dir, ignore_errors=True)
+            raise
+        self.zctx = zmq.Context()
+
+    def _wait_for_addresses(self) -> None:
         deadline = time.monotonic() + 60
         while not (self.control and self.metrics):
             line = self.proc.stdout.readline() if self.proc.stdout else ""
@@ -34,15 +51,17 @@ class Daemon:
             self.lines.append(line)
             if m := re.search(r"metrics on (http://\S+)", line):
                 self.metrics = m.group(1)
-            if m := re.search(r"control on (tcp://\S+)", line):
+            if m := re.search(r"control on ((?:tcp|ipc)://\S+)", line):
                 self.control = m.group(1)
             if time.monotonic() > deadline:
                 raise RuntimeError("sweeperd run did not print its addresses")
-        self.zctx = zmq.Context()
 
     def request(self, frames: list[bytes] | bytes, timeout: float = 10) -> dict[str, Any]:
         s = self.zctx.socket(zmq.REQ)
         s.setsockopt(zmq.LINGER, 0)
+        if self.curve is not None:
+            s.curve_publickey, s.curve_secretkey, s.curve_serverkey = (
+                k.encode() for k in self.curve)
         try:
             s.connect(self.control)
             if isinstance(frames, bytes):
@@ -98,3 +117,4 @@ class Daemon:
             if f:
                 f.close()
         self.zctx.term()
+        shutil.rmtree(self._ctl_dir, ignore_errors=True)

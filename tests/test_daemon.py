@@ -114,22 +114,31 @@ def test_duration_ends_the_run_by_itself():
 
 @pytest.mark.parametrize("flag,key", [("--metrics-addr", "metrics.addr"),
                                       ("--control", "control.addr")])
-def test_a_taken_port_names_the_address_and_key_and_leaves_nothing(flag, key):
+def test_a_taken_port_names_the_address_and_key_and_leaves_nothing(flag, key, tmp_path):
     import glob
     import socket
     import subprocess
     import sys
 
+    from sweeperd.daemon.control import write_pair
+
+    # tcp control is served only with CURVE: a server key and one allowed client
+    server = write_pair(str(tmp_path), "server")[1]
+    client = write_pair(str(tmp_path), "client")[0]
+    cfg = tmp_path / "curve.toml"
+    cfg.write_text(f'[control]\ncurve_server_key = "{server}"\n'
+                   f'curve_allowed_clients = "{client}"\n')
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
         taken = f"127.0.0.1:{port}" if flag == "--metrics-addr" else f"tcp://127.0.0.1:{port}"
-        other = (["--control", "tcp://127.0.0.1:0"] if flag == "--metrics-addr"
+        other = (["--control", f"ipc://{tmp_path}/c.sock"] if flag == "--metrics-addr"
                  else ["--metrics-addr", "127.0.0.1:0"])
         before = set(glob.glob("/tmp/sweeperd-*"))
         r = subprocess.run([sys.executable, "-m", "sweeperd.cli", "run", "--heap-mib", "16",
-                            flag, taken, *other], capture_output=True, text=True, timeout=60)
+                            "--config", str(cfg), flag, taken, *other],
+                           capture_output=True, text=True, timeout=60)
     assert r.returncode == 1, r.stderr
     assert key in r.stderr and str(port) in r.stderr and "in use" in r.stderr, r.stderr
     assert set(glob.glob("/tmp/sweeperd-*")) - before == set()  # no temp dir left behind

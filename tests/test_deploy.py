@@ -104,15 +104,17 @@ def _listening(pid: int) -> list[str]:
     return sorted(_decode(table[i]) for i in inodes if i in table)
 
 
-def test_on_its_defaults_the_daemon_listens_on_loopback_only():
+def test_on_its_defaults_the_daemon_listens_on_loopback_only(tmp_path):
+    """Metrics on loopback; control on the ipc socket in its runtime directory (here
+    ``$RUNTIME_DIRECTORY``, as under systemd): no TCP port for it at all."""
     d = Daemon("--heap-mib", "32", "--sweepers", "1", "--mutators", "1",
-               ephemeral_ports=False)
+               ephemeral_ports=False, env={"RUNTIME_DIRECTORY": str(tmp_path)})
     try:
         assert d.metrics == "http://127.0.0.1:9464/metrics"
-        assert d.control == "tcp://127.0.0.1:9465"
+        assert d.control == f"ipc://{tmp_path}/control.sock"
         st = d.status()
         addrs = _listening(st["pid"])
-        assert sorted(addrs) == ["127.0.0.1:9464", "127.0.0.1:9465"], addrs
+        assert sorted(addrs) == ["127.0.0.1:9464"], addrs
         for w in st["workers"]:  # workers talk over the 0700 ipc socket: no TCP at all
             assert _listening(w["pid"]) == [], (w, _listening(w["pid"]))
         assert d.stop() == 0

@@ -63,4 +63,4 @@ def test_a_run_config_names_its_scenario_file_whatever_the_path(name: str) -> No
     data = tomllib.loads(config_text(path, "eager", load("steady")))
     assert data["mutators"] == {"scenario": str(path)}
     assert data["scavenger"]["policy"] == "eager"
-    assert data["control"]["addr"] == "tcp://127.0.0.1:0"
+    assert data["control"] == {"addr": "ipc://auto", "admin": False}  # read-only child

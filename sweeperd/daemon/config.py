@@ -8,6 +8,7 @@ range; the CLI turns it into exit status 2.  The result is a frozen, plain datac
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
@@ -15,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
+from sweeperd.daemon import control
 from sweeperd.pacing.decay import DecayParams
 from sweeperd.pacing.policies import PARAMS, POLICIES
 from sweeperd.pacing.policies import RANGES as POLICY_RANGES
@@ -61,7 +63,12 @@ class MutatorConfig(Workload):
 
 @dataclass(frozen=True)
 class ControlConfig:
-    addr: str = "tcp://127.0.0.1:9465"
+    addr: str = "ipc://auto"
+    admin: bool = True  # gc and scavenge accepted (status and ping always are)
+    group: str = ""  # a group whose members may use the ipc socket ("" = only our uid)
+    curve_server_key: str = ""  # tcp: the server's certificate (secret, for run)
+    curve_allowed_clients: str = ""  # tcp: the allowed client public keys (file or dir)
+    curve_client_key: str = ""  # tcp: the client's secret certificate (status, gc, ...)
     heartbeat_ms: int = 200
     dead_after_ms: int = 5000
     restart_backoff_max_ms: int = 5000
@@ -214,10 +221,79 @@ def _validate_addrs(cfg: Config) -> None:
     a = cfg.control.addr
     if a.startswith("tcp://"):
         _check_hostport("control.addr", a[6:], "tcp://HOST:PORT", wildcard=True)
+        _check_curve(cfg.control)
     elif not (a.startswith("ipc://") and len(a) > 6):
         raise ConfigError(f"control.addr: expected tcp://HOST:PORT or ipc://PATH, got {a!r}")
+    elif a != control.AUTO and not _ipc_path_ok(a[6:]):
+        raise ConfigError(f"control.addr: an ipc path is at most {control.MAX_IPC_PATH} bytes "
+                          f"with no NUL, got {a!r}")
+    if cfg.control.group:
+        try:
+            control.group_id(cfg.control.group)
+        except (KeyError, ValueError):  # ValueError: a NUL in the name
+            raise ConfigError(f"control.group: no group named {cfg.control.group!r}") from None
     if cfg.control.dead_after_ms < 2 * cfg.control.heartbeat_ms:
         raise ConfigError("control.dead_after_ms must be at least twice control.heartbeat_ms")
+
+
+def _ipc_path_ok(path: str) -> bool:
+    try:
+        raw = os.fsencode(path)
+    except UnicodeError:  # a lone surrogate: no file name
+        return False
+    return b"\0" not in raw and len(raw) <= control.MAX_IPC_PATH
+
+
+def _check_curve(cc: ControlConfig) -> None:
+    """TCP is open to every host and user that reaches the port: only with CURVE."""
+    if not cc.curve_server_key:
+        raise ConfigError(f"control.curve_server_key: required with control.addr = "
+                          f"{cc.addr!r}: TCP control is only served with CURVE (make keys with "
+                          "sweeperd keys, README \"Security\"), or use ipc://auto")
+    cert_of("control.curve_server_key", cc.curve_server_key)
+    if cc.curve_client_key:
+        client_cert(cc)
+    if cc.curve_allowed_clients:
+        allowed_keys(cc)
+
+
+def cert_of(key: str, path: str) -> control.Cert:
+    """The certificate file a key names; ConfigError naming the key."""
+    try:
+        return control.read_cert(path)
+    except control.CertError as e:
+        raise ConfigError(f"{key}: {e}") from None
+
+
+def client_cert(cc: ControlConfig) -> control.Cert:
+    """The client's key pair; ConfigError naming ``control.curve_client_key``."""
+    c = cert_of("control.curve_client_key", cc.curve_client_key)
+    if c.secret is None:
+        raise ConfigError(f"control.curve_client_key: {cc.curve_client_key} holds no "
+                          "secret-key (give the NAME.key_secret file)")
+    return c
+
+
+def allowed_keys(cc: ControlConfig) -> frozenset[str]:
+    try:
+        return control.read_allowed(cc.curve_allowed_clients)
+    except control.CertError as e:
+        raise ConfigError(f"control.curve_allowed_clients: {e}") from None
+
+
+def check_server(cfg: Config) -> None:
+    """What only the daemon needs (``run`` and ``config check``): with tcp, the server's
+    secret key and a non-empty list of allowed clients."""
+    cc = cfg.control
+    if not cc.addr.startswith("tcp://"):
+        return
+    if cert_of("control.curve_server_key", cc.curve_server_key).secret is None:
+        raise ConfigError(f"control.curve_server_key: {cc.curve_server_key} holds no "
+                          "secret-key (the daemon needs NAME.key_secret)")
+    if not cc.curve_allowed_clients:
+        raise ConfigError("control.curve_allowed_clients: required with a tcp:// "
+                          "control.addr (a file or directory of client public keys)")
+    allowed_keys(cc)
 
 
 def from_dict(data: dict[str, Any], base: Config | None = None) -> Config:

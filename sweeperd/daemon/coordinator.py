@@ -46,14 +46,15 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from types import MappingProxyType
 from typing import Any
 
 import zmq
 
+from sweeperd.daemon import control
 from sweeperd.daemon import cycle as c
-from sweeperd.daemon.config import Config
+from sweeperd.daemon.config import Config, ControlConfig
 from sweeperd.daemon.cycle import Role, Slot
 from sweeperd.daemon.gotrace import Tracer
 from sweeperd.daemon.heapwork import HeapWork, log
@@ -244,24 +245,105 @@ def remove_stale_dirs(tmp: str) -> list[str]:
     return removed
 
 
-def open_sockets(zctx: zmq.Context, ipc_dir: str, control: str) -> tuple[zmq.Socket, zmq.Socket]:
-    """The worker socket (ROUTER, ipc in the private 0700 dir) and the control socket (REP)."""
+# A peer's frames are bounded whatever it sends: one a little over protocol.MAX_FRAME is read
+# and answered "oversized"; a larger one drops its connection before it is buffered.  At most
+# CONTROL_HWM requests wait per connection (then the kernel's socket buffer, then the peer
+# blocks), and replies a peer does not read are dropped past CONTROL_HWM (a REP socket routes).
+CONTROL_MAX_MSG = protocol.MAX_FRAME + 4096
+CONTROL_HWM = 2
+
+
+@dataclass
+class ControlSocket:
+    """The control socket (REP) and what must go with it: the ipc file we bound, the CURVE
+    authenticator's thread and its allowed keys."""
+
+    sock: zmq.Socket
+    addr: str  # where clients connect (printed at start)
+    bound: control.Bound | None = None
+    auth: Any = None  # zmq.auth.thread.ThreadAuthenticator
+    allowed: control.AllowedKeys | None = None
+
+    def close(self) -> None:
+        self.sock.close()
+        if self.auth is not None:
+            self.auth.stop()
+        if self.bound is not None:  # never a file another daemon or user put there
+            control.unlink_if_ours(self.bound)
+
+
+def open_sockets(zctx: zmq.Context, ipc_dir: str,
+                 cc: ControlConfig) -> tuple[zmq.Socket, ControlSocket]:
+    """The worker socket (ROUTER, ipc in the private 0700 dir) and the control socket (REP:
+    ipc of mode 0600/0660, or tcp with CURVE; see control.py)."""
     wsock = zctx.socket(zmq.ROUTER)
     wsock.setsockopt(zmq.LINGER, 0)
     try:
         wsock.bind(f"ipc://{ipc_dir}/workers.sock")
     except zmq.ZMQError as e:
+        wsock.close()
         raise StartError(f"worker socket ipc://{ipc_dir}/workers.sock: {e}") from e
-    csock = zctx.socket(zmq.REP)
-    csock.setsockopt(zmq.LINGER, 0)
-    csock.setsockopt(zmq.MAXMSGSIZE, 1 << 20)  # hard cap; over 64 KiB gets an error reply
-    if control.startswith("tcp://") and control.endswith(":0"):
-        control = control[:-2] + ":*"
     try:
-        csock.bind(control)
+        return wsock, _control_socket(zctx, cc)
+    except BaseException:
+        wsock.close()
+        raise
+
+
+def _control_socket(zctx: zmq.Context, cc: ControlConfig) -> ControlSocket:
+    addr = control.resolve(cc.addr)
+    csock = zctx.socket(zmq.REP)
+    out = ControlSocket(csock, addr)
+    try:
+        csock.setsockopt(zmq.LINGER, 0)
+        csock.setsockopt(zmq.MAXMSGSIZE, CONTROL_MAX_MSG)
+        csock.setsockopt(zmq.RCVHWM, CONTROL_HWM)
+        csock.setsockopt(zmq.SNDHWM, CONTROL_HWM)
+        if addr.startswith("ipc://"):
+            _bind_ipc(out, cc)
+            return out
+        from zmq.auth.thread import ThreadAuthenticator
+
+        cert = control.read_cert(cc.curve_server_key)
+        out.allowed = control.AllowedKeys(control.read_allowed(cc.curve_allowed_clients))
+        out.auth = ThreadAuthenticator(zctx)
+        out.auth.start()
+        out.auth.configure_curve_callback("*", out.allowed)
+        csock.curve_secretkey = (cert.secret or "").encode()
+        csock.curve_publickey = cert.public.encode()
+        csock.curve_server = True
+        bind = addr[:-2] + ":*" if addr.endswith(":0") else addr
+        try:
+            csock.bind(bind)
+        except zmq.ZMQError as e:
+            raise StartError(f"control.addr {bind}: {e}") from e
+        out.addr = csock.getsockopt_string(zmq.LAST_ENDPOINT)
+        return out
+    except control.CertError as e:  # changed since the config was checked
+        out.close()
+        raise StartError(f"control.curve_*: {e}") from e
+    except BaseException:
+        out.close()
+        raise
+
+
+def _bind_ipc(out: ControlSocket, cc: ControlConfig) -> None:
+    path = out.addr[6:]
+    try:
+        gid = control.group_id(cc.group) if cc.group else None
+        if cc.addr == control.AUTO:
+            d = os.path.dirname(path)
+            mine = os.path.join(tempfile.gettempdir(), f"sweeperd.{os.geteuid()}")
+            control.prepare_dir(d, gid, create=d == mine)
+        out.bound = control.bind_ipc(path, gid)
+    except (control.ControlSocketError, KeyError, OSError) as e:
+        raise StartError(f"control.addr {cc.addr} ({path}): {e}") from e
+    out.sock.setsockopt(zmq.USE_FD, out.bound.fd)  # zmq listens on our socket: it neither
+    try:  # unlinks what is at the path at bind nor at close
+        out.sock.bind(out.addr)
     except zmq.ZMQError as e:
-        raise StartError(f"control.addr {control}: {e}") from e
-    return wsock, csock
+        os.close(out.bound.fd)  # not zmq's yet
+        raise StartError(f"control.addr {cc.addr} ({path}): {e}") from e
 
 
 class Coordinator:
@@ -293,8 +375,13 @@ class Coordinator:
             undo.callback(shutil.rmtree, self.ipc_dir, True)
             self.zctx = zmq.Context()
             undo.callback(self.zctx.destroy, 0)
-            self.wsock, self.csock = open_sockets(self.zctx, self.ipc_dir, cfg.control.addr)
-            self.control_addr = self.csock.getsockopt_string(zmq.LAST_ENDPOINT)
+            self.wsock, self.control = open_sockets(self.zctx, self.ipc_dir, cfg.control)
+            undo.callback(self.control.close)
+            undo.callback(self.wsock.close)
+            self.csock = self.control.sock
+            self.control_addr = self.control.addr
+            self._scavenge_pending = False  # a release_all sent, the scavenger not heard since
+            self._handshakes_refused = 0
             self.sysmem = SysMem(base=self.heap.arena.ctypes.data, size=self.heap.heap_bytes,
                                  shared=True)
             params = cfg.scavenger.policy_params()
@@ -374,6 +461,8 @@ class Coordinator:
             log(f"{slot} (pid {pid}) died ({why}); recovering"
                  + ("" if self.stopping else " and starting a replacement"))
             self.totals.died(slot, memory)
+            if slot.role is Role.SCAVENGER:
+                self._scavenge_pending = False
             self._feed(c.Died(slot, memory))
 
     # --- the heap lock --------------------------------------------------------------------------
@@ -431,6 +520,7 @@ class Coordinator:
         else:
             out = protocol.reply(False, error="busy: waiting for the heap lock; ask again",
                                  reason="busy")
+            self.totals.control_request(msg.type if msg is not None else "invalid", "busy")
         self.csock.send(out)
 
     # --- the machine ---------------------------------------------------------------------------
@@ -579,6 +669,7 @@ class Coordinator:
                 self.totals.mutator_report(bound, msg["stats"])
             elif role is Role.SCAVENGER:
                 self.totals.scavenger_report(bound, msg["stats"])
+                self._scavenge_pending = False  # it answers release_all with a heartbeat
             self._peer(c.Heard(bound, now))
         else:
             self.totals.control_error("unexpected")
@@ -587,12 +678,15 @@ class Coordinator:
         """One request, exactly one reply (a REP socket wedges without it), whatever happens
         while serving it."""
         frames = self.csock.recv_multipart()
+        self._serving = "invalid"
         try:
             out = self._answer(frames)
         except Throw:
+            self.totals.control_request(self._serving, "error")
             self.csock.send(protocol.reply(False, error="internal error", reason="internal"))
             raise
         except Exception:
+            self.totals.control_request(self._serving, "error")
             self._internal_error("control")
             out = protocol.reply(False, error="internal error (logged)", reason="internal")
         self.csock.send(out)
@@ -600,23 +694,45 @@ class Coordinator:
     def _answer(self, frames: list[bytes]) -> bytes:
         if len(frames) != 1:
             self.totals.control_error("multipart")
+            self.totals.control_request("invalid", "error")
             return protocol.reply(False, error="one frame per request", reason="multipart")
         try:
             msg = protocol.decode(frames[0], protocol.CLIENT_TYPES)
         except protocol.ProtocolError as e:
             self.totals.control_error(e.reason)
+            self.totals.control_request("invalid", "error")
             return protocol.error_reply(e)
-        if msg.type == "status":
-            return protocol.reply(True, **self.status())
-        if msg.type == "gc":
+        self._serving = kind = msg.type
+        pending = frozenset((["gc"] if self.machine.force else [])
+                            + (["scavenge"] if self._scavenge_pending else []))
+        d = control.decide(kind, self.cfg.control.admin, pending)
+        if d.outcome == "refused":
+            out = protocol.reply(False, error=d.error, reason="admin_disabled")
+        elif d.outcome == "coalesced":  # the pending one does it: nothing more is started
+            out = protocol.reply(True, coalesced=True, cycle=self.machine.cycles)
+        elif kind == "status":
+            out = protocol.reply(True, **self.status())
+        elif kind == "gc":
             self._feed(c.GcRequested())
-            return protocol.reply(True, cycle=self.machine.cycles)
-        if msg.type == "scavenge":
+            out = protocol.reply(True, cycle=self.machine.cycles, coalesced=False)
+        elif kind == "scavenge":
             try:
-                return protocol.reply(True, **self._free_os_memory())
+                out = protocol.reply(True, coalesced=False, **self._free_os_memory())
             except LockTimeout as e:  # (a request never waits long: status would wait too)
-                return protocol.reply(False, error=f"busy: {e}; ask again", reason="busy")
-        return protocol.reply(True, pong=True)
+                out = protocol.reply(False, error=f"busy: {e}; ask again", reason="busy")
+                d = control.Decision("busy", False)
+        else:
+            out = protocol.reply(True, pong=True)
+        self.totals.control_request(kind, d.outcome)
+        return out
+
+    def _count_handshakes(self) -> None:
+        """CURVE clients the authenticator refused (its thread counts; we copy)."""
+        allowed = self.control.allowed
+        if allowed is not None and allowed.refused > self._handshakes_refused:
+            self.totals.control_request("handshake", "refused",
+                                        allowed.refused - self._handshakes_refused)
+            self._handshakes_refused = allowed.refused
 
     def _internal_error(self, where: str) -> None:
         """An unexpected exception while serving one message: logged with its traceback and
@@ -630,6 +746,7 @@ class Coordinator:
         slot = Slot(Role.SCAVENGER, 0)
         if self.sup.identity(slot) is not None:
             self._send((slot,), "release_all")
+            self._scavenge_pending = True
             return {"requested": True, "by": "scavenger"}
         with self.heap.lock.within(REQUEST_LOCK_WAIT_S):
             out = {**self.work.free_os_memory(), "by": "coordinator"}
@@ -674,6 +791,7 @@ class Coordinator:
             self._reap()
             self._heard_beats()
             self._feed(c.Tick(time.monotonic()))
+            self._count_handshakes()
             self._publish()
             if self.reload_requested:
                 self._reload()
@@ -757,16 +875,13 @@ class Coordinator:
         self.sup.stop_all(DRAIN_S)
         self.metrics.close()
         self.wsock.close()
-        self.csock.close()
+        self.control.close()
         self.zctx.term()
         try:
             self.heap.close()
         except RuntimeError as e:  # views held by the frames of an exception still propagating
             log(f"{e}; the heap's memfds go when this process exits")
         shutil.rmtree(self.ipc_dir, ignore_errors=True)
-        if self.control_addr.startswith("ipc://"):
-            with contextlib.suppress(OSError):
-                os.unlink(self.control_addr[6:])
 
     # --- what others may read ----------------------------------------------------------------
 

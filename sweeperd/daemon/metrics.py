@@ -297,6 +297,18 @@ class SnapshotCollector(Collector):
         for reason, n in s.control_errors.items():
             errs.add_metric([reason], n)
         yield errs
+        reqs = CounterMetricFamily("sweeperd_control_requests",
+                                   "Client requests on the control socket by type (status, "
+                                   "ping, gc, scavenge; invalid: undecodable; handshake: a "
+                                   "CURVE client key refused) and outcome (ok, coalesced, "
+                                   "refused, busy, error).", labels=["type", "outcome"])
+        seen = {(k, o): n for k, by in s.control_requests.items() for o, n in by.items()}
+        for k in ("status", "ping", "gc", "scavenge"):
+            for o in ("ok", "coalesced", "refused", "error"):
+                seen.setdefault((k, o), 0)
+        for (k, o), n in sorted(seen.items()):
+            reqs.add_metric([k, o], n)
+        yield reqs
         internal = CounterMetricFamily("sweeperd_internal_errors",
                                        "Unexpected exceptions while serving one message "
                                        "(logged with their traceback; the daemon went on).",

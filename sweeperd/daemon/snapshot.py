@@ -18,6 +18,7 @@ import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from sweeperd.daemon.totals import POLICY_FIGURE, Histogram, SweepCounts
@@ -76,6 +77,9 @@ class Snapshot:
     metrics_addr: str
     scenario: Mapping[str, Any]  # name, elapsed_s, phase, phase_name, target_live_bytes; {} if none
     memory_deaths: Mapping[str, int] = field(default_factory=dict)  # by role: OOM killer, SIGBUS
+    # client requests by type, then outcome (sweeperd_control_requests_total)
+    control_requests: Mapping[str, Mapping[str, int]] = field(
+        default_factory=lambda: MappingProxyType({}))
 
     def alive(self, role: str) -> int:
         return sum(1 for w in self.workers if w.role == role and w.state == "alive")
@@ -193,6 +197,7 @@ def status_json(snap: Snapshot, hs: HeapStats, memory: dict[str, Any],
         "heap_handle": dict(snap.heap_handle),
         "control_errors": dict(snap.control_errors),
         "internal_errors": dict(snap.internal_errors),
+        "control_requests": {k: dict(v) for k, v in snap.control_requests.items()},
         "debug": dict(snap.debug),
         "control_addr": snap.control_addr,
         "ipc_dir": snap.ipc_dir,

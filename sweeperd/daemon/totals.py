@@ -57,6 +57,7 @@ class Totals:
     memory_deaths: dict[str, int] = field(default_factory=lambda: {r.value: 0 for r in Role})
     control_errors: dict[str, int] = field(default_factory=dict)
     internal_errors: dict[str, int] = field(default_factory=dict)
+    control_requests: dict[str, dict[str, int]] = field(default_factory=dict)  # type, outcome
     last_crash: dict[str, str] = field(default_factory=dict)  # role -> a worker's traceback
     finalizers_run: int = 0
     sweep_phase: list[int] = field(default_factory=lambda: [0] * len(SWEEP_PHASE_BUCKETS))
@@ -118,6 +119,13 @@ class Totals:
     def control_error(self, reason: str) -> None:
         self.control_errors[reason] = self.control_errors.get(reason, 0) + 1
 
+    def control_request(self, kind: str, outcome: str, n: int = 1) -> None:
+        """A client request of ``kind`` (status, ping, gc, scavenge; ``invalid`` if it could not
+        be decoded; ``handshake`` a CURVE client refused) ended with ``outcome`` (ok,
+        coalesced, refused, error)."""
+        by = self.control_requests.setdefault(kind, {})
+        by[outcome] = by.get(outcome, 0) + n
+
     def internal_error(self, where: str) -> None:
         self.internal_errors[where] = self.internal_errors.get(where, 0) + 1
 
@@ -142,6 +150,8 @@ class Totals:
             "memory_deaths": MappingProxyType(dict(self.memory_deaths)),
             "control_errors": MappingProxyType(dict(self.control_errors)),
             "internal_errors": MappingProxyType(dict(self.internal_errors)),
+            "control_requests": MappingProxyType(
+                {k: MappingProxyType(dict(v)) for k, v in self.control_requests.items()}),
             "finalizers_run": self.finalizers_run,
             "sweep_phase": Histogram(SWEEP_PHASE_BUCKETS, tuple(self.sweep_phase),
                                      self.sweep_phase_n, self.sweep_phase_sum),

@@ -22,12 +22,14 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,13 +56,15 @@ class RunResult:
     wall_s: float = 0.0
 
 
-def config_text(sc_path: Path, policy: str, sc: Scenario) -> str:
+def config_text(sc_path: Path, policy: str, sc: Scenario, control: str = "ipc://auto") -> str:
+    """The child daemon's config: its control socket at ``control`` (ipc), read-only (a load
+    test only asks for status: ``control.admin = false``)."""
     h = sc.scenario
     return "\n".join([
         "[heap]", f"size_mib = {h.heap_mib}",
         "[gc]", f"gogc = {h.gogc}",
         "[mutators]", f"scenario = {toml_string(str(sc_path))}",
-        "[control]", 'addr = "tcp://127.0.0.1:0"',
+        "[control]", f"addr = {toml_string(control)}", "admin = false",
         "[metrics]", 'addr = "127.0.0.1:0"',
         # the harness stops the daemon when the scenario's time is up; this is only the
         # backstop should the harness die.  The scenario starts when the first mutator
@@ -79,11 +83,12 @@ def run_one(sc: Scenario, policy: str, rundir: Path, sample_s: float = SAMPLE_S,
     sc_path = (rundir / "scenario.toml").resolve()
     atomic_write(sc_path, sc.to_toml())
     cfg_path = rundir / "config.toml"
-    atomic_write(cfg_path, config_text(sc_path, policy, sc))
+    ctl_dir = tempfile.mkdtemp(prefix="sweeperd_lt")  # 0700, and short: a socket path
+    atomic_write(cfg_path, config_text(sc_path, policy, sc, f"ipc://{ctl_dir}/control.sock"))
     res = RunResult(sc.name, policy, ok=False)
     log_path = rundir / "daemon.log"
     t_start = time.monotonic()
-    with log_path.open("w") as log:
+    with log_path.open("w") as log, _removed(ctl_dir):
         proc = subprocess.Popen(
             [sys.executable, "-m", "sweeperd.cli", "run", "--config", str(cfg_path)],
             stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
@@ -107,6 +112,14 @@ def run_one(sc: Scenario, policy: str, rundir: Path, sample_s: float = SAMPLE_S,
     return res
 
 
+@contextlib.contextmanager
+def _removed(path: str) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def _addresses(proc: subprocess.Popen[str]) -> tuple[str, str]:
     metrics = control = ""
     deadline = time.monotonic() + START_S
@@ -117,7 +130,7 @@ def _addresses(proc: subprocess.Popen[str]) -> tuple[str, str]:
             raise RuntimeError(f"sweeperd run exited before serving (exit {proc.wait()})")
         if m := re.search(r"metrics on (http://\S+)", line):
             metrics = m.group(1)
-        if m := re.search(r"control on (tcp://\S+)", line):
+        if m := re.search(r"control on ((?:tcp|ipc)://\S+)", line):
             control = m.group(1)
         if time.monotonic() > deadline:
             raise RuntimeError(f"sweeperd run did not print its addresses in {START_S:g} s")
