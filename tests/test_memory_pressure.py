@@ -13,9 +13,11 @@ import itertools
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -95,7 +97,8 @@ def _run_in(cg: Path, conf: Path, *args: str) -> subprocess.Popen[str]:
     def enter() -> None:
         (cg / "cgroup.procs").write_text(str(os.getpid()))
 
-    cmd = [sys.executable, "-m", "sweeperd.cli", "run", "--control", "tcp://127.0.0.1:0",
+    ctl = tempfile.mkdtemp(prefix="sweeperd_m")  # short: a socket path; gone with the run
+    cmd = [sys.executable, "-m", "sweeperd.cli", "run", "--control", f"ipc://{ctl}/control.sock",
            "--metrics-addr", "127.0.0.1:0", "--config", str(conf), *args]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=enter)
@@ -108,6 +111,10 @@ def _finish(p: subprocess.Popen[str], timeout: float) -> tuple[int, str, str]:
         p.kill()
         out, err = p.communicate()
         raise AssertionError(f"sweeperd run did not end in {timeout}s:\n{err[-4000:]}") from None
+    finally:  # the control socket's directory (_run_in's), once the daemon is gone
+        if p.returncode is not None:
+            ctl = str(p.args[p.args.index("--control") + 1]).removeprefix("ipc://")
+            shutil.rmtree(os.path.dirname(ctl), ignore_errors=True)
     return p.returncode, out, err
 
 
@@ -151,7 +158,7 @@ def _addresses(p: subprocess.Popen[str], timeout: float) -> tuple[str, str]:
             raise AssertionError(f"sweeperd run ended early: {p.stderr.read() if p.stderr else ''}")
         if m := re.search(r"metrics on (http://\S+)", line):
             metrics = m.group(1)
-        if m := re.search(r"control on (tcp://\S+)", line):
+        if m := re.search(r"control on ((?:tcp|ipc)://\S+)", line):
             return metrics, m.group(1)
     raise AssertionError(f"no control address in {timeout}s")
 
