@@ -15,10 +15,16 @@ import pytest
 from sweeperd.daemon.events import Role, Slot
 from sweeperd.daemon.heapwork import HeapWork
 from sweeperd.daemon.totals import Totals
-from sweeperd.runtime import mheap, specials
+from sweeperd.runtime import mheap, owners, specials
 from sweeperd.runtime.check import check_heap
-from sweeperd.runtime.heap import PAGE_FREE, PAGE_SCAVENGING, SPAN_IN_USE, Heap
-from sweeperd.runtime.heapstats import heap_stats, scan_heap_stats
+from sweeperd.runtime.heap import (
+    PAGE_FREE,
+    PAGE_SCAVENGING,
+    SPAN_IN_USE,
+    T_RELEASED_KERNEL_BYTES,
+    Heap,
+)
+from sweeperd.runtime.heapstats import heap_stats, read_tallies, scan_heap_stats
 from sweeperd.runtime.runs import runs
 from sweeperd.runtime.sizeclasses import PAGE_SIZE
 from sweeperd.sys.sysmem import SysMem
@@ -69,6 +75,7 @@ def test_scavenger_killed_mid_release_is_finished_by_the_coordinator(monkeypatch
             assert _backed_of(heap, taken) == 0
         assert not heap.scavenged[taken].any()
 
+        heap.me = owners.COORDINATOR  # as in the daemon
         totals = Totals()
         HeapWork(heap, _sysmem(heap), totals, debug_checks=False).recover(
             Slot(Role.SCAVENGER, 0))
@@ -80,9 +87,12 @@ def test_scavenger_killed_mid_release_is_finished_by_the_coordinator(monkeypatch
         assert _backed_of(heap, heap.scavenged != 0) == 0  # ... and hold no memory
         in_use = heap.page_span >= 0
         assert heap.arena_backed_bytes() == _backed_of(heap, in_use) == 20 * 16 * PAGE_SIZE
-        assert totals.scavenger["released_pages"] == 20 * 16
-        want_kernel = backed_free if point == "scavenge.taken" else 0
-        assert totals.scavenger["released_kernel_bytes"] == want_kernel
+        # counted once, kernel bytes included, whoever counted them: the dead scavenger (it
+        # had flagged its batch before its madvise) or the coordinator (it had not)
+        t = read_tallies(heap).scavenger
+        assert (t.pages, t.runs, t.kernel_bytes) == (20 * 16, 20, backed_free)
+        who = owners.SCAVENGER if point == "scavenge.released" else owners.COORDINATOR
+        assert heap.tallies[who, T_RELEASED_KERNEL_BYTES] == backed_free
         check_heap(heap)
         assert heap_stats(heap) == scan_heap_stats(heap)  # the counters stayed exact
 
@@ -149,7 +159,6 @@ def test_an_eager_freer_killed_mid_release_is_finished_by_the_coordinator(monkey
     taking, its freed pages are left backed; killed between its take and its finish, they
     carry its id.  The coordinator (eager too) finishes those and releases what was left, so
     no free page stays backed."""
-    from sweeperd.runtime import owners
     from sweeperd.runtime.heap import scavenging
     from sweeperd.runtime.scavenge import ReleaseOnFree
 

@@ -56,8 +56,8 @@ from sweeperd.runtime.heap import H_HEAP_GOAL, H_MEMORY_LIMIT, T_RELEASED_PAGES,
 from sweeperd.runtime.heapstats import (
     cached_bytes,
     heap_stats,
+    read_tallies,
     releasing_bytes,
-    tally_totals,
 )
 from sweeperd.runtime.scavenge import ReleaseOnFree
 from sweeperd.runtime.sizeclasses import PAGE_SIZE
@@ -361,8 +361,7 @@ class Coordinator:
             return
         role = bound.role
         if msg.type == "swept" and role is Role.SWEEPER:
-            if self._peer(c.Swept(bound, msg["cycle"], now)):
-                self.totals.sweeper_report(msg["stats"])
+            if self._peer(c.Swept(bound, msg["cycle"], now)):  # its work: in the tallies
                 self.trace.swept(float(msg["stats"].get("seconds", 0.0)))
         elif msg.type == "marked" and role is Role.MUTATOR:
             self.totals.mutator_report(bound, msg["stats"])
@@ -374,7 +373,7 @@ class Coordinator:
             if role is Role.MUTATOR:
                 self.totals.mutator_report(bound, msg["stats"])
             elif role is Role.SCAVENGER:
-                self.totals.scavenger_report(bound, msg["stats"])
+                self.totals.scavenger_report(msg["stats"])
             self._peer(c.Heard(bound, now))
         else:
             self.totals.control_error("unexpected")
@@ -432,8 +431,7 @@ class Coordinator:
         """For a ``scav`` line: bytes ever released (the books: the scavenger's, the
         coordinator's and the freers'), released now, in use, free and backed."""
         hs = heap_stats(self.heap)
-        pages = int(self.totals.scavenger.get("released_pages", 0)) + int(
-            self.heap.tallies[:, T_RELEASED_PAGES].sum())
+        pages = int(self.heap.tallies[:, T_RELEASED_PAGES].sum())
         return pages * PAGE_SIZE, hs.released_bytes, hs.in_use_bytes, hs.free_bytes
 
     # --- main loop ---------------------------------------------------------------------------
@@ -509,7 +507,7 @@ class Coordinator:
             debug=MappingProxyType({**self.work.debug, "enabled": self.cfg.run.debug_checks}),
             cpu_fraction_target=self.cfg.scavenger.cpu_fraction,
             policy=self.cfg.scavenger.policy, policy_params=self._policy_params,
-            tallies=MappingProxyType(tally_totals(self.heap)), heap_handle=self._handle,
+            tallies=read_tallies(self.heap), heap_handle=self._handle,
             control_addr=self.control_addr, ipc_dir=self.ipc_dir,
             metrics_addr=self.metrics_addr, scenario=self._scenario_now())
 

@@ -21,7 +21,13 @@ from __future__ import annotations
 import numpy as np
 
 from sweeperd.errors import AllocCountOverflow, BadSpanState
-from sweeperd.runtime.heap import C_OBJECT_BYTES, C_OCCUPIED_PAGES, SPAN_IN_USE, Heap
+from sweeperd.runtime.heap import (
+    ALLOC_BATCH,
+    C_OBJECT_BYTES,
+    C_OCCUPIED_PAGES,
+    SPAN_IN_USE,
+    Heap,
+)
 from sweeperd.runtime.sizeclasses import CLASS_NWORDS, CLASS_SIZE, PAGE_SIZE
 from sweeperd.runtime.sweepgen import SweepState, state_of
 from sweeperd.sys import failpoint
@@ -54,16 +60,19 @@ def alloc_objects(heap: Heap, span: int, k: int) -> np.ndarray:
         heap.span_freeindex[span] = nelems
         return got.astype(np.int64)
     b[got] = 1
-    heap.bits[a, :nw, span] = np.packbits(b, bitorder="little").view(np.uint64)
-    failpoint.hit("malloc.bits_set")  # recovery recounts allocCount from the bits
     count = int(heap.span_alloc_count[span]) + got.size
     if count > nelems:
         raise AllocCountOverflow(f"span {span}: allocCount {count}, nelems {nelems}")
+    esize = elem_size(heap, span)
+    heap.begin_batch(ALLOC_BATCH, (int(got.size), int(got.size) * esize))
+    heap.bits[a, :nw, span] = np.packbits(b, bitorder="little").view(np.uint64)
+    failpoint.hit("malloc.bits_set")  # recovery recounts allocCount from the bits
     was_empty = heap.span_alloc_count[span] == 0
     heap.span_alloc_count[span] = count
+    _counted(heap)
     if was_empty:  # first, so a reader never sees more objects than occupied pages hold
         heap.count(C_OCCUPIED_PAGES, int(heap.span_npages[span]))
-    heap.count(C_OBJECT_BYTES, got.size * elem_size(heap, span))
+    heap.count(C_OBJECT_BYTES, got.size * esize)
     heap.span_freeindex[span] = int(got[-1]) + 1
     return got.astype(np.int64)
 
@@ -142,11 +151,15 @@ def alloc_all(heap: Heap, spans: np.ndarray) -> int:
         full = np.zeros(nw * 64, dtype=np.uint8)
         full[:ne] = 1
         words = np.packbits(full, bitorder="little").view(np.uint64)
+        n = ne * int(cols.size)
+        heap.begin_batch(ALLOC_BATCH, (n, n * int(CLASS_SIZE[c]) if c else
+                                       int(heap.span_npages[cols].sum()) * PAGE_SIZE))
         for buf, cb in heap.by_alloc_buf(cols):
             v = heap.bits[buf, :nw]
             v[:, cb] = words[:, None]
         failpoint.hit("malloc.bits_set")
         heap.span_alloc_count[cols] = ne
+        _counted(heap)
         heap.count(C_OCCUPIED_PAGES, int(heap.span_npages[cols].sum(dtype=np.int64)))  # were 0
         heap.count(C_OBJECT_BYTES, ne * cols.size * int(CLASS_SIZE[c]))
         heap.span_freeindex[cols] = ne
@@ -154,12 +167,22 @@ def alloc_all(heap: Heap, spans: np.ndarray) -> int:
     return total
 
 
-def repair_alloc_counts(heap: Heap, spans: np.ndarray) -> int:
+def _counted(heap: Heap) -> None:
+    """An allocation's allocCount is written: its in-flight tally stands (flag 2), then is
+    applied.  Recovery tells the two halves of a batch apart by the flag: 1, the bits may be
+    set but allocCount is not (the repair's recount is what was allocated); 2, all done."""
+    heap.tallies[heap.me, ALLOC_BATCH[2]] = 2
+    heap.apply_batch(ALLOC_BATCH)
+
+
+def repair_alloc_counts(heap: Heap, spans: np.ndarray, repaired: list[int] | None = None) -> int:
     """Recompute ``allocCount`` (and a safe ``freeindex``) of swept spans from their alloc
     bitmaps; returns how many were wrong.  Allocation writes the bits first and the count
-    after, so a mutator killed in between leaves the count short; the bits are the truth."""
+    after, so a mutator killed in between leaves the count short; the bits are the truth.
+    ``repaired``, if given, gets [objects, bytes] the recount added."""
     spans = np.asarray(spans, dtype=np.int64)
     wrong = 0
+    added = [0, 0]
     for s in spans.tolist():
         nw = int(CLASS_NWORDS[heap.span_class[s]])
         n = int(np.bitwise_count(heap.bits[int(heap.alloc_buf(s)), :nw, s]).sum())
@@ -167,7 +190,11 @@ def repair_alloc_counts(heap: Heap, spans: np.ndarray) -> int:
         if n != old:
             wrong += 1
             heap.count(C_OBJECT_BYTES, (n - old) * elem_size(heap, s))
+            added[0] += n - old
+            added[1] += (n - old) * elem_size(heap, s)
             heap.count(C_OCCUPIED_PAGES, ((n > 0) - (old > 0)) * int(heap.span_npages[s]))
             heap.span_alloc_count[s] = n
             heap.span_freeindex[s] = 0  # rescan from the start: the bits decide
+    if repaired is not None:
+        repaired[:] = added
     return wrong
