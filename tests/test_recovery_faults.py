@@ -18,9 +18,12 @@ from sweeperd.daemon.totals import Totals
 from sweeperd.runtime import mheap, owners, specials
 from sweeperd.runtime.check import check_heap
 from sweeperd.runtime.heap import (
+    F_ALLOC,
     PAGE_FREE,
     PAGE_SCAVENGING,
     SPAN_IN_USE,
+    T_OBJECTS_ALLOCATED,
+    T_OBJECTS_FREED,
     T_RELEASED_KERNEL_BYTES,
     Heap,
 )
@@ -127,6 +130,12 @@ def test_mutator_killed_mid_allocation_is_recovered_by_the_coordinator(monkeypat
         entries = specials.finq_entries(heap)
         assert np.unique(entries).size == entries.size  # no finalizer queued twice
         assert heap_stats(heap) == scan_heap_stats(heap)  # counts repaired with the bits
+        # conservation from the tallies: every object allocated (the dead mutator's row, its
+        # cut batch counted by the recount of its bits) is in the heap or was freed once
+        t = heap.tallies.sum(axis=0)
+        in_heap = int(heap.span_alloc_count[heap.in_use_spans()].sum(dtype=np.int64))
+        assert int(t[T_OBJECTS_ALLOCATED]) == in_heap + int(t[T_OBJECTS_FREED])
+        assert not heap.tallies[:, F_ALLOC].any()
 
 
 def test_a_live_daemon_goes_on_after_its_scavenger_and_a_mutator_die_mid_step(tmp_path):

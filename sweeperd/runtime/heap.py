@@ -135,20 +135,20 @@ P_SWEPT_SPANS = 17  # a sweep batch's T_SWEPT_SPANS, T_SWEPT_PAGES and T_OBJECTS
 P_SWEPT_PAGES = 18  # it is committed (T_FINALIZERS_RUN is added as they run)
 P_OBJECTS_FREED = 19
 F_SWEEP = 20  # 1 from just before its first write until its totals are applied
-P_OBJECTS_ALLOCATED = 21  # an allocation's T_OBJECTS_ALLOCATED and T_BYTES_ALLOCATED
-P_BYTES_ALLOCATED = 22
-F_ALLOC = 23  # 1 before its alloc bits are set, 2 once its allocCount is, 0 when applied
+P_OBJECTS_ALLOCATED = 21  # an allocation's T_OBJECTS_ALLOCATED and T_BYTES_ALLOCATED after
+P_BYTES_ALLOCATED = 22  # it, and (P_BASE_*) before it: recovery sets them absolutely
+P_BASE_OBJECTS = 23
+P_BASE_BYTES = 24
+F_ALLOC = 25  # 1 from before its alloc bits, 2 from its totals applied to its allocCounts
 MADVISE_ADVICES = ("REMOVE", "REMOVE_vectored", "DONTNEED", "FREE", "NOHUGEPAGE", "HUGEPAGE")
-T_MADVISE_BY = {a: 24 + i for i, a in enumerate(MADVISE_ADVICES)}  # calls by advice
-NTALLIES = 24 + len(MADVISE_ADVICES)
+T_MADVISE_BY = {a: 26 + i for i, a in enumerate(MADVISE_ADVICES)}  # calls by advice
+NTALLIES = 26 + len(MADVISE_ADVICES)
 
 # (the T_* totals, the P_* new totals) of each kind of batch, applied by Heap.apply_batch
 RELEASE_BATCH = ((T_RELEASED_PAGES, T_RELEASE_RUNS, T_RELEASED_KERNEL_BYTES),
                  (P_RELEASED_PAGES, P_RELEASE_RUNS, P_RELEASED_KERNEL_BYTES), F_RELEASE)
 SWEEP_BATCH = ((T_SWEPT_SPANS, T_SWEPT_PAGES, T_OBJECTS_FREED),
                (P_SWEPT_SPANS, P_SWEPT_PAGES, P_OBJECTS_FREED), F_SWEEP)
-ALLOC_BATCH = ((T_OBJECTS_ALLOCATED, T_BYTES_ALLOCATED),
-               (P_OBJECTS_ALLOCATED, P_BYTES_ALLOCATED), F_ALLOC)
 Batch = tuple[tuple[int, ...], tuple[int, ...], int]
 
 _U1 = np.uint64(1)

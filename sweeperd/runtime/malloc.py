@@ -22,10 +22,16 @@ import numpy as np
 
 from sweeperd.errors import AllocCountOverflow, BadSpanState
 from sweeperd.runtime.heap import (
-    ALLOC_BATCH,
     C_OBJECT_BYTES,
     C_OCCUPIED_PAGES,
+    F_ALLOC,
+    P_BASE_BYTES,
+    P_BASE_OBJECTS,
+    P_BYTES_ALLOCATED,
+    P_OBJECTS_ALLOCATED,
     SPAN_IN_USE,
+    T_BYTES_ALLOCATED,
+    T_OBJECTS_ALLOCATED,
     Heap,
 )
 from sweeperd.runtime.sizeclasses import CLASS_NWORDS, CLASS_SIZE, PAGE_SIZE
@@ -64,12 +70,13 @@ def alloc_objects(heap: Heap, span: int, k: int) -> np.ndarray:
     if count > nelems:
         raise AllocCountOverflow(f"span {span}: allocCount {count}, nelems {nelems}")
     esize = elem_size(heap, span)
-    heap.begin_batch(ALLOC_BATCH, (int(got.size), int(got.size) * esize))
+    _begin(heap, int(got.size), int(got.size) * esize)
     heap.bits[a, :nw, span] = np.packbits(b, bitorder="little").view(np.uint64)
     failpoint.hit("malloc.bits_set")  # recovery recounts allocCount from the bits
     was_empty = heap.span_alloc_count[span] == 0
+    _tallied(heap)
     heap.span_alloc_count[span] = count
-    _counted(heap)
+    heap.tallies[heap.me, F_ALLOC] = 0
     if was_empty:  # first, so a reader never sees more objects than occupied pages hold
         heap.count(C_OCCUPIED_PAGES, int(heap.span_npages[span]))
     heap.count(C_OBJECT_BYTES, got.size * esize)
@@ -152,14 +159,15 @@ def alloc_all(heap: Heap, spans: np.ndarray) -> int:
         full[:ne] = 1
         words = np.packbits(full, bitorder="little").view(np.uint64)
         n = ne * int(cols.size)
-        heap.begin_batch(ALLOC_BATCH, (n, n * int(CLASS_SIZE[c]) if c else
-                                       int(heap.span_npages[cols].sum()) * PAGE_SIZE))
+        _begin(heap, n, n * int(CLASS_SIZE[c]) if c else
+               int(heap.span_npages[cols].sum()) * PAGE_SIZE)
         for buf, cb in heap.by_alloc_buf(cols):
             v = heap.bits[buf, :nw]
             v[:, cb] = words[:, None]
         failpoint.hit("malloc.bits_set")
+        _tallied(heap)
         heap.span_alloc_count[cols] = ne
-        _counted(heap)
+        heap.tallies[heap.me, F_ALLOC] = 0
         heap.count(C_OCCUPIED_PAGES, int(heap.span_npages[cols].sum(dtype=np.int64)))  # were 0
         heap.count(C_OBJECT_BYTES, ne * cols.size * int(CLASS_SIZE[c]))
         heap.span_freeindex[cols] = ne
@@ -167,12 +175,43 @@ def alloc_all(heap: Heap, spans: np.ndarray) -> int:
     return total
 
 
-def _counted(heap: Heap) -> None:
-    """An allocation's allocCount is written: its in-flight tally stands (flag 2), then is
-    applied.  Recovery tells the two halves of a batch apart by the flag: 1, the bits may be
-    set but allocCount is not (the repair's recount is what was allocated); 2, all done."""
-    heap.tallies[heap.me, ALLOC_BATCH[2]] = 2
-    heap.apply_batch(ALLOC_BATCH)
+def _begin(heap: Heap, objects: int, nbytes: int) -> None:
+    """An allocation's tally, before its alloc bits are set: this process's totals before
+    and after it, and flag 1.  With the flag at 1 its allocCounts are not written yet, so
+    recovery's recount of the bits (bits minus allocCount) is exactly what it allocated,
+    added to the totals before it; at 2 (:func:`_tallied`) its totals stand.  Every store
+    recovery makes is absolute: a death between any two of these stores counts it once."""
+    row = heap.tallies[heap.me]
+    row[P_BASE_OBJECTS] = row[T_OBJECTS_ALLOCATED]
+    row[P_BASE_BYTES] = row[T_BYTES_ALLOCATED]
+    row[P_OBJECTS_ALLOCATED] = row[T_OBJECTS_ALLOCATED] + objects
+    row[P_BYTES_ALLOCATED] = row[T_BYTES_ALLOCATED] + nbytes
+    row[F_ALLOC] = 1
+
+
+def _tallied(heap: Heap) -> None:
+    """The alloc bits are set: the totals after the allocation stand (flag 2), before its
+    allocCounts are written; the caller lowers the flag after them."""
+    row = heap.tallies[heap.me]
+    row[T_OBJECTS_ALLOCATED] = row[P_OBJECTS_ALLOCATED]
+    row[T_BYTES_ALLOCATED] = row[P_BYTES_ALLOCATED]
+    row[F_ALLOC] = 2
+
+
+def recover_tally(heap: Heap, owner: int, recount: tuple[int, int]) -> None:
+    """Set the dead allocator ``owner``'s allocation totals from its flag and the recount of
+    its cached spans' bits (objects, bytes: what the bits hold beyond their allocCounts)."""
+    row = heap.tallies[owner]
+    if row[F_ALLOC] == 2:
+        row[T_OBJECTS_ALLOCATED] = row[P_OBJECTS_ALLOCATED]
+        row[T_BYTES_ALLOCATED] = row[P_BYTES_ALLOCATED]
+    elif row[F_ALLOC] == 1:
+        row[T_OBJECTS_ALLOCATED] = row[P_BASE_OBJECTS] + recount[0]
+        row[T_BYTES_ALLOCATED] = row[P_BASE_BYTES] + recount[1]
+    else:  # nothing in flight: the bits and the counts agree (0, 0)
+        row[T_OBJECTS_ALLOCATED] += recount[0]
+        row[T_BYTES_ALLOCATED] += recount[1]
+    row[F_ALLOC] = 0
 
 
 def repair_alloc_counts(heap: Heap, spans: np.ndarray, repaired: list[int] | None = None) -> int:

@@ -23,7 +23,8 @@ step may also simply be run again):
   (it had counted the work, which recovery then finishes without counting); an unflagged one
   had counted nothing, and what recovery does of it is counted in the coordinator's row.  A
   mutator's allocation is the one case with two halves: flag 1 (alloc bits maybe set,
-  allocCount not) is counted by the recount of its bits, flag 2 by its in-flight tally.
+  allocCount not) is counted by the recount of its bits, flag 2 by its in-flight tally
+  (malloc.recover_tally).
 
 Preconditions: the dead process has been reaped; the caller is the coordinator.
 """
@@ -36,17 +37,14 @@ import numpy as np
 
 from sweeperd.runtime import mcentral, owners
 from sweeperd.runtime.heap import (
-    ALLOC_BATCH,
     H_SCAV_SEARCH,
     RELEASE_BATCH,
     SPAN_IN_USE,
     SWEEP_BATCH,
-    T_BYTES_ALLOCATED,
-    T_OBJECTS_ALLOCATED,
     Heap,
     scavenging,
 )
-from sweeperd.runtime.malloc import repair_alloc_counts
+from sweeperd.runtime.malloc import recover_tally, repair_alloc_counts
 from sweeperd.runtime.mheap import repair
 from sweeperd.runtime.runs import runs
 from sweeperd.runtime.scavenge import Released, _tally_calls, finish, release
@@ -91,13 +89,7 @@ def mutator_cache(heap: Heap, owner: int) -> tuple[SweepStats, int]:
     mine = mcentral.cached_by(heap, owner)
     added = [0, 0]
     fixed = repair_alloc_counts(heap, mine, added)
-    row = heap.tallies[owner]
-    if row[ALLOC_BATCH[2]] == 2:  # its allocCount was written: its in-flight tally stands
-        heap.apply_batch(ALLOC_BATCH, owner)
-    else:  # bits set, allocCount not (or nothing yet): the recount is what it allocated
-        row[ALLOC_BATCH[2]] = 0
-        row[T_OBJECTS_ALLOCATED] += added[0]
-        row[T_BYTES_ALLOCATED] += added[1]
+    recover_tally(heap, owner, (added[0], added[1]))
     st = SweepStats()
     for s in mine.tolist():
         st.add(mcentral.uncache_span(heap, int(s)))
