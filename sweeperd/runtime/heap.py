@@ -106,7 +106,7 @@ C_CACHED_PAGES = 6  # pages of spans cached in mutators' mcaches (sweepgen h+1 o
 NCOUNTERS = 7
 
 # Tallies (columns of ``tallies``): per claimer, what it has done since the heap was made.
-# Only ever added to, one writer per row, never rebased (a scan cannot recount history), and
+# They only grow, one writer per row, never rebased (a scan cannot recount history), and
 # kept when the process dies, so its replacement carries on and nothing is lost.  The row of a
 # dead process is written once more, by the coordinator's recovery, before its replacement
 # starts (a batch it had in flight: see the P_* columns below).
@@ -126,7 +126,8 @@ T_BYTES_ALLOCATED = 12  # ... of this many bytes (object sizes)
 # In-flight batches: a batch writes its new totals here (absolute, so applying them twice is
 # applying them once), raises its flag, does the work, then copies them to the T_* columns and
 # lowers the flag.  The coordinator, recovering a dead claimer, applies a raised flag's totals
-# and does not count again what it finishes of that batch (recovery.py).
+# and does not count again what it finishes of that batch (recovery.py).  An allocation keeps
+# its totals before and after, and recovery decides by its flag (malloc.recover_tally).
 P_RELEASED_PAGES = 13  # a release: the T_RELEASED_PAGES, T_RELEASE_RUNS and
 P_RELEASE_RUNS = 14  # T_RELEASED_KERNEL_BYTES it will have made (kernel bytes counted before
 P_RELEASED_KERNEL_BYTES = 15  # the madvise: nobody else touches a page it has taken)
@@ -139,7 +140,7 @@ P_OBJECTS_ALLOCATED = 21  # an allocation's T_OBJECTS_ALLOCATED and T_BYTES_ALLO
 P_BYTES_ALLOCATED = 22  # it, and (P_BASE_*) before it: recovery sets them absolutely
 P_BASE_OBJECTS = 23
 P_BASE_BYTES = 24
-F_ALLOC = 25  # 1 from before its alloc bits, 2 from its totals applied to its allocCounts
+F_ALLOC = 25  # 1 from before its alloc bits; 2 once its totals stand, before its allocCounts
 MADVISE_ADVICES = ("REMOVE", "REMOVE_vectored", "DONTNEED", "FREE", "NOHUGEPAGE", "HUGEPAGE")
 T_MADVISE_BY = {a: 26 + i for i, a in enumerate(MADVISE_ADVICES)}  # calls by advice
 NTALLIES = 26 + len(MADVISE_ADVICES)
