@@ -71,6 +71,35 @@ def _bench_scavenge(args: argparse.Namespace) -> int:
     return _print_result(result, args.json)
 
 
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of MiB: {text!r}") from None
+    if not sizes or any(s <= 0 or s > 16384 for s in sizes):
+        raise argparse.ArgumentTypeError(f"sizes must be 1..16384 MiB: {text!r}")
+    return sizes
+
+
+def _bench_scrape(args: argparse.Namespace) -> int:
+    from sweeperd.bench.scrape import bench_scrape
+
+    try:
+        result = bench_scrape(args.heap_mib, args.seconds, args.interval)
+    except (ValueError, RuntimeError) as e:
+        print(f"sweeperd bench scrape: {e}", file=sys.stderr)
+        return 2 if isinstance(e, ValueError) else 1
+    if args.json:
+        return _print_result(result, True)
+    for r in result["sizes"]:
+        print(f"heap {r['heap_mib']:>6} MiB: scrape p50 {r['p50_ms']:.2f} ms, p99 "
+              f"{r['p99_ms']:.2f} ms, max {r['max_ms']:.2f} ms ({r['scrapes']} scrapes)")
+    print(f"p99 ratio, last to first size: {result['p99_ratio']:.2f} (goal <= "
+          f"{result['goal']['p99_ratio']}, and p99 <= {result['goal']['p99_ms']} ms): "
+          f"{'met' if result['meets_goal'] else 'NOT met'}")
+    return 0
+
+
 def _print_result(result: dict[str, Any], as_json: bool) -> int:
     """A benchmark's figures: one JSON object, or one aligned line per field."""
     if as_json:
@@ -403,6 +432,16 @@ def build_parser() -> argparse.ArgumentParser:
                      + ", ".join(POLICIES))
     bsc.add_argument("--json", action="store_true")
     bsc.set_defaults(func=_bench_scavenge)
+    bscr = bsub.add_parser("scrape", help="scrape /metrics of real daemons of several heap "
+                           "sizes; p50/p99 per size and the ratio of the last to the first")
+    bscr.add_argument("--heap-mib", dest="heap_mib", type=_sizes, default=[256, 16384],
+                      help="comma-separated heap sizes in MiB (default 256,16384)")
+    bscr.add_argument("--seconds", type=float, default=60.0,
+                      help="seconds of scraping per size, after the ramp (default 60)")
+    bscr.add_argument("--interval", type=float, default=0.05,
+                      help="seconds between scrapes (default 0.05)")
+    bscr.add_argument("--json", action="store_true")
+    bscr.set_defaults(func=_bench_scrape)
 
     run = sub.add_parser("run", help="run the daemon in the foreground")
     run.add_argument("--config", default=None, help="TOML config file (default: built-in)")

@@ -8,12 +8,14 @@ import json
 import os
 import signal
 
+from sweeperd.runtime import owners
 from sweeperd.runtime.bgsweep import sweep_until_done
 from sweeperd.runtime.heap import Heap, HeapHandle
 
 
 def sweeper(handle_json, me, go, q, die_at=None, chunk_pages=128):
     heap = Heap.attach(HeapHandle.from_dict(json.loads(handle_json)))
+    heap.me = owners.sweeper(me)  # its row of the counters and tallies, as in the daemon
     seen = {"n": 0}
 
     def fault(point):

@@ -11,7 +11,7 @@ from sweeperd.errors import OutOfMemory
 from sweeperd.runtime import mheap
 from sweeperd.runtime.check import check_heap
 from sweeperd.runtime.heap import H_COMMIT_LIMIT, T_COMMIT_FAILURES
-from sweeperd.runtime.heapstats import tally_totals
+from sweeperd.runtime.heapstats import read_tallies
 from sweeperd.runtime.sizeclasses import PAGE_SIZE
 
 
@@ -35,7 +35,7 @@ def test_a_backed_free_page_is_reused_without_a_commit(heap):
     heap.header[H_COMMIT_LIMIT] = 4 * PAGE_SIZE  # full: only backed pages may be taken
     t, nscav = mheap.alloc_span(heap, 0, 4)
     assert (t, nscav) == (s, 0)
-    assert tally_totals(heap)["commit_failures"] == 0
+    assert read_tallies(heap).commit_failures == 0
 
 
 def test_past_the_commit_limit_allocation_is_refused_tallied_and_changes_nothing(heap):

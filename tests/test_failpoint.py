@@ -85,3 +85,19 @@ def test_a_stop_point_stops_the_process_and_names_it(tmp_path):
             p.kill()
             p.wait()
         p.stdout.close()
+
+
+def test_a_point_armed_n_times_kills_n_processes_then_lets_the_next_go_on(tmp_path):
+    env = {"SWEEPERD_FAILPOINTS": "scavenge.taken:3", "SWEEPERD_FAILPOINTS_DIR": str(tmp_path)}
+    for _ in range(3):
+        assert _run(env).returncode == -signal.SIGKILL
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "scavenge.taken", "scavenge.taken.2", "scavenge.taken.3"]
+    assert _run(env).stdout == "alive\n"
+
+
+def test_a_bad_count_is_refused(tmp_path):
+    for bad in ("scavenge.taken:0", "scavenge.taken:x", "scavenge.taken:", "scavenge.taken:-1",
+                "scavenge.taken:1001"):
+        r = _run({"SWEEPERD_FAILPOINTS": bad, "SWEEPERD_FAILPOINTS_DIR": str(tmp_path)})
+        assert r.returncode == 1 and "count" in r.stderr, bad

@@ -4,9 +4,11 @@ import numpy as np
 
 from sweeperd.runtime import malloc, mheap, owners, scavenge
 from sweeperd.runtime.heap import (
+    C_CACHED_PAGES,
     C_IN_USE_PAGES,
     C_OBJECT_BYTES,
     C_OCCUPIED_PAGES,
+    C_RELEASING_PAGES,
     C_SPANS_IN_USE,
     PAGE_FREE,
     SPAN_DEAD,
@@ -81,28 +83,39 @@ def test_rebase_puts_the_counters_back_after_a_store_lost_its_count(heap):
     assert np.count_nonzero(row) == 2
 
 
-def test_scrape_scans_count_cached_spans_and_releases_in_flight_in_any_chunking(
+def test_releasing_and_cached_bytes_are_running_counters_equal_to_the_scan(
         heap, monkeypatch):
-    """cached_bytes and releasing_bytes, chunked, against whole-table numpy references."""
+    """cached_bytes and releasing_bytes come from the running counters (O(1): no table
+    scan), and equal whole-table references (and the chunked rebase scan) as a mutator caches
+    and flushes spans and a release takes and finishes pages."""
     from sweeperd.runtime import heapstats
     from sweeperd.runtime.heap import SPAN_IN_USE, scavenging
     from sweeperd.workload.mutator import Mutator, Workload
+
+    def want() -> tuple[int, int]:
+        h = heap.sweepgen
+        spans = np.flatnonzero(heap.span_state == SPAN_IN_USE)
+        sg = heap.span_sweepgen[spans]
+        cached = int(heap.span_npages[spans[(sg == h + 1) | (sg == h + 3)]].sum())
+        return cached * PAGE_SIZE, int(np.count_nonzero(heap.page_span <= scavenging(0))) \
+            * PAGE_SIZE
 
     m = Mutator(heap, 0, Workload(size_classes=(2, 6, 45), alloc_rate=1000),
                 rng=np.random.default_rng(4))
     for _ in range(40):
         m.step()  # the small path: one span per class stays cached
-    free = np.flatnonzero(heap.page_span == -1)
-    heap.page_span[free[:5]] = scavenging(owners.SCAVENGER)  # a release in flight
-    h = heap.sweepgen
-    spans = np.flatnonzero(heap.span_state == SPAN_IN_USE)
-    sg = heap.span_sweepgen[spans]
-    want_cached = int(heap.span_npages[spans[(sg == h + 1) | (sg == h + 3)]].sum()) * PAGE_SIZE
-    assert want_cached > 0 and len(m.mcache) == 3
-    for chunk in (7, 64, 1 << 16):
+    heap.me = owners.SCAVENGER
+    s, _ = mheap.alloc_span(heap, 0, 5)
+    mheap.free_spans(heap, np.array([s]))
+    starts, lengths = scavenge.take(heap, 5)
+    cached, releasing = want()
+    assert cached > 0 and len(m.mcache) == 3 and releasing == 5 * PAGE_SIZE
+    assert (heapstats.cached_bytes(heap), heapstats.releasing_bytes(heap)) == (cached,
+                                                                                releasing)
+    for chunk in (7, 64, 1 << 16):  # the rebase's scan agrees, in any chunking
         monkeypatch.setattr(heapstats, "SCAN_PAGES", chunk)
-        assert heapstats.cached_bytes(heap) == want_cached
-        assert heapstats.releasing_bytes(heap) == 5 * PAGE_SIZE
-    heap.page_span[free[:5]] = -1
+        assert not counter_drift(heap)[[C_RELEASING_PAGES, C_CACHED_PAGES]].any()
+    scavenge.finish(heap, starts, lengths)
     m.flush()
-    assert heapstats.cached_bytes(heap) == 0
+    assert (heapstats.cached_bytes(heap), heapstats.releasing_bytes(heap)) == (0, 0) == want()
+    assert not counter_drift(heap).any()

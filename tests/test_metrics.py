@@ -13,7 +13,7 @@ import urllib.request
 from sweeperd.daemon.metrics import Kernel, SnapshotCollector
 from sweeperd.daemon.snapshot import Sample, Snapshot, WorkerView
 from sweeperd.daemon.totals import Totals
-from sweeperd.runtime.heapstats import HeapStats
+from sweeperd.runtime.heapstats import HeapStats, ReleaseTally, Tallies
 
 from .daemon import Daemon
 
@@ -71,8 +71,8 @@ def _snapshot(**over) -> Snapshot:
                 workers=(WorkerView("sweeper", 0, 2, "alive"),
                          WorkerView("mutator", 0, 3, "starting")),
                 debug={}, cpu_fraction_target=0.01, policy="eager", policy_params={},
-                tallies={"freed_pages": 100, "released_pages": 40, "release_runs": 4,
-                         "released_kernel_bytes": 40 * 8192, "madvise_calls": 4},
+                tallies=Tallies(on_free=ReleaseTally(40, 4, 40 * 8192, (4, 0, 0, 0, 0, 0)),
+                                freed_pages=100),
                 heap_handle={}, control_addr="", ipc_dir="", metrics_addr="", live_bytes=5 << 20,
                 scenario={}, **t.freeze())
     base.update(over)

@@ -15,10 +15,19 @@ import pytest
 from sweeperd.daemon.events import Role, Slot
 from sweeperd.daemon.heapwork import HeapWork
 from sweeperd.daemon.totals import Totals
-from sweeperd.runtime import mheap, specials
+from sweeperd.runtime import mheap, owners, specials
 from sweeperd.runtime.check import check_heap
-from sweeperd.runtime.heap import PAGE_FREE, PAGE_SCAVENGING, SPAN_IN_USE, Heap
-from sweeperd.runtime.heapstats import heap_stats, scan_heap_stats
+from sweeperd.runtime.heap import (
+    F_ALLOC,
+    PAGE_FREE,
+    PAGE_SCAVENGING,
+    SPAN_IN_USE,
+    T_OBJECTS_ALLOCATED,
+    T_OBJECTS_FREED,
+    T_RELEASED_KERNEL_BYTES,
+    Heap,
+)
+from sweeperd.runtime.heapstats import heap_stats, read_tallies, scan_heap_stats
 from sweeperd.runtime.runs import runs
 from sweeperd.runtime.sizeclasses import PAGE_SIZE
 from sweeperd.sys.sysmem import SysMem
@@ -69,6 +78,7 @@ def test_scavenger_killed_mid_release_is_finished_by_the_coordinator(monkeypatch
             assert _backed_of(heap, taken) == 0
         assert not heap.scavenged[taken].any()
 
+        heap.me = owners.COORDINATOR  # as in the daemon
         totals = Totals()
         HeapWork(heap, _sysmem(heap), totals, debug_checks=False).recover(
             Slot(Role.SCAVENGER, 0))
@@ -80,9 +90,12 @@ def test_scavenger_killed_mid_release_is_finished_by_the_coordinator(monkeypatch
         assert _backed_of(heap, heap.scavenged != 0) == 0  # ... and hold no memory
         in_use = heap.page_span >= 0
         assert heap.arena_backed_bytes() == _backed_of(heap, in_use) == 20 * 16 * PAGE_SIZE
-        assert totals.scavenger["released_pages"] == 20 * 16
-        want_kernel = backed_free if point == "scavenge.taken" else 0
-        assert totals.scavenger["released_kernel_bytes"] == want_kernel
+        # counted once, kernel bytes included, whoever counted them: the dead scavenger (it
+        # had flagged its batch before its madvise) or the coordinator (it had not)
+        t = read_tallies(heap).scavenger
+        assert (t.pages, t.runs, t.kernel_bytes) == (20 * 16, 20, backed_free)
+        who = owners.SCAVENGER if point == "scavenge.released" else owners.COORDINATOR
+        assert heap.tallies[who, T_RELEASED_KERNEL_BYTES] == backed_free
         check_heap(heap)
         assert heap_stats(heap) == scan_heap_stats(heap)  # the counters stayed exact
 
@@ -117,6 +130,12 @@ def test_mutator_killed_mid_allocation_is_recovered_by_the_coordinator(monkeypat
         entries = specials.finq_entries(heap)
         assert np.unique(entries).size == entries.size  # no finalizer queued twice
         assert heap_stats(heap) == scan_heap_stats(heap)  # counts repaired with the bits
+        # conservation from the tallies: every object allocated (the dead mutator's row, its
+        # cut batch counted by the recount of its bits) is in the heap or was freed once
+        t = heap.tallies.sum(axis=0)
+        in_heap = int(heap.span_alloc_count[heap.in_use_spans()].sum(dtype=np.int64))
+        assert int(t[T_OBJECTS_ALLOCATED]) == in_heap + int(t[T_OBJECTS_FREED])
+        assert not heap.tallies[:, F_ALLOC].any()
 
 
 def test_a_live_daemon_goes_on_after_its_scavenger_and_a_mutator_die_mid_step(tmp_path):
@@ -149,7 +168,6 @@ def test_an_eager_freer_killed_mid_release_is_finished_by_the_coordinator(monkey
     taking, its freed pages are left backed; killed between its take and its finish, they
     carry its id.  The coordinator (eager too) finishes those and releases what was left, so
     no free page stays backed."""
-    from sweeperd.runtime import owners
     from sweeperd.runtime.heap import scavenging
     from sweeperd.runtime.scavenge import ReleaseOnFree
 

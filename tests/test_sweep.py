@@ -4,7 +4,7 @@ import pytest
 from sweeperd.errors import BadSpanState, FoundPointerToFreeObject, SweepIncreasedAllocCount
 from sweeperd.runtime import malloc, mark, mcentral, mheap, specials
 from sweeperd.runtime.check import check_heap
-from sweeperd.runtime.heap import C_OBJECT_BYTES, C_OCCUPIED_PAGES, SPAN_DEAD
+from sweeperd.runtime.heap import C_OBJECT_BYTES, C_OCCUPIED_PAGES, SPAN_DEAD, SWEEP_BATCH
 from sweeperd.runtime.sweep import sweep, sweep_batch
 
 from .conftest import claim_all, start_cycle
@@ -188,10 +188,14 @@ def test_crash_after_commit_is_finished_not_swept_again(heap):
     # replay the dead sweeper up to its commit: counters and sweptgen written, nothing after
     counted = [C_OBJECT_BYTES, C_OCCUPIED_PAGES]  # what a sweep counts before its commit
     heap.counters[:, counted] = done["counters"][:, counted]
+    row = done["tallies"][heap.me]  # its batch's in-flight tally, flagged
+    heap.begin_batch(SWEEP_BATCH, tuple(int(row[p]) for p in SWEEP_BATCH[1]))
     heap.span_alloc_count[[a, b]] = done["span_alloc_count"][[a, b]]
     heap.span_freeindex[[a, b]] = 0
     heap.commit_sweep([a, b], h)
-    st = sweep_batch(heap, np.array([a, b]), recover=True)
+    # the recovery of a claimer that had flagged its batch: applied, then finished uncounted
+    heap.apply_batch(SWEEP_BATCH)
+    st = sweep_batch(heap, np.array([a, b]), recover=True, count=False)
     assert st.objects_freed == 0  # nothing is swept twice
     for k, v in heap.snapshot().items():
         assert np.array_equal(v, done[k]), k

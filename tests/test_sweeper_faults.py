@@ -11,7 +11,7 @@ import pytest
 from sweeperd.runtime import recovery, shards
 from sweeperd.runtime.bgsweep import sweep_until_done
 from sweeperd.runtime.check import check_heap
-from sweeperd.runtime.heap import Heap
+from sweeperd.runtime.heap import SWEEP_BATCH, T_OBJECTS_FREED, T_SWEPT_SPANS, Heap
 from sweeperd.sys.procs import reap
 
 from .heapgen import build
@@ -66,6 +66,12 @@ def test_kill_9_mid_sweep_cycle_completes_exactly_once(die_at):
         expect = int(np.bitwise_count(marked | fin).sum())
         assert int(heap.span_alloc_count[live].sum()) == expect
         assert res[0][1] + rec.spans + left.spans <= spans0.size
+        # and the tallies (the dead worker's row kept, its flagged batch applied by the
+        # recovery) counted every span's sweep once and every freed object once
+        t = heap.tallies.astype(np.int64) - before["tallies"]
+        assert int(t[:, T_SWEPT_SPANS].sum()) == spans0.size, die_at
+        assert int(t[:, T_OBJECTS_FREED].sum()) == alloc0 - expect, die_at
+        assert not heap.tallies[:, SWEEP_BATCH[2]].any()  # no batch left in flight
 
 
 def test_death_between_claiming_a_chunk_and_its_spans_is_recovered():

@@ -54,7 +54,7 @@ def main(handle: dict[str, Any], me: int, endpoint: str, mcfg: dict[str, Any],
                     m.flush()
                     m.mark(msg["cycle"], time.monotonic())
                     m.stats.mark_seconds += time.perf_counter() - t0
-                    link.send("marked", cycle=msg["cycle"], stats=m.stats.as_dict(),
+                    link.send("marked", cycle=msg["cycle"], stats=_wire(m),
                               marked_bytes=m.stats.marked_bytes)
                     paused = True
                     release_free_heap()  # the mark's temporaries and the dead's records
@@ -81,7 +81,7 @@ def main(handle: dict[str, Any], me: int, endpoint: str, mcfg: dict[str, Any],
                         time.sleep(min(ahead, heartbeat_ms / 1000))
             now = time.monotonic()
             if now - last_hb >= heartbeat_ms / 1000:
-                link.send("heartbeat", stats=m.stats.as_dict())
+                link.send("heartbeat", stats=_wire(m))
                 last_hb = now
     except BaseException:
         link.crashed()
@@ -90,3 +90,13 @@ def main(handle: dict[str, Any], me: int, endpoint: str, mcfg: dict[str, Any],
         beat.stop()
         link.close()
         heap.close()
+
+
+# figures the heap's tallies carry (written to its row as the work is done, kept if it dies)
+TALLIED = frozenset({"objects_allocated", "bytes_allocated", "spans_swept", "pages_swept",
+                     "objects_freed", "finalizers_run"})
+
+
+def _wire(m: Mutator) -> dict[str, float]:
+    """Its figures the tallies do not carry: timings, waits, checks, the refill histogram."""
+    return {k: v for k, v in m.stats.as_dict().items() if k not in TALLIED}

@@ -15,7 +15,7 @@ from sweeperd.pacing import policies
 from sweeperd.pacing.bgscavenge import Scavenger
 from sweeperd.pacing.scavpace import Pacer
 from sweeperd.runtime import owners
-from sweeperd.runtime.heap import Heap, HeapHandle
+from sweeperd.runtime.heap import T_CPU_NS, Heap, HeapHandle
 from sweeperd.sys.sysmem import SysMem, calibrate_vectored
 from sweeperd.sys.tuning import prepare_worker_memory
 from sweeperd.wire.beat import Beat
@@ -42,11 +42,14 @@ def main(handle: dict[str, Any], endpoint: str, fraction: float, ncpu: int,
     link = Link(endpoint, "scavenger", 0)
     heap.me = owners.SCAVENGER  # its row of the heap's running counters
     beat = Beat(heap, owners.SCAVENGER, heartbeat_ms / 1000).start()
-    cpu0 = time.process_time()
+    cpu0 = time.process_time_ns()
     last_hb = 0.0
     try:
         while not link.orphaned():
             pages, worked = sc.wake()
+            cpu = time.process_time_ns()  # its CPU, tallied in its row as it goes
+            heap.tally(T_CPU_NS, cpu - cpu0)
+            cpu0 = cpu
             sleep = sc.sleep_for(pages, worked, heartbeat_ms / 1000)
             t = time.perf_counter()
             msg = link.recv(int(min(sleep, heartbeat_ms / 1000) * 1000))
@@ -59,11 +62,8 @@ def main(handle: dict[str, Any], endpoint: str, fraction: float, ncpu: int,
                     sc.release_all()
             now = time.monotonic()
             if msg is not None or now - last_hb >= heartbeat_ms / 1000:
+                # what it released is in its row of the heap's tallies: only gauges here
                 link.send("heartbeat", stats={
-                    "released_pages": sc.released.pages, "release_runs": sc.released.runs,
-                    "released_kernel_bytes": sc.released.kernel_bytes,
-                    "cpu_seconds": time.process_time() - cpu0,
-                    **{f"madvise_{k}": v for k, v in sm.calls.items()},
                     "sleep_ratio": sc.pacer.sleep_ratio, "vectored": int(use_vectored),
                     **{f"policy_{k}": v for k, v in sc.policy.figures().items()}})
                 last_hb = now

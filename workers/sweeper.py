@@ -15,7 +15,6 @@ from sweeperd.runtime import owners
 from sweeperd.runtime.bgsweep import sweep_until_done
 from sweeperd.runtime.heap import H_BENCH_GO, H_BENCH_READY, Heap, HeapHandle
 from sweeperd.runtime.scavenge import ReleaseOnFree
-from sweeperd.runtime.sweep import SweepStats
 from sweeperd.sys.tuning import prepare_worker_memory, release_free_heap
 from sweeperd.wire.beat import Beat
 from sweeperd.wire.link import Link
@@ -49,7 +48,8 @@ def bench_main(handle: dict[str, Any], me: int, results: Any, rounds: int,
 def main(handle: dict[str, Any], me: int, endpoint: str, chunk_pages: int,
          heartbeat_ms: int, release_on_free: bool = False) -> None:
     """Daemon shell: sweep the current cycle's shards each time the coordinator says
-    ``sweep``; report ``swept`` with this cycle's figures; heartbeat while idle."""
+    ``sweep``; report ``swept`` with the sweep's time (what it swept is in its row of the
+    heap's tallies); heartbeat while idle."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator drains us with "stop"
     prepare_worker_memory()
     heap = Heap.attach(HeapHandle.from_dict(handle))
@@ -58,21 +58,19 @@ def main(handle: dict[str, Any], me: int, endpoint: str, chunk_pages: int,
     if release_on_free:  # the eager policy: release what it frees, at once
         ReleaseOnFree.install(heap)
     beat = Beat(heap, owners.sweeper(me), heartbeat_ms / 1000).start()
-    total = SweepStats()
     try:
         while not link.orphaned():
             msg = link.recv(heartbeat_ms)
             if msg is None:
-                link.send("heartbeat", stats=_stats(total))
+                link.send("heartbeat", stats={})
                 continue
             if msg.type == "stop":
                 break
             if msg.type == "sweep" and msg["cycle"] == heap.sweepgen:
                 t0 = time.perf_counter()
-                st = sweep_until_done(heap, me, chunk_pages)
-                total.add(st)
+                sweep_until_done(heap, me, chunk_pages)  # its work: tallied in its heap row
                 link.send("swept", cycle=msg["cycle"],
-                          stats={**_stats(st), "seconds": time.perf_counter() - t0})
+                          stats={"seconds": time.perf_counter() - t0})
                 release_free_heap()  # idle until the next cycle: give back what it freed
     except BaseException:
         link.crashed()
@@ -82,8 +80,3 @@ def main(handle: dict[str, Any], me: int, endpoint: str, chunk_pages: int,
         link.close()
         heap.close()
 
-
-def _stats(st: SweepStats) -> dict[str, float]:
-    return {"spans": st.spans, "pages": st.pages, "objects_freed": st.objects_freed,
-            "spans_freed": st.spans_freed, "pages_freed": st.pages_freed,
-            "finalizers_queued": st.finalizers_queued, "finalizers_run": st.finalizers_run}

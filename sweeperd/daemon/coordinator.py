@@ -76,8 +76,8 @@ from sweeperd.runtime.heap import (
 from sweeperd.runtime.heapstats import (
     cached_bytes,
     heap_stats,
+    read_tallies,
     releasing_bytes,
-    tally_totals,
 )
 from sweeperd.runtime.scavenge import ReleaseOnFree
 from sweeperd.runtime.sizeclasses import PAGE_SIZE
@@ -655,8 +655,7 @@ class Coordinator:
             return
         role = bound.role
         if msg.type == "swept" and role is Role.SWEEPER:
-            if self._peer(c.Swept(bound, msg["cycle"], now)):
-                self.totals.sweeper_report(msg["stats"])
+            if self._peer(c.Swept(bound, msg["cycle"], now)):  # its work: in the tallies
                 self.trace.swept(float(msg["stats"].get("seconds", 0.0)))
         elif msg.type == "marked" and role is Role.MUTATOR:
             self.totals.mutator_report(bound, msg["stats"])
@@ -668,7 +667,7 @@ class Coordinator:
             if role is Role.MUTATOR:
                 self.totals.mutator_report(bound, msg["stats"])
             elif role is Role.SCAVENGER:
-                self.totals.scavenger_report(bound, msg["stats"])
+                self.totals.scavenger_report(msg["stats"])
                 self._scavenge_pending = False  # it answers release_all with a heartbeat
             self._peer(c.Heard(bound, now))
         else:
@@ -757,8 +756,7 @@ class Coordinator:
         """For a ``scav`` line: bytes ever released (the books: the scavenger's, the
         coordinator's and the freers'), released now, in use, free and backed."""
         hs = heap_stats(self.heap)
-        pages = int(self.totals.scavenger.get("released_pages", 0)) + int(
-            self.heap.tallies[:, T_RELEASED_PAGES].sum())
+        pages = int(self.heap.tallies[:, T_RELEASED_PAGES].sum())
         return pages * PAGE_SIZE, hs.released_bytes, hs.in_use_bytes, hs.free_bytes
 
     # --- main loop ---------------------------------------------------------------------------
@@ -897,7 +895,7 @@ class Coordinator:
             debug=MappingProxyType({**self.work.debug, "enabled": self.cfg.run.debug_checks}),
             cpu_fraction_target=self.cfg.scavenger.cpu_fraction,
             policy=self.cfg.scavenger.policy, policy_params=self._policy_params,
-            tallies=MappingProxyType(tally_totals(self.heap)), heap_handle=self._handle,
+            tallies=read_tallies(self.heap), heap_handle=self._handle,
             control_addr=self.control_addr, ipc_dir=self.ipc_dir,
             metrics_addr=self.metrics_addr, scenario=self._scenario_now())
 

@@ -10,8 +10,9 @@ recovering a dead worker (``runtime/recovery.py``) and FreeOSMemory when no scav
 With ``--debug-checks`` it also checks, per cycle, that objects are conserved between mark and
 sweep and that every span in use at the sweep's start was swept exactly once.
 
-Everything it counts goes to the :class:`~sweeperd.daemon.totals.Totals` it was given; it has
-one owner, the coordinator's main loop.
+What it does to the heap is tallied in the coordinator's row of the heap's tallies (by the
+runtime, as for every worker); the rest it counts goes to the
+:class:`~sweeperd.daemon.totals.Totals` it was given.  One owner: the coordinator's main loop.
 """
 
 from __future__ import annotations
@@ -73,9 +74,9 @@ class HeapWork:
         heap = self.heap
         if self.debug_checks:  # nothing moves now: mutators wait, sweepers are done
             self.debug["conservation_checks"] += 1
+            t = heapstats.read_tallies(heap)  # from shared memory: a death loses none of it
             self.debug["conservation_gap"] = check.conservation_gap(
-                heap, int(self.totals.mutator.get("objects_allocated", 0)),
-                sum(s.objects_freed for s in self.totals.swept.values()))
+                heap, t.alloc.objects, t.objects_freed)
             # the running counters against a scan (only a death may drift them)
             self.debug["counter_gap_bytes"] = int(heapstats.counter_drift(heap)[C_OBJECT_BYTES])
         if self._counters_dirty:  # a death may have cut a store from its count: rebase
@@ -100,7 +101,7 @@ class HeapWork:
             mine = try_claim(heap.span_sweepgen, left, heap.sweepgen, heap.span_owner,
                              owners.COORDINATOR)
         log(f"{left.size} spans missed by the shards; sweeping {mine.size} of them")
-        self.totals.coordinator_swept(sweep_batch(heap, mine))
+        sweep_batch(heap, mine)  # tallied in the coordinator's row
 
     def end_cycle(self, a: c.EndCycle) -> None:
         self.totals.sweep_phase_seconds(a.sweep_seconds)
@@ -114,23 +115,18 @@ class HeapWork:
         fs, _ = run_finalizers(self.heap)
         self.totals.finalizers_run += int(fs.size)
 
-    def _calls_since(self, before: dict[str, int]) -> dict[str, int]:
-        return {k: v - before.get(k, 0) for k, v in self.sysmem.calls.items()}
-
     def recover(self, slot: Slot) -> None:
-        calls = dict(self.sysmem.calls)
+        """What the dead worker held, finished; what this does is tallied in the
+        coordinator's row of the heap's tallies (and a batch the dead one had counted, in
+        its own)."""
         rec = recovery.recover(self.heap, slot.role.value, slot.id, self.sysmem)
         self._counters_dirty = True
-        self.totals.coordinator_swept(rec.swept)
         if self.heap.on_free is not None:  # eager: what the dead one freed but had not
-            rec.released.add(scavenge.scavenge(self.heap, self.sysmem, self.heap.npages))
-        self.totals.coordinator_released(rec.released, self._calls_since(calls))
+            scavenge.scavenge(self.heap, self.sysmem, self.heap.npages)
         if rec.alloc_counts_repaired:
             log(f"repaired allocCount of {rec.alloc_counts_repaired} spans from their bitmaps")
 
     def free_os_memory(self) -> dict[str, Any]:
         """Release every free backed page now, from this process."""
-        calls = dict(self.sysmem.calls)
         r = scavenge.scavenge(self.heap, self.sysmem, self.heap.npages)
-        self.totals.coordinator_released(r, self._calls_since(calls))
         return {"released_bytes": r.kernel_bytes, "advised_bytes": r.bytes}

@@ -10,7 +10,8 @@ things, none of them owned by the main loop:
 * the latest :class:`Sample` of the figures that cost in proportion to the memory a process
   touched (PSS from ``smaps_rollup``, ~0.1 s for a mutator at 16 GiB), taken by a sampler
   thread every ``SAMPLE_S`` or less often when a sample costs more (its age exported);
-* the heap's classes, fresh from its running counters in shared memory (O(1));
+* the heap's classes, and the bytes being released and cached, fresh from its running
+  counters in shared memory (O(1): a scrape costs the same at any heap size);
 * the kernel, read fresh: the arena's and metadata's ``st_blocks`` and ``Shmem`` (a
   :class:`Kernel` reader over the regions' descriptors, which stay open until the server is
   shut down).
@@ -147,11 +148,11 @@ class SnapshotCollector(Collector):
             "sweeperd_sweep_phase_seconds", "Duration of sweep phases.",
             buckets=[(floatToGoString(b), c) for b, c in zip(h.bounds, h.counts, strict=True)]
             + [("+Inf", h.total)], sum_value=h.sum)
-        yield _counter("sweeperd_finalizers_run", "Finalizers run.", s.finalizers_run)
+        yield _counter("sweeperd_finalizers_run", "Finalizers run.", s.finalizers_total())
         yield _counter("sweeperd_mutator_objects_allocated", "Objects allocated by mutators.",
-                       s.mutator.get("objects_allocated", 0))
+                       s.tallies.alloc.objects)
         yield _counter("sweeperd_mutator_allocated_bytes", "Bytes allocated by mutators.",
-                       s.mutator.get("bytes_allocated", 0))
+                       s.tallies.alloc.bytes)
         counts = [int(s.mutator.get(f"refill_le_{i}", 0)) for i in range(len(ALLOC_BUCKETS))]
         cum = list(itertools.accumulate(counts))
         yield HistogramMetricFamily(
@@ -262,7 +263,7 @@ class SnapshotCollector(Collector):
                        "backing their pages would pass the heap's commit limit (the memory "
                        "cgroup's limit less the daemon's own) or the kernel said no: each an "
                        "out-of-memory wait of a mutator until a GC frees spans.",
-                       s.tallies.get("commit_failures", 0))
+                       s.tallies.commit_failures)
         for name, v in sorted(sc["policy_figures"].items()):
             yield _gauge(f"sweeperd_scavenge_policy_{name}", POLICY_FIGURES.get(
                 name, "A figure of the scavenger policy."), v)

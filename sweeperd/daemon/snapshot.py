@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from sweeperd.daemon.totals import POLICY_FIGURE, Histogram, SweepCounts
+from sweeperd.daemon.totals import POLICY_FIGURE, Histogram
 from sweeperd.runtime.heap import Heap
-from sweeperd.runtime.heapstats import HeapStats
+from sweeperd.runtime.heapstats import HeapStats, SweepTally, Tallies
 from sweeperd.runtime.sizeclasses import PAGE_SIZE
 from sweeperd.sys.procmem import meminfo, process_memory
 
@@ -57,20 +57,18 @@ class Snapshot:
     live_bytes: int  # marked live by the last completed mark
     retain_goal_bytes: int
     workers: tuple[WorkerView, ...]
-    swept: Mapping[str, SweepCounts]
-    mutator: Mapping[str, float]
-    scavenger: Mapping[str, float]
-    madvise_calls: Mapping[str, int]
+    mutator: Mapping[str, float]  # a mutator's wire figures (timings, waits, checks)
+    scavenger: Mapping[str, float]  # the scavenger's gauges
     deaths: Mapping[str, int]
     control_errors: Mapping[str, int]
     internal_errors: Mapping[str, int]
-    finalizers_run: int
+    finalizers_run: int  # by the coordinator (the sweeps' own are in tallies)
     sweep_phase: Histogram
     debug: Mapping[str, Any]
     cpu_fraction_target: float
     policy: str  # the scavenger policy (config scavenger.policy)
     policy_params: Mapping[str, Any]
-    tallies: Mapping[str, int]  # heapstats.tally_totals at the step
+    tallies: Tallies  # heapstats.read_tallies at the step: what the workers did to the heap
     heap_handle: Mapping[str, Any]
     control_addr: str
     ipc_dir: str
@@ -91,35 +89,44 @@ class Snapshot:
         """(role, slot id, pid) of the coordinator and every worker."""
         return [("coordinator", 0, self.pid)] + [(w.role, w.id, w.pid) for w in self.workers]
 
+    @property
+    def swept(self) -> Mapping[str, SweepTally]:
+        """Sweeps by who did them: background (sweepers and the coordinator), mutator."""
+        return {"background": self.tallies.background, "mutator": self.tallies.mutator}
+
     def objects_freed(self) -> int:
-        return sum(s.objects_freed for s in self.swept.values())
+        return self.tallies.objects_freed
+
+    def finalizers_total(self) -> int:
+        """Finalizers run: by the coordinator, and by sweeps making room in a full queue."""
+        t = self.tallies
+        return (self.finalizers_run + t.background.finalizers_run
+                + t.mutator.finalizers_run)
 
     def scavenger_status(self) -> dict[str, Any]:
-        """Every release, the scavenger's and (under ``eager``) the freers' own."""
-        t, on_free = self.scavenger, self.tallies
-        calls = dict(self.madvise_calls)
-        if on_free.get("madvise_calls", 0):  # a freer's SysMem: shared arena, MADV_REMOVE
-            calls["REMOVE"] = calls.get("REMOVE", 0) + on_free["madvise_calls"]
+        """Every release, the scavenger's (and the coordinator's) and (under ``eager``) the
+        freers' own, from the heap's tallies."""
+        sc, on_free = self.tallies.scavenger, self.tallies.on_free
+        calls = {a: n + m for (a, n), m in zip(sc.calls().items(), on_free.madvise_calls,
+                                               strict=True)}
         return {
             "policy": self.policy,
             "policy_params": dict(self.policy_params),
             # what the kernel gave back (blocks of the runs, counted before each release) ...
-            "released_bytes_total": int(t.get("released_kernel_bytes", 0))
-            + on_free.get("released_kernel_bytes", 0),
+            "released_bytes_total": sc.kernel_bytes + on_free.kernel_bytes,
             # ... and what was advised, by the books (includes never-touched free pages)
-            "advised_bytes_total": (int(t.get("released_pages", 0))
-                                    + on_free.get("released_pages", 0)) * PAGE_SIZE,
-            "release_runs_total": int(t.get("release_runs", 0)) + on_free.get("release_runs", 0),
+            "advised_bytes_total": (sc.pages + on_free.pages) * PAGE_SIZE,
+            "release_runs_total": sc.runs + on_free.runs,
             # of those, released by whoever freed them (the eager policy)
-            "released_on_free_bytes_total": on_free.get("released_kernel_bytes", 0),
-            "freed_bytes_total": on_free.get("freed_pages", 0) * PAGE_SIZE,
+            "released_on_free_bytes_total": on_free.kernel_bytes,
+            "freed_bytes_total": self.tallies.freed_pages * PAGE_SIZE,
             # the CPU the freers spent in those releases (their thread time)
-            "released_on_free_cpu_seconds_total": on_free.get("release_cpu_ns", 0) / 1e9,
-            "cpu_seconds_total": float(t.get("cpu_seconds", 0.0)),
+            "released_on_free_cpu_seconds_total": on_free.cpu_ns / 1e9,
+            "cpu_seconds_total": sc.cpu_ns / 1e9,
             "madvise_calls_total": calls,
-            "vectored": bool(t.get("vectored", 0)),
+            "vectored": bool(self.scavenger.get("vectored", 0)),
             "retain_goal_bytes": self.retain_goal_bytes,
-            "policy_figures": {k[len(POLICY_FIGURE):]: v for k, v in t.items()
+            "policy_figures": {k[len(POLICY_FIGURE):]: v for k, v in self.scavenger.items()
                                if k.startswith(POLICY_FIGURE)},
         }
 
@@ -161,6 +168,7 @@ def status_json(snap: Snapshot, hs: HeapStats, memory: dict[str, Any],
                 workers_alive: int) -> dict[str, Any]:
     """The ``status`` reply: the snapshot, the heap's classes and the kernel's view now."""
     mt = snap.mutator
+    alloc = snap.tallies.alloc
     alloc_s = mt.get("alloc_seconds", 0)
     return {
         "cycle": snap.cycle,
@@ -181,17 +189,16 @@ def status_json(snap: Snapshot, hs: HeapStats, memory: dict[str, Any],
                  "arena_backed_bytes": memory["heap_backed_bytes"],
                  "meta_backed_bytes": memory["metadata_backed_bytes"]},
         "mutators": {
-            "objects_allocated": int(mt.get("objects_allocated", 0)),
-            "bytes_allocated": int(mt.get("bytes_allocated", 0)),
-            "objects_per_s_per_mutator": (mt.get("objects_allocated", 0) / alloc_s
-                                          if alloc_s else 0.0),
+            "objects_allocated": alloc.objects,
+            "bytes_allocated": alloc.bytes,
+            "objects_per_s_per_mutator": alloc.objects / alloc_s if alloc_s else 0.0,
             "mutators": max(1, sum(1 for w in snap.workers if w.role == "mutator")),
             "oom_waits": int(mt.get("oom_waits", 0)),
             "lost_objects": int(mt.get("lost_objects", 0)),
             "payload_errors": int(mt.get("payload_errors", 0)),
             "objects_checked": int(mt.get("objects_checked", 0)),
         },
-        "finalizers_run": snap.finalizers_run,
+        "finalizers_run": snap.finalizers_total(),
         "scavenger": snap.scavenger_status(),
         "memory": memory,
         "heap_handle": dict(snap.heap_handle),

@@ -55,7 +55,7 @@ from sweeperd.runtime.sizeclasses import CLASS_SIZE, MAX_BITMAP_WORDS, PAGE_SHIF
 from sweeperd.sys.shm import OS_PAGE, FlockLock, RegionHandle, SharedRegion
 
 MAGIC = 0x5357_4545_5045_5244  # "SWEEPERD"
-LAYOUT_VERSION = 10
+LAYOUT_VERSION = 11
 
 # page_span values that are not a span's start page.
 PAGE_FREE = -1  # free: the allocator may take it
@@ -103,19 +103,57 @@ C_IN_USE_PAGES = 1  # pages of in-use spans
 C_SPANS_IN_USE = 2  # in-use spans
 C_OCCUPIED_PAGES = 3  # pages of in-use spans holding at least one object (fragmentation's base)
 C_SCAVENGED_PAGES = 4  # pages with their scavenged bit set (all free: Go's heap/released)
-NCOUNTERS = 5
+C_RELEASING_PAGES = 5  # free pages a releaser has taken and not finished (madvise in flight)
+C_CACHED_PAGES = 6  # pages of spans cached in mutators' mcaches (sweepgen h+1 or h+3)
+NCOUNTERS = 7
 
 # Tallies (columns of ``tallies``): per claimer, what it has done since the heap was made.
-# Only ever added to, one writer per row, never rebased (a scan cannot recount history), and
-# kept when the process dies, so its replacement carries on and nothing is lost.
+# They only grow, one writer per row, never rebased (a scan cannot recount history), and
+# kept when the process dies, so its replacement carries on and nothing is lost.  The row of a
+# dead process is written once more, by the coordinator's recovery, before its replacement
+# starts (a batch it had in flight: see the P_* columns below).
 T_FREED_PAGES = 0  # pages returned to the page heap (freeSpan): gperftools' scavenge counter
-T_RELEASED_PAGES = 1  # pages released by a freer itself (the eager policy), by the books
+T_RELEASED_PAGES = 1  # pages released (advised) by this claimer, by the books
 T_RELEASE_RUNS = 2  # ... in this many runs
 T_RELEASED_KERNEL_BYTES = 3  # ... of which the kernel had this many bytes backed
-T_MADVISE_CALLS = 4  # ... in this many system calls
-T_RELEASE_CPU_NS = 5  # ... spending this much of its CPU (thread time, ns) in the releases
-T_COMMIT_FAILURES = 6  # span allocations refused: backing them would pass H_COMMIT_LIMIT
-NTALLIES = 7
+T_MADVISE_CALLS = 4  # ... in this many system calls (every advice; by advice: T_MADVISE_BY)
+T_RELEASE_CPU_NS = 5  # CPU (thread time, ns) a freer spent releasing what it freed (eager)
+T_CPU_NS = 6  # the scavenger's process CPU time (ns), tallied at every wake
+T_SWEPT_SPANS = 7  # spans whose sweep this claimer committed
+T_SWEPT_PAGES = 8  # ... holding this many pages
+T_OBJECTS_FREED = 9  # ... freeing this many objects
+T_FINALIZERS_RUN = 10  # finalizers a sweep ran to make room in a full queue
+T_OBJECTS_ALLOCATED = 11  # objects a mutator allocated (alloc bits set and counted)
+T_BYTES_ALLOCATED = 12  # ... of this many bytes (object sizes)
+# In-flight batches: a batch writes its new totals here (absolute, so applying them twice is
+# applying them once), raises its flag, does the work, then copies them to the T_* columns and
+# lowers the flag.  The coordinator, recovering a dead claimer, applies a raised flag's totals
+# and does not count again what it finishes of that batch (recovery.py).  An allocation keeps
+# its totals before and after, and recovery decides by its flag (malloc.recover_tally).
+P_RELEASED_PAGES = 13  # a release: the T_RELEASED_PAGES, T_RELEASE_RUNS and
+P_RELEASE_RUNS = 14  # T_RELEASED_KERNEL_BYTES it will have made (kernel bytes counted before
+P_RELEASED_KERNEL_BYTES = 15  # the madvise: nobody else touches a page it has taken)
+F_RELEASE = 16  # 1 from just before its madvise until its totals are applied
+P_SWEPT_SPANS = 17  # a sweep batch's T_SWEPT_SPANS, T_SWEPT_PAGES and T_OBJECTS_FREED once
+P_SWEPT_PAGES = 18  # it is committed (T_FINALIZERS_RUN is added as they run)
+P_OBJECTS_FREED = 19
+F_SWEEP = 20  # 1 from just before its first write until its totals are applied
+P_OBJECTS_ALLOCATED = 21  # an allocation's T_OBJECTS_ALLOCATED and T_BYTES_ALLOCATED after
+P_BYTES_ALLOCATED = 22  # it, and (P_BASE_*) before it: recovery sets them absolutely
+P_BASE_OBJECTS = 23
+P_BASE_BYTES = 24
+F_ALLOC = 25  # 1 from before its alloc bits; 2 once its totals stand, before its allocCounts
+MADVISE_ADVICES = ("REMOVE", "REMOVE_vectored", "DONTNEED", "FREE", "NOHUGEPAGE", "HUGEPAGE")
+T_MADVISE_BY = {a: 26 + i for i, a in enumerate(MADVISE_ADVICES)}  # calls by advice
+T_COMMIT_FAILURES = 26 + len(MADVISE_ADVICES)  # span allocations refused: backing them
+NTALLIES = T_COMMIT_FAILURES + 1  # ... would pass H_COMMIT_LIMIT (mheap.commit)
+
+# (the T_* totals, the P_* new totals) of each kind of batch, applied by Heap.apply_batch
+RELEASE_BATCH = ((T_RELEASED_PAGES, T_RELEASE_RUNS, T_RELEASED_KERNEL_BYTES),
+                 (P_RELEASED_PAGES, P_RELEASE_RUNS, P_RELEASED_KERNEL_BYTES), F_RELEASE)
+SWEEP_BATCH = ((T_SWEPT_SPANS, T_SWEPT_PAGES, T_OBJECTS_FREED),
+               (P_SWEPT_SPANS, P_SWEPT_PAGES, P_OBJECTS_FREED), F_SWEEP)
+Batch = tuple[tuple[int, ...], tuple[int, ...], int]
 
 _U1 = np.uint64(1)
 _U32 = np.uint64(32)
@@ -383,6 +421,27 @@ class Heap:
         """Add ``delta`` to this process's row of the tallies."""
         if delta:
             self.tallies[self.me, column] += delta
+
+    def begin_batch(self, batch: Batch, deltas: tuple[int, ...], flag: int = 1) -> None:
+        """Write this process's new totals for an in-flight batch of kind ``batch`` (the
+        ``*_BATCH`` tuples) and raise its flag: from here a death counts the batch as done
+        (the coordinator's recovery applies them).  Call just before the batch's first
+        effect that recovery would otherwise count."""
+        row = self.tallies[self.me]
+        tcols, pcols, fcol = batch
+        for t, p, d in zip(tcols, pcols, deltas, strict=True):
+            row[p] = row[t] + d
+        row[fcol] = flag
+
+    def apply_batch(self, batch: Batch, owner: int | None = None) -> None:
+        """Apply row ``owner``'s (default: this process's) in-flight totals of kind ``batch``
+        and lower its flag; idempotent (the totals are absolute)."""
+        row = self.tallies[self.me if owner is None else owner]
+        tcols, pcols, fcol = batch
+        if row[fcol]:
+            for t, p in zip(tcols, pcols, strict=True):
+                row[t] = row[p]
+            row[fcol] = 0
 
     def objects_bytes(self) -> int:
         """Bytes of allocated objects, from the running counters (O(1) in the heap's size)."""

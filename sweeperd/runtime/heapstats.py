@@ -23,25 +23,37 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from sweeperd.runtime import owners
 from sweeperd.runtime.heap import (
+    C_CACHED_PAGES,
     C_IN_USE_PAGES,
     C_OBJECT_BYTES,
     C_OCCUPIED_PAGES,
+    C_RELEASING_PAGES,
     C_SCAVENGED_PAGES,
     C_SPANS_IN_USE,
+    MADVISE_ADVICES,
     NCOUNTERS,
     SPAN_IN_USE,
+    T_BYTES_ALLOCATED,
     T_COMMIT_FAILURES,
+    T_CPU_NS,
+    T_FINALIZERS_RUN,
     T_FREED_PAGES,
-    T_MADVISE_CALLS,
+    T_MADVISE_BY,
+    T_OBJECTS_ALLOCATED,
+    T_OBJECTS_FREED,
     T_RELEASE_CPU_NS,
     T_RELEASE_RUNS,
     T_RELEASED_KERNEL_BYTES,
     T_RELEASED_PAGES,
+    T_SWEPT_PAGES,
+    T_SWEPT_SPANS,
     Heap,
     scavenging,
 )
 from sweeperd.runtime.sizeclasses import PAGE_SIZE
+from sweeperd.runtime.sweepgen import M32
 
 
 @dataclass(frozen=True)
@@ -75,6 +87,11 @@ def _scan_counters(heap: Heap) -> np.ndarray:
     out[C_SPANS_IN_USE] = spans.size
     out[C_OCCUPIED_PAGES] = int(npages[count > 0].sum())
     out[C_SCAVENGED_PAGES] = int(np.count_nonzero(heap.scavenged))
+    out[C_RELEASING_PAGES] = sum(int(np.count_nonzero(heap.page_span[c] <= scavenging(0)))
+                                 for c in _scan_chunks(heap))
+    h = heap.sweepgen
+    sg = heap.span_sweepgen[spans]
+    out[C_CACHED_PAGES] = int(npages[(sg == (h + 1) & M32) | (sg == (h + 3) & M32)].sum())
     return out
 
 
@@ -101,8 +118,9 @@ def rebase(heap: Heap) -> np.ndarray:
     """Set the running counters back to the truth, through this process's own row; returns
     the drift it removed.  Only when nothing moves (no store may be between it and its
     count): the coordinator calls it at the start of a sweep after a worker died."""
-    drift = counter_drift(heap)
-    heap.counters[heap.me] -= drift
+    with heap.lock:  # releasers take and finish pages under it: their counts stay still
+        drift = counter_drift(heap)
+        heap.counters[heap.me] -= drift
     return drift
 SCAN_PAGES = 1 << 16  # the scrape's scans go this many pages at a time
 
@@ -118,24 +136,17 @@ def _scan_chunks(heap: Heap) -> Iterator[slice]:
 
 def releasing_bytes(heap: Heap) -> int:
     """Bytes of free pages a releaser has taken and not yet finished (madvise in flight): the
-    books count them backed until the release finishes.  A scan of the page table (about a
-    millisecond per GiB of heap, no lock: a racy count of a moving figure)."""
-    top = scavenging(0)
-    return sum(int(np.count_nonzero(heap.page_span[c] <= top))
-               for c in _scan_chunks(heap)) * PAGE_SIZE
+    books count them backed until the release finishes.  From the running counters (O(1);
+    a racy sum of a moving figure, exact whenever no release is between its take and its
+    count)."""
+    return int(heap.counters[:, C_RELEASING_PAGES].sum()) * PAGE_SIZE
 
 
 def cached_bytes(heap: Heap) -> int:
     """Bytes of the spans mutators hold in their mcaches (sweepgen h+1 or h+3): in use by the
-    books, but a mutator may not have touched all of their pages yet.  A racy scan of the
-    span table, like :func:`releasing_bytes`."""
-    h = heap.sweepgen
-    pages = 0
-    for c in _scan_chunks(heap):
-        sg = heap.span_sweepgen[c]
-        held = (heap.span_state[c] == SPAN_IN_USE) & ((sg == h + 1) | (sg == h + 3))
-        pages += int(heap.span_npages[c][held].sum())
-    return pages * PAGE_SIZE
+    books, but a mutator may not have touched all of their pages yet.  From the running
+    counters, like :func:`releasing_bytes`."""
+    return int(heap.counters[:, C_CACHED_PAGES].sum()) * PAGE_SIZE
 
 
 def marked_bytes(heap: Heap) -> int:
@@ -150,14 +161,92 @@ def marked_bytes(heap: Heap) -> int:
     return total
 
 
-TALLY_NAMES = {T_FREED_PAGES: "freed_pages", T_RELEASED_PAGES: "released_pages",
-               T_RELEASE_RUNS: "release_runs", T_RELEASED_KERNEL_BYTES: "released_kernel_bytes",
-               T_MADVISE_CALLS: "madvise_calls", T_RELEASE_CPU_NS: "release_cpu_ns",
-               T_COMMIT_FAILURES: "commit_failures"}
+@dataclass(frozen=True)
+class ReleaseTally:
+    """Releases of a group of claimers, from their tallies: ``pages`` advised (the books) in
+    ``runs``, ``kernel_bytes`` the kernel had backed in them, ``madvise_calls`` by advice
+    (heap.MADVISE_ADVICES), and ``cpu_ns`` (the scavenger's process CPU; a freer's thread
+    time in its releases)."""
+
+    pages: int = 0
+    runs: int = 0
+    kernel_bytes: int = 0
+    madvise_calls: tuple[int, ...] = (0,) * len(MADVISE_ADVICES)
+    cpu_ns: int = 0
+
+    def calls(self) -> dict[str, int]:
+        """madvise calls by advice name."""
+        return dict(zip(MADVISE_ADVICES, self.madvise_calls, strict=True))
 
 
-def tally_totals(heap: Heap) -> dict[str, int]:
-    """The heap's tallies summed over every claimer (O(1) in the heap's size): pages freed
-    to the page heap, and what the freers released themselves (the ``eager`` policy)."""
-    t = heap.tallies.sum(axis=0).tolist()
-    return {name: int(t[col]) for col, name in TALLY_NAMES.items()}
+@dataclass(frozen=True)
+class SweepTally:
+    """Sweeps a group of claimers committed: spans, their pages, the objects they freed,
+    and the finalizers they ran to make room in a full queue."""
+
+    spans: int = 0
+    pages: int = 0
+    objects_freed: int = 0
+    finalizers_run: int = 0
+
+
+@dataclass(frozen=True)
+class AllocTally:
+    """What the mutators allocated: objects (alloc bits set and counted) and their bytes."""
+
+    objects: int = 0
+    bytes: int = 0
+
+
+@dataclass(frozen=True)
+class Tallies:
+    """The heap's tallies by kind of worker (O(1) in the heap's size: 256 rows).
+
+    ``scavenger``: the scavenger's releases and the coordinator's (a dead scavenger's runs,
+    FreeOSMemory); ``on_free``: the freers' own (the eager policy); ``background``: sweeps of
+    the sweepers and the coordinator (recovery, spans the shards missed); ``mutator``: the
+    mutators' on-demand sweeps; ``alloc``: the mutators' allocations; ``freed_pages``: pages
+    returned to the page heap, by anyone."""
+
+    scavenger: ReleaseTally = ReleaseTally()
+    on_free: ReleaseTally = ReleaseTally()
+    background: SweepTally = SweepTally()
+    mutator: SweepTally = SweepTally()
+    alloc: AllocTally = AllocTally()
+    freed_pages: int = 0
+    commit_failures: int = 0  # span allocations refused by the commit limit (mheap.commit)
+
+    @property
+    def objects_freed(self) -> int:
+        return self.background.objects_freed + self.mutator.objects_freed
+
+
+_MADVISE_COLS = [T_MADVISE_BY[a] for a in MADVISE_ADVICES]
+
+
+def _release(t: list[int], cpu_col: int) -> ReleaseTally:
+    return ReleaseTally(t[T_RELEASED_PAGES], t[T_RELEASE_RUNS], t[T_RELEASED_KERNEL_BYTES],
+                        tuple(t[c] for c in _MADVISE_COLS), t[cpu_col])
+
+
+def _sweep(t: list[int]) -> SweepTally:
+    return SweepTally(t[T_SWEPT_SPANS], t[T_SWEPT_PAGES], t[T_OBJECTS_FREED],
+                      t[T_FINALIZERS_RUN])
+
+
+def read_tallies(heap: Heap) -> Tallies:
+    """The heap's tallies summed by kind of worker (see :class:`Tallies`)."""
+    rows = heap.tallies
+    sweepers = rows[:owners.MUTATOR_BASE].sum(axis=0).tolist()
+    mutators = rows[owners.MUTATOR_BASE:owners.MAX_SHARDS].sum(axis=0).tolist()
+    scav = rows[owners.SCAVENGER].tolist()
+    coord = rows[owners.COORDINATOR].tolist()
+    everyone = rows.sum(axis=0).tolist()
+    freers = [s + m for s, m in zip(sweepers, mutators, strict=True)]
+    both = [a + b for a, b in zip(scav, coord, strict=True)]
+    bg = [a + b for a, b in zip(sweepers, coord, strict=True)]
+    return Tallies(scavenger=_release(both, T_CPU_NS), on_free=_release(freers, T_RELEASE_CPU_NS),
+                   background=_sweep(bg), mutator=_sweep(mutators),
+                   alloc=AllocTally(mutators[T_OBJECTS_ALLOCATED], mutators[T_BYTES_ALLOCATED]),
+                   freed_pages=everyone[T_FREED_PAGES],
+                   commit_failures=everyone[T_COMMIT_FAILURES])

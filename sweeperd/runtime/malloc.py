@@ -21,7 +21,19 @@ from __future__ import annotations
 import numpy as np
 
 from sweeperd.errors import AllocCountOverflow, BadSpanState
-from sweeperd.runtime.heap import C_OBJECT_BYTES, C_OCCUPIED_PAGES, SPAN_IN_USE, Heap
+from sweeperd.runtime.heap import (
+    C_OBJECT_BYTES,
+    C_OCCUPIED_PAGES,
+    F_ALLOC,
+    P_BASE_BYTES,
+    P_BASE_OBJECTS,
+    P_BYTES_ALLOCATED,
+    P_OBJECTS_ALLOCATED,
+    SPAN_IN_USE,
+    T_BYTES_ALLOCATED,
+    T_OBJECTS_ALLOCATED,
+    Heap,
+)
 from sweeperd.runtime.sizeclasses import CLASS_NWORDS, CLASS_SIZE, PAGE_SIZE
 from sweeperd.runtime.sweepgen import SweepState, state_of
 from sweeperd.sys import failpoint
@@ -54,16 +66,20 @@ def alloc_objects(heap: Heap, span: int, k: int) -> np.ndarray:
         heap.span_freeindex[span] = nelems
         return got.astype(np.int64)
     b[got] = 1
-    heap.bits[a, :nw, span] = np.packbits(b, bitorder="little").view(np.uint64)
-    failpoint.hit("malloc.bits_set")  # recovery recounts allocCount from the bits
     count = int(heap.span_alloc_count[span]) + got.size
     if count > nelems:
         raise AllocCountOverflow(f"span {span}: allocCount {count}, nelems {nelems}")
+    esize = elem_size(heap, span)
+    _begin(heap, int(got.size), int(got.size) * esize)
+    heap.bits[a, :nw, span] = np.packbits(b, bitorder="little").view(np.uint64)
+    failpoint.hit("malloc.bits_set")  # recovery recounts allocCount from the bits
     was_empty = heap.span_alloc_count[span] == 0
+    _tallied(heap)
     heap.span_alloc_count[span] = count
+    heap.tallies[heap.me, F_ALLOC] = 0
     if was_empty:  # first, so a reader never sees more objects than occupied pages hold
         heap.count(C_OCCUPIED_PAGES, int(heap.span_npages[span]))
-    heap.count(C_OBJECT_BYTES, got.size * elem_size(heap, span))
+    heap.count(C_OBJECT_BYTES, got.size * esize)
     heap.span_freeindex[span] = int(got[-1]) + 1
     return got.astype(np.int64)
 
@@ -142,11 +158,16 @@ def alloc_all(heap: Heap, spans: np.ndarray) -> int:
         full = np.zeros(nw * 64, dtype=np.uint8)
         full[:ne] = 1
         words = np.packbits(full, bitorder="little").view(np.uint64)
+        n = ne * int(cols.size)
+        _begin(heap, n, n * int(CLASS_SIZE[c]) if c else
+               int(heap.span_npages[cols].sum()) * PAGE_SIZE)
         for buf, cb in heap.by_alloc_buf(cols):
             v = heap.bits[buf, :nw]
             v[:, cb] = words[:, None]
         failpoint.hit("malloc.bits_set")
+        _tallied(heap)
         heap.span_alloc_count[cols] = ne
+        heap.tallies[heap.me, F_ALLOC] = 0
         heap.count(C_OCCUPIED_PAGES, int(heap.span_npages[cols].sum(dtype=np.int64)))  # were 0
         heap.count(C_OBJECT_BYTES, ne * cols.size * int(CLASS_SIZE[c]))
         heap.span_freeindex[cols] = ne
@@ -154,12 +175,53 @@ def alloc_all(heap: Heap, spans: np.ndarray) -> int:
     return total
 
 
-def repair_alloc_counts(heap: Heap, spans: np.ndarray) -> int:
+def _begin(heap: Heap, objects: int, nbytes: int) -> None:
+    """An allocation's tally, before its alloc bits are set: this process's totals before
+    and after it, and flag 1.  With the flag at 1 its allocCounts are not written yet, so
+    recovery's recount of the bits (bits minus allocCount) is exactly what it allocated,
+    added to the totals before it; at 2 (:func:`_tallied`) its totals stand.  Every store
+    recovery makes is absolute: a death between any two of these stores counts it once."""
+    row = heap.tallies[heap.me]
+    row[P_BASE_OBJECTS] = row[T_OBJECTS_ALLOCATED]
+    row[P_BASE_BYTES] = row[T_BYTES_ALLOCATED]
+    row[P_OBJECTS_ALLOCATED] = row[T_OBJECTS_ALLOCATED] + objects
+    row[P_BYTES_ALLOCATED] = row[T_BYTES_ALLOCATED] + nbytes
+    row[F_ALLOC] = 1
+
+
+def _tallied(heap: Heap) -> None:
+    """The alloc bits are set: the totals after the allocation stand (flag 2), before its
+    allocCounts are written; the caller lowers the flag after them."""
+    row = heap.tallies[heap.me]
+    row[T_OBJECTS_ALLOCATED] = row[P_OBJECTS_ALLOCATED]
+    row[T_BYTES_ALLOCATED] = row[P_BYTES_ALLOCATED]
+    row[F_ALLOC] = 2
+
+
+def recover_tally(heap: Heap, owner: int, recount: tuple[int, int]) -> None:
+    """Set the dead allocator ``owner``'s allocation totals from its flag and the recount of
+    its cached spans' bits (objects, bytes: what the bits hold beyond their allocCounts)."""
+    row = heap.tallies[owner]
+    if row[F_ALLOC] == 2:
+        row[T_OBJECTS_ALLOCATED] = row[P_OBJECTS_ALLOCATED]
+        row[T_BYTES_ALLOCATED] = row[P_BYTES_ALLOCATED]
+    elif row[F_ALLOC] == 1:
+        row[T_OBJECTS_ALLOCATED] = row[P_BASE_OBJECTS] + recount[0]
+        row[T_BYTES_ALLOCATED] = row[P_BASE_BYTES] + recount[1]
+    else:  # nothing in flight: the bits and the counts agree (0, 0)
+        row[T_OBJECTS_ALLOCATED] += recount[0]
+        row[T_BYTES_ALLOCATED] += recount[1]
+    row[F_ALLOC] = 0
+
+
+def repair_alloc_counts(heap: Heap, spans: np.ndarray, repaired: list[int] | None = None) -> int:
     """Recompute ``allocCount`` (and a safe ``freeindex``) of swept spans from their alloc
     bitmaps; returns how many were wrong.  Allocation writes the bits first and the count
-    after, so a mutator killed in between leaves the count short; the bits are the truth."""
+    after, so a mutator killed in between leaves the count short; the bits are the truth.
+    ``repaired``, if given, gets [objects, bytes] the recount added."""
     spans = np.asarray(spans, dtype=np.int64)
     wrong = 0
+    added = [0, 0]
     for s in spans.tolist():
         nw = int(CLASS_NWORDS[heap.span_class[s]])
         n = int(np.bitwise_count(heap.bits[int(heap.alloc_buf(s)), :nw, s]).sum())
@@ -167,7 +229,11 @@ def repair_alloc_counts(heap: Heap, spans: np.ndarray) -> int:
         if n != old:
             wrong += 1
             heap.count(C_OBJECT_BYTES, (n - old) * elem_size(heap, s))
+            added[0] += n - old
+            added[1] += (n - old) * elem_size(heap, s)
             heap.count(C_OCCUPIED_PAGES, ((n > 0) - (old > 0)) * int(heap.span_npages[s]))
             heap.span_alloc_count[s] = n
             heap.span_freeindex[s] = 0  # rescan from the start: the bits decide
+    if repaired is not None:
+        repaired[:] = added
     return wrong

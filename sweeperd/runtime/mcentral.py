@@ -23,7 +23,7 @@ import numpy as np
 from sweeperd.runtime import shards
 from sweeperd.runtime import sweep as _sweep
 from sweeperd.runtime import sweepgen as sg
-from sweeperd.runtime.heap import SPAN_IN_USE, Heap
+from sweeperd.runtime.heap import C_CACHED_PAGES, SPAN_IN_USE, Heap
 from sweeperd.runtime.mheap import alloc_span, alloc_spans
 from sweeperd.runtime.owners import ANONYMOUS
 from sweeperd.runtime.sizeclasses import CLASS_NPAGES
@@ -150,6 +150,7 @@ def cache_span(heap: Heap, sizeclass: int, owner: int = ANONYMOUS,
         heap.span_set[span] = SET_NONE
         heap.span_owner[span] = owner
         sg.cache(heap.span_sweepgen, span, h)
+        heap.count(C_CACHED_PAGES, int(heap.span_npages[span]))
     return span, nscav, work
 
 
@@ -191,6 +192,7 @@ def _cache_many(heap: Heap, spans: np.ndarray, owner: int, h: int) -> None:
     heap.span_set[spans] = SET_NONE
     heap.span_owner[spans] = owner
     heap.span_sweepgen[spans] = sg.at(h, sg.SweepState.CACHED_SWEPT)
+    heap.count(C_CACHED_PAGES, int(heap.span_npages[spans].sum(dtype=np.int64)))
 
 
 def uncache_span(heap: Heap, span: int) -> _sweep.SweepStats:
@@ -199,6 +201,7 @@ def uncache_span(heap: Heap, span: int) -> _sweep.SweepStats:
     h = heap.sweepgen
     with heap.lock:
         stale = sg.uncache(heap.span_sweepgen, span, h)
+        heap.count(C_CACHED_PAGES, -int(heap.span_npages[span]))
     if stale:  # owned by the uncacher now (span_owner already names it), h-1
         return _sweep.sweep_batch(heap, np.array([span]))
     with heap.lock:
@@ -221,6 +224,7 @@ def uncache_spans(heap: Heap, spans: np.ndarray,
         swept = spans[heap.span_sweepgen[spans] == sg.at(h, sg.SweepState.CACHED_SWEPT)]
         full = heap.span_alloc_count[swept] >= heap.span_nelems[swept]
         heap.span_sweepgen[swept] = sg.at(h, sg.SweepState.SWEPT)
+        heap.count(C_CACHED_PAGES, -int(heap.span_npages[swept].sum(dtype=np.int64)))
         heap.span_set[swept[full]] = full_swept(h)
         heap.span_set[swept[~full]] = partial_swept(h)
     if cand is not None and swept.size:

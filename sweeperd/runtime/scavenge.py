@@ -42,15 +42,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from sweeperd.runtime.heap import (
+    C_RELEASING_PAGES,
     C_SCAVENGED_PAGES,
     H_SCAV_SEARCH,
     H_SEARCH_ADDR,
     PAGE_FREE,
+    RELEASE_BATCH,
+    T_MADVISE_BY,
     T_MADVISE_CALLS,
     T_RELEASE_CPU_NS,
-    T_RELEASE_RUNS,
-    T_RELEASED_KERNEL_BYTES,
-    T_RELEASED_PAGES,
     Heap,
     scavenging,
 )
@@ -166,6 +166,7 @@ def take(heap: Heap, max_pages: int, allow: Allow | None = None,
     with heap.lock:
         starts, lengths, hi = _search(heap, max_pages, allow, whole_runs)
         heap.page_span[run_pages(starts, lengths)] = scavenging(heap.me)
+        heap.count(C_RELEASING_PAGES, int(lengths.sum()))
         heap.header[H_SCAV_SEARCH] = hi  # taken: no candidate is left above hi
     return starts, lengths
 
@@ -180,6 +181,7 @@ def take_runs(heap: Heap, starts: np.ndarray, lengths: np.ndarray) -> tuple[np.n
     with heap.lock:
         pages = pages[(heap.page_span[pages] == PAGE_FREE) & (heap.scavenged[pages] == 0)]
         heap.page_span[pages] = scavenging(heap.me)
+        heap.count(C_RELEASING_PAGES, int(pages.size))
     if pages.size == 0:
         return pages, pages
     pages = np.sort(pages)
@@ -194,32 +196,64 @@ def finish(heap: Heap, starts: np.ndarray, lengths: np.ndarray) -> None:
     pages = run_pages(starts, lengths)
     with heap.lock:
         fresh = int(pages.size) - int(np.count_nonzero(heap.scavenged[pages]))  # a redo: 0
+        taken = int(np.count_nonzero(heap.page_span[pages] <= scavenging(0)))  # a redo: 0
         heap.scavenged[pages] = 1  # first: a page the allocator sees free is already marked
         heap.count(C_SCAVENGED_PAGES, fresh)
         heap.page_span[pages] = PAGE_FREE
+        heap.count(C_RELEASING_PAGES, -taken)
         if pages.size and int(pages.min()) < heap.header[H_SEARCH_ADDR]:
             heap.header[H_SEARCH_ADDR] = int(pages.min())
 
 
-def release(heap: Heap, sysmem: SysMem, starts: np.ndarray, lengths: np.ndarray) -> Released:
+def release(heap: Heap, sysmem: SysMem, starts: np.ndarray, lengths: np.ndarray,
+            points: bool = True) -> Released:
     """Steps 2 and 3 for runs this process has taken; on a failure of the system call the
-    pages go back as they were (free, unscavenged, in the search's sight)."""
+    pages go back as they were (free, unscavenged, in the search's sight).
+
+    What it releases is tallied in this process's row of the heap's tallies, in an order a
+    kill at any instruction keeps exact: the kernel's bytes are counted and written as the
+    row's in-flight totals, the flag is raised, *then* the madvise; the totals are applied
+    once the pages are finished.  A releaser killed before raising its flag has counted
+    nothing (recovery counts what it releases of its pages); killed after, its in-flight
+    totals stand (recovery applies them, and redoes its madvise without counting it).
+    ``points``: pass its fail points (False for the coordinator's recovery)."""
     if starts.size == 0:
         return Released()
-    failpoint.hit("scavenge.taken")
+    if points:
+        failpoint.hit("scavenge.taken")
+    calls = dict(sysmem.calls)
+    pages, nruns = int(lengths.sum()), int(starts.size)
     try:
         kernel = heap.arena_region.backed_in(starts * PAGE_SIZE, lengths * PAGE_SIZE)
+        heap.begin_batch(RELEASE_BATCH, (pages, nruns, kernel))
         sysmem.sys_unused_runs(starts * PAGE_SIZE, lengths * PAGE_SIZE)
-        failpoint.hit("scavenge.released")
+        if points:
+            failpoint.hit("scavenge.released")
     except BaseException:
+        heap.tallies[heap.me, RELEASE_BATCH[2]] = 0  # not counted: nothing was released
         with heap.lock:  # nothing was marked scavenged: give the pages back as they were
             heap.page_span[run_pages(starts, lengths)] = PAGE_FREE
+            heap.count(C_RELEASING_PAGES, -pages)
             top = int((starts + lengths).max())  # and back in the search's sight
             if top > heap.header[H_SCAV_SEARCH]:
                 heap.header[H_SCAV_SEARCH] = top
+        _tally_calls(heap, sysmem, calls)
         raise
     finish(heap, starts, lengths)
-    return Released(int(lengths.sum()), int(starts.size), kernel)
+    heap.apply_batch(RELEASE_BATCH)
+    _tally_calls(heap, sysmem, calls)
+    return Released(pages, nruns, kernel)
+
+
+def _tally_calls(heap: Heap, sysmem: SysMem, before: dict[str, int]) -> None:
+    """This process's madvise calls since ``before``, into its row (by advice and in all)."""
+    total = 0
+    for advice, n in sysmem.calls.items():
+        d = n - before.get(advice, 0)
+        if d and advice in T_MADVISE_BY:
+            heap.tally(T_MADVISE_BY[advice], d)
+        total += d
+    heap.tally(T_MADVISE_CALLS, total)
 
 
 def scavenge(heap: Heap, sysmem: SysMem, max_pages: int, allow: Allow | None = None,
@@ -232,7 +266,7 @@ def scavenge(heap: Heap, sysmem: SysMem, max_pages: int, allow: Allow | None = N
 class ReleaseOnFree:
     """The ``eager`` policy's hook (``heap.on_free``): whoever frees spans releases their
     pages at once, through the same take → release → finish, and tallies what it did in its
-    row of the heap's tallies (the scavenger's figures come in its heartbeat instead)."""
+    row of the heap's tallies (as :func:`release` does for every releaser)."""
 
     def __init__(self, heap: Heap, sysmem: SysMem) -> None:
         self.heap = heap
@@ -247,12 +281,6 @@ class ReleaseOnFree:
         return hook
 
     def __call__(self, starts: np.ndarray, npages: np.ndarray) -> None:
-        calls = sum(self.sysmem.calls.values())
         t0 = time.thread_time_ns()
-        r = release(self.heap, self.sysmem, *take_runs(self.heap, starts, npages))
-        h = self.heap
-        h.tally(T_RELEASE_CPU_NS, time.thread_time_ns() - t0)
-        h.tally(T_RELEASED_PAGES, r.pages)
-        h.tally(T_RELEASE_RUNS, r.runs)
-        h.tally(T_RELEASED_KERNEL_BYTES, r.kernel_bytes)
-        h.tally(T_MADVISE_CALLS, sum(self.sysmem.calls.values()) - calls)
+        release(self.heap, self.sysmem, *take_runs(self.heap, starts, npages))
+        self.heap.tally(T_RELEASE_CPU_NS, time.thread_time_ns() - t0)

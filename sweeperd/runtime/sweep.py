@@ -44,7 +44,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from sweeperd.errors import BadSpanState, FoundPointerToFreeObject, SweepIncreasedAllocCount
-from sweeperd.runtime.heap import C_OBJECT_BYTES, C_OCCUPIED_PAGES, SPAN_IN_USE, Heap, span_ix
+from sweeperd.runtime.heap import (
+    C_OBJECT_BYTES,
+    C_OCCUPIED_PAGES,
+    SPAN_IN_USE,
+    SWEEP_BATCH,
+    T_FINALIZERS_RUN,
+    Heap,
+    span_ix,
+)
 from sweeperd.runtime.mheap import free_spans
 from sweeperd.runtime.sizeclasses import CLASS_NPAGES, CLASS_NWORDS, CLASS_SIZE
 from sweeperd.runtime.spanset import full_swept, partial_swept
@@ -164,8 +172,15 @@ def _unpack_positions(r: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.n
 
 def sweep_batch(heap: Heap, spans: np.ndarray, preserve: bool = False,
                 recover: bool = False,
-                fault: Callable[[str], None] | None = None) -> SweepStats:
+                fault: Callable[[str], None] | None = None, count: bool = True) -> SweepStats:
     """Sweep many claimed spans at once; the same result as :func:`sweep` on each in turn.
+
+    With ``count``, the spans, pages and objects whose sweep this call commits are tallied
+    in this process's row of the heap's tallies as one in-flight batch (heap.py's
+    ``SWEEP_BATCH``: written and flagged before the first write, applied after the commit),
+    so a death anywhere leaves them counted exactly once (recovery.claims).  Spans already
+    committed (by a dead sweeper) are finished but not counted, here or in the returned
+    :class:`SweepStats`.
 
     ``fault`` is a test seam called at the phase boundaries ("checked", "committed",
     "published", and "freeing" inside the heap lock), where a test kills the process to prove
@@ -236,6 +251,10 @@ def sweep_batch(heap: Heap, spans: np.ndarray, preserve: bool = False,
         nbefore = np.bitwise_count(A).sum(dtype=np.int64)
         pending.append((k, cols, cix, fin, nalloc, int(nbefore)))
 
+    todo_pages = int(heap.span_npages[span_ix(todo)].sum(dtype=np.int64))
+    if count and pending:
+        nfreed = sum(nb - int(na.sum()) for _, _, _, _, na, nb in pending)
+        heap.begin_batch(SWEEP_BATCH, (int(todo.size), todo_pages, nfreed))
     if fault:
         fault("checked")
     # Phase 2: writes up to and including the commit.
@@ -243,7 +262,10 @@ def sweep_batch(heap: Heap, spans: np.ndarray, preserve: bool = False,
         if fin is not None:
             fcols, mnew, clear, (qs, qi) = fin
             with heap.lock:
-                st.finalizers_run += finq_push(heap, qs, qi)
+                ran = finq_push(heap, qs, qi)
+            st.finalizers_run += ran
+            if count:
+                heap.tally(T_FINALIZERS_RUN, ran)
             st.finalizers_queued += qs.size
             mv = heap.bits[m, :k]
             mv[:, cols[fcols]] = mnew
@@ -259,6 +281,8 @@ def sweep_batch(heap: Heap, spans: np.ndarray, preserve: bool = False,
         st.objects_freed += nbefore - int(nalloc.sum())
         st.bitmap_bytes += cols.size * k * 8 * 2
 
+    if count:
+        heap.apply_batch(SWEEP_BATCH)
     if fault:
         fault("committed")
     # Phase 3: idempotent finishing, for the spans committed now and by a dead sweeper.
@@ -269,8 +293,8 @@ def sweep_batch(heap: Heap, spans: np.ndarray, preserve: bool = False,
     heap.span_sweepgen[ix] = h  # publish
     if fault:
         fault("published")
-    st.spans = int(spans.size)
-    st.pages = int(heap.span_npages[ix].sum(dtype=np.int64))
+    st.spans = int(todo.size)
+    st.pages = todo_pages
     if preserve:
         return st
     na = heap.span_alloc_count[ix]

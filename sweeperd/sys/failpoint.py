@@ -9,11 +9,13 @@ Nothing happens unless the process was started with the fail point armed, throug
 environment (so a daemon's workers, started by ``spawn``, inherit it):
 
 ``SWEEPERD_FAILPOINTS``
-    comma-separated names to arm, e.g. ``scavenge.released,malloc.bits_set``;
+    comma-separated names to arm, e.g. ``scavenge.released,malloc.bits_set``; ``name:N``
+    arms a point to fire N times (1 to 1000), e.g. ``scavenge.taken:5``;
 ``SWEEPERD_FAILPOINTS_DIR``
-    a directory where each firing leaves a file named after its point.  A point fires **once
-    per directory**: the process that creates the file (``O_CREAT | O_EXCL``, atomic) dies; the
-    ones after it (the replacement worker) go on.  Without the variable a point never fires.
+    a directory where each firing leaves a file named after its point (``name``, then
+    ``name.2`` ... ``name.N``).  A point fires **once per file**: the process that creates the
+    file (``O_CREAT | O_EXCL``, atomic) dies; the ones after the last (the replacement
+    worker) go on.  Without the variable a point never fires.
 
 Firing is ``SIGKILL`` to itself: no handler, no ``finally``, no flush — the death a pager
 meets.  Unarmed, ``hit`` costs one set lookup; the points sit at batch granularity.  Two other
@@ -40,29 +42,44 @@ NAMES = frozenset({
     "SendResume", "SweepMissed", "EndCycle", "Kill", "Recover", "Restart"))
 
 
-def _armed() -> frozenset[str]:
-    names = frozenset(n for n in os.environ.get("SWEEPERD_FAILPOINTS", "").split(",") if n)
-    unknown = names - NAMES
+MAX_TIMES = 1000
+
+
+def _armed() -> dict[str, int]:
+    armed: dict[str, int] = {}
+    for item in os.environ.get("SWEEPERD_FAILPOINTS", "").split(","):
+        if not item:
+            continue
+        name, sep, times = item.partition(":")
+        if sep and not (times.isdigit() and 1 <= int(times) <= MAX_TIMES):
+            raise ValueError(f"SWEEPERD_FAILPOINTS: {item!r}: the count after ':' must be "
+                             f"1..{MAX_TIMES}")
+        armed[name] = int(times) if sep else 1
+    unknown = set(armed) - NAMES
     if unknown:
         raise ValueError(f"SWEEPERD_FAILPOINTS: unknown fail points {sorted(unknown)}; "
                          f"known: {sorted(NAMES)}")
-    return names if os.environ.get("SWEEPERD_FAILPOINTS_DIR") else frozenset()
+    return armed if os.environ.get("SWEEPERD_FAILPOINTS_DIR") else {}
 
 
 ARMED = _armed()
 
 
 def hit(name: str) -> None:
-    """Die here (SIGKILL) if ``name`` is armed and has not fired in this directory yet."""
+    """Die here (SIGKILL) if ``name`` is armed and has not fired all its times in this
+    directory yet."""
     assert name in NAMES, f"unknown fail point {name!r}"
-    if name not in ARMED:
+    times = ARMED.get(name)
+    if times is None:
         return
-    path = os.path.join(os.environ["SWEEPERD_FAILPOINTS_DIR"], name)
-    try:
-        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-    except FileExistsError:
-        return  # fired already: the replacement goes on
-    os.kill(os.getpid(), signal.SIGKILL)
+    d = os.environ["SWEEPERD_FAILPOINTS_DIR"]
+    for k in range(1, times + 1):
+        path = os.path.join(d, name if k == 1 else f"{name}.{k}")
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        except FileExistsError:
+            continue  # fired already: the next firing, or the replacement goes on
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class InjectedFailure(RuntimeError):

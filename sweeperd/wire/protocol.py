@@ -22,6 +22,11 @@ Two conversations share the format:
   ``mark``, ``resume``, ``stop``, ``release_all`` to them.
 
 Replies carry ``"ok": true`` and their fields, or ``"ok": false``, ``"reason"`` and ``"error"``.
+
+A worker's ``stats`` carry only what the heap's tallies do not (runtime/heap.py): timings,
+gauges, waits, checks and histograms.  What it did to the heap (pages released, spans swept,
+objects freed and allocated) is in its row of the tallies, which outlive it; a message dies
+with its sender.
 """
 
 from __future__ import annotations
