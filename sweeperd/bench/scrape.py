@@ -74,7 +74,8 @@ class _Daemon:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "sweeperd.cli", "run", "--heap-mib", str(heap_mib),
                  "--sweepers", "2", "--mutators", "2", "--scenario", str(scenario),
-                 "--control", "tcp://127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"],
+                 "--control", f"ipc://{workdir}/control-{heap_mib}.sock",  # private, ours
+                 "--metrics-addr", "127.0.0.1:0"],
                 stdout=out, stderr=subprocess.STDOUT, text=True)
 
     def metrics_url(self) -> str:
