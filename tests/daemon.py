@@ -118,3 +118,25 @@ class Daemon:
                 f.close()
         self.zctx.term()
         shutil.rmtree(self._ctl_dir, ignore_errors=True)
+
+
+def ask(ctx: zmq.Context, addr: str, request: str, timeout_s: float = 60) -> dict | None:
+    """One control request on a fresh REQ socket, or None when the daemon does not answer
+    within ``timeout_s`` (it may be stopped, waiting, or exiting)."""
+    s = ctx.socket(zmq.REQ)
+    s.setsockopt(zmq.LINGER, 0)
+    try:
+        s.connect(addr)
+        s.send(protocol.encode(request))
+        return json.loads(s.recv()) if s.poll(int(timeout_s * 1000)) else None
+    finally:
+        s.close()
+
+
+def proc_gone(pid: int) -> bool:
+    """Whether process ``pid`` has ended (gone, or a zombie not yet reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True

@@ -6,18 +6,16 @@ and the cause.  And an unexpected exception in the shell's own loop exits 8 (INT
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
 
 import pytest
-import zmq
 
 from sweeperd.errors import ExitCode
 from sweeperd.wire import protocol
 
-from .daemon import Daemon
+from .daemon import Daemon, ask, proc_gone
 
 DEADLINE_S = 120
 
@@ -42,22 +40,7 @@ KINDS = {
 
 def _try(d: Daemon, request: str, timeout_ms: int = 2000) -> dict | None:
     """One request, or None when the daemon does not answer (it may be exiting)."""
-    s = d.zctx.socket(zmq.REQ)
-    s.setsockopt(zmq.LINGER, 0)
-    try:
-        s.connect(d.control)
-        s.send(protocol.encode(request))
-        return json.loads(s.recv()) if s.poll(timeout_ms) else None
-    finally:
-        s.close()
-
-
-def _gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
+    return ask(d.zctx, d.control, request, timeout_ms / 1000)
 
 
 def _daemon(tmp_path, points: str) -> Daemon:
@@ -109,7 +92,7 @@ def test_a_failed_action_breaks_the_cycle_and_the_daemon_exits_5_naming_it(tmp_p
     phase, _, cause = line[0][len(prefix):].partition(": ")
     assert phase in phases, line
     assert cause == f"InjectedFailure: fail point action.{kind}", line
-    assert all(_gone(p) for p in pids)  # drained: no worker outlives the daemon
+    assert all(proc_gone(p) for p in pids)  # drained: no worker outlives the daemon
 
 
 def test_an_unexpected_exception_in_the_shell_exits_8_after_draining(tmp_path):
@@ -124,7 +107,7 @@ def test_an_unexpected_exception_in_the_shell_exits_8_after_draining(tmp_path):
     assert code == ExitCode.INTERNAL, err[-3000:]
     assert "sweeperd run: internal error: InjectedFailure: fail point shell.step" in err
     assert "Traceback" in err  # the cause, for the bug report
-    assert all(_gone(p) for p in pids)
+    assert all(proc_gone(p) for p in pids)
 
 
 # --- failures that must not end the daemon ----------------------------------------------------

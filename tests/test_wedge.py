@@ -15,34 +15,13 @@ import signal
 import threading
 import time
 
-import zmq
-
-from sweeperd.wire import protocol
-
-from .daemon import Daemon
+from .daemon import Daemon, ask, proc_gone
 
 DEAD_AFTER_MS = 2000
 ROUNDS = 20
 SLACK_S = 1.0  # the bound: no status unanswered for longer than dead_after + 1 s
 
 
-def _ask(ctx: zmq.Context, addr: str, request: str, timeout_s: float = 60) -> dict | None:
-    s = ctx.socket(zmq.REQ)
-    s.setsockopt(zmq.LINGER, 0)
-    try:
-        s.connect(addr)
-        s.send(protocol.encode(request))
-        return json.loads(s.recv()) if s.poll(int(timeout_s * 1000)) else None
-    finally:
-        s.close()
-
-
-def _gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
 
 
 def _state(pid: int) -> str:
@@ -74,7 +53,7 @@ def test_a_mutator_stopped_holding_the_heap_lock_never_wedges_the_daemon(tmp_pat
 
     def ask_status() -> None:
         while not done.is_set():
-            st = _ask(d.zctx, d.control, "status")
+            st = ask(d.zctx, d.control, "status")
             if st is None:
                 unanswered.append("status")
                 return
@@ -86,7 +65,7 @@ def test_a_mutator_stopped_holding_the_heap_lock_never_wedges_the_daemon(tmp_pat
 
     def need_the_lock() -> None:  # FreeOSMemory by the coordinator itself, under the lock
         while not done.wait(0.3):
-            if _ask(d.zctx, d.control, "scavenge") is None:
+            if ask(d.zctx, d.control, "scavenge") is None:
                 unanswered.append("scavenge")
                 return
 
@@ -101,7 +80,7 @@ def test_a_mutator_stopped_holding_the_heap_lock_never_wedges_the_daemon(tmp_pat
                   "a mutator to stop holding the heap lock", 120)
             pid = int(marker.read_text())
             stopped.append(pid)
-            _wait(lambda p=pid: _gone(p), f"the stopped mutator {pid} to be killed", 120)
+            _wait(lambda p=pid: proc_gone(p), f"the stopped mutator {pid} to be killed", 120)
             _wait(lambda: mutators_alive[0] == 2, "both mutators up again", 120)
             marker.unlink()  # armed again: the next mutator through the point stops
             assert not unanswered, unanswered
@@ -126,7 +105,7 @@ def test_a_mutator_stopped_holding_the_heap_lock_never_wedges_the_daemon(tmp_pat
     assert longest <= DEAD_AFTER_MS / 1000 + SLACK_S, f"status unanswered for {longest:.3f}s"
     assert killed_by_waiter + killed_silent >= ROUNDS
     assert code == 0
-    assert all(_gone(p) for p in stopped)
+    assert all(proc_gone(p) for p in stopped)
 
 
 # --- the lock itself, and a holder that is not ours -----------------------------------------
@@ -201,14 +180,14 @@ def test_a_holder_not_ours_is_waited_on_answering_status_and_sigterm_ends_the_wa
         st = d.wait_for(lambda s: s["workers_alive"] == 2, what="both workers up")
         heap = Heap.attach(HeapHandle.from_dict(st["heap_handle"]))
         heap.lock.__enter__()
-        busy = _ask(d.zctx, d.control, "scavenge")
+        busy = ask(d.zctx, d.control, "scavenge")
         assert busy is not None and busy["ok"] is False and busy["reason"] == "busy", busy
         assert f"held by pid {os.getpid()}" in busy["error"]
         sweeper = next(w["pid"] for w in st["workers"] if w["role"] == "sweeper")
         os.kill(sweeper, signal.SIGKILL)  # its recovery needs the lock
         t0 = time.monotonic()
         while time.monotonic() - t0 < 3:  # the coordinator waits, and answers
-            st = _ask(d.zctx, d.control, "status", timeout_s=3)
+            st = ask(d.zctx, d.control, "status", timeout_s=3)
             assert st is not None and st["ok"], st
             time.sleep(0.1)
         assert d.proc.poll() is None
