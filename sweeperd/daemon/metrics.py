@@ -29,9 +29,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -41,6 +40,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from sweeperd.daemon import httpserve
 from sweeperd.daemon.snapshot import Sample, Snapshot
 from sweeperd.runtime.heapstats import HeapStats
 from sweeperd.workload.mutator import ALLOC_BUCKETS
@@ -319,21 +319,37 @@ class SnapshotCollector(Collector):
         yield internal
 
 
+class _ListenerCollector(Collector):
+    """The /metrics listener's own figure: connections it closed at once, every slot taken."""
+
+    def __init__(self, server: Callable[[], httpserve.BoundedServer | None]) -> None:
+        self.server = server
+
+    def collect(self) -> Iterator[Metric]:
+        srv = self.server()
+        yield _counter("sweeperd_metrics_connections_refused",
+                       f"Connections to /metrics closed at once: {httpserve.MAX_CONNECTIONS} "
+                       "were being served (a scraper never needs more; a peer holding many is "
+                       "a fault or an attack).", srv.refused if srv is not None else 0)
+
+
 class Metrics:
-    """The registry, the sampler thread and the HTTP server, started in that order."""
+    """The registry, the sampler thread and the HTTP server (httpserve.py: bounded
+    connections, each with a timeout), started in that order."""
 
     def __init__(self, snapshot: Callable[[], Snapshot], take_sample: Callable[[], Sample],
                  kernel: Kernel) -> None:
         self.sampler = Sampler(take_sample)  # the first sample is taken here
         self.registry = CollectorRegistry()
         self.registry.register(SnapshotCollector(snapshot, lambda: self.sampler.latest, kernel))
-        self.server: Any = None
+        self.server: httpserve.BoundedServer | None = None
+        self.registry.register(_ListenerCollector(lambda: self.server))
 
     def serve(self, addr: str) -> str:
         """Start the HTTP server (after the first snapshot exists); returns HOST:PORT."""
         host, _, port = addr.rpartition(":")
         host = host.removeprefix("[").removesuffix("]")  # [::1] -> ::1
-        self.server, _thread = start_http_server(int(port), addr=host, registry=self.registry)
+        self.server = httpserve.serve(self.registry, host, int(port))
         shown = f"[{host}]" if ":" in host else host
         return f"{shown}:{self.server.server_port}"
 
