@@ -88,6 +88,7 @@ def serve(registry: Collector, host: str, port: int, max_connections: int = MAX_
 
     class Handler(MetricsHandler):
         timeout = timeout_s  # StreamRequestHandler: the socket's timeout, each read and write
+        disable_nagle_algorithm = True  # headers then body: no wait for the headers' ACK
 
     Handler.registry = registry
     server = BoundedServer(tuple(sockaddr), Handler, family, max_connections, timeout_s)
