@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from sweeperd.roles import Role
 from sweeperd.runtime import owners
 from sweeperd.runtime.heap import Heap, HeapHandle
 from sweeperd.runtime.scavenge import ReleaseOnFree
@@ -31,7 +32,7 @@ def main(handle: dict[str, Any], me: int, endpoint: str, mcfg: dict[str, Any],
     prepare_worker_memory()
     cfg = Workload.from_dict(mcfg)
     heap = Heap.attach(HeapHandle.from_dict(handle))
-    link = Link(endpoint, "mutator", me)
+    link = Link(endpoint, Role.MUTATOR, me)
     heap.me = owners.mutator(me)  # its row of the heap's running counters
     if release_on_free:  # the eager policy: its on-demand sweeps release what they free
         ReleaseOnFree.install(heap)

@@ -14,6 +14,7 @@ from typing import Any
 from sweeperd.pacing import policies
 from sweeperd.pacing.bgscavenge import Scavenger
 from sweeperd.pacing.scavpace import Pacer
+from sweeperd.roles import Role
 from sweeperd.runtime import owners
 from sweeperd.runtime.heap import T_CPU_NS, Heap, HeapHandle
 from sweeperd.sys.sysmem import SysMem, calibrate_vectored
@@ -39,7 +40,7 @@ def main(handle: dict[str, Any], endpoint: str, fraction: float, ncpu: int,
                 vectored=use_vectored)
     sc = Scavenger(heap, sm, Pacer(fraction=fraction, ncpu=ncpu),
                    policy=policies.make(policy, params))
-    link = Link(endpoint, "scavenger", 0)
+    link = Link(endpoint, Role.SCAVENGER, 0)
     heap.me = owners.SCAVENGER  # its row of the heap's running counters
     beat = Beat(heap, owners.SCAVENGER, heartbeat_ms / 1000).start()
     cpu0 = time.process_time_ns()

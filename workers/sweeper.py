@@ -11,6 +11,7 @@ import signal
 import time
 from typing import Any
 
+from sweeperd.roles import Role
 from sweeperd.runtime import owners
 from sweeperd.runtime.bgsweep import sweep_until_done
 from sweeperd.runtime.heap import H_BENCH_GO, H_BENCH_READY, Heap, HeapHandle
@@ -53,7 +54,7 @@ def main(handle: dict[str, Any], me: int, endpoint: str, chunk_pages: int,
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator drains us with "stop"
     prepare_worker_memory()
     heap = Heap.attach(HeapHandle.from_dict(handle))
-    link = Link(endpoint, "sweeper", me)
+    link = Link(endpoint, Role.SWEEPER, me)
     heap.me = owners.sweeper(me)  # its row of the heap's running counters
     if release_on_free:  # the eager policy: release what it frees, at once
         ReleaseOnFree.install(heap)

@@ -55,7 +55,7 @@ import zmq
 from sweeperd.daemon import control
 from sweeperd.daemon import cycle as c
 from sweeperd.daemon.config import Config, ControlConfig
-from sweeperd.daemon.cycle import Role, Slot
+from sweeperd.daemon.cycle import Slot
 from sweeperd.daemon.gotrace import Tracer
 from sweeperd.daemon.heapwork import HeapWork, log
 from sweeperd.daemon.metrics import Kernel, Metrics
@@ -65,6 +65,7 @@ from sweeperd.daemon.totals import Totals
 from sweeperd.errors import Throw
 from sweeperd.pacing.policies import RELEASES_ON_FREE
 from sweeperd.pacing.scavpace import retain_goal
+from sweeperd.roles import Role
 from sweeperd.runtime import owners
 from sweeperd.runtime.heap import (
     H_COMMIT_LIMIT,
@@ -437,7 +438,7 @@ class Coordinator:
     def _heard_beats(self) -> None:
         """Workers busy in a long step still beat (wire/beat.py): they are heard."""
         for slot in self.sup.bound():
-            t = last_beat_s(self.heap, owners.of(slot.role.value, slot.id))
+            t = last_beat_s(self.heap, owners.of(slot.role, slot.id))
             if t > self._beats_seen.get(slot, 0.0):
                 self._beats_seen[slot] = t
                 with contextlib.suppress(c.IllegalTransition):  # being killed: no news
@@ -488,7 +489,7 @@ class Coordinator:
                 continue
             m = self.machine.members.get(slot)
             heard = max(m.last_heard if m else 0.0,
-                        last_beat_s(self.heap, owners.of(slot.role.value, slot.id)))
+                        last_beat_s(self.heap, owners.of(slot.role, slot.id)))
             if now - heard > dead_after and p.proc.is_alive():
                 log(f"{slot} (pid {holder}) holds the heap lock and has been silent for "
                     f"{now - heard:.1f}s ({_proc_state(holder)}): killing it")
@@ -615,7 +616,7 @@ class Coordinator:
                 f"{self.cfg.scavenger.memory_limit_mib or 'none'}, heap {self.cfg.heap.size_mib}"
                 " MiB: lower the heap or the memory limit, or give the daemon more memory")
         elif isinstance(a, c.GiveUp):
-            role = a.role.value
+            role = a.role
             raise WorkersKeepDying(
                 f"{a.deaths} {role} deaths within {a.window_s:g}s (control.max_deaths); "
                 f"the last {role} traceback:\n"
@@ -662,7 +663,7 @@ class Coordinator:
             self._peer(c.Marked(bound, msg["cycle"], now, msg["marked_bytes"]))
         elif msg.type == "crashed":
             log(f"{bound} crashed:\n{msg['traceback'].rstrip()}")
-            self.totals.last_crash[role.value] = msg["traceback"]
+            self.totals.last_crash[role] = msg["traceback"]
         elif msg.type == "heartbeat":
             if role is Role.MUTATOR:
                 self.totals.mutator_report(bound, msg["stats"])

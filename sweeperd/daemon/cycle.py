@@ -81,7 +81,6 @@ from sweeperd.daemon.events import (
     MeasureSweep,
     Recover,
     Restart,
-    Role,
     SendMark,
     SendResume,
     SendSweep,
@@ -94,6 +93,7 @@ from sweeperd.daemon.events import (
     Tick,
 )
 from sweeperd.pacing import gcpace
+from sweeperd.roles import Role
 
 __all__ = [
     "Action",

@@ -22,6 +22,7 @@ from types import MappingProxyType
 from typing import Any
 
 from sweeperd.daemon.totals import POLICY_FIGURE, Histogram
+from sweeperd.roles import Role
 from sweeperd.runtime.heap import Heap
 from sweeperd.runtime.heapstats import HeapStats, SweepTally, Tallies
 from sweeperd.runtime.sizeclasses import PAGE_SIZE
@@ -30,7 +31,7 @@ from sweeperd.sys.procmem import meminfo, process_memory
 
 @dataclass(frozen=True)
 class WorkerView:
-    role: str
+    role: Role
     id: int
     pid: int
     state: str  # "starting" until its hello, then "alive"
@@ -59,7 +60,7 @@ class Snapshot:
     workers: tuple[WorkerView, ...]
     mutator: Mapping[str, float]  # a mutator's wire figures (timings, waits, checks)
     scavenger: Mapping[str, float]  # the scavenger's gauges
-    deaths: Mapping[str, int]
+    deaths: Mapping[Role, int]
     control_errors: Mapping[str, int]
     internal_errors: Mapping[str, int]
     finalizers_run: int  # by the coordinator (the sweeps' own are in tallies)
@@ -74,15 +75,15 @@ class Snapshot:
     ipc_dir: str
     metrics_addr: str
     scenario: Mapping[str, Any]  # name, elapsed_s, phase, phase_name, target_live_bytes; {} if none
-    memory_deaths: Mapping[str, int] = field(default_factory=dict)  # by role: OOM killer, SIGBUS
+    memory_deaths: Mapping[Role, int] = field(default_factory=dict)  # by role: OOM killer, SIGBUS
     # client requests by type, then outcome (sweeperd_control_requests_total)
     control_requests: Mapping[str, Mapping[str, int]] = field(
         default_factory=lambda: MappingProxyType({}))
 
-    def alive(self, role: str) -> int:
+    def alive(self, role: Role) -> int:
         return sum(1 for w in self.workers if w.role == role and w.state == "alive")
 
-    def starting(self, role: str) -> int:
+    def starting(self, role: Role) -> int:
         return sum(1 for w in self.workers if w.role == role and w.state == "starting")
 
     def pids(self) -> list[tuple[str, int, int]]:
@@ -192,7 +193,7 @@ def status_json(snap: Snapshot, hs: HeapStats, memory: dict[str, Any],
             "objects_allocated": alloc.objects,
             "bytes_allocated": alloc.bytes,
             "objects_per_s_per_mutator": alloc.objects / alloc_s if alloc_s else 0.0,
-            "mutators": max(1, sum(1 for w in snap.workers if w.role == "mutator")),
+            "mutators": max(1, sum(1 for w in snap.workers if w.role is Role.MUTATOR)),
             "oom_waits": int(mt.get("oom_waits", 0)),
             "lost_objects": int(mt.get("lost_objects", 0)),
             "payload_errors": int(mt.get("payload_errors", 0)),

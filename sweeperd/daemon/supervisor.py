@@ -96,7 +96,7 @@ class Supervisor:
         return sum(1 for p in self.procs.values() if p.proc.is_alive())
 
     def views(self) -> tuple[WorkerView, ...]:
-        return tuple(WorkerView(s.role.value, s.id, p.pid,
+        return tuple(WorkerView(s.role, s.id, p.pid,
                                 "alive" if p.identity is not None else "starting")
                      for s, p in sorted(self.procs.items()))
 

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from sweeperd.daemon.cycle import Role, Slot
+from sweeperd.daemon.events import Slot
+from sweeperd.roles import Role
 
 SWEEP_PHASE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 POLICY_FIGURE = "policy_"  # a scavenger stat so prefixed is its policy's gauge
@@ -43,13 +44,13 @@ class Histogram:
 class Totals:
     mutator: dict[str, float] = field(default_factory=dict)
     scavenger: dict[str, float] = field(default_factory=dict)  # its gauges, as reported
-    deaths: dict[str, int] = field(default_factory=lambda: {r.value: 0 for r in Role})
+    deaths: dict[Role, int] = field(default_factory=lambda: {r: 0 for r in Role})
     # ... of which of memory: the OOM killer (the cgroup's oom_kill rose) or SIGBUS
-    memory_deaths: dict[str, int] = field(default_factory=lambda: {r.value: 0 for r in Role})
+    memory_deaths: dict[Role, int] = field(default_factory=lambda: {r: 0 for r in Role})
     control_errors: dict[str, int] = field(default_factory=dict)
     internal_errors: dict[str, int] = field(default_factory=dict)
     control_requests: dict[str, dict[str, int]] = field(default_factory=dict)  # type, outcome
-    last_crash: dict[str, str] = field(default_factory=dict)  # role -> a worker's traceback
+    last_crash: dict[Role, str] = field(default_factory=dict)  # role -> a worker's traceback
     finalizers_run: int = 0  # run by the coordinator at the end of each cycle
     sweep_phase: list[int] = field(default_factory=lambda: [0] * len(SWEEP_PHASE_BUCKETS))
     sweep_phase_n: int = 0
@@ -69,8 +70,8 @@ class Totals:
         self.scavenger.update(stats)
 
     def died(self, slot: Slot, memory: bool = False) -> None:
-        self.deaths[slot.role.value] += 1
-        self.memory_deaths[slot.role.value] += memory
+        self.deaths[slot.role] += 1
+        self.memory_deaths[slot.role] += memory
         self._last.pop(slot, None)  # its replacement reports from zero
 
     def control_error(self, reason: str) -> None:

@@ -15,11 +15,12 @@ from typing import Any
 
 import zmq
 
+from sweeperd.roles import Role
 from sweeperd.wire import protocol
 
 
 class Link:
-    def __init__(self, endpoint: str, role: str, wid: int) -> None:
+    def __init__(self, endpoint: str, role: Role, wid: int) -> None:
         self.ppid = os.getppid()
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)

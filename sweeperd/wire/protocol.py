@@ -39,6 +39,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from sweeperd.roles import Role
+
 VERSION = 1
 MAX_FRAME = 64 * 1024
 MAX_STATS = 64
@@ -51,7 +53,6 @@ Bytes = Annotated[int, msgspec.Meta(ge=0, le=MAX_INT)]
 Pid = Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)]
 Stats = Annotated[dict[Annotated[str, msgspec.Meta(max_length=64)], float],
                   msgspec.Meta(max_length=MAX_STATS)]
-Role = Literal["sweeper", "mutator", "scavenger"]
 
 
 class _Msg(msgspec.Struct, tag_field="type", forbid_unknown_fields=True):
