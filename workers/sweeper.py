@@ -19,6 +19,7 @@ from sweeperd.runtime.scavenge import ReleaseOnFree
 from sweeperd.sys.tuning import prepare_worker_memory, release_free_heap
 from sweeperd.wire.beat import Beat
 from sweeperd.wire.link import Link
+from sweeperd.wire.protocol import HeartbeatMsg, StopMsg, SweeperStats, SweepMsg, SweptMsg
 
 
 def bench_main(handle: dict[str, Any], me: int, results: Any, rounds: int,
@@ -63,16 +64,17 @@ def main(handle: dict[str, Any], me: int, endpoint: str, chunk_pages: int,
         while not link.orphaned():
             msg = link.recv(heartbeat_ms)
             if msg is None:
-                link.send("heartbeat", stats={})
+                link.send(HeartbeatMsg(stats=SweeperStats()))
                 continue
-            if msg.type == "stop":
-                break
-            if msg.type == "sweep" and msg["cycle"] == heap.sweepgen:
-                t0 = time.perf_counter()
-                sweep_until_done(heap, me, chunk_pages)  # its work: tallied in its heap row
-                link.send("swept", cycle=msg["cycle"],
-                          stats={"seconds": time.perf_counter() - t0})
-                release_free_heap()  # idle until the next cycle: give back what it freed
+            match msg:
+                case StopMsg():
+                    break
+                case SweepMsg(cycle=cycle) if cycle == heap.sweepgen:
+                    t0 = time.perf_counter()
+                    sweep_until_done(heap, me, chunk_pages)  # its work: in its heap row
+                    link.send(SweptMsg(cycle=cycle,
+                                       stats=SweeperStats(seconds=time.perf_counter() - t0)))
+                    release_free_heap()  # idle until the next cycle: give back what it freed
     except BaseException:
         link.crashed()
         raise

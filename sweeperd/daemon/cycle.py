@@ -276,6 +276,8 @@ class GCCycle:
         return []
 
     def _on_heard(self, ev: Heard) -> list[Action]:
+        if ev.stats_of is not None and ev.stats_of is not ev.slot.role:
+            raise IllegalTransition(f"{ev.slot} sent a {ev.stats_of}'s figures")
         m = self._member(ev.slot, MemberState.UP, MemberState.KILLING)
         if m.state is MemberState.UP:  # (a frame in flight from one being killed: no news)
             m.last_heard = max(m.last_heard, ev.now)  # a beat may be older than now
@@ -392,6 +394,8 @@ class GCCycle:
         return self._supervise()
 
     def _on_marked(self, ev: Marked) -> list[Action]:
+        if ev.slot.role is not Role.MUTATOR:
+            raise IllegalTransition(f"{ev.slot} is not a mutator: it cannot mark")
         if ev.slot not in self.pending or ev.cycle != self.sweepgen + 2:
             raise IllegalTransition(f"{ev.slot} marked for cycle {ev.cycle} unasked")
         self.members[ev.slot].last_heard = self.now
@@ -434,6 +438,8 @@ class GCCycle:
         return out
 
     def _on_swept(self, ev: Swept) -> list[Action]:
+        if ev.slot.role is not Role.SWEEPER:
+            raise IllegalTransition(f"{ev.slot} is not a sweeper: it cannot report a sweep")
         if ev.slot not in self.pending or ev.cycle != self.sweepgen:
             raise IllegalTransition(f"{ev.slot} swept cycle {ev.cycle} unasked")
         self.members[ev.slot].last_heard = self.now

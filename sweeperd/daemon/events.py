@@ -48,6 +48,7 @@ class Hello:
 class Heard:
     slot: Slot
     now: float
+    stats_of: Role | None = None  # whose figures its heartbeat carried (None: a beat alone)
 
 
 @dataclass(frozen=True)

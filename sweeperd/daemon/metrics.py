@@ -153,14 +153,14 @@ class SnapshotCollector(Collector):
                        s.tallies.alloc.objects)
         yield _counter("sweeperd_mutator_allocated_bytes", "Bytes allocated by mutators.",
                        s.tallies.alloc.bytes)
-        counts = [int(s.mutator.get(f"refill_le_{i}", 0)) for i in range(len(ALLOC_BUCKETS))]
+        counts = s.mutator.refill_buckets[:len(ALLOC_BUCKETS)]  # (the last: +Inf)
         cum = list(itertools.accumulate(counts))
         yield HistogramMetricFamily(
             "sweeperd_mutator_alloc_seconds", "Time of each mutator refill (an mcache miss: "
             "mcentral.cacheSpan with its on-demand sweeping, and the sweep credit it pays).",
             buckets=[(floatToGoString(b), c) for b, c in zip(ALLOC_BUCKETS, cum, strict=True)]
-            + [("+Inf", int(s.mutator.get("refills", 0)))],
-            sum_value=s.mutator.get("refill_seconds", 0.0))
+            + [("+Inf", s.mutator.refills)],
+            sum_value=s.mutator.refill_seconds)
         if s.scenario:
             sc = s.scenario
             info = GaugeMetricFamily("sweeperd_scenario_info", "The scenario the mutators "

@@ -21,12 +21,13 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from sweeperd.daemon.totals import POLICY_FIGURE, Histogram
+from sweeperd.daemon.totals import Histogram
 from sweeperd.roles import Role
 from sweeperd.runtime.heap import Heap
 from sweeperd.runtime.heapstats import HeapStats, SweepTally, Tallies
 from sweeperd.runtime.sizeclasses import PAGE_SIZE
 from sweeperd.sys.procmem import meminfo, process_memory
+from sweeperd.wire.protocol import MutatorStats, ScavengerStats
 
 
 @dataclass(frozen=True)
@@ -58,8 +59,8 @@ class Snapshot:
     live_bytes: int  # marked live by the last completed mark
     retain_goal_bytes: int
     workers: tuple[WorkerView, ...]
-    mutator: Mapping[str, float]  # a mutator's wire figures (timings, waits, checks)
-    scavenger: Mapping[str, float]  # the scavenger's gauges
+    mutator: MutatorStats  # the mutators' wire figures, summed (timings, waits, checks)
+    scavenger: ScavengerStats  # the scavenger's gauges, as last reported
     deaths: Mapping[Role, int]
     control_errors: Mapping[str, int]
     internal_errors: Mapping[str, int]
@@ -125,10 +126,9 @@ class Snapshot:
             "released_on_free_cpu_seconds_total": on_free.cpu_ns / 1e9,
             "cpu_seconds_total": sc.cpu_ns / 1e9,
             "madvise_calls_total": calls,
-            "vectored": bool(self.scavenger.get("vectored", 0)),
+            "vectored": self.scavenger.vectored,
             "retain_goal_bytes": self.retain_goal_bytes,
-            "policy_figures": {k[len(POLICY_FIGURE):]: v for k, v in self.scavenger.items()
-                               if k.startswith(POLICY_FIGURE)},
+            "policy_figures": dict(self.scavenger.policy.items()),
         }
 
 
@@ -170,7 +170,7 @@ def status_json(snap: Snapshot, hs: HeapStats, memory: dict[str, Any],
     """The ``status`` reply: the snapshot, the heap's classes and the kernel's view now."""
     mt = snap.mutator
     alloc = snap.tallies.alloc
-    alloc_s = mt.get("alloc_seconds", 0)
+    alloc_s = mt.alloc_seconds
     return {
         "cycle": snap.cycle,
         "sweepgen": snap.sweepgen,
@@ -194,10 +194,10 @@ def status_json(snap: Snapshot, hs: HeapStats, memory: dict[str, Any],
             "bytes_allocated": alloc.bytes,
             "objects_per_s_per_mutator": alloc.objects / alloc_s if alloc_s else 0.0,
             "mutators": max(1, sum(1 for w in snap.workers if w.role is Role.MUTATOR)),
-            "oom_waits": int(mt.get("oom_waits", 0)),
-            "lost_objects": int(mt.get("lost_objects", 0)),
-            "payload_errors": int(mt.get("payload_errors", 0)),
-            "objects_checked": int(mt.get("objects_checked", 0)),
+            "oom_waits": mt.oom_waits,
+            "lost_objects": mt.lost_objects,
+            "payload_errors": mt.payload_errors,
+            "objects_checked": mt.objects_checked,
         },
         "finalizers_run": snap.finalizers_total(),
         "scavenger": snap.scavenger_status(),
