@@ -542,3 +542,19 @@ def test_a_heartbeat_must_carry_its_own_roles_figures(phase):
     assert m.handle(c.Heard(MU, 5.0, Role.MUTATOR)) == []
     assert m.handle(c.Heard(SW, 5.0)) == []  # a beat alone
     assert m.members[MU].last_heard == m.members[SW].last_heard == 5.0
+
+
+def test_the_machine_knows_who_said_hello_through_a_kill_until_the_death():
+    """Membership is the machine's (the supervisor holds processes and identities only): a
+    slot is greeted from its hello until its death, through being killed for silence."""
+    m = _machine()
+    m.handle(c.Started(MU, 0.0))
+    assert m.greeted() == frozenset()
+    m.handle(c.Hello(MU, 0.1))
+    assert m.greeted() == {MU}
+    m.handle(c.Started(SW, 0.1))
+    kills = [a for a in m.handle(c.Tick(0.1 + 10 * DEAD_AFTER + 60)) if isinstance(a, c.Kill)]
+    assert {k.slot for k in kills} == {MU, SW}  # silent: one up, one never started
+    assert m.members[MU].state is c.MemberState.KILLING and m.greeted() == {MU}
+    m.handle(c.Died(MU))
+    assert m.greeted() == frozenset()

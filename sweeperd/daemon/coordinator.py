@@ -440,7 +440,7 @@ class Coordinator:
 
     def _heard_beats(self) -> None:
         """Workers busy in a long step still beat (wire/beat.py): they are heard."""
-        for slot in self.sup.bound():
+        for slot in self.machine.greeted():
             t = last_beat_s(self.heap, owners.of(slot.role, slot.id))
             if t > self._beats_seen.get(slot, 0.0):
                 self._beats_seen[slot] = t
@@ -901,7 +901,7 @@ class Coordinator:
             live_bytes=m.live_bytes,
             retain_goal_bytes=retain_goal(m.goal_bytes,
                                           self.cfg.scavenger.memory_limit_bytes()),
-            workers=self.sup.views(), **self.totals.freeze(),
+            workers=self.sup.views(self.machine.greeted()), **self.totals.freeze(),
             debug=MappingProxyType({**self.work.debug, "enabled": self.cfg.run.debug_checks}),
             cpu_fraction_target=self.cfg.scavenger.cpu_fraction,
             policy=self.cfg.scavenger.policy, policy_params=self._policy_params,
