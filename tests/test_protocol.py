@@ -4,6 +4,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sweeperd.pacing import policies
+from sweeperd.pacing.names import POLICIES
 from sweeperd.wire import protocol as p
 
 
@@ -177,3 +179,13 @@ def test_valid_messages_round_trip(cycle, seconds, stats):
     m = p.decode(p.encode(p.SweptMsg(cycle=cycle, stats=p.SweeperStats(seconds=seconds))))
     assert m.cycle == cycle and m.stats.seconds == seconds
     assert p.decode(p.encode(p.HeartbeatMsg(stats=stats))).stats == stats
+
+
+@pytest.mark.parametrize("name", POLICIES)
+def test_every_policys_figures_fit_the_wires_policy_figures(name):
+    """The scavenger sends ``PolicyFigures(**policy.figures())``: every figure a policy has
+    is a field there (or the scavenger would die at its first heartbeat)."""
+    figures = policies.make(name).figures()
+    sent = p.PolicyFigures(**{k: float(v) for k, v in figures.items()})
+    got = p.decode(p.encode(p.HeartbeatMsg(stats=p.ScavengerStats(policy=sent)))).stats.policy
+    assert dict(got.items()) == {k: float(v) for k, v in figures.items()}
