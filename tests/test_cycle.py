@@ -500,3 +500,61 @@ def test_the_live_heap_to_measure_is_the_sum_of_the_mutators_marks():
     assert m.handle(c.Marked(mus[0], 6, 0.3, 5)) == []
     assert m.handle(c.Marked(mus[2], 6, 0.3, 7)) == []
     assert m.handle(c.Marked(mus[1], 6, 0.3, 11)) == [c.MeasureLive(23)]
+
+
+# --- who may say what: the rules the shell used to judge ----------------------------------
+
+
+SC = Slot(Role.SCAVENGER, 0)
+
+
+@pytest.mark.parametrize("who", [SW, SC])
+def test_only_a_mutator_may_report_a_mark(who):
+    m = _in_phase(Phase.MARK)
+    m.handle(c.Started(SC, 0.0))
+    m.handle(c.Hello(SC, 0.1))
+    with pytest.raises(c.IllegalTransition, match="not a mutator"):
+        m.handle(c.Marked(who, 6, 0.4, 1 << 20))
+    assert m.phase is Phase.MARK and m.pending == {MU}  # nothing changed
+    assert isinstance(m.handle(c.Marked(MU, 6, 0.5, 1 << 20))[0], c.MeasureLive)
+
+
+@pytest.mark.parametrize("who", [MU, SC])
+def test_only_a_sweeper_may_report_a_sweep(who):
+    m = _in_phase(Phase.SWEEP)
+    m.handle(c.Started(SC, 0.0))
+    m.handle(c.Hello(SC, 0.1))
+    with pytest.raises(c.IllegalTransition, match="not a sweeper"):
+        m.handle(c.Swept(who, 6, 0.4))
+    assert m.phase is Phase.SWEEP and m.pending == {SW}
+    assert m.handle(c.Swept(SW, 6, 0.5)) == []
+    assert m.pending == set()
+
+
+@pytest.mark.parametrize("phase", [Phase.IDLE, Phase.MARK, Phase.SWEEP])
+def test_a_heartbeat_must_carry_its_own_roles_figures(phase):
+    m = _in_phase(phase)
+    for who, other in ((MU, Role.SCAVENGER), (MU, Role.SWEEPER), (SW, Role.MUTATOR)):
+        before = m.members[who].last_heard
+        with pytest.raises(c.IllegalTransition, match="figures"):
+            m.handle(c.Heard(who, 5.0, other))
+        assert m.members[who].last_heard == before  # not heard: nothing changed
+    assert m.handle(c.Heard(MU, 5.0, Role.MUTATOR)) == []
+    assert m.handle(c.Heard(SW, 5.0)) == []  # a beat alone
+    assert m.members[MU].last_heard == m.members[SW].last_heard == 5.0
+
+
+def test_the_machine_knows_who_said_hello_through_a_kill_until_the_death():
+    """Membership is the machine's (the supervisor holds processes and identities only): a
+    slot is greeted from its hello until its death, through being killed for silence."""
+    m = _machine()
+    m.handle(c.Started(MU, 0.0))
+    assert m.greeted() == frozenset()
+    m.handle(c.Hello(MU, 0.1))
+    assert m.greeted() == {MU}
+    m.handle(c.Started(SW, 0.1))
+    kills = [a for a in m.handle(c.Tick(0.1 + 10 * DEAD_AFTER + 60)) if isinstance(a, c.Kill)]
+    assert {k.slot for k in kills} == {MU, SW}  # silent: one up, one never started
+    assert m.members[MU].state is c.MemberState.KILLING and m.greeted() == {MU}
+    m.handle(c.Died(MU))
+    assert m.greeted() == frozenset()

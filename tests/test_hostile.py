@@ -49,7 +49,7 @@ def test_pathological_frames_on_both_sockets_are_refused_and_counted():
         w.send(b'{"v":1,"type":"hello","role":"mutator","id":0,"pid":%d}' % os.getpid())
         w.send(b'{"v":1,"type":"swept","cycle":1,"stats":{}}')  # never said hello
         for _ in range(20_000):
-            w.send(b'{"v":1,"type":"heartbeat","stats":{}}')
+            w.send(b'{"v":1,"type":"heartbeat","stats":{"role":"sweeper"}}')
         # and clients flooding the control socket from several threads
         errors: list[str] = []
 

@@ -6,6 +6,7 @@ import tempfile
 
 import zmq
 
+from sweeperd.roles import Role
 from sweeperd.wire import protocol
 from sweeperd.wire.link import Link
 
@@ -16,7 +17,7 @@ def test_a_dying_worker_sends_its_traceback():
         router = ctx.socket(zmq.ROUTER)
         router.setsockopt(zmq.LINGER, 0)
         router.bind(f"ipc://{d}/w.sock")
-        link = Link(f"ipc://{d}/w.sock", "sweeper", 3)
+        link = Link(f"ipc://{d}/w.sock", Role.SWEEPER, 3)
         try:
             try:
                 raise ValueError("the sweeper's own bug")
@@ -26,8 +27,9 @@ def test_a_dying_worker_sends_its_traceback():
             while router.poll(2000) and len(msgs) < 2:
                 _ident, frame = router.recv_multipart()
                 msgs.append(protocol.decode(frame, protocol.FROM_WORKER))
-            assert [m.type for m in msgs] == ["hello", "crashed"]
-            tb = msgs[1]["traceback"]
+            assert [type(m) for m in msgs] == [protocol.HelloMsg, protocol.CrashedMsg]
+            assert (msgs[0].role, msgs[0].id) == (Role.SWEEPER, 3)
+            tb = msgs[1].traceback
             assert "ValueError: the sweeper's own bug" in tb and "Traceback" in tb
         finally:
             link.close()

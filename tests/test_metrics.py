@@ -14,6 +14,7 @@ from sweeperd.daemon.metrics import Kernel, SnapshotCollector
 from sweeperd.daemon.snapshot import Sample, Snapshot, WorkerView
 from sweeperd.daemon.totals import Totals
 from sweeperd.runtime.heapstats import HeapStats, ReleaseTally, Tallies
+from sweeperd.wire.protocol import MutatorStats
 
 from .daemon import Daemon
 
@@ -129,8 +130,7 @@ def test_refill_histogram_and_scenario_series():
 
     counts = [0] * (len(ALLOC_BUCKETS) + 1)
     counts[0], counts[3], counts[len(ALLOC_BUCKETS)] = 5, 2, 1  # one above every bound
-    mutator = {f"refill_le_{i}": float(c) for i, c in enumerate(counts)}
-    mutator.update(refills=8.0, refill_seconds=2.5)
+    mutator = MutatorStats(refill_buckets=tuple(counts), refills=8, refill_seconds=2.5)
     snap = _snapshot(mutator=mutator, scenario={
         "name": "steady", "elapsed_s": 3.5, "seconds": 30.0, "phase": 1, "phase_name": "hold",
         "target_live_bytes": 7 << 20, "start_s": 1.25})
@@ -153,3 +153,67 @@ def test_refill_histogram_and_scenario_series():
         lambda: _snapshot(), lambda: Sample(time.monotonic(), []),
         Kernel(lambda: 123, lambda: 45, lambda: 6, lambda: hs)).collect()}
     assert "sweeperd_scenario_info" not in plain
+
+
+# Every family a scrape serves, with a scenario and every policy figure present: the names
+# the README's table and the dashboards use (taken from a scrape before the stats were typed).
+_NAMES = """
+sweeperd_gc_cycles_total sweeperd_sweep_spans_total sweeperd_sweep_pages_total
+sweeperd_sweep_objects_freed_total sweeperd_sweep_phase_seconds sweeperd_finalizers_run_total
+sweeperd_mutator_objects_allocated_total sweeperd_mutator_allocated_bytes_total
+sweeperd_mutator_alloc_seconds sweeperd_scenario_info sweeperd_scenario_elapsed_seconds
+sweeperd_scenario_start_seconds sweeperd_scenario_target_live_bytes
+sweeperd_memory_sample_age_seconds sweeperd_heap_objects_bytes sweeperd_heap_unused_bytes
+sweeperd_heap_free_bytes sweeperd_heap_goal_bytes sweeperd_heap_live_bytes
+sweeperd_heap_size_bytes sweeperd_heap_releasing_bytes sweeperd_heap_cached_bytes
+sweeperd_heap_released_bytes sweeperd_heap_fragmentation_bytes sweeperd_heap_backed_bytes
+sweeperd_heap_metadata_backed_bytes sweeperd_system_shmem_bytes
+sweeperd_process_resident_bytes sweeperd_process_pss_bytes
+sweeperd_scavenge_released_bytes_total sweeperd_scavenge_advised_bytes_total
+sweeperd_scavenge_retain_goal_bytes sweeperd_scavenge_cpu_seconds_total
+sweeperd_scavenge_cpu_fraction_target sweeperd_machine_cpus sweeperd_scavenge_policy_info
+sweeperd_scavenge_released_on_free_bytes_total
+sweeperd_scavenge_released_on_free_cpu_seconds_total sweeperd_heap_freed_bytes_total
+sweeperd_heap_commit_failures_total sweeperd_scavenge_policy_decay_npages_limit
+sweeperd_scavenge_policy_hugepage_kept_bytes
+sweeperd_scavenge_policy_purge_delay_expired_pages
+sweeperd_scavenge_policy_release_rate_counter_pages sweeperd_madvise_calls_total
+sweeperd_workers sweeperd_worker_deaths_total sweeperd_worker_memory_deaths_total
+sweeperd_control_errors_total sweeperd_control_requests_total sweeperd_internal_errors_total
+"""
+SCRAPE_NAMES = frozenset(_NAMES.split())
+
+
+def test_a_scrapes_metric_names_and_typed_figures_are_unchanged():
+    """The workers' typed stats reach the exposition under the names they always had: the
+    families, the policy figures as ``sweeperd_scavenge_policy_<name>``, the role labels."""
+    import re
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from sweeperd.daemon.events import Role, Slot
+    from sweeperd.wire.protocol import PolicyFigures, ScavengerStats
+
+    t = Totals()
+    t.mutator_report(Slot(Role.MUTATOR, 0), MutatorStats(refills=3, refill_seconds=0.5))
+    t.scavenger_report(ScavengerStats(vectored=True, policy=PolicyFigures(
+        decay_npages_limit=3.0, release_rate_counter_pages=4.0, purge_delay_expired_pages=5.0,
+        hugepage_kept_bytes=6.0)))
+    t.died(Slot(Role.SWEEPER, 1))
+    snap = _snapshot(**t.freeze(), scenario={
+        "name": "steady", "elapsed_s": 3.5, "seconds": 30.0, "phase": 1, "phase_name": "hold",
+        "target_live_bytes": 7 << 20, "start_s": 1.25})
+    hs = HeapStats(64 << 20, 8 << 20, 5 << 20, 3 << 20, 1 << 20, 2 << 20, 10, 1 << 20)
+    procs = [{"role": Role.SWEEPER, "id": 0, "pid": 2, "rss_bytes": 5, "pss_bytes": 4}]
+    reg = CollectorRegistry()
+    reg.register(SnapshotCollector(lambda: snap, lambda: Sample(time.monotonic(), procs),
+                                   Kernel(lambda: 123, lambda: 45, lambda: 6, lambda: hs)))
+    body = generate_latest(reg).decode()
+    assert set(re.findall(r"^# TYPE (\S+) ", body, flags=re.M)) == SCRAPE_NAMES
+    for line in ("sweeperd_scavenge_policy_hugepage_kept_bytes 6.0",
+                 "sweeperd_mutator_alloc_seconds_count 3.0",
+                 "sweeperd_mutator_alloc_seconds_sum 0.5",
+                 'sweeperd_worker_deaths_total{role="sweeper"} 1.0',
+                 'sweeperd_workers{role="scavenger",state="alive"} 0.0',
+                 'sweeperd_process_pss_bytes{id="0",role="sweeper"} 4.0'):
+        assert line in body.splitlines(), line

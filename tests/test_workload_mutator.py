@@ -167,6 +167,9 @@ def test_refills_are_timed_into_the_histogram(heap):
     assert len(s.refill_buckets) == len(ALLOC_BUCKETS) + 1
     d = s.as_dict()
     assert d["refills"] == s.refills and d["refill_le_0"] == s.refill_buckets[0]
-    from sweeperd.wire.protocol import MAX_STATS
+    from sweeperd.wire import protocol
+    from workers.mutator import _wire
 
-    assert len(d) <= MAX_STATS  # it still fits a heartbeat frame
+    wire = _wire(m)  # what its heartbeat carries: within the protocol's bounds
+    assert wire.refills == s.refills and list(wire.refill_buckets) == s.refill_buckets
+    assert protocol.decode(protocol.encode(protocol.HeartbeatMsg(stats=wire))).stats == wire

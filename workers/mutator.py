@@ -12,12 +12,21 @@ from typing import Any
 
 import numpy as np
 
+from sweeperd.roles import Role
 from sweeperd.runtime import owners
 from sweeperd.runtime.heap import Heap, HeapHandle
 from sweeperd.runtime.scavenge import ReleaseOnFree
 from sweeperd.sys.tuning import prepare_worker_memory, release_free_heap
 from sweeperd.wire.beat import Beat
 from sweeperd.wire.link import Link
+from sweeperd.wire.protocol import (
+    HeartbeatMsg,
+    MarkedMsg,
+    MarkMsg,
+    MutatorStats,
+    ResumeMsg,
+    StopMsg,
+)
 from sweeperd.workload.mutator import Mutator, Workload
 from sweeperd.workload.scenario import Schedule, parse
 
@@ -31,7 +40,7 @@ def main(handle: dict[str, Any], me: int, endpoint: str, mcfg: dict[str, Any],
     prepare_worker_memory()
     cfg = Workload.from_dict(mcfg)
     heap = Heap.attach(HeapHandle.from_dict(handle))
-    link = Link(endpoint, "mutator", me)
+    link = Link(endpoint, Role.MUTATOR, me)
     heap.me = owners.mutator(me)  # its row of the heap's running counters
     if release_on_free:  # the eager policy: its on-demand sweeps release what they free
         ReleaseOnFree.install(heap)
@@ -47,23 +56,24 @@ def main(handle: dict[str, Any], me: int, endpoint: str, mcfg: dict[str, Any],
         while not link.orphaned():
             msg = link.recv(heartbeat_ms if paused else 0)
             if msg is not None:
-                if msg.type == "stop":
-                    break
-                if msg.type == "mark":
-                    t0 = time.perf_counter()
-                    m.flush()
-                    m.mark(msg["cycle"], time.monotonic())
-                    m.stats.mark_seconds += time.perf_counter() - t0
-                    link.send("marked", cycle=msg["cycle"], stats=_wire(m),
-                              marked_bytes=m.stats.marked_bytes)
-                    paused = True
-                    release_free_heap()  # the mark's temporaries and the dead's records
-                elif msg.type == "resume":
-                    m.sweep_pages_per_byte = float(msg["sweep_pages_per_byte"])
-                    if msg.fields.get("scenario_t0") is not None:
-                        m.t0 = float(msg["scenario_t0"])
-                    m.sweep_debt = 0.0
-                    paused = False
+                match msg:
+                    case StopMsg():
+                        break
+                    case MarkMsg(cycle=cycle):
+                        t0 = time.perf_counter()
+                        m.flush()
+                        m.mark(cycle, time.monotonic())
+                        m.stats.mark_seconds += time.perf_counter() - t0
+                        link.send(MarkedMsg(cycle=cycle, stats=_wire(m),
+                                            marked_bytes=m.stats.marked_bytes))
+                        paused = True
+                        release_free_heap()  # the mark's temporaries and the dead's records
+                    case ResumeMsg(sweep_pages_per_byte=rate, scenario_t0=t0):
+                        m.sweep_pages_per_byte = rate
+                        if t0 is not None:
+                            m.t0 = t0
+                        m.sweep_debt = 0.0
+                        paused = False
             if not paused and m.schedule is not None:
                 n = m.step_scheduled(time.monotonic())
                 m.stats.objects_allocated += n
@@ -81,7 +91,7 @@ def main(handle: dict[str, Any], me: int, endpoint: str, mcfg: dict[str, Any],
                         time.sleep(min(ahead, heartbeat_ms / 1000))
             now = time.monotonic()
             if now - last_hb >= heartbeat_ms / 1000:
-                link.send("heartbeat", stats=_wire(m))
+                link.send(HeartbeatMsg(stats=_wire(m)))
                 last_hb = now
     except BaseException:
         link.crashed()
@@ -92,11 +102,16 @@ def main(handle: dict[str, Any], me: int, endpoint: str, mcfg: dict[str, Any],
         heap.close()
 
 
-# figures the heap's tallies carry (written to its row as the work is done, kept if it dies)
-TALLIED = frozenset({"objects_allocated", "bytes_allocated", "spans_swept", "pages_swept",
-                     "objects_freed", "finalizers_run"})
-
-
-def _wire(m: Mutator) -> dict[str, float]:
-    """Its figures the tallies do not carry: timings, waits, checks, the refill histogram."""
-    return {k: v for k, v in m.stats.as_dict().items() if k not in TALLIED}
+def _wire(m: Mutator) -> MutatorStats:
+    """Its figures the tallies do not carry (what it allocated, swept, freed and finalized is
+    written to its row of the heap's tallies as the work is done, kept if it dies): timings,
+    waits, checks, the refill histogram."""
+    s = m.stats
+    return MutatorStats(
+        alloc_seconds=float(s.alloc_seconds), oom_waits=int(s.oom_waits),
+        payload_errors=int(s.payload_errors), lost_objects=int(s.lost_objects),
+        objects_checked=int(s.objects_checked), live_objects=int(s.live_objects),
+        finalizers_set=int(s.finalizers_set), marks=int(s.marks),
+        marked_bytes=int(s.marked_bytes), mark_seconds=float(s.mark_seconds),
+        refills=int(s.refills), refill_seconds=float(s.refill_seconds),
+        refill_buckets=tuple(int(c) for c in s.refill_buckets))

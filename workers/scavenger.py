@@ -14,12 +14,20 @@ from typing import Any
 from sweeperd.pacing import policies
 from sweeperd.pacing.bgscavenge import Scavenger
 from sweeperd.pacing.scavpace import Pacer
+from sweeperd.roles import Role
 from sweeperd.runtime import owners
 from sweeperd.runtime.heap import T_CPU_NS, Heap, HeapHandle
 from sweeperd.sys.sysmem import SysMem, calibrate_vectored
 from sweeperd.sys.tuning import prepare_worker_memory
 from sweeperd.wire.beat import Beat
 from sweeperd.wire.link import Link
+from sweeperd.wire.protocol import (
+    HeartbeatMsg,
+    PolicyFigures,
+    ReleaseAllMsg,
+    ScavengerStats,
+    StopMsg,
+)
 
 
 def main(handle: dict[str, Any], endpoint: str, fraction: float, ncpu: int,
@@ -39,7 +47,7 @@ def main(handle: dict[str, Any], endpoint: str, fraction: float, ncpu: int,
                 vectored=use_vectored)
     sc = Scavenger(heap, sm, Pacer(fraction=fraction, ncpu=ncpu),
                    policy=policies.make(policy, params))
-    link = Link(endpoint, "scavenger", 0)
+    link = Link(endpoint, Role.SCAVENGER, 0)
     heap.me = owners.SCAVENGER  # its row of the heap's running counters
     beat = Beat(heap, owners.SCAVENGER, heartbeat_ms / 1000).start()
     cpu0 = time.process_time_ns()
@@ -56,16 +64,18 @@ def main(handle: dict[str, Any], endpoint: str, fraction: float, ncpu: int,
             if pages and sc.policy.paced:
                 sc.pacer.observe(worked, time.perf_counter() - t)
             if msg is not None:
-                if msg.type == "stop":
-                    break
-                if msg.type == "release_all":
-                    sc.release_all()
+                match msg:
+                    case StopMsg():
+                        break
+                    case ReleaseAllMsg():
+                        sc.release_all()
             now = time.monotonic()
             if msg is not None or now - last_hb >= heartbeat_ms / 1000:
                 # what it released is in its row of the heap's tallies: only gauges here
-                link.send("heartbeat", stats={
-                    "sleep_ratio": sc.pacer.sleep_ratio, "vectored": int(use_vectored),
-                    **{f"policy_{k}": v for k, v in sc.policy.figures().items()}})
+                link.send(HeartbeatMsg(stats=ScavengerStats(
+                    sleep_ratio=float(sc.pacer.sleep_ratio), vectored=use_vectored,
+                    policy=PolicyFigures(**{k: float(v) for k, v in
+                                            sc.policy.figures().items()}))))
                 last_hb = now
     except BaseException:
         link.crashed()

@@ -11,6 +11,7 @@ import signal
 import time
 from typing import Any
 
+from sweeperd.roles import Role
 from sweeperd.runtime import owners
 from sweeperd.runtime.bgsweep import sweep_until_done
 from sweeperd.runtime.heap import H_BENCH_GO, H_BENCH_READY, Heap, HeapHandle
@@ -18,6 +19,7 @@ from sweeperd.runtime.scavenge import ReleaseOnFree
 from sweeperd.sys.tuning import prepare_worker_memory, release_free_heap
 from sweeperd.wire.beat import Beat
 from sweeperd.wire.link import Link
+from sweeperd.wire.protocol import HeartbeatMsg, StopMsg, SweeperStats, SweepMsg, SweptMsg
 
 
 def bench_main(handle: dict[str, Any], me: int, results: Any, rounds: int,
@@ -53,7 +55,7 @@ def main(handle: dict[str, Any], me: int, endpoint: str, chunk_pages: int,
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator drains us with "stop"
     prepare_worker_memory()
     heap = Heap.attach(HeapHandle.from_dict(handle))
-    link = Link(endpoint, "sweeper", me)
+    link = Link(endpoint, Role.SWEEPER, me)
     heap.me = owners.sweeper(me)  # its row of the heap's running counters
     if release_on_free:  # the eager policy: release what it frees, at once
         ReleaseOnFree.install(heap)
@@ -62,16 +64,17 @@ def main(handle: dict[str, Any], me: int, endpoint: str, chunk_pages: int,
         while not link.orphaned():
             msg = link.recv(heartbeat_ms)
             if msg is None:
-                link.send("heartbeat", stats={})
+                link.send(HeartbeatMsg(stats=SweeperStats()))
                 continue
-            if msg.type == "stop":
-                break
-            if msg.type == "sweep" and msg["cycle"] == heap.sweepgen:
-                t0 = time.perf_counter()
-                sweep_until_done(heap, me, chunk_pages)  # its work: tallied in its heap row
-                link.send("swept", cycle=msg["cycle"],
-                          stats={"seconds": time.perf_counter() - t0})
-                release_free_heap()  # idle until the next cycle: give back what it freed
+            match msg:
+                case StopMsg():
+                    break
+                case SweepMsg(cycle=cycle) if cycle == heap.sweepgen:
+                    t0 = time.perf_counter()
+                    sweep_until_done(heap, me, chunk_pages)  # its work: in its heap row
+                    link.send(SweptMsg(cycle=cycle,
+                                       stats=SweeperStats(seconds=time.perf_counter() - t0)))
+                    release_free_heap()  # idle until the next cycle: give back what it freed
     except BaseException:
         link.crashed()
         raise

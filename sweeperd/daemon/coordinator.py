@@ -10,10 +10,13 @@ worker's death is named by its cause, and deaths of memory (the OOM killer, as t
 ``oom_kill`` count tells, or SIGBUS) have their own limit in the cycle machine.  Its main loop,
 every 10 ms (or as soon as a frame arrives):
 
-1. reads worker frames and client requests and turns each into an event for the cycle machine
-   (cycle.py), or into a refusal counted in ``control_errors`` — a peer's frame that is
-   malformed, from an unknown identity, or untimely (the machine's ``IllegalTransition``)
-   changes nothing;
+1. reads worker frames and client requests, decoded into their message Structs
+   (``wire/protocol.py``; the handlers ``match`` on the classes), and turns each into an event
+   for the cycle machine (cycle.py), or into a refusal counted in ``control_errors`` — a
+   peer's frame that is malformed, from an unknown identity, or untimely or not its role's to
+   send (the machine's ``IllegalTransition``: the shell judges no legality itself) changes
+   nothing; a worker's typed stats are counted (totals.py) only once the machine accepted
+   the event they came with;
 2. reaps worker processes that have exited (the machine then orders recovery and a restart);
 3. feeds the machine a tick;
 4. carries out every action the machine returns (sending messages, measuring the heap and
@@ -55,7 +58,7 @@ import zmq
 from sweeperd.daemon import control
 from sweeperd.daemon import cycle as c
 from sweeperd.daemon.config import Config, ControlConfig
-from sweeperd.daemon.cycle import Role, Slot
+from sweeperd.daemon.cycle import Slot
 from sweeperd.daemon.gotrace import Tracer
 from sweeperd.daemon.heapwork import HeapWork, log
 from sweeperd.daemon.metrics import Kernel, Metrics
@@ -65,6 +68,7 @@ from sweeperd.daemon.totals import Totals
 from sweeperd.errors import Throw
 from sweeperd.pacing.policies import RELEASES_ON_FREE
 from sweeperd.pacing.scavpace import retain_goal
+from sweeperd.roles import Role
 from sweeperd.runtime import owners
 from sweeperd.runtime.heap import (
     H_COMMIT_LIMIT,
@@ -436,8 +440,8 @@ class Coordinator:
 
     def _heard_beats(self) -> None:
         """Workers busy in a long step still beat (wire/beat.py): they are heard."""
-        for slot in self.sup.bound():
-            t = last_beat_s(self.heap, owners.of(slot.role.value, slot.id))
+        for slot in self.machine.greeted():
+            t = last_beat_s(self.heap, owners.of(slot.role, slot.id))
             if t > self._beats_seen.get(slot, 0.0):
                 self._beats_seen[slot] = t
                 with contextlib.suppress(c.IllegalTransition):  # being killed: no news
@@ -488,7 +492,7 @@ class Coordinator:
                 continue
             m = self.machine.members.get(slot)
             heard = max(m.last_heard if m else 0.0,
-                        last_beat_s(self.heap, owners.of(slot.role.value, slot.id)))
+                        last_beat_s(self.heap, owners.of(slot.role, slot.id)))
             if now - heard > dead_after and p.proc.is_alive():
                 log(f"{slot} (pid {holder}) holds the heap lock and has been silent for "
                     f"{now - heard:.1f}s ({_proc_state(holder)}): killing it")
@@ -511,7 +515,7 @@ class Coordinator:
             msg = protocol.decode(frames[0], protocol.CLIENT_TYPES) if len(frames) == 1 else None
         except protocol.ProtocolError:
             msg = None
-        if msg is not None and msg.type in ("status", "ping"):
+        if isinstance(msg, protocol.StatusMsg | protocol.PingMsg):
             try:
                 out = self._answer(frames)
             except Exception:
@@ -520,7 +524,8 @@ class Coordinator:
         else:
             out = protocol.reply(False, error="busy: waiting for the heap lock; ask again",
                                  reason="busy")
-            self.totals.control_request(msg.type if msg is not None else "invalid", "busy")
+            self.totals.control_request(protocol.kind(msg) if msg is not None else "invalid",
+                                        "busy")
         self.csock.send(out)
 
     # --- the machine ---------------------------------------------------------------------------
@@ -573,24 +578,22 @@ class Coordinator:
         if isinstance(a, c.BeginSweep):
             t = time.monotonic()
             self.trace.marked(t, self.heap.objects_bytes(), self.machine.marked_bytes,
-                              self.totals.mutator.get("mark_seconds", 0.0))
+                              self.totals.mutator.mark_seconds)
             hw.begin_sweep(a)
             self.trace.mark_terminated(time.monotonic() - t)
         elif isinstance(a, c.SendMark):
             self.trace.triggered(time.monotonic(), self.heap.objects_bytes(),
                                  self.machine.goal_bytes, a.forced,
-                                 self.totals.mutator.get("mark_seconds", 0.0))
-            self._send(a.slots, "mark", cycle=a.cycle)
+                                 self.totals.mutator.mark_seconds)
+            self._send(a.slots, protocol.MarkMsg(cycle=a.cycle))
         elif isinstance(a, c.SendSweep):
-            self._send(a.slots, "sweep", cycle=a.cycle)
+            self._send(a.slots, protocol.SweepMsg(cycle=a.cycle))
         elif isinstance(a, c.SendResume):
-            extra = {}
-            if self.scenario is not None:  # its clock starts when the first mutator may run
-                if self.scenario_t0 is None:
-                    self.scenario_t0 = time.monotonic()
-                extra["scenario_t0"] = self.scenario_t0
-            self._send(a.slots, "resume", cycle=a.cycle,
-                       sweep_pages_per_byte=a.sweep_pages_per_byte, **extra)
+            if self.scenario is not None and self.scenario_t0 is None:  # its clock starts
+                self.scenario_t0 = time.monotonic()  # when the first mutator may run
+            self._send(a.slots, protocol.ResumeMsg(
+                cycle=a.cycle, sweep_pages_per_byte=a.sweep_pages_per_byte,
+                scenario_t0=None if self.scenario is None else self.scenario_t0))
         elif isinstance(a, c.SweepMissed):
             hw.sweep_missed()
         elif isinstance(a, c.EndCycle):
@@ -615,7 +618,7 @@ class Coordinator:
                 f"{self.cfg.scavenger.memory_limit_mib or 'none'}, heap {self.cfg.heap.size_mib}"
                 " MiB: lower the heap or the memory limit, or give the daemon more memory")
         elif isinstance(a, c.GiveUp):
-            role = a.role.value
+            role = a.role
             raise WorkersKeepDying(
                 f"{a.deaths} {role} deaths within {a.window_s:g}s (control.max_deaths); "
                 f"the last {role} traceback:\n"
@@ -624,8 +627,8 @@ class Coordinator:
 
     # --- messages ----------------------------------------------------------------------------
 
-    def _send(self, slots: tuple[Slot, ...], mtype: str, **f: Any) -> None:
-        frame = protocol.encode(mtype, **f)
+    def _send(self, slots: tuple[Slot, ...], msg: protocol.CoordinatorMsg) -> None:
+        frame = protocol.encode(msg)
         for s in slots:
             ident = self.sup.identity(s)
             if ident is not None:
@@ -642,9 +645,9 @@ class Coordinator:
             self.totals.control_error(e.reason)
             return
         now = time.monotonic()
-        if msg.type == "hello":
-            slot = Slot(Role(msg["role"]), msg["id"])
-            if not self.sup.bind(ident, slot, msg["pid"]):
+        if isinstance(msg, protocol.HelloMsg):
+            slot = Slot(msg.role, msg.id)
+            if not self.sup.bind(ident, slot, msg.pid):
                 self.totals.control_error("unknown_worker")
                 return
             self._peer(c.Hello(slot, now))
@@ -653,25 +656,29 @@ class Coordinator:
         if bound is None:
             self.totals.control_error("unknown_worker")
             return
-        role = bound.role
-        if msg.type == "swept" and role is Role.SWEEPER:
-            if self._peer(c.Swept(bound, msg["cycle"], now)):  # its work: in the tallies
-                self.trace.swept(float(msg["stats"].get("seconds", 0.0)))
-        elif msg.type == "marked" and role is Role.MUTATOR:
-            self.totals.mutator_report(bound, msg["stats"])
-            self._peer(c.Marked(bound, msg["cycle"], now, msg["marked_bytes"]))
-        elif msg.type == "crashed":
-            log(f"{bound} crashed:\n{msg['traceback'].rstrip()}")
-            self.totals.last_crash[role.value] = msg["traceback"]
-        elif msg.type == "heartbeat":
-            if role is Role.MUTATOR:
-                self.totals.mutator_report(bound, msg["stats"])
-            elif role is Role.SCAVENGER:
-                self.totals.scavenger_report(msg["stats"])
-                self._scavenge_pending = False  # it answers release_all with a heartbeat
-            self._peer(c.Heard(bound, now))
-        else:
-            self.totals.control_error("unexpected")
+        # whether it may say this now (its role, the phase, the cycle) is the machine's to
+        # judge; what it reports is counted only once the machine accepted the event
+        match msg:
+            case protocol.SweptMsg(cycle=cycle, stats=stats):
+                if self._peer(c.Swept(bound, cycle, now)):  # its work: in the tallies
+                    self.trace.swept(stats.seconds)
+            case protocol.MarkedMsg(cycle=cycle, stats=stats, marked_bytes=marked):
+                if self._peer(c.Marked(bound, cycle, now, marked)):
+                    self.totals.mutator_report(bound, stats)
+            case protocol.CrashedMsg(traceback=tb):
+                log(f"{bound} crashed:\n{tb.rstrip()}")
+                self.totals.last_crash[bound.role] = tb
+            case protocol.HeartbeatMsg(stats=stats):
+                if not self._peer(c.Heard(bound, now, protocol.stats_role(stats))):
+                    return
+                match stats:
+                    case protocol.MutatorStats():
+                        self.totals.mutator_report(bound, stats)
+                    case protocol.ScavengerStats():
+                        self.totals.scavenger_report(stats)
+                        self._scavenge_pending = False  # it answers release_all with one
+            case _:
+                self.totals.control_error("unexpected")
 
     def _on_client(self) -> None:
         """One request, exactly one reply (a REP socket wedges without it), whatever happens
@@ -701,7 +708,7 @@ class Coordinator:
             self.totals.control_error(e.reason)
             self.totals.control_request("invalid", "error")
             return protocol.error_reply(e)
-        self._serving = kind = msg.type
+        self._serving = kind = protocol.kind(msg)
         pending = frozenset((["gc"] if self.machine.force else [])
                             + (["scavenge"] if self._scavenge_pending else []))
         d = control.decide(kind, self.cfg.control.admin, pending)
@@ -709,19 +716,22 @@ class Coordinator:
             out = protocol.reply(False, error=d.error, reason="admin_disabled")
         elif d.outcome == "coalesced":  # the pending one does it: nothing more is started
             out = protocol.reply(True, coalesced=True, cycle=self.machine.cycles)
-        elif kind == "status":
-            out = protocol.reply(True, **self.status())
-        elif kind == "gc":
-            self._feed(c.GcRequested())
-            out = protocol.reply(True, cycle=self.machine.cycles, coalesced=False)
-        elif kind == "scavenge":
-            try:
-                out = protocol.reply(True, coalesced=False, **self._free_os_memory())
-            except LockTimeout as e:  # (a request never waits long: status would wait too)
-                out = protocol.reply(False, error=f"busy: {e}; ask again", reason="busy")
-                d = control.Decision("busy", False)
         else:
-            out = protocol.reply(True, pong=True)
+            match msg:
+                case protocol.StatusMsg():
+                    out = protocol.reply(True, **self.status())
+                case protocol.GcMsg():
+                    self._feed(c.GcRequested())
+                    out = protocol.reply(True, cycle=self.machine.cycles, coalesced=False)
+                case protocol.ScavengeMsg():
+                    try:
+                        out = protocol.reply(True, coalesced=False, **self._free_os_memory())
+                    except LockTimeout as e:  # (a request never waits long: status waits too)
+                        out = protocol.reply(False, error=f"busy: {e}; ask again",
+                                             reason="busy")
+                        d = control.Decision("busy", False)
+                case _:
+                    out = protocol.reply(True, pong=True)
         self.totals.control_request(kind, d.outcome)
         return out
 
@@ -744,7 +754,7 @@ class Coordinator:
         """Go's debug.FreeOSMemory: the scavenger does it, or we do it here and now."""
         slot = Slot(Role.SCAVENGER, 0)
         if self.sup.identity(slot) is not None:
-            self._send((slot,), "release_all")
+            self._send((slot,), protocol.ReleaseAllMsg())
             self._scavenge_pending = True
             return {"requested": True, "by": "scavenger"}
         with self.heap.lock.within(REQUEST_LOCK_WAIT_S):
@@ -860,7 +870,7 @@ class Coordinator:
             entry_point, cfg, self.heap.handle.to_dict(), f"ipc://{self.ipc_dir}/workers.sock",
             None if self.scenario is None else self.scenario.to_toml())
         if any(k.startswith("scavenger.") for k in applied):  # its parameters are its args:
-            self._send((Slot(Role.SCAVENGER, 0),), "stop")  # it stops, and is restarted
+            self._send((Slot(Role.SCAVENGER, 0),), protocol.StopMsg())  # it stops, and is restarted
         return applied, kept
 
     def close(self) -> None:
@@ -869,7 +879,7 @@ class Coordinator:
         with contextlib.suppress(c.IllegalTransition):  # (BROKEN: nothing is legal)
             self.machine.handle(c.Stopping())
         self.notify.stopping(f"draining after {self.machine.cycles} cycles")
-        self._send(tuple(self.sup.procs), "stop")
+        self._send(tuple(self.sup.procs), protocol.StopMsg())
         self.sup.stop_all(DRAIN_S)
         self.metrics.close()
         self.wsock.close()
@@ -891,7 +901,7 @@ class Coordinator:
             live_bytes=m.live_bytes,
             retain_goal_bytes=retain_goal(m.goal_bytes,
                                           self.cfg.scavenger.memory_limit_bytes()),
-            workers=self.sup.views(), **self.totals.freeze(),
+            workers=self.sup.views(self.machine.greeted()), **self.totals.freeze(),
             debug=MappingProxyType({**self.work.debug, "enabled": self.cfg.run.debug_checks}),
             cpu_fraction_target=self.cfg.scavenger.cpu_fraction,
             policy=self.cfg.scavenger.policy, policy_params=self._policy_params,

@@ -47,6 +47,12 @@ which on a loaded host takes seconds): it is killed only after ``start_after_s``
 ``dead_after_s`` — like systemd's start timeout beside its watchdog, so that a short
 ``dead_after_s`` cannot kill every start in a loop.
 
+**Membership** is the machine's: which slots exist (a member from ``Started`` to ``Died``),
+whether each is starting, up or being killed, whether its process has said hello, when it was
+last heard, and which are pending.  The supervisor (supervisor.py) owns only what a pure
+machine cannot hold: the processes themselves and the zmq identity each hello bound, to route
+frames; the shell asks the machine, never the supervisor, who is up.
+
 Invariants (checked after every event, :class:`CycleInvariantBroken` if one breaks): the
 pending set is empty in ``IDLE``, holds only up mutators in ``MARK`` and only up sweepers in
 ``SWEEP``; at most one measurement is outstanding, and only the one the phase asks for;
@@ -81,7 +87,6 @@ from sweeperd.daemon.events import (
     MeasureSweep,
     Recover,
     Restart,
-    Role,
     SendMark,
     SendResume,
     SendSweep,
@@ -94,6 +99,7 @@ from sweeperd.daemon.events import (
     Tick,
 )
 from sweeperd.pacing import gcpace
+from sweeperd.roles import Role
 
 __all__ = [
     "Action",
@@ -185,6 +191,7 @@ class Params:
 class Member:
     state: MemberState
     last_heard: float
+    greeted: bool = False  # its process said hello (UP, or KILLING after it had)
 
 
 @dataclass
@@ -246,6 +253,10 @@ class GCCycle:
         self.pending.clear()
         self.awaiting = None
 
+    def greeted(self) -> frozenset[Slot]:
+        """The members whose process has said hello (the status's ``alive`` workers)."""
+        return frozenset(s for s, m in self.members.items() if m.greeted)
+
     def up(self, role: Role) -> tuple[Slot, ...]:
         return tuple(sorted(s for s, m in self.members.items()
                             if s.role == role and m.state is MemberState.UP))
@@ -267,7 +278,7 @@ class GCCycle:
 
     def _on_hello(self, ev: Hello) -> list[Action]:
         m = self._member(ev.slot, MemberState.STARTING)
-        m.state, m.last_heard = MemberState.UP, self.now
+        m.state, m.last_heard, m.greeted = MemberState.UP, self.now, True
         if ev.slot.role is Role.SWEEPER and self.phase is Phase.SWEEP:
             self.pending.add(ev.slot)  # a replacement joins the running sweep
             return [SendSweep((ev.slot,), self.sweepgen)]
@@ -276,6 +287,8 @@ class GCCycle:
         return []
 
     def _on_heard(self, ev: Heard) -> list[Action]:
+        if ev.stats_of is not None and ev.stats_of is not ev.slot.role:
+            raise IllegalTransition(f"{ev.slot} sent a {ev.stats_of}'s figures")
         m = self._member(ev.slot, MemberState.UP, MemberState.KILLING)
         if m.state is MemberState.UP:  # (a frame in flight from one being killed: no news)
             m.last_heard = max(m.last_heard, ev.now)  # a beat may be older than now
@@ -392,6 +405,8 @@ class GCCycle:
         return self._supervise()
 
     def _on_marked(self, ev: Marked) -> list[Action]:
+        if ev.slot.role is not Role.MUTATOR:
+            raise IllegalTransition(f"{ev.slot} is not a mutator: it cannot mark")
         if ev.slot not in self.pending or ev.cycle != self.sweepgen + 2:
             raise IllegalTransition(f"{ev.slot} marked for cycle {ev.cycle} unasked")
         self.members[ev.slot].last_heard = self.now
@@ -434,6 +449,8 @@ class GCCycle:
         return out
 
     def _on_swept(self, ev: Swept) -> list[Action]:
+        if ev.slot.role is not Role.SWEEPER:
+            raise IllegalTransition(f"{ev.slot} is not a sweeper: it cannot report a sweep")
         if ev.slot not in self.pending or ev.cycle != self.sweepgen:
             raise IllegalTransition(f"{ev.slot} swept cycle {ev.cycle} unasked")
         self.members[ev.slot].last_heard = self.now

@@ -7,14 +7,11 @@ them.  An event's ``now`` is the shell's monotonic clock; the machine keeps no c
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import NamedTuple
 
+from sweeperd.roles import Role
 
-class Role(StrEnum):
-    SWEEPER = "sweeper"
-    MUTATOR = "mutator"
-    SCAVENGER = "scavenger"
+__all__ = ["Role"]  # (re-exported: the machine's vocabulary names it)
 
 
 class Slot(NamedTuple):
@@ -51,6 +48,7 @@ class Hello:
 class Heard:
     slot: Slot
     now: float
+    stats_of: Role | None = None  # whose figures its heartbeat carried (None: a beat alone)
 
 
 @dataclass(frozen=True)

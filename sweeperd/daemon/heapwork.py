@@ -119,7 +119,7 @@ class HeapWork:
         """What the dead worker held, finished; what this does is tallied in the
         coordinator's row of the heap's tallies (and a batch the dead one had counted, in
         its own)."""
-        rec = recovery.recover(self.heap, slot.role.value, slot.id, self.sysmem)
+        rec = recovery.recover(self.heap, slot.role, slot.id, self.sysmem)
         self._counters_dirty = True
         if self.heap.on_free is not None:  # eager: what the dead one freed but had not
             scavenge.scavenge(self.heap, self.sysmem, self.heap.npages)

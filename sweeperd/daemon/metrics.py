@@ -42,6 +42,7 @@ from prometheus_client.utils import floatToGoString
 
 from sweeperd.daemon import httpserve
 from sweeperd.daemon.snapshot import Sample, Snapshot
+from sweeperd.roles import Role
 from sweeperd.runtime.heapstats import HeapStats
 from sweeperd.workload.mutator import ALLOC_BUCKETS
 
@@ -54,7 +55,6 @@ POLICY_FIGURES = {
     "hugepage_kept_bytes": "hugepage-aware: free backed bytes kept in partly used huge pages.",
 }
 ADVICES = ("REMOVE", "REMOVE_vectored", "DONTNEED", "FREE", "NOHUGEPAGE", "HUGEPAGE")
-ROLES = ("sweeper", "mutator", "scavenger")
 
 
 @dataclass(frozen=True)
@@ -153,14 +153,14 @@ class SnapshotCollector(Collector):
                        s.tallies.alloc.objects)
         yield _counter("sweeperd_mutator_allocated_bytes", "Bytes allocated by mutators.",
                        s.tallies.alloc.bytes)
-        counts = [int(s.mutator.get(f"refill_le_{i}", 0)) for i in range(len(ALLOC_BUCKETS))]
+        counts = s.mutator.refill_buckets[:len(ALLOC_BUCKETS)]  # (the last: +Inf)
         cum = list(itertools.accumulate(counts))
         yield HistogramMetricFamily(
             "sweeperd_mutator_alloc_seconds", "Time of each mutator refill (an mcache miss: "
             "mcentral.cacheSpan with its on-demand sweeping, and the sweep credit it pays).",
             buckets=[(floatToGoString(b), c) for b, c in zip(ALLOC_BUCKETS, cum, strict=True)]
-            + [("+Inf", int(s.mutator.get("refills", 0)))],
-            sum_value=s.mutator.get("refill_seconds", 0.0))
+            + [("+Inf", s.mutator.refills)],
+            sum_value=s.mutator.refill_seconds)
         if s.scenario:
             sc = s.scenario
             info = GaugeMetricFamily("sweeperd_scenario_info", "The scenario the mutators "
@@ -222,8 +222,8 @@ class SnapshotCollector(Collector):
                                 "PSS of each process (shared pages divided fairly: sums "
                                 "correctly).", labels=["role", "id"])
         for p in sample.processes:
-            rss.add_metric([p["role"], str(p["id"])], p["rss_bytes"])
-            pss.add_metric([p["role"], str(p["id"])], p["pss_bytes"])
+            rss.add_metric([str(p["role"]), str(p["id"])], p["rss_bytes"])
+            pss.add_metric([str(p["role"]), str(p["id"])], p["pss_bytes"])
         yield rss
         yield pss
 
@@ -276,21 +276,21 @@ class SnapshotCollector(Collector):
     def _workers(self, s: Snapshot) -> Iterator[Metric]:
         workers = GaugeMetricFamily("sweeperd_workers", "Worker processes by role and state.",
                                     labels=["role", "state"])
-        for role in ROLES:
-            workers.add_metric([role, "alive"], s.alive(role))
-            workers.add_metric([role, "starting"], s.starting(role))
+        for role in Role:
+            workers.add_metric([str(role), "alive"], s.alive(role))
+            workers.add_metric([str(role), "starting"], s.starting(role))
         yield workers
         deaths = CounterMetricFamily("sweeperd_worker_deaths", "Worker processes that died.",
                                      labels=["role"])
         for role, n in s.deaths.items():
-            deaths.add_metric([role], n)
+            deaths.add_metric([str(role)], n)
         yield deaths
         mem = CounterMetricFamily("sweeperd_worker_memory_deaths", "Worker processes that died "
                                   "of memory: killed by the OOM killer (the memory cgroup's "
                                   "oom_kill count rose) or by SIGBUS; counted in "
                                   "sweeperd_worker_deaths too.", labels=["role"])
         for role, n in s.memory_deaths.items():
-            mem.add_metric([role], n)
+            mem.add_metric([str(role)], n)
         yield mem
         errs = CounterMetricFamily("sweeperd_control_errors",
                                    "Malformed or refused control-plane messages.",

@@ -21,16 +21,18 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from sweeperd.daemon.totals import POLICY_FIGURE, Histogram
+from sweeperd.daemon.totals import Histogram
+from sweeperd.roles import Role
 from sweeperd.runtime.heap import Heap
 from sweeperd.runtime.heapstats import HeapStats, SweepTally, Tallies
 from sweeperd.runtime.sizeclasses import PAGE_SIZE
 from sweeperd.sys.procmem import meminfo, process_memory
+from sweeperd.wire.protocol import MutatorStats, ScavengerStats
 
 
 @dataclass(frozen=True)
 class WorkerView:
-    role: str
+    role: Role
     id: int
     pid: int
     state: str  # "starting" until its hello, then "alive"
@@ -57,9 +59,9 @@ class Snapshot:
     live_bytes: int  # marked live by the last completed mark
     retain_goal_bytes: int
     workers: tuple[WorkerView, ...]
-    mutator: Mapping[str, float]  # a mutator's wire figures (timings, waits, checks)
-    scavenger: Mapping[str, float]  # the scavenger's gauges
-    deaths: Mapping[str, int]
+    mutator: MutatorStats  # the mutators' wire figures, summed (timings, waits, checks)
+    scavenger: ScavengerStats  # the scavenger's gauges, as last reported
+    deaths: Mapping[Role, int]
     control_errors: Mapping[str, int]
     internal_errors: Mapping[str, int]
     finalizers_run: int  # by the coordinator (the sweeps' own are in tallies)
@@ -74,15 +76,15 @@ class Snapshot:
     ipc_dir: str
     metrics_addr: str
     scenario: Mapping[str, Any]  # name, elapsed_s, phase, phase_name, target_live_bytes; {} if none
-    memory_deaths: Mapping[str, int] = field(default_factory=dict)  # by role: OOM killer, SIGBUS
+    memory_deaths: Mapping[Role, int] = field(default_factory=dict)  # by role: OOM killer, SIGBUS
     # client requests by type, then outcome (sweeperd_control_requests_total)
     control_requests: Mapping[str, Mapping[str, int]] = field(
         default_factory=lambda: MappingProxyType({}))
 
-    def alive(self, role: str) -> int:
+    def alive(self, role: Role) -> int:
         return sum(1 for w in self.workers if w.role == role and w.state == "alive")
 
-    def starting(self, role: str) -> int:
+    def starting(self, role: Role) -> int:
         return sum(1 for w in self.workers if w.role == role and w.state == "starting")
 
     def pids(self) -> list[tuple[str, int, int]]:
@@ -124,10 +126,9 @@ class Snapshot:
             "released_on_free_cpu_seconds_total": on_free.cpu_ns / 1e9,
             "cpu_seconds_total": sc.cpu_ns / 1e9,
             "madvise_calls_total": calls,
-            "vectored": bool(self.scavenger.get("vectored", 0)),
+            "vectored": self.scavenger.vectored,
             "retain_goal_bytes": self.retain_goal_bytes,
-            "policy_figures": {k[len(POLICY_FIGURE):]: v for k, v in self.scavenger.items()
-                               if k.startswith(POLICY_FIGURE)},
+            "policy_figures": dict(self.scavenger.policy.items()),
         }
 
 
@@ -169,7 +170,7 @@ def status_json(snap: Snapshot, hs: HeapStats, memory: dict[str, Any],
     """The ``status`` reply: the snapshot, the heap's classes and the kernel's view now."""
     mt = snap.mutator
     alloc = snap.tallies.alloc
-    alloc_s = mt.get("alloc_seconds", 0)
+    alloc_s = mt.alloc_seconds
     return {
         "cycle": snap.cycle,
         "sweepgen": snap.sweepgen,
@@ -192,11 +193,11 @@ def status_json(snap: Snapshot, hs: HeapStats, memory: dict[str, Any],
             "objects_allocated": alloc.objects,
             "bytes_allocated": alloc.bytes,
             "objects_per_s_per_mutator": alloc.objects / alloc_s if alloc_s else 0.0,
-            "mutators": max(1, sum(1 for w in snap.workers if w.role == "mutator")),
-            "oom_waits": int(mt.get("oom_waits", 0)),
-            "lost_objects": int(mt.get("lost_objects", 0)),
-            "payload_errors": int(mt.get("payload_errors", 0)),
-            "objects_checked": int(mt.get("objects_checked", 0)),
+            "mutators": max(1, sum(1 for w in snap.workers if w.role is Role.MUTATOR)),
+            "oom_waits": mt.oom_waits,
+            "lost_objects": mt.lost_objects,
+            "payload_errors": mt.payload_errors,
+            "objects_checked": mt.objects_checked,
         },
         "finalizers_run": snap.finalizers_total(),
         "scavenger": snap.scavenger_status(),

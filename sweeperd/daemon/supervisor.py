@@ -10,12 +10,17 @@ the process started for it, and only once: a frame naming someone else, or a sec
 cannot take a slot over.  A process is **reaped** (joined) before its slot is reported dead,
 so recovery never runs while any of it still runs.
 
+What it does not hold is membership: which slots exist, which are up, starting or being
+killed, which have said hello, and who is pending are the cycle machine's (cycle.py); the
+supervisor holds the processes and the identities that route frames, and :meth:`views` takes
+who has said hello from the machine.
+
 One owner: the coordinator's main loop.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,10 +72,6 @@ class Supervisor:
         p = self.procs.get(slot)
         return None if p is None else p.identity
 
-    def bound(self) -> list[Slot]:
-        """Slots whose process has said hello."""
-        return [s for s, p in self.procs.items() if p.identity is not None]
-
     def kill(self, slot: Slot) -> None:
         p = self.procs.get(slot)
         if p is not None and p.proc.is_alive():
@@ -95,9 +96,10 @@ class Supervisor:
     def alive(self) -> int:
         return sum(1 for p in self.procs.values() if p.proc.is_alive())
 
-    def views(self) -> tuple[WorkerView, ...]:
-        return tuple(WorkerView(s.role.value, s.id, p.pid,
-                                "alive" if p.identity is not None else "starting")
+    def views(self, greeted: Collection[Slot]) -> tuple[WorkerView, ...]:
+        """Every process, ``alive`` if its slot is in ``greeted`` (the machine's: it said
+        hello), else ``starting``."""
+        return tuple(WorkerView(s.role, s.id, p.pid, "alive" if s in greeted else "starting")
                      for s, p in sorted(self.procs.items()))
 
     def stop_all(self, timeout: float) -> None:

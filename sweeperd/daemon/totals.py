@@ -6,11 +6,15 @@ What workers *do to the heap* (pages released, spans swept, objects freed and al
 not here: it is tallied in shared memory as the work is done (the heap's ``tallies``, one row
 per claimer, kept when a process dies) and read as one typed
 :class:`~sweeperd.runtime.heapstats.Tallies` at every publish, so a death loses none of it.
-What remains here travels on the wire: a mutator's timings, waits and checks and its refill
-histogram (its heartbeat carries its totals since it started: :class:`Totals` adds the
-difference from the same worker's previous report, and forgets a worker's baseline when it
-dies, its replacement starting from zero), the scavenger's gauges (reported as they are), and
-what the coordinator counts itself (deaths, errors, sweep phases, finalizers it ran).
+What remains here travels on the wire, typed as it was sent (``wire/protocol.py``): a
+mutator's :class:`~sweeperd.wire.protocol.MutatorStats` — timings, waits and checks and its
+refill histogram; its heartbeat carries its totals since it started: :class:`Totals` adds the
+difference from the same worker's previous report into one running ``MutatorStats`` (its
+gauge ``live_objects`` is not summed and stays 0), and forgets a worker's baseline when it
+dies, its replacement starting from zero — the scavenger's
+:class:`~sweeperd.wire.protocol.ScavengerStats` (gauges, kept as last reported), and what the
+coordinator counts itself (deaths, errors, sweep phases, finalizers it ran).  The snapshot
+and the metrics read the same Structs' fields: a figure is never renamed on its way.
 
 One owner: the coordinator's main loop.  Other threads see only :meth:`Totals.freeze`'s
 immutable copy, inside the published snapshot.
@@ -23,10 +27,13 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from sweeperd.daemon.cycle import Role, Slot
+import msgspec
+
+from sweeperd.daemon.events import Slot
+from sweeperd.roles import Role
+from sweeperd.wire.protocol import MutatorStats, ScavengerStats
 
 SWEEP_PHASE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
-POLICY_FIGURE = "policy_"  # a scavenger stat so prefixed is its policy's gauge
 
 
 @dataclass(frozen=True)
@@ -39,38 +46,47 @@ class Histogram:
     sum: float
 
 
+_ZERO = MutatorStats()
+# a mutator's figures that add up across reports and mutators (not the gauge live_objects;
+# the histogram is summed bucket by bucket)
+_SUMMED = tuple(k for k in MutatorStats.__struct_fields__
+                if k not in ("live_objects", "refill_buckets"))
+
+
 @dataclass
 class Totals:
-    mutator: dict[str, float] = field(default_factory=dict)
-    scavenger: dict[str, float] = field(default_factory=dict)  # its gauges, as reported
-    deaths: dict[str, int] = field(default_factory=lambda: {r.value: 0 for r in Role})
+    mutator: MutatorStats = field(default_factory=MutatorStats)  # every mutator's, summed
+    scavenger: ScavengerStats = field(default_factory=ScavengerStats)  # as last reported
+    deaths: dict[Role, int] = field(default_factory=lambda: {r: 0 for r in Role})
     # ... of which of memory: the OOM killer (the cgroup's oom_kill rose) or SIGBUS
-    memory_deaths: dict[str, int] = field(default_factory=lambda: {r.value: 0 for r in Role})
+    memory_deaths: dict[Role, int] = field(default_factory=lambda: {r: 0 for r in Role})
     control_errors: dict[str, int] = field(default_factory=dict)
     internal_errors: dict[str, int] = field(default_factory=dict)
     control_requests: dict[str, dict[str, int]] = field(default_factory=dict)  # type, outcome
-    last_crash: dict[str, str] = field(default_factory=dict)  # role -> a worker's traceback
+    last_crash: dict[Role, str] = field(default_factory=dict)  # role -> a worker's traceback
     finalizers_run: int = 0  # run by the coordinator at the end of each cycle
     sweep_phase: list[int] = field(default_factory=lambda: [0] * len(SWEEP_PHASE_BUCKETS))
     sweep_phase_n: int = 0
     sweep_phase_sum: float = 0.0
-    _last: dict[Slot, dict[str, float]] = field(default_factory=dict)
+    _last: dict[Slot, MutatorStats] = field(default_factory=dict)
 
-    def mutator_report(self, slot: Slot, stats: dict[str, float]) -> None:
+    def mutator_report(self, slot: Slot, stats: MutatorStats) -> None:
         """A mutator's cumulative figures (heartbeat or ``marked``)."""
-        prev = self._last.get(slot, {})
-        for k, v in stats.items():
-            if k != "live_objects":
-                self.mutator[k] = self.mutator.get(k, 0) + v - prev.get(k, 0)
-        self._last[slot] = dict(stats)
+        prev = self._last.get(slot, _ZERO)
+        t = self.mutator
+        self.mutator = msgspec.structs.replace(t, **{
+            k: getattr(t, k) + getattr(stats, k) - getattr(prev, k) for k in _SUMMED},
+            refill_buckets=tuple(a + b - c for a, b, c in zip(
+                t.refill_buckets, stats.refill_buckets, prev.refill_buckets, strict=True)))
+        self._last[slot] = stats
 
-    def scavenger_report(self, stats: dict[str, float]) -> None:
+    def scavenger_report(self, stats: ScavengerStats) -> None:
         """The scavenger's gauges (sleep ratio, vectored, its policy's figures)."""
-        self.scavenger.update(stats)
+        self.scavenger = stats
 
     def died(self, slot: Slot, memory: bool = False) -> None:
-        self.deaths[slot.role.value] += 1
-        self.memory_deaths[slot.role.value] += memory
+        self.deaths[slot.role] += 1
+        self.memory_deaths[slot.role] += memory
         self._last.pop(slot, None)  # its replacement reports from zero
 
     def control_error(self, reason: str) -> None:
@@ -96,8 +112,8 @@ class Totals:
     def freeze(self) -> dict[str, Any]:
         """Immutable copies of every counter, for the snapshot."""
         return {
-            "mutator": MappingProxyType(dict(self.mutator)),
-            "scavenger": MappingProxyType(dict(self.scavenger)),
+            "mutator": self.mutator,  # (frozen Structs)
+            "scavenger": self.scavenger,
             "deaths": MappingProxyType(dict(self.deaths)),
             "memory_deaths": MappingProxyType(dict(self.memory_deaths)),
             "control_errors": MappingProxyType(dict(self.control_errors)),

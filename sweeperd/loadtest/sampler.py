@@ -44,12 +44,13 @@ from typing import Any
 import zmq
 from prometheus_client.parser import text_string_to_metric_families
 
+from sweeperd.roles import Role
 from sweeperd.wire import protocol
 from sweeperd.workload.mutator import ALLOC_BUCKETS
 
 SAMPLE_S = 0.25
 ERROR_FLOOR_BYTES = 32 << 20
-ROLES = ("coordinator", "mutator", "sweeper", "scavenger")
+ROLES = ("coordinator", Role.MUTATOR, Role.SWEEPER, Role.SCAVENGER)  # (the CSV's order)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 ARENA = "memfd:sweeperd-arena"
 
@@ -195,7 +196,7 @@ class Sampler:
     def _refresh_roles(self, now: float) -> None:
         """pid -> role from ``status``: at every sample until the scavenger is known (the
         workers are still starting), then once a second (replacements)."""
-        if "scavenger" in self.roles.values() and now - self._roles_at < 1.0:
+        if Role.SCAVENGER in self.roles.values() and now - self._roles_at < 1.0:
             return
         self._roles_at = now
         st = self._status()

@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from sweeperd.roles import Role
 from sweeperd.workload.mutator import ALLOC_BUCKETS
 from sweeperd.workload.scenario import Scenario
 
@@ -75,7 +76,7 @@ def seconds_to_goal(ts: list[float], backed: list[float], goals: list[float],
 
 
 def summarize(sc: Scenario, policy: str, rows: list[dict[str, float]], ok: bool,
-              scavenger_role: str = "scavenger") -> dict[str, Any]:
+              scavenger_role: str = Role.SCAVENGER) -> dict[str, Any]:
     """One entry of ``runs``."""
     out: dict[str, Any] = {"scenario": sc.name, "policy": policy, "ok": ok}
     if not rows:

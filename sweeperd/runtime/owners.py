@@ -26,6 +26,8 @@ limits on ``sweep.sweepers`` and ``mutators.count`` are these constants.
 
 from __future__ import annotations
 
+from sweeperd.roles import Role
+
 MAX_SWEEPERS = 32
 MAX_MUTATORS = 32
 MUTATOR_BASE = MAX_SWEEPERS
@@ -50,13 +52,13 @@ def mutator(j: int) -> int:
     return MUTATOR_BASE + j
 
 
-def of(role: str, wid: int) -> int:
+def of(role: Role, wid: int) -> int:
     """The claimer id of worker slot (``role``, ``wid``)."""
-    if role == "sweeper":
+    if role is Role.SWEEPER:
         return sweeper(wid)
-    if role == "mutator":
+    if role is Role.MUTATOR:
         return mutator(wid)
-    if role == "scavenger" and wid == 0:
+    if role is Role.SCAVENGER and wid == 0:
         return SCAVENGER
     raise ValueError(f"no claimer id for {role} {wid}")
 

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from sweeperd.roles import Role
 from sweeperd.runtime import mcentral, owners
 from sweeperd.runtime.heap import (
     H_SCAV_SEARCH,
@@ -121,16 +122,16 @@ def released_runs(heap: Heap, sysmem: SysMem, owner: int = owners.SCAVENGER) -> 
     return Released()
 
 
-def recover(heap: Heap, role: str, wid: int, sysmem: SysMem) -> Recovered:
+def recover(heap: Heap, role: Role, wid: int, sysmem: SysMem) -> Recovered:
     """Everything a dead worker (``role``, slot ``wid``) held, finished."""
     out = Recovered()
-    if role == "scavenger":
+    if role is Role.SCAVENGER:
         out.released = released_runs(heap, sysmem)
         return out
-    owner = owners.sweeper(wid) if role == "sweeper" else owners.mutator(wid)
+    owner = owners.sweeper(wid) if role is Role.SWEEPER else owners.mutator(wid)
     out.released = released_runs(heap, sysmem, owner)
     out.swept.add(claims(heap, owner))
-    if role == "mutator":
+    if role is Role.MUTATOR:
         st, out.alloc_counts_repaired = mutator_cache(heap, owner)
         out.swept.add(st)
     return out

@@ -11,27 +11,30 @@ import contextlib
 import os
 import sys
 import traceback
-from typing import Any
 
 import zmq
 
+from sweeperd.roles import Role
 from sweeperd.wire import protocol
 
 
 class Link:
-    def __init__(self, endpoint: str, role: str, wid: int) -> None:
+    def __init__(self, endpoint: str, role: Role, wid: int) -> None:
         self.ppid = os.getppid()
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 500)
         self.sock.setsockopt(zmq.IDENTITY, f"{role}-{wid}-{os.getpid()}".encode())
         self.sock.connect(endpoint)
-        self.send("hello", role=role, id=wid, pid=os.getpid())
+        self.send(protocol.HelloMsg(role=role, id=wid, pid=os.getpid()))
 
-    def send(self, mtype: str, **fields: Any) -> None:
-        self.sock.send(protocol.encode(mtype, **fields))
+    def send(self, msg: protocol.WorkerMsg) -> None:
+        """Send one message (validated: :class:`~sweeperd.wire.protocol.ProtocolError`)."""
+        self.sock.send(protocol.encode(msg))
 
-    def recv(self, timeout_ms: int) -> protocol.Message | None:
+    def recv(self, timeout_ms: int) -> protocol.CoordinatorMsg | None:
+        """The next message from the coordinator (a Struct to ``match`` on), or None after
+        ``timeout_ms`` or for a malformed frame (logged)."""
         if not self.sock.poll(timeout_ms):
             return None
         frame = self.sock.recv()
@@ -47,7 +50,7 @@ class Link:
         from an ``except`` block); best effort: the worker dies either way."""
         tb = traceback.format_exc()[-protocol.MAX_TRACEBACK:]
         with contextlib.suppress(Exception):
-            self.send("crashed", traceback=tb)
+            self.send(protocol.CrashedMsg(traceback=tb))
 
     def orphaned(self) -> bool:
         return os.getppid() != self.ppid
