@@ -195,3 +195,13 @@ def test_a_scenario_brings_its_heap_gogc_and_limit_unless_the_same_layer_sets_th
     bad.write_text('[scenario]\nname = "b"\n[[phase]]\nseconds = -1\nlive_mib = 1\n')
     with pytest.raises(ConfigError, match=r"mutators\.scenario: .*\$\.phase\[0\]\.seconds"):
         from_dict({"mutators": {"scenario": str(bad)}})
+
+
+def test_start_after_and_max_memory_deaths_are_keys_with_ranges():
+    cfg = from_dict({"control": {"start_after_ms": 90_000, "max_memory_deaths": 0}})
+    assert cfg.control.start_after_ms == 90_000 and cfg.control.max_memory_deaths == 0
+    for bad, needle in (({"start_after_ms": 5}, "control.start_after_ms"),
+                        ({"max_memory_deaths": -1}, "control.max_memory_deaths"),
+                        ({"start_after_ms": "soon"}, "control.start_after_ms")):
+        with pytest.raises(ConfigError, match=needle):
+            from_dict({"control": bad})

@@ -267,22 +267,26 @@ def test_workers_killed_by_the_oom_killer_again_and_again_end_in_exit_6(memcg, t
     assert f"the memory cgroup's limit {limit >> 20} MiB" in err, err[-4000:]
 
 
-def test_workers_dying_of_sigbus_are_memory_deaths_and_end_in_exit_6(tmp_path):
+@pytest.mark.parametrize("limit", [3, 1])
+def test_workers_dying_of_sigbus_are_memory_deaths_and_end_in_exit_6(tmp_path, limit):
     """SIGBUS is what a write into a shared page the kernel cannot back gets: each mutator
-    killed by it is named so and counted as a memory death, and the fourth ends the daemon
-    with exit 6 (no cgroup needed: the signal is sent to real workers)."""
+    killed by it is named so and counted as a memory death, and the one past
+    ``control.max_memory_deaths`` (default 3) ends the daemon with exit 6 (no cgroup needed:
+    the signal is sent to real workers)."""
     from .daemon import Daemon
 
-    d = Daemon("--heap-mib", "64", "--sweepers", "1", "--mutators", "1",
-               "--config", str(_conf(tmp_path)))
+    extra = "" if limit == 3 else f"max_memory_deaths = {limit}\n"
+    conf = tmp_path / "sweeperd.toml"
+    conf.write_text(f"[control]\ndead_after_ms = 120000\n{extra}")
+    d = Daemon("--heap-mib", "64", "--sweepers", "1", "--mutators", "1", "--config", str(conf))
     try:
-        for i in range(4):
+        for i in range(limit + 1):
             st = d.wait_for(lambda s: any(w["role"] == "mutator" and w["state"] == "alive"
                                           for w in s["workers"]), what="a live mutator")
             assert st["memory_deaths"]["mutator"] == i
             victim = next(w for w in st["workers"] if w["role"] == "mutator")
             os.kill(victim["pid"], signal.SIGBUS)
-            if i < 3:
+            if i < limit:
                 d.wait_for(lambda s, pid=victim["pid"], n=i + 1: s["memory_deaths"]["mutator"] == n
                            and all(w["pid"] != pid for w in s["workers"]),
                            what=f"memory death {i + 1} counted")
@@ -292,6 +296,6 @@ def test_workers_dying_of_sigbus_are_memory_deaths_and_end_in_exit_6(tmp_path):
     finally:
         d.close()
     assert code == ExitCode.OUT_OF_MEMORY, err[-4000:]
-    assert out.count("killed by SIGBUS: a page of the shared heap") == 4, out[-4000:]
-    assert "out of memory: 4 worker deaths of memory" in err, err[-4000:]
+    assert out.count("killed by SIGBUS: a page of the shared heap") == limit + 1, out[-4000:]
+    assert f"out of memory: {limit + 1} worker deaths of memory" in err, err[-4000:]
 

@@ -71,8 +71,10 @@ class ControlConfig:
     curve_client_key: str = ""  # tcp: the client's secret certificate (status, gc, ...)
     heartbeat_ms: int = 200
     dead_after_ms: int = 5000
+    start_after_ms: int = 30_000  # silence allowed before a new worker's hello
     restart_backoff_max_ms: int = 5000
     max_deaths: int = 20
+    max_memory_deaths: int = 3  # of any role within death_window_s: exit 6
     death_window_s: float = 60.0
     worker_nice: int = 5
 
@@ -144,6 +146,8 @@ RANGES: dict[str, tuple[float, float]] = {
     "control.dead_after_ms": (10, 600_000),
     "control.restart_backoff_max_ms": (0, 600_000),
     "control.max_deaths": (1, 1_000_000),
+    "control.start_after_ms": (10, 3_600_000),
+    "control.max_memory_deaths": (0, 1_000_000),
     "control.death_window_s": (1, 86_400),
     "control.worker_nice": (0, 19),
     "run.duration_s": (0, 31_536_000),

@@ -396,8 +396,11 @@ class Coordinator:
                 gogc=cfg.gc.gogc, min_goal_bytes=cfg.gc.min_goal_mib << 20,
                 memory_limit_bytes=cfg.scavenger.memory_limit_bytes(),
                 nsweepers=cfg.sweep.sweepers, dead_after_s=cfg.control.dead_after_ms / 1000,
+                start_after_s=cfg.control.start_after_ms / 1000,
                 restart_backoff_max_s=cfg.control.restart_backoff_max_ms / 1000,
-                max_deaths=cfg.control.max_deaths, death_window_s=cfg.control.death_window_s),
+                max_deaths=cfg.control.max_deaths,
+                max_memory_deaths=cfg.control.max_memory_deaths,
+                death_window_s=cfg.control.death_window_s),
                 sweepgen=self.heap.sweepgen, now=time.monotonic())
             self.totals = Totals()
             self.trace = Tracer(cfg.run.gctrace, cfg.run.scavtrace, time.monotonic())
