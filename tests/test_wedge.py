@@ -143,7 +143,7 @@ def test_a_timed_acquire_names_a_stopped_holder_and_a_waiter_can_end_its_hold():
         assert not heap.lock.held
         seen: list[int] = []
 
-        def waiter(holder: int) -> None:  # as the coordinator does: the silent holder dies
+        def waiter(holder: int, began: float) -> None:  # as the coordinator does: kill
             seen.append(holder)
             if len(seen) == 1:
                 os.kill(holder, signal.SIGKILL)

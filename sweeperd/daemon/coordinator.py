@@ -369,7 +369,8 @@ class Coordinator:
             undo.callback(self.heap.close)
             self.heap.me = owners.COORDINATOR
             self.heap.lock.waiter = self._lock_wait  # never a blind wait (see _lock_wait)
-            self._lock_wait_at = self._lock_wait_since = self._holder_checked = 0.0
+            self._lock_wait_since = self._holder_checked = 0.0
+            self._lock_wait_of = (0.0, 0)  # (when the wait began, its holder's pid)
             self._handle = MappingProxyType(self.heap.handle.to_dict())
             parent = private_parent()
             remove_stale_dirs(parent)
@@ -474,17 +475,17 @@ class Coordinator:
 
     # --- the heap lock --------------------------------------------------------------------------
 
-    def _lock_wait(self, holder: int) -> None:
+    def _lock_wait(self, holder: int, began: float) -> None:
         """Between tries for the heap lock another process holds (FlockLock.waiter): answer
         read-only control requests, and kill the holder if it is a worker of ours silent for
         ``control.dead_after_ms`` (no frame and no beat: stopped, or hung) — the kernel then
         drops its lock, and the machine, told of the death by the next reap, has its claims
-        recovered.  Asked to stop while a holder that is not ours, or cannot die, keeps the
-        lock for twice ``dead_after_ms``: :class:`HeapLockAbandoned`."""
+        recovered.  Asked to stop while one holder that is not ours, or cannot die, has kept
+        the lock through this wait (``began``) for twice ``dead_after_ms``:
+        :class:`HeapLockAbandoned`.  Holders that come and go are progress, not a hold."""
         now = time.monotonic()
-        if now - self._lock_wait_at > 0.5:  # a new wait (calls come every few ms)
-            self._lock_wait_since = now
-        self._lock_wait_at = now
+        if (began, holder) != self._lock_wait_of:  # a new wait, or a new holder in it
+            self._lock_wait_of, self._lock_wait_since = (began, holder), now
         self._serve_read_only()
         if now - self._holder_checked < 0.05:
             return

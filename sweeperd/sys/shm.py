@@ -202,8 +202,9 @@ class FlockLock:
     lock.  So the holder writes its pid into ``holder`` (a shared word) once it has the lock
     and clears it before letting go, and a process that must not wait blindly — the
     coordinator, which answers ``status`` and kills silent workers — sets :attr:`waiter`: it
-    then takes the lock with ``LOCK_NB`` tries, calling ``waiter(holder pid)`` between them
-    (the pid may be stale for an instant: a dead holder's, until the next one writes its own).
+    then takes the lock with ``LOCK_NB`` tries, calling ``waiter(holder pid, wait began)``
+    between them (the pid may be stale for an instant: a dead holder's, until the next one
+    writes its own).
     Without a waiter the wait is the kernel's (no poll latency): a worker's wait ends when the
     coordinator kills a stopped holder.
     """
@@ -212,7 +213,7 @@ class FlockLock:
         self.fd = fd
         self.depth = 0
         self.holder = holder  # one int64 word in shared memory: the holder's pid, 0 if none
-        self.waiter: Callable[[int], None] | None = None
+        self.waiter: Callable[[int, float], None] | None = None
 
     def __enter__(self) -> FlockLock:
         if self.depth == 0:
@@ -223,11 +224,13 @@ class FlockLock:
     def acquire(self, timeout_s: float | None = None) -> bool:
         """Take the lock (not reentrant: ``with`` is).  ``timeout_s``: give up after that many
         seconds and return False (None: wait as long as it takes).  A :attr:`waiter` is called
-        between tries with the holder's pid (0: unknown) and may raise to abandon the wait."""
+        between tries with the holder's pid (0: unknown) and the monotonic time this wait began,
+        and may raise to abandon the wait."""
         if self.waiter is None and timeout_s is None:
             fcntl.flock(self.fd, fcntl.LOCK_EX)
         else:
-            end = None if timeout_s is None else time.monotonic() + timeout_s
+            began = time.monotonic()
+            end = None if timeout_s is None else began + timeout_s
             pause = 50e-6
             while True:
                 try:
@@ -238,7 +241,7 @@ class FlockLock:
                 if end is not None and time.monotonic() >= end:
                     return False
                 if self.waiter is not None:
-                    self.waiter(self.holder_pid())
+                    self.waiter(self.holder_pid(), began)
                 time.sleep(pause)
                 pause = min(2 * pause, 2e-3)
         if self.holder is not None:
