@@ -44,7 +44,10 @@ def test_a_dashboard_query_through_the_federating_server_returns_both_instances(
                for p in POLICIES]
     try:
         targets = [_target(d) for d in daemons]
-        with prometheus(_host_config(targets), tmp_path / "host", _both) as (_, host_port), \
+        # the host server only has to hold both daemons' series: the queries go to the global
+        # one, whose own wait (8 federated samples) is the one the dashboard's rates need
+        with prometheus(_host_config(targets), tmp_path / "host",
+                        lambda api: _both(api, 1)) as (_, host_port), \
                 prometheus(_global_config(host_port), tmp_path / "global", _both) as (api, _):
             info = query(api, "sweeperd_scavenge_policy_info")
             assert {(x["metric"]["instance"], x["metric"]["policy"]) for x in info} == set(

@@ -62,8 +62,10 @@ def _scavenger_alive(st: dict) -> bool:
 def test_scavenger_killed_ten_times_mid_release_the_books_equal_the_kernel(tmp_path):
     (tmp_path / "idle.toml").write_text(SCENARIO)
     # a slow scavenger (its quanta stay small, so every kill finds pages left to release),
-    # and no calibration at start
-    (tmp_path / "cfg.toml").write_text("[scavenger]\ncpu_fraction = 0.0005\nvectored = \"off\"\n")
+    # and no calibration at start; its replacements after at most 0.2 s (the default backoff
+    # doubles to 5 s: ~21 s of waiting over ten deaths, which this test is not about)
+    (tmp_path / "cfg.toml").write_text("[scavenger]\ncpu_fraction = 0.0005\nvectored = \"off\"\n"
+                                       "[control]\nrestart_backoff_max_ms = 200\n")
     fp = tmp_path / "fp"
     fp.mkdir()
     # each point fires five times: each scavenger dies at its first release (a fresh one's

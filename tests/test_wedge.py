@@ -90,6 +90,7 @@ def test_a_mutator_stopped_holding_the_heap_lock_never_wedges_the_daemon(tmp_pat
         d.proc.send_signal(signal.SIGTERM)  # drained on SIGTERM
         code = d.proc.wait(60)
         out = "".join(d.lines) + (d.proc.stdout.read() if d.proc.stdout else "")
+        err = d.proc.stderr.read() if d.proc.stderr else ""
     finally:
         done.set()
         d.close()
@@ -104,7 +105,7 @@ def test_a_mutator_stopped_holding_the_heap_lock_never_wedges_the_daemon(tmp_pat
     assert len(set(stopped)) == ROUNDS
     assert longest <= DEAD_AFTER_MS / 1000 + SLACK_S, f"status unanswered for {longest:.3f}s"
     assert killed_by_waiter + killed_silent >= ROUNDS
-    assert code == 0
+    assert code == 0, err[-3000:]
     assert all(proc_gone(p) for p in stopped)
 
 
