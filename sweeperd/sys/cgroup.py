@@ -42,7 +42,11 @@ from pathlib import Path
 
 UNLIMITED_V1 = 1 << 62  # v1 writes PAGE_COUNTER_MAX * PAGE_SIZE (~2^63) for "no limit"
 PROCESS_PRIVATE_MIB = 32  # measured: a worker or the coordinator, Pss less Pss_Shmem: 28-32 MiB
-MUTATOR_EXTRA_MIB = 32  # measured: a mutator of the steady scenario holds ~30 MiB more
+# measured (peak RssAnon sampled every 50 ms over steady's 2 GiB run): a mutator peaks ~47 MiB
+# above another worker: ~32 MiB of live-set records and ~15 MiB of one mark batch's temporaries
+# (runtime/mark.MARK_BATCH; at 2^21 objects a batch, the peak was ~170 MiB more, and the OOM
+# killer found it in a cgroup sized by this estimate)
+MUTATOR_EXTRA_MIB = 48
 MIN_DERIVED_LIMIT_MIB = 16
 
 
