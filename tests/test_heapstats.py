@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from sweeperd.roles import Role
 from sweeperd.runtime import malloc, mheap, owners, scavenge
 from sweeperd.runtime.heap import (
     C_CACHED_PAGES,
@@ -59,7 +60,7 @@ def test_rebase_puts_the_counters_back_after_a_store_lost_its_count(heap):
     held, _ = _busy_heap(heap)
     # a sweeper killed inside freeSpan, after its stores and before its count: the span's
     # objects were swept away (counted), then the span died and its pages went free
-    heap.me = owners.of("sweeper", 0)
+    heap.me = owners.of(Role.SWEEPER, 0)
     before = heap_stats(heap)
     malloc_bytes = 3 * int(CLASS_SIZE[6])
     heap.span_alloc_count[held] = 0
@@ -78,7 +79,7 @@ def test_rebase_puts_the_counters_back_after_a_store_lost_its_count(heap):
     assert heap_stats(heap) == scan_heap_stats(heap)
     assert not counter_drift(heap).any()
     # only the rebasing process's row changed
-    row = heap.counters[owners.of("sweeper", 0)]
+    row = heap.counters[owners.of(Role.SWEEPER, 0)]
     assert row[C_OBJECT_BYTES] == -malloc_bytes and row[C_OCCUPIED_PAGES] == -1
     assert np.count_nonzero(row) == 2
 
