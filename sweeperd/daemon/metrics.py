@@ -320,17 +320,23 @@ class SnapshotCollector(Collector):
 
 
 class _ListenerCollector(Collector):
-    """The /metrics listener's own figure: connections it closed at once, every slot taken."""
+    """The /metrics listener's own figures: the connections it dropped, by why."""
 
     def __init__(self, server: Callable[[], httpserve.BoundedServer | None]) -> None:
         self.server = server
 
     def collect(self) -> Iterator[Metric]:
         srv = self.server()
-        yield _counter("sweeperd_metrics_connections_refused",
-                       f"Connections to /metrics closed at once: {httpserve.MAX_CONNECTIONS} "
-                       "were being served (a scraper never needs more; a peer holding many is "
-                       "a fault or an attack).", srv.refused if srv is not None else 0)
+        dropped = CounterMetricFamily(
+            "sweeperd_metrics_connections_dropped",
+            "Connections to /metrics the listener dropped: full (closed at once, every one of "
+            f"its {httpserve.MAX_CONNECTIONS} slots answering a request), evicted (the oldest "
+            "one still sending its request head, for a new one), deadline (open longer than "
+            f"{httpserve.TIMEOUT_S:g} s). A scraper never needs more; many are a fault or an "
+            "attack.", labels=["reason"])
+        for reason in httpserve.DROP_REASONS:
+            dropped.add_metric([reason], srv.dropped[reason] if srv is not None else 0)
+        yield dropped
 
 
 class Metrics:
