@@ -400,16 +400,19 @@ def _owner(st: os.stat_result) -> str:
 def distrust(st: os.stat_result, euid: int, gid: int | None) -> str:
     """Why a client of uid ``euid`` (``control.group`` ``gid``) must not trust the daemon's
     socket directory or socket with this lstat, or "" if it may: it must belong to ``euid`` or
-    root, or to group ``gid``, and be writable by no one else — group-writable only for
-    ``gid``, world-writable only as a sticky directory (/tmp: nobody else can remove or rename
-    what is in it); pure."""
+    root, or to group ``gid``; a directory must be writable by no one else — group-writable
+    only for ``gid``, world-writable only if sticky (/tmp: nobody else can remove or rename
+    what is in it).  A socket's own write bit is the right to connect, not to replace it (that
+    is the directory's), so it is not held against it; pure."""
     ours = gid is not None and st.st_gid == gid
     if st.st_uid not in (euid, 0) and not ours:
         return (f"it belongs neither to us (uid {euid}) nor root"
                 + (f" nor control.group (gid {gid})" if gid is not None else "")
                 + ": another user could be posing as the daemon")
     mode = stat.S_IMODE(st.st_mode)
-    if mode & 0o002 and not (stat.S_ISDIR(st.st_mode) and mode & stat.S_ISVTX):
+    if not stat.S_ISDIR(st.st_mode):
+        return ""
+    if mode & 0o002 and not mode & stat.S_ISVTX:
         return "anyone may write to it: anyone could put their own socket there"
     if mode & 0o020 and not ours:
         return ("its group may write to it and is not control.group: a member could put "
