@@ -39,6 +39,7 @@ def _v1_root(tmp: Path, limits: dict[str, str], oom_kill: int = 0,
         d = tmp / "sys/fs/cgroup/memory" / rel
         d.mkdir(parents=True, exist_ok=True)
         (d / "memory.limit_in_bytes").write_text(lim)
+        (d / "cgroup.procs").write_text("")
         (d / "memory.oom_control").write_text(
             f"oom_kill_disable 0\nunder_oom 0\noom_kill {oom_kill}\n")
     return tmp
@@ -54,7 +55,10 @@ def _v2_root(tmp: Path, limits: dict[str, str], avail_kb: int = 8 << 20) -> Path
         d = tmp / "sys/fs/cgroup" / rel
         d.mkdir(parents=True, exist_ok=True)
         (d / "memory.max").write_text(lim)
+        (d / "cgroup.procs").write_text("")
         (d / "memory.events").write_text("low 0\nhigh 0\nmax 4\noom 2\noom_kill 2\n")
+    (tmp / "sys/fs/cgroup").mkdir(parents=True, exist_ok=True)
+    (tmp / "sys/fs/cgroup/cgroup.procs").write_text("")  # the mount's files, visible
     return tmp
 
 
@@ -128,6 +132,16 @@ def test_a_v1_memory_cgroup_named_but_not_mounted_is_said_and_cgroup_refused(tmp
     assert str(root / "sys/fs/cgroup") + " holds: empty" in host.unseen
     with pytest.raises(cgroup.NoCgroupLimit, match=r"cannot be read here: .*'/box/inner'"):
         cgroup.derive_limit(host, OVER)
+
+
+def test_a_v1_mount_listed_but_hidden_under_a_tmpfs_is_unseen(tmp_path):
+    """``mount -t tmpfs none /sys/fs/cgroup``: mountinfo still lists the memory mount below
+    it, but none of its files can be seen."""
+    root = _v1_root(tmp_path, {"": V1_UNLIMITED, "box/inner": str(300 * MIB)})
+    info = (root / "proc/self/mountinfo").read_text()
+    _hide(root, info + "99 31 0:99 / /sys/fs/cgroup rw - tmpfs none rw\n")
+    host = cgroup.read_host(root)
+    assert host.cgroup_limit is None and "'/box/inner'" in host.unseen
 
 
 def test_a_v2_cgroup_named_but_not_mounted_is_said(tmp_path):

@@ -36,8 +36,8 @@ Too large is :class:`TooLarge`, naming both figures (``sweeperd run`` exits 2).
 
 **A cgroup named but not visible** (:func:`unseen_cgroup`): ``/proc/self/cgroup`` names a
 memory cgroup (v1 ``N:memory:/x``; or, with no v1 memory line, v2 ``0::/x`` below the root)
-but ``/proc/self/mountinfo`` shows no mount of that hierarchy (``ip netns exec`` remounts
-``/sys``; a container that hides ``/sys/fs/cgroup``).  The kernel still enforces its limit, and
+but ``/proc/self/mountinfo`` shows no mount of that hierarchy whose files are visible
+(``ip netns exec`` remounts ``/sys``; a tmpfs mounted over ``/sys/fs/cgroup`` hides it).  The kernel still enforces its limit, and
 we cannot read it: ``sweeperd run`` says so at start, and ``memory_limit_mib = "cgroup"`` is
 refused naming the cgroup, rather than taken for a host without a limit.
 """
@@ -193,13 +193,17 @@ def unseen_cgroup(root: str | Path = "/") -> str:
             v2 = parts[2]
         elif "memory" in parts[1].split(","):
             v1 = parts[2]
-    mounts = _mounts(root)
+    def visible(fstype: str, memory: bool) -> bool:  # a mount of it whose files we see
+        return any(t == fstype and (not memory or "memory" in o.split(","))
+                   and (_under(root, point) / "cgroup.procs").is_file()
+                   for _, point, t, o in _mounts(root))
+
     if v1 is not None:
-        if any(t == "cgroup" and "memory" in o.split(",") for _, _, t, o in mounts):
+        if visible("cgroup", True):
             return ""
         version, cpath, kind = 1, v1, "cgroup mount with the memory option"
     elif v2 is not None and v2.strip("/"):
-        if any(t == "cgroup2" for _, _, t, _ in mounts):
+        if visible("cgroup2", False):
             return ""
         version, cpath, kind = 2, v2, "cgroup2 mount"
     else:
@@ -208,8 +212,8 @@ def unseen_cgroup(root: str | Path = "/") -> str:
     seen = "absent" if not where.is_dir() else "; ".join(
         sorted(p.name for p in where.iterdir())[:8]) or "empty"
     return (f"{_under(root, '/proc/self/cgroup')} names the v{version} memory cgroup {cpath!r}, "
-            f"but {_under(root, '/proc/self/mountinfo')} has no {kind} (is /sys remounted, as "
-            f"by ip netns exec?); {where} holds: {seen}; its limit, which the kernel enforces, "
+            f"but {_under(root, '/proc/self/mountinfo')} has no {kind} whose files are "
+            f"visible (is /sys remounted, as by ip netns exec, or the mount hidden?); {where} holds: {seen}; its limit, which the kernel enforces, "
             "cannot be read")
 
 
@@ -229,7 +233,7 @@ def oom_kills(cg: Cgroup | None) -> int | None:
 def read_host(root: str | Path = "/") -> HostMemory:
     cg = own_cgroup(root)
     return HostMemory(mem_available(root), None if cg is None else cg.limit_bytes,
-                      unseen_cgroup(root) if cg is None else "")
+                      unseen_cgroup(root) if cg is None or cg.limit_bytes is None else "")
 
 
 def overhead_bytes(processes: int, mutators: int, heap_bytes: int = 0) -> int:
