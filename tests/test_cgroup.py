@@ -42,6 +42,8 @@ def _v1_root(tmp: Path, limits: dict[str, str], oom_kill: int = 0,
         (d / "cgroup.procs").write_text("")
         (d / "memory.oom_control").write_text(
             f"oom_kill_disable 0\nunder_oom 0\noom_kill {oom_kill}\n")
+    (tmp / "sys/fs/cgroup/memory").mkdir(parents=True, exist_ok=True)
+    (tmp / "sys/fs/cgroup/memory/cgroup.procs").write_text("")  # the mount's files, visible
     return tmp
 
 
