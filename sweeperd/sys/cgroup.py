@@ -37,9 +37,10 @@ Too large is :class:`TooLarge`, naming both figures (``sweeperd run`` exits 2).
 **A cgroup named but not visible** (:func:`unseen_cgroup`): ``/proc/self/cgroup`` names a
 memory cgroup (v1 ``N:memory:/x``; or, with no v1 memory line, v2 ``0::/x`` below the root)
 but ``/proc/self/mountinfo`` shows no mount of that hierarchy whose files are visible
-(``ip netns exec`` remounts ``/sys``; a tmpfs mounted over ``/sys/fs/cgroup`` hides it).  The kernel still enforces its limit, and
-we cannot read it: ``sweeperd run`` says so at start, and ``memory_limit_mib = "cgroup"`` is
-refused naming the cgroup, rather than taken for a host without a limit.
+(``ip netns exec`` remounts ``/sys``; a tmpfs mounted over ``/sys/fs/cgroup`` hides it).  The
+kernel still enforces its limit, and we cannot read it: ``sweeperd run`` says so at start, and
+``memory_limit_mib = "cgroup"`` is refused naming the cgroup, rather than taken for a host
+without a limit.
 """
 
 from __future__ import annotations
@@ -213,7 +214,8 @@ def unseen_cgroup(root: str | Path = "/") -> str:
         sorted(p.name for p in where.iterdir())[:8]) or "empty"
     return (f"{_under(root, '/proc/self/cgroup')} names the v{version} memory cgroup {cpath!r}, "
             f"but {_under(root, '/proc/self/mountinfo')} has no {kind} whose files are "
-            f"visible (is /sys remounted, as by ip netns exec, or the mount hidden?); {where} holds: {seen}; its limit, which the kernel enforces, "
+            f"visible (is /sys remounted, as by ip netns exec, or the mount hidden?); "
+            f"{where} holds: {seen}; its limit, which the kernel enforces, "
             "cannot be read")
 
 
