@@ -30,18 +30,18 @@ from .conftest import not_here
 NOBODY = 65534
 DEADLINE = 120
 
-# A fake daemon: imports zmq, then (argv[2] == "nobody") becomes uid/gid 65534, makes the
-# directory argv[1] (mode 0777 for nobody: as the attacker did) and binds a REP at
-# DIR/control.sock; counts connections (the socket monitor) and messages, answering each like
-# the daemon would; prints "ready", then at SIGTERM "accepted N received M".
+# A fake daemon: imports zmq, then (argv[2] "nobody*") becomes uid/gid 65534, makes the
+# directory argv[1] (mode 0777 for "nobody": as the attacker did; 0770 for "nobody770") and
+# binds a REP at DIR/control.sock; counts connections (the socket monitor) and messages,
+# answering each like the daemon would; prints "ready", then at SIGTERM "accepted N received M".
 FAKE = r"""
 import os, signal, sys, zmq
 from zmq.utils.monitor import recv_monitor_message
 d, who = sys.argv[1], sys.argv[2]
-if who == "nobody":
+if who.startswith("nobody"):
     os.setresgid(65534, 65534, 65534); os.setgroups([]) if os.getuid() == 0 else None
     os.setresuid(65534, 65534, 65534)
-    os.umask(0); os.mkdir(d, 0o777)
+    os.umask(0); os.mkdir(d, 0o777 if who == "nobody" else 0o770)
 ctx = zmq.Context()
 s = ctx.socket(zmq.REP)
 mon = s.get_monitor_socket(zmq.EVENT_ACCEPTED)
@@ -141,6 +141,28 @@ def test_the_same_fake_in_a_directory_of_ours_is_answered(shared):
     finally:
         accepted, received = _counts(fake)
     assert received == 1 and accepted >= 2  # our probe's connect and zmq's
+
+
+def test_another_uid_s_socket_is_trusted_only_through_the_configured_control_group(shared,
+                                                                                 tmp_path):
+    """A daemon run as another user (nobody, group nogroup, directory 0770): a root client
+    trusts it only when its config names that group as control.group."""
+    _need_root()
+    d = shared / "sweeperd.0"
+    fake = _fake(d, "nobody770")
+    try:
+        r = _cli("status", "--timeout", "30", env={"TMPDIR": str(shared)})
+        assert r.returncode == 1 and "another user could be posing" in r.stderr, r.stderr
+        cfg = tmp_path / "c.toml"
+        cfg.write_text('[control]\ngroup = "root"\n')  # a group, but not the socket's
+        r = _cli("status", "--timeout", "30", "--config", str(cfg), env={"TMPDIR": str(shared)})
+        assert r.returncode == 1 and "nor control.group (gid 0)" in r.stderr, r.stderr
+        cfg.write_text('[control]\ngroup = "nogroup"\n')
+        r = _cli("status", "--timeout", "60", "--config", str(cfg), env={"TMPDIR": str(shared)})
+        assert r.returncode == 0 and '"fake": true' in r.stdout, r.stderr
+    finally:
+        _, received = _counts(fake)
+    assert received == 1  # only the last, trusted, request
 
 
 def test_a_socket_in_a_world_writable_directory_of_ours_is_refused(shared):
