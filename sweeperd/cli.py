@@ -255,12 +255,18 @@ Curve = tuple[str, str, str]  # the client's public and secret keys, the server'
 
 
 def _request(control: str, request: str, timeout: float,
-             curve: Curve | None = None) -> dict[str, Any]:
+             curve: Curve | None = None, gid: int | None = None) -> dict[str, Any]:
     """One control request; TimeoutError if the daemon does not answer in time (also what a
-    refused CURVE key or a refused ipc connect looks like: zmq retries quietly)."""
+    refused CURVE key looks like: zmq retries quietly).  An ``ipc://`` path is checked first
+    (``control.check_reachable``, with ``control.group``'s ``gid``): ``control.Unreachable``
+    naming why, with nothing sent, if it is not to be trusted or nobody listens there."""
     import zmq
 
+    from sweeperd.daemon import control as ctl
     from sweeperd.wire import protocol
+
+    if control.startswith("ipc://"):
+        ctl.check_reachable(control[len("ipc://"):], gid)
 
     ctx = zmq.Context()
     sock = ctx.socket(zmq.REQ)
@@ -280,9 +286,10 @@ def _request(control: str, request: str, timeout: float,
         ctx.term()
 
 
-def _client(args: argparse.Namespace) -> tuple[str, Curve | None]:
-    """Where the daemon's control socket is and the CURVE keys to use: the config
-    (``--config``, else the built-in one) overlaid with the flags.  ConfigError naming the key."""
+def _client(args: argparse.Namespace) -> tuple[str, Curve | None, int | None]:
+    """Where the daemon's control socket is, the CURVE keys to use and the gid of
+    ``control.group`` (None: none, or no such group here): the config (``--config``, else the
+    built-in one) overlaid with the flags.  ConfigError naming the key."""
     from sweeperd.daemon import control
     from sweeperd.daemon.config import ConfigError, cert_of, client_cert, from_dict, load
 
@@ -294,27 +301,32 @@ def _client(args: argparse.Namespace) -> tuple[str, Curve | None]:
         cfg = from_dict({"control": over}, cfg)
     cc = cfg.control
     addr = control.resolve(cc.addr)
+    gid = None
+    if cc.group:
+        with contextlib.suppress(KeyError):
+            gid = control.group_id(cc.group)
     if not addr.startswith("tcp://"):
-        return addr, None
+        return addr, None, gid
     if not cc.curve_client_key:
         raise ConfigError("control.curve_client_key: required to reach a tcp:// control.addr "
                           "(the client's NAME.key_secret; flag --curve-client-key)")
     me = client_cert(cc)
     server = cert_of("control.curve_server_key", cc.curve_server_key)
-    return addr, (me.public, me.secret or "", server.public)
+    return addr, (me.public, me.secret or "", server.public), gid
 
 
 def _status(args: argparse.Namespace) -> int:
     from sweeperd.daemon.config import ConfigError
+    from sweeperd.daemon.control import Unreachable
 
     try:
-        addr, curve = _client(args)
+        addr, curve, gid = _client(args)
     except ConfigError as e:
         print(f"sweeperd {args.request}: {e}", file=sys.stderr)
         return 2
     try:
-        reply = _request(addr, args.request, args.timeout, curve)
-    except TimeoutError as e:
+        reply = _request(addr, args.request, args.timeout, curve, gid)
+    except (TimeoutError, Unreachable) as e:
         print(f"sweeperd {args.request}: {e}", file=sys.stderr)
         return 1
     print(json.dumps(reply, indent=2))
@@ -328,23 +340,25 @@ def _soak(args: argparse.Namespace) -> int:
         print("sweeperd soak: --duration and --every must be positive", file=sys.stderr)
         return 2
     from sweeperd.daemon.config import ConfigError
+    from sweeperd.daemon.control import Unreachable
 
     try:
-        control, curve = _client(args)
+        control, curve, gid = _client(args)
     except ConfigError as e:
         print(f"sweeperd soak: {e}", file=sys.stderr)
         return 2
     try:
-        addr = args.metrics or _request(control, "status", args.timeout, curve)["metrics_addr"]
+        addr = args.metrics or _request(control, "status", args.timeout, curve,
+                                            gid)["metrics_addr"]
         url = f"http://{addr}/metrics"
 
         def scrape() -> None:
             with urllib.request.urlopen(url, timeout=args.timeout) as r:
                 r.read()
 
-        watch(lambda: _request(control, "status", args.timeout, curve), args.duration,
+        watch(lambda: _request(control, "status", args.timeout, curve, gid), args.duration,
               args.every, sys.stdout, as_json=args.json, scrape=scrape if addr else None)
-    except (TimeoutError, OSError) as e:
+    except (TimeoutError, OSError, Unreachable) as e:
         print(f"sweeperd soak: {e}", file=sys.stderr)
         return 1
     return 0

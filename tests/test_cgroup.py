@@ -5,6 +5,7 @@ machine, and the platform check over fake platform facts."""
 from __future__ import annotations
 
 import contextlib
+import shutil
 import signal
 from pathlib import Path
 
@@ -38,8 +39,11 @@ def _v1_root(tmp: Path, limits: dict[str, str], oom_kill: int = 0,
         d = tmp / "sys/fs/cgroup/memory" / rel
         d.mkdir(parents=True, exist_ok=True)
         (d / "memory.limit_in_bytes").write_text(lim)
+        (d / "cgroup.procs").write_text("")
         (d / "memory.oom_control").write_text(
             f"oom_kill_disable 0\nunder_oom 0\noom_kill {oom_kill}\n")
+    (tmp / "sys/fs/cgroup/memory").mkdir(parents=True, exist_ok=True)
+    (tmp / "sys/fs/cgroup/memory/cgroup.procs").write_text("")  # the mount's files, visible
     return tmp
 
 
@@ -53,7 +57,10 @@ def _v2_root(tmp: Path, limits: dict[str, str], avail_kb: int = 8 << 20) -> Path
         d = tmp / "sys/fs/cgroup" / rel
         d.mkdir(parents=True, exist_ok=True)
         (d / "memory.max").write_text(lim)
+        (d / "cgroup.procs").write_text("")
         (d / "memory.events").write_text("low 0\nhigh 0\nmax 4\noom 2\noom_kill 2\n")
+    (tmp / "sys/fs/cgroup").mkdir(parents=True, exist_ok=True)
+    (tmp / "sys/fs/cgroup/cgroup.procs").write_text("")  # the mount's files, visible
     return tmp
 
 
@@ -104,6 +111,80 @@ def test_garbage_in_the_files_gives_a_figure_or_none(tmp_path_factory, cg_text, 
     cgroup.oom_kills(cg)
     with contextlib.suppress(OSError):  # unreadable: an OSError naming the file, nothing else
         assert cgroup.mem_available(root) >= 0
+
+
+def _hide(root: Path, mountinfo: str) -> Path:
+    """The cgroup files still named by /proc/self/cgroup, but /sys remounted: no cgroup mount
+    in mountinfo, /sys/fs/cgroup an empty directory."""
+    (root / "proc/self/mountinfo").write_text(mountinfo)
+    shutil.rmtree(root / "sys/fs/cgroup", ignore_errors=True)
+    (root / "sys/fs/cgroup").mkdir(parents=True)
+    return root
+
+
+SYSFS_ONLY = "22 1 0:21 / /sys rw - sysfs sysfs rw\n"
+
+
+def test_a_v1_memory_cgroup_named_but_not_mounted_is_said_and_cgroup_refused(tmp_path):
+    root = _hide(_v1_root(tmp_path, {"box/inner": str(300 * MIB)}), SYSFS_ONLY)
+    host = cgroup.read_host(root)
+    assert host.cgroup_limit is None
+    assert "v1 memory cgroup '/box/inner'" in host.unseen
+    assert "mountinfo has no cgroup mount with the memory option" in host.unseen
+    assert str(root / "sys/fs/cgroup") + " holds: empty" in host.unseen
+    with pytest.raises(cgroup.NoCgroupLimit, match=r"cannot be read here: .*'/box/inner'"):
+        cgroup.derive_limit(host, OVER)
+
+
+def test_a_v1_mount_listed_but_hidden_under_a_tmpfs_is_unseen(tmp_path):
+    """``mount -t tmpfs none /sys/fs/cgroup``: mountinfo still lists the memory mount below
+    it, but none of its files can be seen."""
+    root = _v1_root(tmp_path, {"": V1_UNLIMITED, "box/inner": str(300 * MIB)})
+    info = (root / "proc/self/mountinfo").read_text()
+    _hide(root, info + "99 31 0:99 / /sys/fs/cgroup rw - tmpfs none rw\n")
+    host = cgroup.read_host(root)
+    assert host.cgroup_limit is None and "'/box/inner'" in host.unseen
+
+
+def test_a_v2_cgroup_named_but_not_mounted_is_said(tmp_path):
+    root = _hide(_v2_root(tmp_path, {"system.slice/app.service": f"{320 * MIB}\n"}), "")
+    host = cgroup.read_host(root)
+    assert host.cgroup_limit is None
+    assert "v2 memory cgroup '/system.slice/app.service'" in host.unseen
+    assert "no cgroup2 mount" in host.unseen
+
+
+def test_a_visible_cgroup_or_none_at_all_is_not_unseen(tmp_path_factory):
+    v1 = _v1_root(tmp_path_factory.mktemp("v1"), {"box/inner": V1_UNLIMITED})
+    v2 = _v2_root(tmp_path_factory.mktemp("v2"), {"system.slice/app.service": "max\n"})
+    assert cgroup.unseen_cgroup(v1) == cgroup.unseen_cgroup(v2) == ""
+    assert cgroup.read_host(v1).unseen == ""
+    root_v2 = _hide(_v2_root(tmp_path_factory.mktemp("r"), {}), "")  # 0::/ : the root, no limit
+    (root_v2 / "proc/self/cgroup").write_text("0::/\n")
+    assert cgroup.unseen_cgroup(root_v2) == ""
+    with pytest.raises(cgroup.NoCgroupLimit, match="has none"):  # as before: no limit at all
+        cgroup.derive_limit(cgroup.HostMemory(8 << 30, None), OVER)
+
+
+def test_a_plan_with_a_fixed_limit_still_runs_where_the_cgroup_is_unseen(tmp_path):
+    root = _hide(_v1_root(tmp_path, {"box/inner": str(300 * MIB)}), SYSFS_ONLY)
+    host = cgroup.read_host(root)
+    cfg = config.from_dict({"scavenger": {"memory_limit_mib": 256}, "heap": {"size_mib": 512}})
+    out, commit_limit = plan_memory(cfg, host)
+    assert out.scavenger.memory_limit_mib == 256 and commit_limit == 0
+    cfg = config.from_dict({"scavenger": {"memory_limit_mib": "cgroup"}})
+    with pytest.raises(cgroup.NoCgroupLimit, match="/box/inner"):
+        plan_memory(cfg, host)
+
+
+@settings(max_examples=200, deadline=None)
+@given(cg_text=st.text(max_size=200), mi_text=st.text(max_size=300))
+def test_unseen_cgroup_of_garbage_is_a_line_or_nothing(tmp_path_factory, cg_text, mi_text):
+    root = _v1_root(tmp_path_factory.mktemp("u"), {"box/inner": str(300 * MIB)})
+    (root / "proc/self/cgroup").write_text(cg_text)
+    (root / "proc/self/mountinfo").write_text(mi_text)
+    text = cgroup.unseen_cgroup(root)
+    assert isinstance(text, str) and (text == "" or "memory cgroup" in text)
 
 
 def test_the_machine_s_own_cgroup_reads():

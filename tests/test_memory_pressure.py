@@ -301,3 +301,42 @@ def test_workers_dying_of_sigbus_are_memory_deaths_and_end_in_exit_6(tmp_path, l
     assert out.count("killed by SIGBUS: a page of the shared heap") == limit + 1, out[-4000:]
     assert f"out of memory: {limit + 1} worker deaths of memory" in err, err[-4000:]
 
+
+
+def _run_hidden(cg: Path, conf: Path, *args: str) -> subprocess.Popen[str]:
+    """``sweeperd run`` in ``cg`` with its cgroup files hidden, as ``ip netns exec`` does to
+    /sys: a mount namespace of its own with a tmpfs over /sys/fs/cgroup."""
+    def enter() -> None:
+        (cg / "cgroup.procs").write_text(str(os.getpid()))
+
+    ctl = tempfile.mkdtemp(prefix="sweeperd_m")
+    cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+           'mount -t tmpfs none /sys/fs/cgroup && exec "$@"', "sh",
+           sys.executable, "-m", "sweeperd.cli", "run", "--control", f"ipc://{ctl}/control.sock",
+           "--metrics-addr", "127.0.0.1:0", "--config", str(conf), *args]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=enter)
+
+
+def test_a_memory_cgroup_hidden_by_a_remounted_sys_is_said_and_cgroup_refused(memcg, tmp_path):
+    """The kernel enforces the 512 MiB limit; the daemon cannot read it: ``"cgroup"`` is
+    refused naming the cgroup (not taken for an unlimited host), a plain run warns."""
+    if shutil.which("unshare") is None:
+        not_here("needs unshare(1) for a mount namespace")
+    (memcg / "memory.limit_in_bytes").write_text(str(512 * MIB))
+    own = "/" + str(memcg.relative_to(V1))
+    conf = _conf(tmp_path, '[scavenger]\nmemory_limit_mib = "cgroup"\n')
+    code, _, err = _finish(_run_hidden(memcg, conf, "--heap-mib", "64", "--duration", "5"), 120)
+    assert code == ExitCode.USAGE, err
+    assert 'scavenger.memory_limit_mib: "cgroup"' in err and "cannot be read here" in err, err
+    assert f"names the v1 memory cgroup '{own}'" in err and "/sys/fs/cgroup holds: empty" in err
+    plain = _conf(tmp_path)
+    code, _, err = _finish(_run_hidden(memcg, plain, "--heap-mib", "64", "--sweepers", "1",
+                                       "--mutators", "1", "--duration", "2"), 180)
+    assert code == ExitCode.OK, err[-4000:]
+    warning = [ln for ln in err.splitlines() if ln.startswith("sweeperd run: WARNING: ")]
+    assert len(warning) == 1 and f"'{own}'" in warning[0], err[-4000:]
+    # and where the files are visible, no warning: the same run outside the namespace
+    code, _, err = _finish(_run_in(memcg, plain, "--heap-mib", "64", "--sweepers", "1",
+                                   "--mutators", "1", "--duration", "2"), 180)
+    assert code == ExitCode.OK and "WARNING" not in err, err[-4000:]

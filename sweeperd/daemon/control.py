@@ -40,15 +40,16 @@ import errno
 import fcntl
 import grp
 import os
+import pwd
 import re
 import socket
 import stat
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 READ = frozenset({"status", "ping"})
 ADMIN = frozenset({"gc", "scavenge"})
@@ -377,6 +378,94 @@ def unlink_if_ours(b: Bound) -> bool:
         os.unlink(b.path)
         return True
     return False
+
+
+# --- the client's side of the ipc socket (shell) ---------------------------------------------
+
+
+class Unreachable(ControlSocketError):
+    """The client will not, or cannot, reach the daemon at an ipc path; the text says why."""
+
+
+def _owner(st: os.stat_result) -> str:
+    def name(f: Callable[[int], Any], i: int) -> str:
+        try:
+            return f"{f(i)[0]} ({i})"
+        except (KeyError, OverflowError):
+            return str(i)
+    return (f"owned by uid {name(pwd.getpwuid, st.st_uid)}, group {name(grp.getgrgid, st.st_gid)}"
+            f", mode {stat.S_IMODE(st.st_mode):04o}")
+
+
+def distrust(st: os.stat_result, euid: int, gid: int | None) -> str:
+    """Why a client of uid ``euid`` (``control.group`` ``gid``) must not trust the daemon's
+    socket directory or socket with this lstat, or "" if it may: it must belong to ``euid`` or
+    root, or to group ``gid``; a directory must be writable by no one else — group-writable
+    only for ``gid``, world-writable only if sticky (/tmp: nobody else can remove or rename
+    what is in it).  A socket's own write bit is the right to connect, not to replace it (that
+    is the directory's), so it is not held against it; pure."""
+    ours = gid is not None and st.st_gid == gid
+    if st.st_uid not in (euid, 0) and not ours:
+        return (f"it belongs neither to us (uid {euid}) nor root"
+                + (f" nor control.group (gid {gid})" if gid is not None else "")
+                + ": another user could be posing as the daemon")
+    mode = stat.S_IMODE(st.st_mode)
+    if not stat.S_ISDIR(st.st_mode):
+        return ""
+    if mode & 0o002 and not mode & stat.S_ISVTX:
+        return "anyone may write to it: anyone could put their own socket there"
+    if mode & 0o020 and not ours:
+        return ("its group may write to it and is not control.group: a member could put "
+                "their own socket there")
+    return ""
+
+
+def check_reachable(path: str, gid: int | None) -> None:
+    """Before a client connects to the ipc socket at ``path``: raise :class:`Unreachable` when
+    its directory or the socket is not to be trusted (:func:`distrust`, by lstat: no symlink is
+    followed), when there is nothing there (ENOENT), when we may not connect (EACCES), or when
+    no process listens (ECONNREFUSED: a stale socket).  A plain AF_UNIX connect, closed at
+    once, tells the last three apart: nothing is sent."""
+    euid = os.geteuid()
+    directory = os.path.dirname(path) or "."
+    nothing = f"no daemon: nothing at {path} (is it running? its config's control.addr?)"
+
+    try:
+        dst = os.lstat(directory)
+    except FileNotFoundError:
+        raise Unreachable(nothing) from None
+    except OSError as e:  # EACCES: a directory above it we may not search
+        raise Unreachable(f"cannot reach {path}: {directory}: {e.strerror or e}") from None
+    if not stat.S_ISDIR(dst.st_mode):
+        raise Unreachable(f"refusing {path}: its directory {directory} is not a directory "
+                          f"(a symlink?; {_owner(dst)})")
+    if why := distrust(dst, euid, gid):
+        raise Unreachable(f"refusing {path}: its directory {directory} is {_owner(dst)}: {why}")
+    try:
+        st = os.lstat(path)
+    except PermissionError:
+        raise Unreachable(f"permission denied on {path} (its directory {directory} is "
+                          f"{_owner(dst)})") from None
+    except FileNotFoundError:
+        raise Unreachable(nothing) from None
+    except OSError as e:
+        raise Unreachable(f"cannot reach {path}: {e.strerror or e}") from None
+    if not stat.S_ISSOCK(st.st_mode):
+        raise Unreachable(f"refusing {path}: not a socket ({_owner(st)})")
+    if why := distrust(st, euid, gid):
+        raise Unreachable(f"refusing {path}: the socket is {_owner(st)}: {why}")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        try:
+            s.connect(path)
+        except FileNotFoundError:
+            raise Unreachable(nothing) from None
+        except PermissionError:
+            raise Unreachable(f"permission denied on {path} ({_owner(st)})") from None
+        except ConnectionRefusedError:
+            raise Unreachable(f"a socket is at {path} but no daemon listens (a stale socket: "
+                              "the daemon died without removing it)") from None
+        except OSError as e:
+            raise Unreachable(f"cannot reach {path}: {e.strerror or e}") from None
 
 
 # --- CURVE (shell) -------------------------------------------------------------------------------

@@ -356,7 +356,10 @@ class Coordinator:
 
         check_platform()  # elsewhere than Linux with memfd_create: named, exit 7
         self.cgroup = cgroup.own_cgroup()
-        cfg, commit_limit = plan_memory(cfg, cgroup.read_host())  # too large: named, exit 2
+        host = cgroup.read_host()
+        if host.unseen:  # the kernel enforces a limit we cannot read: say so, loudly
+            os.write(2, f"sweeperd run: WARNING: {host.unseen}\n".encode())
+        cfg, commit_limit = plan_memory(cfg, host)  # too large: named, exit 2
         self._oom_kills = cgroup.oom_kills(self.cgroup) or 0
         self.cfg = cfg
         self.notify = Notifier.from_env()  # first: no worker may inherit NOTIFY_SOCKET

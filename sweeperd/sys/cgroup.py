@@ -33,6 +33,14 @@ for a mutator's workload bookkeeping).  Then
    (:func:`derive_limit`); no cgroup limit is a configuration error naming the key.
 
 Too large is :class:`TooLarge`, naming both figures (``sweeperd run`` exits 2).
+
+**A cgroup named but not visible** (:func:`unseen_cgroup`): ``/proc/self/cgroup`` names a
+memory cgroup (v1 ``N:memory:/x``; or, with no v1 memory line, v2 ``0::/x`` below the root)
+but ``/proc/self/mountinfo`` shows no mount of that hierarchy whose files are visible
+(``ip netns exec`` remounts ``/sys``; a tmpfs mounted over ``/sys/fs/cgroup`` hides it).  The
+kernel still enforces its limit, and we cannot read it: ``sweeperd run`` says so at start, and
+``memory_limit_mib = "cgroup"`` is refused naming the cgroup, rather than taken for a host
+without a limit.
 """
 
 from __future__ import annotations
@@ -73,6 +81,7 @@ class HostMemory:
 
     mem_available: int  # bytes
     cgroup_limit: int | None  # bytes, None: no limit (or no memory cgroup)
+    unseen: str = ""  # a memory cgroup named but not mounted here (unseen_cgroup), else ""
 
 
 def _int(text: str) -> int | None:
@@ -171,6 +180,45 @@ def own_cgroup(root: str | Path = "/") -> Cgroup | None:
     return None
 
 
+def unseen_cgroup(root: str | Path = "/") -> str:
+    """Why this process's memory cgroup cannot be read, when ``/proc/self/cgroup`` names one
+    (v1 ``N:memory:/x``; without a v1 memory line, v2 ``0::/x`` with x not the root, which may
+    have the memory controller) that no mount in ``/proc/self/mountinfo`` shows: one line
+    naming the cgroup's path and where we looked.  "" when there is none, or it is visible."""
+    v1 = v2 = None
+    for line in (_read(_under(root, "/proc/self/cgroup")) or "").splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        if parts[0] == "0" and parts[1] == "":
+            v2 = parts[2]
+        elif "memory" in parts[1].split(","):
+            v1 = parts[2]
+    def visible(fstype: str, memory: bool) -> bool:  # a mount of it whose files we see
+        return any(t == fstype and (not memory or "memory" in o.split(","))
+                   and (_under(root, point) / "cgroup.procs").is_file()
+                   for _, point, t, o in _mounts(root))
+
+    if v1 is not None:
+        if visible("cgroup", True):
+            return ""
+        version, cpath, kind = 1, v1, "cgroup mount with the memory option"
+    elif v2 is not None and v2.strip("/"):
+        if visible("cgroup2", False):
+            return ""
+        version, cpath, kind = 2, v2, "cgroup2 mount"
+    else:
+        return ""
+    where = _under(root, "/sys/fs/cgroup")
+    seen = "absent" if not where.is_dir() else "; ".join(
+        sorted(p.name for p in where.iterdir())[:8]) or "empty"
+    return (f"{_under(root, '/proc/self/cgroup')} names the v{version} memory cgroup {cpath!r}, "
+            f"but {_under(root, '/proc/self/mountinfo')} has no {kind} whose files are "
+            f"visible (is /sys remounted, as by ip netns exec, or the mount hidden?); "
+            f"{where} holds: {seen}; its limit, which the kernel enforces, "
+            "cannot be read")
+
+
 def oom_kills(cg: Cgroup | None) -> int | None:
     """The cgroup's ``oom_kill`` count (v2 ``memory.events``, v1 ``memory.oom_control``);
     None where the kernel does not say."""
@@ -186,7 +234,8 @@ def oom_kills(cg: Cgroup | None) -> int | None:
 
 def read_host(root: str | Path = "/") -> HostMemory:
     cg = own_cgroup(root)
-    return HostMemory(mem_available(root), None if cg is None else cg.limit_bytes)
+    return HostMemory(mem_available(root), None if cg is None else cg.limit_bytes,
+                      unseen_cgroup(root) if cg is None or cg.limit_bytes is None else "")
 
 
 def overhead_bytes(processes: int, mutators: int, heap_bytes: int = 0) -> int:
@@ -202,6 +251,10 @@ def derive_limit(host: HostMemory, overhead: int) -> int:
     """``memory_limit_mib = "cgroup"``: the cgroup's limit less the daemon's own processes, in
     bytes.  Raises :class:`NoCgroupLimit` (no limit) or :class:`TooLarge` (the processes alone
     leave less than 16 MiB)."""
+    if host.cgroup_limit is None and host.unseen:
+        raise NoCgroupLimit(
+            'scavenger.memory_limit_mib: "cgroup" asks for the memory cgroup\'s limit, and it '
+            f"cannot be read here: {host.unseen}")
     if host.cgroup_limit is None:
         raise NoCgroupLimit(
             'scavenger.memory_limit_mib: "cgroup" asks for the memory cgroup\'s limit, and '
