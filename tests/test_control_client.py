@@ -41,7 +41,8 @@ d, who = sys.argv[1], sys.argv[2]
 if who.startswith("nobody"):
     os.setresgid(65534, 65534, 65534); os.setgroups([]) if os.getuid() == 0 else None
     os.setresuid(65534, 65534, 65534)
-    os.umask(0); os.mkdir(d, 0o777 if who == "nobody" else 0o770)
+    if who != "nobody-run":  # (nobody-run: the directory exists, made by root, as systemd does)
+        os.umask(0); os.mkdir(d, 0o777 if who == "nobody" else 0o770)
 ctx = zmq.Context()
 s = ctx.socket(zmq.REP)
 mon = s.get_monitor_socket(zmq.EVENT_ACCEPTED)
@@ -163,6 +164,30 @@ def test_another_uid_s_socket_is_trusted_only_through_the_configured_control_gro
     finally:
         _, received = _counts(fake)
     assert received == 1  # only the last, trusted, request
+
+
+def test_another_uid_s_daemon_in_a_directory_only_root_could_make_is_trusted():
+    """systemd's RuntimeDirectory for a ``User=`` service: /run (root's, 0755) holds
+    sweeperd/, made by root and handed to the service's user (mode 0700): nobody else could
+    have put it there, so a root client trusts that user's socket in it without
+    control.group; the same directory under a 1777 parent (as /tmp) is refused."""
+    _need_root()
+    run = Path(tempfile.mkdtemp(prefix="swd_run"))  # (searchable by nobody, unlike tmp_path)
+    os.chmod(run, 0o755)
+    d = run / "sweeperd"
+    d.mkdir(mode=0o700)
+    os.chown(d, NOBODY, NOBODY)
+    fake = _fake(d, "nobody-run")
+    try:
+        r = _cli("status", "--timeout", "60", "--control", f"ipc://{d}/control.sock")
+        assert r.returncode == 0 and '"fake": true' in r.stdout, r.stderr
+        os.chmod(run, 0o1777)  # now anyone could have made sweeperd/ there
+        r = _cli("status", "--timeout", "30", "--control", f"ipc://{d}/control.sock")
+        assert r.returncode == 1 and "another user could be posing" in r.stderr, r.stderr
+    finally:
+        _, received = _counts(fake)
+        shutil.rmtree(run, ignore_errors=True)
+    assert received == 1  # only the trusted request
 
 
 def test_a_socket_in_a_world_writable_directory_of_ours_is_refused(shared):

@@ -397,15 +397,16 @@ def _owner(st: os.stat_result) -> str:
             f", mode {stat.S_IMODE(st.st_mode):04o}")
 
 
-def distrust(st: os.stat_result, euid: int, gid: int | None) -> str:
+def distrust(st: os.stat_result, euid: int, gid: int | None, owner: int | None = None) -> str:
     """Why a client of uid ``euid`` (``control.group`` ``gid``) must not trust the daemon's
     socket directory or socket with this lstat, or "" if it may: it must belong to ``euid`` or
     root, or to group ``gid``; a directory must be writable by no one else — group-writable
     only for ``gid``, world-writable only if sticky (/tmp: nobody else can remove or rename
     what is in it).  A socket's own write bit is the right to connect, not to replace it (that
-    is the directory's), so it is not held against it; pure."""
+    is the directory's), so it is not held against it.  ``owner``: one more uid to trust, the
+    daemon's, when only root could have made its directory (:func:`placed_by_root`); pure."""
     ours = gid is not None and st.st_gid == gid
-    if st.st_uid not in (euid, 0) and not ours:
+    if st.st_uid not in (euid, 0, owner) and not ours:
         return (f"it belongs neither to us (uid {euid}) nor root"
                 + (f" nor control.group (gid {gid})" if gid is not None else "")
                 + ": another user could be posing as the daemon")
@@ -418,6 +419,14 @@ def distrust(st: os.stat_result, euid: int, gid: int | None) -> str:
         return ("its group may write to it and is not control.group: a member could put "
                 "their own socket there")
     return ""
+
+
+def placed_by_root(parent: os.stat_result) -> bool:
+    """Whether only root could have made an entry in a directory with this lstat: root's, and
+    writable by no one else (``/run``, where systemd makes a ``User=`` service's
+    ``RuntimeDirectory`` and hands it to that user; not ``/tmp``); pure."""
+    return (stat.S_ISDIR(parent.st_mode) and parent.st_uid == 0
+            and not stat.S_IMODE(parent.st_mode) & 0o022)
 
 
 def check_reachable(path: str, gid: int | None) -> None:
@@ -439,7 +448,12 @@ def check_reachable(path: str, gid: int | None) -> None:
     if not stat.S_ISDIR(dst.st_mode):
         raise Unreachable(f"refusing {path}: its directory {directory} is not a directory "
                           f"(a symlink?; {_owner(dst)})")
-    if why := distrust(dst, euid, gid):
+    try:  # a daemon of another user in a directory only root could make: systemd's
+        owner = dst.st_uid if placed_by_root(os.lstat(os.path.dirname(
+            os.path.abspath(directory)))) else None
+    except OSError:
+        owner = None
+    if why := distrust(dst, euid, gid, owner):
         raise Unreachable(f"refusing {path}: its directory {directory} is {_owner(dst)}: {why}")
     try:
         st = os.lstat(path)
@@ -452,7 +466,7 @@ def check_reachable(path: str, gid: int | None) -> None:
         raise Unreachable(f"cannot reach {path}: {e.strerror or e}") from None
     if not stat.S_ISSOCK(st.st_mode):
         raise Unreachable(f"refusing {path}: not a socket ({_owner(st)})")
-    if why := distrust(st, euid, gid):
+    if why := distrust(st, euid, gid, owner):
         raise Unreachable(f"refusing {path}: the socket is {_owner(st)}: {why}")
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         try:
