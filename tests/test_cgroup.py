@@ -321,3 +321,13 @@ def test_death_causes_are_named_and_memory_only_where_the_kernel_says_so():
     assert death_cause(None, None) == (False, "exit None")
     assert death_cause(-signal.SIGSEGV, 5) == (False, "killed by SIGSEGV")
     assert death_cause(-200, None) == (False, "killed by signal 200")
+
+
+def test_a_cgroup_the_processes_alone_fill_says_so_not_lower_the_heap():
+    """The newcomer's case: --heap-mib 8 in a 100 MiB cgroup was told to lower the heap."""
+    host = cgroup.HostMemory(mem_available=20 << 30, cgroup_limit=100 << 20)
+    with pytest.raises(cgroup.TooLarge) as e:
+        cgroup.check_fit(8 << 20, 0, host, cgroup.overhead_bytes(7, 2, 8 << 20))
+    msg = str(e.value)
+    assert "give the cgroup more memory, or run fewer workers" in msg, msg
+    assert "lower the heap" not in msg

@@ -282,6 +282,12 @@ def check_fit(heap_bytes: int, memory_limit: int, host: HostMemory, overhead: in
                 f"scavenger.memory_limit_mib ({_mib(memory_limit)}) is more than this host can "
                 f"back: {_mib(max(capacity, 0))} ({where}); lower it, or set it to \"cgroup\"")
         return
+    if cg is not None and cg < MIN_DERIVED_LIMIT_MIB << 20 and heap_bytes > capacity:
+        raise TooLarge(  # no heap fits: the processes alone fill the cgroup
+            f"a heap of {_mib(heap_bytes)} (heap.size_mib) cannot run in the memory cgroup's "
+            f"limit of {_mib(host.cgroup_limit or 0)}: the daemon's own processes need "
+            f"{_mib(overhead)}, and at least {MIN_DERIVED_LIMIT_MIB} MiB more of heap; give "
+            "the cgroup more memory, or run fewer workers (sweep.sweepers, mutators.count)")
     if heap_bytes > capacity:
         raise TooLarge(
             f"a heap of {_mib(heap_bytes)} (heap.size_mib) with no memory limit is more than "
