@@ -114,9 +114,22 @@ def test_books_match_the_kernel_and_the_policies_differ_as_they_must(run) -> Non
     assert runs["none"]["released_bytes"] == 0 and runs["none"]["madvise_calls"] == 0
     assert runs["none"]["seconds_to_retain_goal"] is None
     assert runs["eager"]["released_bytes"] > 50 << 20
-    e, g = runs["eager"]["seconds_to_retain_goal"], runs["go"]["seconds_to_retain_goal"]
-    assert e is not None and (g is None or e <= g), (e, g)
+    assert runs["eager"]["seconds_to_retain_goal"] is not None
     assert runs["none"]["excess_byte_seconds"] > runs["eager"]["excess_byte_seconds"]
+    # what each policy is, over its samples (not which run reached its goal first in seconds:
+    # two runs on a loaded machine get their GC cycles at different times; eager was once
+    # 1.47 s to go's 0.79 s under stress-ng): eager's freers release what they free in the
+    # same call, so its free pages are backed only while a release is in flight; none never
+    # releases, so the drain's spans stay backed and free to the end
+    free = {p: _free_backed_mib(run[0], p) for p in ("eager", "none")}
+    assert max(free["none"]) >= 64 and free["none"][-1] >= 64, free["none"]
+    mean = {p: sum(v) / len(v) for p, v in free.items()}
+    assert mean["eager"] * 8 <= mean["none"], (mean, free["eager"])
+
+
+def _free_backed_mib(out: Path, policy: str) -> list[float]:
+    with (out / f"short-{policy}.csv").open() as f:
+        return [float(r["free_bytes"]) / 2**20 for r in csv.DictReader(f)]
 
 
 def test_each_run_has_a_csv_of_samples_at_most_250_ms_apart(run) -> None:
