@@ -115,8 +115,9 @@ def test_trickling_peers_on_every_slot_cannot_lock_a_scraper_out(registry):
             for t in threads:
                 t.start()
             for _ in range(10):
-                _until(lambda: sum(not c.closing for c in _connections(srv)) == 8,
-                       "8 trickling peers on every slot")
+                _until(lambda: sum(not c.closing and not c.head_done
+                                   for c in _connections(srv)) == 8,
+                       "8 trickling peers on every slot")  # (not a scrape's, still closing)
                 body = _until(lambda: _scrape(srv.server_port), "a scrape among the tricklers")
                 assert "probe_hits_total" in body
             assert srv.dropped["evicted"] >= 10  # each scrape found every slot taken
