@@ -141,8 +141,8 @@ def _limit_at(version: int, d: Path) -> int | None:
     return None if version == 1 and v >= UNLIMITED_V1 else v
 
 
-def own_cgroup(root: str | Path = "/") -> Cgroup | None:
-    """This process's memory cgroup, or None when it has none we can read."""
+def _listed(root: str | Path) -> tuple[str | None, str | None]:
+    """The memory cgroup paths ``/proc/self/cgroup`` names: (v1 memory line's, v2 ``0::``)."""
     v1 = v2 = None
     for line in (_read(_under(root, "/proc/self/cgroup")) or "").splitlines():
         parts = line.split(":", 2)
@@ -152,6 +152,12 @@ def own_cgroup(root: str | Path = "/") -> Cgroup | None:
             v2 = parts[2]
         elif "memory" in parts[1].split(","):
             v1 = parts[2]
+    return v1, v2
+
+
+def own_cgroup(root: str | Path = "/") -> Cgroup | None:
+    """This process's memory cgroup, or None when it has none we can read."""
+    v1, v2 = _listed(root)
     for version, cpath in ((1, v1), (2, v2)):
         if cpath is None:
             continue
@@ -185,15 +191,7 @@ def unseen_cgroup(root: str | Path = "/") -> str:
     (v1 ``N:memory:/x``; without a v1 memory line, v2 ``0::/x`` with x not the root, which may
     have the memory controller) that no mount in ``/proc/self/mountinfo`` shows: one line
     naming the cgroup's path and where we looked.  "" when there is none, or it is visible."""
-    v1 = v2 = None
-    for line in (_read(_under(root, "/proc/self/cgroup")) or "").splitlines():
-        parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        if parts[0] == "0" and parts[1] == "":
-            v2 = parts[2]
-        elif "memory" in parts[1].split(","):
-            v1 = parts[2]
+    v1, v2 = _listed(root)
     def visible(fstype: str, memory: bool) -> bool:  # a mount of it whose files we see
         return any(t == fstype and (not memory or "memory" in o.split(","))
                    and (_under(root, point) / "cgroup.procs").is_file()
