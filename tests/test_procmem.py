@@ -1,3 +1,4 @@
+import mmap
 import os
 import time
 
@@ -19,12 +20,16 @@ def test_rss_and_pss_follow_a_shared_region_as_the_kernel_counts_it():
         assert after.pss_bytes - before.pss_bytes >= 60 << 20  # mapped by this process alone
         assert meminfo("Shmem") - shmem0 >= 60 << 20
         del a
-        private = bytearray(32 << 20)  # touched: anonymous memory, and one more descriptor
+        # Fresh private anonymous pages, touched, and one more descriptor.  Not a bytearray:
+        # glibc may serve it from heap memory an earlier test freed but left resident (its
+        # dynamic mmap threshold), and then RssAnon does not move at all.
+        private = mmap.mmap(-1, 32 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        np.frombuffer(private, dtype=np.uint8)[:] = 1
         fd = os.open("/dev/null", os.O_RDONLY)
         later = process_memory(os.getpid())
         assert later.anon_bytes - after.anon_bytes >= 30 << 20 and later.fds == after.fds + 1
         os.close(fd)
-        del private
+        private.close()
     finally:
         r.close()
 
