@@ -34,7 +34,10 @@ They are never stitched: the longest (most cycles; the last of equals) is replay
 scenario's description says which.  Within a lifetime a cycle whose time goes back is
 skipped, and so is a line repeated as it was (a log pipeline's at-least-once delivery: the
 same gc number, time and figures as the cycle before); cycles sharing one ``@`` time (a
-high GC rate) are all kept.  A ``scav`` line belongs to the lifetime of the gc line before it.
+high GC rate) are all kept.  A ``scav`` line belongs to the lifetime of the gc line before it,
+but Go prints one as a program's first sweep ends, before its ``gc 1`` (seen in both versions'
+real output): those before the file's first gc line belong to the first lifetime, and at a
+restart the last one before the new ``gc 1`` to the new lifetime (:func:`parse_log`).
 
 Times are taken relative to the first cycle: an excerpt of a service that has run for days
 (``gc 48211 @172801.7s``) lasts its own span.  The live heap first ramps from zero to the
@@ -74,6 +77,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 
 from sweeperd.workload.scenario import (
@@ -177,24 +181,34 @@ def parse_log(text: str) -> list[Lifetime]:
     number that does not grow starts a new one), each in time order; other lines are skipped,
     and so are a cycle that goes back in time within its lifetime and a gc line repeated
     (the very text of one already read in this lifetime, clock figures included: a log
-    pipeline's duplicate, not a restart).  Never raises."""
+    pipeline's duplicate, not a restart).  Scav lines go to the lifetime of the gc line before
+    them, except that Go prints one as a program's first sweep ends, before its ``gc 1``: those
+    before the file's first gc line go to the first lifetime, and at a restart the last scav
+    line before the new lifetime's first gc line goes to the new one.  Never raises."""
     lives: list[Lifetime] = []
     seen: set[str] = set()  # the gc lines of the lifetime being read
+    pending: list[Scav] = []  # scav lines since the last gc line taken
     for line in text.splitlines():
         for _, said, r in _records(line[:MAX_LINE]):
             if isinstance(r, Scav):
-                if lives:
-                    lives[-1].scavs.append(replace(r, after_gc=lives[-1].cycles[-1].n))
+                pending.append(replace(r, after_gc=lives[-1].cycles[-1].n) if lives else r)
                 continue
             if said in seen:
                 continue
             last = lives[-1].cycles[-1] if lives else None
             if last is None or r.n <= last.n:
-                lives.append(Lifetime([r], []))
-                seen = {said}
+                if lives and pending:
+                    lives[-1].scavs.extend(pending[:-1])
+                    pending = [replace(pending[-1], after_gc=None)]
+                lives.append(Lifetime([r], pending))
+                seen, pending = {said}, []
             elif r.t >= last.t:
                 lives[-1].cycles.append(r)
+                lives[-1].scavs.extend(pending)
                 seen.add(said)
+                pending = []
+    if lives:
+        lives[-1].scavs.extend(pending)
     return lives
 
 
@@ -313,19 +327,23 @@ def check_limits(cycles: list[Cycle], scale: float = 1.0, heap_mib: int | None =
                 f"{_where(c)} is {c.t - cycles[0].t:g} s after the first cycle "
                 f"({_where(cycles[0])}); a replay spans at most {MAX_REPLAY_S:g} s (one day): "
                 "cut the trace")
-    prev, t_prev = 0, scenario_time(cycles)
+    # allocation rates as to_scenario's phases will have them: cycles at the time of the one
+    # before allocate in the next phase (the last ones in the last phase)
+    prev, t_prev, owed, last = 0, scenario_time(cycles), 0, (0, 0.0)
     for c in cycles:
         for what, mb in (("heap at start", c.start_mib), ("live heap", c.live_mib)):
             if mb * scale > MAX_MIB:
                 raise ScenarioError(f"{_where(c)}: {what} {mb} MB is more than "
                                     f"{MAX_MIB:g} MiB at --scale {scale:g}")
         dt = c.t - t_prev
-        garbage = max(0, c.start_mib - prev)
-        if dt > 0 and garbage * scale / dt > MAX_MIB:
-            raise ScenarioError(f"{_where(c)}: {garbage} MB allocated in {dt:g} s is "
-                                f"more than {MAX_MIB:g} MiB/s at --scale {scale:g}")
-        if dt > 0:
-            t_prev = c.t
+        owed += max(0, c.start_mib - prev)
+        if dt > 0 or c is cycles[-1]:
+            if dt <= 0:  # the last cycles share the last phase's time
+                owed, dt = owed + last[0], last[1]
+            if owed * scale / dt > MAX_MIB:
+                raise ScenarioError(f"{_where(c)}: {owed} MB allocated in {dt:g} s is "
+                                    f"more than {MAX_MIB:g} MiB/s at --scale {scale:g}")
+            t_prev, owed, last = c.t, 0, (owed, dt)
         prev = c.live_mib
     peak = max(cycles, key=lambda c: c.live_mib)
     live = peak.live_mib * scale
@@ -375,6 +393,10 @@ def to_scenario(cycles: list[Cycle], scale: float = 1.0, heap_mib: int | None = 
                             garbage_mib_s=owed / dt,
                             name=f"gc {c.n}" + (" (forced)" if c.forced else "")))
         t_prev, live_prev, owed = c.t, live, 0.0
+    if owed > 0 and phases:  # the last cycles share the last phase's time: their garbage too
+        ph = phases[-1]
+        phases[-1] = msgspec.structs.replace(
+            ph, garbage_mib_s=ph.garbage_mib_s + owed / ph.seconds)  # type: ignore[operator]
     desc = f"replay of {len(cycles)} gctrace cycles"
     if forced := [c.n for c in cycles if c.forced]:
         desc += (f"; {len(forced)} forced by the program (gc "
