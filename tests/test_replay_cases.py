@@ -175,17 +175,22 @@ def test_gc_lines_are_read_behind_any_prefix_glued_several_to_a_line_and_in_json
     assert [c.forced for c in cycles] == [False] * 4 + [True] + [False] * 3
 
 
+def _garbage(sc: scenarios.Scenario) -> float:
+    """MiB of garbage the scenario allocates (a replay's rates are never "max")."""
+    return sum(ph.seconds * float(ph.garbage_mib_s) for ph in sc.phase)
+
+
 def test_cycles_sharing_one_time_are_all_kept_with_their_garbage() -> None:
     text = "\n".join([_gc(1, 1.0, 20, 10), _gc(2, 2.0, 30, 10), _gc(3, 2.0, 30, 10),
                       _gc(4, 2.0, 25, 10), _gc(5, 3.0, 30, 10)])
     cycles = replay.parse_trace(text)
     assert [c.n for c in cycles] == [1, 2, 3, 4, 5]
     sc = replay.to_scenario(cycles)
-    garbage = sum(ph.seconds * ph.garbage_mib_s for ph in sc.phase)  # type: ignore[operator]
+    garbage = _garbage(sc)
     assert garbage == pytest.approx(10 + 20 + 20 + 15 + 20)  # heap at start less live before
     # the last cycles sharing the last time: their garbage in the last phase, not lost
     sc = replay.to_scenario(cycles[:4])
-    garbage = sum(ph.seconds * ph.garbage_mib_s for ph in sc.phase)  # type: ignore[operator]
+    garbage = _garbage(sc)
     assert garbage == pytest.approx(10 + 20 + 20 + 15)
 
 
@@ -399,3 +404,24 @@ def test_the_reader_round_trips_every_kind_and_raises_only_its_own_error(
     assert again.seconds == pytest.approx(sc.seconds)
     assert sum(c.forced for c in tr.cycles) == 0 or "forced by the program" in (
         sc.scenario.description)
+
+
+@pytest.mark.parametrize("name", ["go119-freeosmemory.gctrace", "go121-freeosmemory.gctrace"])
+def test_forced_cycles_become_requests_at_their_time_freeosmemory_a_scavenge_too(
+        name: str) -> None:
+    tr = replay.read_bytes((DATA / name).read_bytes())
+    reqs = replay.forced_requests(tr.cycles, tr.scavs)
+    t0 = replay.scenario_time(tr.cycles)
+    # the program called debug.FreeOSMemory three times: a forced gc, then a forced scav line
+    assert [(round(t + t0, 3), what) for t, what in reqs] == [
+        (c.t, "gc+scavenge") for c in tr.cycles if c.forced]
+    assert all(0 < t <= replay.to_scenario(tr.cycles).seconds + 1e-9 for t, _ in reqs)
+
+
+def test_a_forced_cycle_without_a_forced_scav_line_is_runtime_gc() -> None:
+    text = "\n".join([_gc(1, 0.5, 8, 4), "scav 0 KiB work, 8 KiB total, 9% util",
+                      _gc(2, 1.0, 8, 4, forced=True), "scav 0 KiB work, 8 KiB total, 9% util",
+                      _gc(3, 1.5, 8, 4)])
+    tr = replay.read_bytes(text.encode())
+    assert replay.forced_requests(tr.cycles, tr.scavs) == [(pytest.approx(1.0), "gc")]
+    assert replay.forced_requests([], []) == []

@@ -50,6 +50,7 @@ next phase).  A trace of more than ``MAX_PHASES`` cycles is thinned evenly, the 
 the dropped cycles added to the next kept one.  A scenario cannot force a GC: a forced cycle
 is replayed as the others (its live heap and garbage at its time, the daemon's pacer choosing
 when it collects); its phase is named ``gc N (forced)`` and the description counts them.
+:func:`forced_requests` gives them as control-plane requests at their times, for a harness.
 
 Limits, checked before any daemon starts (:func:`check_limits`, a ``ScenarioError`` naming
 the cycle: its gc number, ``@`` time and MB figure): the replay spans at most
@@ -261,6 +262,20 @@ def scav_note(scavs: list[Scav]) -> str:
     return (f"{len(scavs)} scav lines in {fmt} format ({bg:.0f} MiB released in the background"
             + (f", {eager:.0f} MiB eagerly" if "1.21" in forms else "")
             + (f", {forced} forced" if forced else "") + ")")
+
+
+def forced_requests(cycles: list[Cycle], scavs: list[Scav]) -> list[tuple[float, str]]:
+    """What the program asked of its runtime, as requests to sweeperd's control plane at
+    seconds of the scenario's clock (the cycle's ``@`` time less :func:`scenario_time`; times
+    are not scaled): ``"gc"`` for a forced cycle (``runtime.GC``), ``"gc+scavenge"`` for one
+    followed by a forced scav line (``debug.FreeOSMemory``: runtime/debug's freeOSMemory
+    forces a GC then scavenges all, mheap.go, printing ``scav … (forced)``).  The scenario
+    cannot say these; a harness that runs the replay sends them at their times."""
+    if not cycles:
+        return []
+    t0 = scenario_time(cycles)
+    freed = {s.after_gc for s in scavs if s.forced}
+    return [(c.t - t0, "gc+scavenge" if c.n in freed else "gc") for c in cycles if c.forced]
 
 
 def read_bytes(raw: bytes, name: str = "trace") -> Trace:
