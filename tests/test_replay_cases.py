@@ -168,11 +168,14 @@ def test_gc_lines_are_read_behind_any_prefix_glued_several_to_a_line_and_in_json
         _gc(4, 0.443, 19, 12) + _gc(5, 0.633, 23, 14, forced=True) + "tail",  # two on a line
         json.dumps({"log": _gc(6, 0.855, 27, 17) + "\n", "stream": "stderr"}),
         "\r\n".join([_gc(7, 1.124, 33, 22), _gc(8, 1.472, 42, 26)]),  # CRLF
+        # a collector's record with the pod's metadata first (fluent-bit: labels, annotations)
+        json.dumps({"kubernetes": {"labels": {f"l{i}": "x" * 40 for i in range(150)}},
+                    "log": _gc(9, 1.884, 50, 33) + "\n"}),
     ])
     cycles = replay.parse_trace(text)
-    assert [c.n for c in cycles] == list(range(1, 9))
-    assert [c.live_mib for c in cycles] == [6, 8, 10, 12, 14, 17, 22, 26]
-    assert [c.forced for c in cycles] == [False] * 4 + [True] + [False] * 3
+    assert [c.n for c in cycles] == list(range(1, 10))
+    assert [c.live_mib for c in cycles] == [6, 8, 10, 12, 14, 17, 22, 26, 33]
+    assert [c.forced for c in cycles] == [False] * 4 + [True] + [False] * 4
 
 
 def _garbage(sc: scenarios.Scenario) -> float:

@@ -25,9 +25,11 @@ note.  Each line is found wherever it starts on a line of the file: behind a log
 prefix of any shape (CRI's ``TIMESTAMP stderr F``, journald's ``DATE host unit[pid]:``, a
 JSON ``{"log":"...``), after other output the line was glued to; a line holding several is
 read for each.  Every other line is skipped; the file's bytes are decoded with invalid UTF-8
-replaced; numbers are read with bounded digits (a figure too long to be Go's leaves its line
-unread), and the text between a gc line's ``%:`` and its ``MB goal`` cannot hold an ``@``, so
-no gc line is read across another, and no line can blow up the parser.
+replaced; the first 64 KiB of a line are looked at (a collector's JSON record may carry
+kilobytes of metadata before the line); numbers are read with bounded digits (a figure too
+long to be Go's leaves its line unread), and the text between a gc line's ``%:`` and its ``MB
+goal`` cannot hold an ``@``, so no gc line is read across another, and no line can blow up the
+parser (its worst text is read at ~18 MB/s).
 
 A file may hold several lifetimes of the program (a restart: the gc numbers start again).
 They are never stitched: the longest (most cycles; the last of equals) is replayed, and the
@@ -108,7 +110,7 @@ SCAV_LINE_119 = re.compile(  # Go 1.19 and 1.20 (printScavTrace(released, forced
 MIB = 1 << 20
 MAX_REPLAY_S = 86_400.0  # a scenario phase's limit (scenario.Seconds): one day
 MAX_HEAP_MIB = 16384  # sweeperd's heap limit (scenario.Header.heap_mib)
-MAX_LINE = 2000  # characters of a line looked at (prefixes, then the lines)
+MAX_LINE = 1 << 16  # characters of a line looked at (a JSON record's metadata, then the lines)
 
 
 @dataclass(frozen=True)
