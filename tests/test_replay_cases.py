@@ -428,3 +428,28 @@ def test_a_forced_cycle_without_a_forced_scav_line_is_runtime_gc() -> None:
     tr = replay.read_bytes(text.encode())
     assert replay.forced_requests(tr.cycles, tr.scavs) == [(pytest.approx(1.0), "gc")]
     assert replay.forced_requests([], []) == []
+
+
+@pytest.mark.parametrize("name,gogc", [("go121-gogc50.gctrace", 50),
+                                       ("go119-gogc200.gctrace", 200),
+                                       ("go121-freeosmemory.gctrace", 100)])
+def test_the_replay_runs_at_the_gogc_the_program_ran_with(name: str, gogc: int) -> None:
+    """Real output of freeosmemory.go at GOGC=50, 200 and the default: read from the goals."""
+    cycles, note = replay.read_trace(str(DATA / name))
+    assert replay.infer_gogc(cycles) == gogc
+    sc = replay.to_scenario(cycles, note=note)
+    assert sc.scenario.gogc == gogc and f"GOGC {gogc}, read from its goals" in (
+        sc.scenario.description)
+    assert scenarios.parse(sc.to_toml()).scenario.gogc == gogc
+
+
+def test_gogc_is_read_only_where_the_figures_can_say_it() -> None:
+    small = [_gc(i, i * 0.5, 8, 4) for i in range(1, 20)]  # 4 MB live: whole MB say little
+    assert replay.infer_gogc(replay.parse_trace("\n".join(small))) is None
+    assert replay.to_scenario(replay.parse_trace("\n".join(small))).scenario.gogc == 100
+    # goal = previous live x 3 (GOGC 200), but a memory limit held two goals of five lower
+    lines = [f"gc {i} @{i}.000s 1%: 0+0+0 ms clock, 0+0/0/0+0 ms cpu, 90->90->100 MB, "
+             f"{g} MB goal, 8 P" for i, g in enumerate([300, 300, 150, 300, 160, 300], 1)]
+    assert replay.infer_gogc(replay.parse_trace("\n".join(lines))) == 200
+    huge = [f"gc {i} @{i}.000s 1%: x, 90->90->100 MB, 999999 MB goal, 8 P" for i in range(1, 6)]
+    assert replay.infer_gogc(replay.parse_trace("\n".join(huge))) == 1000  # GOGC off: the most

@@ -49,7 +49,8 @@ becomes a phase from cycle *i−1*'s time to its own, in which the live heap ram
 less live heap of *i−1*) are split into that growth, held, and the rest, garbage spread
 evenly over the phase (a cycle at the same time as the one before adds its garbage to the
 next phase).  A trace of more than ``MAX_PHASES`` cycles is thinned evenly, the garbage of
-the dropped cycles added to the next kept one.  A scenario cannot force a GC: a forced cycle
+the dropped cycles added to the next kept one.  The scenario's GOGC is the program's, read
+from its goals (:func:`infer_gogc`).  A scenario cannot force a GC: a forced cycle
 is replayed as the others (its live heap and garbage at its time, the daemon's pacer choosing
 when it collects); its phase is named ``gc N (forced)`` and the description counts them.
 :func:`forced_requests` gives them as control-plane requests at their times, for a harness.
@@ -74,6 +75,7 @@ The one error of this module is ``ScenarioError`` (from :func:`read_trace`,
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from dataclasses import dataclass, replace
@@ -392,6 +394,25 @@ def _thin(cycles: list[Cycle]) -> list[tuple[Cycle, float]]:
     return out
 
 
+GOGC_MIN_LIVE_MB = 16  # a live heap below this reads its ratio with more than 6% of rounding
+
+
+def infer_gogc(cycles: list[Cycle]) -> int | None:
+    """The GOGC the program ran with, read from its goals: a cycle's goal is the previous
+    cycle's marked heap times ``1 + GOGC/100`` (mgcpacer.go ``heapGoalInternal``; since Go 1.18
+    stacks and globals are added to the marked heap, small beside a heap of this size), so
+    the median of ``goal / previous live`` over the cycles whose previous live heap is at
+    least ``GOGC_MIN_LIVE_MB`` (Go prints whole MB), to the nearest 10, within the scenario's
+    10..1000.  None when fewer than 3 cycles can say (the replay keeps GOGC 100).  A memory
+    limit that binds lowers the goal: the median holds while it binds for fewer than half."""
+    ratios = [c.goal_mib / p.live_mib for p, c in itertools.pairwise(cycles)
+              if p.live_mib >= GOGC_MIN_LIVE_MB and c.goal_mib > 0]
+    if len(ratios) < 3:
+        return None
+    gogc = round((float(np.median(ratios)) - 1.0) * 10) * 10
+    return min(1000, max(10, gogc))
+
+
 def to_scenario(cycles: list[Cycle], scale: float = 1.0, heap_mib: int | None = None,
                 name: str = "replay", note: str = "") -> Scenario:
     """The scenario that replays ``cycles`` (module docstring), scaled; ``ScenarioError``
@@ -419,9 +440,12 @@ def to_scenario(cycles: list[Cycle], scale: float = 1.0, heap_mib: int | None = 
         desc += (f"; {len(forced)} forced by the program (gc "
                  + ", ".join(map(str, forced[:8])) + (", ..." if len(forced) > 8 else "")
                  + "): replayed as the others, collected where the daemon's pacer puts them")
+    gogc = infer_gogc(cycles)
+    if gogc is not None:
+        desc += f"; GOGC {gogc}, read from its goals"
     desc += f"; {note}" if note else ""
-    sc = Scenario(Header(name=name, description=desc[:2000], heap_mib=MAX_HEAP_MIB),
-                  tuple(phases))
+    sc = Scenario(Header(name=name, description=desc[:2000], heap_mib=MAX_HEAP_MIB,
+                         gogc=gogc if gogc is not None else 100), tuple(phases))
     return sc.scaled(scale, heap)
 
 
