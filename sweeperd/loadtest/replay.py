@@ -2,22 +2,44 @@
 
 Theory of operation
 -------------------
-Go 1.19's gctrace line (``runtime/extern.go``) is::
+Go's gctrace line (runtime/mgc.go ``gcMarkTermination``, the same in 1.19 and 1.21;
+documented in ``runtime/extern.go``) is::
 
     gc # @#s #%: #+#+# ms clock, #+#/#/#+# ms cpu, #->#-># MB, # MB goal, # MB stacks,
-    # MB globals, # P
+    # MB globals, # P [(forced)]
 
-(``stacks`` and ``globals`` since 1.18; ``(forced)`` may follow).  Of each cycle the replay
-keeps the ``@`` time, the heap at the start of the cycle (the first of ``#->#->#``) and the
-live heap it marked (the third).  The line may stand behind a log collector's prefix (CRI's
-``TIMESTAMP stderr F``, journald's ``DATE host unit[pid]:``): it is found wherever it starts.
-Every other line — ``scav`` lines, the program's own output, garbage — is skipped; numbers
-are read with bounded digits, so no line can blow up the parser.
+(``stacks`` and ``globals`` since 1.18; `` (forced)`` when the program asked for the cycle,
+``runtime.GC`` or ``debug.FreeOSMemory``).  Of each cycle the replay keeps the ``@`` time, the
+heap at the start of the cycle (the first of ``#->#->#``), the live heap it marked (the third),
+the goal and whether it was forced.  With ``GODEBUG=scavtrace=1`` the scavenger adds its own
+line (runtime/mgcscavenge.go ``printScavTrace``), in Go 1.19 (and 1.20)::
+
+    scav # KiB work, # KiB total, #% util [(forced)|[controller reset]]
+
+and since Go 1.21, which splits the released bytes by who released them::
+
+    scav # KiB work (bg), # KiB work (eager), # KiB now, #% util [(forced)|[controller reset]]
+
+Both are read (:class:`Scav`); they tell which Go wrote the trace, and are counted in the plan's
+note.  Each line is found wherever it starts on a line of the file: behind a log collector's
+prefix of any shape (CRI's ``TIMESTAMP stderr F``, journald's ``DATE host unit[pid]:``, a
+JSON ``{"log":"...``), after other output the line was glued to; a line holding several is
+read for each.  Every other line is skipped; the file's bytes are decoded with invalid UTF-8
+replaced; the first 64 KiB of a line are looked at (a collector's JSON record may carry
+kilobytes of metadata before the line); numbers are read with bounded digits (a figure too
+long to be Go's leaves its line unread), and the text between a gc line's ``%:`` and its ``MB
+goal`` cannot hold an ``@``, so no gc line is read across another, and no line can blow up the
+parser (its worst text is read at ~18 MB/s).
 
 A file may hold several lifetimes of the program (a restart: the gc numbers start again).
 They are never stitched: the longest (most cycles; the last of equals) is replayed, and the
 scenario's description says which.  Within a lifetime a cycle whose time goes back is
-skipped; cycles sharing one ``@`` time (a high GC rate) are all kept.
+skipped, and so is a line repeated as it was (a log pipeline's at-least-once delivery: the
+same gc number, time and figures as the cycle before); cycles sharing one ``@`` time (a
+high GC rate) are all kept.  A ``scav`` line belongs to the lifetime of the gc line before it,
+but Go prints one as a program's first sweep ends, before its ``gc 1`` (seen in both versions'
+real output): those before the file's first gc line belong to the first lifetime, and at a
+restart the last one before the new ``gc 1`` to the new lifetime (:func:`parse_log`).
 
 Times are taken relative to the first cycle: an excerpt of a service that has run for days
 (``gc 48211 @172801.7s``) lasts its own span.  The live heap first ramps from zero to the
@@ -27,7 +49,11 @@ becomes a phase from cycle *i−1*'s time to its own, in which the live heap ram
 less live heap of *i−1*) are split into that growth, held, and the rest, garbage spread
 evenly over the phase (a cycle at the same time as the one before adds its garbage to the
 next phase).  A trace of more than ``MAX_PHASES`` cycles is thinned evenly, the garbage of
-the dropped cycles added to the next kept one.
+the dropped cycles added to the next kept one.  The scenario's GOGC is the program's, read
+from its goals (:func:`infer_gogc`).  A scenario cannot force a GC: a forced cycle
+is replayed as the others (its live heap and garbage at its time, the daemon's pacer choosing
+when it collects); its phase is named ``gc N (forced)`` and the description counts them.
+:func:`forced_requests` gives them as control-plane requests at their times, for a harness.
 
 Limits, checked before any daemon starts (:func:`check_limits`, a ``ScenarioError`` naming
 the cycle: its gc number, ``@`` time and MB figure): the replay spans at most
@@ -42,16 +68,21 @@ marked against the trace's live heap at that moment — linear between the trace
 the replay asks for it, scaled as the scenario was — relative to the trace's (at least 1 MiB,
 Go's resolution).  The daemon's cycles fall where its own pacer puts them, so each one is a
 measurement of how closely the heap followed the trace then.
+
+The one error of this module is ``ScenarioError`` (from :func:`read_trace`,
+:func:`check_limits`, :func:`to_scenario`); parsing text never raises.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 
 from sweeperd.workload.scenario import (
@@ -65,40 +96,130 @@ from sweeperd.workload.scenario import (
 )
 
 MAX_TRACE_BYTES = 64 * MAX_FILE_BYTES
-# (matched from a line's start by goref; searched for behind a log prefix by parse_trace)
+# (matched from a line's start by goref; searched for anywhere on a line by parse_log)
 GC_LINE = re.compile(
-    r"(?<![\w.@-])gc (\d{1,12}) @(\d{1,9}(?:\.\d{1,9})?)s \d{1,4}%: .{0,400}? "
+    r"gc (\d{1,12}) @(\d{1,9}(?:\.\d{1,9})?)s \d{1,4}%: [^@]{0,400}? "
     r"(\d{1,12})->(\d{1,12})->(\d{1,12}) MB, (\d{1,12}) MB goal")
+# what follows "MB goal" up to the line's end in Go 1.17..1.21+ (stacks, globals since 1.18)
+GC_TAIL = re.compile(r"(?:, \d{1,20} MB stacks)?(?:, \d{1,20} MB globals)?, \d{1,9} P"
+                     r"( \(forced\))?")
+_SCAV_END = r"% util( \(forced\)| \[controller reset\])?"
+SCAV_LINE_121 = re.compile(  # Go 1.21+ (mgcscavenge.go printScavTrace(releasedBg, releasedEager))
+    r"scav (\d{1,20}) KiB work \(bg\), (\d{1,20}) KiB work \(eager\), (\d{1,20}) KiB now, "
+    r"(\d{1,20})" + _SCAV_END)
+SCAV_LINE_119 = re.compile(  # Go 1.19 and 1.20 (printScavTrace(released, forced))
+    r"scav (\d{1,20}) KiB work, (\d{1,20}) KiB total, (\d{1,20})" + _SCAV_END)
 MIB = 1 << 20
 MAX_REPLAY_S = 86_400.0  # a scenario phase's limit (scenario.Seconds): one day
 MAX_HEAP_MIB = 16384  # sweeperd's heap limit (scenario.Header.heap_mib)
-MAX_LINE = 2000  # characters of a line looked at (a prefix, then the gc line)
+MAX_LINE = 1 << 16  # characters of a line looked at (a JSON record's metadata, then the lines)
 
 
 @dataclass(frozen=True)
 class Cycle:
+    """One gctrace line: Go's ``numgc``, its ``@`` time, ``heap0`` and ``heap2`` (MB) and
+    ``lastHeapGoal`` (MB), and ``userForced``."""
+
     n: int
     t: float  # seconds since the program started
     start_mib: int  # heap at the start of the cycle
     live_mib: int  # marked live
     goal_mib: int
+    forced: bool = False  # " (forced)": runtime.GC / debug.FreeOSMemory asked for it
+
+
+@dataclass(frozen=True)
+class Scav:
+    """One scavtrace line, in Go's names (mgcscavenge.go ``printScavTrace``), KiB as printed.
+
+    ``go``: "1.19" for the format of Go 1.19-1.20 (``work``, ``total``), "1.21" for Go 1.21+'s
+    (``work (bg)``, ``work (eager)``, ``now``).  In the 1.19 format all of ``work`` is
+    ``released_bg_kib`` (a forced line's too) and ``released_eager_kib`` is 0.
+    ``heap_released_kib``: bytes released to the OS in all at that moment (``total``/``now``).
+    ``util_percent``: heapInUse * 100 / heapRetained.  ``after_gc``: the gc number of the line
+    before it in its lifetime (None before any)."""
+
+    go: str
+    released_bg_kib: int
+    released_eager_kib: int
+    heap_released_kib: int
+    util_percent: int
+    forced: bool = False
+    controller_reset: bool = False
+    after_gc: int | None = None
+
+
+@dataclass
+class Lifetime:
+    """One run of the program in the file: its cycles in time order and its scav lines."""
+
+    cycles: list[Cycle]
+    scavs: list[Scav]
+
+
+def _records(line: str) -> list[tuple[int, str, Cycle | Scav]]:
+    """Every gc and scav line on ``line`` (prefixed or glued to other text), by position, each
+    with the text it was read from."""
+    out: list[tuple[int, str, Cycle | Scav]] = []
+    if "gc " in line:
+        for m in GC_LINE.finditer(line):
+            tail = GC_TAIL.match(line, m.end())
+            end = tail.end() if tail else m.end()
+            out.append((m.start(), line[m.start():end],
+                        Cycle(int(m[1]), float(m[2]), int(m[3]), int(m[5]), int(m[6]),
+                              bool(tail and tail[1]))))
+    if "scav " in line:
+        for m in SCAV_LINE_121.finditer(line):
+            out.append((m.start(), m[0], Scav("1.21", int(m[1]), int(m[2]), int(m[3]),
+                                              int(m[4]), m[5] == " (forced)",
+                                              m[5] == " [controller reset]")))
+        for m in SCAV_LINE_119.finditer(line):
+            out.append((m.start(), m[0], Scav("1.19", int(m[1]), 0, int(m[2]), int(m[3]),
+                                              m[4] == " (forced)",
+                                              m[4] == " [controller reset]")))
+    out.sort(key=lambda r: r[0])
+    return out
+
+
+def parse_log(text: str) -> list[Lifetime]:
+    """The gc and scav lines of ``text``, one :class:`Lifetime` per run of the program (a gc
+    number that does not grow starts a new one), each in time order; other lines are skipped,
+    and so are a cycle that goes back in time within its lifetime and a gc line repeated
+    (the very text of one already read in this lifetime, clock figures included: a log
+    pipeline's duplicate, not a restart).  Scav lines go to the lifetime of the gc line before
+    them, except that Go prints one as a program's first sweep ends, before its ``gc 1``: those
+    before the file's first gc line go to the first lifetime, and at a restart the last scav
+    line before the new lifetime's first gc line goes to the new one.  Never raises."""
+    lives: list[Lifetime] = []
+    seen: set[str] = set()  # the gc lines of the lifetime being read
+    pending: list[Scav] = []  # scav lines since the last gc line taken
+    for line in text.splitlines():
+        for _, said, r in _records(line[:MAX_LINE]):
+            if isinstance(r, Scav):
+                pending.append(replace(r, after_gc=lives[-1].cycles[-1].n) if lives else r)
+                continue
+            if said in seen:
+                continue
+            last = lives[-1].cycles[-1] if lives else None
+            if last is None or r.n <= last.n:
+                if lives and pending:
+                    lives[-1].scavs.extend(pending[:-1])
+                    pending = [replace(pending[-1], after_gc=None)]
+                lives.append(Lifetime([r], pending))
+                seen, pending = {said}, []
+            elif r.t >= last.t:
+                lives[-1].cycles.append(r)
+                lives[-1].scavs.extend(pending)
+                seen.add(said)
+                pending = []
+    if lives:
+        lives[-1].scavs.extend(pending)
+    return lives
 
 
 def parse_lifetimes(text: str) -> list[list[Cycle]]:
-    """The gctrace cycles of ``text``, one list per lifetime of the program (a gc number that
-    does not grow starts a new one), each in time order; other lines are skipped, and so is a
-    cycle that goes back in time within its lifetime."""
-    lives: list[list[Cycle]] = []
-    for line in text.splitlines():
-        m = GC_LINE.search(line[:MAX_LINE])
-        if m is None:
-            continue
-        c = Cycle(int(m[1]), float(m[2]), int(m[3]), int(m[5]), int(m[6]))
-        if not lives or c.n <= lives[-1][-1].n:
-            lives.append([c])
-        elif c.t >= lives[-1][-1].t:
-            lives[-1].append(c)
-    return lives
+    """The cycles of each lifetime of :func:`parse_log`."""
+    return [life.cycles for life in parse_log(text)]
 
 
 def choose_lifetime(lives: list[list[Cycle]]) -> tuple[list[Cycle], str]:
@@ -106,7 +227,7 @@ def choose_lifetime(lives: list[list[Cycle]]) -> tuple[list[Cycle], str]:
     ("" when the file holds one)."""
     if not lives:
         return [], ""
-    k = max(range(len(lives)), key=lambda i: (len(lives[i]), i))
+    k = _chosen(lives)
     best = lives[k]
     if len(lives) == 1:
         return best, ""
@@ -114,14 +235,69 @@ def choose_lifetime(lives: list[list[Cycle]]) -> tuple[list[Cycle], str]:
                   f"numbers again), the longest: gc {best[0].n}..{best[-1].n}")
 
 
+def _chosen(lives: list[list[Cycle]]) -> int:
+    return max(range(len(lives)), key=lambda i: (len(lives[i]), i))
+
+
 def parse_trace(text: str) -> list[Cycle]:
     """The cycles of the lifetime :func:`choose_lifetime` replays."""
     return choose_lifetime(parse_lifetimes(text))[0]
 
 
+@dataclass(frozen=True)
+class Trace:
+    """What :func:`read_bytes` makes of a file: the lifetime replayed, its scav lines and the
+    note for the scenario's description (which lifetime, which Go wrote the scav lines)."""
+
+    cycles: list[Cycle]
+    scavs: list[Scav]
+    note: str
+
+
+def scav_note(scavs: list[Scav]) -> str:
+    """The scav lines in a few words: how many, in which Go's format, what they released."""
+    if not scavs:
+        return ""
+    forms = sorted({s.go for s in scavs})
+    fmt = " and ".join({"1.19": "Go 1.19-1.20's", "1.21": "Go 1.21+'s"}[f] for f in forms)
+    bg = sum(s.released_bg_kib for s in scavs) / 1024
+    eager = sum(s.released_eager_kib for s in scavs) / 1024
+    forced = sum(s.forced for s in scavs)
+    return (f"{len(scavs)} scav lines in {fmt} format ({bg:.0f} MiB released in the background"
+            + (f", {eager:.0f} MiB eagerly" if "1.21" in forms else "")
+            + (f", {forced} forced" if forced else "") + ")")
+
+
+def forced_requests(cycles: list[Cycle], scavs: list[Scav]) -> list[tuple[float, str]]:
+    """What the program asked of its runtime, as requests to sweeperd's control plane at
+    seconds of the scenario's clock (the cycle's ``@`` time less :func:`scenario_time`; times
+    are not scaled): ``"gc"`` for a forced cycle (``runtime.GC``), ``"gc+scavenge"`` for one
+    followed by a forced scav line (``debug.FreeOSMemory``: runtime/debug's freeOSMemory
+    forces a GC then scavenges all, mheap.go, printing ``scav … (forced)``).  The scenario
+    cannot say these; a harness that runs the replay sends them at their times."""
+    if not cycles:
+        return []
+    t0 = scenario_time(cycles)
+    freed = {s.after_gc for s in scavs if s.forced}
+    return [(c.t - t0, "gc+scavenge" if c.n in freed else "gc") for c in cycles if c.forced]
+
+
+def read_bytes(raw: bytes, name: str = "trace") -> Trace:
+    """The :class:`Trace` of a file's bytes (invalid UTF-8 replaced); ``ScenarioError``
+    naming ``name`` when it holds fewer than 2 cycles to replay."""
+    lives = parse_log(raw.decode(errors="replace"))
+    cycles, note = choose_lifetime([life.cycles for life in lives])
+    if len(cycles) < 2:
+        raise ScenarioError(f"--replay {name}: {len(cycles)} gctrace cycle line(s) found; a "
+                            "replay needs at least 2 (GODEBUG=gctrace=1 output, Go 1.17+)")
+    scavs = lives[_chosen([life.cycles for life in lives])].scavs
+    return Trace(cycles, scavs, "; ".join(x for x in (note, scav_note(scavs)) if x))
+
+
 def read_trace(path: str) -> tuple[list[Cycle], str]:
-    """The cycles to replay from the file ``path``, and the note of :func:`choose_lifetime`;
-    ``ScenarioError`` naming the file when it cannot be read or holds fewer than 2."""
+    """The cycles to replay from the file ``path``, and the note of :class:`Trace`;
+    ``ScenarioError`` naming the file when it cannot be read, is too large or holds fewer
+    than 2."""
     p = Path(path)
     try:
         with p.open("rb") as f:
@@ -130,11 +306,8 @@ def read_trace(path: str) -> tuple[list[Cycle], str]:
         raise ScenarioError(f"--replay {path}: cannot read: {e.strerror}") from None
     if len(raw) > MAX_TRACE_BYTES:
         raise ScenarioError(f"--replay {path}: larger than {MAX_TRACE_BYTES >> 20} MiB")
-    cycles, note = choose_lifetime(parse_lifetimes(raw.decode(errors="replace")))
-    if len(cycles) < 2:
-        raise ScenarioError(f"--replay {path}: {len(cycles)} gctrace cycle line(s) found; a "
-                            "replay needs at least 2 (GODEBUG=gctrace=1 output, Go 1.19+)")
-    return cycles, note
+    tr = read_bytes(raw, path)
+    return tr.cycles, tr.note
 
 
 def load_trace(path: str) -> list[Cycle]:
@@ -173,19 +346,23 @@ def check_limits(cycles: list[Cycle], scale: float = 1.0, heap_mib: int | None =
                 f"{_where(c)} is {c.t - cycles[0].t:g} s after the first cycle "
                 f"({_where(cycles[0])}); a replay spans at most {MAX_REPLAY_S:g} s (one day): "
                 "cut the trace")
-    prev, t_prev = 0, scenario_time(cycles)
+    # allocation rates as to_scenario's phases will have them: cycles at the time of the one
+    # before allocate in the next phase (the last ones in the last phase)
+    prev, t_prev, owed, last = 0, scenario_time(cycles), 0, (0, 0.0)
     for c in cycles:
         for what, mb in (("heap at start", c.start_mib), ("live heap", c.live_mib)):
             if mb * scale > MAX_MIB:
                 raise ScenarioError(f"{_where(c)}: {what} {mb} MB is more than "
                                     f"{MAX_MIB:g} MiB at --scale {scale:g}")
         dt = c.t - t_prev
-        garbage = max(0, c.start_mib - prev)
-        if dt > 0 and garbage * scale / dt > MAX_MIB:
-            raise ScenarioError(f"{_where(c)}: {garbage} MB allocated in {dt:g} s is "
-                                f"more than {MAX_MIB:g} MiB/s at --scale {scale:g}")
-        if dt > 0:
-            t_prev = c.t
+        owed += max(0, c.start_mib - prev)
+        if dt > 0 or c is cycles[-1]:
+            if dt <= 0:  # the last cycles share the last phase's time
+                owed, dt = owed + last[0], last[1]
+            if owed * scale / dt > MAX_MIB:
+                raise ScenarioError(f"{_where(c)}: {owed} MB allocated in {dt:g} s is "
+                                    f"more than {MAX_MIB:g} MiB/s at --scale {scale:g}")
+            t_prev, owed, last = c.t, 0, (owed, dt)
         prev = c.live_mib
     peak = max(cycles, key=lambda c: c.live_mib)
     live = peak.live_mib * scale
@@ -217,6 +394,25 @@ def _thin(cycles: list[Cycle]) -> list[tuple[Cycle, float]]:
     return out
 
 
+GOGC_MIN_LIVE_MB = 16  # a live heap below this reads its ratio with more than 6% of rounding
+
+
+def infer_gogc(cycles: list[Cycle]) -> int | None:
+    """The GOGC the program ran with, read from its goals: a cycle's goal is the previous
+    cycle's marked heap times ``1 + GOGC/100`` (mgcpacer.go ``heapGoalInternal``; since Go 1.18
+    stacks and globals are added to the marked heap, small beside a heap of this size), so
+    the median of ``goal / previous live`` over the cycles whose previous live heap is at
+    least ``GOGC_MIN_LIVE_MB`` (Go prints whole MB), to the nearest 10, within the scenario's
+    10..1000.  None when fewer than 3 cycles can say (the replay keeps GOGC 100).  A memory
+    limit that binds lowers the goal: the median holds while it binds for fewer than half."""
+    ratios = [c.goal_mib / p.live_mib for p, c in itertools.pairwise(cycles)
+              if p.live_mib >= GOGC_MIN_LIVE_MB and c.goal_mib > 0]
+    if len(ratios) < 3:
+        return None
+    gogc = round((float(np.median(ratios)) - 1.0) * 10) * 10
+    return min(1000, max(10, gogc))
+
+
 def to_scenario(cycles: list[Cycle], scale: float = 1.0, heap_mib: int | None = None,
                 name: str = "replay", note: str = "") -> Scenario:
     """The scenario that replays ``cycles`` (module docstring), scaled; ``ScenarioError``
@@ -232,11 +428,24 @@ def to_scenario(cycles: list[Cycle], scale: float = 1.0, heap_mib: int | None = 
             live_prev = live
             continue
         phases.append(Phase(seconds=dt, live_mib=[live_prev, live] if live != live_prev else live,
-                            garbage_mib_s=owed / dt, name=f"gc {c.n}"))
+                            garbage_mib_s=owed / dt,
+                            name=f"gc {c.n}" + (" (forced)" if c.forced else "")))
         t_prev, live_prev, owed = c.t, live, 0.0
-    desc = f"replay of {len(cycles)} gctrace cycles" + (f"; {note}" if note else "")
-    sc = Scenario(Header(name=name, description=desc[:2000], heap_mib=MAX_HEAP_MIB),
-                  tuple(phases))
+    if owed > 0 and phases:  # the last cycles share the last phase's time: their garbage too
+        ph = phases[-1]
+        phases[-1] = msgspec.structs.replace(
+            ph, garbage_mib_s=ph.garbage_mib_s + owed / ph.seconds)  # type: ignore[operator]
+    desc = f"replay of {len(cycles)} gctrace cycles"
+    if forced := [c.n for c in cycles if c.forced]:
+        desc += (f"; {len(forced)} forced by the program (gc "
+                 + ", ".join(map(str, forced[:8])) + (", ..." if len(forced) > 8 else "")
+                 + "): replayed as the others, collected where the daemon's pacer puts them")
+    gogc = infer_gogc(cycles)
+    if gogc is not None:
+        desc += f"; GOGC {gogc}, read from its goals"
+    desc += f"; {note}" if note else ""
+    sc = Scenario(Header(name=name, description=desc[:2000], heap_mib=MAX_HEAP_MIB,
+                         gogc=gogc if gogc is not None else 100), tuple(phases))
     return sc.scaled(scale, heap)
 
 
