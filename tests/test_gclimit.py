@@ -154,3 +154,82 @@ def test_invariants_hold_over_any_schedule(marks, procs):
     # GC at most half of the time, each mark under 1 s: the bucket never fills from empty
     if all(m <= g and m < CAP for m, g in marks):
         assert lim.enabled_times == 0
+
+
+# --- in the cycle machine ---------------------------------------------------------------------
+
+def _machine_cycle(m, mut, now: float, mark_s: float) -> float:
+    """Drive one cycle of ``m`` (one mutator, no sweeper) from an IDLE tick whose heap is over
+    the trigger; the mark takes ``mark_s``.  Returns the time the cycle ended."""
+    from sweeperd.daemon import cycle as c
+
+    acts = m.handle(c.Tick(now))
+    assert any(isinstance(a, c.MeasureHeap) for a in acts)
+    acts = m.handle(c.HeapMeasured(1 << 30, 1 << 40, 1 << 41))
+    assert any(isinstance(a, c.SendMark) for a in acts), "the trigger fired"
+    now += mark_s
+    m.handle(c.Marked(mut, m.sweepgen + 2, now, 1 << 20))
+    m.handle(c.LiveMeasured(1 << 20, 10))
+    now += 0.001
+    m.handle(c.Tick(now))
+    m.handle(c.SweepMeasured(0, False, 0, 0))
+    assert m.phase is c.Phase.IDLE
+    return now
+
+
+def _machine():
+    from sweeperd.daemon import cycle as c
+    from sweeperd.daemon.events import Role, Slot
+
+    mut = Slot(Role.MUTATOR, 0)
+    m = c.GCCycle(c.Params(gogc=100, min_goal_bytes=1 << 20, nsweepers=1, trigger_check_s=0,
+                           dead_after_s=1e9, start_after_s=1e9, limiter_procs=1),
+                  sweepgen=4)
+    m.handle(c.Started(mut, 0.0))
+    m.handle(c.Hello(mut, 0.0))
+    return m, mut
+
+
+def test_the_machine_holds_back_the_trigger_until_mutators_had_as_long_as_the_last_mark():
+    """Marks of 0.5 s 1 ms apart (one mutator: a 1 s bucket): after two the bucket holds
+    0.998 s, no room for a third; the heap over its trigger starts no cycle until the mutators
+    have run 0.5 s more, and the time held is counted as capped."""
+    from sweeperd.daemon import cycle as c
+
+    m, mut = _machine()
+    now = 0.0
+    for _ in range(2):
+        now = _machine_cycle(m, mut, now, 0.5)
+    lim = m.limiter
+    assert lim is not None and not lim.admits() and lim.enabled_ns == 0
+    for dt in (0.001, 0.2, 0.2):  # 0.401 s of mutator time: still no room
+        now += dt
+        assert any(isinstance(a, c.MeasureHeap) for a in m.handle(c.Tick(now)))
+        acts = m.handle(c.HeapMeasured(1 << 30, 1 << 40, 1 << 41))
+        assert not any(isinstance(a, c.SendMark) for a in acts) and m.phase is c.Phase.IDLE
+        assert lim.capping()
+    now += 0.1  # 0.501 s: room again
+    _machine_cycle(m, mut, now, 0.5)
+    assert lim.enabled_ns == pytest.approx(0.5 * S, abs=1000)  # from the first refusal
+    assert not lim.held
+
+
+def test_a_nearly_full_heap_starts_a_cycle_whatever_the_limiter():
+    from sweeperd.daemon import cycle as c
+
+    m, mut = _machine()
+    now = 0.0
+    for _ in range(2):
+        now = _machine_cycle(m, mut, now, 0.5)
+    now += 0.001
+    m.handle(c.Tick(now))
+    acts = m.handle(c.HeapMeasured(1 << 30, 1, 1 << 41))  # 1 byte of headroom
+    assert any(isinstance(a, c.SendMark) for a in acts)
+
+
+def test_marks_under_half_the_time_are_never_held():
+    m, mut = _machine()
+    now = 0.0
+    for _ in range(20):
+        now = _machine_cycle(m, mut, now + 0.3, 0.29)  # asserts each trigger fires
+    assert m.limiter is not None and m.limiter.enabled_ns == 0

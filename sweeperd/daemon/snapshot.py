@@ -80,6 +80,7 @@ class Snapshot:
     # client requests by type, then outcome (sweeperd_control_requests_total)
     control_requests: Mapping[str, Mapping[str, int]] = field(
         default_factory=lambda: MappingProxyType({}))
+    gc_limiter_enabled_s: float = 0.0  # seconds the GC CPU limiter capped GC work (gclimit.py)
 
     def alive(self, role: Role) -> int:
         return sum(1 for w in self.workers if w.role == role and w.state == "alive")

@@ -19,11 +19,16 @@ them as GC time on every P.
 
 In sweeperd the mutators do the marking, with the world stopped (daemon/cycle.py's MARK): the
 whole of a mark is GC time on every mutator, so the coordinator runs this limiter with
-``background_utilization = 1.0`` and one "P" per mutator, and holds back the GOGC/limit
-trigger (not the heap-full one: a fixed arena cannot grow) while :attr:`GCCPULimiter.enabled`.
-Beside Go's state it counts :attr:`enabled_ns`, wall-clock nanoseconds spent enabled (an update
-that finds it enabled charges the window since the last update): the
-``sweeperd_gc_limiter_enabled_seconds_total`` counter (Go has only
+``background_utilization = 1.0`` and one "P" per mutator.  A world-stopped mark has no assists
+to stop, so sweeperd caps the GC where it can, before a mark: :meth:`GCCPULimiter.admits` lets
+the GOGC/limit trigger start a mark only when the bucket has room for one as long as the last
+(at most half the bucket, so that a mark longer than 1 s cannot stall the GC for good); a
+trigger refused waits (:meth:`hold`) and the heap grows past it, as Go's does past its goal.
+In steady state that is the 50% cap: each mark waits for as much mutator time as it took.  The
+heap-full trigger is never held (a fixed arena cannot grow), nor a ``gc`` request.
+Beside Go's state it counts :attr:`enabled_ns`, wall-clock nanoseconds during which GC work was
+capped — Go's ``enabled``, or a trigger held — charged by the update that ends each window:
+the ``sweeperd_gc_limiter_enabled_seconds_total`` counter (Go has only
 ``/gc/limiter/last-enabled:gc-cycle``).
 
 Pure: times are integer nanoseconds passed in (any monotonic origin); no clock is read.
@@ -63,6 +68,9 @@ class GCCPULimiter:
     idle_pool: int = 0  # CPU-ns of idle Ps since the last update (addIdleTime)
     enabled_ns: int = 0  # wall-clock ns spent enabled (sweeperd's, not Go's)
     enabled_times: int = 0  # how many times it went from disabled to enabled
+    held: bool = False  # sweeperd: a trigger is being held back (see :meth:`hold`)
+    mark_started: int = 0  # ns the GC last turned on
+    last_mark_ns: int = 0  # CPU-ns of the last whole mark (wall time times nprocs)
 
     def __post_init__(self) -> None:
         if self.nprocs < 1:
@@ -102,6 +110,10 @@ class GCCPULimiter:
         if self.gc_enabled == enable_gc:
             raise LimiterError("transitioning GC to the same state as before")
         self._update(now)
+        if enable_gc:
+            self.mark_started = now
+        else:
+            self.last_mark_ns = max(0, now - self.mark_started) * self.nprocs
         self.gc_enabled = enable_gc
         self.transitioning = True
 
@@ -128,6 +140,22 @@ class GCCPULimiter:
         elif self.fill < self.capacity:
             self.enabled = False
 
+    def admits(self) -> bool:
+        """sweeperd's cap: may a mark start now?  Yes while the bucket has room for a mark as
+        long as the last one (at most half the bucket); no while Go's limiter is on."""
+        need = min(self.last_mark_ns, self.capacity // 2)
+        return not self.enabled and self.fill + need <= self.capacity
+
+    def hold(self, now: int, held: bool) -> None:
+        """A due trigger is held back (``held``) or not, from ``now``: the time since the last
+        update is charged under the old state first."""
+        self.update(now)
+        self.held = held
+
+    def capping(self) -> bool:
+        """Is GC work capped now (Go's limiter on, or a trigger held)?"""
+        return self.enabled or self.held
+
     # --- Go's updateLocked and accumulate ---------------------------------------------------
 
     def _update(self, now: int) -> None:
@@ -145,7 +173,7 @@ class GCCPULimiter:
         self._accumulate(window - gc, gc)
 
     def _charge_enabled(self, now: int) -> None:
-        if self.enabled:
+        if self.enabled or self.held:
             self.enabled_ns += now - self.last_update
 
     def _accumulate(self, mutator_ns: int, gc_ns: int) -> None:

@@ -91,6 +91,9 @@ def sweep_pages_per_byte(in_use_pages: int, trigger_bytes: int, live_bytes: int)
 
 
 def should_trigger(objects_bytes: int, headroom_bytes: int, heap_bytes: int,
-                   trigger_bytes: int) -> bool:
-    """Start a cycle now?  ``headroom_bytes`` is the heap's free plus released bytes."""
-    return objects_bytes >= trigger_bytes or headroom_bytes < FULL_HEADROOM * heap_bytes
+                   trigger_bytes: int, limiting: bool = False) -> bool:
+    """Start a cycle now?  ``headroom_bytes`` is the heap's free plus released bytes.
+    ``limiting``: the GC CPU limiter is on (pacing/gclimit.py): the trigger waits, and the heap
+    grows past it (Go stops mark assists), but a nearly full arena still starts a cycle."""
+    return (objects_bytes >= trigger_bytes and not limiting) \
+        or headroom_bytes < FULL_HEADROOM * heap_bytes
