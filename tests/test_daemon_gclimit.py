@@ -39,6 +39,8 @@ def test_the_gc_cpu_limiter_engages_on_alloc_storm_with_a_memory_limit(tmp_path:
             assert d.proc.poll() is None, d.where()
             time.sleep(0.5)
         assert v > 0
+        assert d.status()["gc"]["limiter_enabled_seconds"] > 0
+        assert _metric(d, "sweeperd_gc_gogc") == 100
         assert d.status()["heap"]["goal_bytes"] == gcpace.memory_limit_goal(64 * MIB)
     finally:
         assert d.stop() == 0
@@ -55,5 +57,7 @@ def test_gogc_off_runs_the_case_scenario_with_the_limit_s_goal(tmp_path: Path):
     try:
         st = d.wait_for(lambda s: s["cycle"] >= 1, timeout=180, what="a GC cycle")
         assert st["heap"]["goal_bytes"] == gcpace.memory_limit_goal(400 * MIB)
+        assert st["gc"]["gogc"] == "off" and st["gc"]["memory_limit_bytes"] == 400 * MIB
+        assert _metric(d, "sweeperd_gc_gogc") == -1
     finally:
         assert d.stop() == 0

@@ -915,7 +915,8 @@ class Coordinator:
             tallies=read_tallies(self.heap), heap_handle=self._handle,
             control_addr=self.control_addr, ipc_dir=self.ipc_dir,
             metrics_addr=self.metrics_addr, scenario=self._scenario_now(),
-            gc_limiter_enabled_s=0.0 if m.limiter is None else m.limiter.enabled_ns / 1e9)
+            gc_limiter_enabled_s=0.0 if m.limiter is None else m.limiter.enabled_ns / 1e9,
+            gogc=m.params.gogc, memory_limit_bytes=m.params.memory_limit_bytes)
 
     def _scenario_now(self) -> Mapping[str, Any]:
         if self.scenario is None:
