@@ -145,3 +145,27 @@ def test_a_scenario_with_gogc_off_and_no_limit_is_refused_naming_both_keys(v, li
 def test_other_scenario_gogc_values_are_refused_naming_the_field(v):
     with pytest.raises(s.ScenarioError, match="gogc"):
         s.parse(_scenario(v))
+
+
+def test_the_cycle_machine_with_gogc_off_sets_the_limit_s_goal_after_every_mark():
+    """From the first goal to the goal after a mark that found 10 MiB live: the limit's
+    (388 MiB of 400), where GOGC 100 would set 20 MiB."""
+    from sweeperd.daemon import cycle as c
+    from sweeperd.daemon.events import Role, Slot
+
+    mut = Slot(Role.MUTATOR, 0)
+    m = c.GCCycle(c.Params(gogc=gcpace.GOGC_OFF, min_goal_bytes=4 * MIB, nsweepers=1,
+                           memory_limit_bytes=400 * MIB, trigger_check_s=0, dead_after_s=1e9,
+                           start_after_s=1e9), sweepgen=4)
+    assert m.goal_bytes == 388 * MIB
+    m.handle(c.Started(mut, 0.0))
+    m.handle(c.Hello(mut, 0.0))
+    m.handle(c.Tick(1.0))
+    assert not any(isinstance(a, c.SendMark)  # 300 MiB of objects: under the trigger
+                   for a in m.handle(c.HeapMeasured(300 * MIB, 1 << 40, 1 << 41)))
+    m.handle(c.Tick(2.0))
+    assert any(isinstance(a, c.SendMark)  # 380 MiB: past live + 90% of the way to 388 MiB
+               for a in m.handle(c.HeapMeasured(380 * MIB, 1 << 40, 1 << 41)))
+    m.handle(c.Marked(mut, m.sweepgen + 2, 2.1, 10 * MIB))
+    m.handle(c.LiveMeasured(10 * MIB, 10))
+    assert m.goal_bytes == 388 * MIB and m.trigger_bytes == gcpace.trigger(10 * MIB, 388 * MIB)
