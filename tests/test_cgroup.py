@@ -231,6 +231,21 @@ def test_derived_limit_is_the_cgroup_less_the_daemon():
         cgroup.derive_limit(cgroup.HostMemory(8 << 30, 110 * MIB), OVER)
 
 
+def test_derived_limit_is_90_percent_of_a_large_cgroup_as_automemlimit_sets_gomemlimit():
+    host = cgroup.HostMemory(64 << 30, 8192 * MIB)
+    assert cgroup.derive_limit(host, OVER) == int(8192 * MIB * 0.9)  # 7372.8 MiB < 8092 MiB
+
+
+@given(cgl=st.integers(0, 1 << 44), over=st.integers(0, 1 << 34))
+def test_derived_limit_is_never_over_90_percent_nor_over_the_cgroup_less_the_daemon(cgl, over):
+    try:
+        lim = cgroup.derive_limit(cgroup.HostMemory(1 << 44, cgl), over)
+    except cgroup.TooLarge:
+        assert min(int(cgl * 0.9), cgl - over) < cgroup.MIN_DERIVED_LIMIT_MIB * MIB
+        return
+    assert lim <= 0.9 * cgl and lim <= cgl - over and lim >= cgroup.MIN_DERIVED_LIMIT_MIB * MIB
+
+
 @settings(max_examples=300, deadline=None)
 @given(heap=st.integers(1, 1 << 44), lim=st.integers(0, 1 << 44),
        avail=st.integers(0, 1 << 44), cgl=st.one_of(st.none(), st.integers(0, 1 << 44)),

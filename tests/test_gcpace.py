@@ -44,3 +44,9 @@ def test_a_memory_limit_caps_the_goal_less_go_s_headroom():
     assert heap_goal(100 * mib, 100, 4 * mib, memory_limit=150 * mib) == 150 * mib - 4.5 * mib
     assert heap_goal(0, 100, 4 * mib, memory_limit=3 * mib) == 2 * mib  # below min_goal
     assert heap_goal(100 * mib, 100, 4 * mib, memory_limit=1 << 40) == 200 * mib  # no bind
+
+
+def test_the_gc_cpu_limiter_holds_back_the_trigger_but_not_a_nearly_full_heap():
+    assert not gcpace.should_trigger(1 << 30, 50, 100, trigger_bytes=1 << 20, limiting=True)
+    assert gcpace.should_trigger(1 << 30, 50, 100, trigger_bytes=1 << 20, limiting=False)
+    assert gcpace.should_trigger(1 << 30, 5, 100, trigger_bytes=1 << 20, limiting=True)

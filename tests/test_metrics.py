@@ -158,7 +158,8 @@ def test_refill_histogram_and_scenario_series():
 # Every family a scrape serves, with a scenario and every policy figure present: the names
 # the README's table and the dashboards use (taken from a scrape before the stats were typed).
 _NAMES = """
-sweeperd_gc_cycles_total sweeperd_sweep_spans_total sweeperd_sweep_pages_total
+sweeperd_gc_cycles_total sweeperd_gc_limiter_enabled_seconds_total sweeperd_gc_gogc
+sweeperd_sweep_spans_total sweeperd_sweep_pages_total
 sweeperd_sweep_objects_freed_total sweeperd_sweep_phase_seconds sweeperd_finalizers_run_total
 sweeperd_mutator_objects_allocated_total sweeperd_mutator_allocated_bytes_total
 sweeperd_mutator_alloc_seconds sweeperd_scenario_info sweeperd_scenario_elapsed_seconds

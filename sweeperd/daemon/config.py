@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sweeperd.daemon import control
+from sweeperd.pacing import gcpace
 from sweeperd.pacing.decay import DecayParams
 from sweeperd.pacing.policies import PARAMS, POLICIES
 from sweeperd.pacing.policies import RANGES as POLICY_RANGES
@@ -161,6 +162,10 @@ CHOICES: dict[str, set[str]] = {"scavenger.vectored": {"auto", "on", "off"},
 
 
 def _check_value(key: str, typ: Any, v: Any) -> Any:
+    if key == "gc.gogc" and (v == "off" or (type(v) is int and v == gcpace.GOGC_OFF)):
+        return gcpace.GOGC_OFF  # GOGC off: meaningful with a memory limit (_check_gogc_off)
+    if key == "gc.gogc" and isinstance(v, str):
+        raise ConfigError(f'{key}: expected an integer or "off", got {v!r}')
     if typ == "int | Literal['cgroup']":  # a figure, or derived from the memory cgroup
         if v == CGROUP:
             return v
@@ -325,8 +330,18 @@ def from_dict(data: dict[str, Any], base: Config | None = None) -> Config:
         cfg = replace(cfg, **{sec: replace(current, **updates)})
     if isinstance(data.get("mutators"), dict) and data["mutators"].get("scenario"):
         cfg = _with_scenario(cfg, data)
+    _check_gogc_off(cfg)
     _validate_addrs(cfg)
     return cfg
+
+
+def _check_gogc_off(cfg: Config) -> None:
+    """GOGC off collects only near the memory limit (pacing/gcpace.py): without one, never."""
+    if cfg.gc.gogc < 0 and cfg.scavenger.memory_limit_mib == 0:
+        raise ConfigError(
+            'gc.gogc = "off" needs scavenger.memory_limit_mib > 0 (or "cgroup"): with GOGC off '
+            "the GC runs only as the heap nears the memory limit, and without one it would "
+            "never run; set the limit, or give gc.gogc a percentage (10..1000)")
 
 
 def _with_scenario(cfg: Config, data: dict[str, Any]) -> Config:
@@ -341,7 +356,7 @@ def _with_scenario(cfg: Config, data: dict[str, Any]) -> Config:
     if ("heap", "size_mib") not in mine:
         cfg = replace(cfg, heap=replace(cfg.heap, size_mib=h.heap_mib))
     if ("gc", "gogc") not in mine:
-        cfg = replace(cfg, gc=replace(cfg.gc, gogc=h.gogc))
+        cfg = replace(cfg, gc=replace(cfg.gc, gogc=gcpace.gogc_percent(h.gogc)))
     if ("scavenger", "memory_limit_mib") not in mine:
         cfg = replace(cfg, scavenger=replace(cfg.scavenger, memory_limit_mib=h.memory_limit_mib))
     return cfg

@@ -404,7 +404,7 @@ class Coordinator:
                 restart_backoff_max_s=cfg.control.restart_backoff_max_ms / 1000,
                 max_deaths=cfg.control.max_deaths,
                 max_memory_deaths=cfg.control.max_memory_deaths,
-                death_window_s=cfg.control.death_window_s),
+                death_window_s=cfg.control.death_window_s, limiter_procs=cfg.mutators.count),
                 sweepgen=self.heap.sweepgen, now=time.monotonic())
             self.totals = Totals()
             self.trace = Tracer(cfg.run.gctrace, cfg.run.scavtrace, time.monotonic())
@@ -914,7 +914,9 @@ class Coordinator:
             policy=self.cfg.scavenger.policy, policy_params=self._policy_params,
             tallies=read_tallies(self.heap), heap_handle=self._handle,
             control_addr=self.control_addr, ipc_dir=self.ipc_dir,
-            metrics_addr=self.metrics_addr, scenario=self._scenario_now())
+            metrics_addr=self.metrics_addr, scenario=self._scenario_now(),
+            gc_limiter_enabled_s=0.0 if m.limiter is None else m.limiter.enabled_ns / 1e9,
+            gogc=m.params.gogc, memory_limit_bytes=m.params.memory_limit_bytes)
 
     def _scenario_now(self) -> Mapping[str, Any]:
         if self.scenario is None:

@@ -19,7 +19,11 @@ Phases, and the only edges between them (:data:`EDGES`)::
 
 ``IDLE``   mutators allocate.  Each tick (at most every ``trigger_check_s``) the heap is
            measured; when its objects reach the trigger, the heap is nearly full, or a client
-           asked for ``gc``, every mutator that is up is sent ``mark``.
+           asked for ``gc``, every mutator that is up is sent ``mark``.  While the GC CPU
+           limiter caps the GC (:attr:`GCCycle.limiter`, Go's mgclimit.go: marks took more than
+           half the mutators' time, by a second per mutator) the trigger waits until the
+           mutators have had as long as the last mark; a nearly full heap and ``gc`` do not.
+           Every event's ``now`` updates the limiter; a mark is GC time.
 ``MARK``   each mutator flushes its mcache, marks its live objects and answers ``marked``.
            When none is pending the live heap is measured, the goal and trigger are set
            (pacing/gcpace.py), ``sweepgen`` advances by 2, the pages are sharded, sweepers are
@@ -99,6 +103,7 @@ from sweeperd.daemon.events import (
     Tick,
 )
 from sweeperd.pacing import gcpace
+from sweeperd.pacing.gclimit import GCCPULimiter
 from sweeperd.roles import Role
 
 __all__ = [
@@ -171,6 +176,12 @@ class Broken:
 # --- the machine ------------------------------------------------------------------------------
 
 
+def _ns(t: float) -> int:
+    """Seconds of the shell's monotonic clock as the limiter's integer nanoseconds."""
+    return int(t * 1e9)
+
+
+
 @dataclass(frozen=True)
 class Params:
     gogc: int = 100
@@ -185,6 +196,7 @@ class Params:
     max_deaths: int = 20  # of one role within death_window_s, before giving up
     max_memory_deaths: int = 3  # deaths of memory (any role) within death_window_s: give up
     death_window_s: float = 60.0
+    limiter_procs: int = 1  # the GC CPU limiter's Ps: one per mutator (pacing/gclimit.py)
 
 
 @dataclass
@@ -217,6 +229,7 @@ class GCCycle:
     memory_deaths: list[float] = field(default_factory=list)  # deaths of memory, in the window
     restart_at: dict[Slot, float] = field(default_factory=dict)  # restarts waiting out backoff
     broken: Broken | None = None  # set when the machine went BROKEN
+    limiter: GCCPULimiter | None = None  # Go's GC CPU limiter over the marks (made at start)
 
     def __post_init__(self) -> None:
         p = self.params
@@ -224,6 +237,9 @@ class GCCycle:
                                                               p.memory_limit_bytes)
         self.trigger_bytes = self.trigger_bytes or gcpace.initial_trigger(self.goal_bytes)
         self.phase_started = self.now
+        if self.limiter is None:  # marks stop the world: all of a mark is GC time
+            self.limiter = GCCPULimiter(max(1, p.limiter_procs), last_update=_ns(self.now),
+                                        background_utilization=1.0)
 
     # --- entry point ---------------------------------------------------------------------
 
@@ -236,6 +252,7 @@ class GCCycle:
         now = getattr(ev, "now", None)
         if now is not None:
             self.now = max(self.now, float(now))
+            self._limiter().update(_ns(self.now))
         try:
             actions = handler(self, ev)
             self._check()
@@ -372,6 +389,17 @@ class GCCycle:
             raise CycleInvariantBroken(f"no edge {edge!r} out of phase {self.phase}")
         self.phase, self.phase_started = nxt, self.now
 
+    def _limiter(self) -> GCCPULimiter:
+        assert self.limiter is not None  # made in __post_init__
+        return self.limiter
+
+    def _gc_transition(self, on: bool) -> None:
+        """The mark starts (``on``) or ends: the limiter's GC state follows it."""
+        lim, now = self._limiter(), _ns(self.now)
+        if lim.gc_enabled != on:
+            lim.start_gc_transition(on, now)
+            lim.finish_gc_transition(now)
+
     # --- IDLE ----------------------------------------------------------------------------
 
     def _idle_tick(self, ev: Tick) -> list[Action]:
@@ -386,14 +414,19 @@ class GCCycle:
 
     def _heap_measured(self, ev: HeapMeasured) -> list[Action]:
         self.awaiting = None
-        if gcpace.should_trigger(ev.objects_bytes, ev.headroom_bytes, ev.heap_bytes,
-                                 self.trigger_bytes):
-            return self._begin_mark()
-        return []
+        lim = self._limiter()
+        due = gcpace.should_trigger(ev.objects_bytes, ev.headroom_bytes, ev.heap_bytes,
+                                    self.trigger_bytes)
+        start = gcpace.should_trigger(ev.objects_bytes, ev.headroom_bytes, ev.heap_bytes,
+                                      self.trigger_bytes, not lim.admits())
+        lim.hold(_ns(self.now), due and not start)
+        return self._begin_mark() if start else []
 
     def _begin_mark(self) -> list[Action]:
         forced, self.force = self.force, False
         self._goto("trigger")
+        self._limiter().hold(_ns(self.now), False)
+        self._gc_transition(True)
         self.pending = set(self.up(Role.MUTATOR))
         self.marked_bytes = 0
         out: list[Action] = [SendMark(tuple(sorted(self.pending)), self.sweepgen + 2, forced)]
@@ -432,6 +465,7 @@ class GCCycle:
             max(0, ev.in_use_pages), self.trigger_bytes, live)
         self.sweepgen += 2
         self._goto("marked")
+        self._gc_transition(False)
         sweepers = self.up(Role.SWEEPER)
         self.pending = set(sweepers)
         return [BeginSweep(self.sweepgen, max(1, p.nsweepers), self.goal_bytes,

@@ -132,6 +132,11 @@ class SnapshotCollector(Collector):
 
     def _cycle(self, s: Snapshot) -> Iterator[Metric]:
         yield _counter("sweeperd_gc_cycles", "Completed GC cycles.", s.cycle)
+        yield _counter("sweeperd_gc_limiter_enabled_seconds", "Seconds the GC CPU limiter "
+                       "capped GC work (Go's mgclimit.go: marks over half the CPU; the trigger "
+                       "held and the heap let past its goal).", s.gc_limiter_enabled_s)
+        yield _gauge("sweeperd_gc_gogc", "GOGC (Go's gcPercent) of the next mark's goal; -1: "
+                     "GOGC off (the goal is the memory limit's alone).", s.gogc)
         spans = CounterMetricFamily("sweeperd_sweep_spans", "Spans swept, by who swept them.",
                                     labels=["by"])
         pages = CounterMetricFamily("sweeperd_sweep_pages", "Pages swept, by who swept them.",

@@ -80,6 +80,9 @@ class Snapshot:
     # client requests by type, then outcome (sweeperd_control_requests_total)
     control_requests: Mapping[str, Mapping[str, int]] = field(
         default_factory=lambda: MappingProxyType({}))
+    gc_limiter_enabled_s: float = 0.0  # seconds the GC CPU limiter capped GC work (gclimit.py)
+    gogc: int = 100  # Go's gcPercent: -1 is GOGC off
+    memory_limit_bytes: int = 0  # resolved ("cgroup" derived at start); 0: none
 
     def alive(self, role: Role) -> int:
         return sum(1 for w in self.workers if w.role == role and w.state == "alive")
@@ -185,6 +188,9 @@ def status_json(snap: Snapshot, hs: HeapStats, memory: dict[str, Any],
         "pages_swept": {k: v.pages for k, v in snap.swept.items()},
         "objects_freed": snap.objects_freed(),
         "scenario": dict(snap.scenario),
+        "gc": {"gogc": "off" if snap.gogc < 0 else snap.gogc,
+               "memory_limit_bytes": snap.memory_limit_bytes,
+               "limiter_enabled_seconds": snap.gc_limiter_enabled_s},
         "heap": {**hs.as_dict(), "goal_bytes": snap.goal_bytes, "live_bytes": snap.live_bytes,
                  "trigger_bytes": snap.trigger_bytes,
                  "arena_backed_bytes": memory["heap_backed_bytes"],

@@ -62,7 +62,7 @@ def config_text(sc_path: Path, policy: str, sc: Scenario, control: str = "ipc://
     h = sc.scenario
     return "\n".join([
         "[heap]", f"size_mib = {h.heap_mib}",
-        "[gc]", f"gogc = {h.gogc}",
+        "[gc]", f"gogc = {json.dumps(h.gogc)}",
         "[mutators]", f"scenario = {toml_string(str(sc_path))}",
         "[control]", f"addr = {toml_string(control)}", "admin = false",
         "[metrics]", 'addr = "127.0.0.1:0"',

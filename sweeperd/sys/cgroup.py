@@ -29,8 +29,14 @@ for a mutator's workload bookkeeping).  Then
    larger than the host (address space);
 2. without one: the heap must not exceed the capacity, since nothing but the heap's size
    bounds its backing;
-3. ``memory_limit_mib = "cgroup"``: the limit is the cgroup's less the daemon's processes
-   (:func:`derive_limit`); no cgroup limit is a configuration error naming the key.
+3. ``memory_limit_mib = "cgroup"``: the limit is :data:`CGROUP_LIMIT_FRACTION` (90%) of the
+   cgroup's, and at most the cgroup's less the daemon's processes (:func:`derive_limit`); no
+   cgroup limit is a configuration error naming the key.  90% is what Go services are given
+   in practice: KimMachineGun/automemlimit (``memlimit/memlimit.go``,
+   ``defaultAUTOMEMLIMIT = 0.9``; GitLab Runner sets GOMEMLIMIT with it, "90% of the cgroup
+   memory limit"), leaving the rest for what the soft limit does not see (Go's non-heap
+   memory, page cache charged to the cgroup).  Go itself derives none (golang/go#75164 proposes
+   it).
 
 Too large is :class:`TooLarge`, naming both figures (``sweeperd run`` exits 2).
 
@@ -56,6 +62,7 @@ PROCESS_PRIVATE_MIB = 32  # measured: a worker or the coordinator, Pss less Pss_
 # killer found it in a cgroup sized by this estimate)
 MUTATOR_EXTRA_MIB = 48
 MIN_DERIVED_LIMIT_MIB = 16
+CGROUP_LIMIT_FRACTION = 0.9  # of the cgroup's limit (module header, rule 3)
 
 
 class TooLarge(ValueError):
@@ -246,9 +253,9 @@ def overhead_bytes(processes: int, mutators: int, heap_bytes: int = 0) -> int:
 
 
 def derive_limit(host: HostMemory, overhead: int) -> int:
-    """``memory_limit_mib = "cgroup"``: the cgroup's limit less the daemon's own processes, in
-    bytes.  Raises :class:`NoCgroupLimit` (no limit) or :class:`TooLarge` (the processes alone
-    leave less than 16 MiB)."""
+    """``memory_limit_mib = "cgroup"``: :data:`CGROUP_LIMIT_FRACTION` of the cgroup's limit, at
+    most that limit less the daemon's own processes (``overhead``), in bytes.  Raises
+    :class:`NoCgroupLimit` (no limit) or :class:`TooLarge` (less than 16 MiB is left)."""
     if host.cgroup_limit is None and host.unseen:
         raise NoCgroupLimit(
             'scavenger.memory_limit_mib: "cgroup" asks for the memory cgroup\'s limit, and it '
@@ -257,7 +264,7 @@ def derive_limit(host: HostMemory, overhead: int) -> int:
         raise NoCgroupLimit(
             'scavenger.memory_limit_mib: "cgroup" asks for the memory cgroup\'s limit, and '
             "this process's memory cgroup has none (v2 memory.max, v1 memory.limit_in_bytes)")
-    lim = host.cgroup_limit - overhead
+    lim = min(int(host.cgroup_limit * CGROUP_LIMIT_FRACTION), host.cgroup_limit - overhead)
     if lim < MIN_DERIVED_LIMIT_MIB << 20:
         raise TooLarge(
             f"the memory cgroup's limit of {_mib(host.cgroup_limit)} leaves "

@@ -87,7 +87,12 @@ class Header(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
     description: Annotated[str, msgspec.Meta(max_length=2000)] = ""
     heap_mib: Annotated[int, msgspec.Meta(ge=1, le=16384)] = 2048
-    gogc: Annotated[int, msgspec.Meta(ge=10, le=1000)] = 100
+    # 10..1000, or GOGC off: "off" or -1 (kept as written; pacing/gcpace.gogc_percent reads it)
+    gogc: Annotated[int, msgspec.Meta(ge=-1, le=1000)] | Literal["off"] = 100
+
+    def __post_init__(self) -> None:
+        if isinstance(self.gogc, int) and 0 <= self.gogc < 10:
+            raise ValueError(f'gogc must be 10..1000, or "off" (-1), got {self.gogc}')
     # MiB, 0 none; "cgroup": the memory cgroup's limit less the daemon's own (sys/cgroup.py)
     memory_limit_mib: Annotated[int, msgspec.Meta(ge=0, le=1 << 20)] | Literal["cgroup"] = 0
 
@@ -126,13 +131,21 @@ class Scenario(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         heap = heap_mib if heap_mib is not None else max(1, round(h.heap_mib * scale))
         lim = h.memory_limit_mib  # "cgroup" is the host's figure: not scaled
         head = msgspec.structs.replace(
-            h, heap_mib=heap, memory_limit_mib=lim if isinstance(lim, str) else round(lim * scale))
+            h, heap_mib=heap,  # a limit scaled stays a limit (at least 1 MiB), none stays none
+            memory_limit_mib=lim if isinstance(lim, str) or not lim else max(1, round(lim * scale)))
         out = Scenario(head, tuple(p.scaled(scale) for p in self.phase))
         out.check()
         return out
 
     def check(self) -> None:
-        """The scenario fits its heap: the peak live heap at most 90% of it."""
+        """The scenario fits its heap: the peak live heap at most 90% of it; GOGC off comes
+        with a memory limit (without one Go's GC would never run: pacing/gcpace.py)."""
+        h = self.scenario
+        if h.gogc in ("off", -1) and h.memory_limit_mib == 0:
+            raise ScenarioError(
+                f'scenario {self.name}: gogc = {_toml(h.gogc)} needs memory_limit_mib > 0 (or '
+                '"cgroup") in [scenario]: with GOGC off the GC runs only as the heap nears '
+                "the memory limit, and without one it would never run")
         if self.peak_live_mib > 0.9 * self.scenario.heap_mib:
             raise ScenarioError(
                 f"scenario {self.name}: its peak live heap ({self.peak_live_mib:g} MiB) does not "
