@@ -150,7 +150,7 @@ def test_format_scav_gives_each_versions_line_with_its_figures(version, work, ea
 
 @pytest.mark.parametrize("version", ["1.20", "1.9", "", "go1.21"])
 def test_format_scav_refuses_other_versions(version):
-    with pytest.raises(ValueError, match="1.19, 1.21"):
+    with pytest.raises(ValueError, match=r"1\.19, 1\.21"):
         format_scav(version, 0, 0, 0, 0, 0, 0)
 
 
@@ -162,7 +162,8 @@ def _metric(body: str, name: str) -> float:
 
 def test_a_daemon_prints_parseable_lines_that_agree_with_its_metrics():
     """`sweeperd run --policy jemalloc-decay --gctrace --scavtrace` on defaults: every trace
-    line parses with Go's format (the scav lines Go 1.21's: the default version); the cycles count 1, 2, 3 ... as sweeperd_gc_cycles_total
+    line parses with Go's format (the scav lines Go 1.21's: the default version); the cycles
+    count 1, 2, 3 ... as sweeperd_gc_cycles_total
     does; the goal a scrape shows is the goal the next cycles' lines were triggered
     against."""
     d = Daemon("--policy", "jemalloc-decay", "--gctrace", "--scavtrace")
