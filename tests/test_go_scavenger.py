@@ -6,6 +6,11 @@ against the behaviour Go's source states; 1.19 beside it, where it differs."""
 
 from __future__ import annotations
 
+import re
+import threading
+import time
+import urllib.request
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -27,6 +32,8 @@ from sweeperd.runtime.heap import (
 from sweeperd.runtime.heapstats import read_tallies
 from sweeperd.runtime.sizeclasses import CLASS_NPAGES, PAGE_SIZE
 from sweeperd.sys.sysmem import MADV, Kernel, SysMem
+
+from .daemon import Daemon
 
 
 class Pages:
@@ -241,3 +248,51 @@ def test_the_config_refuses_any_other_version_naming_the_key(v):
         return
     with pytest.raises(config.ConfigError, match=r"scavenger\.go\.version"):
         config.from_dict({"scavenger": {"go": {"version": v}}})
+
+
+# --- end to end: a real daemon at the defaults (go, 1.21) -------------------------------------
+
+SCAV_121 = re.compile(r"^scav (\d+) KiB work \(bg\), (\d+) KiB work \(eager\), (\d+) KiB now, "
+                      r"(\d+)% util( \(forced\)| \[controller reset\])?$")
+
+
+def _metric(body: str, name: str) -> float:
+    m = re.search(rf"^{name} (\S+)$", body, re.M)
+    assert m, name
+    return float(m.group(1))
+
+
+def test_a_daemon_over_its_limit_scavenges_as_it_allocates_and_says_so_in_1_21s_lines(
+        tmp_path):
+    """The go policy at its default version, 1.21, with a 24 MiB limit on a 128 MiB arena and
+    GOGC 400 (the goal far above the limit): allocations that take released pages release
+    what the heap is over the limit (sweeperd_scavenge_assist_* > 0), and ``--scavtrace``
+    prints Go 1.21's lines, whose ``(eager)`` work adds up to more than nothing."""
+    cfg = tmp_path / "limit.toml"
+    cfg.write_text("[heap]\nsize_mib = 128\n[gc]\ngogc = 400\n[mutators]\nalloc_rate = "
+                   "100000\n[scavenger]\ncpu_fraction = 0.05\nmemory_limit_mib = 24\n")
+    d = Daemon("--config", str(cfg), "--sweepers", "1", "--mutators", "1", "--scavtrace")
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(d.proc.stderr.readline, "")),
+                              daemon=True)  # read as it writes: a full pipe would stall it
+    reader.start()
+    try:
+        assert d.status()["scavenger"]["policy"] == "go"
+        deadline = time.monotonic() + 180
+        released = cpu = 0.0
+        while time.monotonic() < deadline and not (released > 0 and cpu > 0):
+            time.sleep(0.5)
+            body = urllib.request.urlopen(d.metrics, timeout=30).read().decode()
+            released = _metric(body, "sweeperd_scavenge_assist_released_bytes_total")
+            cpu = _metric(body, "sweeperd_scavenge_assist_cpu_seconds_total")
+        assert released > 0 and cpu > 0, "no allocation scavenged over the limit in 180 s"
+        cycles = d.status()["cycle"]
+        d.wait_for(lambda s: s["cycle"] >= cycles + 2, timeout=120, what="2 more cycles")
+        assert d.stop() == 0
+        reader.join(30)
+    finally:
+        d.close()
+    scavs = [x for x in "".join(lines).splitlines() if x.startswith("scav ")]
+    matched = [SCAV_121.match(x) for x in scavs]
+    assert scavs and all(matched), scavs[:3]
+    assert sum(int(m.group(2)) for m in matched if m) > 0
