@@ -26,6 +26,7 @@ from sweeperd.runtime.heap import (
     H_SCAV_SEARCH,
     PAGE_FREE,
     T_ASSIST_CPU_NS,
+    T_ASSIST_KERNEL_BYTES,
     T_ASSIST_RELEASED_PAGES,
     Heap,
 )
@@ -168,6 +169,8 @@ def test_an_allocation_over_the_limit_releases_the_excess_top_down():
         assert before + 2 * PAGE_SIZE - heap.arena_backed_bytes() == 100 * PAGE_SIZE
         t = read_tallies(heap)
         assert t.assist_released_pages == 100 and t.on_free.pages == 0  # not the freers'
+        assert t.on_free.kernel_bytes == 0  # (the kernel had all 100 pages backed)
+        assert heap.tallies[heap.me, T_ASSIST_KERNEL_BYTES] == 100 * PAGE_SIZE
         assert assert_no_huge_page_calls(hook.sysmem.kernel)
         heap.on_alloc_scav = None
 

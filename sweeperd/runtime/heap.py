@@ -149,7 +149,8 @@ T_COMMIT_FAILURES = 26 + len(MADVISE_ADVICES)  # span allocations refused: backi
 # ... would pass H_COMMIT_LIMIT (mheap.commit)
 T_ASSIST_RELEASED_PAGES = T_COMMIT_FAILURES + 1  # of T_RELEASED_PAGES, released by allocation
 T_ASSIST_CPU_NS = T_COMMIT_FAILURES + 2  # ... taking this CPU (Go 1.21's scavenge assist)
-NTALLIES = T_COMMIT_FAILURES + 3
+T_ASSIST_KERNEL_BYTES = T_COMMIT_FAILURES + 3  # ... of which the kernel had this many backed
+NTALLIES = T_COMMIT_FAILURES + 4
 
 # (the T_* totals, the P_* new totals) of each kind of batch, applied by Heap.apply_batch
 RELEASE_BATCH = ((T_RELEASED_PAGES, T_RELEASE_RUNS, T_RELEASED_KERNEL_BYTES),

@@ -36,6 +36,7 @@ from sweeperd.runtime.heap import (
     NCOUNTERS,
     SPAN_IN_USE,
     T_ASSIST_CPU_NS,
+    T_ASSIST_KERNEL_BYTES,
     T_ASSIST_RELEASED_PAGES,
     T_BYTES_ALLOCATED,
     T_COMMIT_FAILURES,
@@ -250,6 +251,7 @@ def read_tallies(heap: Heap) -> Tallies:
     both = [a + b for a, b in zip(scav, coord, strict=True)]
     bg = [a + b for a, b in zip(sweepers, coord, strict=True)]
     freers[T_RELEASED_PAGES] -= freers[T_ASSIST_RELEASED_PAGES]  # the assist's: not freers'
+    freers[T_RELEASED_KERNEL_BYTES] -= freers[T_ASSIST_KERNEL_BYTES]
     return Tallies(scavenger=_release(both, T_CPU_NS), on_free=_release(freers, T_RELEASE_CPU_NS),
                    background=_sweep(bg), mutator=_sweep(mutators),
                    alloc=AllocTally(mutators[T_OBJECTS_ALLOCATED], mutators[T_BYTES_ALLOCATED]),

@@ -38,7 +38,9 @@ runtime/mheap.go), after taking ``scav`` bytes of released pages, scavenges
 (its count of them is what ``mheap.init_spans`` returns) calls the hook out of the heap
 lock; the hook releases what the heap's backing by the books (pages not released, the
 allocation's included) is over ``H_MEMORY_LIMIT``, top-down, and tallies the pages and
-its thread CPU time in its row (``T_ASSIST_RELEASED_PAGES``, ``T_ASSIST_CPU_NS``).  An
+its thread CPU time in its row (``T_ASSIST_RELEASED_PAGES``, ``T_ASSIST_CPU_NS``,
+``T_ASSIST_KERNEL_BYTES``; a mutator killed mid-assist leaves them uncounted there, its pages
+counted as a freer's release).  An
 allocation that took no released pages, or a heap with no limit, costs one test.  Go also
 skips the assist while the GC CPU limiter is on, and scavenges on heap growth
 (``gcPercentGoal``): sweeperd's arena has a fixed size and no heap growth, and its limiter
@@ -66,6 +68,7 @@ from sweeperd.runtime.heap import (
     PAGE_FREE,
     RELEASE_BATCH,
     T_ASSIST_CPU_NS,
+    T_ASSIST_KERNEL_BYTES,
     T_ASSIST_RELEASED_PAGES,
     T_MADVISE_BY,
     T_MADVISE_CALLS,
@@ -342,5 +345,6 @@ class ScavengeAssist:
         over = over_limit_pages(self.heap, limit)
         r = scavenge(self.heap, self.sysmem, over) if over > 0 else Released()
         self.heap.tally(T_ASSIST_RELEASED_PAGES, r.pages)
+        self.heap.tally(T_ASSIST_KERNEL_BYTES, r.kernel_bytes)
         self.heap.tally(T_ASSIST_CPU_NS, time.thread_time_ns() - t0)
         return r.pages
