@@ -57,7 +57,11 @@ def test_shipped_file_documents_every_key_with_its_default():
      "unknown key scavenger.mimalloc-delay.purge_delay; known in [scavenger.mimalloc-delay]: "
      "purge_delay_ms"),
     ({"scavenger": {"mimalloc-delay": 5}}, "scavenger.mimalloc-delay must be a table"),
-    ({"scavenger": {"go": {"x": 1}}}, "[scavenger.go]: the go policy has no parameters"),
+    ({"scavenger": {"none": {"x": 1}}}, "[scavenger.none]: the none policy has no parameters"),
+    ({"scavenger": {"go": {"x": 1}}}, "unknown key scavenger.go.x; known in [scavenger.go]: "
+     "version"),
+    ({"scavenger": {"go": {"version": "1.20"}}}, "scavenger.go.version: '1.20' is not one of "
+     "1.19, 1.21"),
     ({"scavenger": {"tcmalloc": {}}}, "unknown table [scavenger.tcmalloc]"),
     ({"scavenger": {"jemalloc_decay": {}}}, "unknown table [scavenger.jemalloc_decay]"),
 ])

@@ -14,7 +14,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sweeperd.daemon.gotrace import GcLine, ScavLine, Tracer, fmt_ns_as_ms, parse_debug
+from sweeperd.daemon.gotrace import (
+    GcLine,
+    ScavLine,
+    ScavLine121,
+    Tracer,
+    fmt_ns_as_ms,
+    format_scav,
+    parse_debug,
+)
 
 from .daemon import Daemon
 
@@ -26,6 +34,9 @@ GC_RE = re.compile(
     r"(\d+)->(\d+)->(\d+) MB, (\d+) MB goal, (\d+) MB stacks, (\d+) MB globals, (\d+) P"
     r"( \(forced\))?$")
 SCAV_RE = re.compile(r"^scav (\d+) KiB work, (\d+) KiB total, (\d+)% util( \(forced\))?$")
+# Go 1.21's (go1.21 runtime/mgcscavenge.go printScavTrace; what every Go since prints)
+SCAV_121_RE = re.compile(r"^scav (\d+) KiB work \(bg\), (\d+) KiB work \(eager\), (\d+) KiB now, "
+                         r"(\d+)% util( \(forced\)| \[controller reset\])?$")
 
 
 @pytest.mark.parametrize("ns,text", [
@@ -57,7 +68,7 @@ def test_a_scav_line_counts_kib_and_utilisation_as_go_does():
 
 def test_the_tracer_writes_a_cycle_from_the_loops_figures():
     out = io.StringIO()
-    t = Tracer(gctrace=True, scavtrace=True, t0=100.0, procs=4, out=out)
+    t = Tracer(gctrace=True, scavtrace=True, t0=100.0, procs=4, out=out, version="1.19")
     t.triggered(101.5, 30 << 20, 32 << 20, False, 2.0)
     t.marked(101.52, 31 << 20, 12 << 20, 2.03)  # mutators marked 30 ms in all
     t.mark_terminated(0.0004)
@@ -90,6 +101,57 @@ def test_huge_and_negative_figures_still_format(values):
     assert GC_RE.match(str(GcLine(1, abs(v), 0, (v, v, v), (v,) * 5, abs(v), abs(v), abs(v),
                                   abs(v), 1)))
     assert SCAV_RE.match(str(ScavLine(v, abs(v), abs(v), abs(v))))
+    assert SCAV_121_RE.match(str(ScavLine121(v, v, v, abs(v), abs(v))))
+
+
+def test_a_1_21_scav_line_is_go_1_21s_field_for_field():
+    """go1.21 printScavTrace: releasedBg>>10 " KiB work (bg), " releasedEager>>10 " KiB work
+    (eager), " heapReleased>>10 " KiB now, " heapInUse*100/heapRetained "% util", then
+    " (forced)" if forced, else " [controller reset]" once after a reset."""
+    line = ScavLine121(bg_bytes=3 << 20, eager_bytes=(1 << 20) + 1023,
+                       released_bytes=5 << 20, in_use_bytes=75 << 20, free_bytes=25 << 20)
+    assert str(line) == ("scav 3072 KiB work (bg), 1024 KiB work (eager), 5120 KiB now, "
+                         "75% util")
+    assert str(ScavLine121(0, 0, 0, 0, 0, forced=True, controller_reset=True)) == (
+        "scav 0 KiB work (bg), 0 KiB work (eager), 0 KiB now, 0% util (forced)")
+    assert str(ScavLine121(0, 0, 0, 1, 0, controller_reset=True)) == (
+        "scav 0 KiB work (bg), 0 KiB work (eager), 0 KiB now, 100% util [controller reset]")
+
+
+def test_the_tracer_splits_1_21s_work_into_bg_and_eager():
+    out = io.StringIO()
+    t = Tracer(gctrace=False, scavtrace=True, t0=0.0, out=out)  # the default version: 1.21
+    t.cycle_ended(1, 1.0, 8 << 20, 6 << 20, 40 << 20, 10 << 20, eager_total=2 << 20)
+    t.scavenged(10 << 20, 8 << 20, 40 << 20, 10 << 20, 3 << 20, forced=True)
+    assert out.getvalue().splitlines() == [
+        "scav 6144 KiB work (bg), 2048 KiB work (eager), 6144 KiB now, 80% util",
+        "scav 1024 KiB work (bg), 1024 KiB work (eager), 8192 KiB now, 80% util (forced)"]
+
+
+@given(st.sampled_from(["1.19", "1.21"]), st.integers(0, 1 << 50), st.integers(0, 1 << 50),
+       st.integers(0, 1 << 50), st.integers(0, 1 << 50), st.integers(0, 1 << 50),
+       st.booleans())
+def test_format_scav_gives_each_versions_line_with_its_figures(version, work, eager, now,
+                                                              in_use, free, forced):
+    eager = min(eager, work)
+    line = format_scav(version, work, eager, now, now, in_use, free, forced)
+    util = in_use * 100 // (in_use + free) if in_use + free else 0
+    if version == "1.19":
+        m = SCAV_RE.match(line)
+        assert m and (int(m.group(1)), int(m.group(2)), int(m.group(3))) == (
+            work >> 10, now >> 10, util)
+        assert bool(m.group(4)) == forced
+    else:
+        m = SCAV_121_RE.match(line)
+        assert m and (int(m.group(1)), int(m.group(2)), int(m.group(3)), int(m.group(4))) == (
+            (work - eager) >> 10, eager >> 10, now >> 10, util)
+        assert (m.group(5) == " (forced)") == forced
+
+
+@pytest.mark.parametrize("version", ["1.20", "1.9", "", "go1.21"])
+def test_format_scav_refuses_other_versions(version):
+    with pytest.raises(ValueError, match=r"1\.19, 1\.21"):
+        format_scav(version, 0, 0, 0, 0, 0, 0)
 
 
 def _metric(body: str, name: str) -> float:
@@ -100,7 +162,8 @@ def _metric(body: str, name: str) -> float:
 
 def test_a_daemon_prints_parseable_lines_that_agree_with_its_metrics():
     """`sweeperd run --policy jemalloc-decay --gctrace --scavtrace` on defaults: every trace
-    line parses with Go's format; the cycles count 1, 2, 3 ... as sweeperd_gc_cycles_total
+    line parses with Go's format (the scav lines Go 1.21's: the default version); the cycles
+    count 1, 2, 3 ... as sweeperd_gc_cycles_total
     does; the goal a scrape shows is the goal the next cycles' lines were triggered
     against."""
     d = Daemon("--policy", "jemalloc-decay", "--gctrace", "--scavtrace")
@@ -121,7 +184,7 @@ def test_a_daemon_prints_parseable_lines_that_agree_with_its_metrics():
         d.close()
     err = "".join(lines)
     gcs = [GC_RE.match(x) for x in err.splitlines() if x.startswith("gc ")]
-    scavs = [SCAV_RE.match(x) for x in err.splitlines() if x.startswith("scav ")]
+    scavs = [SCAV_121_RE.match(x) for x in err.splitlines() if x.startswith("scav ")]
     assert gcs and all(gcs), [x for x in err.splitlines() if x.startswith("gc ")][:3]
     assert scavs and all(scavs)
     ns = [int(m.group(1)) for m in gcs if m]
@@ -134,4 +197,4 @@ def test_a_daemon_prints_parseable_lines_that_agree_with_its_metrics():
         h0, h1, h2 = int(m.group(12)), int(m.group(13)), int(m.group(14))
         assert h2 <= h1 + 1 and h0 <= h1 + 1  # the live heap is what was there
     assert len(scavs) >= len(gcs)  # one per cycle
-    assert all(0 <= int(m.group(3)) <= 100 for m in scavs if m)
+    assert all(0 <= int(m.group(4)) <= 100 for m in scavs if m)

@@ -15,7 +15,7 @@ import numpy as np
 from sweeperd.roles import Role
 from sweeperd.runtime import owners
 from sweeperd.runtime.heap import Heap, HeapHandle
-from sweeperd.runtime.scavenge import ReleaseOnFree
+from sweeperd.runtime.scavenge import ReleaseOnFree, ScavengeAssist
 from sweeperd.sys.tuning import prepare_worker_memory, release_free_heap
 from sweeperd.wire.beat import Beat
 from sweeperd.wire.link import Link
@@ -33,9 +33,10 @@ from sweeperd.workload.scenario import Schedule, parse
 
 def main(handle: dict[str, Any], me: int, endpoint: str, mcfg: dict[str, Any],
          heartbeat_ms: int, debug: bool, release_on_free: bool = False,
-         scenario: tuple[str, float] | None = None) -> None:
+         scenario: tuple[str, float] | None = None, scavenge_assist: bool = False) -> None:
     """Daemon shell: allocate until told to mark; mark; wait for resume; repeat.
-    ``scenario``: (its TOML, this mutator's share), or None; its clock comes with resume."""
+    ``scenario``: (its TOML, this mutator's share), or None; its clock comes with resume.
+    ``scavenge_assist``: allocations scavenge over the memory limit (Go 1.21+)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator drains us with "stop"
     prepare_worker_memory()
     cfg = Workload.from_dict(mcfg)
@@ -44,6 +45,8 @@ def main(handle: dict[str, Any], me: int, endpoint: str, mcfg: dict[str, Any],
     heap.me = owners.mutator(me)  # its row of the heap's running counters
     if release_on_free:  # the eager policy: its on-demand sweeps release what they free
         ReleaseOnFree.install(heap)
+    if scavenge_assist:  # the go policy at 1.21: allocation scavenges over the memory limit
+        ScavengeAssist.install(heap)
     beat = Beat(heap, owners.mutator(me), heartbeat_ms / 1000).start()
     m = Mutator(heap, me, cfg, debug, np.random.default_rng([me, time.time_ns()]))
     if scenario is not None:

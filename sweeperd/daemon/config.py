@@ -19,8 +19,10 @@ from typing import Any, Literal
 from sweeperd.daemon import control
 from sweeperd.pacing import gcpace
 from sweeperd.pacing.decay import DecayParams
+from sweeperd.pacing.policies import CHOICES as POLICY_CHOICES
 from sweeperd.pacing.policies import PARAMS, POLICIES
 from sweeperd.pacing.policies import RANGES as POLICY_RANGES
+from sweeperd.pacing.policy import GoParams
 from sweeperd.pacing.purgedelay import DelayParams
 from sweeperd.pacing.releaserate import RateParams
 from sweeperd.runtime.owners import MAX_MUTATORS, MAX_SWEEPERS
@@ -93,6 +95,7 @@ class ScavengerConfig:
     vectored: str = "auto"
     policy: str = "go"
     # each policy's parameters: the table [scavenger.NAME] (attribute: NAME with "_" for "-")
+    go: GoParams = field(default_factory=GoParams)
     jemalloc_decay: DecayParams = field(default_factory=DecayParams)
     gperftools_rate: RateParams = field(default_factory=RateParams)
     mimalloc_delay: DelayParams = field(default_factory=DelayParams)
@@ -159,6 +162,7 @@ RANGES.update({f"scavenger.{k}": v for k, v in POLICY_RANGES.items()})
 CGROUP = "cgroup"
 CHOICES: dict[str, set[str]] = {"scavenger.vectored": {"auto", "on", "off"},
                                 "scavenger.policy": set(POLICIES)}
+CHOICES.update({f"scavenger.{k}": set(v) for k, v in POLICY_CHOICES.items()})
 
 
 def _check_value(key: str, typ: Any, v: Any) -> Any:

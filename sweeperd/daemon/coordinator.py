@@ -74,6 +74,7 @@ from sweeperd.runtime.heap import (
     H_COMMIT_LIMIT,
     H_HEAP_GOAL,
     H_MEMORY_LIMIT,
+    T_ASSIST_RELEASED_PAGES,
     T_RELEASED_PAGES,
     Heap,
 )
@@ -131,8 +132,10 @@ def _worker_main(cfg: Config, handle: dict[str, Any], endpoint: str,
     from workers.mutator import main as mut_main
 
     share = None if scenario is None else (scenario, 1 / cfg.mutators.count)
+    assist = (cfg.scavenger.enabled and cfg.scavenger.policy == "go"
+              and cfg.scavenger.go.version != "1.19")  # Go 1.21's scavenge assist
     return mut_main, (handle, slot.id, endpoint, cfg.mutators.workload().to_dict(), hb,
-                      cfg.run.debug_checks, eager, share)
+                      cfg.run.debug_checks, eager, share, assist)
 
 
 class WorkersKeepDying(RuntimeError):
@@ -407,7 +410,8 @@ class Coordinator:
                 death_window_s=cfg.control.death_window_s, limiter_procs=cfg.mutators.count),
                 sweepgen=self.heap.sweepgen, now=time.monotonic())
             self.totals = Totals()
-            self.trace = Tracer(cfg.run.gctrace, cfg.run.scavtrace, time.monotonic())
+            self.trace = Tracer(cfg.run.gctrace, cfg.run.scavtrace, time.monotonic(),
+                                version=cfg.scavenger.go.version)
             self._beats_seen: dict[Slot, float] = {}
             self.work = HeapWork(self.heap, self.sysmem, self.totals, cfg.run.debug_checks)
             self.scenario = (scenarios.load(cfg.mutators.scenario) if cfg.mutators.scenario
@@ -769,12 +773,15 @@ class Coordinator:
         self.trace.scavenged(*self._scav_figures(), forced=True)
         return out
 
-    def _scav_figures(self) -> tuple[int, int, int, int]:
+    def _scav_figures(self) -> tuple[int, int, int, int, int]:
         """For a ``scav`` line: bytes ever released (the books: the scavenger's, the
-        coordinator's and the freers'), released now, in use, free and backed."""
+        coordinator's and the freers'), released now, in use, free and backed, and of the
+        first, bytes ever released by allocation (Go 1.21's eager)."""
         hs = heap_stats(self.heap)
         pages = int(self.heap.tallies[:, T_RELEASED_PAGES].sum())
-        return pages * PAGE_SIZE, hs.released_bytes, hs.in_use_bytes, hs.free_bytes
+        eager = int(self.heap.tallies[:, T_ASSIST_RELEASED_PAGES].sum())
+        return (pages * PAGE_SIZE, hs.released_bytes, hs.in_use_bytes, hs.free_bytes,
+                eager * PAGE_SIZE)
 
     # --- main loop ---------------------------------------------------------------------------
 

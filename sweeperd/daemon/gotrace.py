@@ -2,13 +2,24 @@
 
 Theory of operation
 -------------------
-Tools that read a Go program's traces should read sweeperd's unchanged, so the lines are Go
-1.19's, field for field (runtime/mgc.go ``gcMarkTermination``; runtime/mgcscavenge.go
-``printScavTrace``; the formats are documented in runtime/extern.go):
+Tools that read a Go program's traces should read sweeperd's unchanged, so the lines are Go's,
+field for field (runtime/mgc.go ``gcMarkTermination``; runtime/mgcscavenge.go
+``printScavTrace``; the formats are documented in runtime/extern.go).  The ``scav`` line is
+the one of the Go version ``[scavenger.go] version`` names (under every policy; "1.21", the
+default, is every Go since):
 
     gc N @S.SSSs U%: a+b+c ms clock, a+b/c/d+e ms cpu, H0->H1->H2 MB, G MB goal, 0 MB stacks,
     0 MB globals, P P [(forced)]
-    scav W KiB work, T KiB total, U% util [(forced)]
+    scav W KiB work, T KiB total, U% util [(forced)]                         (Go 1.19)
+    scav B KiB work (bg), E KiB work (eager), N KiB now, U% util [(forced)]   (Go 1.21+)
+
+Go 1.21's line (go1.21 runtime/mgcscavenge.go ``printScavTrace``): ``B`` bytes the
+background scavenger released since the last line, ``E`` bytes allocation released
+("eager": ``mheap.allocSpan`` over the memory limit, here ``scavenge.ScavengeAssist``), ``N``
+bytes released now (``heapReleased``), ``U`` as 1.19's; `` (forced)`` after a forced
+scavenge, else `` [controller reset]`` once after the scavenger's PI controller broke down
+(:class:`ScavLine121` prints it when asked; the coordinator does not learn of a reset in the
+scavenger process, so sweeperd's lines never carry it today).
 
 What each field means here (README "Go's trace lines"): ``N`` the cycle, as
 ``sweeperd_gc_cycles_total`` counts it once the line is out; ``@`` seconds from the daemon's
@@ -107,6 +118,49 @@ class ScavLine:
         return line + (" (forced)" if self.forced else "")
 
 
+@dataclass(frozen=True)
+class ScavLine121:
+    """Go 1.21's ``scav`` line (go1.21 runtime/mgcscavenge.go ``printScavTrace``).  Its
+    ``str`` is the line; ``util`` is ``in_use * 100 // (in_use + free)`` (Go:
+    ``heapInUse * 100 / heapRetained``), 0 when nothing is retained."""
+
+    bg_bytes: int  # released by the background scavenger since the last line
+    eager_bytes: int  # released by allocation (the assist) since the last line
+    released_bytes: int  # released now (Go's heapReleased)
+    in_use_bytes: int
+    free_bytes: int
+    forced: bool = False
+    controller_reset: bool = False
+
+    def __str__(self) -> str:
+        retained = self.in_use_bytes + self.free_bytes
+        util = self.in_use_bytes * 100 // retained if retained > 0 else 0
+        line = (f"scav {max(0, self.bg_bytes) >> KIB_SHIFT} KiB work (bg), "
+                f"{max(0, self.eager_bytes) >> KIB_SHIFT} KiB work (eager), "
+                f"{max(0, self.released_bytes) >> KIB_SHIFT} KiB now, {util}% util")
+        if self.forced:
+            return line + " (forced)"
+        return line + (" [controller reset]" if self.controller_reset else "")
+
+
+SCAV_VERSIONS = ("1.19", "1.21")
+
+
+def format_scav(version: str, work_bytes: int, eager_bytes: int, released_bytes: int,
+                total_bytes: int, in_use_bytes: int, free_bytes: int, forced: bool = False,
+                controller_reset: bool = False) -> str:
+    """One ``scav`` line in Go ``version``'s format ("1.19" or "1.21"; ValueError else).
+    ``work_bytes``: all released since the last line (1.19's work; 1.21's bg is it less
+    ``eager_bytes``); ``released_bytes``: released now (1.21's "now"); ``total_bytes``: ever
+    released (1.19's "total").  Pure: the replay reader round-trips against it."""
+    if version == "1.19":
+        return str(ScavLine(work_bytes, total_bytes, in_use_bytes, free_bytes, forced))
+    if version == "1.21":
+        return str(ScavLine121(work_bytes - eager_bytes, eager_bytes, released_bytes,
+                               in_use_bytes, free_bytes, forced, controller_reset))
+    raise ValueError(f"no scav line for Go {version!r}; one of {', '.join(SCAV_VERSIONS)}")
+
+
 def parse_debug(text: str) -> dict[str, int]:
     """``SWEEPERD_DEBUG`` as Go reads ``GODEBUG``: comma-separated ``name=value`` with integer
     values.  Like Go, entries it cannot read are ignored (a typo must not stop a service)."""
@@ -138,6 +192,8 @@ class Tracer:
     _mark_term_s: float = 0.0
     _released_seen: int = 0
     stopped: str = ""  # why tracing stopped (its stream failed), "" while it has not
+    version: str = "1.21"  # the scav line's Go version ("1.19" | "1.21")
+    _eager_seen: int = 0
 
     @property
     def on(self) -> bool:
@@ -159,9 +215,10 @@ class Tracer:
         self.gc_seconds += max(0.0, seconds)
 
     def cycle_ended(self, n: int, now: float, advised_total: int, released_bytes: int,
-                    in_use_bytes: int, free_bytes: int) -> None:
+                    in_use_bytes: int, free_bytes: int, eager_total: int = 0) -> None:
         """Write the cycle's lines (``advised_total``: bytes ever released, by the books;
-        ``released_bytes``: free bytes released now, Go's heap_released)."""
+        ``released_bytes``: free bytes released now, Go's heap_released; ``eager_total``:
+        of ``advised_total``, bytes ever released by allocation)."""
         if self.gctrace and self._trigger and self._mark_end:
             t_at, h0, goal, forced, m0 = self._trigger
             m_at, h1, h2, m1 = self._mark_end
@@ -175,18 +232,22 @@ class Tracer:
                                (0, 0, round(marking * 1e9), 0, term),
                                h0, h1, h2, goal, self.procs, forced))
         self._trigger = self._mark_end = None
-        self.scavenged(advised_total, released_bytes, in_use_bytes, free_bytes, forced=False)
+        self.scavenged(advised_total, released_bytes, in_use_bytes, free_bytes, eager_total,
+                       forced=False)
 
     def scavenged(self, advised_total: int, released_bytes: int, in_use_bytes: int,
-                  free_bytes: int, forced: bool) -> None:
+                  free_bytes: int, eager_total: int = 0, *, forced: bool) -> None:
         """A ``scav`` line: what was released since the last one, and the state now."""
         if not self.scavtrace:
             return
-        self._write(ScavLine(advised_total - self._released_seen, released_bytes,
-                             in_use_bytes, free_bytes, forced))
+        work = advised_total - self._released_seen
+        eager = min(max(0, eager_total - self._eager_seen), max(0, work))
+        self._write(format_scav(self.version, work, eager, released_bytes, released_bytes,
+                                in_use_bytes, free_bytes, forced))
         self._released_seen = advised_total
+        self._eager_seen = eager_total
 
-    def _write(self, line: GcLine | ScavLine) -> None:
+    def _write(self, line: GcLine | ScavLine | str) -> None:
         """Write one line; if the stream is gone (EPIPE: the reader of ``2>&1 | head`` left,
         or it was closed), tracing stops and says so on stdout if stdout still works — the
         daemon itself goes on."""

@@ -44,6 +44,7 @@ from sweeperd.daemon import httpserve
 from sweeperd.daemon.snapshot import Sample, Snapshot
 from sweeperd.roles import Role
 from sweeperd.runtime.heapstats import HeapStats
+from sweeperd.runtime.sizeclasses import PAGE_SIZE
 from sweeperd.workload.mutator import ALLOC_BUCKETS
 
 SAMPLE_S = 1.0
@@ -262,6 +263,15 @@ class SnapshotCollector(Collector):
                        "spent releasing what they freed (the eager policy; their thread time). "
                        "Not in sweeperd_scavenge_cpu_seconds, which is the scavenger's.",
                        sc["released_on_free_cpu_seconds_total"])
+        yield _counter("sweeperd_scavenge_assist_released_bytes", "Bytes allocations released "
+                       "because the heap's backing was over the memory limit (the go policy at "
+                       "version 1.21: Go's eager scavenging, the scav line's 'work (eager)'). "
+                       "Not in sweeperd_scavenge_released_on_free_bytes.",
+                       s.tallies.assist_released_pages * PAGE_SIZE)
+        yield _counter("sweeperd_scavenge_assist_cpu_seconds", "CPU the mutators spent "
+                       "releasing over the memory limit as they allocated (their thread time; "
+                       "Go's /gc/scavenge/assist/cpu:cpu-seconds).",
+                       s.tallies.assist_cpu_ns / 1e9)
         yield _counter("sweeperd_heap_freed_bytes", "Bytes of spans returned to the page heap "
                        "(what gperftools' release rate counts).", sc["freed_bytes_total"])
         yield _counter("sweeperd_heap_commit_failures", "Span allocations refused because "

@@ -60,7 +60,8 @@ class Scavenger:
                     heap_goal=int(h.header[H_HEAP_GOAL]),
                     memory_limit=int(h.header[H_MEMORY_LIMIT]),
                     dirty_pages=h.npages - int(c[C_IN_USE_PAGES]) - int(c[C_SCAVENGED_PAGES]),
-                    freed_pages=int(h.tallies[:, T_FREED_PAGES].sum()), npages=h.npages)
+                    freed_pages=int(h.tallies[:, T_FREED_PAGES].sum()), npages=h.npages,
+                    sweepgen=h.sweepgen)
 
     def wake(self) -> tuple[int, float]:
         """One wake's work: returns (pages released, seconds worked).  It asks the policy,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sweeperd.pacing.policy import GoPolicy, PageTable, Plan, View
+from sweeperd.pacing.policy import GoParams, GoPolicy, PageTable, Plan, View
 from sweeperd.pacing.scavpace import pages_to_release, retain_goal
 from sweeperd.runtime.sizeclasses import PAGE_SIZE
 
@@ -51,6 +51,7 @@ class HugepagePolicy(GoPolicy):
     paced = True
 
     def __init__(self) -> None:
+        super().__init__(GoParams(version="1.19"))  # its own search: no density rule
         self.kept = 0
         self.kept_at = float("-inf")
 

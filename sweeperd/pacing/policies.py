@@ -13,17 +13,18 @@ from typing import Any
 from sweeperd.pacing.decay import DecayParams, DecayPolicy
 from sweeperd.pacing.hugepage import HugepagePolicy
 from sweeperd.pacing.names import POLICIES
-from sweeperd.pacing.policy import EagerPolicy, GoPolicy, NonePolicy, Policy
+from sweeperd.pacing.policy import GO_VERSIONS, EagerPolicy, GoParams, GoPolicy, NonePolicy, Policy
 from sweeperd.pacing.purgedelay import DelayParams, DelayPolicy
 from sweeperd.pacing.releaserate import RateParams, RatePolicy
 
-PARAMS: dict[str, type] = {"jemalloc-decay": DecayParams, "gperftools-rate": RateParams,
-                           "mimalloc-delay": DelayParams}
+PARAMS: dict[str, type] = {"go": GoParams, "jemalloc-decay": DecayParams,
+                           "gperftools-rate": RateParams, "mimalloc-delay": DelayParams}
 RANGES: dict[str, tuple[float, float]] = {
     "jemalloc-decay.dirty_decay_ms": (1, 3_600_000),
     "gperftools-rate.release_rate": (0.001, 1000),
     "mimalloc-delay.purge_delay_ms": (1, 3_600_000),
 }
+CHOICES: dict[str, tuple[str, ...]] = {"go.version": GO_VERSIONS}
 RELEASES_ON_FREE = frozenset({"eager"})  # every process that frees releases (heap.on_free)
 
 
@@ -34,7 +35,7 @@ def default_params(name: str) -> Any:
 def make(name: str, params: Any = None) -> Policy:
     """A fresh policy ``name`` with ``params`` (its ``*Params``; None: the defaults)."""
     if name == "go":
-        return GoPolicy()
+        return GoPolicy(params)
     if name == "jemalloc-decay":
         return DecayPolicy(params)
     if name == "gperftools-rate":

@@ -15,9 +15,12 @@ Time only enters through ``View.now``, so every policy is tested on a fake clock
 The policies (names are a contract: config, ``--policy``, the metrics' ``policy`` label):
 
 =================== =========================================================================
-``go``              Go's scavenger, as before: retain goal = heap goal + 10% (with a memory
-                    limit, at most 95% of it); release the excess top-down, paced by the PI
-                    controller to ``scavenger.cpu_fraction`` (the only paced policy).
+``go``              Go's scavenger: retain goal = heap goal + 10% (with a memory limit, at
+                    most 95% of it); release the excess top-down, paced by the PI
+                    controller to ``scavenger.cpu_fraction``.  ``GoParams.version``: "1.19"
+                    as before, or "1.21" (the default, every Go since): the background
+                    search skips dense chunks (``density.py``), and allocation scavenges
+                    what the heap is over the memory limit (``scavenge.ScavengeAssist``).
 ``jemalloc-decay``  jemalloc's decay (decay.c): ``decay.py``.
 ``gperftools-rate`` gperftools' release rate (page_heap.cc): ``releaserate.py``.
 ``mimalloc-delay``  mimalloc's purge delay: ``purgedelay.py``.
@@ -39,6 +42,7 @@ from typing import Protocol
 
 import numpy as np
 
+from sweeperd.pacing.density import Index, allow_mask
 from sweeperd.pacing.scavpace import pages_to_release, retain_goal
 
 # allow(lo, hi) -> mask of hi - lo booleans: may the candidates of pages [lo, hi) go?
@@ -57,6 +61,7 @@ class View:
     dirty_pages: int  # free pages not released since they were last used (the books)
     freed_pages: int  # pages ever returned to the page heap (freeSpan), a running total
     npages: int  # the heap's size in pages
+    sweepgen: int = 0  # the heap's sweepgen: moves by 2 at each mark termination (Go's nextGen)
 
 
 @dataclass(frozen=True)
@@ -86,15 +91,49 @@ class Policy(Protocol):
     def figures(self) -> dict[str, float]: ...
 
 
+GO_VERSIONS = ("1.19", "1.21")  # [scavenger.go] version: the Go whose scavenger is modelled
+
+
+@dataclass(frozen=True)
+class GoParams:
+    version: str = "1.21"  # "1.19" or "1.21" (the behaviour of every Go since 1.21)
+
+
 class GoPolicy:
     """Go's background scavenger (mgcscavenge.go): keep the heap's backing within the retain
-    goal; the pacer spends ``cpu_fraction`` doing so."""
+    goal; the pacer spends ``cpu_fraction`` doing so.  At version "1.21" the search skips
+    the chunks Go 1.21's ``scavChunkData.shouldScavenge(gen, false)`` skips (dense now or at
+    the last generation change: ``density.py``); at "1.19" it takes any free backed page
+    (Go 1.19's ``pageAlloc.scavenge`` walks every chunk from the top)."""
 
     name = "go"
     paced = True
 
+    def __init__(self, params: GoParams | None = None) -> None:
+        self.params = params or GoParams()
+        if self.params.version not in GO_VERSIONS:
+            raise ValueError(f"go policy: version {self.params.version!r} is not one of "
+                             f"{', '.join(GO_VERSIONS)}")
+        self.index = Index() if self.params.version != "1.19" else None
+
+    @property
+    def version(self) -> str:
+        return self.params.version
+
     def plan(self, v: View, pages: PageTable) -> Plan:
-        return Plan(pages_to_release(v.backed_bytes, retain_goal(v.heap_goal, v.memory_limit)))
+        need = pages_to_release(v.backed_bytes, retain_goal(v.heap_goal, v.memory_limit))
+        index = self.index
+        if index is None:
+            return Plan(need)
+        index.observe(v.sweepgen // 2, pages.page_span)
+        if need == 0:
+            return Plan(0)
+        span = pages.page_span
+
+        def allow(lo: int, hi: int) -> np.ndarray:
+            return allow_mask(span, index.last_in_use, lo, hi)
+
+        return Plan(need, allow=allow)
 
     def released(self, pages: int, v: View) -> None:
         pass

@@ -146,7 +146,11 @@ F_ALLOC = 25  # 1 from before its alloc bits; 2 once its totals stand, before it
 MADVISE_ADVICES = ("REMOVE", "REMOVE_vectored", "DONTNEED", "FREE", "NOHUGEPAGE", "HUGEPAGE")
 T_MADVISE_BY = {a: 26 + i for i, a in enumerate(MADVISE_ADVICES)}  # calls by advice
 T_COMMIT_FAILURES = 26 + len(MADVISE_ADVICES)  # span allocations refused: backing them
-NTALLIES = T_COMMIT_FAILURES + 1  # ... would pass H_COMMIT_LIMIT (mheap.commit)
+# ... would pass H_COMMIT_LIMIT (mheap.commit)
+T_ASSIST_RELEASED_PAGES = T_COMMIT_FAILURES + 1  # of T_RELEASED_PAGES, released by allocation
+T_ASSIST_CPU_NS = T_COMMIT_FAILURES + 2  # ... taking this CPU (Go 1.21's scavenge assist)
+T_ASSIST_KERNEL_BYTES = T_COMMIT_FAILURES + 3  # ... of which the kernel had this many backed
+NTALLIES = T_COMMIT_FAILURES + 4
 
 # (the T_* totals, the P_* new totals) of each kind of batch, applied by Heap.apply_batch
 RELEASE_BATCH = ((T_RELEASED_PAGES, T_RELEASE_RUNS, T_RELEASED_KERNEL_BYTES),
@@ -301,6 +305,9 @@ class Heap:
         # called as on_free(starts, npages) after freeSpan returned spans to the page heap:
         # the eager policy's release (installed by a process that frees, never shared)
         self.on_free: Callable[[np.ndarray, np.ndarray], None] | None = None
+        # called as on_alloc_scav(pages) after an allocation took that many released pages,
+        # out of the heap lock: Go 1.21's scavenge assist (scavenge.ScavengeAssist)
+        self.on_alloc_scav: Callable[[int], int] | None = None
 
     # --- life cycle -------------------------------------------------------------------------
 

@@ -35,6 +35,9 @@ from sweeperd.runtime.heap import (
     MADVISE_ADVICES,
     NCOUNTERS,
     SPAN_IN_USE,
+    T_ASSIST_CPU_NS,
+    T_ASSIST_KERNEL_BYTES,
+    T_ASSIST_RELEASED_PAGES,
     T_BYTES_ALLOCATED,
     T_COMMIT_FAILURES,
     T_CPU_NS,
@@ -215,6 +218,8 @@ class Tallies:
     alloc: AllocTally = AllocTally()
     freed_pages: int = 0
     commit_failures: int = 0  # span allocations refused by the commit limit (mheap.commit)
+    assist_released_pages: int = 0  # released by allocation over the limit (Go 1.21's eager)
+    assist_cpu_ns: int = 0  # ... taking this thread CPU (Go's scavenge assist time)
 
     @property
     def objects_freed(self) -> int:
@@ -245,8 +250,12 @@ def read_tallies(heap: Heap) -> Tallies:
     freers = [s + m for s, m in zip(sweepers, mutators, strict=True)]
     both = [a + b for a, b in zip(scav, coord, strict=True)]
     bg = [a + b for a, b in zip(sweepers, coord, strict=True)]
+    freers[T_RELEASED_PAGES] -= freers[T_ASSIST_RELEASED_PAGES]  # the assist's: not freers'
+    freers[T_RELEASED_KERNEL_BYTES] -= freers[T_ASSIST_KERNEL_BYTES]
     return Tallies(scavenger=_release(both, T_CPU_NS), on_free=_release(freers, T_RELEASE_CPU_NS),
                    background=_sweep(bg), mutator=_sweep(mutators),
                    alloc=AllocTally(mutators[T_OBJECTS_ALLOCATED], mutators[T_BYTES_ALLOCATED]),
                    freed_pages=everyone[T_FREED_PAGES],
-                   commit_failures=everyone[T_COMMIT_FAILURES])
+                   commit_failures=everyone[T_COMMIT_FAILURES],
+                   assist_released_pages=everyone[T_ASSIST_RELEASED_PAGES],
+                   assist_cpu_ns=everyone[T_ASSIST_CPU_NS])

@@ -151,6 +151,8 @@ def cache_span(heap: Heap, sizeclass: int, owner: int = ANONYMOUS,
         heap.span_owner[span] = owner
         sg.cache(heap.span_sweepgen, span, h)
         heap.count(C_CACHED_PAGES, int(heap.span_npages[span]))
+    if nscav and heap.on_alloc_scav is not None:  # Go 1.21's scavenge assist (scavenge.py)
+        heap.on_alloc_scav(nscav)
     return span, nscav, work
 
 
@@ -182,6 +184,8 @@ def cache_spans(heap: Heap, sizeclass: int, k: int, owner: int = ANONYMOUS,
         with heap.lock:
             grown, more = alloc_spans(heap, sizeclass, k - 1)
             _cache_many(heap, grown, owner, h)
+        if more and heap.on_alloc_scav is not None:
+            heap.on_alloc_scav(more)
         return np.concatenate(([s], grown)).astype(np.int64), nscav + more, work
     return np.array([s], dtype=np.int64), nscav, work
 

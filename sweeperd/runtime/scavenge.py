@@ -28,6 +28,24 @@ Which pages and how many is the policy's business (``sweeperd.pacing.policy``): 
 takes a count, an optional filter (``allow``) and whether runs stay whole.  Under the
 ``eager`` policy the freer itself releases what it freed (:class:`ReleaseOnFree`).
 
+**Scavenge assist** (Go 1.21+, the ``go`` policy at version "1.21": :class:`ScavengeAssist`,
+installed as ``heap.on_alloc_scav`` in every mutator).  Go's ``mheap.allocSpan`` (go1.21
+runtime/mheap.go), after taking ``scav`` bytes of released pages, scavenges
+``scav + mappedReady - memoryLimit`` bytes itself when that is positive, with
+``force = true`` (no density rule: ``scavChunkData.shouldScavenge``), counts them in
+``pageAlloc.scav.releasedEager`` and its time in ``scavenge.assistTime``
+(``/gc/scavenge/assist/cpu:cpu-seconds``).  Here an allocation that took released pages
+(its count of them is what ``mheap.init_spans`` returns) calls the hook out of the heap
+lock; the hook releases what the heap's backing by the books (pages not released, the
+allocation's included) is over ``H_MEMORY_LIMIT``, top-down, and tallies the pages and
+its thread CPU time in its row (``T_ASSIST_RELEASED_PAGES``, ``T_ASSIST_CPU_NS``,
+``T_ASSIST_KERNEL_BYTES``; a mutator killed mid-assist leaves them uncounted there, its pages
+counted as a freer's release).  An
+allocation that took no released pages, or a heap with no limit, costs one test.  Go also
+skips the assist while the GC CPU limiter is on, and scavenges on heap growth
+(``gcPercentGoal``): sweeperd's arena has a fixed size and no heap growth, and its limiter
+is not read here.
+
 Invariants: no page of an in-use span is ever released; a page is released at most once until
 it is reused (its scavenged bit is set by the release and cleared only by allocation); the
 scavenged bit is set only on free pages.
@@ -44,10 +62,14 @@ import numpy as np
 from sweeperd.runtime.heap import (
     C_RELEASING_PAGES,
     C_SCAVENGED_PAGES,
+    H_MEMORY_LIMIT,
     H_SCAV_SEARCH,
     H_SEARCH_ADDR,
     PAGE_FREE,
     RELEASE_BATCH,
+    T_ASSIST_CPU_NS,
+    T_ASSIST_KERNEL_BYTES,
+    T_ASSIST_RELEASED_PAGES,
     T_MADVISE_BY,
     T_MADVISE_CALLS,
     T_RELEASE_CPU_NS,
@@ -284,3 +306,45 @@ class ReleaseOnFree:
         t0 = time.thread_time_ns()
         release(self.heap, self.sysmem, *take_runs(self.heap, starts, npages))
         self.heap.tally(T_RELEASE_CPU_NS, time.thread_time_ns() - t0)
+
+
+def over_limit_pages(heap: Heap, limit: int) -> int:
+    """Pages the heap's backing by the books (every page not released nor being released:
+    Go's ``mappedReady`` of the heap) is over ``limit`` bytes; 0 with no limit."""
+    if limit <= 0:
+        return 0
+    c = heap.counter_totals()
+    backed = heap.npages - int(c[C_SCAVENGED_PAGES]) - int(c[C_RELEASING_PAGES])
+    return max(0, backed * PAGE_SIZE - limit) // PAGE_SIZE
+
+
+class ScavengeAssist:
+    """Go 1.21's allocation-time ("eager") scavenging over the memory limit (the module's
+    notes): ``heap.on_alloc_scav`` in a process that allocates.  Calling it with the count
+    of released pages an allocation took returns the pages it released (0 mostly)."""
+
+    def __init__(self, heap: Heap, sysmem: SysMem) -> None:
+        self.heap = heap
+        self.sysmem = sysmem
+
+    @classmethod
+    def install(cls, heap: Heap) -> ScavengeAssist:
+        """Make this process's allocations scavenge over the limit (its own ``SysMem``)."""
+        hook = cls(heap, SysMem(base=heap.arena.ctypes.data, size=heap.heap_bytes,
+                                shared=True))
+        heap.on_alloc_scav = hook
+        return hook
+
+    def __call__(self, nscav: int) -> int:
+        if nscav <= 0:
+            return 0
+        limit = int(self.heap.header[H_MEMORY_LIMIT])
+        if limit <= 0:
+            return 0
+        t0 = time.thread_time_ns()
+        over = over_limit_pages(self.heap, limit)
+        r = scavenge(self.heap, self.sysmem, over) if over > 0 else Released()
+        self.heap.tally(T_ASSIST_RELEASED_PAGES, r.pages)
+        self.heap.tally(T_ASSIST_KERNEL_BYTES, r.kernel_bytes)
+        self.heap.tally(T_ASSIST_CPU_NS, time.thread_time_ns() - t0)
+        return r.pages

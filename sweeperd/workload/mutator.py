@@ -354,9 +354,11 @@ class Mutator:
         try:
             with self.heap.lock:
                 failpoint.stop("mutator.locked")  # (a stopped holder must not wedge anyone)
-                span, _ = mheap.alloc_span(self.heap, 0, npages)
+                span, nscav = mheap.alloc_span(self.heap, 0, npages)
                 idx = malloc.alloc_objects(self.heap, span, 1)
                 self.heap.span_set[span] = full_swept(h)
+            if nscav and self.heap.on_alloc_scav is not None:  # Go 1.21's scavenge assist
+                self.heap.on_alloc_scav(nscav)
         except OutOfMemory:
             self.stats.oom_waits += 1
             return 0
