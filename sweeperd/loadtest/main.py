@@ -12,12 +12,16 @@ each run goes in turn (scenario, then repeat, then policy and settings;
 ``go-runtime``; one at a time), with progress on stderr — a bar on a terminal, a line every
 few seconds otherwise.
 
-``--repeat N`` (1..50): the run ``r`` of a (scenario, policy, settings) follows the scenario
-with a lead-in of U(0,1) x the expected GC cycle period at its first phase (GOGC% of its live
-heap, at least Go's 4 MiB, over its garbage rate; 1 s when that says nothing; at most the
-phase), during which the first phase's start is held (:func:`runspec.start_shift`, drawn from
-``--seed`` and the run_id; no shift when N = 1).  Its rows are timed from the end of the
-lead-in, so every figure covers the same scenario: only where its GC cycles fall moves.
+``--repeat N`` (1..50): one run of a GC'd heap is dominated by where the last GC fell before
+a drop, so the run ``r`` of a (scenario, policy, settings) reaches the scenario's last drop
+(its start, if it never drops) ``start_shift_s`` later: the state just before it is held
+that long (:func:`runspec.shifted`; a flat phase is lengthened, else a hold phase is put
+in).  ``start_shift_s`` is U(0,1) x the expected GC cycle period there (GOGC% of the live
+heap, at least Go's 4 MiB, over the garbage rate; 1 s when that says nothing; at most the
+phase), drawn from ``--seed`` and the run_id (:func:`runspec.start_shift`); no shift when
+N = 1.  The hold's rows are cut out of the run's rows (:func:`retimed`) and the later ones
+timed back by the shift, so every figure covers the same scenario timeline: only where its
+GC cycles fall moves.  ``shift_at_s`` in the row says where the hold was.
 Every run row of ``summary.json`` carries ``settings``, ``overrides``, ``repeat``,
 ``start_shift_s``, ``group_id`` and ``run_id`` (its directory ``runs/<run_id>``, its CSV
 ``<run_id>.csv``); the summary carries ``seed`` and ``repeat``.
@@ -178,12 +182,12 @@ def expand(p: Plan, go_version: str | None = None) -> list[Run]:
                 rid = runspec.run_id(gid, r)
                 shift = (runspec.start_shift(p.seed, rid, sc, s["gogc"])
                          if p.repeat > 1 else 0.0)
-                follows = runspec.shifted(runspec.with_settings(sc, s), shift)
+                follows, at = runspec.shifted(runspec.with_settings(sc, s), shift)
                 try:
                     scenarios.parse(follows.to_toml(), f"scenario {sc.name} under {spec.label()}")
                 except ScenarioError as e:
                     raise UsageError(str(e)) from None
-                runs.append(Run(sc, spec, s, r, shift, gid, rid, follows))
+                runs.append(Run(sc, spec, s, r, shift, gid, rid, follows, at))
     ids = [r.run_id for r in runs]
     if len(set(ids)) != len(ids):  # filename-safe names of two scenarios met
         raise UsageError(f"two runs would share a name: {', '.join(ids)}")
@@ -279,16 +283,19 @@ def _failed(sc: Scenario, policy: str, e: Exception) -> RunResult:
     return RunResult(sc.name, policy, ok=False, error=str(e))
 
 
-def retimed(rows: list[dict[str, float]], shift: float) -> list[dict[str, float]]:
-    """The rows of a run that followed a lead-in of ``shift`` s, timed from its end (the
-    scenario as measured); the lead-in's rows dropped."""
+def retimed(rows: list[dict[str, float]], shift: float, at: float = 0.0
+            ) -> list[dict[str, float]]:
+    """The rows of a run that held its state ``shift`` s from ``at`` s, in the scenario's own
+    time: the hold's rows cut out, the later ones ``shift`` earlier."""
     if shift <= 0:
         return rows
     out = []
     for r in rows:
-        t = r["scenario_elapsed_s"] - shift
-        if t > 0:
-            out.append({**r, "scenario_elapsed_s": t})
+        t = r["scenario_elapsed_s"]
+        if t < at:
+            out.append(r)
+        elif t >= at + shift:
+            out.append({**r, "scenario_elapsed_s": t - shift})
     return out
 
 
@@ -303,7 +310,7 @@ def _loadtest(o: Options, p: Plan, out: OutDir, err: TextIO, out_stream: TextIO)
         for k, run in enumerate(p.runs, 1):
             res = _run(run, out, o.sample_s, prog.run(k, run.follows, run.label()),
                        extra_versions)
-            res.rows = retimed(res.rows, run.start_shift_s)
+            res.rows = retimed(res.rows, run.start_shift_s, run.shift_at_s)
             prog.done(res, run.label())
             results.append((run, res))
     except (KeyboardInterrupt, Interrupted):
@@ -381,7 +388,8 @@ def summarize_runs(p: Plan, results: list[tuple[Run, RunResult]], started: str,
 
             start = res.rows[-1]["scenario_start_s"] if res.rows else 0.0
             entry["trace_fit"] = replay.fit(p.replays[sc.name], res.gctrace, sc,
-                                            start + run.start_shift_s)
+                                            start + (0.0 if run.shift_at_s else
+                                                     run.start_shift_s))
         runs.append({k: finite_or_none(v) for k, v in entry.items()})
     return {"started": started, "seed": p.seed, "repeat": p.repeat, "runs": runs,
             "machine": machine(), "versions": vers}

@@ -300,15 +300,31 @@ def run_id(gid: str, repeat: int) -> str:
     return f"{gid}.r{repeat}"
 
 
+def shift_point(sc: Scenario) -> int:
+    """The phase the shift comes before: the scenario's last drop (the live heap falling at a
+    phase boundary, where one run is dominated by where the last GC before it fell), else 0
+    (the start)."""
+    k, prev = 0, None
+    for i, p in enumerate(sc.phase):
+        if prev is not None and p.live_from < prev:
+            k = i
+        prev = p.live_to
+    return k
+
+
 def cycle_period_s(sc: Scenario, gogc: Value) -> float:
-    """The expected GC cycle period at the scenario's first phase: the heap may grow by GOGC%
-    of the live heap (at least Go's 4 MiB minimum goal) between cycles, at the phase's garbage
-    rate.  1 s when that does not say (no garbage, "max", GOGC off); at most the phase."""
-    p = sc.phase[0]
+    """The expected GC cycle period where the shift is held (:func:`shift_point`: the end of
+    the phase before the last drop, or the first phase's start): the heap may grow by GOGC%
+    of the live heap there (at least Go's 4 MiB minimum goal) between cycles, at that
+    phase's garbage rate.  1 s when that says nothing (no garbage, "max", GOGC off); at most
+    the phase's length."""
+    k = shift_point(sc)
+    p = sc.phase[k - 1] if k else sc.phase[0]
+    live = p.live_to if k else p.live_from
     g = p.garbage_mib_s
     if g == "max" or not isinstance(g, int | float) or g <= 0 or not isinstance(gogc, int):
         return min(1.0, p.seconds)
-    room = max(p.live_from * gogc / 100, MIN_GOAL_MIB * gogc / 100)
+    room = max(live, MIN_GOAL_MIB) * gogc / 100
     return min(room / g, p.seconds)
 
 
@@ -318,22 +334,27 @@ def start_shift(seed: int, rid: str, sc: Scenario, gogc: Value) -> float:
     return round(random.Random(f"{seed}/{rid}").random() * cycle_period_s(sc, gogc), 3)
 
 
-def shifted(sc: Scenario, shift: float) -> Scenario:
-    """``sc`` with a lead-in of ``shift`` s: its first phase's start held (its live heap at
-    the start, its garbage rate), so the GC cycles fall at another point of the scenario."""
+def shifted(sc: Scenario, shift: float) -> tuple[Scenario, float]:
+    """``sc`` with ``shift`` s of hold before its :func:`shift_point`: the state there (the
+    end of the phase before the last drop, its live heap and garbage rate; or the first
+    phase's start) held that long, so the drop (or the whole run) comes at another point of
+    the GC cycle.  Returns the scenario and when the hold starts (s from its start)."""
+    k = shift_point(sc)
+    at = sum(p.seconds for p in sc.phase[:k])
     if shift <= 0:
-        return sc
-    p = sc.phase[0]
-    if p.live_from == p.live_to:
-        phases = (msgspec.structs.replace(p, seconds=p.seconds + shift), *sc.phase[1:])
+        return sc, at
+    p = sc.phase[k - 1] if k else sc.phase[0]
+    phases = list(sc.phase)
+    if p.live_from == p.live_to:  # a flat phase: it lasts longer
+        phases[k - 1 if k else 0] = msgspec.structs.replace(p, seconds=p.seconds + shift)
     else:
         if len(sc.phase) >= MAX_PHASES:
             raise UsageError(f"scenario {sc.name}: {MAX_PHASES} phases; no room for the "
-                             "lead-in of --repeat")
-        lead = msgspec.structs.replace(p, seconds=shift, live_mib=p.live_from,
-                                       name="lead-in")
-        phases = (lead, *sc.phase)
-    return msgspec.structs.replace(sc, phase=phases)
+                             "hold of --repeat")
+        hold = msgspec.structs.replace(p, seconds=shift, live_mib=p.live_to if k else p.live_from,
+                                       name="hold (--repeat)")
+        phases.insert(k, hold)
+    return msgspec.structs.replace(sc, phase=tuple(phases)), at
 
 
 @dataclass
@@ -349,11 +370,13 @@ class Run:
     group_id: str
     run_id: str
     follows: Scenario = field(repr=False, default=None)  # type: ignore[assignment]
+    shift_at_s: float = 0.0  # where the hold of start_shift_s is, in the scenario's time
 
     def row(self) -> dict[str, Any]:
         """The run-row fields this run adds to summary.json's entry."""
         return {"settings": dict(self.settings), "overrides": self.spec.given,
                 "repeat": self.repeat, "start_shift_s": self.start_shift_s,
+                "shift_at_s": self.shift_at_s,
                 "group_id": self.group_id, "run_id": self.run_id}
 
     def label(self) -> str:
