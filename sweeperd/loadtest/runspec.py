@@ -25,13 +25,15 @@ Keys, per policy (:func:`keys_of`):
 Invariants: a spec's overrides are normalized values (``gogc`` an int or ``"off"``; ints as
 ints, floats as floats), so that equal settings give equal ``group_id`` s; a spec's settings
 (:func:`settings`) are its overrides over the scenario's and the policy's defaults, every
-value a JSON scalar; ``group_id``/``run_id`` are filename-safe and unique per (scenario, spec,
+value a JSON scalar; ``group_id``/``run_id`` are filename-safe (at most :data:`MAX_ID`
+characters: a longer one ends in a hash of the whole) and unique per (scenario, spec,
 repeat).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import math
 import random
@@ -48,6 +50,7 @@ from sweeperd.workload.scenario import MAX_PHASES, Scenario
 GO_RUNTIME = "go-runtime"  # the policy name of the real Go program's rows
 MAX_SPECS = 256  # runs one --policy/--knob text may expand to
 MAX_REPEAT = 50
+MAX_ID = 200  # characters of a group_id (its run_id and CSV name add a few)
 GO_VERSIONS = ("1.19", "1.21")  # what the go model follows ([scavenger.go] version)
 GO_DEFAULT_VERSION = "1.21"  # the daemon's default ([scavenger.go] version, issue 18)
 MIN_GOAL_MIB = 4.0  # Go's heapminimum at GOGC=100 (config gc.min_goal_mib)
@@ -293,7 +296,11 @@ def group_id(scenario: str, spec: Spec) -> str:
     parts = [scenario, spec.policy]
     if spec.overrides:
         parts.append(",".join(f"{k}={fmt(v)}" for k, v in spec.overrides))
-    return _SAFE.sub("_", ".".join(parts))
+    gid = _SAFE.sub("_", ".".join(parts))
+    if len(gid) > MAX_ID:  # a file name is at most 255 bytes: the tail becomes its hash
+        digest = hashlib.sha256(".".join(parts).encode()).hexdigest()[:12]
+        gid = f"{gid[:MAX_ID - 13]}~{digest}"
+    return gid
 
 
 def run_id(gid: str, repeat: int) -> str:
