@@ -230,7 +230,9 @@ def test_progress_is_plain_lines_off_a_terminal(run) -> None:
 
 
 @pytest.mark.parametrize("args, says", [
-    (["--policy", "go,fastest"], "--policy: unknown fastest"),
+    (["--policy", "go,fastest"], "--policy fastest: unknown policy 'fastest'"),
+    (["--policy", "go:gogc=5"], "--policy go:gogc=5: gogc='5'"),
+    (["--scenario", "steady", "--repeat", "0"], "--repeat must be within 1..50"),
     (["--scenario", "nosuch"], "no scenario 'nosuch'"),
     (["--scenario", "steady", "--scale", "nan"], "--scale"),
     (["--scenario", "steady", "--scale", "-2"], "--scale"),
