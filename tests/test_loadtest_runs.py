@@ -266,6 +266,7 @@ def test_every_run_row_carries_its_settings_and_ids() -> None:
         assert isinstance(r["settings"]["memory_limit_mib"], int)
     assert runs[1]["settings"]["gogc"] == 200 and runs[1]["overrides"] == {"gogc": 200}
     assert runs[2]["overrides"] == {} and runs[2]["settings"]["gogc"] == 100
+    assert runspec.row_label(runs[4]) == "go gogc=200 #1"  # the table's and report's label
 
 
 def test_a_run_config_carries_the_policys_own_knobs() -> None:
@@ -395,3 +396,5 @@ def test_a_grid_runs_with_its_settings_and_gos_knobs_reach_the_go_program(
     shifts = [r["start_shift_s"] for r in runs.values()]
     assert all(s >= 0 for s in shifts) and len(set(shifts)) > 1
     assert summary["versions"]["go1.21"] == "go version go1.21.13 linux/amd64"
+    assert "go-runtime free_os_memory_every_s=1 gogc=200 madvdontneed=1 memory_limit_mib=200 " \
+        "version=1.21 #1" in (out / "report.html").read_text()

@@ -425,19 +425,11 @@ def print_table(summary: dict[str, Any], out: TextIO) -> None:
              "to goal s", "scav CPU s", "madvise", "alloc p99 ms")
     rows: list[tuple[str, ...]] = [heads]
     for r in summary["runs"]:
-        rows.append(tuple(_label(r) if c == "policy" else _cell(c, r.get(c)) for c in cols))
+        rows.append(tuple(runspec.row_label(r) if c == "policy" else _cell(c, r.get(c))
+                          for c in cols))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(cols))]
     for row in rows:
         print("  ".join(str(v).rjust(w) for v, w in zip(row, widths, strict=True)), file=out)
-
-
-def _label(r: dict[str, Any]) -> str:
-    """``go gogc=50 #2``: the policy, its overrides, the repeat (when there are repeats)."""
-    over = r.get("overrides") or {}
-    parts = [str(r.get("policy")), *(f"{k}={runspec.fmt(v)}" for k, v in sorted(over.items()))]
-    if r.get("repeat") or r.get("start_shift_s"):
-        parts.append(f"#{r['repeat']}")
-    return " ".join(parts)
 
 
 def _cell(k: str, v: Any) -> str:

@@ -177,6 +177,16 @@ class Spec:
         return " ".join([self.policy, *(f"{k}={fmt(v)}" for k, v in self.overrides)])
 
 
+def row_label(r: dict[str, Any]) -> str:
+    """A summary.json run row's label: ``go gogc=50 #2`` (the policy, its overrides, the
+    repeat when there are repeats)."""
+    over = r.get("overrides") or {}
+    parts = [str(r.get("policy")), *(f"{k}={fmt(v)}" for k, v in sorted(over.items()))]
+    if r.get("repeat") or r.get("start_shift_s"):
+        parts.append(f"#{r['repeat']}")
+    return " ".join(parts)
+
+
 def fmt(v: Value) -> str:
     if isinstance(v, float):
         return f"{v:g}"
