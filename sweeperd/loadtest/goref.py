@@ -223,7 +223,11 @@ def scenario_json(sc: Scenario, sample_s: float, free_os_memory_every_s: float =
 
 
 ARENA_LO, ARENA_HI = 0xC0_0000_0000, 0x7F00_0000_0000  # Go's heap arenas on linux/amd64
-HEAP_NAME = "[anon: Go: heap]"  # Go 1.25+ names its heap mappings (prctl PR_SET_VMA)
+# Go 1.25+ names its heap mappings (GODEBUG decoratemappings=1, the default: runtime/extern.go;
+# malloc.go's (*mheap).sysAlloc reserves arenas as "heap", mem_linux.go's sysReserveOS calls
+# setVMAName: prctl PR_SET_VMA_ANON_NAME).  A kernel without CONFIG_ANON_VMA_NAME (this
+# machine's 6.18) shows no name: the arena range is the fallback.
+HEAP_NAME = "[anon: Go: heap]"
 
 
 def go_heap_rss(pid: int, proc: str = "/proc") -> int:
