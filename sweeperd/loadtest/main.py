@@ -171,7 +171,7 @@ def _go_default_version(specs: list[Spec]) -> str | None:
 
 def expand(p: Plan, go_version: str | None = None) -> list[Run]:
     """Every run of the plan, in running order (scenario, repeat, spec), each checked as the
-    daemon will read its scenario (its settings in the header, its lead-in); UsageError naming
+    daemon will read its scenario (its settings in the header, its hold); UsageError naming
     the policy entry and the scenario.  Pure but for ``go_version``."""
     runs: list[Run] = []
     for sc in p.scenarios:
@@ -190,7 +190,8 @@ def expand(p: Plan, go_version: str | None = None) -> list[Run]:
                 runs.append(Run(sc, spec, s, r, shift, gid, rid, follows, at))
     ids = [r.run_id for r in runs]
     if len(set(ids)) != len(ids):  # filename-safe names of two scenarios met
-        raise UsageError(f"two runs would share a name: {', '.join(ids)}")
+        twice = sorted({i for i in ids if ids.count(i) > 1})
+        raise UsageError(f"two runs would share a name: {', '.join(twice[:5])}")
     return runs
 
 
