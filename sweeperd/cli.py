@@ -154,11 +154,12 @@ RUN_FLAGS = {
 
 
 def _loadtest(args: argparse.Namespace) -> int:
-    from sweeperd.loadtest.main import Options, UsageError, loadtest, parse_policies
+    from sweeperd.loadtest.main import Options, UsageError, loadtest
 
     try:
         o = Options(scenarios=[s for a in args.scenario or [] for s in a.split(",") if s],
-                    policies=parse_policies(args.policy), out=args.out,
+                    policies=args.policy, knobs=args.knob or [], repeat=args.repeat,
+                    seed=args.seed, out=args.out,
                     heap_mib=args.heap_mib, scale=args.scale, replay=args.replay,
                     go_reference=args.go_reference, json=args.json)
         return loadtest(o)
@@ -486,11 +487,23 @@ def build_parser() -> argparse.ArgumentParser:
                     help="shipped scenario name or scenario file; repeat or comma-separate "
                          "(default: every shipped one, or none with --replay)")
     lt.add_argument("--policy", default=None,
-                    help="comma-separated policies (default: all): " + ", ".join(POLICIES))
+                    help="comma-separated entries NAME[:KEY=V[;KEY=V]], a grid of values "
+                         "split by | (go:gogc=50|100,none); default: all of "
+                         + ", ".join(POLICIES) + "; go-runtime is the real Go program "
+                         "(README \"Load testing\")")
+    lt.add_argument("--knob", action="append", default=None, metavar="KEY=V[|V][;KEY=V]",
+                    help="a setting grid for every policy that has the key "
+                         "(memory_limit_mib=512|768); repeatable")
+    lt.add_argument("--repeat", type=int, default=1,
+                    help="runs of each scenario x policy x settings, each started at a "
+                         "random fraction of a GC cycle (1..50, default 1)")
+    lt.add_argument("--seed", type=int, default=None,
+                    help="seed of the --repeat start shifts (default random; in summary.json)")
     lt.add_argument("--replay", default=None, metavar="FILE",
                     help="a Go program's GODEBUG=gctrace=1 output to replay as a scenario")
     lt.add_argument("--go-reference", dest="go_reference", action="store_true",
-                    help="also run each scenario in the real Go runtime (needs go on PATH)")
+                    help="also run each scenario in the real Go runtime at its settings "
+                         "(the policy go-runtime; needs go on PATH)")
     lt.add_argument("--out", type=pathlib.Path, default=None,
                     help="report directory (default loadtest-<UTC timestamp>/)")
     lt.add_argument("--heap-mib", dest="heap_mib", type=int, default=None,

@@ -128,14 +128,14 @@ def test_books_match_the_kernel_and_the_policies_differ_as_they_must(run) -> Non
 
 
 def _free_backed_mib(out: Path, policy: str) -> list[float]:
-    with (out / f"short-{policy}.csv").open() as f:
+    with (out / f"short.{policy}.r0.csv").open() as f:
         return [float(r["free_bytes"]) / 2**20 for r in csv.DictReader(f)]
 
 
 def test_each_run_has_a_csv_of_samples_at_most_250_ms_apart(run) -> None:
     out = run[0]
     for p in ("go", "eager", "none", "go-runtime"):
-        with (out / f"short-{p}.csv").open() as f:
+        with (out / f"short.{p}.r0.csv").open() as f:
             rows = list(csv.DictReader(f))
         assert list(rows[0]) == columns()
         ts = [float(r["scenario_elapsed_s"]) for r in rows]
@@ -150,7 +150,7 @@ def test_each_run_has_a_csv_of_samples_at_most_250_ms_apart(run) -> None:
 def test_the_go_runtime_row_is_the_real_go_runtime(run) -> None:
     out, summary, _ = run
     g = _runs(summary)["go-runtime"]
-    trace = (out / "runs" / "short-go-runtime" / "gctrace.txt").read_text()
+    trace = (out / "runs" / "short.go-runtime.r0" / "gctrace.txt").read_text()
     gc_lines = [ln for ln in trace.splitlines() if ln.startswith("gc ")]
     assert len(gc_lines) >= g["gc_cycles"] > 0  # its own gctrace counts its cycles
     assert g["scavenger_cpu_seconds"] is None and g["madvise_calls"] is None  # not exposed
@@ -230,7 +230,9 @@ def test_progress_is_plain_lines_off_a_terminal(run) -> None:
 
 
 @pytest.mark.parametrize("args, says", [
-    (["--policy", "go,fastest"], "--policy: unknown fastest"),
+    (["--policy", "go,fastest"], "--policy fastest: unknown policy 'fastest'"),
+    (["--policy", "go:gogc=5"], "--policy go:gogc=5: gogc='5'"),
+    (["--scenario", "steady", "--repeat", "0"], "--repeat must be within 1..50"),
     (["--scenario", "nosuch"], "no scenario 'nosuch'"),
     (["--scenario", "steady", "--scale", "nan"], "--scale"),
     (["--scenario", "steady", "--scale", "-2"], "--scale"),
@@ -296,7 +298,7 @@ def _first_runs_daemon(tmp_path: Path, policies: str, *more: str
                           str(tmp_path / "short.toml"), "--policy", policies, "--out",
                           str(out), *more], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True)
-    log = out / "runs" / f"short-{policies.split(',')[0]}" / "daemon.log"
+    log = out / "runs" / f"short.{policies.split(',')[0]}.r0" / "daemon.log"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         time.sleep(0.2)

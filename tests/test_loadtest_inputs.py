@@ -221,7 +221,7 @@ def _rows(n: int) -> list[dict[str, float]]:
 def _finish_into(out: OutDir, nrows: int) -> tuple[int, str, str, dict]:
     sc = scenarios.load("steady").scaled(0.01)
     p = plan(Options(scenarios=["steady"], policies=["none"], scale=0.01, out=out.path))
-    results = [(p.scenarios[0], RunResult(sc.name, "none", ok=True, rows=_rows(nrows)))]
+    results = [(p.runs[0], RunResult(sc.name, "none", ok=True, rows=_rows(nrows)))]
     vers = {"python": "3"}
     want = summarize_runs(p, results, "2026-11-30T00:00:00+00:00", vers)
     err, so = io.StringIO(), io.StringIO()
@@ -250,7 +250,7 @@ def test_a_disk_that_fills_midway_names_the_file_and_keeps_summary_json_whole(
         try:
             rc, err, so, _want = _finish_into(out, 2000)  # a CSV of ~1 MiB: cannot fit
             assert rc == EXIT_CANNOT_WRITE
-            assert f"cannot write {mnt}/out/steady-none.csv: No space left on device" in err
+            assert f"cannot write {mnt}/out/steady.none.r0.csv: No space left on device" in err
             assert json.loads((out.path / "summary.json").read_text()) == json.loads(so)
             assert sorted(os.listdir(out.path)) == ["summary.json"]
         finally:
@@ -263,7 +263,7 @@ def test_a_whole_report_is_written_when_there_is_room(tmp_path: Path) -> None:
         rc, err, _so, _ = _finish_into(out, 20)
         assert rc == 0 and err == ""
         names = set(os.listdir(out.path))
-        assert {"summary.json", "steady-none.csv", "report.html", "steady-memory.png"} <= names
+        assert {"summary.json", "steady.none.r0.csv", "report.html", "steady-memory.png"} <= names
         assert not [n for n in names if n.endswith(".tmp")]
         assert json.loads((out.path / "summary.json").read_text())["runs"][0]["policy"] == "none"
     finally:

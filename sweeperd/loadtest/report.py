@@ -29,6 +29,7 @@ matplotlib.use("Agg")  # no display: render to files
 import matplotlib.pyplot as plt
 
 from sweeperd.loadtest.outdir import atomic_write
+from sweeperd.loadtest.runspec import GO_RUNTIME, row_label
 from sweeperd.loadtest.sampler import columns
 from sweeperd.loadtest.summary import quantile
 from sweeperd.workload.mutator import ALLOC_BUCKETS
@@ -67,7 +68,8 @@ def _rate(rows: list[dict[str, float]], key: str) -> tuple[list[float], list[flo
 
 def plot_scenario(outdir: Path, scenario: str, runs: list[tuple[str, list[dict[str, float]]]],
                   phases: Iterable[tuple[float, str]]) -> list[Path]:
-    """The scenario's five plots; returns their paths."""
+    """The scenario's five plots; returns their paths.  ``runs``: (label, rows), the label
+    starting with the policy's name (``go-runtime gogc=50``)."""
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     paths: list[Path] = []
     marks = list(phases)
@@ -115,14 +117,14 @@ def plot_scenario(outdir: Path, scenario: str, runs: list[tuple[str, list[dict[s
             ("madvise_calls", "madvise", "madvise calls", "calls")):
         fig, ax = new(title, ylabel)
         for i, (policy, rows) in enumerate(runs):
-            if policy == "go-runtime":  # Go 1.19 does not expose these
+            if policy.split(" ")[0] == GO_RUNTIME:  # Go 1.19 does not expose these
                 continue
             base = rows[0][key] if rows else 0.0
             ax.plot(_xs(rows), [r[key] - base for r in rows], color=colors[i % len(colors)],
                     label=policy)
         save(fig, ax, name)
 
-    ours = [(i, p, rows) for i, (p, rows) in enumerate(runs) if p != "go-runtime"]
+    ours = [(i, p, rows) for i, (p, rows) in enumerate(runs) if p.split(" ")[0] != GO_RUNTIME]
     fig, ax = new("sweep rate: background sweepers (solid) vs mutators (dashed)", "pages/s")
     for i, policy, rows in ours:  # Go 1.19 does not expose these
         c = colors[i % len(colors)]
@@ -207,7 +209,8 @@ def write_html(path: Path, summary: dict[str, Any], plots: dict[str, list[Path]]
                      + (("<th>trace fit (median / p90 error)</th>")
                         if any("trace_fit" in r for r in runs) else "") + "</tr>")
         for r in runs:
-            cells = "".join(f"<td>{_fmt(k, r.get(k))}</td>" for k in TABLE)
+            cells = "".join(f"<td>{html.escape(row_label(r))}</td>" if k == "policy"
+                            else f"<td>{_fmt(k, r.get(k))}</td>" for k in TABLE)
             if "trace_fit" in r:
                 f = r["trace_fit"]
                 cells += (f"<td>{_fmt('', f['live_bytes_rel_error_median'])} / "

@@ -29,7 +29,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,12 +54,26 @@ class RunResult:
     gctrace: list[str] = field(default_factory=list)
     exit_code: int | None = None
     wall_s: float = 0.0
+    go_version: str = ""  # go-runtime: the toolchain's `go version`
 
 
-def config_text(sc_path: Path, policy: str, sc: Scenario, control: str = "ipc://auto") -> str:
+def config_text(sc_path: Path, policy: str, sc: Scenario, control: str = "ipc://auto",
+                settings: Mapping[str, object] | None = None,
+                given: Iterable[str] = ()) -> str:
     """The child daemon's config: its control socket at ``control`` (ipc), read-only (a load
-    test only asks for status: ``control.admin = false``)."""
+    test only asks for status: ``control.admin = false``).  The run's gogc and memory limit
+    are the scenario's (:func:`sweeperd.loadtest.runspec.with_settings` put the run's there);
+    the policy's own knobs of ``settings`` go to its ``[scavenger.<policy>]`` table, and the
+    ``go`` model's ``version`` to ``[scavenger.go]`` when ``given`` (else the daemon's
+    default)."""
     h = sc.scenario
+    table = []
+    for k, v in (settings or {}).items():
+        if k in ("gogc", "memory_limit_mib", "go_version") or v is None:
+            continue
+        if k == "version" and (policy != "go" or k not in given):
+            continue
+        table.append(f"{k} = {json.dumps(v)}")
     return "\n".join([
         "[heap]", f"size_mib = {h.heap_mib}",
         "[gc]", f"gogc = {json.dumps(h.gogc)}",
@@ -73,18 +87,23 @@ def config_text(sc_path: Path, policy: str, sc: Scenario, control: str = "ipc://
         "[run]", f"duration_s = {sc.seconds + START_S + 30:g}", "gctrace = true",
         "[scavenger]", f'policy = "{policy}"',
         f"memory_limit_mib = {json.dumps(h.memory_limit_mib)}",
+        *([f"[scavenger.{policy}]", *table] if table else []),
         ""])
 
 
 def run_one(sc: Scenario, policy: str, rundir: Path, sample_s: float = SAMPLE_S,
-            on_sample: Callable[[float], None] | None = None) -> RunResult:
-    """Run ``sc`` under ``policy``; ``on_sample(elapsed_s)`` after each sample."""
+            on_sample: Callable[[float], None] | None = None,
+            settings: Mapping[str, object] | None = None,
+            given: Iterable[str] = ()) -> RunResult:
+    """Run ``sc`` under ``policy`` with ``settings`` (:func:`config_text`);
+    ``on_sample(elapsed_s)`` after each sample."""
     rundir.mkdir(parents=True, exist_ok=True)
     sc_path = (rundir / "scenario.toml").resolve()
     atomic_write(sc_path, sc.to_toml())
     cfg_path = rundir / "config.toml"
     ctl_dir = tempfile.mkdtemp(prefix="sweeperd_lt")  # 0700, and short: a socket path
-    atomic_write(cfg_path, config_text(sc_path, policy, sc, f"ipc://{ctl_dir}/control.sock"))
+    atomic_write(cfg_path, config_text(sc_path, policy, sc, f"ipc://{ctl_dir}/control.sock",
+                                         settings, given))
     res = RunResult(sc.name, policy, ok=False)
     log_path = rundir / "daemon.log"
     t_start = time.monotonic()

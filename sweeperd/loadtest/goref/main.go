@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"math/rand"
 	"os"
+	"runtime/debug"
 	"runtime/metrics"
 	"sync"
 	"time"
@@ -39,6 +40,8 @@ type scenario struct {
 	Phases   []phase `json:"phases"`
 	Workers  int     `json:"workers"`
 	SampleMs int     `json:"sample_ms"`
+	// > 0: a goroutine calls debug.FreeOSMemory this often (a service's periodic release)
+	FreeOSMemoryEveryS float64 `json:"free_os_memory_every_s"`
 }
 
 // at returns the phase in force t seconds in and the live heap (MiB) it asks for.
@@ -227,8 +230,24 @@ func main() {
 	if s.SampleMs < 1 {
 		s.SampleMs = 250
 	}
+	// what the runtime took from GOGC and GOMEMLIMIT, read back (each setter returns the
+	// previous value; the second call restores it)
+	gogc := debug.SetGCPercent(-1)
+	debug.SetGCPercent(gogc)
+	limit := debug.SetMemoryLimit(-1) // a negative input only reads
+	fmt.Fprintf(os.Stderr, "goref: gogc=%d memory_limit=%d free_os_memory_every_s=%g\n",
+		gogc, limit, s.FreeOSMemoryEveryS)
 	out := bufio.NewWriter(os.Stdout)
 	t0 := time.Now()
+	if s.FreeOSMemoryEveryS > 0 {
+		go func() {
+			t := time.NewTicker(time.Duration(s.FreeOSMemoryEveryS * float64(time.Second)))
+			defer t.Stop()
+			for range t.C {
+				debug.FreeOSMemory()
+			}
+		}()
+	}
 	var done sync.WaitGroup
 	for w := 0; w < s.Workers; w++ {
 		done.Add(1)
