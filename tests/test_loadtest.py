@@ -88,8 +88,10 @@ def test_the_summary_keeps_its_contract(run) -> None:
     out, summary, _ = run
     assert json.loads((out / "summary.json").read_text()) == summary
     fields = {"scenario", "policy", "ok", "seconds", "peak_backed_bytes", "mean_backed_bytes",
-              "excess_byte_seconds", "seconds_to_retain_goal", "scavenger_cpu_seconds",
-              "released_bytes", "cpu_seconds_per_gib_released", "madvise_calls",
+              "excess_byte_seconds", "excess_garbage_byte_seconds", "excess_free_byte_seconds",
+              "excess_fragmentation_byte_seconds", "seconds_to_retain_goal",
+              "scavenger_cpu_seconds", "released_bytes", "cpu_seconds_per_gib_released",
+              "madvise_calls",
               "alloc_latency_p50_seconds", "alloc_latency_p99_seconds", "gc_cycles",
               "worker_deaths", "max_books_vs_kernel_error"}
     runs = _runs(summary)

@@ -170,6 +170,28 @@ def test_summarize_splits_the_excess_by_what_holds_it() -> None:
     assert summary.summarize(SC, "x", [], ok=False)["excess_free_byte_seconds"] is None
 
 
+def test_the_go_row_maps_runtime_metrics_to_the_split() -> None:
+    """A runtime/metrics line as goref prints it: Go's heap classes go to the daemon's
+    columns, /gc/heap/live (Go 1.21+) is the live heap over gctrace's, and the split is
+    taken against the kernel's figure read for the process (here this one's, whatever it
+    is: the three still add up to it less the live heap)."""
+    from sweeperd.loadtest.goref import _row
+
+    m = {"t": 3.0, "/gc/heap/goal:bytes": 200.0 * MIB, "/gc/heap/live:bytes": 90.0 * MIB,
+         "/memory/classes/heap/objects:bytes": 150.0 * MIB,
+         "/memory/classes/heap/unused:bytes": 6.0 * MIB,
+         "/memory/classes/heap/free:bytes": 20.0 * MIB,
+         "/memory/classes/heap/released:bytes": 30.0 * MIB}
+    row = _row(m, 77.0 * MIB, os.getpid())
+    assert row["live_bytes"] == 90 * MIB and row["unused_bytes"] == 6 * MIB
+    assert row["objects_bytes"] == 150 * MIB and row["free_bytes"] == 20 * MIB
+    assert row["heap_size_bytes"] == 206 * MIB and row["books_backed_bytes"] == 176 * MIB
+    parts = row["garbage_bytes"] + row["free_backed_bytes"] + row["fragmentation_bytes"]
+    assert parts == row["kernel_backed_bytes"] - row["live_bytes"]
+    del m["/gc/heap/live:bytes"]  # Go 1.19: gctrace's live heap
+    assert _row(m, 77.0 * MIB, os.getpid())["live_bytes"] == 77 * MIB
+
+
 def test_books_error_is_the_gap_between_the_intervals() -> None:
     assert books_error(90 * MIB, 100 * MIB, 95 * MIB, 96 * MIB) == 0  # overlap
     assert books_error(100 * MIB, 100 * MIB, 98 * MIB, 99 * MIB) == pytest.approx(1 / 99)

@@ -26,10 +26,13 @@ every ``sample_s`` into rows with the daemon runs' columns:
   = the arena's RSS less objects + unused.  Books against the kernel: Go releases with
   ``MADV_DONTNEED`` (the default since Go 1.16; ``madvdontneed=0`` would make it
   ``MADV_FREE``, whose pages stay in RSS until the kernel needs them), so a released page
-  leaves RSS at once and the kernel's figure is about objects + unused + free.  It differs by
-  pages of in-use spans never written (Go does not zero memory fresh from the OS, and the
-  program writes each object's first and last byte only, so the inside of a large object is
-  not backed: the split takes that shortfall from fragmentation, then garbage) and, on Go
+  leaves RSS at once and the kernel's figure is about objects + unused + free (measured:
+  within the growth of one sample period).  It differs by pages of in-use spans never
+  written (Go does not zero memory fresh from the OS, and the program writes each object's
+  first and last byte only, so the inside of a ``large_fraction`` object is not backed: the
+  split takes that shortfall from fragmentation, then garbage), by the books' line being up
+  to a sample period older than the kernel's read (a growing heap: kernel above the books,
+  in ``free_backed_bytes``) and, on Go
   1.19 with transparent huge pages (``sysHugePage`` on the heap; ``enabled = madvise`` here),
   by the free and released 4 KiB pages a still-whole huge page backs, which land in
   ``free_backed_bytes`` — what the kernel holds, whatever the books call it.  The books'

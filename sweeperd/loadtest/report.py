@@ -158,7 +158,9 @@ HOLDS = (("live_bytes", "live heap (marked)", "#4c72b0"),
 def plot_holds(outdir: Path, name: str, rows: list[dict[str, float]],
                phases: Iterable[tuple[float, str]]) -> Path:
     """``<name>-holds.png``: the run's backing stacked by what holds it (HOLDS, bottom up),
-    with the kernel's backed bytes as a black line on top.  A layer below 0 (only the free
+    with the kernel's backed bytes as a black line on top, and the live heap the scenario asks
+    for now dashed (after a drop, the marked live heap above it is dead but counted live
+    until the next mark: not in the excess at all).  A layer below 0 (only the free
     pages, when the kernel held less than the live heap) is drawn as 0: the line is the
     truth.  Returns the path (written atomically)."""
     xs = _xs(rows)
@@ -176,6 +178,8 @@ def plot_holds(outdir: Path, name: str, rows: list[dict[str, float]],
                      colors=[c for _, _, c in HOLDS], alpha=0.85)
         ax.plot(xs, [r["kernel_backed_bytes"] / MIB for r in rows], color="black", lw=1.4,
                 label="backed (kernel)")
+        ax.plot(xs, [r["target_live_bytes"] / MIB for r in rows], color="black", lw=0.8,
+                ls="--", label="live the scenario asks now (above it: dead, not yet marked)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         fig.tight_layout()
