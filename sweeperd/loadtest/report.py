@@ -179,7 +179,7 @@ def plot_holds(outdir: Path, name: str, rows: list[dict[str, float]],
         ax.plot(xs, [r["kernel_backed_bytes"] / MIB for r in rows], color="black", lw=1.4,
                 label="backed (kernel)")
         ax.plot(xs, [r["target_live_bytes"] / MIB for r in rows], color="black", lw=0.8,
-                ls="--", label="live the scenario asks now (above it: dead, not yet marked)")
+                ls="--", label="live asked now (above it: dead, unmarked)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         fig.tight_layout()
