@@ -88,8 +88,10 @@ def test_the_summary_keeps_its_contract(run) -> None:
     out, summary, _ = run
     assert json.loads((out / "summary.json").read_text()) == summary
     fields = {"scenario", "policy", "ok", "seconds", "peak_backed_bytes", "mean_backed_bytes",
-              "excess_byte_seconds", "seconds_to_retain_goal", "scavenger_cpu_seconds",
-              "released_bytes", "cpu_seconds_per_gib_released", "madvise_calls",
+              "excess_byte_seconds", "excess_garbage_byte_seconds", "excess_free_byte_seconds",
+              "excess_fragmentation_byte_seconds", "seconds_to_retain_goal",
+              "scavenger_cpu_seconds", "released_bytes", "cpu_seconds_per_gib_released",
+              "madvise_calls",
               "alloc_latency_p50_seconds", "alloc_latency_p99_seconds", "gc_cycles",
               "worker_deaths", "max_books_vs_kernel_error"}
     runs = _runs(summary)
@@ -127,6 +129,27 @@ def test_books_match_the_kernel_and_the_policies_differ_as_they_must(run) -> Non
     assert mean["eager"] * 8 <= mean["none"], (mean, free["eager"])
 
 
+def test_what_holds_the_memory_adds_up_to_the_excess_in_every_sample_and_run(run) -> None:
+    """The three debts of every sample (CSV) add up to its excess, kernel backing − live, and
+    their byte-seconds to the run's excess_byte_seconds, for the daemon's rows and the real
+    Go runtime's alike; and the split tells the policies apart where they differ: none keeps
+    the drain's free pages backed, eager releases them as it frees."""
+    out, summary = run[0], run[1]
+    runs = _runs(summary)
+    for p, r in runs.items():
+        with (out / f"short-{p}.csv").open() as f:
+            rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        for row in rows:
+            parts = row["garbage_bytes"] + row["free_backed_bytes"] + row["fragmentation_bytes"]
+            assert parts == row["kernel_backed_bytes"] - row["live_bytes"], (p, row)
+            assert row["garbage_bytes"] >= 0 and row["fragmentation_bytes"] >= 0, (p, row)
+        split = [r["excess_garbage_byte_seconds"], r["excess_free_byte_seconds"],
+                 r["excess_fragmentation_byte_seconds"]]
+        assert sum(split) == pytest.approx(r["excess_byte_seconds"], rel=1e-9, abs=1.0), (p, r)
+        assert r["excess_garbage_byte_seconds"] > 0, (p, r)  # the churn makes garbage
+    assert runs["none"]["excess_free_byte_seconds"] > 2 * runs["eager"]["excess_free_byte_seconds"]
+
+
 def _free_backed_mib(out: Path, policy: str) -> list[float]:
     with (out / f"short.{policy}.r0.csv").open() as f:
         return [float(r["free_bytes"]) / 2**20 for r in csv.DictReader(f)]
@@ -159,7 +182,8 @@ def test_the_go_runtime_row_is_the_real_go_runtime(run) -> None:
 
 def test_the_plots_are_written(run) -> None:
     out = run[0]
-    for name in ("memory", "scavenger-cpu", "madvise", "sweep-rate", "alloc-latency"):
+    for name in ("memory", "scavenger-cpu", "madvise", "sweep-rate", "alloc-latency",
+                 *(f"{p}-holds" for p in ("go", "eager", "none", "go-runtime"))):
         png = out / f"short-{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
@@ -212,7 +236,7 @@ def test_report_html_renders_in_chromium_with_every_plot(run, tmp_path: Path) ->
     finally:
         srv.shutdown()
         srv.server_close()
-    assert "decoded 5/5" in dom.stdout, dom.stdout[-2000:] + dom.stderr[-2000:]
+    assert "decoded 9/9" in dom.stdout, dom.stdout[-2000:] + dom.stderr[-2000:]
     import matplotlib.image
 
     img = matplotlib.image.imread(str(shot))

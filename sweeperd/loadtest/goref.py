@@ -23,8 +23,27 @@ is in the run's ``gctrace.txt``.
 * ``goal_bytes``, ``released_books_bytes``, ``gc_cycles``: ``runtime/metrics`` of the
   program's last sample line; the books' backed bytes are Go's heap objects + unused + free.
   kept in the CSV beside the kernel's;
-* ``live_bytes``: the live heap of the program's latest gctrace line (Go 1.19 has no
-  ``/gc/heap/live`` metric); ``retain_goal_bytes``: Go's own rule, heap goal + 10%;
+* ``live_bytes``: ``/gc/heap/live:bytes`` (Go 1.21+: the heap marked live by the last GC),
+  else the live heap of the program's latest gctrace line (Go 1.19 has no such metric; its
+  figure is in whole MB); ``retain_goal_bytes``: Go's own rule, heap goal + 10%;
+* ``objects_bytes``, ``unused_bytes``, ``free_bytes``, ``released_books_bytes``: Go's
+  ``/memory/classes/heap/{objects,unused,free,released}:bytes``, and from them the same split
+  of the excess as the daemon's rows (:func:`sweeperd.loadtest.sampler.excess_split`):
+  ``garbage_bytes`` = objects − live, ``fragmentation_bytes`` = unused, ``free_backed_bytes``
+  = the arena's RSS less objects + unused.  Books against the kernel: Go releases with
+  ``MADV_DONTNEED`` (the default since Go 1.16; ``madvdontneed=0`` would make it
+  ``MADV_FREE``, whose pages stay in RSS until the kernel needs them), so a released page
+  leaves RSS at once and the kernel's figure is about objects + unused + free (measured:
+  within the growth of one sample period).  It differs by pages of in-use spans never
+  written (Go does not zero memory fresh from the OS, and the program writes each object's
+  first and last byte only, so the inside of a ``large_fraction`` object is not backed: the
+  split takes that shortfall from fragmentation, then garbage), by the books' line being up
+  to a sample period older than the kernel's read (a growing heap: kernel above the books,
+  in ``free_backed_bytes``) and, on Go
+  1.19 with transparent huge pages (``sysHugePage`` on the heap; ``enabled = madvise`` here),
+  by the free and released 4 KiB pages a still-whole huge page backs, which land in
+  ``free_backed_bytes`` — what the kernel holds, whatever the books call it.  The books'
+  ``/heap/free`` is kept in the CSV beside it;
 * ``cpu_mutator_s``: the whole process's CPU (mutators and GC are one process in Go).
 
 Go 1.19 does not expose its scavenger's CPU, madvise calls, released-bytes total or refill
@@ -52,7 +71,7 @@ from typing import Any
 from sweeperd.loadtest.outdir import atomic_write
 from sweeperd.loadtest.replay import GC_LINE
 from sweeperd.loadtest.runner import RunResult
-from sweeperd.loadtest.sampler import books_error, columns, cpu_seconds
+from sweeperd.loadtest.sampler import books_error, columns, cpu_seconds, split_columns
 from sweeperd.pacing.scavpace import retain_goal
 from sweeperd.runtime.sizeclasses import CLASS_SIZE
 from sweeperd.workload.scenario import Scenario
@@ -343,9 +362,11 @@ def _row(m: dict[str, float], live: float, pid: int) -> dict[str, float]:
     goal = m.get("/gc/heap/goal:bytes", 0.0)
     row.update({
         "t": m.get("t", 0.0), "scenario_elapsed_s": m.get("t", 0.0),
-        "target_live_bytes": m.get("target_live_bytes", 0.0), "live_bytes": live,
+        "target_live_bytes": m.get("target_live_bytes", 0.0),
+        "live_bytes": m.get("/gc/heap/live:bytes", live),  # Go 1.21+; else gctrace's
         "goal_bytes": goal, "retain_goal_bytes": float(retain_goal(int(goal))),
         "objects_bytes": m.get("/memory/classes/heap/objects:bytes", 0.0),
+        "unused_bytes": m.get("/memory/classes/heap/unused:bytes", 0.0),
         "free_bytes": m.get("/memory/classes/heap/free:bytes", 0.0),
         "released_books_bytes": m.get("/memory/classes/heap/released:bytes", 0.0),
         "heap_size_bytes": sum(m.get(f"/memory/classes/heap/{k}:bytes", 0.0)
@@ -359,6 +380,7 @@ def _row(m: dict[str, float], live: float, pid: int) -> dict[str, float]:
     row["books_backed_bytes"] = books
     k = row["kernel_backed_bytes"]
     row["books_vs_kernel"] = books_error(books, books, k, k)  # for the CSV: see NOT_MEASURED
+    row.update(split_columns(row))
     return row
 
 

@@ -413,6 +413,8 @@ def write_report(p: Plan, out: OutDir, results: list[tuple[Run, RunResult]],
             t += ph.seconds
         out.verify()
         plots[sc.name] = report.plot_scenario(out.path, sc.name, mine, starts)
+        plots[sc.name] += [report.plot_holds(out.path, f"{sc.name}-{policy}", rows, starts)
+                           for policy, rows in mine]  # one per run: what holds the memory
     out.verify()
     report.write_html(out.path / "report.html", summary, plots,
                       {sc.name: sc.to_toml() for sc in p.scenarios})

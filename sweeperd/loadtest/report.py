@@ -9,6 +9,10 @@ be mailed or attached to a ticket.  Plots, per scenario, one line per policy:
 * ``<scenario>-madvise.png``: cumulative madvise calls;
 * ``<scenario>-sweep-rate.png``: pages swept per second, background sweepers vs mutators;
 * ``<scenario>-alloc-latency.png``: refill latency p50/p90/p99 per policy.
+
+and per run (:func:`plot_holds`), ``<scenario>-<policy>-holds.png``: what holds the memory over
+time, stacked — the live heap, uncollected garbage, fragmentation (free slots of in-use spans)
+and free pages still backed — under the kernel's backing drawn as a line on top.
 """
 
 from __future__ import annotations
@@ -147,6 +151,47 @@ def plot_scenario(outdir: Path, scenario: str, runs: list[tuple[str, list[dict[s
     return paths
 
 
+HOLDS = (("live_bytes", "live heap (marked)", "#4c72b0"),
+         ("garbage_bytes", "garbage not yet collected (GC's lag)", "#dd8452"),
+         ("fragmentation_bytes", "fragmentation (free slots of in-use spans)", "#8172b3"),
+         ("free_backed_bytes", "free pages still backed (scavenger's lag)", "#c44e52"))
+
+
+def plot_holds(outdir: Path, name: str, rows: list[dict[str, float]],
+               phases: Iterable[tuple[float, str]]) -> Path:
+    """``<name>-holds.png``: the run's backing stacked by what holds it (HOLDS, bottom up),
+    with the kernel's backed bytes as a black line on top, and the live heap the scenario asks
+    for now dashed (after a drop, the marked live heap above it is dead but counted live
+    until the next mark: not in the excess at all).  A layer below 0 (only the free
+    pages, when the kernel held less than the live heap) is drawn as 0: the line is the
+    truth.  Returns the path (written atomically)."""
+    xs = _xs(rows)
+    fig, ax = plt.subplots(figsize=(12, 4.6), dpi=100)
+    try:
+        ax.set_title(f"{name}: what holds the memory")
+        ax.set_xlabel("seconds since the scenario started")
+        ax.set_ylabel("MiB")
+        for t, phase in phases:
+            ax.axvline(t, color="#bbbbbb", lw=0.8, zorder=0)
+            ax.text(t, 1.0, f" {phase}", transform=ax.get_xaxis_transform(), fontsize=7,
+                    va="top", color="#777777")
+        ax.stackplot(xs, *[[max(0.0, r.get(k, 0.0)) / MIB for r in rows] for k, _, _ in HOLDS],
+                     labels=[label for _, label, _ in HOLDS],
+                     colors=[c for _, _, c in HOLDS], alpha=0.85)
+        ax.plot(xs, [r["kernel_backed_bytes"] / MIB for r in rows], color="black", lw=1.4,
+                label="backed (kernel)")
+        ax.plot(xs, [r["target_live_bytes"] / MIB for r in rows], color="black", lw=0.8,
+                ls="--", label="live asked now (above it: dead, unmarked)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+    finally:
+        plt.close(fig)
+    return atomic_write(outdir / f"{name}-holds.png", buf.getvalue())
+
+
 def alloc_quantile(rows: list[dict[str, float]], q: float) -> float | None:
     if not rows:
         return None
@@ -168,7 +213,7 @@ def _fmt(k: str, v: Any) -> str:
         return "yes" if v else "NO"
     if k.endswith("_bytes") and isinstance(v, int | float):
         return f"{v / MIB:,.1f} MiB"
-    if k == "excess_byte_seconds":
+    if k.endswith("byte_seconds"):
         return f"{v / MIB:,.0f} MiB·s"
     if (k.endswith("_seconds") or k == "seconds_to_retain_goal") and isinstance(v, float):
         return f"{v * 1000:.3f} ms" if "latency" in k else f"{v:.2f} s"
@@ -178,6 +223,8 @@ def _fmt(k: str, v: Any) -> str:
 
 
 TABLE = ("policy", "ok", "peak_backed_bytes", "mean_backed_bytes", "excess_byte_seconds",
+         "excess_garbage_byte_seconds", "excess_free_byte_seconds",
+         "excess_fragmentation_byte_seconds",
          "seconds_to_retain_goal", "scavenger_cpu_seconds", "released_bytes",
          "cpu_seconds_per_gib_released", "madvise_calls", "alloc_latency_p50_seconds",
          "alloc_latency_p99_seconds", "gc_cycles", "worker_deaths", "max_books_vs_kernel_error")

@@ -27,6 +27,33 @@ after the scrape, and the daemon's own within it (``sweeperd_heap_backed_bytes``
 the kernel's figure, or to ``ERROR_FLOOR_BYTES`` when that is smaller (a few spans in flight
 are percent of an empty heap).
 
+What holds the memory
+---------------------
+Each row splits the sample's excess, ``kernel_backed_bytes − live_bytes`` (the kernel's
+backing beyond the live heap the last GC marked: what ``excess_byte_seconds`` integrates), into
+three debts, each paid by a different knob (:func:`excess_split`):
+
+* ``garbage_bytes`` — object bytes the next mark will free: the books' allocated object bytes
+  (``sweeperd_heap_objects_bytes``, Go's ``/memory/classes/heap/objects``) less the marked live
+  heap.  Everything allocated since the last mark counts here, as it is not yet known live.
+  The GC's lag: paid by GOGC and the memory limit;
+* ``fragmentation_bytes`` — free slots of in-use spans (``sweeperd_heap_unused_bytes``, Go's
+  ``/memory/classes/heap/unused``): paid by neither knob;
+* ``free_backed_bytes`` — free pages the kernel still backs: the kernel's figure less the
+  books' in-use spans (objects + unused).  The scavenger's lag: paid by the policy.
+
+The kernel is the truth and the books are read a few milliseconds apart from it, so the
+difference is attributed, and the three always add up to the excess exactly:
+``free_backed_bytes`` is the remainder, ``kernel − live − garbage − fragmentation``, so pages
+the kernel dropped while the books still count them free (a release in flight) are simply not
+in it.  When the kernel holds less than the books' in-use spans (the remainder < 0), the
+shortfall is pages of in-use spans never written — the untouched tails of fresh spans, which
+are free slots — so it comes out of ``fragmentation_bytes`` first, then out of
+``garbage_bytes`` (an object allocated whose pages are not written yet; in Go, a large object
+from fresh memory, which Go does not zero), never below 0; only when the kernel holds less
+than the live heap itself (the excess < 0) is anything left, and it stays in
+``free_backed_bytes`` (< 0): the excess and its split are then both negative, never hidden.
+
 Invariants: a row's keys are the same for every sample (missing figures are 0), so rows make
 a CSV.
 """
@@ -86,8 +113,38 @@ def columns() -> list[str]:
     cols += [f"alloc_le_{i}" for i in range(len(ALLOC_BUCKETS))]
     cols += ["kernel_backed_before_bytes", "kernel_backed_bytes", "shmem_bytes",
              "books_backed_bytes", "books_vs_kernel"]
+    cols += list(SPLIT)
     cols += [f"pss_{r}_bytes" for r in ROLES] + [f"cpu_{r}_s" for r in ROLES]
     return cols
+
+
+SPLIT = ("garbage_bytes", "free_backed_bytes", "fragmentation_bytes")  # excess_split's order
+
+
+def excess_split(kernel: float, live: float, objects: float,
+                 unused: float) -> tuple[float, float, float]:
+    """The excess ``kernel − live`` (bytes) as ``(garbage, free_backed, fragmentation)``, whose
+    sum is exactly the excess (see the module's "What holds the memory"): garbage = object
+    bytes beyond the live heap, fragmentation = free slots of in-use spans (``unused``), and
+    free_backed = the rest of the kernel's backing; a kernel figure below the books' in-use
+    spans is taken out of fragmentation, then garbage (never below 0), and only a kernel
+    below the live heap leaves free_backed negative.  Pure; any float inputs."""
+    garbage = max(0.0, objects - live)
+    frag = max(0.0, unused)
+    free = kernel - live - garbage - frag
+    if free < 0:  # the kernel backs less than the books' in-use spans: pages never written
+        take = min(frag, -free)
+        frag, free = frag - take, free + take
+        take = min(garbage, -free)
+        garbage, free = garbage - take, free + take
+    return garbage, free, frag
+
+
+def split_columns(row: dict[str, float]) -> dict[str, float]:
+    """The SPLIT columns of a row from its kernel_backed, live, objects and unused bytes."""
+    g, f, u = excess_split(row["kernel_backed_bytes"], row["live_bytes"], row["objects_bytes"],
+                           row["unused_bytes"])
+    return dict(zip(SPLIT, (g, f, u), strict=True))
 
 
 def parse_metrics(text: str) -> dict[str, float]:
@@ -226,6 +283,7 @@ class Sampler:
               - row["unused_bytes"])
         kd = row["daemon_backed_bytes"]
         row["books_vs_kernel"] = books_error(lo, books, min(k0, k1, kd), max(k0, k1, kd))
+        row.update(split_columns(row))
         for pid, role in list(self.roles.items()):
             try:
                 row[f"pss_{role}_bytes"] += pss_bytes(pid)

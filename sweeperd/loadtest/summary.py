@@ -6,6 +6,12 @@ Definitions (``summary.json``'s contract; the README's "Load testing" says how t
   the harness, not the daemon), its maximum and its time-weighted mean;
 * ``excess_byte_seconds``: ∫ (backed − live heap) dt, the live heap being what the last GC
   marked — memory held beyond need, over time (trapezoids between samples);
+* ``excess_garbage_byte_seconds``, ``excess_free_byte_seconds``,
+  ``excess_fragmentation_byte_seconds``: the same integral of each of the three debts the
+  excess splits into at every sample (the CSV's ``garbage_bytes``, ``free_backed_bytes`` and
+  ``fragmentation_bytes``; :func:`sweeperd.loadtest.sampler.excess_split`): uncollected
+  garbage (the GC's lag), free pages still backed (the scavenger's), free slots of in-use
+  spans.  They add up to ``excess_byte_seconds`` (to float rounding: the same trapezoids);
 * ``seconds_to_retain_goal``: from the scenario's last drop (or its last phase's start if it
   never drops) until the backing is first at or below the retain goal the run settles at
   (the largest retain goal of its last fifth); null if never;
@@ -28,6 +34,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from sweeperd.loadtest.sampler import SPLIT
 from sweeperd.roles import Role
 from sweeperd.workload.mutator import ALLOC_BUCKETS
 from sweeperd.workload.scenario import Scenario
@@ -99,6 +106,8 @@ def summarize(sc: Scenario, policy: str, rows: list[dict[str, float]], ok: bool,
         "mean_backed_bytes": int(integral(ts, backed) / span) if span > 0 else int(backed[-1]),
         "excess_byte_seconds": integral(ts, [b - r["live_bytes"]
                                              for b, r in zip(backed, rows, strict=True)]),
+        **{name: integral(ts, [r.get(col, 0.0) for r in rows])
+           for name, col in zip(SPLIT_FIGURES, SPLIT, strict=True)},
         "seconds_to_retain_goal": seconds_to_goal(
             ts, backed, [r["retain_goal_bytes"] for r in rows], settle_from(sc)),
         "scavenger_cpu_seconds": round(cpu, 3),
@@ -113,7 +122,9 @@ def summarize(sc: Scenario, policy: str, rows: list[dict[str, float]], ok: bool,
     }
 
 
-FIGURES = ("peak_backed_bytes", "mean_backed_bytes", "excess_byte_seconds",
+SPLIT_FIGURES = ("excess_garbage_byte_seconds", "excess_free_byte_seconds",
+                 "excess_fragmentation_byte_seconds")  # of the columns sampler.SPLIT, in order
+FIGURES = ("peak_backed_bytes", "mean_backed_bytes", "excess_byte_seconds", *SPLIT_FIGURES,
            "seconds_to_retain_goal", "scavenger_cpu_seconds", "released_bytes",
            "cpu_seconds_per_gib_released", "madvise_calls", "alloc_latency_p50_seconds",
            "alloc_latency_p99_seconds", "gc_cycles", "worker_deaths",
