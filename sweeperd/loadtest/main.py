@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from sweeperd.loadtest import report
+from sweeperd.loadtest import compare, report
 from sweeperd.loadtest.outdir import CannotWrite, OutDir, OutDirError
 from sweeperd.loadtest.runner import RunResult, run_one
 from sweeperd.loadtest.sampler import SAMPLE_S
@@ -297,7 +297,8 @@ def summarize_runs(p: Plan, results: list[tuple[Scenario, RunResult]], started: 
             start = res.rows[-1]["scenario_start_s"] if res.rows else 0.0
             entry["trace_fit"] = replay.fit(p.replays[sc.name], res.gctrace, sc, start)
         runs.append({k: finite_or_none(v) for k, v in entry.items()})
-    return {"started": started, "runs": runs, "machine": machine(), "versions": vers}
+    return {"started": started, "runs": runs, "machine": machine(), "versions": vers,
+            **compare.analyse(runs)}  # groups, fidelity, recommendation
 
 
 def write_report(p: Plan, out: OutDir, results: list[tuple[Scenario, RunResult]],
