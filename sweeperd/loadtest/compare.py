@@ -259,8 +259,7 @@ def _usable(g: dict[str, Any]) -> bool:
 def _is_default(g: dict[str, Any]) -> bool:
     s = g["settings"]
     return (s.get("gogc", 100) == 100 and not s.get("memory_limit_mib")
-            and not s.get("free_os_memory_every_s") and s.get("madvdontneed") is None
-            and not (set(g["overrides"]) - {"version"}))
+            and not s.get("free_os_memory_every_s") and s.get("madvdontneed") is None)
 
 
 def recommendation(gs: dict[str, dict[str, Any]], runs: Iterable[dict[str, Any]],

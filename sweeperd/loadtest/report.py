@@ -273,8 +273,8 @@ def plot_pareto(groups: dict[str, dict[str, Any]]) -> bytes:
             front = compare.pareto_front(pts)
             if front:
                 fx_, fy_ = [pts[i][0] for i in front], [pts[i][1] for i in front]
-                ax.step(fx_, fy_, where="post", color="black", lw=1, ls="--",
-                        label="Pareto frontier")
+                ax.step(fx_, fy_, where="post", color="black", lw=1, ls="--", marker="s",
+                        mfc="none", ms=11, label="Pareto frontier")
             else:
                 ax.text(0.5, 0.5, "no group measured both figures", ha="center",
                         transform=ax.transAxes, color="#777777")
