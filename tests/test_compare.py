@@ -376,3 +376,14 @@ def test_a_go_reference_run_gets_groups_and_a_fidelity_entry(tmp_path: Path) -> 
     html_ = (out / "report.html").read_text()
     assert "The model checked against the real runtime" in html_ and "What to change" in html_
     assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_an_explicit_gogc_100_is_the_default_not_a_candidate() -> None:
+    runs = [row("s", "go-runtime", i, {"gogc": 100}, excess_byte_seconds=10.0 + i,
+                gc_cycles=20) for i in range(4)]
+    runs += [row("s", "go-runtime", i, {"gogc": 200}, excess_byte_seconds=1.0 + i,
+                 gc_cycles=10) for i in range(4)]
+    rec = compare.analyse(runs)["recommendation"]
+    assert [c["group_id"] for c in rec["considered"]] == ["s.go-runtime.gogc=200"]
+    (e,) = rec["entries"]
+    assert e["default_group"] == "s.go-runtime.gogc=100" and e["apply"] == "GOGC=200 on Go 1.21"
