@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import io
 import json
 import os
 import random
@@ -387,3 +388,12 @@ def test_an_explicit_gogc_100_is_the_default_not_a_candidate() -> None:
     assert [c["group_id"] for c in rec["considered"]] == ["s.go-runtime.gogc=200"]
     (e,) = rec["entries"]
     assert e["default_group"] == "s.go-runtime.gogc=100" and e["apply"] == "GOGC=200 on Go 1.21"
+
+
+def test_a_pareto_plot_of_groups_without_the_costs_still_decodes() -> None:
+    runs = [row("s", "go-runtime", 0, excess_byte_seconds=1e9)]  # Go exposes neither cost
+    png = report.plot_pareto(compare.groups(runs))
+    import matplotlib.image
+
+    img = matplotlib.image.imread(io.BytesIO(png), format="png")
+    assert img.shape[0] >= 400 and img.shape[1] >= 1000

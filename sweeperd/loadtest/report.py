@@ -253,10 +253,11 @@ def plot_pareto(groups: dict[str, dict[str, Any]]) -> bytes:
     frontier (no group both lower) drawn; a panel no group measured says so."""
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     policies = sorted({str(g["policy"]) for g in groups.values()})
+    shown: set[str] = set()  # the policies with a point in some panel, for the legend
     fig, axes = plt.subplots(1, 2, figsize=(12, 5), dpi=100)
     try:
         for ax, (key, label, scale) in zip(axes, PARETO_X, strict=True):
-            pts, ids = [], []
+            pts: list[tuple[float, float]] = []
             for gid, g in groups.items():
                 fx, fy = g["figures"][key], g["figures"]["excess_byte_seconds"]
                 if fx["median"] is None or fy["median"] is None:
@@ -269,7 +270,7 @@ def plot_pareto(groups: dict[str, dict[str, Any]]) -> bytes:
                 ax.annotate(gid, (x, y), fontsize=6, xytext=(3, 3),
                             textcoords="offset points")
                 pts.append((x, y))
-                ids.append(gid)
+                shown.add(str(g["policy"]))
             front = compare.pareto_front(pts)
             if front:
                 fx_, fy_ = [pts[i][0] for i in front], [pts[i][1] for i in front]
@@ -283,8 +284,10 @@ def plot_pareto(groups: dict[str, dict[str, Any]]) -> bytes:
             ax.set_title(f"excess memory vs {label}", fontsize=10)
             ax.grid(alpha=0.3)
         for i, p in enumerate(policies):
-            axes[0].plot([], [], "o", color=colors[i % len(colors)], label=p)
-        axes[0].legend(fontsize=8)
+            if p in shown:
+                axes[0].plot([], [], "o", color=colors[i % len(colors)], label=p)
+        if axes[0].get_legend_handles_labels()[0]:
+            axes[0].legend(fontsize=8)
         fig.tight_layout()
         buf = io.BytesIO()
         fig.savefig(buf, format="png")
