@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from sweeperd.loadtest import report, runspec
+from sweeperd.loadtest import compare, report, runspec
 from sweeperd.loadtest.outdir import CannotWrite, OutDir, OutDirError
 from sweeperd.loadtest.runner import RunResult, run_one
 from sweeperd.loadtest.runspec import GO_RUNTIME, MAX_REPEAT, Run, Spec, UsageError
@@ -393,7 +393,8 @@ def summarize_runs(p: Plan, results: list[tuple[Run, RunResult]], started: str,
                                                      run.start_shift_s))
         runs.append({k: finite_or_none(v) for k, v in entry.items()})
     return {"started": started, "seed": p.seed, "repeat": p.repeat, "runs": runs,
-            "machine": machine(), "versions": vers}
+            "machine": machine(), "versions": vers,
+            **compare.analyse(runs)}  # groups, fidelity, recommendation
 
 
 def write_report(p: Plan, out: OutDir, results: list[tuple[Run, RunResult]],
@@ -413,8 +414,9 @@ def write_report(p: Plan, out: OutDir, results: list[tuple[Run, RunResult]],
             t += ph.seconds
         out.verify()
         plots[sc.name] = report.plot_scenario(out.path, sc.name, mine, starts)
-        plots[sc.name] += [report.plot_holds(out.path, f"{sc.name}-{policy}", rows, starts)
-                           for policy, rows in mine]  # one per run: what holds the memory
+        plots[sc.name] += [report.plot_holds(out.path, run.run_id, r.rows, starts,
+                                             title=f"{sc.name}, {run.label()}")
+                           for run, r in results if run.scenario is sc and r.rows]
     out.verify()
     report.write_html(out.path / "report.html", summary, plots,
                       {sc.name: sc.to_toml() for sc in p.scenarios})
@@ -422,10 +424,11 @@ def write_report(p: Plan, out: OutDir, results: list[tuple[Run, RunResult]],
 
 def print_table(summary: dict[str, Any], out: TextIO) -> None:
     cols = ("scenario", "policy", "ok", "peak_backed_bytes", "mean_backed_bytes",
-            "excess_byte_seconds", "seconds_to_retain_goal", "scavenger_cpu_seconds",
-            "madvise_calls", "alloc_latency_p99_seconds")
+            "excess_byte_seconds", "excess_garbage_byte_seconds", "excess_free_byte_seconds",
+            "excess_fragmentation_byte_seconds", "seconds_to_retain_goal",
+            "scavenger_cpu_seconds", "madvise_calls", "alloc_latency_p99_seconds")
     heads = ("scenario", "policy", "ok", "peak MiB", "mean MiB", "excess MiB·s",
-             "to goal s", "scav CPU s", "madvise", "alloc p99 ms")
+             "garbage", "free", "frag", "to goal s", "scav CPU s", "madvise", "alloc p99 ms")
     rows: list[tuple[str, ...]] = [heads]
     for r in summary["runs"]:
         rows.append(tuple(runspec.row_label(r) if c == "policy" else _cell(c, r.get(c))
@@ -440,7 +443,7 @@ def _cell(k: str, v: Any) -> str:
         return "—"
     if isinstance(v, bool):
         return "yes" if v else "NO"
-    if k.endswith("_bytes") or k == "excess_byte_seconds":
+    if k.endswith(("_bytes", "_byte_seconds")):
         return f"{v / (1 << 20):,.0f}"
     if k == "alloc_latency_p99_seconds":
         return f"{v * 1000:.2f}"

@@ -10,9 +10,12 @@ be mailed or attached to a ticket.  Plots, per scenario, one line per policy:
 * ``<scenario>-sweep-rate.png``: pages swept per second, background sweepers vs mutators;
 * ``<scenario>-alloc-latency.png``: refill latency p50/p90/p99 per policy.
 
-and per run (:func:`plot_holds`), ``<scenario>-<policy>-holds.png``: what holds the memory over
+and per run (:func:`plot_holds`), ``<run_id>-holds.png``: what holds the memory over
 time, stacked — the live heap, uncollected garbage, fragmentation (free slots of in-use spans)
-and free pages still backed — under the kernel's backing drawn as a line on top.
+and free pages still backed — under the kernel's backing drawn as a line on top;
+and, for the whole run, ``pareto.png`` (section "What to change"): each group's median excess
+byte-seconds against its CPU seconds per GiB released and its p99 allocation latency, with 95%
+CI bars and the Pareto frontier (:mod:`sweeperd.loadtest.compare`).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display: render to files
 import matplotlib.pyplot as plt
 
+from sweeperd.loadtest import compare
 from sweeperd.loadtest.outdir import atomic_write
 from sweeperd.loadtest.runspec import GO_RUNTIME, row_label
 from sweeperd.loadtest.sampler import columns
@@ -39,6 +43,7 @@ from sweeperd.loadtest.summary import quantile
 from sweeperd.workload.mutator import ALLOC_BUCKETS
 
 MIB = 1 << 20
+GIB = 1 << 30
 
 
 def csv_text(rows: list[dict[str, float]]) -> str:
@@ -158,8 +163,9 @@ HOLDS = (("live_bytes", "live heap (marked)", "#4c72b0"),
 
 
 def plot_holds(outdir: Path, name: str, rows: list[dict[str, float]],
-               phases: Iterable[tuple[float, str]]) -> Path:
-    """``<name>-holds.png``: the run's backing stacked by what holds it (HOLDS, bottom up),
+               phases: Iterable[tuple[float, str]], title: str | None = None) -> Path:
+    """``<name>-holds.png`` (``name``: a file-name-safe run id; ``title``: shown, default
+    ``name``): the run's backing stacked by what holds it (HOLDS, bottom up),
     with the kernel's backed bytes as a black line on top, and the live heap the scenario asks
     for now dashed (after a drop, the marked live heap above it is dead but counted live
     until the next mark: not in the excess at all).  A layer below 0 (only the free
@@ -168,7 +174,7 @@ def plot_holds(outdir: Path, name: str, rows: list[dict[str, float]],
     xs = _xs(rows)
     fig, ax = plt.subplots(figsize=(12, 4.6), dpi=100)
     try:
-        ax.set_title(f"{name}: what holds the memory")
+        ax.set_title(f"{title or name}: what holds the memory")
         ax.set_xlabel("seconds since the scenario started")
         ax.set_ylabel("MiB")
         for t, phase in phases:
@@ -240,7 +246,7 @@ def write_html(path: Path, summary: dict[str, Any], plots: dict[str, list[Path]]
              "padding:3px 6px;text-align:right}th{background:#eee;max-width:7em;"
              "vertical-align:bottom}img{max-width:100%}"
              "pre{background:#f6f6f6;padding:6px;overflow-x:auto;font-size:11px}"
-             ".bad{color:#b00}</style></head><body>",
+             ".bad{color:#b00}.good{color:#070}</style></head><body>",
              "<h1>sweeperd load test</h1>",
              f"<p>Started {html.escape(str(summary.get('started', '')))}. "
              "Backing is the kernel's (st_blocks of the heap's memfd, read by the harness); "
@@ -275,5 +281,150 @@ def write_html(path: Path, summary: dict[str, Any], plots: dict[str, list[Path]]
                              f"{html.escape(r['policy'])} failed</h3><pre>"
                              + html.escape(r.get("error", "") + "\n" + r.get("log_tail", ""))
                              + "</pre>")
+    parts.extend(comparison_html(path.parent, summary))
     parts.append("</body></html>")
     atomic_write(path, "\n".join(parts))
+
+
+PARETO_X = (("cpu_seconds_per_gib_released", "CPU seconds per GiB released", 1.0),
+            ("alloc_latency_p99_seconds", "p99 allocation latency (ms)", 1000.0))
+
+
+def _ci_err(fig: dict[str, Any], scale: float) -> tuple[float, float]:
+    m, lo, hi = fig["median"], fig["ci95_low"], fig["ci95_high"]
+    if lo is None or hi is None:
+        return 0.0, 0.0
+    return (m - lo) * scale, (hi - m) * scale
+
+
+def plot_pareto(groups: dict[str, dict[str, Any]]) -> bytes:
+    """``pareto.png``: two panels, each group's median excess (GiB·s) against a cost (CPU
+    seconds per GiB released; p99 allocation latency), 95% CI bars where n allows, the
+    frontier (no group both lower) drawn; a panel no group measured says so."""
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    policies = sorted({str(g["policy"]) for g in groups.values()})
+    shown: set[str] = set()  # the policies with a point in some panel, for the legend
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5), dpi=100)
+    try:
+        for ax, (key, label, scale) in zip(axes, PARETO_X, strict=True):
+            pts: list[tuple[float, float]] = []
+            for gid, g in groups.items():
+                fx, fy = g["figures"][key], g["figures"]["excess_byte_seconds"]
+                if fx["median"] is None or fy["median"] is None:
+                    continue
+                x, y = fx["median"] * scale, fy["median"] / GIB
+                c = colors[policies.index(str(g["policy"])) % len(colors)]
+                ax.errorbar([x], [y], xerr=[[v] for v in _ci_err(fx, scale)],
+                            yerr=[[v] for v in _ci_err(fy, 1 / GIB)], fmt="o", color=c,
+                            capsize=3, ms=5)
+                ax.annotate(gid, (x, y), fontsize=6, xytext=(3, 3),
+                            textcoords="offset points")
+                pts.append((x, y))
+                shown.add(str(g["policy"]))
+            front = compare.pareto_front(pts)
+            if front:
+                fx_, fy_ = [pts[i][0] for i in front], [pts[i][1] for i in front]
+                ax.step(fx_, fy_, where="post", color="black", lw=1, ls="--", marker="s",
+                        mfc="none", ms=11, label="Pareto frontier")
+            else:
+                ax.text(0.5, 0.5, "no group measured both figures", ha="center",
+                        transform=ax.transAxes, color="#777777")
+            ax.set_xlabel(label)
+            ax.set_ylabel("excess GiB·s (median, 95% CI)")
+            ax.set_title(f"excess memory vs {label}", fontsize=10)
+            ax.grid(alpha=0.3)
+        for i, p in enumerate(policies):
+            if p in shown:
+                axes[0].plot([], [], "o", color=colors[i % len(colors)], label=p)
+        if axes[0].get_legend_handles_labels()[0]:
+            axes[0].legend(fontsize=8)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+    finally:
+        plt.close(fig)
+    return buf.getvalue()
+
+
+def _ratio_cell(f: dict[str, Any]) -> str:
+    q = f["ratio"]
+    if q is None:
+        return "<td>—</td>"
+    cls = {True: " class='good'", False: " class='bad'", None: ""}[f["within"]]
+    goal = f" (±{f['goal']:.0%})" if f["goal"] is not None else ""
+    return f"<td{cls}>{q:.2f}x{goal}</td>"
+
+
+def fidelity_html(entries: list[dict[str, Any]]) -> list[str]:
+    """The fidelity table: each go group against its go-runtime twin, ratio model/real."""
+    out = ["<h2>The model checked against the real runtime</h2>",
+           "<p>Each <code>go</code> group (the model) beside the <code>go-runtime</code> group "
+           "(real Go) of the same scenario, GOGC, memory limit and version: the ratio of the "
+           "medians, model/real. Goal: peak and excess within ±25%, GC cycles within ±30%, on "
+           f"medians over ≥ {compare.FIDELITY_MIN_N} repeats.</p>"]
+    if not entries:
+        out.append("<p>No <code>go</code> group had a <code>go-runtime</code> twin (run with "
+                   "<code>--go-reference</code> or a <code>go-runtime</code> policy).</p>")
+        return out
+    figs = list(compare.FIDELITY)
+    out.append("<table class='fidelity'><tr><th>scenario</th><th>settings</th><th>runs "
+               "model / real</th>" + "".join(f"<th>{html.escape(f).replace('_', '_<wbr>')}"
+                                             "</th>" for f in figs)
+               + "<th>goal met</th></tr>")
+    for e in entries:
+        sets = ", ".join(f"{k}={v}" for k, v in e["settings"].items() if v is not None)
+        met = "yes" if e["goal_met"] else ("within, too few repeats" if e["within_goal"]
+                                           else "NO")
+        out.append(f"<tr><td>{html.escape(str(e['scenario']))}</td>"
+                   f"<td>{html.escape(sets or 'defaults')}</td>"
+                   f"<td>{e['n_model']} / {e['n_real']}</td>"
+                   + "".join(_ratio_cell(e["figures"][f]) for f in figs)
+                   + f"<td>{met}</td></tr>")
+    out.append("</table>")
+    return out
+
+
+def recommendation_html(rec: dict[str, Any]) -> list[str]:
+    """The recommendation table, its note, and every candidate considered."""
+    out = [f"<p class='note'>{html.escape(rec['note'])}</p>",
+           "<table class='recommendation'><tr><th>rank</th><th>scenario</th><th>apply</th>"
+           "<th>excess (median)</th><th>default's</th><th>ratio</th><th>p (U test)</th>"
+           "<th>CPU vs default</th></tr>"]
+    for i, e in enumerate(rec["entries"], 1):
+        cpu = ", ".join(f"{k} {v:.2f}x" for k, v in e["cpu_ratios"].items()) or "—"
+        out.append(f"<tr><td>{i}</td><td>{html.escape(str(e['scenario']))}</td>"
+                   f"<td><code>{html.escape(e['apply'])}</code></td>"
+                   f"<td>{_fmt('excess_byte_seconds', e['excess_byte_seconds'])}</td>"
+                   f"<td>{_fmt('excess_byte_seconds', e['default_excess_byte_seconds'])}</td>"
+                   f"<td>{e['excess_ratio']:.2f}x</td><td>{e['p_value']:.3g}</td>"
+                   f"<td>{html.escape(cpu)}</td></tr>")
+    if not rec["entries"]:
+        out.append("<tr><td colspan='8'>nothing significant to recommend</td></tr>")
+    out.append("</table>")
+    if rec["considered"]:
+        out.append("<details><summary>every setting considered</summary><table><tr>"
+                   "<th>group</th><th>apply</th><th>verdict</th></tr>")
+        for c in rec["considered"]:
+            out.append(f"<tr><td>{html.escape(c['group_id'])}</td>"
+                       f"<td><code>{html.escape(c['apply'])}</code></td>"
+                       f"<td>{html.escape(c['why'])}</td></tr>")
+        out.append("</table></details>")
+    return out
+
+
+def comparison_html(outdir: Path, summary: dict[str, Any]) -> list[str]:
+    """The fidelity section and "What to change" (writes ``outdir/pareto.png``); nothing
+    for a summary without ``groups`` (one from before issue 18)."""
+    if "groups" not in summary:
+        return []
+    out = fidelity_html(summary.get("fidelity", []))
+    out.append("<h2>What to change</h2>")
+    out.append("<p>Each group (scenario, policy, settings) at its median over its repeats, "
+               "with 95% CI bars where there are enough (n ≥ 6); the dashed line is the "
+               "Pareto frontier: no group is lower on both axes. The real Go row does not "
+               "expose CPU per GiB released or allocation latency, so it is absent "
+               "from these panels.</p>")
+    png = atomic_write(outdir / "pareto.png", plot_pareto(summary["groups"]))
+    out.append(_img(png))
+    out.extend(recommendation_html(summary["recommendation"]))
+    return out

@@ -1,0 +1,355 @@
+"""Repeats judged: groups, medians with 95% confidence intervals, the model checked against Go,
+and a recommendation a Go engineer can apply (issue 18).
+
+Theory of operation
+-------------------
+Pure functions over ``summary.json``'s ``"runs"`` rows (plain dicts, the run-row contract of
+issue 18); nothing here reads a file, a clock or a process.
+
+* **Groups.**  Rows with the same ``group_id`` (scenario, policy, overrides) are repeats of one
+  configuration.  A row from before the contract (no ``group_id``) is its own group
+  ``<scenario>.<policy>``.  Each figure of :data:`FIGURES` gets the median of the group's ok
+  runs that measured it and a 95% confidence interval of that median by order statistics
+  (binomial, distribution-free: Lehmann, *Nonparametrics*, 1975, pp. 182-183; the method of
+  Go's ``benchstat``, ``golang.org/x/perf/benchmath``'s ``AssumeNothing``): the interval
+  ``[x_(k), x_(n-k+1)]`` with the largest ``k`` whose coverage
+  ``1 - 2·P(Binomial(n, 1/2) <= k-1)`` is at least 95%.  It exists from ``n = 6`` on (at
+  ``n = 5`` even ``[min, max]`` covers only 93.75%): below, the interval is null, as benchstat
+  prints ``∞`` and "need >= 6 samples".
+* **Significance.**  Two groups differ on a figure when the two-sided Mann-Whitney U test
+  (``scipy.stats.mannwhitneyu``; benchstat's test) gives ``p < alpha`` (0.05).  As in
+  benchstat, too few samples cannot be significant: when even the most extreme ordering of the
+  two samples could not reach ``alpha`` (the exact test's smallest p-value,
+  ``2 / C(n+m, n)``, is ``>= alpha``), the answer is "not significant" whatever the data: at
+  ``alpha = 0.05`` that needs 4 runs on each side (3 + 3 gives at best p = 0.1), or 3 against 6
+  and more.
+* **Fidelity.**  Each ``go`` group (the model) is paired with the ``go-runtime`` group (the
+  real runtime) of the same scenario whose *matching settings* are equal: ``gogc``,
+  ``memory_limit_mib`` and ``version`` (a key absent on both sides matches), the model group
+  carrying no other override (a policy knob has no Go twin) and the real group having its
+  extra knobs at their defaults (``free_os_memory_every_s`` 0 or absent, ``madvdontneed`` null
+  or absent).  The ratio model/real of each of :data:`FIDELITY` figures' medians is judged
+  against the issue's goal (peak and excess ±25%, GC cycles ±30%); the goal is on medians over
+  at least :data:`FIDELITY_MIN_N` repeats on each side.
+* **Recommendation.**  Among the groups a Go service can use (``go-runtime`` and ``go``, with
+  no knob that Go lacks), per scenario, policy and Go version, the *default* is GOGC 100, no
+  limit, the version's defaults.  A candidate is recommended when its excess byte-seconds are
+  lower than the default's, significantly (above), and each CPU cost figure both measured
+  (:data:`CPU_FIGURES`: scavenger CPU seconds, GC cycles as the GC's mark work) has a median no
+  more than the default's × (1 + ``cpu_bound``), 10% by default.  Entries are ranked by median
+  excess, each with the environment or code that applies it.
+
+Invariants: every function is pure and order-invariant in its input rows (groups and entries
+are sorted by id); a null figure is left out of that figure's statistics, never read as 0.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from scipy import stats
+
+FIGURES = ("peak_backed_bytes", "mean_backed_bytes", "excess_byte_seconds",
+           "excess_garbage_byte_seconds", "excess_free_byte_seconds",
+           "excess_fragmentation_byte_seconds", "seconds_to_retain_goal", "gc_cycles",
+           "scavenger_cpu_seconds", "cpu_seconds_per_gib_released",
+           "alloc_latency_p99_seconds")
+# figure -> allowed |ratio - 1| of model/real (None: reported, no goal)
+FIDELITY: dict[str, float | None] = {
+    "peak_backed_bytes": 0.25, "mean_backed_bytes": None, "excess_byte_seconds": 0.25,
+    "seconds_to_retain_goal": None, "gc_cycles": 0.30}
+FIDELITY_MIN_N = 5  # the issue: "the fidelity goal is on medians over >= 5 repeats"
+MATCH_KEYS = ("gogc", "memory_limit_mib", "version")
+# go-runtime's knobs beyond MATCH_KEYS and the value that means "Go's default"
+GO_RUNTIME_DEFAULTS: dict[str, Any] = {"free_os_memory_every_s": 0, "madvdontneed": None}
+GO_POLICIES = ("go", "go-runtime")
+CPU_FIGURES = ("scavenger_cpu_seconds", "gc_cycles")
+CPU_BOUND = 0.10
+ALPHA = 0.05
+CONFIDENCE = 0.95
+
+
+def median_ci(xs: Sequence[float], confidence: float = CONFIDENCE
+              ) -> tuple[float | None, float | None, float | None]:
+    """(median, low, high) of ``xs``, the interval by order statistics (see the module doc).
+
+    Empty ``xs``: all None.  Too few values for ``confidence``: the median, and None, None.
+    """
+    v = sorted(xs)
+    n = len(v)
+    if n == 0:
+        return None, None, None
+    med = float(statistics.median(v))
+    k = 0  # 1-based order statistic of the low end; 0 = no interval reaches `confidence`
+    for j in range(1, n // 2 + 1):
+        if 1 - 2 * stats.binom.cdf(j - 1, n, 0.5) >= confidence - 1e-12:
+            k = j
+        else:
+            break
+    if k == 0:
+        return med, None, None
+    return med, float(v[k - 1]), float(v[n - k])
+
+
+def min_p_value(n: int, m: int) -> float:
+    """The smallest two-sided p-value the exact Mann-Whitney U test can give for sizes n, m."""
+    if n == 0 or m == 0:
+        return 1.0
+    return min(1.0, 2 / math.comb(n + m, n))
+
+
+def u_test(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Two-sided Mann-Whitney U p-value of ``a`` vs ``b``; None when either is empty."""
+    if not a or not b:
+        return None
+    if len(set(a) | set(b)) == 1:  # all equal: no evidence of any difference
+        return 1.0
+    return float(stats.mannwhitneyu(list(a), list(b), alternative="two-sided").pvalue)
+
+
+def significant(a: Sequence[float], b: Sequence[float], alpha: float = ALPHA) -> bool:
+    """Whether ``a`` and ``b`` differ at level ``alpha`` (two-sided Mann-Whitney U); False
+    when the sizes cannot reach ``alpha`` at all (benchstat's rule; module doc)."""
+    if min_p_value(len(a), len(b)) >= alpha:
+        return False
+    p = u_test(a, b)
+    return p is not None and p < alpha
+
+
+def _num(x: Any) -> float | None:
+    if isinstance(x, bool) or not isinstance(x, int | float):
+        return None
+    return float(x) if math.isfinite(x) else None
+
+
+def group_id(row: dict[str, Any]) -> str:
+    """The row's ``group_id``, or ``<scenario>.<policy>`` for a row from before the contract."""
+    gid = row.get("group_id")
+    return str(gid) if gid else f"{row.get('scenario')}.{row.get('policy')}"
+
+
+def values(rows: Iterable[dict[str, Any]], figure: str) -> list[float]:
+    """The figure's non-null values over the ok rows."""
+    out = []
+    for r in rows:
+        if r.get("ok"):
+            x = _num(r.get(figure))
+            if x is not None:
+                out.append(x)
+    return out
+
+
+def groups(runs: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``summary.json``'s ``"groups"``: per group_id its scenario, policy, settings,
+    overrides, n (ok runs), run_ids (all), and per figure ``{"median", "ci95_low",
+    "ci95_high", "n"}`` (n: the ok runs that measured it)."""
+    by: dict[str, list[dict[str, Any]]] = {}
+    for r in runs:
+        by.setdefault(group_id(r), []).append(r)
+    out: dict[str, dict[str, Any]] = {}
+    for gid in sorted(by):
+        rows = sorted(by[gid], key=lambda r: (str(r.get("run_id", "")), r.get("repeat") or 0))
+        first = rows[0]
+        g: dict[str, Any] = {
+            "scenario": first.get("scenario"), "policy": first.get("policy"),
+            "settings": dict(first.get("settings") or {}),
+            "overrides": dict(first.get("overrides") or {}),
+            "n": sum(1 for r in rows if r.get("ok")),
+            "run_ids": [str(r.get("run_id") or gid) for r in rows],
+            "figures": {}}
+        for f in FIGURES:
+            xs = values(rows, f)
+            med, lo, hi = median_ci(xs)
+            g["figures"][f] = {"median": med, "ci95_low": lo, "ci95_high": hi, "n": len(xs)}
+        out[gid] = g
+    return out
+
+
+def _match_key(g: dict[str, Any]) -> tuple[Any, ...] | None:
+    """The fidelity pairing key of a go / go-runtime group, None when it has no twin."""
+    s, ov = g["settings"], g["overrides"]
+    if g["policy"] == "go":
+        if set(ov) - set(MATCH_KEYS):
+            return None  # a model knob Go has not
+    elif g["policy"] == "go-runtime":
+        for k, default in GO_RUNTIME_DEFAULTS.items():
+            if s.get(k) not in (None, default):
+                return None
+    else:
+        return None
+    return (g["scenario"], *(s.get(k) for k in MATCH_KEYS))
+
+
+def ratio(model: float | None, real: float | None) -> float | None:
+    """model / real; None when either is missing or real is 0 (then no ratio is defined,
+    unless both are 0: 1.0)."""
+    if model is None or real is None:
+        return None
+    if real == 0:
+        return 1.0 if model == 0 else None
+    return model / real
+
+
+def fidelity(gs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """``summary.json``'s ``"fidelity"``: one entry per (go group, matching go-runtime group)."""
+    real: dict[tuple[Any, ...], list[str]] = {}
+    for gid, g in gs.items():
+        if g["policy"] == "go-runtime" and (k := _match_key(g)) is not None:
+            real.setdefault(k, []).append(gid)
+    out = []
+    for gid, g in gs.items():
+        if g["policy"] != "go" or (k := _match_key(g)) is None:
+            continue
+        for rid in real.get(k, []):
+            r = gs[rid]
+            figs: dict[str, Any] = {}
+            for f, tol in FIDELITY.items():
+                m, re_ = g["figures"][f]["median"], r["figures"][f]["median"]
+                q = ratio(m, re_)
+                figs[f] = {"model": m, "real": re_, "ratio": q, "goal": tol,
+                           "within": None if tol is None or q is None
+                           else abs(q - 1) <= tol + 1e-12}
+            judged = [v["within"] for v in figs.values() if v["goal"] is not None]
+            repeats = min(g["n"], r["n"])
+            out.append({
+                "scenario": g["scenario"],
+                "settings": {key: g["settings"].get(key) for key in MATCH_KEYS},
+                "model_group": gid, "real_group": rid,
+                "n_model": g["n"], "n_real": r["n"], "figures": figs,
+                "enough_repeats": repeats >= FIDELITY_MIN_N,
+                "within_goal": (all(j is True for j in judged)
+                                if all(j is not None for j in judged) else None),
+                "goal_met": bool(judged) and all(j is True for j in judged)
+                and repeats >= FIDELITY_MIN_N})
+    return sorted(out, key=lambda e: (e["model_group"], e["real_group"]))
+
+
+def apply_text(policy: str, settings: dict[str, Any]) -> str:
+    """The environment / code that applies ``settings`` to a Go service (``GOGC=50
+    GOMEMLIMIT=768MiB``...); the Go version when one is named."""
+    parts = []
+    gogc = settings.get("gogc", 100)
+    if gogc != 100:
+        parts.append(f"GOGC={'off' if gogc in ('off', -1) else gogc}")
+    lim = settings.get("memory_limit_mib") or 0
+    if lim:
+        parts.append(f"GOMEMLIMIT={lim}MiB")
+    if settings.get("madvdontneed") is not None:
+        parts.append(f"GODEBUG=madvdontneed={int(settings['madvdontneed'])}")
+    every = settings.get("free_os_memory_every_s") or 0
+    if every:
+        parts.append(f"a goroutine calling debug.FreeOSMemory() every {every:g} s")
+    text = " ".join(parts) or "(Go's defaults)"
+    if settings.get("version"):
+        text += f" on Go {settings['version']}"
+    return text + (" (modelled by the go policy)" if policy == "go" else "")
+
+
+def _usable(g: dict[str, Any]) -> bool:
+    if g["policy"] == "go":
+        return not (set(g["overrides"]) - set(MATCH_KEYS))
+    if g["policy"] == "go-runtime":
+        return not (set(g["overrides"]) - set(MATCH_KEYS) - set(GO_RUNTIME_DEFAULTS))
+    return False
+
+
+def _is_default(g: dict[str, Any]) -> bool:
+    s = g["settings"]
+    return (s.get("gogc", 100) == 100 and not s.get("memory_limit_mib")
+            and not s.get("free_os_memory_every_s") and s.get("madvdontneed") is None)
+
+
+def recommendation(gs: dict[str, dict[str, Any]], runs: Iterable[dict[str, Any]],
+                   cpu_bound: float = CPU_BOUND, alpha: float = ALPHA) -> dict[str, Any]:
+    """``summary.json``'s ``"recommendation"`` (module doc): ``entries`` ranked by median
+    excess byte-seconds, ``considered`` (every candidate and why it was or was not taken), and
+    a ``note`` that says plainly when nothing is significant."""
+    by: dict[str, list[dict[str, Any]]] = {}
+    for r in runs:
+        by.setdefault(group_id(r), []).append(r)
+    families: dict[tuple[Any, ...], list[str]] = {}
+    for gid, g in gs.items():
+        if g["policy"] in GO_POLICIES and _usable(g):
+            fam = (g["scenario"], g["policy"], g["settings"].get("version"))
+            families.setdefault(fam, []).append(gid)
+    entries, considered = [], []
+    for fam in sorted(families, key=str):
+        ids = sorted(families[fam])
+        defaults = [i for i in ids if _is_default(gs[i])]
+        for gid in ids:
+            if gid in defaults:
+                continue
+            g = gs[gid]
+            c: dict[str, Any] = {"group_id": gid, "scenario": fam[0], "policy": fam[1],
+                                 "settings": g["settings"],
+                                 "apply": apply_text(fam[1], g["settings"])}
+            if not defaults:
+                considered.append({**c, "taken": False,
+                                   "why": "no default run (GOGC 100, no limit) to compare with"})
+                continue
+            d = gs[defaults[0]]
+            c["default_group"] = defaults[0]
+            a = values(by[gid], "excess_byte_seconds")
+            b = values(by[defaults[0]], "excess_byte_seconds")
+            med, dmed = g["figures"]["excess_byte_seconds"]["median"], \
+                d["figures"]["excess_byte_seconds"]["median"]
+            c.update(excess_byte_seconds=med, default_excess_byte_seconds=dmed,
+                     excess_ratio=ratio(med, dmed), p_value=u_test(a, b))
+            cpu = {}
+            for f in CPU_FIGURES:
+                q = ratio(g["figures"][f]["median"], d["figures"][f]["median"])
+                if q is not None:
+                    cpu[f] = q
+            c["cpu_ratios"] = cpu
+            if med is None or dmed is None:
+                why = "excess not measured"
+            elif not significant(a, b, alpha):
+                why = (f"not significant: {len(a)} vs {len(b)} runs cannot reach p < {alpha}"
+                       if min_p_value(len(a), len(b)) >= alpha
+                       else f"not significant (p = {c['p_value']:.3g})")
+            elif med >= dmed:
+                why = "significantly more excess than the default"
+            elif any(q > 1 + cpu_bound + 1e-12 for q in cpu.values()):
+                worst = max(cpu, key=lambda f: cpu[f])
+                why = (f"{worst} {cpu[worst]:.2f}x the default's, over the "
+                       f"+{cpu_bound:.0%} bound")
+            else:
+                why = ""
+            considered.append({**c, "taken": not why, "why": why or "recommended"})
+            if not why:
+                entries.append(c)
+    entries.sort(key=lambda e: (e["scenario"], e["excess_byte_seconds"], e["group_id"]))
+    if entries:
+        note = (f"{len(entries)} setting(s) hold significantly less excess memory than the "
+                f"default (Mann-Whitney U, p < {alpha}) at no more than +{cpu_bound:.0%} CPU.")
+    elif any(c.get("p_value") is not None for c in considered):
+        note = ("Nothing is significant: no setting held significantly less excess memory "
+                f"than the default (Mann-Whitney U, p < {alpha}) within +{cpu_bound:.0%} CPU "
+                "over these repeats.")
+    else:
+        note = ("Nothing to recommend: no Go setting was run beside a default (GOGC 100, no "
+                "limit) with repeats to compare.")
+    return {"by": "excess_byte_seconds", "cpu_figures": list(CPU_FIGURES),
+            "cpu_bound": cpu_bound, "alpha": alpha, "entries": entries,
+            "considered": considered, "note": note}
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point dominates (both coordinates minimised: at most
+    as large on both and smaller on one), sorted by x then y."""
+    front = []
+    for i, (x, y) in enumerate(points):
+        if not any((a <= x and b <= y) and (a < x or b < y) for a, b in points):
+            front.append(i)
+    return sorted(front, key=lambda i: (points[i][0], points[i][1], i))
+
+
+def analyse(runs: list[dict[str, Any]], cpu_bound: float = CPU_BOUND) -> dict[str, Any]:
+    """The three top-level additions to ``summary.json``: ``groups``, ``fidelity``,
+    ``recommendation``."""
+    gs = groups(runs)
+    return {"groups": gs, "fidelity": fidelity(gs),
+            "recommendation": recommendation(gs, runs, cpu_bound)}
