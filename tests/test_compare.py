@@ -21,7 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sweeperd.loadtest import compare, report
+from sweeperd.loadtest import compare, goref, report, runspec
 
 from .test_loadtest import CHROME_FLAGS, SHORT, _chromium, _need_go
 
@@ -190,6 +190,21 @@ def test_fidelity_does_not_pair_different_settings_or_non_default_knobs() -> Non
     assert compare.fidelity(compare.groups(runs)) == []
 
 
+@pytest.mark.parametrize(("model", "real", "pairs"), [
+    ("1.21", "1.21", True), ("1.21", "1.21.13", True), ("1.21", "1.25.1", True),
+    ("1.19", "1.19", True), ("1.19", "1.20.14", True), ("1.19", "1.21", False),
+    ("1.21", "1.19", False), ("1.21", "1.20", False), ("1.19", "1.18", False),
+    ("1.21", "tip", False), ("1.21", None, False)])
+def test_fidelity_pairs_a_model_version_with_the_go_releases_it_follows(
+        model: str, real: str | None, pairs: bool) -> None:
+    runs = [row("s", "go", 0, {"version": model}, **_figs(1)),
+            row("s", "go-runtime", 0, {"version": real}, **_figs(1))]
+    fid = compare.fidelity(compare.groups(runs))
+    assert len(fid) == int(pairs)
+    if pairs:
+        assert fid[0]["settings"]["version"] == model and fid[0]["real_version"] == real
+
+
 def test_fidelity_ratios_with_null_or_zero_figures() -> None:
     real = _figs(1) | {"seconds_to_retain_goal": None, "gc_cycles": 0}
     runs = [row("s", "go", 0, **_figs(1)), row("s", "go-runtime", 0, **real)]
@@ -354,10 +369,16 @@ def test_an_old_summary_gets_no_new_sections(tmp_path: Path) -> None:
 @pytest.mark.timeout(400)
 def test_a_go_reference_run_gets_groups_and_a_fidelity_entry(tmp_path: Path) -> None:
     _need_go()
+    # the model at the version that follows the go on PATH (Debian's 1.19 -> "1.19"), so
+    # that the two pair
+    model = runspec.model_version(goref.short_version(goref.go_version()))
+    if model is None:
+        pytest.skip(f"no model follows {goref.go_version()}")
     (tmp_path / "short.toml").write_text(SHORT)
     out = tmp_path / "report"
     p = subprocess.run([sys.executable, "-m", "sweeperd.cli", "loadtest", "--scenario",
-                        str(tmp_path / "short.toml"), "--policy", "go", "--go-reference",
+                        str(tmp_path / "short.toml"), "--policy", f"go:version={model}",
+                        "--go-reference",
                         "--out", str(out), "--json"], capture_output=True, text=True,
                        timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]

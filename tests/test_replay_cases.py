@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sweeperd.daemon.gotrace import GcLine, ScavLine
+from sweeperd.daemon.gotrace import GcLine, ScavLine, format_scav
 from sweeperd.loadtest import replay
 from sweeperd.loadtest.replay import Cycle, Scav
 from sweeperd.workload import scenario as scenarios
@@ -38,14 +38,10 @@ def _gc(n: int, t: float, start: int, live: int, forced: bool = False) -> str:
 
 
 def _scav121(bg: int, eager: int, now: int, util: int, end: str = "") -> str:
-    """Go 1.21's line as printScavTrace prints it (mgcscavenge.go, go1.21.13):
-    ``print("scav ", releasedBg>>10, " KiB work (bg), ", releasedEager>>10, " KiB work
-    (eager), ", heapReleased>>10, " KiB now, ", util, "% util")`` then `` (forced)`` or
-    `` [controller reset]``.
-    TODO(lead): once w2's 1.21 formatter lands in sweeperd/daemon/gotrace.py, round-trip
-    against it here instead of this transcription."""
-    return (f"scav {bg} KiB work (bg), {eager} KiB work (eager), {now} KiB now, {util}% util"
-            + end)
+    """Go 1.21's line through sweeperd's own formatter (gotrace.format_scav, which follows
+    printScavTrace in go1.21.13's mgcscavenge.go), so the reader round-trips the writer."""
+    return format_scav("1.21", (bg + eager) << 10, eager << 10, now << 10, 0, util, 100 - util,
+                       forced=end == " (forced)", controller_reset=end == " [controller reset]")
 
 
 def _scav119(work: int, total: int, util: int, end: str = "") -> str:

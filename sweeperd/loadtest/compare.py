@@ -26,7 +26,9 @@ issue 18); nothing here reads a file, a clock or a process.
 * **Fidelity.**  Each ``go`` group (the model) is paired with the ``go-runtime`` group (the
   real runtime) of the same scenario whose *matching settings* are equal: ``gogc``,
   ``memory_limit_mib`` and ``version`` (a key absent on both sides matches), the model group
-  carrying no other override (a policy knob has no Go twin) and the real group having its
+  carrying no other override (a policy knob has no Go twin), the real group's ``version``
+  read as the model version that follows it (:func:`runspec.model_version`: 1.21 and later
+  pair with the model's 1.21, 1.19 and 1.20 with its 1.19), and the real group having its
   extra knobs at their defaults (``free_os_memory_every_s`` 0 or absent, ``madvdontneed`` null
   or absent).  The ratio model/real of each of :data:`FIDELITY` figures' medians is judged
   against the issue's goal (peak and excess ±25%, GC cycles ±30%); the goal is on medians over
@@ -51,6 +53,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from scipy import stats
+
+from sweeperd.loadtest import runspec
 
 FIGURES = ("peak_backed_bytes", "mean_backed_bytes", "excess_byte_seconds",
            "excess_garbage_byte_seconds", "excess_free_byte_seconds",
@@ -178,6 +182,9 @@ def _match_key(g: dict[str, Any]) -> tuple[Any, ...] | None:
         for k, default in GO_RUNTIME_DEFAULTS.items():
             if s.get(k) not in (None, default):
                 return None
+        # the real release's model version (1.22.10 -> "1.21"): a model follows a range
+        if (s := {**s, "version": runspec.model_version(s.get("version"))})["version"] is None:
+            return None
     else:
         return None
     return (g["scenario"], *(s.get(k) for k in MATCH_KEYS))
@@ -217,6 +224,7 @@ def fidelity(gs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             out.append({
                 "scenario": g["scenario"],
                 "settings": {key: g["settings"].get(key) for key in MATCH_KEYS},
+                "real_version": r["settings"].get("version"),
                 "model_group": gid, "real_group": rid,
                 "n_model": g["n"], "n_real": r["n"], "figures": figs,
                 "enough_repeats": repeats >= FIDELITY_MIN_N,

@@ -112,6 +112,18 @@ def _go_version(v: str) -> Value:
     return v
 
 
+def model_version(release: object) -> str | None:
+    """The ``go`` model version (:data:`GO_VERSIONS`) that follows real Go ``release``
+    (``"1.22.10"``, ``"1.19"``): ``"1.21"`` for 1.21 and later (the scavenger index and its
+    density rule, the scavenge assist: unchanged through 1.25), ``"1.19"`` for 1.19 and 1.20
+    (the memory limit and the 1.19 scavenger), None before 1.19 or for text that is not a
+    release (no model follows it)."""
+    m = re.match(r"^1\.(\d{1,2})(\.\d{1,2})?$", str(release))
+    if m is None or int(m.group(1)) < 19:
+        return None
+    return "1.21" if int(m.group(1)) >= 21 else "1.19"
+
+
 def _madv(v: str) -> Value:
     if v not in ("0", "1"):
         raise ValueError("0 or 1")
