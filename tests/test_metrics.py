@@ -13,7 +13,7 @@ import urllib.request
 from sweeperd.daemon.metrics import Kernel, SnapshotCollector
 from sweeperd.daemon.snapshot import Sample, Snapshot, WorkerView
 from sweeperd.daemon.totals import Totals
-from sweeperd.runtime.heapstats import HeapStats, ReleaseTally, Tallies
+from sweeperd.runtime.heapstats import Books, HeapStats, ReleaseTally, Tallies
 from sweeperd.wire.protocol import MutatorStats
 
 from .daemon import Daemon
@@ -84,13 +84,16 @@ def test_collector_serves_the_snapshot_it_is_given():
     snap = _snapshot()
     hs = HeapStats(64 << 20, 8 << 20, 5 << 20, 3 << 20, 1 << 20, 2 << 20, 10, 1 << 20)
     col = SnapshotCollector(lambda: snap, lambda: Sample(time.monotonic(), []),
-                            Kernel(lambda: 123, lambda: 45, lambda: 6, lambda: hs))
+                            Kernel(lambda: 123, lambda: 45, lambda: 6,
+                                   lambda: Books(hs, 3 << 12, 5 << 12)))
     got = {s.name + str(sorted(s.labels.items())): s.value
            for m in col.collect() for s in m.samples}
     assert got["sweeperd_gc_cycles_total[]"] == 7
     assert got["sweeperd_heap_goal_bytes[]"] == 10 << 20
     assert got["sweeperd_heap_backed_bytes[]"] == 123
     assert got["sweeperd_heap_fragmentation_bytes[]"] == 1 << 20
+    assert got["sweeperd_heap_releasing_bytes[]"] == 3 << 12
+    assert got["sweeperd_heap_cached_bytes[]"] == 5 << 12
     assert got["sweeperd_workers[('role', 'sweeper'), ('state', 'alive')]"] == 1
     assert got["sweeperd_workers[('role', 'mutator'), ('state', 'starting')]"] == 1
     assert got["sweeperd_control_errors_total[('reason', 'not_json')]"] == 1
@@ -136,7 +139,8 @@ def test_refill_histogram_and_scenario_series():
         "target_live_bytes": 7 << 20, "start_s": 1.25})
     hs = HeapStats(64 << 20, 8 << 20, 5 << 20, 3 << 20, 1 << 20, 2 << 20, 10, 1 << 20)
     col = SnapshotCollector(lambda: snap, lambda: Sample(time.monotonic(), []),
-                            Kernel(lambda: 123, lambda: 45, lambda: 6, lambda: hs))
+                            Kernel(lambda: 123, lambda: 45, lambda: 6,
+                                   lambda: Books(hs, 3 << 12, 5 << 12)))
     got = {s.name + str(sorted(s.labels.items())): s.value
            for m in col.collect() for s in m.samples}
     b = "sweeperd_mutator_alloc_seconds_bucket"
@@ -151,7 +155,8 @@ def test_refill_histogram_and_scenario_series():
     assert got["sweeperd_heap_live_bytes[]"] == 5 << 20
     plain = {m.name for m in SnapshotCollector(
         lambda: _snapshot(), lambda: Sample(time.monotonic(), []),
-        Kernel(lambda: 123, lambda: 45, lambda: 6, lambda: hs)).collect()}
+        Kernel(lambda: 123, lambda: 45, lambda: 6,
+                                   lambda: Books(hs, 3 << 12, 5 << 12))).collect()}
     assert "sweeperd_scenario_info" not in plain
 
 
@@ -209,7 +214,8 @@ def test_a_scrapes_metric_names_and_typed_figures_are_unchanged():
     procs = [{"role": Role.SWEEPER, "id": 0, "pid": 2, "rss_bytes": 5, "pss_bytes": 4}]
     reg = CollectorRegistry()
     reg.register(SnapshotCollector(lambda: snap, lambda: Sample(time.monotonic(), procs),
-                                   Kernel(lambda: 123, lambda: 45, lambda: 6, lambda: hs)))
+                                   Kernel(lambda: 123, lambda: 45, lambda: 6,
+                                   lambda: Books(hs, 3 << 12, 5 << 12))))
     body = generate_latest(reg).decode()
     assert set(re.findall(r"^# TYPE (\S+) ", body, flags=re.M)) == SCRAPE_NAMES
     for line in ("sweeperd_scavenge_policy_hugepage_kept_bytes 6.0",

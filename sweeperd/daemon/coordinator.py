@@ -79,10 +79,9 @@ from sweeperd.runtime.heap import (
     Heap,
 )
 from sweeperd.runtime.heapstats import (
-    cached_bytes,
+    books,
     heap_stats,
     read_tallies,
-    releasing_bytes,
 )
 from sweeperd.runtime.scavenge import ReleaseOnFree
 from sweeperd.runtime.sizeclasses import PAGE_SIZE
@@ -430,8 +429,7 @@ class Coordinator:
             self._publish()  # the first snapshot exists before anything can read it
             self.metrics = Metrics(lambda: self.snap, lambda: take_sample(self.snap), Kernel(
                 self.heap.arena_backed_bytes, self.heap.meta_backed_bytes,
-                lambda: meminfo("Shmem"), lambda: heap_stats(self.heap),
-                lambda: releasing_bytes(self.heap), lambda: cached_bytes(self.heap)))
+                lambda: meminfo("Shmem"), lambda: books(self.heap)))
             try:
                 self.metrics_addr = self.metrics.serve(cfg.metrics.addr)
             except OSError as e:

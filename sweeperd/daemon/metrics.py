@@ -43,7 +43,7 @@ from prometheus_client.utils import floatToGoString
 from sweeperd.daemon import httpserve
 from sweeperd.daemon.snapshot import Sample, Snapshot
 from sweeperd.roles import Role
-from sweeperd.runtime.heapstats import HeapStats
+from sweeperd.runtime.heapstats import Books
 from sweeperd.runtime.sizeclasses import PAGE_SIZE
 from sweeperd.workload.mutator import ALLOC_BUCKETS
 
@@ -65,9 +65,7 @@ class Kernel:
     arena_backed: Callable[[], int]
     meta_backed: Callable[[], int]
     shmem: Callable[[], int]
-    heap_stats: Callable[[], HeapStats]  # not the kernel's, but as fresh and as cheap
-    releasing: Callable[[], int] = lambda: 0  # books: bytes with a release in flight
-    cached: Callable[[], int] = lambda: 0  # books: bytes of spans in mutators' mcaches
+    books: Callable[[], Books]  # not the kernel's, but as fresh and as cheap: one moment's
 
 
 class Sampler:
@@ -187,7 +185,8 @@ class SnapshotCollector(Collector):
         yield _gauge("sweeperd_memory_sample_age_seconds",
                      "Age of the sampled figures (RSS, PSS).",
                      time.monotonic() - sample.at)
-        hs = self.kernel.heap_stats()
+        b = self.kernel.books()
+        hs = b.stats
         yield _gauge("sweeperd_heap_objects_bytes",
                      "Bytes in allocated objects (/memory/classes/heap/objects).", hs.objects_bytes)
         yield _gauge("sweeperd_heap_unused_bytes",
@@ -203,10 +202,10 @@ class SnapshotCollector(Collector):
                      hs.heap_bytes)
         yield _gauge("sweeperd_heap_releasing_bytes", "Free pages taken by a releaser, "
                      "madvise in flight (still in heap_free_bytes until it finishes).",
-                     self.kernel.releasing())
+                     b.releasing_bytes)
         yield _gauge("sweeperd_heap_cached_bytes", "Pages of spans held in mutators' mcaches "
                      "(in heap_objects/unused; pages not written yet are not backed).",
-                     self.kernel.cached())
+                     b.cached_bytes)
         yield _gauge("sweeperd_heap_released_bytes", "Free pages returned to the OS, by the "
                      "books (/memory/classes/heap/released).", hs.released_bytes)
         yield _gauge("sweeperd_heap_fragmentation_bytes",

@@ -79,6 +79,27 @@ def heap_stats(heap: Heap) -> HeapStats:
     return _classes(heap, heap.counter_totals().tolist())
 
 
+@dataclass(frozen=True)
+class Books:
+    """The books at one moment: the classes and the bytes in flight, from one read of the
+    running counters (:func:`books`)."""
+
+    stats: HeapStats
+    releasing_bytes: int  # free pages a releaser has taken, madvise in flight
+    cached_bytes: int  # pages of spans in mutators' mcaches
+
+
+def books(heap: Heap) -> Books:
+    """:func:`heap_stats`, :func:`releasing_bytes` and :func:`cached_bytes` from **one** read
+    of the counters.  Read apart, a release finishing between the reads leaves its pages
+    counted backed by the first read and no longer in flight by the next, so the books'
+    interval (backed less what is in flight) missed the kernel by that release (the load
+    test saw 1.5% under heavy load).  O(1) in the heap's size."""
+    t = heap.counter_totals().tolist()
+    return Books(_classes(heap, t), t[C_RELEASING_PAGES] * PAGE_SIZE,
+                 t[C_CACHED_PAGES] * PAGE_SIZE)
+
+
 def _scan_counters(heap: Heap) -> np.ndarray:
     """What every running counter should sum to, from a scan of the span table."""
     spans = np.flatnonzero(heap.span_state == SPAN_IN_USE)
