@@ -21,7 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sweeperd.loadtest import compare, goref, report, runspec
+from sweeperd.loadtest import compare, report
 
 from .test_loadtest import CHROME_FLAGS, SHORT, _chromium, _need_go
 
@@ -369,16 +369,10 @@ def test_an_old_summary_gets_no_new_sections(tmp_path: Path) -> None:
 @pytest.mark.timeout(400)
 def test_a_go_reference_run_gets_groups_and_a_fidelity_entry(tmp_path: Path) -> None:
     _need_go()
-    # the model at the version that follows the go on PATH (Debian's 1.19 -> "1.19"), so
-    # that the two pair
-    model = runspec.model_version(goref.short_version(goref.go_version()))
-    if model is None:
-        pytest.skip(f"no model follows {goref.go_version()}")
     (tmp_path / "short.toml").write_text(SHORT)
     out = tmp_path / "report"
     p = subprocess.run([sys.executable, "-m", "sweeperd.cli", "loadtest", "--scenario",
-                        str(tmp_path / "short.toml"), "--policy", f"go:version={model}",
-                        "--go-reference",
+                        str(tmp_path / "short.toml"), "--policy", "go", "--go-reference",
                         "--out", str(out), "--json"], capture_output=True, text=True,
                        timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
@@ -394,6 +388,8 @@ def test_a_go_reference_run_gets_groups_and_a_fidelity_entry(tmp_path: Path) -> 
     assert gs[e["model_group"]]["policy"] == "go" and gs[e["real_group"]]["policy"] == \
         "go-runtime"
     assert e["figures"]["peak_backed_bytes"]["ratio"] > 0 and not e["goal_met"]  # n = 1
+    # the default model (1.21) against the default real row: a release it follows
+    assert e["settings"]["version"] == "1.21" and e["real_version"] >= "1.21"
     assert summary["recommendation"]["entries"] == []
     html_ = (out / "report.html").read_text()
     assert "The model checked against the real runtime" in html_ and "What to change" in html_

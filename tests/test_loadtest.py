@@ -104,6 +104,9 @@ def test_the_summary_keeps_its_contract(run) -> None:
         assert r["gc_cycles"] > 0 and r["peak_backed_bytes"] > 0
     assert {"cpus", "mem_total_bytes", "kernel"} <= set(summary["machine"])
     assert summary["versions"]["go"].startswith("go version")
+    # --go-reference runs a Go release the default model (1.21) follows: the two pair
+    (e,) = summary["fidelity"]
+    assert (e["model_group"], e["real_group"]) == ("short.go", "short.go-runtime")
 
 
 def test_books_match_the_kernel_and_the_policies_differ_as_they_must(run) -> None:
@@ -183,8 +186,8 @@ def test_the_go_runtime_row_is_the_real_go_runtime(run) -> None:
 def test_the_plots_are_written(run) -> None:
     out = run[0]
     for name in ("memory", "scavenger-cpu", "madvise", "sweep-rate", "alloc-latency",
-                 *(f"{p}-holds" for p in ("go", "eager", "none", "go-runtime"))):
-        png = out / f"short-{name}.png"
+                 *(f"{p}.r0-holds" for p in ("go", "eager", "none", "go-runtime"))):
+        png = out / f"short{'.' if name.endswith('-holds') else '-'}{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 

