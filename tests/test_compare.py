@@ -145,7 +145,7 @@ def test_the_analysis_does_not_depend_on_row_order(spec: list[tuple[str, int, fl
 def _figs(k: float) -> dict[str, Any]:
     return {"peak_backed_bytes": 512e6 * k, "mean_backed_bytes": 300e6 * k,
             "excess_byte_seconds": 5e9 * k, "seconds_to_retain_goal": 3.0 * k,
-            "gc_cycles": round(20 * k)}
+            "gc_cycles": round(20 * k), "alloc_bytes_per_s": 64e6 * k}
 
 
 def test_fidelity_pairs_equal_settings_and_identical_groups_give_ratio_1() -> None:

@@ -230,3 +230,15 @@ def test_go_heap_rss_counts_arena_mappings_once_when_smaps_repeats_one(tmp_path)
         "c000400000-c008400000 rw-p 00000000 00:00 0\nRss:  50000 kB\n"
         "7fd54cf11000-7fd54d2fe000 rw-p 00000000 00:00 0\nRss:  2836 kB\n")
     assert go_heap_rss(7, proc=str(tmp_path)) == (1024 + 50000) * 1024
+
+
+def test_alloc_figures_are_the_rate_and_the_share_of_what_the_schedule_asked() -> None:
+    sc = parse('[scenario]\nname = "x"\nheap_mib = 512\n[[phase]]\nseconds = 10\n'
+               'live_mib = 0\ngarbage_mib_s = 8\n')
+    got = summary.alloc_figures(sc, 0.0, 10.0, 40 * 2**20)
+    assert got == {"alloc_bytes_per_s": 4 * 2**20, "alloc_vs_schedule": 0.5}
+    # a hold of 2 s inside the window: in the counters, so in the span and the asked bytes
+    got = summary.alloc_figures(sc, 0.0, 8.0, 80 * 2**20, hold_s=2.0)
+    assert got == {"alloc_bytes_per_s": 8 * 2**20, "alloc_vs_schedule": 1.0}
+    assert summary.alloc_figures(sc, 3.0, 3.0, 0.0) == {"alloc_bytes_per_s": None,
+                                                       "alloc_vs_schedule": None}

@@ -186,3 +186,21 @@ def test_to_toml_round_trips_any_description(text: str) -> None:
     sc = msgspec.structs.replace(sc, scenario=msgspec.structs.replace(sc.scenario,
                                                                       description=text))
     assert s.parse(sc.to_toml()) == sc
+
+
+def test_asked_bytes_counts_garbage_growth_and_rises_but_never_a_fall() -> None:
+    """spike-then-idle asks 6 s × 128 + 512 (the ramp), 4 × 128 (peak), 4 × 128 (drain: the
+    fall frees, asks nothing), 26 × 2 (idle) MiB."""
+    sc = s.parse(s.shipped()["spike-then-idle"])
+    assert sc.asked_bytes(0, sc.seconds) == pytest.approx((768 + 512 + 512 + 512 + 52) * MIB)
+    assert sc.asked_bytes(3, 7) == pytest.approx(((128 + 512 / 6) * 3 + 128) * MIB)
+    assert sc.asked_bytes(5, 5) == 0
+    step = s.parse('[scenario]\nname = "x"\nheap_mib = 512\n[[phase]]\nseconds = 1\n'
+                   'live_mib = 10\n[[phase]]\nseconds = 1\nlive_mib = 50\ngarbage_mib_s = 4\n')
+    assert step.asked_bytes(0, 2) == pytest.approx((10 + 40 + 4) * MIB)  # both rises
+    assert step.asked_bytes(0.5, 1.5) == pytest.approx((40 + 2) * MIB)
+    assert step.asked_bytes(1.5, 2) == pytest.approx(2 * MIB)  # the rise came before
+    storm = s.parse(s.shipped()["alloc-storm"])
+    assert storm.asked_bytes(0, storm.seconds) is None  # "max": no figure
+    with pytest.raises(AssertionError):
+        sc.asked_bytes(2, 1)

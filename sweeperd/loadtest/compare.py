@@ -60,11 +60,13 @@ FIGURES = ("peak_backed_bytes", "mean_backed_bytes", "excess_byte_seconds",
            "excess_garbage_byte_seconds", "excess_free_byte_seconds",
            "excess_fragmentation_byte_seconds", "seconds_to_retain_goal", "gc_cycles",
            "scavenger_cpu_seconds", "cpu_seconds_per_gib_released",
-           "alloc_latency_p99_seconds")
+           "alloc_latency_p99_seconds", "alloc_bytes_per_s", "alloc_vs_schedule")
 # figure -> allowed |ratio - 1| of model/real (None: reported, no goal)
 FIDELITY: dict[str, float | None] = {
     "peak_backed_bytes": 0.25, "mean_backed_bytes": None, "excess_byte_seconds": 0.25,
-    "seconds_to_retain_goal": None, "gc_cycles": 0.30}
+    "seconds_to_retain_goal": None, "gc_cycles": 0.30,
+    # no goal: why GC cycles miss — the model's mutators below the schedule's pace
+    "alloc_bytes_per_s": None}
 FIDELITY_MIN_N = 5  # the issue: "the fidelity goal is on medians over >= 5 repeats"
 MATCH_KEYS = ("gogc", "memory_limit_mib", "version")
 # go-runtime's knobs beyond MATCH_KEYS and the value that means "Go's default"

@@ -372,6 +372,7 @@ def _row(m: dict[str, float], live: float, pid: int) -> dict[str, float]:
         "heap_size_bytes": sum(m.get(f"/memory/classes/heap/{k}:bytes", 0.0)
                                for k in ("objects", "unused", "free", "released")),
         "gc_cycles": m.get("/gc/cycles/total:gc-cycles", 0.0),
+        "allocated_bytes": m.get("/gc/heap/allocs:bytes", 0.0),
     })
     with contextlib.suppress(OSError):
         row["kernel_backed_bytes"] = float(go_heap_rss(pid))

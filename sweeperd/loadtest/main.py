@@ -384,7 +384,8 @@ def summarize_runs(p: Plan, results: list[tuple[Run, RunResult]], started: str,
     runs: list[dict[str, Any]] = []
     for run, res in results:
         sc = run.scenario
-        entry = summarize(sc, res.policy, res.rows, res.ok)
+        entry = summarize(sc, res.policy, res.rows, res.ok, follows=run.follows,
+                          shift_s=run.start_shift_s, shift_at_s=run.shift_at_s)
         entry.update(run.row())
         if res.policy == GO_RUNTIME:  # figures Go does not expose
             from sweeperd.loadtest import goref

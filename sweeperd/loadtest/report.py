@@ -361,10 +361,14 @@ def fidelity_html(entries: list[dict[str, Any]]) -> list[str]:
            "<p>Each <code>go</code> group (the model) beside the <code>go-runtime</code> group "
            "(real Go) of the same scenario, GOGC, memory limit and version: the ratio of the "
            "medians, model/real. Goal: peak and excess within ±25%, GC cycles within ±30%, on "
-           f"medians over ≥ {compare.FIDELITY_MIN_N} repeats.</p>"]
+           f"medians over ≥ {compare.FIDELITY_MIN_N} repeats. <code>alloc_bytes_per_s</code> "
+           "has no goal: below 1, the model's mutators allocated less than Go on the same "
+           "schedule, and its GC ran fewer cycles for it.</p>"]
     if not entries:
         out.append("<p>No <code>go</code> group had a <code>go-runtime</code> twin (run with "
-                   "<code>--go-reference</code> or a <code>go-runtime</code> policy).</p>")
+                   "<code>--go-reference</code> or a <code>go-runtime</code> policy, at the "
+                   "same settings and a Go release the model's <code>version</code> follows: "
+                   "1.21+ for 1.21, 1.19 or 1.20 for 1.19).</p>")
         return out
     figs = list(compare.FIDELITY)
     out.append("<table class='fidelity'><tr><th>scenario</th><th>settings</th><th>runs "
@@ -373,6 +377,8 @@ def fidelity_html(entries: list[dict[str, Any]]) -> list[str]:
                + "<th>goal met</th></tr>")
     for e in entries:
         sets = ", ".join(f"{k}={v}" for k, v in e["settings"].items() if v is not None)
+        if e.get("real_version"):
+            sets += f"; real Go {e['real_version']}"
         met = "yes" if e["goal_met"] else ("within, too few repeats" if e["within_goal"]
                                            else "NO")
         out.append(f"<tr><td>{html.escape(str(e['scenario']))}</td>"

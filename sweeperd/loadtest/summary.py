@@ -23,6 +23,9 @@ Definitions (``summary.json``'s contract; the README's "Load testing" says how t
   first mutator resumed): the workers' start-up is nobody's policy;
 * ``released_bytes``, ``madvise_calls``, ``gc_cycles``, ``worker_deaths``: the daemon's
   counters, last sample less first;
+* ``alloc_bytes_per_s``, ``alloc_vs_schedule``: the mutators' allocation over the run, per
+  second and as a share of what the scenario asked (:func:`alloc_figures`); the Go row's from
+  ``/gc/heap/allocs:bytes``;
 * ``alloc_latency_p50/p99_seconds``: quantiles of ``sweeperd_mutator_alloc_seconds`` over the
   run, interpolated within a bucket as Prometheus' ``histogram_quantile`` does;
 * ``max_books_vs_kernel_error``: the largest |books − kernel| / kernel of any sample, the books
@@ -83,8 +86,11 @@ def seconds_to_goal(ts: list[float], backed: list[float], goals: list[float],
 
 
 def summarize(sc: Scenario, policy: str, rows: list[dict[str, float]], ok: bool,
-              scavenger_role: str = Role.SCAVENGER) -> dict[str, Any]:
-    """One entry of ``runs``."""
+              scavenger_role: str = Role.SCAVENGER, follows: Scenario | None = None,
+              shift_s: float = 0.0, shift_at_s: float = 0.0) -> dict[str, Any]:
+    """One entry of ``runs``.  ``follows``: the scenario the run followed, ``sc`` with a hold
+    of ``shift_s`` at ``shift_at_s`` (``--repeat``; the rows are already retimed to ``sc``'s
+    clock, but their counters include what was allocated in the hold)."""
     out: dict[str, Any] = {"scenario": sc.name, "policy": policy, "ok": ok}
     if not rows:
         return {**out, "seconds": 0.0, **dict.fromkeys(FIGURES)}
@@ -117,9 +123,25 @@ def summarize(sc: Scenario, policy: str, rows: list[dict[str, float]], ok: bool,
         "alloc_latency_p50_seconds": quantile(0.5, hist),
         "alloc_latency_p99_seconds": quantile(0.99, hist),
         "gc_cycles": int(delta("gc_cycles")),
+        **alloc_figures(follows or sc, ts[0], ts[-1], delta("allocated_bytes"),
+                        shift_s if ts[0] <= shift_at_s <= ts[-1] else 0.0),
         "worker_deaths": int(last["worker_deaths"]),
         "max_books_vs_kernel_error": max(r["books_vs_kernel"] for r in rows),
     }
+
+
+def alloc_figures(followed: Scenario, t0: float, t1: float, allocated: float,
+                  hold_s: float = 0.0) -> dict[str, float | None]:
+    """``alloc_bytes_per_s`` (what the mutators allocated over the run, per second) and
+    ``alloc_vs_schedule`` (that over what the schedule asked in the same window,
+    :meth:`Scenario.asked_bytes`; null for a ``"max"`` phase).  Below 1, the mutators fell
+    behind the schedule: the GC saw less garbage than the scenario describes, and ran fewer
+    cycles (the Go row allocates at the schedule's pace).  ``hold_s``: the hold (``--repeat``)
+    inside the window, in the counters but cut from the rows' clock."""
+    span = t1 - t0 + hold_s
+    asked = followed.asked_bytes(t0, t1 + hold_s)
+    return {"alloc_bytes_per_s": allocated / span if span > 0 else None,
+            "alloc_vs_schedule": allocated / asked if asked else None}
 
 
 SPLIT_FIGURES = ("excess_garbage_byte_seconds", "excess_free_byte_seconds",
@@ -127,7 +149,8 @@ SPLIT_FIGURES = ("excess_garbage_byte_seconds", "excess_free_byte_seconds",
 FIGURES = ("peak_backed_bytes", "mean_backed_bytes", "excess_byte_seconds", *SPLIT_FIGURES,
            "seconds_to_retain_goal", "scavenger_cpu_seconds", "released_bytes",
            "cpu_seconds_per_gib_released", "madvise_calls", "alloc_latency_p50_seconds",
-           "alloc_latency_p99_seconds", "gc_cycles", "worker_deaths",
+           "alloc_latency_p99_seconds", "gc_cycles", "alloc_bytes_per_s", "alloc_vs_schedule",
+           "worker_deaths",
            "max_books_vs_kernel_error")
 
 

@@ -113,6 +113,26 @@ class Scenario(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     def peak_live_mib(self) -> float:
         return max(max(p.live_from, p.live_to) for p in self.phase)
 
+    def asked_bytes(self, t0: float, t1: float) -> float | None:
+        """Bytes the schedule asks the mutators to allocate over ``[t0, t1]`` (s from the
+        start): every phase's garbage, its live heap's growth (a ramp's, pro rata), and a rise
+        at a phase boundary (from 0 at the start) when it falls in ``[t0, t1)``.  A fall frees
+        and asks nothing.  None when a phase in the window asks for ``"max"`` (no figure)."""
+        assert t0 <= t1, f"asked_bytes: t0 {t0} > t1 {t1}"
+        total, start, prev = 0.0, 0.0, 0.0
+        for p in self.phase:
+            end = start + p.seconds
+            if t0 <= start < t1:
+                total += max(0.0, p.live_from - prev)
+            a, b = max(t0, start), min(t1, end)
+            if b > a:
+                if p.garbage_mib_s == "max":
+                    return None
+                total += (p.garbage_mib_s + max(0.0, p.live_to - p.live_from) / p.seconds) \
+                    * (b - a)
+            start, prev = end, p.live_to
+        return total * MIB
+
     def last_drop(self) -> float | None:
         """When the live heap last fell at a phase boundary (s from the start), None if never."""
         t, prev, when = 0.0, None, None
@@ -137,22 +157,24 @@ class Scenario(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         out.check()
         return out
 
-    def check(self) -> None:
+    def check(self, where: str | None = None) -> None:
         """The scenario fits its heap: the peak live heap at most 90% of it; GOGC off comes
-        with a memory limit (without one Go's GC would never run: pacing/gcpace.py)."""
+        with a memory limit (without one Go's GC would never run: pacing/gcpace.py).
+        :class:`ScenarioError` naming ``where`` (default ``scenario <name>``)."""
         h = self.scenario
+        where = where or f"scenario {self.name}"
         if h.gogc in ("off", -1) and h.memory_limit_mib == 0:
             raise ScenarioError(
-                f'scenario {self.name}: gogc = {_toml(h.gogc)} needs memory_limit_mib > 0 (or '
+                f'{where}: gogc = {_toml(h.gogc)} needs memory_limit_mib > 0 (or '
                 '"cgroup") in [scenario]: with GOGC off the GC runs only as the heap nears '
                 "the memory limit, and without one it would never run")
         if self.peak_live_mib > 0.9 * self.scenario.heap_mib:
             raise ScenarioError(
-                f"scenario {self.name}: its peak live heap ({self.peak_live_mib:g} MiB) does not "
+                f"{where}: its peak live heap ({self.peak_live_mib:g} MiB) does not "
                 f"fit a {self.scenario.heap_mib} MiB heap (at most 90% of it); raise "
                 f"--heap-mib or lower --scale")
         if self.scenario.heap_mib > 16384:
-            raise ScenarioError(f"scenario {self.name}: a {self.scenario.heap_mib} MiB heap is "
+            raise ScenarioError(f"{where}: a {self.scenario.heap_mib} MiB heap is "
                                 "larger than sweeperd's 16384 MiB limit")
 
     def to_toml(self) -> str:
@@ -212,7 +234,7 @@ def parse(text: str, where: str = "<scenario>") -> Scenario:
     for i, p in enumerate(sc.phase):
         if any(not math.isfinite(x) for x in (p.live_from, p.live_to)):
             raise ScenarioError(f"{where}: $.phase[{i}].live_mib must be finite")
-    sc.check()
+    sc.check(where if sc.name in where else f"{where}: scenario {sc.name}")
     return sc
 
 

@@ -182,6 +182,7 @@ func worker(s *scenario, share float64, seed int64, t0 time.Time, done *sync.Wai
 var names = []string{
 	"/gc/cycles/total:gc-cycles",
 	"/gc/heap/goal:bytes",
+	"/gc/heap/allocs:bytes", // Go 1.16+: all bytes the program allocated, as sweeperd's allocated_bytes
 	"/gc/heap/live:bytes", // Go 1.21+ (KindBad, left out, before)
 	"/memory/classes/heap/objects:bytes",
 	"/memory/classes/heap/unused:bytes",
