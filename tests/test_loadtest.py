@@ -140,7 +140,7 @@ def test_what_holds_the_memory_adds_up_to_the_excess_in_every_sample_and_run(run
     out, summary = run[0], run[1]
     runs = _runs(summary)
     for p, r in runs.items():
-        with (out / f"short-{p}.csv").open() as f:
+        with (out / f"short.{p}.r0.csv").open() as f:
             rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
         for row in rows:
             parts = row["garbage_bytes"] + row["free_backed_bytes"] + row["fragmentation_bytes"]
