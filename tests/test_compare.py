@@ -5,15 +5,11 @@ the real Go runtime."""
 
 from __future__ import annotations
 
-import functools
-import http.server
 import io
 import json
-import os
 import random
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +19,8 @@ from hypothesis import strategies as st
 
 from sweeperd.loadtest import compare, report
 
-from .test_loadtest import CHROME_FLAGS, SHORT, _chromium, _need_go
+from . import browser
+from .test_loadtest import SHORT, _need_go
 
 GIB = 1 << 30
 finite = st.floats(min_value=-1e12, max_value=1e12, allow_nan=False)
@@ -312,26 +309,8 @@ window.addEventListener("load", () => {
 
 
 def _open_in_chromium(out: Path, tmp_path: Path) -> str:
-    browser = _chromium()
     (out / "harness.html").write_text(HARNESS)
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *a: Any) -> None:
-            pass
-
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                          functools.partial(Quiet, directory=str(out)))
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        dom = subprocess.run([browser, *CHROME_FLAGS, f"--user-data-dir={tmp_path / 'prof'}",
-                              "--virtual-time-budget=20000", "--dump-dom",
-                              f"http://127.0.0.1:{srv.server_address[1]}/harness.html"],
-                             capture_output=True, text=True, timeout=120,
-                             env={**os.environ, "HOME": str(tmp_path)})
-    finally:
-        srv.shutdown()
-        srv.server_close()
-    return dom.stdout + dom.stderr[-2000:]
+    return browser.dump_dom(out, "harness.html", tmp_path)
 
 
 def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:

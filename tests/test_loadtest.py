@@ -5,15 +5,12 @@ reference) feeds every test here."""
 from __future__ import annotations
 
 import csv
-import functools
-import http.server
 import itertools
 import json
 import os
 import shutil
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +18,8 @@ import pytest
 
 from sweeperd.loadtest.sampler import columns
 
+from . import browser
+from .browser import chromium, serving
 from .conftest import not_here
 
 pytestmark = pytest.mark.timeout(400)
@@ -191,18 +190,6 @@ def test_the_plots_are_written(run) -> None:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
-def _chromium() -> str:
-    for name in ("chromium", "chromium-browser"):
-        if (path := shutil.which(name)) is not None:
-            return path
-    not_here("chromium is not installed (Debian package 'chromium'), as .ci/run installs it")
-    raise AssertionError  # unreachable
-
-
-CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--hide-scrollbars"]
-
 HARNESS = """<!doctype html><html><body><div id="result">waiting</div>
 <iframe id="f" src="report.html" width="1200" height="800"></iframe>
 <script>
@@ -216,29 +203,14 @@ window.addEventListener("load", () => {  // after the frame and every image in i
 
 def test_report_html_renders_in_chromium_with_every_plot(run, tmp_path: Path) -> None:
     out = run[0]
-    browser = _chromium()
     (out / "harness.html").write_text(HARNESS)
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *a: Any) -> None:
-            pass
-
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                          functools.partial(Quiet, directory=str(out)))
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{srv.server_address[1]}"
-    profile = tmp_path / "profile"
-    flags = [*CHROME_FLAGS, f"--user-data-dir={profile}"]
-    try:
-        dom = subprocess.run([browser, *flags, "--virtual-time-budget=20000", "--dump-dom",
-                              f"{base}/harness.html"], capture_output=True, text=True,
-                             timeout=120, env={**os.environ, "HOME": str(tmp_path)})
+    chromium()
+    with serving(out) as base:
+        dom = browser.run(["--virtual-time-budget=20000", "--dump-dom", f"{base}/harness.html"],
+                          tmp_path)
         shot = tmp_path / "shot.png"
-        subprocess.run([browser, *flags, f"--screenshot={shot}", "--window-size=1200,1600",
-                        f"{base}/report.html"], capture_output=True, timeout=120,
-                       env={**os.environ, "HOME": str(tmp_path)})
-    finally:
-        srv.shutdown()
-        srv.server_close()
+        browser.run([f"--screenshot={shot}", "--window-size=1200,1600", f"{base}/report.html"],
+                    tmp_path)
     # the scenario's five plots, a holds plot per run (4) and "What to change"'s pareto.png
     assert "decoded 10/10" in dom.stdout, dom.stdout[-2000:] + dom.stderr[-2000:]
     import matplotlib.image

@@ -205,13 +205,15 @@ def fmt(v: Value) -> str:
     return str(v)
 
 
+def _items(text: str, sep: str) -> list[str]:
+    """The non-empty, stripped items of ``text`` split on ``sep``."""
+    return [x for x in (raw.strip() for raw in text.split(sep)) if x]
+
+
 def _split_grid(entry: str, text: str) -> dict[str, list[str]]:
     """``KEY=V[|V][;KEY=V]`` → {key: [values]}; UsageError naming ``entry``."""
     out: dict[str, list[str]] = {}
-    for part in text.split(";"):
-        part = part.strip()
-        if not part:
-            continue
+    for part in _items(text, ";"):
         k, eq, vs = part.partition("=")
         k = k.strip()
         if not eq or not k:
@@ -250,10 +252,7 @@ def parse(policy_text: str | None, knobs: list[str] | tuple[str, ...] = (),
     if text is None:
         entries = [(p, p, {}) for p in POLICIES]
     else:
-        for raw in text.split(","):
-            entry = raw.strip()
-            if not entry:
-                continue
+        for entry in _items(text, ","):
             name, _, rest = entry.partition(":")
             name = name.strip()
             if name not in (*POLICIES, GO_RUNTIME):

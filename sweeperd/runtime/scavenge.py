@@ -56,6 +56,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Self
 
 import numpy as np
 
@@ -285,20 +286,30 @@ def scavenge(heap: Heap, sysmem: SysMem, max_pages: int, allow: Allow | None = N
     return release(heap, sysmem, starts, lengths)
 
 
-class ReleaseOnFree:
-    """The ``eager`` policy's hook (``heap.on_free``): whoever frees spans releases their
-    pages at once, through the same take → release → finish, and tallies what it did in its
-    row of the heap's tallies (as :func:`release` does for every releaser)."""
+class _HeapHook:
+    """A releaser that runs inside another process's heap call (a hook on the ``Heap``),
+    with that process's own ``SysMem`` over the shared arena."""
 
     def __init__(self, heap: Heap, sysmem: SysMem) -> None:
         self.heap = heap
         self.sysmem = sysmem
 
     @classmethod
+    def for_process(cls, heap: Heap) -> Self:
+        """A hook over ``heap`` with a ``SysMem`` of this process's own."""
+        return cls(heap, SysMem(base=heap.arena.ctypes.data, size=heap.heap_bytes,
+                                shared=True))
+
+
+class ReleaseOnFree(_HeapHook):
+    """The ``eager`` policy's hook (``heap.on_free``): whoever frees spans releases their
+    pages at once, through the same take → release → finish, and tallies what it did in its
+    row of the heap's tallies (as :func:`release` does for every releaser)."""
+
+    @classmethod
     def install(cls, heap: Heap) -> ReleaseOnFree:
         """Make this process release what it frees in ``heap`` (its own ``SysMem``)."""
-        hook = cls(heap, SysMem(base=heap.arena.ctypes.data, size=heap.heap_bytes,
-                                shared=True))
+        hook = cls.for_process(heap)
         heap.on_free = hook
         return hook
 
@@ -318,20 +329,15 @@ def over_limit_pages(heap: Heap, limit: int) -> int:
     return max(0, backed * PAGE_SIZE - limit) // PAGE_SIZE
 
 
-class ScavengeAssist:
+class ScavengeAssist(_HeapHook):
     """Go 1.21's allocation-time ("eager") scavenging over the memory limit (the module's
     notes): ``heap.on_alloc_scav`` in a process that allocates.  Calling it with the count
     of released pages an allocation took returns the pages it released (0 mostly)."""
 
-    def __init__(self, heap: Heap, sysmem: SysMem) -> None:
-        self.heap = heap
-        self.sysmem = sysmem
-
     @classmethod
     def install(cls, heap: Heap) -> ScavengeAssist:
         """Make this process's allocations scavenge over the limit (its own ``SysMem``)."""
-        hook = cls(heap, SysMem(base=heap.arena.ctypes.data, size=heap.heap_bytes,
-                                shared=True))
+        hook = cls.for_process(heap)
         heap.on_alloc_scav = hook
         return hook
 
