@@ -97,8 +97,8 @@ def storm(out: Path | None, repeat: int = 1, seed: int | None = None,
     cyc = {p: statistics.median(x["gc_cycles_per_s"] for x in v) for p, v in per.items()}
     go_version = summary["versions"].get("go")
     return {
-        "bench": "storm", "scenario": summary["runs"][0]["scenario"], "phase": phase, "window_s": [t0, t1],
-        "repeat": repeat, "out": str(summary_dir), "go_version": go_version,
+        "bench": "storm", "scenario": summary["runs"][0]["scenario"], "phase": phase,
+        "window_s": [t0, t1], "repeat": repeat, "out": str(summary_dir), "go_version": go_version,
         "alloc_bytes_per_s": med["go"], "go_alloc_bytes_per_s": med[GO_RUNTIME],
         "ratio_to_go": med["go"] / med[GO_RUNTIME] if med[GO_RUNTIME] > 0 else None,
         "gc_cycles_per_s": cyc["go"], "go_gc_cycles_per_s": cyc[GO_RUNTIME],
