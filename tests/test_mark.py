@@ -2,10 +2,16 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sweeperd.bench.common import fill_heap
 from sweeperd.errors import BadObjectIndex, BadSpanState
 from sweeperd.runtime import mark
+from sweeperd.runtime.heap import H_SWEEPGEN, Heap
+from sweeperd.runtime.sweep import sweep_batch
+from sweeperd.runtime.sweepgen import try_claim
+from sweeperd.runtime.sizeclasses import CLASS_NPAGES
 
 
 def test_batched_mark_equals_one_scatter(heap, monkeypatch):
@@ -28,3 +34,41 @@ def test_marking_a_free_span_or_past_nelems_fails_by_name(heap):
         mark.mark_objects(heap, spans[:1], [128])
     with pytest.raises(BadSpanState, match="not in use"):
         mark.mark_objects(heap, [int(spans[-1]) + 1], [0])
+
+
+ONE_PAGE = [c for c in range(1, len(CLASS_NPAGES)) if CLASS_NPAGES[c] == 1]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(ONE_PAGE), st.integers(1, 40), st.data())
+def test_marking_whole_spans_equals_marking_every_slot(c, n, data):
+    """mark_whole_spans is the scalar scatter of every slot, span by span (any class, spans in
+    either buffer, in any order)."""
+    h = Heap.create(4 << 20)
+    try:
+        spans = fill_heap(h, c, n, touch=False)
+        flip = np.array(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)))
+        if flip.any():  # sweep some, all live: their alloc bits move to the other buffer
+            a0 = h.alloc_buf(spans)
+            mark.mark_spans_fully(h, spans)
+            h.header[H_SWEEPGEN] += 2
+            sweep_batch(h, try_claim(h.span_sweepgen, spans[flip], h.sweepgen))
+            assert (h.alloc_buf(spans[flip]) != a0[flip]).all()
+        order = data.draw(st.permutations(list(range(n))))
+        pick = spans[np.array(order, dtype=np.int64)]
+        before = h.bits.copy()
+        ne = int(h.span_nelems[spans[0]])
+        mark.mark_objects(h, np.repeat(pick, ne), np.tile(np.arange(ne), n))
+        scalar = h.bits.copy()
+        h.bits[...] = before
+        mark.mark_whole_spans(h, np.sort(pick))
+        assert np.array_equal(h.bits, scalar) and not np.array_equal(scalar, before)
+    finally:
+        h.close()
+
+
+def test_marking_a_span_whole_that_is_not_full_fails_by_name(heap):
+    spans = fill_heap(heap, 6, 2, touch=False)
+    heap.span_alloc_count[spans[1]] -= 1
+    with pytest.raises(BadSpanState, match=f"span {spans[1]} is not a full small span"):
+        mark.mark_whole_spans(heap, spans)

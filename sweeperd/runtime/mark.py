@@ -57,6 +57,32 @@ def _mark_batch(heap: Heap, spans: np.ndarray, idx: np.ndarray) -> None:
         heap.bits.reshape(-1)[flat[starts]] |= ored
 
 
+def mark_whole_spans(heap: Heap, spans: np.ndarray) -> None:
+    """Mark every slot ``[0, nelems)`` of ``spans``: spans that one owner filled completely
+    and whose objects all live (a mutator's :class:`~sweeperd.workload.mutator.WholeSpans`).
+    O(spans), not O(objects): each span's mark words are stored whole.  No lock: no other
+    marker has an object in such a span, and a word never holds two spans' bits.  Raises
+    :class:`BadSpanState` if a span is not in use or not full — marking it whole would mark
+    free slots."""
+    spans = np.asarray(spans, dtype=np.int64)
+    if spans.size == 0:
+        return
+    cls = heap.span_class[spans]
+    bad = ((heap.span_state[spans] != SPAN_IN_USE) | (cls == 0)
+           | (heap.span_alloc_count[spans] != heap.span_nelems[spans]))
+    if bad.any():
+        s = int(spans[np.argmax(bad)])
+        raise BadSpanState(f"mark_whole_spans: span {s} is not a full small span in use")
+    for c in np.unique(cls).tolist():
+        cols = spans[cls == c]
+        nw = int(CLASS_NWORDS[c])
+        full = np.zeros(nw * 64, dtype=np.uint8)
+        full[: int(heap.span_nelems[cols[0]])] = 1
+        words = np.packbits(full, bitorder="little").view(np.uint64)
+        for buf, cb in heap.by_alloc_buf(cols):
+            heap.bits[buf ^ 1, :nw][:, cb] = words[:, None]
+
+
 def mark_spans_fully(heap: Heap, spans: np.ndarray) -> None:
     """Mark every allocated object of ``spans`` live (a copy of alloc bits into mark bits)."""
     spans = np.asarray(spans, dtype=np.int64)

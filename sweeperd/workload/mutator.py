@@ -26,7 +26,7 @@ import bisect
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -35,7 +35,13 @@ from sweeperd.errors import OutOfMemory
 from sweeperd.runtime import malloc, mark, mcentral, mheap, owners, specials
 from sweeperd.runtime.heap import Heap
 from sweeperd.runtime.shards import claim_next, release_chunk
-from sweeperd.runtime.sizeclasses import CLASS_NELEMS, CLASS_NPAGES, CLASS_SIZE, large_npages
+from sweeperd.runtime.sizeclasses import (
+    CLASS_NELEMS,
+    CLASS_NPAGES,
+    CLASS_NWORDS,
+    CLASS_SIZE,
+    large_npages,
+)
 from sweeperd.runtime.spanset import full_swept
 from sweeperd.runtime.sweep import sweep_batch
 from sweeperd.sys import failpoint
@@ -108,6 +114,10 @@ class Chunk:
         return Chunk.of(self.span, self.idx, self.seed, death)
 
     @property
+    def objects(self) -> int:
+        return int(self.ids.size)
+
+    @property
     def span(self) -> np.ndarray:
         return _unpack(self.ids)[0]
 
@@ -127,6 +137,37 @@ class Chunk:
         if ids.base is not None and 2 * ids.size < ids.base.size:
             ids = ids.copy()  # let the dead part's memory go
         return Chunk(ids, self.seed, self.deaths[k:], self.ends[k:] - cut, self.keep_bytes)
+
+
+@dataclass
+class WholeSpans:
+    """Fresh one-page spans that one bulk step filled completely with objects of one class,
+    all of one death (pinned objects among them are recorded apart, as a :class:`Chunk`):
+    4 bytes per span, not per object, and marked span by span
+    (:func:`~sweeperd.runtime.mark.mark_whole_spans`).  While the chunk lives every slot of
+    its spans is one of its objects, so no one else allocates in them; when it dies the
+    sweep frees them whole (less any pinned object)."""
+
+    spans: np.ndarray  # int64, ascending
+    sizeclass: int
+    seed: int
+    death: int
+    keep_bytes: int = 0
+    pinned: int = 0  # of its slots, the pinned objects (each also in a Chunk of its own)
+
+    @property
+    def objects(self) -> int:
+        """The objects it alone stands for: every slot but the pinned."""
+        return int(self.spans.size) * int(CLASS_NELEMS[self.sizeclass]) - self.pinned
+
+    def survivors(self, marks: int) -> WholeSpans | None:
+        return self if self.death > marks else None
+
+    def drop_kept(self, marks: int) -> WholeSpans:
+        return replace(self, death=marks) if self.death == KEEP else self
+
+
+Live = Chunk | WholeSpans
 
 
 @dataclass
@@ -181,7 +222,7 @@ class Mutator:
     debug: bool = False
     rng: np.random.Generator = field(default_factory=np.random.default_rng)
     mcache: dict[int, int] = field(default_factory=dict)
-    live: list[Chunk] = field(default_factory=list)
+    live: list[Live] = field(default_factory=list)
     stats: MutatorStats = field(default_factory=MutatorStats)
     cycle: int = 0
     sweep_pages_per_byte: float = 0.0
@@ -199,6 +240,7 @@ class Mutator:
     _refill_s: float = 0.0  # time in refills during the current step
     _refilled: bool = False
     _mix: Mix | None = None  # the current step's
+    whole_spans: bool = True  # record filled fresh spans as WholeSpans (False: per object)
 
     def __post_init__(self) -> None:
         if self.heap.npages << SLOT_BITS > 1 << 32:
@@ -231,12 +273,45 @@ class Mutator:
         malloc.write_payload(self.heap, spans, idx, seed)
         death, keep_bytes = self._lifetimes(idx.size, elem_bytes)
         self.live.append(Chunk.of(spans, idx, seed, death, keep_bytes))
+        for i in self._finalized(idx.size).tolist():
+            specials.set_finalizer(self.heap, int(spans[i]), int(idx[i]))
+
+    def _record_whole(self, spans: np.ndarray, c: int) -> None:
+        """:meth:`_record` for fresh one-page ``spans`` (ascending) filled whole with class
+        ``c``: the payload written a run of pages at a time, and the objects remembered as one
+        :class:`WholeSpans` when they share a death (the schedule's; or a geometric lifetime
+        that is always 1), the pinned among them as a :class:`Chunk`.  Garbage with no pinned
+        object is not remembered at all: it is dead at the next mark, which would forget it."""
+        self.seeds += 1
+        seed = (self.owner << 48) | self.seeds
+        ne, size = int(CLASS_NELEMS[c]), int(CLASS_SIZE[c])
+        n = int(spans.size) * ne
+        malloc.write_span_payloads(self.heap, spans, seed)
+        death, keep_bytes = self._lifetimes(n, size)
+        for i in self._finalized(n).tolist():
+            specials.set_finalizer(self.heap, int(spans[i // ne]), i % ne)
+        pinned = np.flatnonzero(death == PIN)
+        rest = death[0] if pinned.size == 0 else (
+            death[np.argmax(death != PIN)] if pinned.size < n else None)
+        if rest is None or (death[death != PIN] != rest).any():  # each its own death
+            self.live.append(Chunk.of(np.repeat(spans, ne), np.tile(np.arange(ne), spans.size),
+                                      seed, death, keep_bytes))
+            return
+        if pinned.size:
+            self.live.append(Chunk.of(spans[pinned // ne], pinned % ne, seed,
+                                      death[pinned]))
+        if int(rest) > self.stats.marks:  # (garbage: dead at the next mark)
+            self.live.append(WholeSpans(spans, c, seed, int(rest), keep_bytes,
+                                        int(pinned.size)))
+
+    def _finalized(self, n: int) -> np.ndarray:
+        """Which of ``n`` new objects get a finalizer: each with the mix's probability."""
         fin = (self._mix or self._default_mix).finalizer_fraction
-        if fin > 0:
-            pick = np.flatnonzero(self.rng.random(idx.size) < fin)
-            for i in pick.tolist():
-                specials.set_finalizer(self.heap, int(spans[i]), int(idx[i]))
-            self.stats.finalizers_set += int(pick.size)
+        if fin <= 0:
+            return np.empty(0, dtype=np.int64)
+        k = int(self.rng.binomial(n, fin))
+        self.stats.finalizers_set += k
+        return np.sort(self.rng.choice(n, k, replace=False)) if k else np.empty(0, np.int64)
 
     @property
     def _default_mix(self) -> Mix:
@@ -301,26 +376,30 @@ class Mutator:
             self._refill_s += time.perf_counter() - t0
             self._refilled = True
         self._count_sweep(work)
-        fresh = spans[self.heap.span_alloc_count[spans] == 0]
+        fresh = np.sort(spans[self.heap.span_alloc_count[spans] == 0])
         ne = int(CLASS_NELEMS[c])
-        os_, oi = [], []
+        n = 0
         if fresh.size:
-            malloc.alloc_all(self.heap, fresh)
-            os_.append(np.repeat(fresh, ne))
-            oi.append(np.tile(np.arange(ne), fresh.size))
+            n += malloc.alloc_all(self.heap, fresh)
+        os_, oi = [], []
         for s in spans[self.heap.span_alloc_count[spans] != ne].tolist():
             idx = malloc.alloc_objects(self.heap, s, ne)
             os_.append(np.full(idx.size, s))
             oi.append(idx)
+            n += int(idx.size)
         failpoint.hit("mutator.cached")  # holding the batch's spans, cached
-        if os_:  # written while still cached, as Go's mcache holds a span while it fills
-            obj_spans, obj_idx = np.concatenate(os_), np.concatenate(oi)
-            self._record(obj_spans, obj_idx, int(CLASS_SIZE[c]))
+        # written while still cached, as Go's mcache holds a span while it fills
+        if fresh.size and self.whole_spans:
+            self._record_whole(fresh, c)
+        elif fresh.size:  # the object-by-object reference the whole-span path is held to
+            self._record(np.repeat(fresh, ne), np.tile(np.arange(ne), fresh.size),
+                         int(CLASS_SIZE[c]))
+        if os_:
+            self._record(np.concatenate(os_), np.concatenate(oi), int(CLASS_SIZE[c]))
         self._count_sweep(mcentral.uncache_spans(self.heap, spans, self.cand))
-        if not os_:
-            return 0
-        self._paid(obj_idx.size * int(CLASS_SIZE[c]))
-        return int(obj_idx.size)
+        if n:
+            self._paid(n * int(CLASS_SIZE[c]))
+        return n
 
     def _alloc_small(self, c: int, burst: int) -> int:
         span = self.mcache.get(c, -1)
@@ -416,12 +495,17 @@ class Mutator:
         if self.debug:
             self._verify()
         marked = 0
-        for spans, idx in _batches(self.live, mark.MARK_BATCH):  # bounded memory
+        chunks = [ch for ch in self.live if isinstance(ch, Chunk)]
+        for spans, idx in _batches(chunks, mark.MARK_BATCH):  # bounded memory
             mark.mark_objects(self.heap, spans, idx)
             marked += int(self.heap.elem_sizes(spans).sum())
+        whole = [ch for ch in self.live if isinstance(ch, WholeSpans)]
+        if whole:
+            mark.mark_whole_spans(self.heap, np.concatenate([w.spans for w in whole]))
+            marked += sum(w.objects * int(CLASS_SIZE[w.sizeclass]) for w in whole)
         self.stats.marked_bytes = marked
         self.stats.marks += 1
-        self.stats.live_objects = int(sum(c.ids.size for c in self.live))
+        self.stats.live_objects = sum(ch.objects for ch in self.live)
 
     def _drop_to(self, target: float) -> None:
         """Kill the oldest kept chunks until at most ``target`` bytes are kept (or none is
@@ -436,6 +520,9 @@ class Mutator:
     def _verify(self) -> None:
         """Every live object is still allocated and its payload intact."""
         for ch in self.live:
+            if isinstance(ch, WholeSpans):
+                self._verify_whole(ch)
+                continue
             spans, idx = ch.span, ch.idx
             w = self.heap.bits[self.heap.alloc_buf(spans), idx >> 6, spans]
             allocated = (w >> (idx & 63).astype(np.uint64)) & np.uint64(1) == 1
@@ -443,6 +530,17 @@ class Mutator:
             ok = malloc.verify_payload(self.heap, spans, idx, ch.seed)
             self.stats.payload_errors += int((~ok).sum())
             self.stats.objects_checked += int(idx.size)
+
+    def _verify_whole(self, ch: WholeSpans) -> None:
+        """:meth:`_verify` of whole spans: every slot allocated, every object's words intact."""
+        h, c = self.heap, ch.sizeclass
+        ne, nw = int(CLASS_NELEMS[c]), int(CLASS_NWORDS[c])
+        bits = np.ascontiguousarray(h.bits[h.alloc_buf(ch.spans), :nw, ch.spans])
+        allocated = np.unpackbits(bits.view(np.uint8), axis=1, bitorder="little")[:, :ne]
+        self.stats.lost_objects += int(ne * ch.spans.size - allocated.sum())
+        ok = malloc.verify_span_payloads(h, ch.spans, ne, int(CLASS_SIZE[c]) >> 3, ch.seed)
+        self.stats.payload_errors += int((~ok).sum())
+        self.stats.objects_checked += ch.objects
 
 
 def _mix_of(st: State, bulk: bool) -> Mix:
