@@ -1,5 +1,7 @@
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sweeperd.errors import HeapCorrupt, OutOfMemory
 from sweeperd.runtime import mheap
@@ -115,3 +117,51 @@ def test_helpers_that_need_the_heap_lock_fail_by_name_without_it(heap):
         assert mheap.repair(heap, 3) == 0
     s, _ = mheap.alloc_span(heap, 6)
     assert not heap.lock.held and heap.span_state[s] == SPAN_IN_USE
+
+
+# --- the windowed searches give what a search of the whole heap gives ------------------------
+
+def _full_find_run(page_free: np.ndarray, backed: np.ndarray, lo: int, n: int) -> int:
+    """The search of the whole rest of the heap (the reference)."""
+    from sweeperd.runtime.runs import first_run
+
+    free = page_free[lo:]
+    if not free.any():
+        return -1
+    lo += int(np.argmax(free))
+    for mask in (page_free[lo:] & backed[lo:], page_free[lo:]):
+        start = first_run(mask, n)
+        if start >= 0:
+            return lo + start
+    return -1
+
+
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(0, 2**32 - 1), st.floats(0, 1), st.floats(0, 1), st.integers(1, 300),
+       st.integers(1, 16), st.sampled_from([1, 3, 8, 64]), st.floats(0, 1))
+def test_windowed_searches_find_what_the_whole_heap_search_finds(heap, seed, p_free, p_backed,
+                                                                 run, n, window, at):
+    """Masks of runs (lengths up to ``run`` pages) free with ``p_free``, backed with
+    ``p_backed``; a search from ``at`` of the heap, in windows of ``window`` pages."""
+    npg = heap.npages
+    rng = np.random.default_rng(seed)
+    lens = rng.integers(1, run + 1, npg)
+    free = np.repeat(rng.random(npg) < p_free, lens)[:npg]
+    backed = np.repeat(rng.random(npg) < p_backed, rng.integers(1, run + 1, npg))[:npg]
+    lo = min(npg, int(at * (npg + 1)))
+    heap.page_span[:] = np.where(free, -1, 0)
+    heap.scavenged[:] = ~backed
+    old = mheap.SEARCH_WINDOW
+    mheap.SEARCH_WINDOW = window
+    try:
+        heap.header[H_SEARCH_ADDR] = lo
+        assert mheap.find_run(heap, n) == _full_find_run(free, backed, lo, n)
+        for want in (True, False):
+            m = free[lo:] & (backed[lo:] == want)
+            got = mheap._first_free(heap, lo, n, backed=want)
+            assert got.tolist() == np.flatnonzero(m)[:n].tolist()
+    finally:
+        mheap.SEARCH_WINDOW = old
+        heap.page_span[:] = -1
+        heap.scavenged[:] = 1

@@ -35,6 +35,8 @@ never exceeds the first free page.  Every mutation here runs under the heap lock
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from sweeperd.errors import HeapCorrupt, OutOfMemory
@@ -59,20 +61,59 @@ from sweeperd.runtime.sizeclasses import CLASS_NELEMS, CLASS_NPAGES, CLASS_NWORD
 from sweeperd.runtime.spanset import SET_NONE
 from sweeperd.sys import failpoint
 
+SEARCH_WINDOW = 4096  # pages a search looks at first; doubled until it finds what it needs
+
+
+def _windows(heap: Heap, lo: int, need: int) -> Iterator[int]:
+    """Ends of the growing windows ``[lo, end)`` a search from ``lo`` looks in: a first
+    that holds ``need`` pages, doubled until the heap's end.  A search that finds what it
+    wants in a window has found the same as a search of the whole rest of the heap would
+    (the first fit from ``lo``), at the cost of the window, not of the heap."""
+    w = max(SEARCH_WINDOW, 4 * need)
+    while True:
+        end = min(heap.npages, lo + w)
+        yield end
+        if end >= heap.npages:
+            return
+        w *= 2
+
 
 def find_run(heap: Heap, npages: int) -> int:
-    """Start page of the free run :func:`alloc_span` would take, or -1 if none fits."""
+    """Start page of the free run :func:`alloc_span` would take, or -1 if none fits: the
+    first run of ``npages`` free backed pages from the search hint, else the first of free
+    pages at all."""
     with heap.lock:  # it tightens H_SEARCH_ADDR while it is there
         lo = int(heap.header[H_SEARCH_ADDR])
-        free = heap.page_span[lo:] == PAGE_FREE
-        first_free = int(np.argmax(free)) if free.size and free.any() else free.size
-        heap.header[H_SEARCH_ADDR] = lo + first_free
-        lo += first_free
-        free = free[first_free:]
-        start = first_run(free & (heap.scavenged[lo:] == 0), npages)
-        if start < 0:
-            start = first_run(free, npages)
-    return -1 if start < 0 else lo + start
+        for end in _windows(heap, lo, 1):
+            free = heap.page_span[lo:end] == PAGE_FREE
+            if free.any():
+                lo += int(np.argmax(free))
+                break
+        else:
+            heap.header[H_SEARCH_ADDR] = heap.npages
+            return -1
+        heap.header[H_SEARCH_ADDR] = lo
+        for want_backed in (True, False):
+            for end in _windows(heap, lo, npages):
+                free = heap.page_span[lo:end] == PAGE_FREE
+                if want_backed:
+                    free &= heap.scavenged[lo:end] == 0
+                start = first_run(free, npages)
+                if start >= 0:
+                    return lo + start
+    return -1
+
+
+def _first_free(heap: Heap, lo: int, count: int, backed: bool) -> np.ndarray:
+    """The first ``count`` free pages from ``lo`` that are backed (``backed``) or not,
+    ascending, offsets from ``lo``; fewer if the heap has fewer."""
+    for end in _windows(heap, lo, count):
+        m = heap.page_span[lo:end] == PAGE_FREE
+        m &= (heap.scavenged[lo:end] == 0) if backed else (heap.scavenged[lo:end] != 0)
+        take = np.flatnonzero(m)[:count]
+        if take.size == count:
+            break
+    return take
 
 
 def init_spans(heap: Heap, starts: np.ndarray, npages: int, sizeclass: int) -> int:
@@ -176,11 +217,10 @@ def alloc_spans(heap: Heap, sizeclass: int, count: int) -> tuple[np.ndarray, int
         return np.empty(0, dtype=np.int64), 0
     with heap.lock:
         lo = int(heap.header[H_SEARCH_ADDR])
-        free = heap.page_span[lo:] == PAGE_FREE
-        scav = heap.scavenged[lo:] != 0
-        take = np.flatnonzero(free & ~scav)[:count]
+        take = _first_free(heap, lo, count, backed=True)
         if take.size < count:  # unbacked pages: as many as the commit limit leaves room for
-            more = np.flatnonzero(free & scav)[: min(count - take.size, commit_room(heap))]
+            room = min(count - take.size, commit_room(heap))
+            more = _first_free(heap, lo, room, backed=False) if room > 0 else take[:0]
             take = np.sort(np.concatenate((take, more)))
         starts = take.astype(np.int64) + lo
         nscav = init_spans(heap, starts, 1, sizeclass)
