@@ -66,7 +66,7 @@ def test_out_of_memory_is_named(heap):
 def test_bad_requests(heap):
     with pytest.raises(ValueError, match="explicit page count"):
         mheap.alloc_span(heap, 0)
-    with pytest.raises(ValueError, match="one-page"):
+    with pytest.raises(ValueError, match="small classes"):
         mheap.alloc_spans(heap, 0, 3)
     with pytest.raises(ValueError, match="pages"):
         mheap.alloc_span(heap, 6, 2)
@@ -136,6 +136,18 @@ def _full_find_run(page_free: np.ndarray, backed: np.ndarray, lo: int, n: int) -
     return -1
 
 
+def _full_carve(mask: np.ndarray, n: int, npages: int) -> list[int]:
+    """Spans of ``npages`` cut from each run of ``mask`` from its start, page by page."""
+    out, i = [], 0
+    while i + npages <= mask.size and len(out) < n:
+        if mask[i : i + npages].all():
+            out.append(i)
+            i += npages
+        else:
+            i += int(np.argmin(mask[i : i + npages])) + 1
+    return out
+
+
 @settings(max_examples=200, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.integers(0, 2**32 - 1), st.floats(0, 1), st.floats(0, 1), st.integers(1, 300),
@@ -161,7 +173,33 @@ def test_windowed_searches_find_what_the_whole_heap_search_finds(heap, seed, p_f
             m = free[lo:] & (backed[lo:] == want)
             got = mheap._first_free(heap, lo, n, backed=want)
             assert got.tolist() == np.flatnonzero(m)[:n].tolist()
+        for npages in (2, 3, 5):  # spans carved from runs, whole heap vs windows
+            taken = mheap._carve(heap, lo, n, npages, backed=True)
+            assert taken.tolist() == _full_carve(free[lo:] & backed[lo:], n, npages)
+            rest = free[lo:].copy()
+            for t in taken.tolist():
+                rest[t : t + npages] = False
+            got = mheap._carve(heap, lo, n, npages, backed=False, taken=taken)
+            assert got.tolist() == _full_carve(rest, n, npages)
     finally:
         mheap.SEARCH_WINDOW = old
         heap.page_span[:] = -1
         heap.scavenged[:] = 1
+
+
+def test_multi_page_spans_come_in_batches_of_whole_runs(heap):
+    from sweeperd.runtime.sizeclasses import CLASS_NPAGES
+
+    c = 45
+    npg = int(CLASS_NPAGES[c])
+    assert npg == 3
+    hole, _ = mheap.alloc_span(heap, 0, 2)
+    block, _ = mheap.alloc_span(heap, 0, 4)
+    mheap.free_spans(heap, np.array([hole]))  # a 2-page hole low down: too small for one
+    spans, nscav = mheap.alloc_spans(heap, c, 5)
+    assert spans.tolist() == [block + 4 + i * npg for i in range(5)] and nscav == 5 * npg
+    assert (heap.span_class[spans] == c).all() and (heap.span_npages[spans] == npg).all()
+    check_heap(heap)
+    every, _ = mheap.alloc_spans(heap, c, heap.npages)  # more than fit: what fits
+    assert every.size == (heap.npages - int(spans[-1]) - npg) // npg
+    check_heap(heap)

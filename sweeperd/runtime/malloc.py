@@ -141,14 +141,16 @@ def runs_of(spans: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(firsts.tolist(), counts.tolist(), strict=True))
 
 
-def write_span_payloads(heap: Heap, spans: np.ndarray, seed: int) -> None:
-    """Write the payload of every word of one-page ``spans`` (ascending): every object of a
-    filled span, and its tail beyond the last object (never allocated, written with the
-    page).  One run of consecutive pages is written in place, three passes and no
-    temporaries: the fast path of a mutator that fills whole spans."""
+def write_span_payloads(heap: Heap, spans: np.ndarray, seed: int, npages: int = 1) -> None:
+    """Write the payload of every word of ``spans`` (ascending) of ``npages`` pages each:
+    every object of a filled span, and its tail beyond the last object (never allocated,
+    written with the page).  One run of consecutive pages is written in place, three passes
+    and no temporaries: the fast path of a mutator that fills whole spans."""
     words = PAGE_SIZE >> 3
     sd = np.uint64(seed & 0xFFFF_FFFF_FFFF_FFFF)
-    for first, count in runs_of(np.asarray(spans, dtype=np.int64)):
+    spans = np.asarray(spans, dtype=np.int64)
+    pages = spans if npages == 1 else (spans[:, None] + np.arange(npages)).ravel()
+    for first, count in runs_of(pages):
         for lo in range(first * words, (first + count) * words, _IOTA.size):
             n = min(_IOTA.size, (first + count) * words - lo)
             out = heap.arena64[lo : lo + n]

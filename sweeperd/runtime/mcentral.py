@@ -158,15 +158,15 @@ def cache_span(heap: Heap, sizeclass: int, owner: int = ANONYMOUS,
 
 def cache_spans(heap: Heap, sizeclass: int, k: int, owner: int = ANONYMOUS,
                 cand: Candidates | None = None) -> tuple[np.ndarray, int, _sweep.SweepStats]:
-    """Up to ``k`` spans of a one-page class with room, cached at once (h+3).
+    """Up to ``k`` spans of a small class with room, cached at once (h+3).
 
     The batched refill of a mutator that wants speed: partial-swept spans first (validated in
     one step under the lock); if there are none, one span exactly as :func:`cache_span` gets
     it (on-demand sweep, else growth) — and if that span came from growth, the heap grows by
     the rest of the batch in one ``alloc_spans``.  One lock round trip per batch, not per span.
     """
-    if CLASS_NPAGES[sizeclass] != 1:
-        raise ValueError(f"cache_spans is for one-page classes, not class {sizeclass}")
+    if sizeclass == 0:
+        raise ValueError("cache_spans is for small classes, not class 0")
     h = heap.sweepgen
     ps = partial_swept(h)
     got = _scan(heap, sizeclass, ps, k, cand)

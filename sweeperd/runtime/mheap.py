@@ -56,7 +56,7 @@ from sweeperd.runtime.heap import (
     Heap,
     span_ix,
 )
-from sweeperd.runtime.runs import first_run, run_pages
+from sweeperd.runtime.runs import first_run, run_pages, runs
 from sweeperd.runtime.sizeclasses import CLASS_NELEMS, CLASS_NPAGES, CLASS_NWORDS, PAGE_SIZE
 from sweeperd.runtime.spanset import SET_NONE
 from sweeperd.sys import failpoint
@@ -102,6 +102,29 @@ def find_run(heap: Heap, npages: int) -> int:
                 if start >= 0:
                     return lo + start
     return -1
+
+
+def _carve(heap: Heap, lo: int, count: int, npages: int, backed: bool,
+           taken: np.ndarray | None = None) -> np.ndarray:
+    """The first ``count`` spans of ``npages`` pages that free runs from ``lo`` hold, each
+    run cut into spans from its start: runs of backed pages (``backed``), else of free pages
+    at all less the spans ``taken`` already.  Offsets from ``lo``, ascending."""
+    for end in _windows(heap, lo, count * npages):
+        m = heap.page_span[lo:end] == PAGE_FREE
+        if backed:
+            m &= heap.scavenged[lo:end] == 0
+        if taken is not None and taken.size:
+            pages = (taken[:, None] + np.arange(npages)).ravel()
+            m[pages[pages < m.size]] = False
+        starts, lengths = runs(m)
+        per = lengths // npages
+        ok = per > 0
+        starts, per = starts[ok], per[ok]
+        take = (np.repeat(starts - (np.cumsum(per) - per) * npages, per)
+                + np.arange(int(per.sum())) * npages)[:count]
+        if take.size == count:
+            break
+    return take
 
 
 def _first_free(heap: Heap, lo: int, count: int, backed: bool) -> np.ndarray:
@@ -206,15 +229,31 @@ def alloc_span(heap: Heap, sizeclass: int, npages: int | None = None) -> tuple[i
 
 
 def alloc_spans(heap: Heap, sizeclass: int, count: int) -> tuple[np.ndarray, int]:
-    """Allocate up to ``count`` one-page spans of a small class at once.
+    """Allocate up to ``count`` spans of a small class at once, under one lock.
 
-    Takes the lowest free pages, unscavenged ones first.  Returns (start pages, scavenged
-    pages); fewer than ``count`` spans when the heap runs out.
+    One-page classes take the lowest free pages, unscavenged ones first, in one search;
+    multi-page classes take one :func:`alloc_span`'s run after another.  Returns (start
+    pages, ascending, and scavenged pages); fewer than ``count`` spans when the heap runs
+    out (or, for multi-page classes, the commit limit says no: a one-page batch takes as
+    many unbacked pages as the limit leaves room for).
     """
-    if sizeclass == 0 or CLASS_NPAGES[sizeclass] != 1:
-        raise ValueError(f"alloc_spans is for one-page classes, not class {sizeclass}")
+    if sizeclass == 0:
+        raise ValueError("alloc_spans is for small classes, not class 0")
     if count <= 0:
         return np.empty(0, dtype=np.int64), 0
+    npages = int(CLASS_NPAGES[sizeclass])
+    if npages > 1:
+        with heap.lock:
+            lo = int(heap.header[H_SEARCH_ADDR])
+            take = _carve(heap, lo, count, npages, backed=True)
+            if take.size < count:  # then runs with unbacked pages, as the limit allows
+                room = min(count - take.size, commit_room(heap) // npages)
+                if room > 0:
+                    more = _carve(heap, lo, room, npages, backed=False, taken=take)
+                    take = np.sort(np.concatenate((take, more)))
+            starts = take.astype(np.int64) + lo
+            nscav = init_spans(heap, starts, npages, sizeclass)
+        return starts, nscav
     with heap.lock:
         lo = int(heap.header[H_SEARCH_ADDR])
         take = _first_free(heap, lo, count, backed=True)

@@ -23,6 +23,7 @@ mutator's view of sweep pressure, exported as ``sweeperd_mutator_alloc_seconds``
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 import time
 from collections.abc import Iterator
@@ -54,6 +55,7 @@ KEEP = np.int32(2**31 - 2)  # death of a kept object: until the schedule's targe
 PIN = np.int32(2**31 - 1)  # death of a pinned object: never
 BULK_BYTES = 512 << 10  # a scheduled mutator fills whole spans (the bulk path) above this
 BUDGET_CAP_S = 1.0  # garbage owed while paused is capped at this many seconds' worth
+BULK_PAGES = 64  # pages of spans one bulk step fills (512 KiB)
 
 
 @dataclass(frozen=True)
@@ -286,7 +288,7 @@ class Mutator:
         seed = (self.owner << 48) | self.seeds
         ne, size = int(CLASS_NELEMS[c]), int(CLASS_SIZE[c])
         n = int(spans.size) * ne
-        malloc.write_span_payloads(self.heap, spans, seed)
+        malloc.write_span_payloads(self.heap, spans, seed, int(CLASS_NPAGES[c]))
         death, keep_bytes = self._lifetimes(n, size)
         for i in self._finalized(n).tolist():
             specials.set_finalizer(self.heap, int(spans[i // ne]), i % ne)
@@ -325,12 +327,11 @@ class Mutator:
         self._refill_s, self._refilled = 0.0, False
         if m.large_fraction and self.rng.random() < m.large_fraction * burst:
             n = self._alloc_large()
+        elif m.bulk:
+            classes, p = _bulk_mix(m.size_classes)
+            n = self._alloc_bulk(int(classes[self.rng.choice(classes.size, p=p)]))
         else:
-            c = int(self.rng.choice(m.size_classes))
-            if m.bulk and CLASS_NPAGES[c] == 1:
-                n = self._alloc_bulk(c)
-            else:
-                n = self._alloc_small(c, burst)
+            n = self._alloc_small(int(self.rng.choice(m.size_classes)), burst)
         if self._refilled:
             self.stats.observe_refill(self._refill_s)
         self.stats.alloc_seconds += time.perf_counter() - t0
@@ -363,9 +364,10 @@ class Mutator:
             self.budget -= self.stats.bytes_allocated - before
         return n
 
-    def _alloc_bulk(self, c: int, nspans: int = 64) -> int:
-        """Fill a batch of spans of one-page class ``c`` completely, vectorized: the path of
-        a mutator allocating as fast as it can."""
+    def _alloc_bulk(self, c: int) -> int:
+        """Fill a batch of spans of small class ``c`` (:data:`BULK_PAGES` pages) completely,
+        vectorized: the path of a mutator allocating as fast as it can."""
+        nspans = max(1, BULK_PAGES // int(CLASS_NPAGES[c]))
         t0 = time.perf_counter()
         try:
             spans, _, work = mcentral.cache_spans(self.heap, c, nspans, self.owner, self.cand)
@@ -541,6 +543,22 @@ class Mutator:
         ok = malloc.verify_span_payloads(h, ch.spans, ne, int(CLASS_SIZE[c]) >> 3, ch.seed)
         self.stats.payload_errors += int((~ok).sum())
         self.stats.objects_checked += ch.objects
+
+
+@functools.lru_cache(maxsize=64)
+def _bulk_mix(size_classes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The small classes of a bulk mix and the chance of each per step: inversely as the
+    objects a step of it allocates, so that each class gets the same number of objects in
+    the long run — Go's reference program draws each object's class uniformly, so the
+    bytes go to the classes as their sizes (with 16 B..4864 B, 92% to the largest).  A
+    step fills :data:`BULK_PAGES` pages whatever the class (about the same bytes), so per
+    step the classes are not uniform."""
+    classes = np.array([c for c in size_classes if c != 0], dtype=np.int64)
+    if classes.size == 0:
+        raise ValueError("a bulk mix needs a small size class")
+    per_step = np.maximum(1, BULK_PAGES // CLASS_NPAGES[classes]) * CLASS_NELEMS[classes]
+    w = 1.0 / per_step
+    return classes, w / w.sum()
 
 
 def _mix_of(st: State, bulk: bool) -> Mix:
