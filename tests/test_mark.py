@@ -9,9 +9,9 @@ from sweeperd.bench.common import fill_heap
 from sweeperd.errors import BadObjectIndex, BadSpanState
 from sweeperd.runtime import mark
 from sweeperd.runtime.heap import H_SWEEPGEN, Heap
+from sweeperd.runtime.sizeclasses import CLASS_NPAGES
 from sweeperd.runtime.sweep import sweep_batch
 from sweeperd.runtime.sweepgen import try_claim
-from sweeperd.runtime.sizeclasses import CLASS_NPAGES
 
 
 def test_batched_mark_equals_one_scatter(heap, monkeypatch):

@@ -2,6 +2,7 @@ import numpy as np
 
 from sweeperd.runtime import malloc, mark, mcentral, mheap
 from sweeperd.runtime.check import check_heap
+from sweeperd.runtime.heap import SPAN_IN_USE
 from sweeperd.runtime.sweepgen import SweepState, state_of, try_claim
 
 from .conftest import start_cycle
@@ -19,17 +20,20 @@ def test_cache_span_grows_heap_when_sets_are_empty(heap):
     assert state_of(int(heap.span_sweepgen[s]), heap.sweepgen) == SweepState.CACHED_SWEPT
 
 
-def test_cache_span_prefers_partial_swept_then_sweeps_unswept(heap):
+def test_cache_span_prefers_partial_swept_then_sweeps_unswept_as_a_batch(heap):
     spans, _ = mheap.alloc_spans(heap, 6, 3)
     for s, live in zip(spans, ([0, 1], list(range(128)), []), strict=True):
         _fill(heap, int(s), live)
     h = heap.sweepgen
     heap.span_set[spans] = mcentral.full_swept(h)  # all full when the cycle ends
     h = start_cycle(heap)
-    # cycle h: all three are full-unswept; span 0 will have room once swept
+    # cycle h: all three are full-unswept, claimed and swept as one batch: span 0 has room
+    # and is cached, span 1 is still full, span 2 emptied and went back to the page heap
     got, nscav, work = mcentral.cache_span(heap, 6)
-    assert got == spans[0] and nscav == 0 and work.spans == 1
+    assert got == spans[0] and nscav == 0 and work.spans == 3 and work.spans_freed == 1
     assert heap.span_alloc_count[got] == 2
+    assert heap.span_set[spans[1]] == mcentral.full_swept(h)
+    assert heap.span_state[spans[2]] != SPAN_IN_USE
     # uncache: it goes to partial-swept and is the first choice next time
     mcentral.uncache_span(heap, got)
     assert heap.span_set[got] == mcentral.partial_swept(h)

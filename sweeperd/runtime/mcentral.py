@@ -128,22 +128,29 @@ def cache_span(heap: Heap, sizeclass: int, owner: int = ANONYMOUS,
             got = _scan(heap, sizeclass, set_id, min(budget, 16), cand)
             if got.size == 0:
                 break
-            for s in got.tolist():
-                budget -= 1
+            budget -= int(got.size)
+            got = got[shards.open_for_claim_many(heap, got, locked=False)]  # (a filter)
+            if got.size == 0:
+                continue  # all in sweepers' chunks: no lock taken to learn it
+            with heap.lock:
+                ok = (heap.span_class[got] == sizeclass) & shards.open_for_claim_many(heap, got)
+                mine = sg.try_claim(heap.span_sweepgen, got[ok], h, heap.span_owner, owner)
+            if mine.size == 0:
+                continue  # another sweeper has them, or they are already swept
+            # swept as one batch: the emptied go back to the page heap, the rest to their
+            # swept sets (Go sweeps one at a time until one has room; the others are swept
+            # this cycle anyway)
+            work.add(_sweep.sweep_batch(heap, mine))
+            room = mine[heap.span_set[mine] == ps]
+            if room.size:
                 with heap.lock:
-                    if (heap.span_class[s] != sizeclass
-                            or not shards.open_for_claim(heap, s) or sg.try_claim(
-                            heap.span_sweepgen, np.array([s]), h, heap.span_owner,
-                            owner).size == 0):
-                        continue  # another sweeper has it, or it is already swept
-                work.add(_sweep.sweep_batch(heap, np.array([s]), preserve=True))
-                heap.span_set[s] = SET_NONE
-                if heap.span_alloc_count[s] < heap.span_nelems[s]:
-                    span = s
-                    break
-                heap.span_set[s] = full_swept(h)  # still full: it stays in mcentral
-                if budget == 0:
-                    break
+                    ok = ((heap.span_set[room] == ps) & (heap.span_class[room] == sizeclass)
+                          & (heap.span_state[room] == SPAN_IN_USE))
+                    if ok.any():
+                        span = int(room[np.argmax(ok)])
+                        heap.span_set[span] = SET_NONE
+                if cand is not None:
+                    cand.note(heap, sizeclass, ps, room[room != span])
     with heap.lock:
         if span < 0:
             span, nscav = alloc_span(heap, sizeclass, int(CLASS_NPAGES[sizeclass]))

@@ -99,6 +99,19 @@ def open_for_claim(heap: Heap, span: int) -> bool:
     return cur <= span < end
 
 
+def open_for_claim_many(heap: Heap, spans: np.ndarray, locked: bool = True) -> np.ndarray:
+    """:func:`open_for_claim` of each of ``spans`` at once (a boolean mask).  ``locked``
+    False: a read without the heap lock, only a filter before the decisive check under it
+    (a shard moving meanwhile may make it wrong either way)."""
+    if locked:
+        heap.require_lock("shards.open_for_claim_many")
+    sh = heap.shards
+    spans = np.asarray(spans, dtype=np.int64)
+    within = (sh[:, 2, None] <= spans) & (spans < sh[:, 3, None])  # (shards, spans)
+    handed = within & ~((sh[:, 0, None] <= spans) & (spans < sh[:, 1, None]))
+    return np.asarray(~handed.any(axis=0), dtype=bool)
+
+
 def remaining_pages(heap: Heap) -> int:
     return int((heap.shards[:, 1] - heap.shards[:, 0]).clip(min=0).sum())
 
