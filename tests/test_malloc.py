@@ -50,3 +50,28 @@ def test_repair_alloc_counts_after_a_death_between_bits_and_count(heap):
     assert heap.span_alloc_count[s] == 10
     assert malloc.alloc_objects(heap, s, 2).tolist() == [10, 11]
     assert malloc.repair_alloc_counts(heap, np.array([s])) == 0
+
+
+@pytest.mark.parametrize("c", [1, 2, 6, 20, 45, 60])
+def test_span_payloads_read_as_object_payloads_and_any_changed_word_is_caught(heap, c):
+    """Filled spans written whole read as each object's own payload; a word changed anywhere
+    in one object (its first, a middle one, its last) fails that object alone, both ways."""
+    from sweeperd.runtime.sizeclasses import CLASS_NELEMS, CLASS_NPAGES, CLASS_SIZE
+
+    spans, _ = mheap.alloc_spans(heap, c, 4)
+    malloc.alloc_all(heap, spans)
+    malloc.write_span_payloads(heap, spans, 99, int(CLASS_NPAGES[c]))
+    ne, ow = int(CLASS_NELEMS[c]), int(CLASS_SIZE[c]) >> 3
+    every = np.repeat(spans, ne), np.tile(np.arange(ne), spans.size)
+    assert malloc.verify_payload(heap, *every, seed=99).all()
+    assert malloc.verify_span_payloads(heap, spans, ne, ow, 99).all()
+    assert not malloc.verify_payload(heap, *every, seed=98).any()
+    k = ne // 2
+    for word in sorted({0, ow // 2, ow - 1}):
+        at = int(spans[2]) * 1024 + k * ow + word
+        heap.arena64[at] ^= np.uint64(1 << 40)
+        bad = ~malloc.verify_span_payloads(heap, spans, ne, ow, 99)
+        assert bad.sum() == 1 and bad[2, k]
+        one = ~malloc.verify_payload(heap, *every, seed=99)
+        assert np.flatnonzero(one).tolist() == [2 * ne + k]
+        heap.arena64[at] ^= np.uint64(1 << 40)

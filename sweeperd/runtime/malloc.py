@@ -9,9 +9,13 @@ span's bitmap, for mutators that want speed.  Unlike Go, which records slots bel
 ``freeindex`` implicitly, the alloc bit is written at once, so ``allocCount ==
 popcount(allocBits)`` holds at every moment.
 
-Payloads are really written into the arena: every 8-byte word of an object gets
-``payload_word(address, seed)``, so pages are really touched (RSS is real) and a live object's
-bytes can be checked later with :func:`verify_payload`.
+Payloads are really written into the arena, every 8-byte word of an object: its first word
+gets :func:`payload_words` of its address and the allocation's seed (an object found
+elsewhere than where it was written reads wrong), every other word the seed's
+:func:`fill_word` (bytes another allocation wrote over it read wrong) — written as a memset
+and one store per object, about what Go's allocator costs when it zeroes a reused object.
+So pages are really touched (RSS is real) and a live object's bytes can be checked later
+with :func:`verify_payload`.
 
 Invariants: only a swept span (sweepgen h or h+3) is allocated from; never past ``nelems``.
 """
@@ -34,11 +38,12 @@ from sweeperd.runtime.heap import (
     T_OBJECTS_ALLOCATED,
     Heap,
 )
-from sweeperd.runtime.sizeclasses import CLASS_NWORDS, CLASS_SIZE, PAGE_SIZE
+from sweeperd.runtime.sizeclasses import CLASS_NELEMS, CLASS_NWORDS, CLASS_SIZE, PAGE_SIZE
 from sweeperd.runtime.sweepgen import SweepState, state_of
 from sweeperd.sys import failpoint
 
 _GOLD = np.uint64(0x9E3779B97F4A7C15)
+_MIX = 0xBF58476D1CE4E5B9  # splitmix64's multiplier: a seed's fill word
 
 
 def elem_size(heap: Heap, span: int) -> int:
@@ -85,10 +90,18 @@ def alloc_objects(heap: Heap, span: int, k: int) -> np.ndarray:
 
 
 def payload_words(word_index: np.ndarray, seed: int) -> np.ndarray:
-    """The payload value of each 8-byte arena word, for objects written with ``seed``."""
+    """The payload of the first word of an object at arena word ``word_index``, written
+    with ``seed``: its address times the golden ratio, xor the seed (a misplaced object
+    reads wrong here)."""
     w = word_index.astype(np.uint64, copy=False) * _GOLD
     w ^= np.uint64(seed & 0xFFFF_FFFF_FFFF_FFFF)
     return w
+
+
+def fill_word(seed: int) -> np.uint64:
+    """The payload of every word of an object but its first, written with ``seed`` (an
+    object overwritten by another's bytes reads wrong here)."""
+    return np.uint64(((seed & 0xFFFF_FFFF_FFFF_FFFF) * _MIX) & 0xFFFF_FFFF_FFFF_FFFF | 1)
 
 
 def _object_words(heap: Heap, span: int | np.ndarray,
@@ -108,26 +121,23 @@ def _object_words(heap: Heap, span: int | np.ndarray,
 
 
 def write_payload(heap: Heap, span: int | np.ndarray, idx: np.ndarray, seed: int) -> None:
-    """Write the payload of objects ``idx`` of ``span`` (one span, or one per object)."""
+    """Write the payload of objects ``idx`` of ``span`` (one span, or one per object): every
+    word the seed's fill word, then each first word its address's payload."""
     base, nw = _object_words(heap, span, idx)
     base = np.atleast_1d(base)
     if base.size == 0:
         return
+    fill = fill_word(seed)
     if nw > 512:  # large objects: one slice each
         for b in base.tolist():
-            w = np.arange(b, b + nw, dtype=np.int64)
-            heap.arena64[b : b + nw] = payload_words(w, seed)
-        return
-    lo, hi = int(base[0]), int(base[-1]) + nw
-    if hi - lo == base.size * nw and (base.size == 1 or (np.diff(base) == nw).all()):
-        # objects back to back (a run of filled spans): one slice, no index arrays
-        heap.arena64[lo:hi] = payload_words(np.arange(lo, hi, dtype=np.uint64), seed)
-        return
-    w = (base[:, None] + np.arange(nw)).ravel()
-    heap.arena64[w] = payload_words(w, seed)
-
-
-_IOTA = np.arange(1 << 16, dtype=np.uint64)  # word offsets of a run, written in place
+            heap.arena64[b : b + nw] = fill
+    else:
+        lo, hi = int(base[0]), int(base[-1]) + nw
+        if hi - lo == base.size * nw and (base.size == 1 or (np.diff(base) == nw).all()):
+            heap.arena64[lo:hi] = fill  # objects back to back: one slice, no index arrays
+        else:
+            heap.arena64[(base[:, None] + np.arange(nw)).ravel()] = fill
+    heap.arena64[base] = payload_words(base, seed)
 
 
 def runs_of(spans: np.ndarray) -> list[tuple[int, int]]:
@@ -142,32 +152,34 @@ def runs_of(spans: np.ndarray) -> list[tuple[int, int]]:
 
 
 def write_span_payloads(heap: Heap, spans: np.ndarray, seed: int, npages: int = 1) -> None:
-    """Write the payload of every word of ``spans`` (ascending) of ``npages`` pages each:
-    every object of a filled span, and its tail beyond the last object (never allocated,
-    written with the page).  One run of consecutive pages is written in place, three passes
-    and no temporaries: the fast path of a mutator that fills whole spans."""
+    """Write the payload of every object of filled ``spans`` (ascending) of ``npages`` pages
+    each, and their tails beyond the last object (never allocated, written with the page):
+    the fill word over each run of consecutive pages (a memset), then each object's first
+    word.  The fast path of a mutator that fills whole spans."""
     words = PAGE_SIZE >> 3
-    sd = np.uint64(seed & 0xFFFF_FFFF_FFFF_FFFF)
     spans = np.asarray(spans, dtype=np.int64)
+    if spans.size == 0:
+        return
     pages = spans if npages == 1 else (spans[:, None] + np.arange(npages)).ravel()
+    fill = fill_word(seed)
     for first, count in runs_of(pages):
-        for lo in range(first * words, (first + count) * words, _IOTA.size):
-            n = min(_IOTA.size, (first + count) * words - lo)
-            out = heap.arena64[lo : lo + n]
-            np.add(_IOTA[:n], np.uint64(lo), out=out)
-            np.multiply(out, _GOLD, out=out)
-            np.bitwise_xor(out, sd, out=out)
+        heap.arena64[first * words : (first + count) * words] = fill
+    c = int(heap.span_class[spans[0]])
+    ow = int(CLASS_SIZE[c]) >> 3
+    firsts = (spans[:, None] * words + np.arange(int(CLASS_NELEMS[c])) * ow).ravel()
+    heap.arena64[firsts] = payload_words(firsts, seed)
 
 
 def verify_span_payloads(heap: Heap, spans: np.ndarray, nelems: int, obj_words: int,
                          seed: int) -> np.ndarray:
-    """Boolean per object, shape (spans, nelems): do the words of the first ``nelems``
-    objects of ``obj_words`` words of each span read as :func:`write_span_payloads` wrote
-    them with ``seed``?"""
+    """Boolean per object, shape (spans, nelems): do the ``nelems`` objects of
+    ``obj_words`` words of each span read as :func:`write_span_payloads` wrote them?"""
     spans = np.asarray(spans, dtype=np.int64)
-    w = spans[:, None] * (PAGE_SIZE >> 3) + np.arange(nelems * obj_words)
-    same = heap.arena64[w] == payload_words(w, seed)
-    return same.reshape(spans.size, nelems, obj_words).all(axis=2)
+    w = (spans[:, None] * (PAGE_SIZE >> 3) + np.arange(nelems * obj_words)).reshape(
+        spans.size, nelems, obj_words)
+    got = heap.arena64[w]
+    ok = (got[:, :, 1:] == fill_word(seed)).all(axis=2)
+    return ok & (got[:, :, 0] == payload_words(w[:, :, 0], seed))
 
 
 def verify_payload(heap: Heap, span: int | np.ndarray, idx: np.ndarray,
@@ -177,8 +189,9 @@ def verify_payload(heap: Heap, span: int | np.ndarray, idx: np.ndarray,
     base = np.atleast_1d(base)
     if base.size == 0:
         return np.ones(0, dtype=bool)
-    w = base[:, None] + np.arange(nw)
-    return (heap.arena64[w] == payload_words(w, seed)).all(axis=1)
+    got = heap.arena64[base[:, None] + np.arange(nw)]
+    return (got[:, 1:] == fill_word(seed)).all(axis=1) & (got[:, 0] == payload_words(base,
+                                                                                      seed))
 
 
 def alloc_all(heap: Heap, spans: np.ndarray) -> int:
