@@ -72,3 +72,44 @@ def test_marking_a_span_whole_that_is_not_full_fails_by_name(heap):
     heap.span_alloc_count[spans[1]] -= 1
     with pytest.raises(BadSpanState, match=f"span {spans[1]} is not a full small span"):
         mark.mark_whole_spans(heap, spans)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 3000), st.integers(1, 3))
+def test_a_mark_plan_applied_each_cycle_marks_what_mark_objects_marks(seed, n, cycles):
+    """A plan built once and applied in later cycles — after sweeps moved some spans' mark
+    buffer — sets exactly the bits mark_objects sets then."""
+    h = Heap.create(4 << 20)
+    try:
+        rng = np.random.default_rng(seed)
+        spans = fill_heap(h, 6, 40, touch=False)
+        s = rng.choice(spans, n)
+        i = rng.integers(0, 128, n)
+        plan = mark.MarkPlan.of(h, s, i)
+        assert plan.nbytes == 64 * n
+        for _ in range(cycles):
+            before = h.bits.copy()
+            mark.mark_objects(h, s, i)
+            want = h.bits.copy()
+            h.bits[...] = before
+            plan.apply(h)
+            assert np.array_equal(h.bits, want)
+            # a sweep of some spans (everything marked lives): their buffers swap, the
+            # others' stay (left unswept: only the buffers matter to the mark)
+            h.header[H_SWEEPGEN] += 2
+            mark.mark_spans_fully(h, spans)
+            part = spans[rng.random(spans.size) < 0.5]
+            sweep_batch(h, try_claim(h.span_sweepgen, part, h.sweepgen))
+    finally:
+        h.close()
+
+
+def test_a_plan_of_a_freed_span_fails_by_name(heap):
+    spans = fill_heap(heap, 6, 2, touch=False)
+    plan = mark.MarkPlan.of(heap, spans[:1], [0])
+    from sweeperd.runtime import mheap
+
+    heap.span_alloc_count[spans[0]] = 0
+    mheap.free_spans(heap, spans[:1])
+    with pytest.raises(BadSpanState, match=f"mark plan: span {spans[0]} is not in use"):
+        plan.apply(heap)

@@ -232,3 +232,21 @@ size_classes = {classes}
         del ma, mb
         a.close()
         b.close()
+
+
+def test_the_mark_plan_is_kept_while_the_live_chunks_are_the_same(heap):
+    """Small-path kept objects (chunks of objects): the plan of their mark is built once and
+    applied at every mark while no chunk is added, cut or dropped; a drop rebuilds it, and
+    each mark sets what the chunks' objects need (the cycle checks the marked bytes)."""
+    m = _scheduled(heap, SCHED.replace("garbage_mib_s = 2", "garbage_mib_s = 0", 1)
+                   .replace("live_mib = 1", "live_mib = 0"))
+    t = _run_until(m, 100.0, 100.3)
+    _cycle(heap, m, t)
+    first = m._plan
+    assert first is not None and first.nbytes > 0
+    _cycle(heap, m, t + 0.01)  # nothing allocated since: the same chunks, the same plan
+    assert m._plan is first
+    m.flush()
+    m.mark(heap.sweepgen + 2, now=100.0 + 10.5)  # the target falls to 0: all dropped
+    assert m._plan is not first and m._plan.nbytes == 0
+    assert m.stats.marked_bytes == m.kept_bytes == 0

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import itertools
 import math
 import time
 from collections.abc import Iterator
@@ -84,6 +85,7 @@ class Workload:
         return cls(**{**d, "size_classes": tuple(d["size_classes"])})
 
 
+_SERIALS = itertools.count()
 SLOT_BITS = 10  # an object id is ``span << SLOT_BITS | slot``: no class has over 1024 slots
 assert int(CLASS_NELEMS.max()) <= 1 << SLOT_BITS
 
@@ -101,6 +103,7 @@ class Chunk:
     deaths: np.ndarray  # distinct deaths, ascending
     ends: np.ndarray  # where each death's objects end in ids
     keep_bytes: int = 0  # bytes of its kept objects (death KEEP): what dropping it frees
+    serial: int = field(default_factory=lambda: next(_SERIALS))  # new for every new chunk
 
     @classmethod
     def of(cls, spans: np.ndarray, idx: np.ndarray, seed: int, death: np.ndarray,
@@ -249,6 +252,8 @@ class Mutator:
     _refilled: bool = False
     _mix: Mix | None = None  # the current step's
     whole_spans: bool = True  # record filled fresh spans as WholeSpans (False: per object)
+    _plan: mark.MarkPlan | None = None  # the mark of the live Chunks, kept while they
+    _plan_key: tuple[int, ...] = ()  # ...are the same chunks (their serials)
 
     def __post_init__(self) -> None:
         if self.heap.npages << SLOT_BITS > 1 << 32:
@@ -505,9 +510,20 @@ class Mutator:
             self._verify()
         marked = 0
         chunks = [ch for ch in self.live if isinstance(ch, Chunk)]
-        for spans, idx in _batches(chunks, mark.MARK_BATCH):  # bounded memory
-            mark.mark_objects(self.heap, spans, idx)
-            marked += int(self.heap.elem_sizes(spans).sum())
+        if sum(ch.ids.size for ch in chunks) <= mark.MARK_BATCH:
+            # the same chunks as last time, mostly: the plan of their words is kept
+            key = tuple(ch.serial for ch in chunks)
+            if self._plan is None or key != self._plan_key:
+                ids = np.concatenate([ch.ids for ch in chunks]) if chunks else np.empty(
+                    0, dtype=np.uint32)
+                self._plan, self._plan_key = mark.MarkPlan.of(self.heap, *_unpack(ids)), key
+            self._plan.apply(self.heap)
+            marked += self._plan.nbytes
+        else:  # too many to keep a plan of (bounded memory): marked in batches, sorted anew
+            self._plan = None
+            for spans, idx in _batches(chunks, mark.MARK_BATCH):
+                mark.mark_objects(self.heap, spans, idx)
+                marked += int(self.heap.elem_sizes(spans).sum())
         whole = [ch for ch in self.live if isinstance(ch, WholeSpans)]
         if whole:
             mark.mark_whole_spans(self.heap, np.concatenate([w.spans for w in whole]))
