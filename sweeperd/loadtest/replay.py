@@ -31,15 +31,20 @@ long to be Go's leaves its line unread), and the text between a gc line's ``%:``
 goal`` cannot hold an ``@``, so no gc line is read across another, and no line can blow up the
 parser (its worst text is read at ~18 MB/s).
 
-A file may hold several lifetimes of the program (a restart: the gc numbers start again).
-They are never stitched: the longest (most cycles; the last of equals) is replayed, and the
-scenario's description says which.  Within a lifetime a cycle whose time goes back is
-skipped, and so is a line repeated as it was (a log pipeline's at-least-once delivery: the
-same gc number, time and figures as the cycle before); cycles sharing one ``@`` time (a
-high GC rate) are all kept.  A ``scav`` line belongs to the lifetime of the gc line before it,
-but Go prints one as a program's first sweep ends, before its ``gc 1`` (seen in both versions'
-real output): those before the file's first gc line belong to the first lifetime, and at a
-restart the last one before the new ``gc 1`` to the new lifetime (:func:`parse_log`).
+A file may hold several lifetimes of the program (a restart: ``gc 1`` again, or a gc number
+and time that both fall by half or more).  They are never stitched: the longest (most
+cycles; the last of equals) is replayed, and the scenario's description says which.  Within
+a lifetime a line out of order (a log pipeline reorders lines) is put in its place by its gc
+number; a cycle whose time then goes back is left out and counted in the description; a line
+repeated as it was (at-least-once delivery) is skipped; cycles sharing one ``@`` time (a high
+GC rate) are all kept.  A gc number read twice with other figures means the file mixes
+several processes' lines (two pods' logs interleaved): refused, naming it; numbers that
+start again at least every fourth cycle are said in the description (a crash loop, or
+processes at far-apart numbers interleaved).  A ``scav`` line belongs to the lifetime of the
+gc line before it, but Go prints one as a program's first sweep ends, before its ``gc 1``
+(seen in both versions' real output): those before the file's first gc line belong to the
+first lifetime, and at a restart the last one before the new ``gc 1`` to the new lifetime
+(:func:`parse_log`).
 
 Times are taken relative to the first cycle: an excerpt of a service that has run for days
 (``gc 48211 @172801.7s``) lasts its own span.  The live heap first ramps from zero to the
@@ -78,7 +83,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -151,10 +156,14 @@ class Scav:
 
 @dataclass
 class Lifetime:
-    """One run of the program in the file: its cycles in time order and its scav lines."""
+    """One run of the program in the file: its cycles in gc-number order and its scav lines;
+    ``clashes``: gc numbers read twice with other figures (two processes' lines); ``skipped``:
+    cycles left out because their time goes back."""
 
     cycles: list[Cycle]
     scavs: list[Scav]
+    clashes: list[int] = field(default_factory=list)
+    skipped: int = 0
 
 
 def _records(line: str) -> list[tuple[int, str, Cycle | Scav]]:
@@ -181,39 +190,62 @@ def _records(line: str) -> list[tuple[int, str, Cycle | Scav]]:
     return out
 
 
+def _restarts(r: Cycle, prev: Cycle) -> bool:
+    """Does gc line ``r``, read after ``prev``, start a new run of the program?  A ``gc 1``
+    does; so does a number and a time that both fall by half or more (an excerpt of the new
+    run that lost its first lines).  A smaller fall is a line a log pipeline reordered."""
+    if r.n == 1:
+        return True
+    return r.n < prev.n and r.t < prev.t and (2 * r.n <= prev.n or 2 * r.t <= prev.t)
+
+
 def parse_log(text: str) -> list[Lifetime]:
-    """The gc and scav lines of ``text``, one :class:`Lifetime` per run of the program (a gc
-    number that does not grow starts a new one), each in time order; other lines are skipped,
-    and so are a cycle that goes back in time within its lifetime and a gc line repeated
-    (the very text of one already read in this lifetime, clock figures included: a log
-    pipeline's duplicate, not a restart).  Scav lines go to the lifetime of the gc line before
-    them, except that Go prints one as a program's first sweep ends, before its ``gc 1``: those
-    before the file's first gc line go to the first lifetime, and at a restart the last scav
-    line before the new lifetime's first gc line goes to the new one.  Never raises."""
+    """The gc and scav lines of ``text``, one :class:`Lifetime` per run of the program
+    (:func:`_restarts`), each in gc-number order; other lines are skipped, and so is a gc
+    line repeated (the very text of one already read in this lifetime, clock figures
+    included: a log pipeline's duplicate, not a restart).  A line out of order within its
+    lifetime is put in its place; then a cycle whose time goes back is left out (counted in
+    ``skipped``), and a gc number read twice with other figures is a ``clash``.  Scav lines
+    go to the lifetime of the gc line before them, except that Go prints one as a program's
+    first sweep ends, before its ``gc 1``: those before the file's first gc line go to the
+    first lifetime, and at a restart the last scav line before the new lifetime's first gc
+    line goes to the new one.  Never raises."""
     lives: list[Lifetime] = []
-    seen: set[str] = set()  # the gc lines of the lifetime being read
+    seen: dict[int, str] = {}  # the gc lines of the lifetime being read, by number
     pending: list[Scav] = []  # scav lines since the last gc line taken
+    prev: Cycle | None = None
     for line in text.splitlines():
         for _, said, r in _records(line[:MAX_LINE]):
             if isinstance(r, Scav):
-                pending.append(replace(r, after_gc=lives[-1].cycles[-1].n) if lives else r)
+                pending.append(replace(r, after_gc=prev.n) if prev is not None else r)
                 continue
-            if said in seen:
-                continue
-            last = lives[-1].cycles[-1] if lives else None
-            if last is None or r.n <= last.n:
+            if seen.get(r.n) == said:
+                continue  # a duplicate
+            if prev is None or _restarts(r, prev):
                 if lives and pending:
                     lives[-1].scavs.extend(pending[:-1])
                     pending = [replace(pending[-1], after_gc=None)]
                 lives.append(Lifetime([r], pending))
-                seen, pending = {said}, []
-            elif r.t >= last.t:
+                seen, pending = {r.n: said}, []
+            elif r.n in seen:
+                lives[-1].clashes.append(r.n)
+                continue
+            else:
                 lives[-1].cycles.append(r)
                 lives[-1].scavs.extend(pending)
-                seen.add(said)
+                seen[r.n] = said
                 pending = []
+            prev = r
     if lives:
         lives[-1].scavs.extend(pending)
+    for life in lives:
+        life.cycles.sort(key=lambda c: c.n)
+        kept = [life.cycles[0]]
+        for c in life.cycles[1:]:
+            if c.t >= kept[-1].t:
+                kept.append(c)
+        life.skipped = len(life.cycles) - len(kept)
+        life.cycles = kept
     return lives
 
 
@@ -287,11 +319,24 @@ def read_bytes(raw: bytes, name: str = "trace") -> Trace:
     naming ``name`` when it holds fewer than 2 cycles to replay."""
     lives = parse_log(raw.decode(errors="replace"))
     cycles, note = choose_lifetime([life.cycles for life in lives])
+    clashes = [n for life in lives for n in life.clashes]
+    if clashes:
+        raise ScenarioError(f"--replay {name}: gc {clashes[0]} is there twice with other "
+                            f"figures ({len(clashes)} such): the file mixes several "
+                            "processes' gctrace lines (give one process's, e.g. one pod's)")
+    read = sum(len(life.cycles) + life.skipped for life in lives)
+    if len(lives) > 2 and 4 * len(lives) > read:
+        note += (f" (the gc numbers start again {len(lives) - 1} times in {read} cycles: a "
+                 "crash loop, or several processes' lines interleaved)")
+    skipped = lives[_chosen([life.cycles for life in lives])].skipped if lives else 0
     if len(cycles) < 2:
-        raise ScenarioError(f"--replay {name}: {len(cycles)} gctrace cycle line(s) found; a "
-                            "replay needs at least 2 (GODEBUG=gctrace=1 output, Go 1.17+)")
+        raise ScenarioError(
+            f"--replay {name}: {len(cycles)} gctrace cycle line(s) found"
+            + (f" ({skipped} more left out: their time goes back)" if skipped else "")
+            + "; a replay needs at least 2 (GODEBUG=gctrace=1 output, Go 1.17+)")
     scavs = lives[_chosen([life.cycles for life in lives])].scavs
-    return Trace(cycles, scavs, "; ".join(x for x in (note, scav_note(scavs)) if x))
+    left = f"{skipped} cycle(s) left out: their time goes back" if skipped else ""
+    return Trace(cycles, scavs, "; ".join(x for x in (note, left, scav_note(scavs)) if x))
 
 
 def read_trace(path: str) -> tuple[list[Cycle], str]:

