@@ -92,6 +92,10 @@ def test_go_reference_adds_go_runtime_at_the_scenarios_settings_once() -> None:
     (",,", [], "no policy named"),
     ("none", ["dirty_decay_ms=10"], "--knob dirty_decay_ms: no chosen policy has"),
     ("go", ["memory_limit_mib=-1"], "--knob memory_limit_mib"),
+    ("go:memory_limit_mib=99999999", [], "an integer within 0..1048576"),
+    ("go:gogc=\uff15\uff10", [], "gogc must be an integer"),  # fullwidth digits: not ASCII
+    ("go:gogc=50\x1b[31m", [], "gogc='50\\\\x1b[31m'"),  # escaped, never a raw ESC
+    ("go:" + "x" * 100_000 + "=1", [], "... (99945 more): go has no setting"),
     ("go:gogc=" + "|".join(str(g) for g in range(10, 30)) + ";memory_limit_mib="
      + "|".join(str(m) for m in range(20)), [], "expands past 256 runs"),
 ])
