@@ -64,3 +64,14 @@ def test_a_run_config_names_its_scenario_file_whatever_the_path(name: str) -> No
     assert data["mutators"] == {"scenario": str(path)}
     assert data["scavenger"]["policy"] == "eager"
     assert data["control"] == {"addr": "ipc://auto", "admin": False}  # read-only child
+
+
+def test_a_replay_of_more_cycles_than_phases_can_be_repeated(tmp_path: Path) -> None:
+    """Thinned to leave a phase for the hold that shifts each repeat's start."""
+    lines = [f"gc {i} @{i * 0.05:.3f}s 1%: x, 30->31->10 MB, 20 MB goal, 2 P"
+             for i in range(1, 1501)]
+    trace = tmp_path / "busy.gctrace"
+    trace.write_text("\n".join(lines))
+    p = plan(Options(replay=str(trace), policies="go", repeat=2, seed=1,
+                     out=tmp_path / "out"))
+    assert len(p.runs) == 2 and p.runs[1].start_shift_s > 0

@@ -54,7 +54,7 @@ def test_a_long_trace_is_thinned_keeping_its_garbage() -> None:
     cycles = replay.parse_trace("\n".join(lines))
     assert len(cycles) == 3000
     sc = replay.to_scenario(cycles)
-    assert len(sc.phase) <= MAX_PHASES
+    assert len(sc.phase) <= MAX_PHASES - 1  # room for the hold of --repeat
     total = sum(p.seconds * p.garbage_mib_s for p in sc.phase)  # type: ignore[operator]
     assert total == pytest.approx(20 * 3000, rel=1e-6)  # every cycle's garbage kept
 

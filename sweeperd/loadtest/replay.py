@@ -53,8 +53,9 @@ becomes a phase from cycle *i−1*'s time to its own, in which the live heap ram
 *i−1*'s live heap to cycle *i*'s, and the bytes allocated meanwhile (heap at start of *i*
 less live heap of *i−1*) are split into that growth, held, and the rest, garbage spread
 evenly over the phase (a cycle at the same time as the one before adds its garbage to the
-next phase).  A trace of more than ``MAX_PHASES`` cycles is thinned evenly, the garbage of
-the dropped cycles added to the next kept one.  The scenario's GOGC is the program's, read
+next phase).  A trace of more than ``MAX_CYCLES`` cycles (a scenario's ``MAX_PHASES`` less
+the start-up's and the ``--repeat`` hold's) is thinned evenly, the garbage of the dropped
+cycles added to the next kept one.  The scenario's GOGC is the program's, read
 from its goals (:func:`infer_gogc`).  A scenario cannot force a GC: a forced cycle
 is replayed as the others (its live heap and garbage at its time, the daemon's pacer choosing
 when it collects); its phase is named ``gc N (forced)`` and the description counts them.
@@ -422,13 +423,16 @@ def check_limits(cycles: list[Cycle], scale: float = 1.0, heap_mib: int | None =
     return heap
 
 
+MAX_CYCLES = MAX_PHASES - 2  # a phase each, less the start-up's and the hold's of --repeat
+
+
 def _thin(cycles: list[Cycle]) -> list[tuple[Cycle, float]]:
-    """(cycle, garbage MiB allocated since the previous kept cycle), at most MAX_PHASES."""
+    """(cycle, garbage MiB allocated since the previous kept cycle), at most MAX_CYCLES."""
     garbage, prev_live = [], 0
     for c in cycles:
         garbage.append(max(0, c.start_mib - prev_live - max(0, c.live_mib - prev_live)))
         prev_live = c.live_mib
-    keep = set(np.linspace(0, len(cycles) - 1, min(len(cycles), MAX_PHASES)).round().astype(int)
+    keep = set(np.linspace(0, len(cycles) - 1, min(len(cycles), MAX_CYCLES)).round().astype(int)
                .tolist())
     out, owed = [], 0.0
     for i, c in enumerate(cycles):
