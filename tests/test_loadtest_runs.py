@@ -399,3 +399,19 @@ def test_a_grid_runs_with_its_settings_and_gos_knobs_reach_the_go_program(
     assert summary["versions"]["go1.21"] == "go version go1.21.13 linux/amd64"
     assert "go-runtime free_os_memory_every_s=1 gogc=200 madvdontneed=1 memory_limit_mib=200 " \
         "version=1.21 #1" in (out / "report.html").read_text()
+
+
+def test_a_daemon_that_refuses_its_settings_says_why_on_the_failure_line(tmp_path: Path) -> None:
+    """A limit more than the host can back: the daemon exits 2 at start, and the run's error
+    carries its own words, not only 'exited before serving'."""
+    import io
+
+    from sweeperd.loadtest.main import loadtest
+
+    err = io.StringIO()
+    rc = loadtest(Options(scenarios=["steady"], policies="go:memory_limit_mib=1048576",
+                          out=tmp_path / "out"), err=err, out_stream=io.StringIO())
+    assert rc == 1
+    (row,) = json.loads((tmp_path / "out" / "summary.json").read_text())["runs"]
+    assert row["ok"] is False
+    assert "more than this host can back" in err.getvalue(), err.getvalue()[-2000:]

@@ -128,6 +128,9 @@ def run_one(sc: Scenario, policy: str, rundir: Path, sample_s: float = SAMPLE_S,
     res.gctrace = [ln for ln in text.splitlines() if ln.startswith("gc ")]
     if not res.ok:
         res.log_tail = "\n".join(text.splitlines()[-TAIL_LINES:])
+        said = [ln for ln in text.splitlines() if ln.startswith("sweeperd")]
+        if "exited before serving" in res.error and said:  # the daemon said why: show it
+            res.error += f": {said[-1][:300]}"
     return res
 
 
