@@ -341,5 +341,6 @@ def test_sigterm_stops_the_daemon_and_writes_the_report_of_the_runs_done(tmp_pat
     assert "interrupted" in stderr
     assert not Path(f"/proc/{daemon}").exists() or "zombie" in Path(
         f"/proc/{daemon}/status").read_text()  # its daemon was stopped, not orphaned
-    assert json.loads((out / "summary.json").read_text())["runs"] == []
-    assert (out / "report.html").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["runs"] == [] and summary["runs_planned"] == 2
+    assert "Interrupted:</b> 0 of 2 planned runs done" in (out / "report.html").read_text()

@@ -412,7 +412,7 @@ def summarize_runs(p: Plan, results: list[tuple[Run, RunResult]], started: str,
                                                      run.start_shift_s))
         runs.append({k: finite_or_none(v) for k, v in entry.items()})
     return {"started": started, "seed": p.seed, "repeat": p.repeat, "runs": runs,
-            "machine": machine(), "versions": vers,
+            "runs_planned": len(p.runs), "machine": machine(), "versions": vers,
             **compare.analyse(runs)}  # groups, fidelity, recommendation
 
 

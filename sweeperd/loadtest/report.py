@@ -249,6 +249,9 @@ def write_html(path: Path, summary: dict[str, Any], plots: dict[str, list[Path]]
              "pre{background:#f6f6f6;padding:6px;overflow-x:auto;font-size:11px}"
              ".bad{color:#b00}.good{color:#070}</style></head><body>",
              "<h1>sweeperd load test</h1>",
+             *([f"<p class=\"bad\"><b>Interrupted:</b> {len(summary['runs'])} of "
+                f"{summary['runs_planned']} planned runs done.</p>"]
+               if len(summary["runs"]) < summary.get("runs_planned", 0) else []),
              f"<p>Started {html.escape(str(summary.get('started', '')))}. "
              "Backing is the kernel's (st_blocks of the heap's memfd, read by the harness); "
              "see the README's \"Load testing\" for each column.</p>",
