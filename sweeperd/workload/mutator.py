@@ -58,10 +58,11 @@ PIN = np.int32(2**31 - 1)  # death of a pinned object: never
 BULK_BYTES = 512 << 10  # a scheduled mutator fills whole spans (the bulk path) above this
 BUDGET_CAP_S = 1.0  # garbage owed while paused is capped at this many seconds' worth
 BULK_PAGES = 64  # pages of spans a bulk step fills at least (512 KiB)...
-BULK_PAGES_MAX = 1024  # ...and at most (8 MiB): a step's fixed cost (~1 ms of numpy calls and
-# lock round trips) is paid per step, so bigger steps allocate faster (measured in-process on
-# alloc-storm: 64 pages 0.8, 256 2.1, 1024 3.7 GB per CPU-second); a scheduled step is also
-# held to a sixteenth of its live target, so the GC's trigger is not overshot by much
+BULK_PAGES_MAX = 1024  # ...and at most (8 MiB, and 1/64 of the heap): a step's fixed cost
+# (~1 ms of numpy calls and lock round trips) is paid per step, so bigger steps allocate
+# faster (measured in-process on alloc-storm: 64 pages 0.8, 256 2.1, 1024 3.7 GB per
+# CPU-second); a scheduled step is also held to a sixteenth of its live target, so the GC's
+# trigger is not overshot by much
 
 
 @dataclass(frozen=True)
@@ -252,6 +253,7 @@ class Mutator:
     _refilled: bool = False
     _mix: Mix | None = None  # the current step's
     whole_spans: bool = True  # record filled fresh spans as WholeSpans (False: per object)
+    _heap_pages_cap: int = BULK_PAGES_MAX  # (set from the heap's size)
     _plan: mark.MarkPlan | None = None  # the mark of the live Chunks, kept while they
     _plan_key: tuple[int, ...] = ()  # ...are the same chunks (their serials)
 
@@ -259,6 +261,12 @@ class Mutator:
         if self.heap.npages << SLOT_BITS > 1 << 32:
             raise ValueError(f"a heap of {self.heap.npages} pages is too large for the "
                              f"mutator's 32-bit object ids (at most {1 << (32 - SLOT_BITS)})")
+        # a bulk step takes at most 1/64 of the heap (a power of two of pages, at least
+        # BULK_PAGES): on a small heap a big step would fill it in a few steps
+        cap = BULK_PAGES
+        while cap < BULK_PAGES_MAX and cap * 2 * 64 <= self.heap.npages:
+            cap *= 2
+        self._heap_pages_cap = cap
 
     @property
     def owner(self) -> int:
@@ -339,7 +347,7 @@ class Mutator:
         if m.large_fraction and self.rng.random() < m.large_fraction * burst:
             n = self._alloc_large()
         elif m.bulk:
-            pages = m.bulk_pages or BULK_PAGES_MAX
+            pages = min(m.bulk_pages or BULK_PAGES_MAX, self._heap_pages_cap)
             classes, p = _bulk_mix(m.size_classes, pages)
             n = self._alloc_bulk(int(classes[self.rng.choice(classes.size, p=p)]), pages)
         else:
