@@ -38,6 +38,7 @@ from sweeperd.runtime.heap import (
     T_OBJECTS_ALLOCATED,
     Heap,
 )
+from sweeperd.runtime.runs import consecutive
 from sweeperd.runtime.sizeclasses import CLASS_NELEMS, CLASS_NWORDS, CLASS_SIZE, PAGE_SIZE
 from sweeperd.runtime.sweepgen import SweepState, state_of
 from sweeperd.sys import failpoint
@@ -140,17 +141,6 @@ def write_payload(heap: Heap, span: int | np.ndarray, idx: np.ndarray, seed: int
     heap.arena64[base] = payload_words(base, seed)
 
 
-def runs_of(spans: np.ndarray) -> list[tuple[int, int]]:
-    """Ascending one-page ``spans`` as maximal runs of consecutive pages: [(first, count)]."""
-    if spans.size == 0:
-        return []
-    assert (np.diff(spans) > 0).all(), "runs_of: spans must ascend"
-    cut = np.flatnonzero(np.diff(spans) != 1) + 1
-    firsts = spans[np.concatenate(([0], cut))]
-    counts = np.diff(np.concatenate(([0], cut, [spans.size])))
-    return list(zip(firsts.tolist(), counts.tolist(), strict=True))
-
-
 def write_span_payloads(heap: Heap, spans: np.ndarray, seed: int, npages: int = 1) -> None:
     """Write the payload of every object of filled ``spans`` (ascending) of ``npages`` pages
     each, and their tails beyond the last object (never allocated, written with the page):
@@ -162,7 +152,7 @@ def write_span_payloads(heap: Heap, spans: np.ndarray, seed: int, npages: int = 
         return
     pages = spans if npages == 1 else (spans[:, None] + np.arange(npages)).ravel()
     fill = fill_word(seed)
-    for first, count in runs_of(pages):
+    for first, count in zip(*consecutive(pages), strict=True):
         heap.arena64[first * words : (first + count) * words] = fill
     c = int(heap.span_class[spans[0]])
     ow = int(CLASS_SIZE[c]) >> 3

@@ -19,6 +19,17 @@ def runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return starts, np.flatnonzero(d == -1) - starts
 
 
+def consecutive(pages: np.ndarray) -> tuple[list[int], list[int]]:
+    """(starts, lengths) of the runs of consecutive numbers in ascending ``pages``."""
+    pages = np.asarray(pages, dtype=np.int64)
+    if pages.size == 0:
+        return [], []
+    assert (np.diff(pages) > 0).all(), "consecutive: pages must ascend"
+    cut = np.flatnonzero(np.diff(pages) != 1) + 1
+    starts = pages[np.concatenate(([0], cut))]
+    return starts.tolist(), np.diff(np.concatenate(([0], cut, [pages.size]))).tolist()
+
+
 def first_run(mask: np.ndarray, n: int) -> int:
     """Index of the first run of at least ``n`` consecutive True values, or -1."""
     if n == 1:

@@ -152,7 +152,7 @@ class Chunk:
 
 @dataclass
 class WholeSpans:
-    """Fresh one-page spans that one bulk step filled completely with objects of one class,
+    """Fresh spans that one bulk step filled completely with objects of one small class,
     all of one death (pinned objects among them are recorded apart, as a :class:`Chunk`):
     4 bytes per span, not per object, and marked span by span
     (:func:`~sweeperd.runtime.mark.mark_whole_spans`).  While the chunk lives every slot of
@@ -261,12 +261,9 @@ class Mutator:
         if self.heap.npages << SLOT_BITS > 1 << 32:
             raise ValueError(f"a heap of {self.heap.npages} pages is too large for the "
                              f"mutator's 32-bit object ids (at most {1 << (32 - SLOT_BITS)})")
-        # a bulk step takes at most 1/64 of the heap (a power of two of pages, at least
-        # BULK_PAGES): on a small heap a big step would fill it in a few steps
-        cap = BULK_PAGES
-        while cap < BULK_PAGES_MAX and cap * 2 * 64 <= self.heap.npages:
-            cap *= 2
-        self._heap_pages_cap = cap
+        # a bulk step takes at most 1/64 of the heap: on a small heap a big step would fill
+        # it in a few steps
+        self._heap_pages_cap = _bulk_pages(self.heap.npages / 64)
 
     @property
     def owner(self) -> int:
@@ -298,7 +295,7 @@ class Mutator:
             specials.set_finalizer(self.heap, int(spans[i]), int(idx[i]))
 
     def _record_whole(self, spans: np.ndarray, c: int) -> None:
-        """:meth:`_record` for fresh one-page ``spans`` (ascending) filled whole with class
+        """:meth:`_record` for fresh ``spans`` (ascending) filled whole with small class
         ``c``: the payload written a run of pages at a time, and the objects remembered as one
         :class:`WholeSpans` when they share a death (the schedule's; or a geometric lifetime
         that is always 1), the pinned among them as a :class:`Chunk`.  Garbage with no pinned
@@ -312,17 +309,16 @@ class Mutator:
         for i in self._finalized(n).tolist():
             specials.set_finalizer(self.heap, int(spans[i // ne]), i % ne)
         pinned = np.flatnonzero(death == PIN)
-        rest = death[0] if pinned.size == 0 else (
-            death[np.argmax(death != PIN)] if pinned.size < n else None)
-        if rest is None or (death[death != PIN] != rest).any():  # each its own death
+        others = death[death != PIN]
+        if others.size and (others != others[0]).any():  # each its own death
             self.live.append(Chunk.of(np.repeat(spans, ne), np.tile(np.arange(ne), spans.size),
                                       seed, death, keep_bytes))
             return
         if pinned.size:
             self.live.append(Chunk.of(spans[pinned // ne], pinned % ne, seed,
                                       death[pinned]))
-        if int(rest) > self.stats.marks:  # (garbage: dead at the next mark)
-            self.live.append(WholeSpans(spans, c, seed, int(rest), keep_bytes,
+        if others.size and int(others[0]) > self.stats.marks:  # (garbage dies at the mark)
+            self.live.append(WholeSpans(spans, c, seed, int(others[0]), keep_bytes,
                                         int(pinned.size)))
 
     def _finalized(self, n: int) -> np.ndarray:
@@ -599,11 +595,17 @@ def _mix_of(st: State, amount: float) -> Mix:
     [:data:`BULK_PAGES`, :data:`BULK_PAGES_MAX`]."""
     bulk = amount >= BULK_BYTES or math.isinf(st.garbage_bytes_per_s)
     cap = min(amount, st.live_bytes / 16) if st.live_bytes > 0 else amount
-    want = cap / PAGE_SIZE if math.isfinite(cap) else BULK_PAGES_MAX
+    pages = _bulk_pages(cap / PAGE_SIZE if math.isfinite(cap) else BULK_PAGES_MAX)
+    return Mix(st.size_classes, st.large_fraction, st.finalizer_fraction, bulk, pages)
+
+
+def _bulk_pages(want: float) -> int:
+    """The largest power of two of pages within [:data:`BULK_PAGES`,
+    :data:`BULK_PAGES_MAX`] that is at most ``want`` (:data:`BULK_PAGES` below it)."""
     pages = BULK_PAGES
     while pages < BULK_PAGES_MAX and pages * 2 <= want:
         pages *= 2
-    return Mix(st.size_classes, st.large_fraction, st.finalizer_fraction, bulk, pages)
+    return pages
 
 
 def _batches(chunks: list[Chunk], limit: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
