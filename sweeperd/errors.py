@@ -21,6 +21,15 @@ class Throw(RuntimeError):
         super().__init__(msg)
 
 
+class ThrownByWorker(Throw):
+    """A worker process died of a :class:`Throw`: the message is its own (Go's wording
+    first), with the worker named.  The workers are one runtime with the coordinator, as
+    Go's threads are one program: a throw in any of them ends it."""
+
+    def __init__(self, worker: str, message: str) -> None:
+        RuntimeError.__init__(self, f"{message} (thrown by {worker})")
+
+
 class SweepIncreasedAllocCount(Throw):
     go_message = "sweep increased allocation count"
 

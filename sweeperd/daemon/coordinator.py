@@ -65,7 +65,7 @@ from sweeperd.daemon.metrics import Kernel, Metrics
 from sweeperd.daemon.snapshot import Snapshot, memory_now, status_json, take_sample
 from sweeperd.daemon.supervisor import Supervisor
 from sweeperd.daemon.totals import Totals
-from sweeperd.errors import Throw
+from sweeperd.errors import Throw, ThrownByWorker
 from sweeperd.pacing.policies import RELEASES_ON_FREE
 from sweeperd.pacing.scavpace import retain_goal
 from sweeperd.roles import Role
@@ -674,9 +674,11 @@ class Coordinator:
             case protocol.MarkedMsg(cycle=cycle, stats=stats, marked_bytes=marked):
                 if self._peer(c.Marked(bound, cycle, now, marked)):
                     self.totals.mutator_report(bound, stats)
-            case protocol.CrashedMsg(traceback=tb):
+            case protocol.CrashedMsg(traceback=tb, throw=throw):
                 log(f"{bound} crashed:\n{tb.rstrip()}")
                 self.totals.last_crash[bound.role] = tb
+                if throw:  # a broken heap invariant: not a death to recover from
+                    raise ThrownByWorker(str(bound), throw)
             case protocol.HeartbeatMsg(stats=stats):
                 if not self._peer(c.Heard(bound, now, protocol.stats_role(stats))):
                     return

@@ -124,7 +124,9 @@ def mark_whole_spans(heap: Heap, spans: np.ndarray) -> None:
            | (heap.span_alloc_count[spans] != heap.span_nelems[spans]))
     if bad.any():
         s = int(spans[np.argmax(bad)])
-        raise BadSpanState(f"mark_whole_spans: span {s} is not a full small span in use")
+        raise BadSpanState(f"mark_whole_spans: span {s} is not a full small span in use "
+                           f"(state {heap.span_state[s]}, class {heap.span_class[s]}, "
+                           f"allocCount {heap.span_alloc_count[s]} of {heap.span_nelems[s]})")
     for c in np.unique(cls).tolist():
         cols = spans[cls == c]
         nw = int(CLASS_NWORDS[c])

@@ -14,6 +14,7 @@ import traceback
 
 import zmq
 
+from sweeperd.errors import Throw
 from sweeperd.roles import Role
 from sweeperd.wire import protocol
 
@@ -47,10 +48,14 @@ class Link:
 
     def crashed(self) -> None:
         """Tell the coordinator the traceback of the exception this worker is dying of (call
-        from an ``except`` block); best effort: the worker dies either way."""
+        from an ``except`` block), and, if it is a broken heap invariant (a
+        :class:`~sweeperd.errors.Throw`), its message; best effort: the worker dies either
+        way."""
         tb = traceback.format_exc()[-protocol.MAX_TRACEBACK:]
+        e = sys.exc_info()[1]
+        throw = str(e)[: protocol.MAX_THROW] if isinstance(e, Throw) else ""
         with contextlib.suppress(Exception):
-            self.send(protocol.CrashedMsg(traceback=tb))
+            self.send(protocol.CrashedMsg(traceback=tb, throw=throw))
 
     def orphaned(self) -> bool:
         return os.getppid() != self.ppid

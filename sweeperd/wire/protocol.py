@@ -49,6 +49,7 @@ VERSION = 1
 MAX_FRAME = 64 * 1024
 MAX_INT = 2**62 - 1
 MAX_TRACEBACK = 8192
+MAX_THROW = 1024
 MAX_FLOAT = 2.0**62  # a float figure's bound, either side
 REFILL_BUCKETS = 17  # a mutator's refill histogram: workload/mutator.py's ALLOC_BUCKETS and +Inf
 
@@ -171,6 +172,9 @@ class MarkedMsg(_Msg, tag="marked"):
 
 class CrashedMsg(_Msg, tag="crashed"):  # a worker dying of an exception: its traceback
     traceback: Annotated[str, msgspec.Meta(max_length=MAX_TRACEBACK)]
+    # the broken heap invariant's message (Go's wording first) if it died of a Throw: one
+    # process of the runtime throwing ends the whole runtime, as a throw in Go ends the program
+    throw: Annotated[str, msgspec.Meta(max_length=MAX_THROW)] = ""
 
 
 class SweepMsg(_Msg, tag="sweep"):
