@@ -31,7 +31,7 @@ def _bench_sweep(args: argparse.Namespace) -> int:
         heap_mib=args.heap_mib,
         batch=args.batch,
         chunk_pages=args.chunk_pages,
-        rounds=args.rounds or (15 if args.workers is not None else 3),
+        rounds=args.rounds or (15 if args.workers is not None else 7),
     )
     try:
         cfg.validate()
@@ -239,6 +239,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         _say(f"sweeperd: heap {cfg.heap.size_mib} MiB, {cfg.sweep.sweepers} sweepers, "
              f"{cfg.mutators.count} mutators")
+        _say(f"sweeperd: {_engine()}")
         _say(f"sweeperd: metrics on http://{co.metrics_addr}/metrics")
         _say(f"sweeperd: control on {co.control_addr}")
         co.run(cfg.run.duration_s)
@@ -266,6 +267,15 @@ def _run(args: argparse.Namespace) -> int:
     if why:
         _say(f"sweeperd run: {why}", sys.stderr)
     return int(code)
+
+
+def _engine() -> str:
+    """Which sweep engine runs (runtime/kernels.py), and if not the compiled one, why."""
+    from sweeperd.runtime import kernels
+
+    if kernels.ENABLED:
+        return "sweep engine: compiled kernels"
+    return f"sweep engine: numpy (no compiled kernels: {kernels.UNAVAILABLE})"
 
 
 def _say(line: str, stream: Any = None) -> None:
@@ -452,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--chunk-pages", dest="chunk_pages", type=int, default=16_384,
                     help="pages a worker process claims at once, with --workers (default 16384)")
     bs.add_argument("--rounds", type=int, default=None,
-                    help="rounds; the fastest is reported (default 3, or 15 with --workers)")
+                    help="rounds; the fastest is reported (default 7, or 15 with --workers)")
     bs.add_argument("--workers", default=None,
                     help="comma-separated sweeper process counts, e.g. 1,2 (default: sweep "
                          "in this process)")

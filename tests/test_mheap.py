@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 from sweeperd.errors import HeapCorrupt, OutOfMemory
 from sweeperd.runtime import mheap
 from sweeperd.runtime.check import check_heap
-from sweeperd.runtime.heap import H_SEARCH_ADDR, SPAN_IN_USE
+from sweeperd.runtime.heap import H_SEARCH_ADDR, SPAN_IN_USE, Heap
 
 
 def test_fresh_heap_is_free_and_scavenged(heap):
@@ -203,3 +203,36 @@ def test_multi_page_spans_come_in_batches_of_whole_runs(heap):
     every, _ = mheap.alloc_spans(heap, c, heap.npages)  # more than fit: what fits
     assert every.size == (heap.npages - int(spans[-1]) - npg) // npg
     check_heap(heap)
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["numpy", "compiled"])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), shuffled=st.booleans(), twice=st.booleans())
+def test_free_spans_compiled_and_numpy_agree(compiled, seed, shuffled, twice):
+    """Spans of 1..5 pages freed in any order, some twice: both engines leave the same page
+    map, span table, running counters and tallies (the compiled one takes the ascending
+    all-in-use case and hands the rest back)."""
+    from sweeperd.runtime import kernels
+
+    from .conftest import not_here
+
+    if compiled and not kernels.ENABLED:
+        not_here(f"no compiled kernels: {kernels.UNAVAILABLE}")
+    snaps = []
+    for engine in (False, compiled):
+        with Heap.create(4 << 20) as heap:
+            rng = np.random.default_rng(seed)
+            spans = np.array([mheap.alloc_span(heap, 0, int(rng.integers(1, 6)))[0]
+                              for _ in range(60)])
+            free = spans[rng.random(spans.size) < 0.6]
+            if shuffled:
+                free = rng.permutation(free)
+            if twice and free.size:
+                mheap.free_spans(heap, free[: free.size // 2], compiled=engine)
+            got = mheap.free_spans(heap, free, compiled=engine)
+            check_heap(heap)
+            snaps.append((got, heap.snapshot()))
+    (g0, s0), (g1, s1) = snaps
+    assert g0 == g1
+    for name in s0:
+        assert np.array_equal(s0[name], s1[name]), name

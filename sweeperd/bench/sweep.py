@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from sweeperd.bench.common import fill_heap, mark_prefix, memcpy_bytes_per_s, reset
-from sweeperd.runtime import shards
+from sweeperd.runtime import kernels, shards
 from sweeperd.runtime.heap import H_BENCH_GO, H_BENCH_READY, H_SWEEPGEN, Heap
 from sweeperd.runtime.owners import MAX_SWEEPERS
 from sweeperd.runtime.sizeclasses import (
@@ -145,7 +145,7 @@ def bench_sweep_processes(cfg: SweepBenchConfig, worker_counts: list[int]) -> di
                 "memcpy_bytes_per_s": memcpy, "ratio_to_memcpy": swept_bytes / dt / memcpy,
             })
     out: dict[str, Any] = {
-        "bench": "sweep", "size_class": cfg.size_class,
+        "bench": "sweep", "kernels": kernels.ENABLED, "size_class": cfg.size_class,
         "object_bytes": int(CLASS_SIZE[cfg.size_class]), "live_fraction": cfg.live,
         "spans": cfg.spans, "rounds": cfg.rounds, "chunk_pages": chunk,
         "runs": runs,
@@ -187,6 +187,7 @@ def bench_sweep(cfg: SweepBenchConfig) -> dict[str, Any]:
     rate = swept_bytes / dt
     return {
         "bench": "sweep",
+        "kernels": kernels.ENABLED,  # the compiled sweep (runtime/kernels.py) or numpy's
         "spans": stats.spans,
         "size_class": cfg.size_class,
         "object_bytes": int(CLASS_SIZE[cfg.size_class]),

@@ -296,6 +296,7 @@ class Heap:
         self._commit_i64 = self.span_commit.view(np.int64)  # for reads of sweptgen's low bits
         self.arena = np.frombuffer(arena.mmap, dtype=np.uint8)
         self.arena64 = self.arena.view(np.uint64)
+        self.kernel_tables: Any = None  # kernels.py's addresses of these arrays, once used
         # The heap lock (Go's mheap_.lock, plus the atomics of span claims), shared by every
         # process that maps the heap and released by the kernel if its holder is killed.
         # Held for claims, page-heap changes and finalizer-queue pushes, never a whole sweep.
@@ -368,6 +369,7 @@ class Heap:
         for name in ("arena", "span_sweptgen", "span_nsweeps", "_commit_i64"):
             self.__dict__.pop(name, None)
         self.__dict__.pop("arena64", None)
+        self.kernel_tables = None  # addresses into the mapping closed below
         self.lock.holder = None  # (a view of the header)
         try:
             self.arena_region.close()

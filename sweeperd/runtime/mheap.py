@@ -40,6 +40,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from sweeperd.errors import HeapCorrupt, OutOfMemory
+from sweeperd.runtime import kernels
 from sweeperd.runtime.heap import (
     C_IN_USE_PAGES,
     C_OCCUPIED_PAGES,
@@ -266,8 +267,10 @@ def alloc_spans(heap: Heap, sizeclass: int, count: int) -> tuple[np.ndarray, int
     return starts, nscav
 
 
-def free_spans(heap: Heap, starts: np.ndarray) -> int:
+def free_spans(heap: Heap, starts: np.ndarray, compiled: bool | None = None) -> int:
     """Return in-use spans to the page heap (Go's ``mheap.freeSpan``); returns pages freed.
+    The plain case (ascending, all in use) runs compiled (kernels.py) when ``compiled``
+    (default: ``kernels.ENABLED``); anything else, and errors, in numpy.
 
     Called by the span's sweeper *without* the heap lock: the span is its own until its pages
     read free.  So the stores go in an order that is safe at every instruction: the span is
@@ -276,12 +279,61 @@ def free_spans(heap: Heap, starts: np.ndarray) -> int:
     ``H_SEARCH_ADDR`` under the lock.  A sweeper killed between the two steps leaves pages
     owned by a DEAD span; :func:`repair` frees them.  Idempotent: DEAD spans are skipped.
     """
-    starts = np.asarray(starts, dtype=np.int64)
+    starts = np.ascontiguousarray(starts, dtype=np.int64)
+    if compiled is None:
+        compiled = kernels.ENABLED
+    n = _free_compiled(heap, starts) if compiled and starts.size else None
+    if n is None:
+        got = _free_numpy(heap, starts)
+        if got is None:
+            return 0
+        starts, n = got
+    return freed(heap, starts, n)
+
+
+def freed(heap: Heap, starts: np.ndarray, n: np.ndarray) -> int:
+    """What follows the stores that freed the ascending spans ``starts`` of ``n`` pages each
+    (int64 arrays): the allocator's search hint lowered and the scavenger's raised, under
+    the heap lock, and the eager policy's release hook.  Returns the pages freed."""
+    if starts.size == 0:
+        return 0
+    lo = int(starts[0])
+    hi = int(starts[-1] + n[-1])
+    with heap.lock:
+        if lo < heap.header[H_SEARCH_ADDR]:
+            heap.header[H_SEARCH_ADDR] = lo
+        if hi > heap.header[H_SCAV_SEARCH]:  # new candidates for the scavenger up here
+            heap.header[H_SCAV_SEARCH] = hi
+    if heap.on_free is not None:
+        failpoint.hit("mheap.freed")
+        heap.on_free(starts, n)
+    return int(n.sum())
+
+
+def _free_compiled(heap: Heap, starts: np.ndarray) -> np.ndarray | None:
+    """:func:`free_spans`'s plain case (ascending spans, all in use, their pages theirs) in
+    two compiled passes, span by span in the same order of stores; returns each span's
+    pages, or None (nothing written) for anything else."""
+    n = np.empty(starts.size, dtype=np.int64)
+    out = np.zeros(2, dtype=np.int64)
+    if not kernels.free_spans_plain(kernels.tables(heap), starts, n, out):
+        return None
+    pages, held = int(out[0]), int(out[1])
+    heap.count(C_IN_USE_PAGES, -pages)
+    heap.count(C_SPANS_IN_USE, -int(starts.size))
+    heap.tally(T_FREED_PAGES, pages)
+    heap.count(C_OCCUPIED_PAGES, -held)
+    return n
+
+
+def _free_numpy(heap: Heap, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """:func:`free_spans`'s stores for any spans (DEAD ones skipped, any order): the freed
+    spans, ascending, and their pages; None if none was in use."""
     live = heap.span_state[starts] == SPAN_IN_USE
     if not live.all():
         starts = starts[live]
     if starts.size == 0:
-        return 0
+        return None
     if starts.size > 1 and not (starts[1:] > starts[:-1]).all():
         starts = np.sort(starts)
     ix = span_ix(starts)
@@ -298,17 +350,7 @@ def free_spans(heap: Heap, starts: np.ndarray) -> int:
     heap.span_state[ix] = SPAN_DEAD
     heap.page_span[pages] = PAGE_FREE  # the pages are free from here on
     _count_freed(heap, ix, n)
-    lo = int(starts[0])
-    hi = int(starts[-1] + n[-1])
-    with heap.lock:
-        if lo < heap.header[H_SEARCH_ADDR]:
-            heap.header[H_SEARCH_ADDR] = lo
-        if hi > heap.header[H_SCAV_SEARCH]:  # new candidates for the scavenger up here
-            heap.header[H_SCAV_SEARCH] = hi
-    if heap.on_free is not None:
-        failpoint.hit("mheap.freed")
-        heap.on_free(starts, n)
-    return int(n.sum())
+    return starts, n
 
 
 def _count_freed(heap: Heap, ix: np.ndarray | slice, npages: np.ndarray) -> None:

@@ -44,16 +44,20 @@ from dataclasses import dataclass
 import numpy as np
 
 from sweeperd.errors import BadSpanState, FoundPointerToFreeObject, SweepIncreasedAllocCount
+from sweeperd.runtime import kernels
 from sweeperd.runtime.heap import (
+    C_IN_USE_PAGES,
     C_OBJECT_BYTES,
     C_OCCUPIED_PAGES,
+    C_SPANS_IN_USE,
     SPAN_IN_USE,
     SWEEP_BATCH,
     T_FINALIZERS_RUN,
+    T_FREED_PAGES,
     Heap,
     span_ix,
 )
-from sweeperd.runtime.mheap import free_spans
+from sweeperd.runtime.mheap import free_spans, freed
 from sweeperd.runtime.sizeclasses import CLASS_NPAGES, CLASS_NWORDS, CLASS_SIZE
 from sweeperd.runtime.spanset import full_swept, partial_swept
 from sweeperd.runtime.specials import ENTRY_SHIFT, finq_entries, finq_push
@@ -172,8 +176,14 @@ def _unpack_positions(r: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.n
 
 def sweep_batch(heap: Heap, spans: np.ndarray, preserve: bool = False,
                 recover: bool = False,
-                fault: Callable[[str], None] | None = None, count: bool = True) -> SweepStats:
+                fault: Callable[[str], None] | None = None, count: bool = True,
+                compiled: bool | None = None) -> SweepStats:
     """Sweep many claimed spans at once; the same result as :func:`sweep` on each in turn.
+
+    The plain case (ascending spans claimed at h-1, none committed, none with finalizers,
+    no invariant broken) runs in kernels.py's compiled loops when ``compiled`` (default:
+    whether they loaded, ``kernels.ENABLED``) and neither ``fault`` nor ``recover`` is given;
+    anything else, and every error, in the numpy engine below: the kernels' reference.
 
     With ``count``, the spans, pages and objects whose sweep this call commits are tallied
     in this process's row of the heap's tallies as one in-flight batch (heap.py's
@@ -190,6 +200,10 @@ def sweep_batch(heap: Heap, spans: np.ndarray, preserve: bool = False,
     st = SweepStats()
     if spans.size == 0:
         return st
+    if (kernels.ENABLED if compiled is None else compiled) and fault is None and not recover:
+        swept = _sweep_compiled(heap, spans, preserve, count)
+        if swept is not None:
+            return swept
     if spans.size > 1 and not (spans[1:] > spans[:-1]).all():
         spans = np.sort(spans)  # ascending: contiguous runs take the slicing fast path
         if (spans[1:] == spans[:-1]).any():
@@ -312,6 +326,43 @@ def sweep_batch(heap: Heap, spans: np.ndarray, preserve: bool = False,
                 fault("freeing")  # a death holding the heap lock must not wedge it
         st.pages_freed = free_spans(heap, freed)
         st.spans_freed = int(freed.size)
+    return st
+
+
+def _sweep_compiled(heap: Heap, spans: np.ndarray, preserve: bool,
+                    count: bool) -> SweepStats | None:
+    """:func:`sweep_batch`'s plain case in two compiled passes (kernels.py), with the same
+    tallies, running counters and commit protocol; None (nothing written) if the batch is
+    not the plain case."""
+    if not kernels.ENABLED:
+        raise RuntimeError(f"sweep_batch(compiled=True): no kernels: {kernels.UNAVAILABLE}")
+    h = heap.sweepgen
+    n = int(spans.size)
+    spans = np.ascontiguousarray(spans)
+    t = kernels.tables(heap)
+    nalloc = np.empty(n, dtype=np.int64)
+    out = np.zeros(8, dtype=np.int64)
+    if not kernels.sweep_check(t, spans, h, nalloc, out):
+        return None
+    nbefore, pages, words, dbytes, docc, nempty, epages, nleft = out.tolist()
+    nfreed = nbefore - nleft
+    if count:
+        heap.begin_batch(SWEEP_BATCH, (n, pages, nfreed))
+    heap.count(C_OBJECT_BYTES, dbytes)
+    heap.count(C_OCCUPIED_PAGES, docc)
+    empties = np.empty(nempty, dtype=np.int64)
+    npg = np.empty(nempty, dtype=np.int64)
+    ne = kernels.sweep_commit(t, spans, h, nalloc, preserve, empties, npg)
+    if count:
+        heap.apply_batch(SWEEP_BATCH)
+    st = SweepStats(spans=n, pages=pages, objects_freed=nfreed, bitmap_bytes=words * 16)
+    if ne:  # freed in place: mheap.free_spans's counts and what follows its stores
+        assert ne == nempty, (ne, nempty)
+        heap.count(C_IN_USE_PAGES, -epages)
+        heap.count(C_SPANS_IN_USE, -ne)
+        heap.tally(T_FREED_PAGES, epages)
+        st.pages_freed = freed(heap, empties, npg)
+        st.spans_freed = ne
     return st
 
 
