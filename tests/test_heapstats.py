@@ -145,3 +145,37 @@ def test_the_books_are_one_read_of_the_counters(heap, monkeypatch):
     after = heapstats.books(heap)
     assert after.releasing_bytes == 0
     assert after.stats.released_bytes - b.stats.released_bytes == 5 * PAGE_SIZE
+
+
+def test_a_commit_in_flight_is_counted_until_the_books_count_it_backed(heap, monkeypatch):
+    """Backing released pages again (init_spans's commit) is in flight while the kernel
+    backs them and the books still count them released: ``committing_bytes`` covers that
+    window (the load test's books-vs-kernel interval), and nothing is left in it after,
+    not even when the kernel refuses.  (The kernel call is the seam.)"""
+    import errno
+
+    import pytest
+
+    from sweeperd.errors import OutOfMemory
+    from sweeperd.runtime.heapstats import books
+
+    real = heap.arena_region.commit
+    seen = []
+
+    def commit(offsets, lengths):
+        seen.append(books(heap).committing_bytes)
+        real(offsets, lengths)
+
+    monkeypatch.setattr(heap.arena_region, "commit", commit)
+    _, nscav = mheap.alloc_span(heap, 0, 5)
+    assert nscav == 5 and seen == [5 * PAGE_SIZE]
+    assert books(heap).committing_bytes == 0
+
+    def refuse(offsets, lengths):
+        raise OSError(errno.ENOMEM, "refused")
+
+    monkeypatch.setattr(heap.arena_region, "commit", refuse)
+    with pytest.raises(OutOfMemory):
+        mheap.alloc_span(heap, 0, 3)
+    assert books(heap).committing_bytes == 0
+    assert heap_stats(heap) == scan_heap_stats(heap)

@@ -85,7 +85,7 @@ def test_collector_serves_the_snapshot_it_is_given():
     hs = HeapStats(64 << 20, 8 << 20, 5 << 20, 3 << 20, 1 << 20, 2 << 20, 10, 1 << 20)
     col = SnapshotCollector(lambda: snap, lambda: Sample(time.monotonic(), []),
                             Kernel(lambda: 123, lambda: 45, lambda: 6,
-                                   lambda: Books(hs, 3 << 12, 5 << 12)))
+                                   lambda: Books(hs, 3 << 12, 5 << 12, 7 << 12)))
     got = {s.name + str(sorted(s.labels.items())): s.value
            for m in col.collect() for s in m.samples}
     assert got["sweeperd_gc_cycles_total[]"] == 7
@@ -94,6 +94,7 @@ def test_collector_serves_the_snapshot_it_is_given():
     assert got["sweeperd_heap_fragmentation_bytes[]"] == 1 << 20
     assert got["sweeperd_heap_releasing_bytes[]"] == 3 << 12
     assert got["sweeperd_heap_cached_bytes[]"] == 5 << 12
+    assert got["sweeperd_heap_committing_bytes[]"] == 7 << 12
     assert got["sweeperd_workers[('role', 'sweeper'), ('state', 'alive')]"] == 1
     assert got["sweeperd_workers[('role', 'mutator'), ('state', 'starting')]"] == 1
     assert got["sweeperd_control_errors_total[('reason', 'not_json')]"] == 1
@@ -140,7 +141,7 @@ def test_refill_histogram_and_scenario_series():
     hs = HeapStats(64 << 20, 8 << 20, 5 << 20, 3 << 20, 1 << 20, 2 << 20, 10, 1 << 20)
     col = SnapshotCollector(lambda: snap, lambda: Sample(time.monotonic(), []),
                             Kernel(lambda: 123, lambda: 45, lambda: 6,
-                                   lambda: Books(hs, 3 << 12, 5 << 12)))
+                                   lambda: Books(hs, 3 << 12, 5 << 12, 7 << 12)))
     got = {s.name + str(sorted(s.labels.items())): s.value
            for m in col.collect() for s in m.samples}
     b = "sweeperd_mutator_alloc_seconds_bucket"
@@ -156,7 +157,7 @@ def test_refill_histogram_and_scenario_series():
     plain = {m.name for m in SnapshotCollector(
         lambda: _snapshot(), lambda: Sample(time.monotonic(), []),
         Kernel(lambda: 123, lambda: 45, lambda: 6,
-                                   lambda: Books(hs, 3 << 12, 5 << 12))).collect()}
+                                   lambda: Books(hs, 3 << 12, 5 << 12, 7 << 12))).collect()}
     assert "sweeperd_scenario_info" not in plain
 
 
@@ -172,6 +173,7 @@ sweeperd_scenario_start_seconds sweeperd_scenario_target_live_bytes
 sweeperd_memory_sample_age_seconds sweeperd_heap_objects_bytes sweeperd_heap_unused_bytes
 sweeperd_heap_free_bytes sweeperd_heap_goal_bytes sweeperd_heap_live_bytes
 sweeperd_heap_size_bytes sweeperd_heap_releasing_bytes sweeperd_heap_cached_bytes
+sweeperd_heap_committing_bytes
 sweeperd_heap_released_bytes sweeperd_heap_fragmentation_bytes sweeperd_heap_backed_bytes
 sweeperd_heap_metadata_backed_bytes sweeperd_system_shmem_bytes
 sweeperd_process_resident_bytes sweeperd_process_pss_bytes
@@ -215,7 +217,7 @@ def test_a_scrapes_metric_names_and_typed_figures_are_unchanged():
     reg = CollectorRegistry()
     reg.register(SnapshotCollector(lambda: snap, lambda: Sample(time.monotonic(), procs),
                                    Kernel(lambda: 123, lambda: 45, lambda: 6,
-                                   lambda: Books(hs, 3 << 12, 5 << 12))))
+                                   lambda: Books(hs, 3 << 12, 5 << 12, 7 << 12))))
     body = generate_latest(reg).decode()
     assert set(re.findall(r"^# TYPE (\S+) ", body, flags=re.M)) == SCRAPE_NAMES
     for line in ("sweeperd_scavenge_policy_hugepage_kept_bytes 6.0",

@@ -206,6 +206,9 @@ class SnapshotCollector(Collector):
         yield _gauge("sweeperd_heap_cached_bytes", "Pages of spans held in mutators' mcaches "
                      "(in heap_objects/unused; pages not written yet are not backed).",
                      b.cached_bytes)
+        yield _gauge("sweeperd_heap_committing_bytes", "Released pages an allocator is "
+                     "backing again (still in heap_released_bytes until it finishes; the "
+                     "kernel may back them first).", b.committing_bytes)
         yield _gauge("sweeperd_heap_released_bytes", "Free pages returned to the OS, by the "
                      "books (/memory/classes/heap/released).", hs.released_bytes)
         yield _gauge("sweeperd_heap_fragmentation_bytes",

@@ -19,7 +19,9 @@ Books against the kernel: the books' backed bytes are ``heap_size - released`` o
 less up to what the books cannot know is touched: ``releasing`` (pages whose madvise is in
 flight: the kernel may have dropped them already), ``cached`` (spans in mutators' mcaches,
 allocated but perhaps not written yet) and ``unused`` (free slots of in-use spans: touched if
-ever allocated, not if never — the untouched tail of a partly filled span).  The kernel's
+ever allocated, not if never — the untouched tail of a partly filled span); and more by up to
+``committing`` (released pages an allocator is backing again, up to a bulk step's 8 MiB: the
+kernel backs them before the books stop counting them released).  The kernel's
 figure moves while the scrape runs (mutators touch new pages, releasers drop them), so its
 interval is the range of three reads of ``st_blocks``: the harness's just before and just
 after the scrape, and the daemon's own within it (``sweeperd_heap_backed_bytes``).  A row's
@@ -92,6 +94,7 @@ GAUGES = {
     "sweeperd_heap_released_bytes": "released_books_bytes",
     "sweeperd_heap_releasing_bytes": "releasing_books_bytes",
     "sweeperd_heap_cached_bytes": "cached_books_bytes",
+    "sweeperd_heap_committing_bytes": "committing_books_bytes",
     "sweeperd_heap_size_bytes": "heap_size_bytes",
     "sweeperd_heap_backed_bytes": "daemon_backed_bytes",
     "sweeperd_scenario_target_live_bytes": "target_live_bytes",
@@ -281,8 +284,9 @@ class Sampler:
         row["books_backed_bytes"] = books
         lo = (books - row["releasing_books_bytes"] - row["cached_books_bytes"]
               - row["unused_bytes"])
+        hi = books + row["committing_books_bytes"]
         kd = row["daemon_backed_bytes"]
-        row["books_vs_kernel"] = books_error(lo, books, min(k0, k1, kd), max(k0, k1, kd))
+        row["books_vs_kernel"] = books_error(lo, hi, min(k0, k1, kd), max(k0, k1, kd))
         row.update(split_columns(row))
         for pid, role in list(self.roles.items()):
             try:

@@ -105,7 +105,8 @@ C_OCCUPIED_PAGES = 3  # pages of in-use spans holding at least one object (fragm
 C_SCAVENGED_PAGES = 4  # pages with their scavenged bit set (all free: Go's heap/released)
 C_RELEASING_PAGES = 5  # free pages a releaser has taken and not finished (madvise in flight)
 C_CACHED_PAGES = 6  # pages of spans cached in mutators' mcaches (sweepgen h+1 or h+3)
-NCOUNTERS = 7
+C_COMMITTING_PAGES = 7  # released pages an allocator is backing again (commit in flight)
+NCOUNTERS = 8
 
 # Tallies (columns of ``tallies``): per claimer, what it has done since the heap was made.
 # They only grow, one writer per row, never rebased (a scan cannot recount history), and

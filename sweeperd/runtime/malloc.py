@@ -12,8 +12,11 @@ popcount(allocBits)`` holds at every moment.
 Payloads are really written into the arena, every 8-byte word of an object: its first word
 gets :func:`payload_words` of its address and the allocation's seed (an object found
 elsewhere than where it was written reads wrong), every other word the seed's
-:func:`fill_word` (bytes another allocation wrote over it read wrong) — written as a memset
-and one store per object, about what Go's allocator costs when it zeroes a reused object.
+:func:`fill_word`, one byte repeated (bytes another allocation wrote over it read wrong,
+unless the two seeds' bytes agree: 1 in 255; the first word, unique to the object and the
+seed, still tells any reuse of its slot) — written as a memset (one byte: 2.5x a word fill
+here) and one store per object, about what Go's allocator costs when it zeroes a reused
+object.
 So pages are really touched (RSS is real) and a live object's bytes can be checked later
 with :func:`verify_payload`.
 
@@ -99,10 +102,17 @@ def payload_words(word_index: np.ndarray, seed: int) -> np.ndarray:
     return w
 
 
+def fill_byte(seed: int) -> int:
+    """The byte every word of an object but its first is filled with, for ``seed``: the
+    top byte of the seed's hash, never 0 (a page the allocation never wrote reads 0)."""
+    return (((seed & 0xFFFF_FFFF_FFFF_FFFF) * _MIX) & 0xFFFF_FFFF_FFFF_FFFF) >> 56 | 1
+
+
 def fill_word(seed: int) -> np.uint64:
-    """The payload of every word of an object but its first, written with ``seed`` (an
-    object overwritten by another's bytes reads wrong here)."""
-    return np.uint64(((seed & 0xFFFF_FFFF_FFFF_FFFF) * _MIX) & 0xFFFF_FFFF_FFFF_FFFF | 1)
+    """The payload of every word of an object but its first, written with ``seed``:
+    :func:`fill_byte` in each of its 8 bytes (an object overwritten by another's bytes
+    reads wrong here, unless their bytes agree)."""
+    return np.uint64(fill_byte(seed) * 0x0101_0101_0101_0101)
 
 
 def _object_words(heap: Heap, span: int | np.ndarray,
@@ -129,13 +139,14 @@ def write_payload(heap: Heap, span: int | np.ndarray, idx: np.ndarray, seed: int
     if base.size == 0:
         return
     fill = fill_word(seed)
-    if nw > 512:  # large objects: one slice each
+    byte = fill_byte(seed)
+    if nw > 512:  # large objects: one slice each, a memset
         for b in base.tolist():
-            heap.arena64[b : b + nw] = fill
+            heap.arena[b << 3 : (b + nw) << 3].fill(byte)
     else:
         lo, hi = int(base[0]), int(base[-1]) + nw
         if hi - lo == base.size * nw and (base.size == 1 or (np.diff(base) == nw).all()):
-            heap.arena64[lo:hi] = fill  # objects back to back: one slice, no index arrays
+            heap.arena[lo << 3 : hi << 3].fill(byte)  # back to back: one memset
         else:
             heap.arena64[(base[:, None] + np.arange(nw)).ravel()] = fill
     heap.arena64[base] = payload_words(base, seed)
@@ -151,9 +162,9 @@ def write_span_payloads(heap: Heap, spans: np.ndarray, seed: int, npages: int = 
     if spans.size == 0:
         return
     pages = spans if npages == 1 else (spans[:, None] + np.arange(npages)).ravel()
-    fill = fill_word(seed)
+    byte = fill_byte(seed)
     for first, count in zip(*consecutive(pages), strict=True):
-        heap.arena64[first * words : (first + count) * words] = fill
+        heap.arena[first * PAGE_SIZE : (first + count) * PAGE_SIZE].fill(byte)  # a memset
     c = int(heap.span_class[spans[0]])
     ow = int(CLASS_SIZE[c]) >> 3
     firsts = (spans[:, None] * words + np.arange(int(CLASS_NELEMS[c])) * ow).ravel()

@@ -42,6 +42,7 @@ import numpy as np
 from sweeperd.errors import HeapCorrupt, OutOfMemory
 from sweeperd.runtime import kernels
 from sweeperd.runtime.heap import (
+    C_COMMITTING_PAGES,
     C_IN_USE_PAGES,
     C_OCCUPIED_PAGES,
     C_SCAVENGED_PAGES,
@@ -157,8 +158,13 @@ def init_spans(heap: Heap, starts: np.ndarray, npages: int, sizeclass: int) -> i
         raise HeapCorrupt("init_spans: run overlaps an in-use span or pages being scavenged")
     unbacked = heap.scavenged[pages] != 0
     nscav = int(np.count_nonzero(unbacked))
-    if nscav:
-        commit(heap, pages[unbacked] if nscav < unbacked.size else pages)
+    if nscav:  # in flight until counted backed below: the kernel may back them first
+        heap.count(C_COMMITTING_PAGES, nscav)
+        try:
+            commit(heap, pages[unbacked] if nscav < unbacked.size else pages)
+        except BaseException:
+            heap.count(C_COMMITTING_PAGES, -nscav)
+            raise
     h = heap.sweepgen
     heap.page_span[pages] = np.repeat(starts, npages) if npages > 1 else starts
     heap.scavenged[pages] = 0
@@ -176,6 +182,7 @@ def init_spans(heap: Heap, starts: np.ndarray, npages: int, sizeclass: int) -> i
     heap.span_state[starts] = SPAN_IN_USE  # last: the span exists from here on
     # in this order, a reader between two counts never sees negative free bytes
     heap.count(C_SCAVENGED_PAGES, -nscav)
+    heap.count(C_COMMITTING_PAGES, -nscav)
     heap.count(C_IN_USE_PAGES, npages * int(starts.size))
     heap.count(C_SPANS_IN_USE, int(starts.size))
     return nscav

@@ -106,6 +106,10 @@ class Chunk:
     keep_bytes: int = 0  # bytes of its kept objects (death KEEP): what dropping it frees
     serial: int = field(default_factory=lambda: next(_SERIALS))  # new for every new chunk
 
+    def __post_init__(self) -> None:
+        # the earliest death, as a Python int (-1 when empty): survivors' fast path
+        self.first_death = int(self.deaths[0]) if self.deaths.size else -1
+
     @classmethod
     def of(cls, spans: np.ndarray, idx: np.ndarray, seed: int, death: np.ndarray,
            keep_bytes: int = 0) -> Chunk:
@@ -138,6 +142,8 @@ class Chunk:
 
     def survivors(self, marks: int) -> Chunk | None:
         """The chunk less the objects dead at mark ``marks`` (None when all are)."""
+        if self.first_death > marks:  # none dies: the common case, without numpy
+            return self
         k = int(np.searchsorted(self.deaths, marks, side="right"))
         if k == 0 and self.deaths.size:
             return self
@@ -290,7 +296,8 @@ class Mutator:
         spans = np.broadcast_to(np.asarray(span, dtype=np.int32), idx.shape).copy()
         malloc.write_payload(self.heap, spans, idx, seed)
         death, keep_bytes = self._lifetimes(idx.size, elem_bytes)
-        self.live.append(Chunk.of(spans, idx, seed, death, keep_bytes))
+        if (death > self.stats.marks).any():  # (garbage alone dies at the next mark: as
+            self.live.append(Chunk.of(spans, idx, seed, death, keep_bytes))  # _record_whole)
         for i in self._finalized(idx.size).tolist():
             specials.set_finalizer(self.heap, int(spans[i]), int(idx[i]))
 

@@ -1,8 +1,9 @@
 // goalloc: the Go baseline of `sweeperd bench alloc`.  One goroutine allocates objects of
 // one size ([]uint64 of size/8 words, so the runtime serves them from exactly that size
 // class, pointer-free as sweeperd's are) for a fixed time, and writes every 8-byte word of
-// each with the same payload sweeperd's mutators write (word address/8 times the golden
-// ratio, xor a per-object seed).  Each object dies at once (the sink holds only the last),
+// each with the payload sweeperd's mutators write: the first word its address/8 times the
+// golden ratio, xor a per-object seed; every other word one byte of the seed's hash repeated
+// (malloc.py's fill_byte; sweeperd writes those as a memset).  Each object dies at once (the sink holds only the last),
 // so the live heap stays tiny and the GC runs as often as GOGC asks: what the benchmark
 // measures in sweeperd, where the heap is dropped and swept whenever it is 90% full.
 //
@@ -20,7 +21,10 @@ import (
 	"unsafe"
 )
 
-const gold = 0x9E3779B97F4A7C15
+const (
+	gold = 0x9E3779B97F4A7C15
+	mix  = 0xBF58476D1CE4E5B9 // malloc.py's _MIX
+)
 
 var sink []uint64
 
@@ -44,8 +48,10 @@ func main() {
 			s := make([]uint64, words)
 			base := uint64(uintptr(unsafe.Pointer(&s[0]))) >> 3
 			seed++
-			for i := range s {
-				s[i] = (base+uint64(i))*gold ^ seed
+			s[0] = base*gold ^ seed
+			fill := ((seed*mix)>>56 | 1) * 0x0101010101010101
+			for i := 1; i < len(s); i++ {
+				s[i] = fill
 			}
 			sink = s
 		}
