@@ -236,3 +236,36 @@ def test_free_spans_compiled_and_numpy_agree(compiled, seed, shuffled, twice):
     assert g0 == g1
     for name in s0:
         assert np.array_equal(s0[name], s1[name]), name
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**32 - 1), p_free=st.floats(0, 1), p_backed=st.floats(0, 1),
+       npages=st.integers(1, 8), count=st.integers(0, 60), lo_frac=st.floats(0, 1))
+def test_the_compiled_carve_finds_what_the_windowed_search_finds(heap, seed, p_free, p_backed,
+                                                                  npages, count, lo_frac):
+    """kernels.carve (one scan) and mheap's windowed numpy search take the same spans from
+    the same page map: backed runs first, then any free runs less those (the alloc_spans
+    order), from any search hint."""
+    from sweeperd.runtime import kernels
+    from sweeperd.runtime.heap import PAGE_FREE
+
+    from .conftest import not_here
+
+    if not kernels.ENABLED:
+        not_here(f"no compiled kernels: {kernels.UNAVAILABLE}")
+    rng = np.random.default_rng(seed)
+    n = heap.npages
+    saved = heap.page_span.copy(), heap.scavenged.copy()
+    try:
+        heap.page_span[:] = np.where(rng.random(n) < p_free, PAGE_FREE, 0)
+        heap.scavenged[:] = rng.random(n) >= p_backed
+        lo = int(lo_frac * n)
+        for backed in (True, False):
+            first = mheap._carve(heap, lo, count, npages, True, compiled=False)
+            taken = None if backed else first
+            want = mheap._carve(heap, lo, count, npages, backed, taken, compiled=False)
+            got = mheap._carve(heap, lo, count, npages, backed, taken, compiled=True)
+            assert got.tolist() == want.tolist()
+    finally:
+        heap.page_span[:], heap.scavenged[:] = saved

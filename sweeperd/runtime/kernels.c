@@ -167,3 +167,32 @@ int free_spans_plain(const int64_t *starts, int64_t k, int64_t npages_total, int
     out[1] = held;
     return 1;
 }
+
+/* The first count spans of npages pages that the free runs in [lo, hi) hold, each run cut
+ * into spans from its start (mheap._carve): runs of free backed pages (backed), else of
+ * free pages at all less the spans taken already (offsets from lo, ascending, npages
+ * each).  Writes their offsets from lo to out; returns how many.  Pure reads. */
+int64_t carve(const int32_t *page_span, const uint8_t *scavenged, int64_t lo, int64_t hi,
+              int64_t npages, int64_t count, int64_t page_free, int64_t backed,
+              const int64_t *taken, int64_t ntaken, int64_t *out) {
+    int64_t found = 0, run = lo, ti = 0;
+    for (int64_t p = lo; p < hi && found < count; p++) {
+        int ok = page_span[p] == page_free && (!backed || scavenged[p] == 0);
+        if (ok && ntaken) {
+            const int64_t q = p - lo;
+            while (ti < ntaken && taken[ti] + npages <= q)
+                ti++;
+            if (ti < ntaken && taken[ti] <= q)
+                ok = 0;
+        }
+        if (!ok) {
+            run = p + 1;
+            continue;
+        }
+        if (p - run + 1 == npages) {
+            out[found++] = run - lo;
+            run = p + 1;
+        }
+    }
+    return found;
+}

@@ -25,6 +25,9 @@ reference they are tested against:
   or done: the states recovery already finishes.
 * :func:`free_spans_plain` is freeSpan for ascending in-use spans: all pages checked first,
   then per span: out of its set, DEAD, pages free (mheap.py's order).
+* :func:`carve` is mheap's search for the first free runs from the search hint (pure
+  reads, under the caller's heap lock): one scan that stops when it has found enough,
+  where numpy scans windows of the page map in several passes each, with the lock held.
 
 Invariants: a kernel writes only the spans it is given, only after its checks passed, and
 never takes the heap lock (the spans are claimed: their caller's own).  Every array is
@@ -76,6 +79,8 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     lib.sweep_commit.restype = _I
     lib.free_spans_plain.argtypes = [_P, _I, _I, _I, _I, _I, _I, _P, _P, _P, _P, _P, _P, _P]
     lib.free_spans_plain.restype = ctypes.c_int
+    lib.carve.argtypes = [_P, _P, _I, _I, _I, _I, _I, _I, _P, _I, _P]
+    lib.carve.restype = _I
     return lib, ""
 
 
@@ -127,6 +132,7 @@ class Tables:
         self.freeindex = table("span_freeindex", np.uint16)
         self.span_set = table("span_set", np.uint8)
         self.page_span = table("page_span", np.int32)
+        self.scavenged = table("scavenged", np.uint8)
 
 
 _NWORDS = _ptr(CLASS_NWORDS, np.int64, NUM_CLASSES)
@@ -185,6 +191,20 @@ def free_spans_plain(t: Tables, starts: np.ndarray, n: np.ndarray, out: np.ndarr
         _ptr(starts, np.int64), k, t.npages, SPAN_IN_USE, SPAN_DEAD, SET_NONE, PAGE_FREE,
         t.state, t.span_set, t.npages_of, t.page_span, t.alloc_count, _ptr(n, np.int64, k),
         _ptr(out, np.int64, 2)))
+
+
+def carve(t: Tables, lo: int, count: int, npages: int, backed: bool,
+          taken: np.ndarray | None, out: np.ndarray) -> int:
+    """mheap._carve over ``[lo, heap end)``: the first ``count`` spans of ``npages`` pages
+    the free runs from ``lo`` hold (of backed pages if ``backed``, else of free pages less
+    the spans at offsets ``taken``, int64 ascending), their offsets from ``lo`` written to
+    ``out`` (int64, at least ``count``).  Returns how many.  Pure reads."""
+    assert _lib is not None, UNAVAILABLE
+    if not 0 <= lo <= t.npages or npages < 1 or count < 0:
+        raise ValueError(f"kernels.carve: lo {lo}, npages {npages}, count {count}")
+    tk = np.empty(0, dtype=np.int64) if taken is None else taken
+    return int(_lib.carve(t.page_span, t.scavenged, lo, t.npages, npages, count, PAGE_FREE,
+                          int(backed), _ptr(tk, np.int64), tk.size, _ptr(out, np.int64, count)))
 
 
 def _alloc_buf(h: int) -> int:

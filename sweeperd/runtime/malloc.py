@@ -142,6 +142,7 @@ def write_payload(heap: Heap, span: int | np.ndarray, idx: np.ndarray, seed: int
     byte = fill_byte(seed)
     if nw > 512:  # large objects: one slice each, a memset
         for b in base.tolist():
+            heap.arena_region.map_in(b << 3, nw << 3)  # one call, not a fault a page
             heap.arena[b << 3 : (b + nw) << 3].fill(byte)
     else:
         lo, hi = int(base[0]), int(base[-1]) + nw
@@ -164,6 +165,7 @@ def write_span_payloads(heap: Heap, spans: np.ndarray, seed: int, npages: int = 
     pages = spans if npages == 1 else (spans[:, None] + np.arange(npages)).ravel()
     byte = fill_byte(seed)
     for first, count in zip(*consecutive(pages), strict=True):
+        heap.arena_region.map_in(first * PAGE_SIZE, count * PAGE_SIZE)  # one call, not faults
         heap.arena[first * PAGE_SIZE : (first + count) * PAGE_SIZE].fill(byte)  # a memset
     c = int(heap.span_class[spans[0]])
     ow = int(CLASS_SIZE[c]) >> 3

@@ -107,10 +107,16 @@ def find_run(heap: Heap, npages: int) -> int:
 
 
 def _carve(heap: Heap, lo: int, count: int, npages: int, backed: bool,
-           taken: np.ndarray | None = None) -> np.ndarray:
+           taken: np.ndarray | None = None, compiled: bool | None = None) -> np.ndarray:
     """The first ``count`` spans of ``npages`` pages that free runs from ``lo`` hold, each
     run cut into spans from its start: runs of backed pages (``backed``), else of free pages
-    at all less the spans ``taken`` already.  Offsets from ``lo``, ascending."""
+    at all less the spans ``taken`` already.  Offsets from ``lo``, ascending.  Compiled
+    (kernels.carve) when the kernels are there: the same spans, one scan."""
+    if kernels.ENABLED and compiled is not False:
+        out = np.empty(count, dtype=np.int64)
+        n = kernels.carve(kernels.tables(heap), lo, count, npages, backed,
+                          None if taken is None else np.ascontiguousarray(taken, np.int64), out)
+        return out[:n]
     for end in _windows(heap, lo, count * npages):
         m = heap.page_span[lo:end] == PAGE_FREE
         if backed:
