@@ -19,67 +19,69 @@
 
 static inline int64_t popcount64(uint64_t x) { return (int64_t)__builtin_popcountll(x); }
 
-/* Phase 1 of a sweep at heap sweepgen h, alloc buffer a: pure reads.  out[8] = objects
- * allocated before, pages, bitmap words, object-bytes delta, occupied-pages delta, spans
- * left empty, their pages.  nalloc[n] = each span's marked objects.  A span left empty
+/* The bitmap words of span s: a class's 1 or 2 words (every class up to 128 objects a
+ * span) in straight-line code, any other in a loop.  Returns 0 if a marked object is not
+ * allocated; adds the marked objects to *na and the allocated to *nb. */
+static inline int span_bits(const uint64_t *A, const uint64_t *M, int64_t stride, int64_t s,
+                            int64_t k, int64_t *na, int64_t *nb) {
+    if (k <= 2) {
+        const uint64_t m0 = M[s], a0 = A[s];
+        const uint64_t m1 = k == 2 ? M[stride + s] : 0, a1 = k == 2 ? A[stride + s] : 0;
+        *na = popcount64(m0) + popcount64(m1);
+        *nb += popcount64(a0) + popcount64(a1);
+        return ((m0 & ~a0) | (m1 & ~a1)) == 0;
+    }
+    int64_t n = 0;
+    for (int64_t w = 0; w < k; w++) {
+        const uint64_t mw = M[w * stride + s], aw = A[w * stride + s];
+        if (mw & ~aw)
+            return 0;
+        n += popcount64(mw);
+        *nb += popcount64(aw);
+    }
+    *na = n;
+    return 1;
+}
+
+/* Phase 1 of a sweep at heap sweepgen h, alloc buffer a: pure reads, and only what must be
+ * known before the first write (the tallies' in-flight batch).  out[3] = objects allocated
+ * before, pages, objects left.  nalloc[n] = each span's marked objects.  A span left empty
  * must own its pages (freeSpan's check, made here so the commit can free it in place). */
 int sweep_check(const int64_t *spans, int64_t n, int64_t h, int64_t a, int64_t in_use,
                 const uint64_t *bits, int64_t maxw, int64_t npages_total,
                 const uint8_t *state, const uint32_t *sweepgen, const uint64_t *commit,
                 const uint8_t *specials, const uint8_t *cls, const int32_t *npages,
-                const int64_t *nwords, const int64_t *csize, int64_t page_size,
-                const uint16_t *alloc_count, const int32_t *page_span, int64_t *nalloc,
-                int64_t *out) {
+                const int64_t *nwords, const uint16_t *alloc_count, const int32_t *page_span,
+                int64_t *nalloc, int64_t *out) {
     const uint32_t hm1 = (uint32_t)((h - 1) & M32), hm2 = (uint32_t)((h - 2) & M32);
     const uint64_t *A = bits + a * maxw * npages_total;
     const uint64_t *M = bits + (a ^ 1) * maxw * npages_total;
-    int64_t nbefore = 0, pages = 0, words = 0, dbytes = 0, docc = 0, nempty = 0, epages = 0;
-    int64_t nleft = 0, prev = -1;
+    int64_t nbefore = 0, pages = 0, nleft = 0, prev = -1;
     for (int64_t i = 0; i < n; i++) {
         const int64_t s = spans[i];
         if (s <= prev || s >= npages_total || state[s] != in_use || sweepgen[s] != hm1 ||
             specials[s] != 0 || (uint32_t)(commit[s] & M32) != hm2)
             return 0; /* not ascending, not claimed at h-1, finalizers, or committed */
-        prev = s;
-        const int64_t c = cls[s], k = nwords[c];
-        int64_t na = 0;
-        for (int64_t w = 0; w < k; w++) {
-            const uint64_t mw = M[w * npages_total + s], aw = A[w * npages_total + s];
-            if (mw & ~aw)
-                return 0; /* found pointer to free object */
-            na += popcount64(mw);
-            nbefore += popcount64(aw);
-        }
-        const int64_t old = alloc_count[s];
-        if (na > old)
+        int64_t na;
+        if (!span_bits(A, M, npages_total, s, nwords[cls[s]], &na, &nbefore))
+            return 0; /* found pointer to free object */
+        if (na > alloc_count[s])
             return 0; /* sweep increased allocation count */
         nalloc[i] = na;
         nleft += na;
         const int64_t npg = npages[s];
         if (npg < 1 || s + npg > npages_total)
             return 0;
-        dbytes += (na - old) * (c == 0 ? npg * page_size : csize[c]);
-        if (na == 0) {
+        if (na == 0)
             for (int64_t p = s; p < s + npg; p++)
                 if (page_span[p] != s)
                     return 0; /* freeSpan: a page of the span belongs to another span */
-            nempty++;
-            epages += npg;
-            if (old != 0)
-                docc -= npg;
-        }
         pages += npg;
-        words += k;
         prev = s + npg - 1;
     }
     out[0] = nbefore;
     out[1] = pages;
-    out[2] = words;
-    out[3] = dbytes;
-    out[4] = docc;
-    out[5] = nempty;
-    out[6] = epages;
-    out[7] = nleft;
+    out[2] = nleft;
     return 1;
 }
 
@@ -87,26 +89,32 @@ int sweep_check(const int64_t *spans, int64_t n, int64_t h, int64_t a, int64_t i
  * order: allocCount and freeindex, the commit (one 8-byte store), the old alloc buffer
  * zeroed, sweepgen published; then, unless preserve, the set, or for a span left empty
  * freeSpan's stores in freeSpan's order (out of its set, DEAD, its pages free).  Returns
- * how many spans were freed, written to empties with their pages in epages. */
+ * how many spans were freed, written to empties with their pages in epages; out[4] =
+ * bitmap words, object-bytes delta, occupied-pages delta, pages freed. */
 int64_t sweep_commit(const int64_t *spans, int64_t n, int64_t h, int64_t a, uint64_t *bits,
                      int64_t maxw, int64_t npages_total, const uint8_t *cls,
-                     const int64_t *nwords, const uint16_t *nelems, uint16_t *alloc_count,
-                     uint16_t *freeindex, volatile uint64_t *commit,
-                     volatile uint32_t *sweepgen, uint8_t *span_set, const int64_t *nalloc,
-                     int64_t preserve, int64_t set_full, int64_t set_partial,
-                     volatile uint8_t *state, const int32_t *npages,
-                     volatile int32_t *page_span, int64_t dead, int64_t set_none,
-                     int64_t page_free, int64_t *empties, int64_t *epages) {
+                     const int64_t *nwords, const int64_t *csize, int64_t page_size,
+                     const uint16_t *nelems, uint16_t *alloc_count, uint16_t *freeindex,
+                     volatile uint64_t *commit, volatile uint32_t *sweepgen,
+                     uint8_t *span_set, const int64_t *nalloc, int64_t preserve,
+                     int64_t set_full, int64_t set_partial, volatile uint8_t *state,
+                     const int32_t *npages, volatile int32_t *page_span, int64_t dead,
+                     int64_t set_none, int64_t page_free, int64_t *empties, int64_t *epages,
+                     int64_t *out) {
     const uint64_t low = (uint64_t)h & M32;
     uint64_t *A = bits + a * maxw * npages_total;
-    int64_t ne = 0;
+    int64_t ne = 0, words = 0, dbytes = 0, docc = 0, freed = 0;
     for (int64_t i = 0; i < n; i++) {
-        const int64_t s = spans[i], na = nalloc[i];
+        const int64_t s = spans[i], na = nalloc[i], old = alloc_count[s], c = cls[s];
+        const int64_t k = nwords[c], npg = npages[s];
+        words += k;
+        dbytes += (na - old) * (c == 0 ? npg * page_size : csize[c]);
+        if (na == 0 && old != 0)
+            docc -= npg;
         alloc_count[s] = (uint16_t)na;
         freeindex[s] = 0;
         BARRIER();
         commit[s] = (((commit[s] >> 32) + 1) << 32) | low; /* the commit */
-        const int64_t k = nwords[cls[s]];
         for (int64_t w = 0; w < k; w++)
             A[w * npages_total + s] = 0; /* the old alloc buffer: the fresh mark bitmap */
         BARRIER();
@@ -118,7 +126,6 @@ int64_t sweep_commit(const int64_t *spans, int64_t n, int64_t h, int64_t a, uint
             span_set[s] = (uint8_t)(na == nelems[s] ? set_full : set_partial);
             continue;
         }
-        const int64_t npg = npages[s];
         span_set[s] = (uint8_t)set_none;
         state[s] = (uint8_t)dead;
         BARRIER();
@@ -126,7 +133,12 @@ int64_t sweep_commit(const int64_t *spans, int64_t n, int64_t h, int64_t a, uint
             page_span[p] = (int32_t)page_free; /* the pages are free from here on */
         empties[ne] = s;
         epages[ne++] = npg;
+        freed += npg;
     }
+    out[0] = words;
+    out[1] = dbytes;
+    out[2] = docc;
+    out[3] = freed;
     return ne;
 }
 

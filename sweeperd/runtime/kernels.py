@@ -72,10 +72,10 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     except OSError as e:
         return None, f"cannot load {path}: {e}"
     lib.sweep_check.argtypes = [_P, _I, _I, _I, _I, _P, _I, _I, _P, _P, _P, _P, _P, _P, _P,
-                                _P, _I, _P, _P, _P, _P]
+                                _P, _P, _P, _P]
     lib.sweep_check.restype = ctypes.c_int
-    lib.sweep_commit.argtypes = [_P, _I, _I, _I, _P, _I, _I, _P, _P, _P, _P, _P, _P, _P, _P,
-                                 _P, _I, _I, _I, _P, _P, _P, _I, _I, _I, _P, _P]
+    lib.sweep_commit.argtypes = [_P, _I, _I, _I, _P, _I, _I, _P, _P, _P, _I, _P, _P, _P, _P,
+                                 _P, _P, _P, _I, _I, _I, _P, _P, _P, _I, _I, _I, _P, _P, _P]
     lib.sweep_commit.restype = _I
     lib.free_spans_plain.argtypes = [_P, _I, _I, _I, _I, _I, _I, _P, _P, _P, _P, _P, _P, _P]
     lib.free_spans_plain.restype = ctypes.c_int
@@ -152,33 +152,33 @@ def tables(heap: Any) -> Tables:
 def sweep_check(t: Tables, spans: np.ndarray, h: int, nalloc: np.ndarray,
                 out: np.ndarray) -> bool:
     """Phase 1 of a sweep of the claimed ``spans`` (int64, n) at heap sweepgen ``h``: pure
-    reads.  Fills ``nalloc`` (int64, n: marked objects per span) and ``out`` (int64, 8:
-    objects allocated before, pages, bitmap words, object-bytes delta, occupied-pages delta,
-    spans left empty, their pages, objects still allocated).  ``False`` if the batch is not
-    the plain case (a span left empty must own its pages, as freeSpan checks)."""
+    reads, of what must be known before the first write.  Fills ``nalloc`` (int64, n:
+    marked objects per span) and ``out`` (int64, 3: objects allocated before, pages, objects
+    left).  ``False`` if the batch is not the plain case (a span left empty must own its
+    pages, as freeSpan checks)."""
     assert _lib is not None, UNAVAILABLE
     n = spans.size
     return bool(_lib.sweep_check(
         _ptr(spans, np.int64), n, h, _alloc_buf(h), SPAN_IN_USE, t.bits, t.maxw, t.npages,
-        t.state, t.sweepgen, t.commit, t.specials, t.cls, t.npages_of, _NWORDS, _CSIZE,
-        PAGE_SIZE, t.alloc_count, t.page_span, _ptr(nalloc, np.int64, n),
-        _ptr(out, np.int64, 8)))
+        t.state, t.sweepgen, t.commit, t.specials, t.cls, t.npages_of, _NWORDS,
+        t.alloc_count, t.page_span, _ptr(nalloc, np.int64, n), _ptr(out, np.int64, 3)))
 
 
 def sweep_commit(t: Tables, spans: np.ndarray, h: int, nalloc: np.ndarray, preserve: bool,
-                 empties: np.ndarray, epages: np.ndarray) -> int:
+                 empties: np.ndarray, epages: np.ndarray, out: np.ndarray) -> int:
     """Phases 2 and 3 of a batch :func:`sweep_check` accepted (same ``spans``, ``h`` and
     ``nalloc``).  Unless ``preserve``, places each span in its set, or frees a span left
     empty (freeSpan's stores, in its order) and writes it to ``empties`` and its pages to
-    ``epages`` (int64, as many as sweep_check counted); returns how many it freed."""
+    ``epages`` (int64, n each); returns how many it freed.  ``out`` (int64, 4): bitmap
+    words swept, the object-bytes and occupied-pages deltas, pages freed."""
     assert _lib is not None, UNAVAILABLE
     n = spans.size
     return int(_lib.sweep_commit(
         _ptr(spans, np.int64), n, h, _alloc_buf(h), t.bits, t.maxw, t.npages, t.cls,
-        _NWORDS, t.nelems, t.alloc_count, t.freeindex, t.commit, t.sweepgen, t.span_set,
-        _ptr(nalloc, np.int64, n), int(preserve), full_swept(h), partial_swept(h), t.state,
-        t.npages_of, t.page_span, SPAN_DEAD, SET_NONE, PAGE_FREE, _ptr(empties, np.int64),
-        _ptr(epages, np.int64)))
+        _NWORDS, _CSIZE, PAGE_SIZE, t.nelems, t.alloc_count, t.freeindex, t.commit,
+        t.sweepgen, t.span_set, _ptr(nalloc, np.int64, n), int(preserve), full_swept(h),
+        partial_swept(h), t.state, t.npages_of, t.page_span, SPAN_DEAD, SET_NONE, PAGE_FREE,
+        _ptr(empties, np.int64, n), _ptr(epages, np.int64, n), _ptr(out, np.int64, 4)))
 
 
 def free_spans_plain(t: Tables, starts: np.ndarray, n: np.ndarray, out: np.ndarray) -> bool:

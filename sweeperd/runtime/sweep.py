@@ -341,27 +341,29 @@ def _sweep_compiled(heap: Heap, spans: np.ndarray, preserve: bool,
     spans = np.ascontiguousarray(spans)
     t = kernels.tables(heap)
     nalloc = np.empty(n, dtype=np.int64)
-    out = np.zeros(8, dtype=np.int64)
+    out = np.zeros(4, dtype=np.int64)
     if not kernels.sweep_check(t, spans, h, nalloc, out):
         return None
-    nbefore, pages, words, dbytes, docc, nempty, epages, nleft = out.tolist()
+    nbefore, pages, nleft = out[:3].tolist()
     nfreed = nbefore - nleft
     if count:
         heap.begin_batch(SWEEP_BATCH, (n, pages, nfreed))
+    empties = np.empty(n, dtype=np.int64)
+    npg = np.empty(n, dtype=np.int64)
+    ne = kernels.sweep_commit(t, spans, h, nalloc, preserve, empties, npg, out)
+    words, dbytes, docc, epages = out.tolist()
+    # the running counters after the stores, not before as numpy's engine: a death between
+    # leaves them off either way, and the coordinator rebases them (heapstats.rebase)
     heap.count(C_OBJECT_BYTES, dbytes)
     heap.count(C_OCCUPIED_PAGES, docc)
-    empties = np.empty(nempty, dtype=np.int64)
-    npg = np.empty(nempty, dtype=np.int64)
-    ne = kernels.sweep_commit(t, spans, h, nalloc, preserve, empties, npg)
     if count:
         heap.apply_batch(SWEEP_BATCH)
     st = SweepStats(spans=n, pages=pages, objects_freed=nfreed, bitmap_bytes=words * 16)
     if ne:  # freed in place: mheap.free_spans's counts and what follows its stores
-        assert ne == nempty, (ne, nempty)
         heap.count(C_IN_USE_PAGES, -epages)
         heap.count(C_SPANS_IN_USE, -ne)
         heap.tally(T_FREED_PAGES, epages)
-        st.pages_freed = freed(heap, empties, npg)
+        st.pages_freed = freed(heap, empties[:ne], npg[:ne])
         st.spans_freed = ne
     return st
 
