@@ -14,7 +14,7 @@ import traceback
 import urllib.request
 from typing import TYPE_CHECKING, Any
 
-from sweeperd.errors import ExitCode, Throw
+from sweeperd.errors import ExitCode, Throw, ThrownByWorker
 from sweeperd.pacing.names import POLICIES
 
 if TYPE_CHECKING:
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 def _bench_sweep(args: argparse.Namespace) -> int:
     from sweeperd.bench.sweep import SweepBenchConfig, bench_sweep
+    from sweeperd.sys.cgroup import mem_available
 
     cfg = SweepBenchConfig(
         spans=args.spans,
@@ -31,20 +32,26 @@ def _bench_sweep(args: argparse.Namespace) -> int:
         heap_mib=args.heap_mib,
         batch=args.batch,
         chunk_pages=args.chunk_pages,
-        rounds=args.rounds or (15 if args.workers is not None else 7),
+        rounds=args.rounds if args.rounds is not None else (15 if args.workers is not None
+                                                            else 7),
     )
     try:
         cfg.validate()
         counts = _int_list(args.workers, "--workers") if args.workers is not None else None
+        cfg.check_fits(mem_available())
     except ValueError as e:
         print(f"sweeperd bench sweep: {e}", file=sys.stderr)
         return 2
-    if counts:
-        from sweeperd.bench.sweep import bench_sweep_processes
+    try:
+        if counts:
+            from sweeperd.bench.sweep import bench_sweep_processes
 
-        result = bench_sweep_processes(cfg, counts)
-    else:
-        result = bench_sweep(cfg)
+            result = bench_sweep_processes(cfg, counts)
+        else:
+            result = bench_sweep(cfg)
+    except OSError as e:  # the kernel refused the heap's memory after all
+        print(f"sweeperd bench sweep: {e}", file=sys.stderr)
+        return 1
     return _print_result(result, args.json)
 
 
@@ -144,7 +151,7 @@ def _print_result(result: dict[str, Any], as_json: bool) -> int:
 
 def _int_list(text: str, flag: str) -> list[int]:
     try:
-        vals = [int(x) for x in text.split(",") if x.strip()]
+        vals = [int(x) for x in text.split(",")]
     except ValueError:
         raise ValueError(f"{flag} takes comma-separated integers, got {text!r}") from None
     if not vals or any(not 1 <= v <= 64 for v in vals):
@@ -245,7 +252,8 @@ def _run(args: argparse.Namespace) -> int:
         co.run(cfg.run.duration_s)
         _say(f"sweeperd: stopping after {co.snap.cycle} cycles")
     except Throw as e:  # a heap invariant broke: stop loudly, after draining (finally)
-        _print_exc()
+        if not isinstance(e, ThrownByWorker):  # (a worker's: its traceback is logged above)
+            _print_exc()
         code, why = EXIT_FATAL, f"fatal: {e}"
     except MemoryDeaths as e:
         code, why = ExitCode.OUT_OF_MEMORY, f"giving up: {e}"
@@ -273,9 +281,7 @@ def _engine() -> str:
     """Which sweep engine runs (runtime/kernels.py), and if not the compiled one, why."""
     from sweeperd.runtime import kernels
 
-    if kernels.ENABLED:
-        return "sweep engine: compiled kernels"
-    return f"sweep engine: numpy (no compiled kernels: {kernels.UNAVAILABLE})"
+    return f"sweep engine: {kernels.engine()}"
 
 
 def _say(line: str, stream: Any = None) -> None:

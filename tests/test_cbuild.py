@@ -38,14 +38,28 @@ def test_a_source_builds_once_and_loads(cache):
     assert not [p for p in lib.parent.iterdir() if p.name.startswith(".")]  # no temp left
 
 
-def test_a_cache_others_may_write_is_refused(cache):
+@pytest.mark.parametrize("which", ["c", "sweeperd", "root"])
+def test_a_cache_others_may_write_is_refused(cache, which):
+    """Every component from the cache root down: ``$XDG_CACHE_HOME``, ``sweeperd``, ``c``."""
     src = cache / "k.c"
     src.write_text(SRC)
     d = cache / "cache" / "sweeperd" / "c"
     d.mkdir(parents=True)
-    d.chmod(0o777)
+    {"c": d, "sweeperd": d.parent, "root": d.parent.parent}[which].chmod(0o777)
     assert cbuild.shared_library(src, "k") is None
-    assert "may be written by others" in cbuild.last_error
+    assert "may be written by others (mode 777)" in cbuild.last_error
+
+
+def test_cc_with_flags_builds_and_an_old_build_is_removed(cache, monkeypatch):
+    src = cache / "k.c"
+    src.write_text(SRC)
+    first = cbuild.shared_library(src, "k")
+    assert first is not None, cbuild.last_error
+    monkeypatch.setenv("CC", f"{os.environ.get('CC') or 'cc'} -O1")  # flags in CC: a new key
+    second = cbuild.shared_library(src, "k")
+    assert second is not None and second != first, cbuild.last_error
+    assert ctypes.CDLL(str(second)).answer() == 42
+    assert not first.exists()  # the older build of the same name is gone
 
 
 def test_no_compiler_and_a_failing_build_say_why(cache, monkeypatch):
@@ -56,3 +70,14 @@ def test_no_compiler_and_a_failing_build_say_why(cache, monkeypatch):
     monkeypatch.setenv("CC", "no-such-cc-anywhere")
     assert cbuild.shared_library(src, "k") is None
     assert "no C compiler (no-such-cc-anywhere)" in cbuild.last_error
+
+
+def test_a_compiler_that_writes_nothing_leaves_nothing(cache, monkeypatch):
+    """``CC=true`` exits 0 without a library: refused, and no empty file is kept to be
+    loaded (and fail) forever after."""
+    src = cache / "k.c"
+    src.write_text(SRC)
+    monkeypatch.setenv("CC", "true")
+    assert cbuild.shared_library(src, "k") is None
+    assert "exited 0 but wrote no shared object" in cbuild.last_error
+    assert not list((cache / "cache" / "sweeperd" / "c").glob("*.so"))

@@ -32,6 +32,9 @@ def test_bench_sweep_prints_its_json():
     (["--size-class", "0"], "--size-class"),
     (["--spans", "4096", "--heap-mib", "1"], "--heap-mib"),
     (["--spans", "many"], "--spans"),
+    (["--rounds", "0"], "--rounds"),
+    (["--workers", "1,,2"], "--workers"),
+    (["--spans", str(1 << 40)], "--spans"),  # 8 PiB: more than this host has available
 ])
 def test_bad_flags_exit_2_naming_the_flag(args, needle):
     r = _sweeperd("bench", "sweep", *args)
@@ -41,10 +44,11 @@ def test_bad_flags_exit_2_naming_the_flag(args, needle):
 
 def test_bench_sweep_with_worker_processes():
     r = _sweeperd("bench", "sweep", "--json", "--spans", "8192", "--workers", "1,2",
-                  "--rounds", "2", "--live", "0.5")
+                  "--rounds", "2", "--live", "0.5", "--chunk-pages", "64")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert [run["workers"] for run in out["runs"]] == [1, 2]
+    assert out["chunk_pages"] == 64  # what was asked, not a floor of its own
     for run in out["runs"]:
         assert run["spans"] == 8192 and sum(run["spans_by_worker"]) == 8192
         assert run["spans_freed"] == 4096  # the second half of the objects is dead

@@ -57,6 +57,12 @@ def test_cycles_exactly_once_no_object_lost_and_clean_shutdown(daemon):
     body = urllib.request.urlopen(daemon.metrics, timeout=10).read().decode()
     for name in REQUIRED_METRICS:
         assert name in body, name
+    # the engine it runs, said in status and the scrape (where a compiler is, the compiled)
+    from sweeperd.runtime import kernels
+
+    want = "compiled" if kernels.enabled() else "numpy"
+    assert st["sweep_engine"].startswith(want), st["sweep_engine"]
+    assert f'sweeperd_sweep_engine_info{{engine="{want}"}} 1.0' in body.splitlines()
     pids = [w["pid"] for w in st["workers"]]
     # workers run at control.worker_nice (5) below the daemon, which keeps its own priority
     assert {_nice(p) - _nice(st["pid"]) for p in pids} == {5}

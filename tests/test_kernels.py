@@ -17,8 +17,8 @@ from .conftest import not_here
 
 @pytest.fixture
 def heap():
-    if not kernels.ENABLED:
-        not_here(f"no compiled kernels: {kernels.UNAVAILABLE}")
+    if not kernels.enabled():
+        not_here(f"no compiled kernels: {kernels.unavailable()}")
     with Heap.create(1 << 20) as h:
         yield h
 
@@ -55,8 +55,8 @@ def test_wrong_dtypes_and_short_arrays_never_reach_c(heap):
 
 
 def test_a_closed_heap_drops_its_addresses():
-    if not kernels.ENABLED:
-        not_here(f"no compiled kernels: {kernels.UNAVAILABLE}")
+    if not kernels.enabled():
+        not_here(f"no compiled kernels: {kernels.unavailable()}")
     h = Heap.create(1 << 20)
     assert kernels.tables(h) is kernels.tables(h)
     h.close()
@@ -81,3 +81,20 @@ def test_a_span_whose_pages_are_not_its_own_is_handed_back(heap):
     assert not kernels.free_spans_plain(kernels.tables(heap), np.array([s], dtype=np.int64),
                                         n, out)
     assert heap.span_state[s] == SPAN_IN_USE
+
+
+@pytest.mark.parametrize("value", ["0", "off", "False", " no "])
+def test_the_numpy_engine_is_chosen_by_name_and_nothing_is_built_at_import(value):
+    """``SWEEPERD_KERNELS`` off in any of its spellings chooses numpy, and says so; importing
+    the runtime builds nothing (``sweeperd status`` never runs a compiler)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from sweeperd.runtime import kernels, sweep\n"
+            "assert not kernels._loaded\n"
+            "print(kernels.engine())")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120, env={**os.environ, "SWEEPERD_KERNELS": value})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"numpy (no compiled kernels: SWEEPERD_KERNELS={value})"

@@ -216,8 +216,8 @@ def test_free_spans_compiled_and_numpy_agree(compiled, seed, shuffled, twice):
 
     from .conftest import not_here
 
-    if compiled and not kernels.ENABLED:
-        not_here(f"no compiled kernels: {kernels.UNAVAILABLE}")
+    if compiled and not kernels.enabled():
+        not_here(f"no compiled kernels: {kernels.unavailable()}")
     snaps = []
     for engine in (False, compiled):
         with Heap.create(4 << 20) as heap:
@@ -252,8 +252,8 @@ def test_the_compiled_carve_finds_what_the_windowed_search_finds(heap, seed, p_f
 
     from .conftest import not_here
 
-    if not kernels.ENABLED:
-        not_here(f"no compiled kernels: {kernels.UNAVAILABLE}")
+    if not kernels.enabled():
+        not_here(f"no compiled kernels: {kernels.unavailable()}")
     rng = np.random.default_rng(seed)
     n = heap.npages
     saved = heap.page_span.copy(), heap.scavenged.copy()

@@ -21,8 +21,8 @@ ENGINES = [pytest.param(False, id="numpy"), pytest.param(True, id="compiled")]
 
 
 def _engine(compiled: bool) -> None:
-    if compiled and not kernels.ENABLED:
-        not_here(f"no compiled kernels: {kernels.UNAVAILABLE}")
+    if compiled and not kernels.enabled():
+        not_here(f"no compiled kernels: {kernels.unavailable()}")
 
 
 @pytest.mark.parametrize("compiled", ENGINES)

@@ -7,6 +7,7 @@ The workload itself (what is allocated, how long it lives, proportional sweep) i
 from __future__ import annotations
 
 import signal
+import sys
 import time
 from typing import Any
 
@@ -102,7 +103,7 @@ def main(handle: dict[str, Any], me: int, endpoint: str, mcfg: dict[str, Any],
     finally:
         beat.stop()
         link.close()
-        heap.close()
+        heap.close(dying=sys.exc_info()[0] is not None)  # (its exception is the news)
 
 
 def _wire(m: Mutator) -> MutatorStats:

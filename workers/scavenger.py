@@ -8,6 +8,7 @@ The wake's logic is :class:`sweeperd.pacing.bgscavenge.Scavenger` and the polici
 from __future__ import annotations
 
 import signal
+import sys
 import time
 from typing import Any
 
@@ -83,4 +84,4 @@ def main(handle: dict[str, Any], endpoint: str, fraction: float, ncpu: int,
     finally:
         beat.stop()
         link.close()
-        heap.close()
+        heap.close(dying=sys.exc_info()[0] is not None)  # (its exception is the news)

@@ -8,6 +8,7 @@ need: if it is killed, ``sweeperd.runtime.recovery`` finishes what it held.
 from __future__ import annotations
 
 import signal
+import sys
 import time
 from typing import Any
 
@@ -81,5 +82,5 @@ def main(handle: dict[str, Any], me: int, endpoint: str, chunk_pages: int,
     finally:
         beat.stop()
         link.close()
-        heap.close()
+        heap.close(dying=sys.exc_info()[0] is not None)  # (its exception is the news)
 

@@ -60,6 +60,20 @@ class SweepBenchConfig:
             raise ValueError(f"--heap-mib {self.heap_mib} is too small for {self.spans} spans "
                              f"of class {self.size_class} ({need >> 20} MiB needed)")
 
+    def heap_bytes(self) -> int:
+        return (self.heap_mib << 20) if self.heap_mib else (
+            self.spans * int(CLASS_NPAGES[self.size_class]) * PAGE_SIZE)
+
+    def check_fits(self, available: int) -> None:
+        """The benchmark writes every page of its heap: refuse (ValueError, naming the
+        flags) a heap larger than ``available`` bytes (the host's MemAvailable)."""
+        if self.heap_bytes() > available:
+            raise ValueError(f"a heap of {self.heap_bytes() >> 20} MiB (--spans {self.spans}, "
+                             f"--size-class {self.size_class}"
+                             + (f", --heap-mib {self.heap_mib}" if self.heap_mib else "")
+                             + f") does not fit in the {available >> 20} MiB this host has "
+                             f"available")
+
 
 def _result(results: Any, procs: list[Any]) -> dict[str, Any]:
     """Next worker report; fails loudly (instead of hanging) if a worker died."""
@@ -88,7 +102,7 @@ def bench_sweep_processes(cfg: SweepBenchConfig, worker_counts: list[int]) -> di
     ctx = mp.get_context("spawn")
     npg = int(CLASS_NPAGES[cfg.size_class])
     heap_bytes = (cfg.heap_mib << 20) if cfg.heap_mib else cfg.spans * npg * PAGE_SIZE
-    chunk = max(1024, cfg.chunk_pages)
+    chunk = cfg.chunk_pages
     runs: list[dict[str, Any]] = []
     with Heap.create(heap_bytes) as heap:
         for n in worker_counts:
@@ -145,7 +159,7 @@ def bench_sweep_processes(cfg: SweepBenchConfig, worker_counts: list[int]) -> di
                 "memcpy_bytes_per_s": memcpy, "ratio_to_memcpy": swept_bytes / dt / memcpy,
             })
     out: dict[str, Any] = {
-        "bench": "sweep", "kernels": kernels.ENABLED, "size_class": cfg.size_class,
+        "bench": "sweep", "kernels": kernels.enabled(), "size_class": cfg.size_class,
         "object_bytes": int(CLASS_SIZE[cfg.size_class]), "live_fraction": cfg.live,
         "spans": cfg.spans, "rounds": cfg.rounds, "chunk_pages": chunk,
         "runs": runs,
@@ -187,7 +201,7 @@ def bench_sweep(cfg: SweepBenchConfig) -> dict[str, Any]:
     rate = swept_bytes / dt
     return {
         "bench": "sweep",
-        "kernels": kernels.ENABLED,  # the compiled sweep (runtime/kernels.py) or numpy's
+        "kernels": kernels.enabled(),  # the compiled sweep (runtime/kernels.py) or numpy's
         "spans": stats.spans,
         "size_class": cfg.size_class,
         "object_bytes": int(CLASS_SIZE[cfg.size_class]),

@@ -43,6 +43,7 @@ from prometheus_client.utils import floatToGoString
 from sweeperd.daemon import httpserve
 from sweeperd.daemon.snapshot import Sample, Snapshot
 from sweeperd.roles import Role
+from sweeperd.runtime import kernels
 from sweeperd.runtime.heapstats import Books
 from sweeperd.runtime.sizeclasses import PAGE_SIZE
 from sweeperd.workload.mutator import ALLOC_BUCKETS
@@ -257,6 +258,11 @@ class SnapshotCollector(Collector):
                                  "(config scavenger.policy; always 1).", labels=["policy"])
         info.add_metric([sc["policy"]], 1)
         yield info
+        engine = GaugeMetricFamily("sweeperd_sweep_engine_info", "The coordinator's sweep "
+                                   "engine: the compiled kernels or numpy's (always 1).",
+                                   labels=["engine"])
+        engine.add_metric(["compiled" if kernels.enabled() else "numpy"], 1)
+        yield engine
         yield _counter("sweeperd_scavenge_released_on_free_bytes",
                        "Bytes released by whoever freed them (the eager policy), as the kernel "
                        "counts them; included in sweeperd_scavenge_released_bytes.",

@@ -23,6 +23,7 @@ from typing import Any
 
 from sweeperd.daemon.totals import Histogram
 from sweeperd.roles import Role
+from sweeperd.runtime import kernels
 from sweeperd.runtime.heap import Heap
 from sweeperd.runtime.heapstats import HeapStats, SweepTally, Tallies
 from sweeperd.runtime.sizeclasses import PAGE_SIZE
@@ -179,6 +180,7 @@ def status_json(snap: Snapshot, hs: HeapStats, memory: dict[str, Any],
         "sweepgen": snap.sweepgen,
         "phase": snap.phase,
         "pid": os.getpid(),
+        "sweep_engine": kernels.engine(),  # the coordinator's; each worker loads its own
         "workers": [{"role": w.role, "id": w.id, "pid": w.pid, "state": w.state}
                     for w in snap.workers],
         "workers_alive": workers_alive,

@@ -43,6 +43,7 @@ Invariants (checked by :func:`sweeperd.check.check_heap`):
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -364,7 +365,14 @@ class Heap:
             self.arena_region.handle, self.meta_region.handle, self.npages, self.layout.finq_cap
         )
 
-    def close(self) -> None:
+    def close(self, dying: bool = False) -> None:
+        """Unmap the heap.  ``dying``: this process is ending on an exception whose frames
+        may still hold numpy views of the mapping, so an unmap refused for them is left to
+        the kernel at exit instead of raised over the exception that matters."""
+        if dying:
+            with contextlib.suppress(RuntimeError):
+                self.close()
+            return
         for name, _, _ in _fields(0, 0):
             self.__dict__.pop(name, None)
         for name in ("arena", "span_sweptgen", "span_nsweeps", "_commit_i64"):

@@ -35,9 +35,10 @@ checked here for dtype, C-contiguity and length before its address goes to C, wh
 nothing: a heap's tables once (:class:`Tables`, whose addresses are kept while the heap is),
 a call's own arrays at each call; spans outside the heap are refused in C.
 
-Availability: ``ENABLED`` is true when ``kernels.c`` built and loaded (sys/cbuild.py: the
-system's cc, once per machine, in a cache only this user may write) and ``SWEEPERD_KERNELS``
-is not ``0``; ``UNAVAILABLE`` says why not.  Without it every caller takes the numpy
+Availability: :func:`enabled` is true when ``kernels.c`` built and loaded (sys/cbuild.py:
+the system's cc, once per machine, in a cache only this user may write; on the first call,
+not at import) and ``SWEEPERD_KERNELS`` is not ``0``/``false``/``off``/``no``;
+:func:`unavailable` says why not.  Without it every caller takes the numpy
 engines, which the tests run both ways.
 """
 
@@ -60,9 +61,13 @@ _P = ctypes.c_void_p
 _I = ctypes.c_int64
 
 
+OFF = {"0", "false", "off", "no"}
+
+
 def _load() -> tuple[ctypes.CDLL | None, str]:
-    if os.environ.get("SWEEPERD_KERNELS", "1") == "0":
-        return None, "SWEEPERD_KERNELS=0"
+    choice = os.environ.get("SWEEPERD_KERNELS", "").strip().lower()
+    if choice in OFF:
+        return None, f"SWEEPERD_KERNELS={os.environ['SWEEPERD_KERNELS']}"
     src = Path(str(resources.files("sweeperd.runtime").joinpath("kernels.c")))
     path = cbuild.shared_library(src, "kernels")
     if path is None:
@@ -84,8 +89,30 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     return lib, ""
 
 
-_lib, UNAVAILABLE = _load()
-ENABLED = _lib is not None
+_lib: ctypes.CDLL | None = None
+_why = ""
+_loaded = False
+
+
+def enabled() -> bool:
+    """Are the compiled kernels here?  Built and loaded on the first call (so a process that
+    never sweeps, like ``sweeperd status``, never runs a compiler)."""
+    global _lib, _why, _loaded
+    if not _loaded:
+        _lib, _why = _load()
+        _loaded = True
+    return _lib is not None
+
+
+def unavailable() -> str:
+    """Why the compiled kernels are not here ("" when they are)."""
+    enabled()
+    return _why
+
+
+def engine() -> str:
+    """The sweep engine this process runs, as a user reads it."""
+    return "compiled" if enabled() else f"numpy (no compiled kernels: {unavailable()})"
 
 
 def _ptr(a: np.ndarray, dtype: type, n: int | None = None) -> int:
@@ -156,7 +183,7 @@ def sweep_check(t: Tables, spans: np.ndarray, h: int, nalloc: np.ndarray,
     marked objects per span) and ``out`` (int64, 3: objects allocated before, pages, objects
     left).  ``False`` if the batch is not the plain case (a span left empty must own its
     pages, as freeSpan checks)."""
-    assert _lib is not None, UNAVAILABLE
+    assert _lib is not None, unavailable()
     n = spans.size
     return bool(_lib.sweep_check(
         _ptr(spans, np.int64), n, h, _alloc_buf(h), SPAN_IN_USE, t.bits, t.maxw, t.npages,
@@ -171,7 +198,7 @@ def sweep_commit(t: Tables, spans: np.ndarray, h: int, nalloc: np.ndarray, prese
     empty (freeSpan's stores, in its order) and writes it to ``empties`` and its pages to
     ``epages`` (int64, n each); returns how many it freed.  ``out`` (int64, 4): bitmap
     words swept, the object-bytes and occupied-pages deltas, pages freed."""
-    assert _lib is not None, UNAVAILABLE
+    assert _lib is not None, unavailable()
     n = spans.size
     return int(_lib.sweep_commit(
         _ptr(spans, np.int64), n, h, _alloc_buf(h), t.bits, t.maxw, t.npages, t.cls,
@@ -185,7 +212,7 @@ def free_spans_plain(t: Tables, starts: np.ndarray, n: np.ndarray, out: np.ndarr
     """freeSpan of the ascending in-use ``starts`` (int64, k): fills ``n`` (int64, k: each
     span's pages) and ``out`` (int64, 2: pages freed, pages of spans still counting
     objects).  ``False``, nothing written, if a span is not in use or a page not its own."""
-    assert _lib is not None, UNAVAILABLE
+    assert _lib is not None, unavailable()
     k = starts.size
     return bool(_lib.free_spans_plain(
         _ptr(starts, np.int64), k, t.npages, SPAN_IN_USE, SPAN_DEAD, SET_NONE, PAGE_FREE,
@@ -199,7 +226,7 @@ def carve(t: Tables, lo: int, count: int, npages: int, backed: bool,
     the free runs from ``lo`` hold (of backed pages if ``backed``, else of free pages less
     the spans at offsets ``taken``, int64 ascending), their offsets from ``lo`` written to
     ``out`` (int64, at least ``count``).  Returns how many.  Pure reads."""
-    assert _lib is not None, UNAVAILABLE
+    assert _lib is not None, unavailable()
     if not 0 <= lo <= t.npages or npages < 1 or count < 0:
         raise ValueError(f"kernels.carve: lo {lo}, npages {npages}, count {count}")
     tk = np.empty(0, dtype=np.int64) if taken is None else taken

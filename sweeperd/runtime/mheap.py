@@ -112,7 +112,7 @@ def _carve(heap: Heap, lo: int, count: int, npages: int, backed: bool,
     run cut into spans from its start: runs of backed pages (``backed``), else of free pages
     at all less the spans ``taken`` already.  Offsets from ``lo``, ascending.  Compiled
     (kernels.carve) when the kernels are there: the same spans, one scan."""
-    if kernels.ENABLED and compiled is not False:
+    if compiled is not False and kernels.enabled():
         out = np.empty(count, dtype=np.int64)
         n = kernels.carve(kernels.tables(heap), lo, count, npages, backed,
                           None if taken is None else np.ascontiguousarray(taken, np.int64), out)
@@ -283,7 +283,7 @@ def alloc_spans(heap: Heap, sizeclass: int, count: int) -> tuple[np.ndarray, int
 def free_spans(heap: Heap, starts: np.ndarray, compiled: bool | None = None) -> int:
     """Return in-use spans to the page heap (Go's ``mheap.freeSpan``); returns pages freed.
     The plain case (ascending, all in use) runs compiled (kernels.py) when ``compiled``
-    (default: ``kernels.ENABLED``); anything else, and errors, in numpy.
+    (default: ``kernels.enabled()``); anything else, and errors, in numpy.
 
     Called by the span's sweeper *without* the heap lock: the span is its own until its pages
     read free.  So the stores go in an order that is safe at every instruction: the span is
@@ -294,7 +294,7 @@ def free_spans(heap: Heap, starts: np.ndarray, compiled: bool | None = None) -> 
     """
     starts = np.ascontiguousarray(starts, dtype=np.int64)
     if compiled is None:
-        compiled = kernels.ENABLED
+        compiled = kernels.enabled()
     n = _free_compiled(heap, starts) if compiled and starts.size else None
     if n is None:
         got = _free_numpy(heap, starts)

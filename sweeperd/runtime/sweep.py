@@ -182,7 +182,7 @@ def sweep_batch(heap: Heap, spans: np.ndarray, preserve: bool = False,
 
     The plain case (ascending spans claimed at h-1, none committed, none with finalizers,
     no invariant broken) runs in kernels.py's compiled loops when ``compiled`` (default:
-    whether they loaded, ``kernels.ENABLED``) and neither ``fault`` nor ``recover`` is given;
+    whether they loaded, ``kernels.enabled()``) and neither ``fault`` nor ``recover`` is given;
     anything else, and every error, in the numpy engine below: the kernels' reference.
 
     With ``count``, the spans, pages and objects whose sweep this call commits are tallied
@@ -200,7 +200,7 @@ def sweep_batch(heap: Heap, spans: np.ndarray, preserve: bool = False,
     st = SweepStats()
     if spans.size == 0:
         return st
-    if (kernels.ENABLED if compiled is None else compiled) and fault is None and not recover:
+    if (kernels.enabled() if compiled is None else compiled) and fault is None and not recover:
         swept = _sweep_compiled(heap, spans, preserve, count)
         if swept is not None:
             return swept
@@ -334,8 +334,8 @@ def _sweep_compiled(heap: Heap, spans: np.ndarray, preserve: bool,
     """:func:`sweep_batch`'s plain case in two compiled passes (kernels.py), with the same
     tallies, running counters and commit protocol; None (nothing written) if the batch is
     not the plain case."""
-    if not kernels.ENABLED:
-        raise RuntimeError(f"sweep_batch(compiled=True): no kernels: {kernels.UNAVAILABLE}")
+    if not kernels.enabled():
+        raise RuntimeError(f"sweep_batch(compiled=True): no kernels: {kernels.unavailable()}")
     h = heap.sweepgen
     n = int(spans.size)
     spans = np.ascontiguousarray(spans)

@@ -11,15 +11,20 @@ library.  Built once, a library is loaded by every later process without running
 
 A library is code this process will run, so it is only taken from a directory that is ours
 and that no one else may write (owner = our uid, no group or other write bit, on every
-component from the cache root down); otherwise, or without a compiler, it returns ``None``
-with the reason in :data:`last_error`, and callers fall back to their pure code.
+component from the cache root down: ``$XDG_CACHE_HOME`` or ``~/.cache``, ``sweeperd``,
+``c``), and only if it is a whole shared object (a compiler that exits 0 without writing one
+leaves nothing behind); otherwise, or without a compiler, it returns ``None`` with the reason
+in :data:`last_error`, and callers fall back to their pure code.  A new build removes the
+older builds of the same name.  ``$CC`` may carry flags (``CC="gcc -O1"``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -35,6 +40,18 @@ def cache_dir() -> Path:
     return Path(base) / "sweeperd" / "c"
 
 
+ELF_MAGIC = b"\x7fELF"
+
+
+def _whole(lib: Path) -> bool:
+    """Is ``lib`` a shared object and not an empty or cut-short file?"""
+    try:
+        with open(lib, "rb") as f:
+            return f.read(4) == ELF_MAGIC and os.fstat(f.fileno()).st_size > 1024
+    except OSError:
+        return False
+
+
 def _private(path: Path) -> str:
     """Why ``path`` (a directory) is not safe to load code from, or ``""``."""
     st = path.stat()
@@ -45,10 +62,11 @@ def _private(path: Path) -> str:
     return ""
 
 
-def _compiler_version(cc: str) -> str:
-    r = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60)
+def _compiler_version(cc: list[str]) -> str:
+    r = subprocess.run([*cc, "--version"], capture_output=True, text=True, timeout=60)
     if r.returncode != 0:
-        raise OSError(f"{cc} --version failed: {r.stderr.strip()[:200]}")
+        why = r.stderr.strip()[:200] or f"exit status {r.returncode}, nothing said"
+        raise OSError(f"{shlex.join(cc)} --version failed: {why}")
     return r.stdout.splitlines()[0] if r.stdout else ""
 
 
@@ -58,38 +76,45 @@ def shared_library(source: Path, name: str) -> Path | None:
     cache directory others may write."""
     global last_error
     try:
-        cc = os.environ.get("CC") or "cc"
-        if shutil.which(cc) is None:
-            last_error = f"no C compiler ({cc}) on PATH"
+        cc = shlex.split(os.environ.get("CC") or "cc")
+        if not cc or shutil.which(cc[0]) is None:
+            last_error = f"no C compiler ({os.environ.get('CC') or 'cc'}) on PATH"
             return None
         flags = [*FLAGS, "-mpopcnt"] if platform.machine() in ("x86_64", "AMD64") else FLAGS
         text = source.read_bytes()
         key = hashlib.sha256(b"\0".join([
-            text, _compiler_version(cc).encode(), " ".join(flags).encode(),
+            text, _compiler_version(cc).encode(), shlex.join([*cc, *flags]).encode(),
             platform.machine().encode()])).hexdigest()[:16]
         out_dir = cache_dir()
         out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        for d in (out_dir, out_dir.parent):
+        for d in (out_dir, out_dir.parent, out_dir.parent.parent):
             why = _private(d)
             if why:
                 last_error = why
                 return None
         lib = out_dir / f"{name}-{key}.so"
-        if lib.exists():
+        if lib.exists() and _whole(lib):
             return lib
         fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{name}-", suffix=".so")
         os.close(fd)
         try:
-            r = subprocess.run([cc, *flags, "-o", tmp, str(source)], capture_output=True,
+            r = subprocess.run([*cc, *flags, "-o", tmp, str(source)], capture_output=True,
                                text=True, timeout=300)
             if r.returncode != 0:
-                last_error = f"{cc} failed on {source.name}: {r.stderr.strip()[:500]}"
+                last_error = f"{shlex.join(cc)} failed on {source.name}: {r.stderr.strip()[:500]}"
+                return None
+            if not _whole(Path(tmp)):
+                last_error = f"{shlex.join(cc)} exited 0 but wrote no shared object"
                 return None
             os.chmod(tmp, 0o700)
             os.replace(tmp, lib)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+        for old in out_dir.glob(f"{name}-*.so"):  # earlier builds: a mapped one stays mapped
+            if old != lib:
+                with contextlib.suppress(OSError):
+                    old.unlink()
         return lib
     except (OSError, subprocess.SubprocessError) as e:
         last_error = f"{type(e).__name__}: {e}"
