@@ -69,7 +69,7 @@ from sweeperd.errors import Throw, ThrownByWorker
 from sweeperd.pacing.policies import RELEASES_ON_FREE
 from sweeperd.pacing.scavpace import retain_goal
 from sweeperd.roles import Role
-from sweeperd.runtime import owners
+from sweeperd.runtime import kernels, owners
 from sweeperd.runtime.heap import (
     H_COMMIT_LIMIT,
     H_HEAP_GOAL,
@@ -357,6 +357,7 @@ class Coordinator:
         import multiprocess as mp
 
         check_platform()  # elsewhere than Linux with memfd_create: named, exit 7
+        kernels.enabled()  # built here, once, before the workers that load it start
         self.cgroup = cgroup.own_cgroup()
         host = cgroup.read_host()
         if host.unseen:  # the kernel enforces a limit we cannot read: say so, loudly
