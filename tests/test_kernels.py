@@ -23,7 +23,7 @@ def heap():
         yield h
 
 
-TABLES = ["span_state", "span_sweepgen", "span_commit", "span_specials", "span_class",
+TABLES = ["tallies", "span_state", "span_sweepgen", "span_commit", "span_specials", "span_class",
           "span_npages", "span_nelems", "span_alloc_count", "span_freeindex", "span_set",
           "page_span", "scavenged", "bits"]
 
@@ -32,7 +32,7 @@ def _like(heap: Heap, **over) -> SimpleNamespace:
     return SimpleNamespace(**({k: getattr(heap, k) for k in TABLES} | over))
 
 
-def _check(heap: Heap, spans: np.ndarray, out_len: int = 3) -> bool:
+def _check(heap: Heap, spans: np.ndarray, out_len: int = 7) -> bool:
     return kernels.sweep_check(kernels.tables(heap), spans, heap.sweepgen,
                                np.zeros(max(spans.size, 1), np.int64), np.zeros(out_len, np.int64))
 
@@ -43,8 +43,8 @@ def test_wrong_dtypes_and_short_arrays_never_reach_c(heap):
         _check(heap, spans.astype(np.int32))
     with pytest.raises(TypeError, match="contiguous False"):
         _check(heap, np.array([0, 1, 2, 3], dtype=np.int64)[::2])
-    with pytest.raises(ValueError, match="where 3 are indexed"):
-        _check(heap, spans, out_len=2)
+    with pytest.raises(ValueError, match="where 7 are indexed"):
+        _check(heap, spans, out_len=6)
     with pytest.raises(TypeError, match="where C reads uint16"):
         kernels.Tables(_like(heap, span_alloc_count=heap.span_alloc_count.astype(np.int64)))
     with pytest.raises(ValueError, match="span_set has"):
@@ -69,7 +69,7 @@ def test_spans_outside_the_heap_are_handed_back_untouched(heap, bad):
     assert not _check(heap, np.array([bad], dtype=np.int64))
     n, out = np.zeros(1, np.int64), np.zeros(2, np.int64)
     assert not kernels.free_spans_plain(kernels.tables(heap), np.array([bad], dtype=np.int64),
-                                        n, out)
+                                        n, out, heap.me)
     after = heap.snapshot()
     assert all(np.array_equal(before[k], after[k]) for k in before)
 
@@ -79,7 +79,7 @@ def test_a_span_whose_pages_are_not_its_own_is_handed_back(heap):
     heap.page_span[s + 2] = s + 1  # corrupt: the numpy engine names it ("another span")
     n, out = np.zeros(1, np.int64), np.zeros(2, np.int64)
     assert not kernels.free_spans_plain(kernels.tables(heap), np.array([s], dtype=np.int64),
-                                        n, out)
+                                        n, out, heap.me)
     assert heap.span_state[s] == SPAN_IN_USE
 
 

@@ -43,45 +43,61 @@ static inline int span_bits(const uint64_t *A, const uint64_t *M, int64_t stride
     return 1;
 }
 
-/* Phase 1 of a sweep at heap sweepgen h, alloc buffer a: pure reads, and only what must be
- * known before the first write (the tallies' in-flight batch).  out[3] = objects allocated
- * before, pages, objects left.  nalloc[n] = each span's marked objects.  A span left empty
- * must own its pages (freeSpan's check, made here so the commit can free it in place). */
+/* Phase 1 of a sweep at heap sweepgen h, alloc buffer a: pure reads, and what must be
+ * known before the first write (the tallies' in-flight batch; the running counters, which
+ * lead the stores so that no reader sees a page free and still counted in use).  out[7] =
+ * objects allocated before, pages, objects left, object-bytes delta, occupied-pages delta,
+ * spans left empty, their pages.  nalloc[n] = each span's marked objects.  A span left
+ * empty must own its pages (freeSpan's check, made here so the commit can free it in
+ * place). */
 int sweep_check(const int64_t *spans, int64_t n, int64_t h, int64_t a, int64_t in_use,
                 const uint64_t *bits, int64_t maxw, int64_t npages_total,
                 const uint8_t *state, const uint32_t *sweepgen, const uint64_t *commit,
                 const uint8_t *specials, const uint8_t *cls, const int32_t *npages,
-                const int64_t *nwords, const uint16_t *alloc_count, const int32_t *page_span,
-                int64_t *nalloc, int64_t *out) {
+                const int64_t *nwords, const int64_t *csize, int64_t page_size,
+                const uint16_t *alloc_count, const int32_t *page_span, int64_t *nalloc,
+                int64_t *out) {
     const uint32_t hm1 = (uint32_t)((h - 1) & M32), hm2 = (uint32_t)((h - 2) & M32);
     const uint64_t *A = bits + a * maxw * npages_total;
     const uint64_t *M = bits + (a ^ 1) * maxw * npages_total;
     int64_t nbefore = 0, pages = 0, nleft = 0, prev = -1;
+    int64_t dbytes = 0, docc = 0, nempty = 0, epages = 0;
     for (int64_t i = 0; i < n; i++) {
         const int64_t s = spans[i];
         if (s <= prev || s >= npages_total || state[s] != in_use || sweepgen[s] != hm1 ||
             specials[s] != 0 || (uint32_t)(commit[s] & M32) != hm2)
             return 0; /* not ascending, not claimed at h-1, finalizers, or committed */
         int64_t na;
-        if (!span_bits(A, M, npages_total, s, nwords[cls[s]], &na, &nbefore))
+        const int64_t c = cls[s], old = alloc_count[s];
+        if (!span_bits(A, M, npages_total, s, nwords[c], &na, &nbefore))
             return 0; /* found pointer to free object */
-        if (na > alloc_count[s])
+        if (na > old)
             return 0; /* sweep increased allocation count */
         nalloc[i] = na;
         nleft += na;
         const int64_t npg = npages[s];
         if (npg < 1 || s + npg > npages_total)
             return 0;
-        if (na == 0)
+        if (na != old)
+            dbytes += (na - old) * (c == 0 ? npg * page_size : csize[c]);
+        if (na == 0) {
             for (int64_t p = s; p < s + npg; p++)
                 if (page_span[p] != s)
                     return 0; /* freeSpan: a page of the span belongs to another span */
+            nempty++;
+            epages += npg;
+            docc -= old != 0 ? npg : 0;
+        }
         pages += npg;
         prev = s + npg - 1;
     }
     out[0] = nbefore;
     out[1] = pages;
     out[2] = nleft;
+    out[3] = dbytes;
+    out[4] = docc;
+    out[5] = nempty;
+    out[6] = epages;
     return 1;
 }
 
@@ -89,28 +105,25 @@ int sweep_check(const int64_t *spans, int64_t n, int64_t h, int64_t a, int64_t i
  * order: allocCount and freeindex, the commit (one 8-byte store), the old alloc buffer
  * zeroed, sweepgen published; then, unless preserve, the set, or for a span left empty
  * freeSpan's stores in freeSpan's order (out of its set, DEAD, its pages free).  Returns
- * how many spans were freed, written to empties with their pages in epages; out[4] =
- * bitmap words, object-bytes delta, occupied-pages delta, pages freed. */
+ * how many spans were freed, written to empties with their pages in epages, each span's
+ * pages added to *freed_tally (this process's freed-pages tally) as its pages go free;
+ * *words = the bitmap words swept. */
 int64_t sweep_commit(const int64_t *spans, int64_t n, int64_t h, int64_t a, uint64_t *bits,
                      int64_t maxw, int64_t npages_total, const uint8_t *cls,
-                     const int64_t *nwords, const int64_t *csize, int64_t page_size,
-                     const uint16_t *nelems, uint16_t *alloc_count, uint16_t *freeindex,
+                     const int64_t *nwords, const uint16_t *nelems, uint16_t *alloc_count,
+                     uint16_t *freeindex,
                      volatile uint64_t *commit, volatile uint32_t *sweepgen,
                      uint8_t *span_set, const int64_t *nalloc, int64_t preserve,
                      int64_t set_full, int64_t set_partial, volatile uint8_t *state,
                      const int32_t *npages, volatile int32_t *page_span, int64_t dead,
                      int64_t set_none, int64_t page_free, int64_t *empties, int64_t *epages,
-                     int64_t *out) {
+                     int64_t *words, volatile int64_t *freed_tally) {
     const uint64_t low = (uint64_t)h & M32;
     uint64_t *A = bits + a * maxw * npages_total;
-    int64_t ne = 0, words = 0, dbytes = 0, docc = 0, freed = 0;
+    int64_t ne = 0, nw = 0;
     for (int64_t i = 0; i < n; i++) {
-        const int64_t s = spans[i], na = nalloc[i], old = alloc_count[s], c = cls[s];
-        const int64_t k = nwords[c], npg = npages[s];
-        words += k;
-        dbytes += (na - old) * (c == 0 ? npg * page_size : csize[c]);
-        if (na == 0 && old != 0)
-            docc -= npg;
+        const int64_t s = spans[i], na = nalloc[i], k = nwords[cls[s]];
+        nw += k;
         alloc_count[s] = (uint16_t)na;
         freeindex[s] = 0;
         BARRIER();
@@ -126,29 +139,29 @@ int64_t sweep_commit(const int64_t *spans, int64_t n, int64_t h, int64_t a, uint
             span_set[s] = (uint8_t)(na == nelems[s] ? set_full : set_partial);
             continue;
         }
+        const int64_t npg = npages[s];
         span_set[s] = (uint8_t)set_none;
         state[s] = (uint8_t)dead;
         BARRIER();
         for (int64_t p = s; p < s + npg; p++)
             page_span[p] = (int32_t)page_free; /* the pages are free from here on */
+        *freed_tally += npg; /* at once: a kill leaves at most this span's pages uncounted */
         empties[ne] = s;
         epages[ne++] = npg;
-        freed += npg;
     }
-    out[0] = words;
-    out[1] = dbytes;
-    out[2] = docc;
-    out[3] = freed;
+    *words = nw;
     return ne;
 }
 
 /* freeSpan of the ascending in-use starts: every page checked to be its span's first (else
- * 0, nothing written), then per span: out of its set, DEAD, its pages free.  n[k] = each
- * span's pages; out[2] = pages freed, pages of spans that still counted objects. */
+ * 0, nothing written), then per span: out of its set, DEAD, its pages free, its pages added
+ * to *freed_tally.  n[k] = each span's pages; out[2] = pages freed, pages of spans that
+ * still counted objects. */
 int free_spans_plain(const int64_t *starts, int64_t k, int64_t npages_total, int64_t in_use,
                      int64_t dead, int64_t set_none, int64_t page_free, volatile uint8_t *state,
                      uint8_t *span_set, const int32_t *npages, volatile int32_t *page_span,
-                     const uint16_t *alloc_count, int64_t *n, int64_t *out) {
+                     const uint16_t *alloc_count, int64_t *n, int64_t *out,
+                     volatile int64_t *freed_tally) {
     int64_t prev = -1;
     for (int64_t i = 0; i < k; i++) {
         const int64_t s = starts[i];
@@ -171,6 +184,7 @@ int free_spans_plain(const int64_t *starts, int64_t k, int64_t npages_total, int
         BARRIER();
         for (int64_t p = s; p < s + npg; p++)
             page_span[p] = (int32_t)page_free; /* the pages are free from here on */
+        *freed_tally += npg;
         pages += npg;
         if (alloc_count[s] != 0)
             held += npg;

@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from sweeperd.runtime.heap import PAGE_FREE, SPAN_DEAD, SPAN_IN_USE
+from sweeperd.runtime.heap import NTALLIES, PAGE_FREE, SPAN_DEAD, SPAN_IN_USE, T_FREED_PAGES
 from sweeperd.runtime.sizeclasses import CLASS_NWORDS, CLASS_SIZE, NUM_CLASSES, PAGE_SIZE
 from sweeperd.runtime.spanset import SET_NONE, full_swept, partial_swept
 from sweeperd.sys import cbuild
@@ -77,12 +77,13 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     except OSError as e:
         return None, f"cannot load {path}: {e}"
     lib.sweep_check.argtypes = [_P, _I, _I, _I, _I, _P, _I, _I, _P, _P, _P, _P, _P, _P, _P,
-                                _P, _P, _P, _P]
+                                _P, _I, _P, _P, _P, _P]
     lib.sweep_check.restype = ctypes.c_int
-    lib.sweep_commit.argtypes = [_P, _I, _I, _I, _P, _I, _I, _P, _P, _P, _I, _P, _P, _P, _P,
-                                 _P, _P, _P, _I, _I, _I, _P, _P, _P, _I, _I, _I, _P, _P, _P]
+    lib.sweep_commit.argtypes = [_P, _I, _I, _I, _P, _I, _I, _P, _P, _P, _P, _P, _P, _P, _P,
+                                 _P, _I, _I, _I, _P, _P, _P, _I, _I, _I, _P, _P, _P, _P]
     lib.sweep_commit.restype = _I
-    lib.free_spans_plain.argtypes = [_P, _I, _I, _I, _I, _I, _I, _P, _P, _P, _P, _P, _P, _P]
+    lib.free_spans_plain.argtypes = [_P, _I, _I, _I, _I, _I, _I, _P, _P, _P, _P, _P, _P, _P,
+                                     _P]
     lib.free_spans_plain.restype = ctypes.c_int
     lib.carve.argtypes = [_P, _P, _I, _I, _I, _I, _I, _I, _P, _I, _P]
     lib.carve.restype = _I
@@ -160,6 +161,17 @@ class Tables:
         self.span_set = table("span_set", np.uint8)
         self.page_span = table("page_span", np.int32)
         self.scavenged = table("scavenged", np.uint8)
+        tallies = heap.tallies
+        if tallies.ndim != 2 or tallies.shape[1] != NTALLIES:
+            raise ValueError(f"kernels: tallies of shape {tallies.shape}")
+        self.tallies = _ptr(tallies, np.int64)
+        self.nclaimers = int(tallies.shape[0])
+
+    def tally(self, me: int, column: int) -> int:
+        """The address of claimer ``me``'s tally ``column``."""
+        if not (0 <= me < self.nclaimers and 0 <= column < NTALLIES):
+            raise ValueError(f"kernels: no tally {column} of claimer {me}")
+        return self.tallies + (me * NTALLIES + column) * 8
 
 
 _NWORDS = _ptr(CLASS_NWORDS, np.int64, NUM_CLASSES)
@@ -180,44 +192,49 @@ def sweep_check(t: Tables, spans: np.ndarray, h: int, nalloc: np.ndarray,
                 out: np.ndarray) -> bool:
     """Phase 1 of a sweep of the claimed ``spans`` (int64, n) at heap sweepgen ``h``: pure
     reads, of what must be known before the first write.  Fills ``nalloc`` (int64, n:
-    marked objects per span) and ``out`` (int64, 3: objects allocated before, pages, objects
-    left).  ``False`` if the batch is not the plain case (a span left empty must own its
+    marked objects per span) and ``out`` (int64, 7: objects allocated before, pages,
+    objects left, the object-bytes and occupied-pages deltas, spans left empty, their
+    pages).  ``False`` if the batch is not the plain case (a span left empty must own its
     pages, as freeSpan checks)."""
     assert _lib is not None, unavailable()
     n = spans.size
     return bool(_lib.sweep_check(
         _ptr(spans, np.int64), n, h, _alloc_buf(h), SPAN_IN_USE, t.bits, t.maxw, t.npages,
-        t.state, t.sweepgen, t.commit, t.specials, t.cls, t.npages_of, _NWORDS,
-        t.alloc_count, t.page_span, _ptr(nalloc, np.int64, n), _ptr(out, np.int64, 3)))
+        t.state, t.sweepgen, t.commit, t.specials, t.cls, t.npages_of, _NWORDS, _CSIZE,
+        PAGE_SIZE, t.alloc_count, t.page_span, _ptr(nalloc, np.int64, n),
+        _ptr(out, np.int64, 7)))
 
 
 def sweep_commit(t: Tables, spans: np.ndarray, h: int, nalloc: np.ndarray, preserve: bool,
-                 empties: np.ndarray, epages: np.ndarray, out: np.ndarray) -> int:
+                 empties: np.ndarray, epages: np.ndarray, out: np.ndarray, me: int) -> int:
     """Phases 2 and 3 of a batch :func:`sweep_check` accepted (same ``spans``, ``h`` and
     ``nalloc``).  Unless ``preserve``, places each span in its set, or frees a span left
     empty (freeSpan's stores, in its order) and writes it to ``empties`` and its pages to
-    ``epages`` (int64, n each); returns how many it freed.  ``out`` (int64, 4): bitmap
-    words swept, the object-bytes and occupied-pages deltas, pages freed."""
+    ``epages`` (int64, n each), its pages tallied in claimer ``me``'s ``T_FREED_PAGES`` as
+    they go free; returns how many it freed.  ``out[0]``: the bitmap words swept."""
     assert _lib is not None, unavailable()
     n = spans.size
     return int(_lib.sweep_commit(
         _ptr(spans, np.int64), n, h, _alloc_buf(h), t.bits, t.maxw, t.npages, t.cls,
-        _NWORDS, _CSIZE, PAGE_SIZE, t.nelems, t.alloc_count, t.freeindex, t.commit,
+        _NWORDS, t.nelems, t.alloc_count, t.freeindex, t.commit,
         t.sweepgen, t.span_set, _ptr(nalloc, np.int64, n), int(preserve), full_swept(h),
         partial_swept(h), t.state, t.npages_of, t.page_span, SPAN_DEAD, SET_NONE, PAGE_FREE,
-        _ptr(empties, np.int64, n), _ptr(epages, np.int64, n), _ptr(out, np.int64, 4)))
+        _ptr(empties, np.int64, n), _ptr(epages, np.int64, n), _ptr(out, np.int64, 1),
+        t.tally(me, T_FREED_PAGES)))
 
 
-def free_spans_plain(t: Tables, starts: np.ndarray, n: np.ndarray, out: np.ndarray) -> bool:
+def free_spans_plain(t: Tables, starts: np.ndarray, n: np.ndarray, out: np.ndarray,
+                     me: int) -> bool:
     """freeSpan of the ascending in-use ``starts`` (int64, k): fills ``n`` (int64, k: each
     span's pages) and ``out`` (int64, 2: pages freed, pages of spans still counting
-    objects).  ``False``, nothing written, if a span is not in use or a page not its own."""
+    objects), each span's pages tallied in claimer ``me``'s ``T_FREED_PAGES`` as they go
+    free.  ``False``, nothing written, if a span is not in use or a page not its own."""
     assert _lib is not None, unavailable()
     k = starts.size
     return bool(_lib.free_spans_plain(
         _ptr(starts, np.int64), k, t.npages, SPAN_IN_USE, SPAN_DEAD, SET_NONE, PAGE_FREE,
         t.state, t.span_set, t.npages_of, t.page_span, t.alloc_count, _ptr(n, np.int64, k),
-        _ptr(out, np.int64, 2)))
+        _ptr(out, np.int64, 2), t.tally(me, T_FREED_PAGES)))
 
 
 def carve(t: Tables, lo: int, count: int, npages: int, backed: bool,

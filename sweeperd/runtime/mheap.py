@@ -329,12 +329,11 @@ def _free_compiled(heap: Heap, starts: np.ndarray) -> np.ndarray | None:
     pages, or None (nothing written) for anything else."""
     n = np.empty(starts.size, dtype=np.int64)
     out = np.zeros(2, dtype=np.int64)
-    if not kernels.free_spans_plain(kernels.tables(heap), starts, n, out):
-        return None
+    if not kernels.free_spans_plain(kernels.tables(heap), starts, n, out, heap.me):
+        return None  # (the freed-pages tally: added by the kernel, span by span)
     pages, held = int(out[0]), int(out[1])
     heap.count(C_IN_USE_PAGES, -pages)
     heap.count(C_SPANS_IN_USE, -int(starts.size))
-    heap.tally(T_FREED_PAGES, pages)
     heap.count(C_OCCUPIED_PAGES, -held)
     return n
 

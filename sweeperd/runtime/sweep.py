@@ -53,7 +53,6 @@ from sweeperd.runtime.heap import (
     SPAN_IN_USE,
     SWEEP_BATCH,
     T_FINALIZERS_RUN,
-    T_FREED_PAGES,
     Heap,
     span_ix,
 )
@@ -341,28 +340,31 @@ def _sweep_compiled(heap: Heap, spans: np.ndarray, preserve: bool,
     spans = np.ascontiguousarray(spans)
     t = kernels.tables(heap)
     nalloc = np.empty(n, dtype=np.int64)
-    out = np.zeros(4, dtype=np.int64)
+    out = np.zeros(7, dtype=np.int64)
     if not kernels.sweep_check(t, spans, h, nalloc, out):
         return None
-    nbefore, pages, nleft = out[:3].tolist()
+    nbefore, pages, nleft, dbytes, docc, nempty, epages = out.tolist()
     nfreed = nbefore - nleft
     if count:
         heap.begin_batch(SWEEP_BATCH, (n, pages, nfreed))
-    empties = np.empty(n, dtype=np.int64)
-    npg = np.empty(n, dtype=np.int64)
-    ne = kernels.sweep_commit(t, spans, h, nalloc, preserve, empties, npg, out)
-    words, dbytes, docc, epages = out.tolist()
-    # the running counters after the stores, not before as numpy's engine: a death between
-    # leaves them off either way, and the coordinator rebases them (heapstats.rebase)
+    # the running counters lead the stores, as numpy's engine counts the sweep before its
+    # writes; and the freed spans too, so no reader sees a freed page still counted in use
+    # (an allocator may take it at once).  A death between leaves them off either way: the
+    # coordinator rebases them (heapstats.rebase).  The freed-pages tally, which is never
+    # rebased, the kernel adds span by span as the pages go free.
     heap.count(C_OBJECT_BYTES, dbytes)
     heap.count(C_OCCUPIED_PAGES, docc)
+    if not preserve and nempty:
+        heap.count(C_IN_USE_PAGES, -epages)
+        heap.count(C_SPANS_IN_USE, -nempty)
+    empties = np.empty(n, dtype=np.int64)
+    npg = np.empty(n, dtype=np.int64)
+    ne = kernels.sweep_commit(t, spans, h, nalloc, preserve, empties, npg, out, heap.me)
     if count:
         heap.apply_batch(SWEEP_BATCH)
-    st = SweepStats(spans=n, pages=pages, objects_freed=nfreed, bitmap_bytes=words * 16)
-    if ne:  # freed in place: mheap.free_spans's counts and what follows its stores
-        heap.count(C_IN_USE_PAGES, -epages)
-        heap.count(C_SPANS_IN_USE, -ne)
-        heap.tally(T_FREED_PAGES, epages)
+    st = SweepStats(spans=n, pages=pages, objects_freed=nfreed, bitmap_bytes=int(out[0]) * 16)
+    if ne:  # freed in place: what follows mheap.free_spans's stores
+        assert ne == nempty, (ne, nempty)
         st.pages_freed = freed(heap, empties[:ne], npg[:ne])
         st.spans_freed = ne
     return st
