@@ -81,3 +81,17 @@ def test_a_compiler_that_writes_nothing_leaves_nothing(cache, monkeypatch):
     assert cbuild.shared_library(src, "k") is None
     assert "exited 0 but wrote no shared object" in cbuild.last_error
     assert not list((cache / "cache" / "sweeperd" / "c").glob("*.so"))
+
+
+def test_the_cache_is_made_private_whatever_the_umask(cache):
+    """A umask of 0002 (group-writable files) must not make the cache refuse itself."""
+    src = cache / "k.c"
+    src.write_text(SRC)
+    old = os.umask(0o002)
+    try:
+        lib = cbuild.shared_library(src, "k")
+    finally:
+        os.umask(old)
+    assert lib is not None, cbuild.last_error
+    for d in (lib.parent, lib.parent.parent, lib.parent.parent.parent):
+        assert d.stat().st_mode & 0o022 == 0, d

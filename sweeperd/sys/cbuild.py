@@ -86,7 +86,11 @@ def shared_library(source: Path, name: str) -> Path | None:
             text, _compiler_version(cc).encode(), shlex.join([*cc, *flags]).encode(),
             platform.machine().encode()])).hexdigest()[:16]
         out_dir = cache_dir()
-        out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for d in (out_dir.parent.parent, out_dir.parent, out_dir):  # each made 0700, whatever
+            if not d.exists():  # the umask (mkdir's parents= would make them by the umask)
+                d.parent.mkdir(parents=True, exist_ok=True)
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(d, 0o700)
         for d in (out_dir, out_dir.parent, out_dir.parent.parent):
             why = _private(d)
             if why:
