@@ -12,6 +12,7 @@ import signal
 import sys
 import traceback
 import urllib.request
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from sweeperd.errors import ExitCode, Throw, ThrownByWorker
@@ -640,8 +641,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@contextlib.contextmanager
+def _sigterm_exits() -> Iterator[None]:
+    """SIGTERM as ``SystemExit(128 + SIGTERM)`` raised in the main thread, so a benchmark's
+    ``finally`` blocks run (its temporary directory, the daemon or the worker processes it
+    started) as they do on Ctrl-C; the default action would end it with them left behind."""
+    def exit_now(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    old = signal.signal(signal.SIGTERM, exit_now)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+_BENCHES = (_bench_sweep, _bench_alloc, _bench_storm, _bench_scavenge, _bench_scrape)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.func in _BENCHES:
+        with _sigterm_exits():
+            return int(args.func(args))
     return int(args.func(args))
 
 

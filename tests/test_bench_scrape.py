@@ -44,3 +44,37 @@ def test_the_generated_scenario_is_valid_and_fits_its_heap(mib):
     sc = parse(text, "bench")
     assert sc.scenario.heap_mib == mib and ramp > 0
     assert sc.phase[0].seconds == pytest.approx(ramp, abs=1e-3)
+
+
+def test_sigterm_leaves_no_daemon_and_no_temporary_directory(tmp_path):
+    """A benchmark stopped by SIGTERM (a CI job cancelled, ``kill``) cleans up as on Ctrl-C:
+    the daemon it started is stopped and its temporary directory removed; exit 143."""
+    import os
+    import pathlib
+    import signal
+    import time
+
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    p = subprocess.Popen([sys.executable, "-m", "sweeperd.cli", "bench", "scrape",
+                          "--heap-mib", "64", "--seconds", "600"], env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        children: list[int] = []
+        while not children:  # the event: its daemon is running (a child process)
+            assert p.poll() is None and time.monotonic() < deadline, p.stderr.read()
+            with open(f"/proc/{p.pid}/task/{p.pid}/children") as f:
+                children = [int(x) for x in f.read().split()]
+            time.sleep(0.1)
+        assert list(tmp_path.glob("sweeperd-bench-scrape-*"))
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(120) == 128 + signal.SIGTERM
+        assert not list(tmp_path.glob("sweeperd-bench-scrape-*"))
+        for c in children:  # gone, or a zombie its parent's exit leaves to init
+            stat = pathlib.Path(f"/proc/{c}/stat")
+            assert not stat.exists() or stat.read_text().rpartition(")")[2].split()[0] == "Z", (
+                f"daemon {c} outlived the benchmark")
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
