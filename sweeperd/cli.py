@@ -201,7 +201,10 @@ def _loadtest(args: argparse.Namespace) -> int:
                     policies=args.policy, knobs=args.knob or [], repeat=args.repeat,
                     seed=args.seed, out=args.out,
                     heap_mib=args.heap_mib, scale=args.scale, replay=args.replay,
-                    go_reference=args.go_reference, json=args.json)
+                    go_reference=args.go_reference,
+                    c_reference=[a for c in args.c_reference or [] for a in c.split(",")
+                                 if a.strip()],
+                    json=args.json)
         return loadtest(o)
     except UsageError as e:
         print(f"sweeperd loadtest: {e}", file=sys.stderr)
@@ -565,6 +568,11 @@ def build_parser() -> argparse.ArgumentParser:
     lt.add_argument("--go-reference", dest="go_reference", action="store_true",
                     help="also run each scenario in the real Go runtime at its settings "
                          "(the policy go-runtime; needs go on PATH)")
+    lt.add_argument("--c-reference", dest="c_reference", action="append", default=None,
+                    metavar="ALLOCATOR[,ALLOCATOR]",
+                    help="also run each scenario on real allocators at their defaults: "
+                         "glibc, jemalloc, tcmalloc, mimalloc (rows c-glibc ...; LD_PRELOAD of "
+                         "Debian's libjemalloc2, libtcmalloc-minimal4, libmimalloc2.0)")
     lt.add_argument("--out", type=pathlib.Path, default=None,
                     help="report directory (default loadtest-<UTC timestamp>/)")
     lt.add_argument("--heap-mib", dest="heap_mib", type=int, default=None,

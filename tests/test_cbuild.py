@@ -79,7 +79,7 @@ def test_a_compiler_that_writes_nothing_leaves_nothing(cache, monkeypatch):
     src.write_text(SRC)
     monkeypatch.setenv("CC", "true")
     assert cbuild.shared_library(src, "k") is None
-    assert "exited 0 but wrote no shared object" in cbuild.last_error
+    assert "exited 0 but wrote no .so file" in cbuild.last_error
     assert not list((cache / "cache" / "sweeperd" / "c").glob("*.so"))
 
 

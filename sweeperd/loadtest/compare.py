@@ -33,6 +33,21 @@ issue 18); nothing here reads a file, a clock or a process.
   or absent).  The ratio model/real of each of :data:`FIDELITY` figures' medians is judged
   against the issue's goal (peak and excess ±25%, GC cycles ±30%); the goal is on medians over
   at least :data:`FIDELITY_MIN_N` repeats on each side.
+* **Fidelity of the lab's allocator policies** (issue 20).  Each lab policy named after an
+  allocator is paired with that allocator's real row (:data:`NAMESAKES`: ``jemalloc-decay``
+  ↔ ``c-jemalloc``, ``gperftools-rate`` ↔ ``c-tcmalloc``, ``mimalloc-delay`` ↔
+  ``c-mimalloc``, ``none`` ↔ ``c-glibc``) of the same scenario when the knobs that are the
+  same option on both sides (:data:`KNOB_TWINS`: ``dirty_decay_ms``, ``release_rate``,
+  ``purge_delay_ms`` ↔ ``purge_delay``) agree — both at their defaults, or both given the same
+  value — and the real row's other options are at the allocator's defaults (but
+  ``background_thread``, reported beside the lab's ``on``: the clock is what the pair
+  compares).  Like with like: a malloc heap has no GC lag, so the lab side is the
+  scavenger's share of its excess, ``excess_free_byte_seconds`` (free pages still backed),
+  against the allocator's whole excess, ∫(RSS − live)dt (the real row's
+  ``excess_free_byte_seconds``: :mod:`sweeperd.loadtest.cref`); beside it the end and peak
+  backing and the seconds to the retain goal.  Goal (:data:`ALLOCATOR_FIDELITY`): the share and
+  the end backing within ±30%, on medians.  Entries carry ``"kind": "allocator"`` (the Go
+  pairs ``"kind": "go"``).
 * **Recommendation.**  Among the groups a Go service can use (``go-runtime`` and ``go``, with
   no knob that Go lacks), per scenario, policy and Go version, the *default* is GOGC 100, no
   limit, the version's defaults.  A candidate is recommended when its excess byte-seconds are
@@ -56,7 +71,7 @@ from scipy import stats
 
 from sweeperd.loadtest import runspec
 
-FIGURES = ("peak_backed_bytes", "mean_backed_bytes", "excess_byte_seconds",
+FIGURES = ("peak_backed_bytes", "mean_backed_bytes", "end_backed_bytes", "excess_byte_seconds",
            "excess_garbage_byte_seconds", "excess_free_byte_seconds",
            "excess_fragmentation_byte_seconds", "seconds_to_retain_goal", "gc_cycles",
            "scavenger_cpu_seconds", "cpu_seconds_per_gib_released",
@@ -67,6 +82,19 @@ FIDELITY: dict[str, float | None] = {
     "seconds_to_retain_goal": None, "gc_cycles": 0.30,
     # no goal: why GC cycles miss — the model's mutators below the schedule's pace
     "alloc_bytes_per_s": None}
+# lab policy -> the real allocator's row it is named after
+NAMESAKES = {"jemalloc-decay": "c-jemalloc", "gperftools-rate": "c-tcmalloc",
+             "mimalloc-delay": "c-mimalloc", "none": "c-glibc"}
+# lab knob -> the allocator option that is the same knob, per pair
+KNOB_TWINS: dict[str, dict[str, str]] = {
+    "jemalloc-decay": {"dirty_decay_ms": "dirty_decay_ms"},
+    "gperftools-rate": {"release_rate": "release_rate"},
+    "mimalloc-delay": {"purge_delay_ms": "purge_delay"}}
+# real options that may differ from the allocator's default in a pair (reported, not matched)
+FREE_REAL_KNOBS = ("background_thread",)
+ALLOCATOR_FIDELITY: dict[str, float | None] = {
+    "excess_free_byte_seconds": 0.30, "end_backed_bytes": 0.30, "peak_backed_bytes": None,
+    "seconds_to_retain_goal": None}
 FIDELITY_MIN_N = 5  # the issue: "the fidelity goal is on medians over >= 5 repeats"
 MATCH_KEYS = ("gogc", "memory_limit_mib", "version")
 # go-runtime's knobs beyond MATCH_KEYS and the value that means "Go's default"
@@ -224,9 +252,57 @@ def fidelity(gs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             judged = [v["within"] for v in figs.values() if v["goal"] is not None]
             repeats = min(g["n"], r["n"])
             out.append({
-                "scenario": g["scenario"],
+                "kind": "go", "scenario": g["scenario"],
                 "settings": {key: g["settings"].get(key) for key in MATCH_KEYS},
                 "real_version": r["settings"].get("version"),
+                "model_group": gid, "real_group": rid,
+                "n_model": g["n"], "n_real": r["n"], "figures": figs,
+                "enough_repeats": repeats >= FIDELITY_MIN_N,
+                "within_goal": (all(j is True for j in judged)
+                                if all(j is not None for j in judged) else None),
+                "goal_met": bool(judged) and all(j is True for j in judged)
+                and repeats >= FIDELITY_MIN_N})
+    return sorted(out, key=lambda e: (e["model_group"], e["real_group"]))
+
+
+def _twins_agree(lab: dict[str, Any], real: dict[str, Any]) -> bool:
+    """Do a lab group and a real allocator group have the same settings where the two have
+    the same knob (module doc)?"""
+    twins = KNOB_TWINS.get(lab["policy"], {})
+    lab_given, real_given = lab["overrides"], real["overrides"]
+    for k, v in real_given.items():
+        if k not in twins.values() and k not in FREE_REAL_KNOBS and v is not None:
+            return False  # an option the lab has no twin for, away from its default
+    # both unset (their defaults), or given equal
+    return all(lab_given.get(lk) == real_given.get(rk) for lk, rk in twins.items())
+
+
+def allocator_fidelity(gs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The allocator pairs of ``"fidelity"`` (module doc), ``"kind": "allocator"``."""
+    out = []
+    for gid, g in gs.items():
+        real_policy = NAMESAKES.get(g["policy"])
+        if real_policy is None:
+            continue
+        for rid, r in gs.items():
+            if (r["policy"] != real_policy or r["scenario"] != g["scenario"]
+                    or not _twins_agree(g, r)):
+                continue
+            figs: dict[str, Any] = {}
+            for f, tol in ALLOCATOR_FIDELITY.items():
+                m, re_ = g["figures"][f]["median"], r["figures"][f]["median"]
+                q = ratio(m, re_)
+                figs[f] = {"model": m, "real": re_, "ratio": q, "goal": tol,
+                           "within": None if tol is None or q is None
+                           else abs(q - 1) <= tol + 1e-12}
+            judged = [v["within"] for v in figs.values() if v["goal"] is not None]
+            repeats = min(g["n"], r["n"])
+            out.append({
+                "kind": "allocator", "scenario": g["scenario"],
+                "settings": dict(g["overrides"]), "real_settings": dict(r["overrides"]),
+                "lab_policy": g["policy"], "real_policy": r["policy"],
+                "clock": {"lab": g["settings"].get("on", "timer"),
+                          "real_background_thread": r["settings"].get("background_thread")},
                 "model_group": gid, "real_group": rid,
                 "n_model": g["n"], "n_real": r["n"], "figures": figs,
                 "enough_repeats": repeats >= FIDELITY_MIN_N,
@@ -361,5 +437,5 @@ def analyse(runs: list[dict[str, Any]], cpu_bound: float = CPU_BOUND) -> dict[st
     """The three top-level additions to ``summary.json``: ``groups``, ``fidelity``,
     ``recommendation``."""
     gs = groups(runs)
-    return {"groups": gs, "fidelity": fidelity(gs),
+    return {"groups": gs, "fidelity": fidelity(gs) + allocator_fidelity(gs),
             "recommendation": recommendation(gs, runs, cpu_bound)}

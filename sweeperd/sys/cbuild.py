@@ -1,9 +1,10 @@
-"""Building a C source shipped in the package into a shared library, once per machine.
+"""Building a C source shipped in the package, once per machine: a shared library or a program.
 
 Theory of operation
 -------------------
 :func:`shared_library` compiles ``source`` with the system's C compiler (``$CC``, else
-``cc``) into ``<cache>/sweeperd/c/<name>-<key>.so``, where the key hashes the source, the
+``cc``) into ``<cache>/sweeperd/c/<name>-<key>.so`` (:func:`executable`: a program,
+``<name>-<key>.bin``, linked with ``libs``), where the key hashes the source, the
 compiler's version, the flags and the machine, so an edit or a new compiler builds anew and
 nothing stale is ever loaded.  The build writes a temporary file in the same directory and
 renames it into place: processes starting together may all build, and each loads a whole
@@ -33,6 +34,7 @@ from pathlib import Path
 last_error = ""
 
 FLAGS = ["-O2", "-shared", "-fPIC", "-std=c11", "-Wall", "-Werror"]
+EXE_FLAGS = ["-O2", "-std=c11", "-Wall", "-Werror"]
 
 
 def cache_dir() -> Path:
@@ -74,16 +76,27 @@ def shared_library(source: Path, name: str) -> Path | None:
     """The shared library built from ``source`` (built now if this machine has none yet),
     or ``None`` with the reason in :data:`last_error`: no compiler, a failed build, or a
     cache directory others may write."""
+    flags = [*FLAGS, "-mpopcnt"] if platform.machine() in ("x86_64", "AMD64") else FLAGS
+    return _build(source, name, flags, [], ".so")
+
+
+def executable(source: Path, name: str, libs: tuple[str, ...] = ()) -> Path | None:
+    """The program built from ``source`` and linked with ``libs`` (``("-pthread",)``), as
+    :func:`shared_library` builds a library: ``None`` with the reason in :data:`last_error`."""
+    return _build(source, name, EXE_FLAGS, list(libs), ".bin")
+
+
+def _build(source: Path, name: str, flags: list[str], libs: list[str], suffix: str
+           ) -> Path | None:
     global last_error
     try:
         cc = shlex.split(os.environ.get("CC") or "cc")
         if not cc or shutil.which(cc[0]) is None:
             last_error = f"no C compiler ({os.environ.get('CC') or 'cc'}) on PATH"
             return None
-        flags = [*FLAGS, "-mpopcnt"] if platform.machine() in ("x86_64", "AMD64") else FLAGS
         text = source.read_bytes()
         key = hashlib.sha256(b"\0".join([
-            text, _compiler_version(cc).encode(), shlex.join([*cc, *flags]).encode(),
+            text, _compiler_version(cc).encode(), shlex.join([*cc, *flags, *libs]).encode(),
             platform.machine().encode()])).hexdigest()[:16]
         out_dir = cache_dir()
         for d in (out_dir.parent.parent, out_dir.parent, out_dir):  # each made 0700, whatever
@@ -96,26 +109,26 @@ def shared_library(source: Path, name: str) -> Path | None:
             if why:
                 last_error = why
                 return None
-        lib = out_dir / f"{name}-{key}.so"
+        lib = out_dir / f"{name}-{key}{suffix}"
         if lib.exists() and _whole(lib):
             return lib
-        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{name}-", suffix=".so")
+        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{name}-", suffix=suffix)
         os.close(fd)
         try:
-            r = subprocess.run([*cc, *flags, "-o", tmp, str(source)], capture_output=True,
+            r = subprocess.run([*cc, *flags, "-o", tmp, str(source), *libs], capture_output=True,
                                text=True, timeout=300)
             if r.returncode != 0:
                 last_error = f"{shlex.join(cc)} failed on {source.name}: {r.stderr.strip()[:500]}"
                 return None
             if not _whole(Path(tmp)):
-                last_error = f"{shlex.join(cc)} exited 0 but wrote no shared object"
+                last_error = f"{shlex.join(cc)} exited 0 but wrote no {suffix} file"
                 return None
             os.chmod(tmp, 0o700)
             os.replace(tmp, lib)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-        for old in out_dir.glob(f"{name}-*.so"):  # earlier builds: a mapped one stays mapped
+        for old in out_dir.glob(f"{name}-*{suffix}"):  # earlier builds: a mapped one stays mapped
             if old != lib:
                 with contextlib.suppress(OSError):
                     old.unlink()
