@@ -48,9 +48,36 @@ def test_shipped_file_documents_every_key_with_its_default():
     ({"control": {"heartbeat_ms": 1000, "dead_after_ms": 1500}}, "control.dead_after_ms"),
     ({"scavenger": {"policy": "tcmalloc"}},
      "scavenger.policy: 'tcmalloc' is not one of eager, go, gperftools-rate, hugepage-aware, "
-     "jemalloc-decay, mimalloc-delay, none"),
-    ({"scavenger": {"jemalloc-decay": {"dirty_decay_ms": 0}}},
-     "scavenger.jemalloc-decay.dirty_decay_ms: 0 is out of range; allowed 1..3600000"),
+     "jemalloc-decay, jemalloc-hpa, mimalloc-delay, none, tcmalloc-background"),
+    ({"scavenger": {"jemalloc-decay": {"dirty_decay_ms": -5}}},
+     "scavenger.jemalloc-decay.dirty_decay_ms: -5 is out of range; allowed -1 (never), "
+     "0 (at once) or 1..3600000"),
+    ({"scavenger": {"jemalloc-decay": {"dirty_decay_ms": -2}}},
+     "scavenger.jemalloc-decay.dirty_decay_ms: -2 is out of range"),
+    ({"scavenger": {"mimalloc-delay": {"purge_delay_ms": -3}}},
+     "scavenger.mimalloc-delay.purge_delay_ms: -3 is out of range; allowed -1 (never), "
+     "0 (at once) or 1..3600000"),
+    ({"scavenger": {"jemalloc-decay": {"on": "idle"}}},
+     "scavenger.jemalloc-decay.on: 'idle' is not one of activity, timer"),
+    ({"scavenger": {"mimalloc-delay": {"on": 1}}},
+     "scavenger.mimalloc-delay.on: expected a string"),
+    ({"scavenger": {"jemalloc-hpa": {"dirty_mult": -0.5}}},
+     "scavenger.jemalloc-hpa.dirty_mult: -0.5 is out of range; allowed -1 (never) or 0..1000"),
+    ({"scavenger": {"jemalloc-hpa": {"min_purge_interval_ms": -1}}},
+     "scavenger.jemalloc-hpa.min_purge_interval_ms: -1 is out of range; allowed 0..3600000"),
+    ({"scavenger": {"jemalloc-hpa": {"on": "never"}}},
+     "scavenger.jemalloc-hpa.on: 'never' is not one of activity, timer"),
+    ({"scavenger": {"jemalloc-hpa": {"dirty_ratio": 1}}},
+     "unknown key scavenger.jemalloc-hpa.dirty_ratio; known in [scavenger.jemalloc-hpa]: "
+     "dirty_mult, min_purge_interval_ms, on"),
+    ({"scavenger": {"tcmalloc-background": {"release_rate_bytes_s": -1}}},
+     "scavenger.tcmalloc-background.release_rate_bytes_s: -1 is out of range; allowed "
+     "0..1099511627776"),
+    ({"scavenger": {"tcmalloc-background": {"release_rate_bytes_s": 1.5}}},
+     "scavenger.tcmalloc-background.release_rate_bytes_s: expected an integer"),
+    ({"scavenger": {"tcmalloc-background": {"on": "timer"}}},
+     "unknown key scavenger.tcmalloc-background.on; known in [scavenger.tcmalloc-background]: "
+     "release_rate_bytes_s, skip_subrelease_interval_s"),
     ({"scavenger": {"gperftools-rate": {"release_rate": "fast"}}},
      "scavenger.gperftools-rate.release_rate: expected a number"),
     ({"scavenger": {"mimalloc-delay": {"purge_delay": 5}}},
@@ -69,6 +96,17 @@ def test_invalid_values_name_the_key(data, needle):
     with pytest.raises(ConfigError) as e:
         from_dict(data)
     assert needle in str(e.value)
+
+
+@pytest.mark.parametrize("policy,key,value", [
+    ("jemalloc-decay", "dirty_decay_ms", 0), ("jemalloc-decay", "dirty_decay_ms", -1),
+    ("mimalloc-delay", "purge_delay_ms", 0), ("mimalloc-delay", "purge_delay_ms", -1),
+    ("jemalloc-hpa", "dirty_mult", -1), ("jemalloc-hpa", "dirty_mult", 0),
+    ("jemalloc-decay", "on", "activity"), ("mimalloc-delay", "on", "activity"),
+    ("jemalloc-hpa", "on", "activity"), ("tcmalloc-background", "release_rate_bytes_s", 0)])
+def test_what_the_allocators_accept_is_accepted(policy, key, value):
+    cfg = from_dict({"scavenger": {"policy": policy, policy: {key: value}}})
+    assert getattr(cfg.scavenger.policy_params(), key) == value
 
 
 def test_flags_override_file(tmp_path):

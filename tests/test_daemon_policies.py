@@ -23,7 +23,10 @@ CONFIG = """
 size_mib = 64
 [scavenger.jemalloc-decay]
 dirty_decay_ms = 2000
+[scavenger.tcmalloc-background]
+release_rate_bytes_s = 16777216
 """
+# (tcmalloc-background: TCMalloc's default rate is 0, no release at all; 16 MiB/s here)
 
 # gperftools-rate's next look after one that found nothing waits 2^18 freed pages (2 GiB):
 # at the default classes a minute or two of a loaded machine's frees.  Its mutators allocate

@@ -4,6 +4,7 @@ the answer is a plan or a UsageError naming the flag (hypothesis), never anythin
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,37 @@ def test_a_replay_of_more_cycles_than_phases_can_be_repeated(tmp_path: Path) -> 
     p = plan(Options(replay=str(trace), policies="go", repeat=2, seed=1,
                      out=tmp_path / "out"))
     assert len(p.runs) == 2 and p.runs[1].start_shift_s > 0
+
+
+def test_a_policys_choice_and_special_values_are_knobs() -> None:
+    """``on`` (a choice) and the allocators' own 0 / -1 are accepted as ``--policy`` settings,
+    reach the run's ``[scavenger.<policy>]`` table, and anything else is refused by name."""
+    from sweeperd.loadtest.runner import config_text
+    from sweeperd.loadtest.runspec import policy_defaults, settings
+    from sweeperd.workload.scenario import load
+
+    specs = parse_policies("jemalloc-decay:on=activity|timer;dirty_decay_ms=-1|0,"
+                           "mimalloc-delay:purge_delay_ms=0,jemalloc-hpa:dirty_mult=-1;on=activity,"
+                           "tcmalloc-background:release_rate_bytes_s=1048576")
+    got = {(s.policy, tuple(sorted(s.given.items()))) for s in specs}
+    assert got == {("jemalloc-decay", (("dirty_decay_ms", d), ("on", on)))
+                   for d in (-1, 0) for on in ("activity", "timer")} | {
+        ("mimalloc-delay", (("purge_delay_ms", 0),)),
+        ("jemalloc-hpa", (("dirty_mult", -1.0), ("on", "activity"))),
+        ("tcmalloc-background", (("release_rate_bytes_s", 1048576),))}
+    assert len(specs) == 7
+    assert policy_defaults("jemalloc-hpa") == {"dirty_mult": 0.25,
+                                               "min_purge_interval_ms": 5000, "on": "timer"}
+    sc = load("steady")
+    spec = next(s for s in specs if s.given == {"on": "activity", "dirty_decay_ms": -1})
+    text = config_text(Path("/tmp/x.toml"), "jemalloc-decay", sc,
+                       settings=settings(sc, spec), given=spec.given)
+    assert '[scavenger.jemalloc-decay]\ndirty_decay_ms = -1\non = "activity"' in text
+    for bad, needle in [("jemalloc-decay:on=sometimes", "on must be timer or activity"),
+                        ("jemalloc-decay:dirty_decay_ms=-5",
+                         "-1 (never), 0 (at once) or 1..3600000"),
+                        ("mimalloc-delay:purge_delay_ms=-2", "-1 (never), 0 (at once)"),
+                        ("tcmalloc-background:on=activity", "on"),
+                        ("gperftools-rate:on=activity", "on")]:
+        with pytest.raises(UsageError, match=re.escape(needle)):
+            parse_policies(bad)

@@ -10,6 +10,7 @@ import pytest
 
 from sweeperd.pacing import policies
 from sweeperd.pacing.decay import H_STEPS, DecayParams, DecayPolicy, smootherstep_table
+from sweeperd.pacing.hpa import HpaParams, HpaPolicy
 from sweeperd.pacing.hugepage import PAGES_PER_HUGE, HugepagePolicy, kept_pages, whole_free_blocks
 from sweeperd.pacing.policy import View
 from sweeperd.pacing.purgedelay import DelayParams, DelayPolicy
@@ -20,6 +21,7 @@ from sweeperd.pacing.releaserate import (
     RatePolicy,
 )
 from sweeperd.pacing.scavpace import pages_to_release, retain_goal
+from sweeperd.pacing.tcbackground import TcBackgroundParams, TcBackgroundPolicy
 from sweeperd.runtime.sizeclasses import PAGE_SIZE
 
 
@@ -244,3 +246,231 @@ def test_every_name_makes_its_policy_and_unknown_names_are_refused():
     with pytest.raises(ValueError, match="unknown scavenger policy 'tcmalloc'"):
         policies.make("tcmalloc")
     assert replace(DecayParams(), dirty_decay_ms=5).dirty_decay_ms == 5
+
+
+# --- helpers for the block policies -----------------------------------------------------------
+
+def _carry_out(pol, plan, pages: Pages, now: float) -> int:
+    """Release what ``plan`` says as the scavenger would: dirty pages it allows, highest first,
+    up to ``plan.pages``; tells the policy.  Returns the pages released."""
+    dirty = (pages.page_span == -1) & (pages.scavenged == 0)
+    if plan.allow is not None:
+        dirty &= plan.allow(0, pages.npages)
+    take = np.flatnonzero(dirty)[::-1][: plan.pages]
+    pages.scavenged[take] = 1
+    pol.released(int(take.size), view(now))
+    return int(take.size)
+
+
+def _hview(pages: Pages, now: float, **kw: int) -> View:
+    """A view whose counters match ``pages``."""
+    in_use = int((pages.page_span >= 0).sum())
+    dirty = int(((pages.page_span == -1) & (pages.scavenged == 0)).sum())
+    return view(now, npages=pages.npages, in_use_pages=in_use, dirty_pages=dirty, **kw)
+
+
+def _drive(pol, pages: Pages, now: float, **kw: int) -> int:
+    """One wake: plan and carry out until the policy wants nothing; the pages released."""
+    got = 0
+    while (p := pol.plan(_hview(pages, now, **kw), pages)).pages > 0:
+        n = _carry_out(pol, p, pages, now)
+        got += n
+        if n == 0:
+            break
+    return got
+
+
+def _dirty(pages: Pages) -> int:
+    return int(((pages.page_span == -1) & (pages.scavenged == 0)).sum())
+
+
+# --- jemalloc-hpa -----------------------------------------------------------------------------
+
+def _hpa_heap() -> Pages:
+    """8 blocks: 0-1 empty (all free), 2-7 each with 64 pages in use and 192 free, block 7's
+    free pages fewer (96 in use)."""
+    pages = Pages(PAGES_PER_HUGE * 8)
+    pages.page_span[:] = -1
+    for b in range(2, 8):
+        lo = b * PAGES_PER_HUGE
+        pages.page_span[lo: lo + (96 if b == 7 else 64)] = 0
+    return pages
+
+
+def test_hpa_purges_whole_blocks_until_dirty_is_within_the_ratio_of_active():
+    pages = _hpa_heap()
+    active = int((pages.page_span >= 0).sum())  # 5 * 64 + 96 = 416
+    pol = HpaPolicy(HpaParams(dirty_mult=2.0))  # the cap: 832 of 1,632 dirty pages
+    released = _drive(pol, pages, 0.0)  # the first purge: at once
+    assert _dirty(pages) <= 2.0 * active < _dirty(pages) + 192  # no more than needed
+    # jemalloc's order: the empty blocks first, then the most dirty, the highest first among
+    # equals (block 7, less dirty, not reached); every chosen block goes whole
+    per_block = pages.scavenged.reshape(8, PAGES_PER_HUGE).sum(axis=1)
+    assert per_block.tolist() == [PAGES_PER_HUGE] * 2 + [0, 0, 0, 192, 192, 0]
+    assert released == per_block.sum()
+    assert pol.figures()["hpa_ndirty_max_pages"] == 2 * active
+
+
+def test_hpa_purges_at_most_every_min_purge_interval():
+    pages = _hpa_heap()
+    pol = HpaPolicy(HpaParams(dirty_mult=0.25, min_purge_interval_ms=5000))
+    assert _drive(pol, pages, 0.0) > 0
+    pages.page_span[PAGES_PER_HUGE * 7: PAGES_PER_HUGE * 7 + 96] = -1  # block 7 freed
+    v = _hview(pages, 4.9)
+    assert v.dirty_pages > 0.25 * v.in_use_pages  # over the cap again ...
+    p = pol.plan(v, pages)
+    assert p.pages == 0 and p.sleep_s == pytest.approx(0.1)  # ... but within the interval
+    assert _drive(pol, pages, 5.0) > 0  # the interval has passed
+    v = _hview(pages, 5.0)
+    assert v.dirty_pages <= 0.25 * v.in_use_pages
+
+
+def test_hpa_dirty_mult_minus_one_never_purges_and_bad_values_are_refused():
+    pages = _hpa_heap()
+    pol = HpaPolicy(HpaParams(dirty_mult=-1))
+    assert _drive(pol, pages, 0.0) == 0 and _drive(pol, pages, 100.0) == 0
+    with pytest.raises(ValueError, match=r"jemalloc-hpa policy: dirty_mult = -0\.5"):
+        HpaPolicy(HpaParams(dirty_mult=-0.5))
+    with pytest.raises(ValueError, match="jemalloc-hpa policy: on = 'sometimes'"):
+        HpaPolicy(HpaParams(on="sometimes"))
+
+
+@pytest.mark.parametrize("on", ["timer", "activity"])
+def test_hpa_in_activity_mode_purges_only_where_the_heap_was_used(on):
+    """A free (freed_pages moves) or an allocation (allocated_bytes moves) is use; the counters
+    standing still is idleness: a timer purges on time, activity mode holds the pages."""
+    pages = Pages(PAGES_PER_HUGE * 4)
+    pol = HpaPolicy(HpaParams(on=on, min_purge_interval_ms=5000))
+    assert _drive(pol, pages, 0.0, freed_pages=0) == 0  # all in use
+    pages.page_span[: PAGES_PER_HUGE] = -1
+    assert _drive(pol, pages, 1.0, freed_pages=1) > 0  # freed: the first purge, at once
+    pages.page_span[PAGES_PER_HUGE: 2 * PAGES_PER_HUGE] = -1
+    assert _drive(pol, pages, 2.0, freed_pages=2) == 0  # over the cap, within the interval
+    held = _drive(pol, pages, 10.0, freed_pages=2) + _drive(pol, pages, 100.0, freed_pages=2)
+    if on == "timer":
+        assert held == PAGES_PER_HUGE  # purged on time
+        return
+    assert held == 0 and _dirty(pages) == PAGES_PER_HUGE  # idle: kept
+    assert _drive(pol, pages, 101.0, freed_pages=2, allocated_bytes=64) == PAGES_PER_HUGE
+
+
+# --- tcmalloc-background ----------------------------------------------------------------------
+
+def test_tcmalloc_background_releases_rate_times_time_from_whole_free_blocks():
+    pages = Pages(PAGES_PER_HUGE * 64)
+    pages.page_span[:] = -1  # all free: whole free blocks of 256 pages
+    rate = 3 * PAGE_SIZE * PAGES_PER_HUGE // 2  # 1.5 blocks a second: overshoot, then carry
+    pol = TcBackgroundPolicy(TcBackgroundParams(release_rate_bytes_s=rate))
+    released = 0
+    for k in range(21):  # a look a second (TCMalloc's background sleep) for 20 s
+        released += _drive(pol, pages, float(k))
+        allowed = rate * k / PAGE_SIZE
+        assert allowed <= released + 1 and released < allowed + PAGES_PER_HUGE
+    assert released == 30 * PAGES_PER_HUGE  # 20 s at 1.5 blocks/s: exactly 30 blocks
+    assert pol.figures()["tcmalloc_release_credit_bytes"] == 0
+
+
+def test_tcmalloc_background_default_rate_is_tcmallocs_zero_and_releases_nothing():
+    pages = Pages(PAGES_PER_HUGE * 4)
+    pages.page_span[:] = -1
+    pol = TcBackgroundPolicy()
+    assert pol.params.release_rate_bytes_s == 0
+    assert sum(_drive(pol, pages, float(k)) for k in range(100)) == 0
+
+
+def test_tcmalloc_background_subreleases_only_after_whole_blocks_and_sparsest_first():
+    pages = Pages(PAGES_PER_HUGE * 4)
+    pages.page_span[:] = -1
+    pages.page_span[0:200] = 0  # block 0: 200 in use (56 free)
+    pages.page_span[256:266] = 0  # block 1: 10 in use (246 free), the sparsest
+    # block 2: all free; block 3: 100 in use
+    pages.page_span[768:868] = 0
+    pol = TcBackgroundPolicy(TcBackgroundParams(release_rate_bytes_s=300 * PAGE_SIZE,
+                                                skip_subrelease_interval_s=0))
+    _drive(pol, pages, 0.0)
+    assert _drive(pol, pages, 1.0) == 256 + 246  # block 2 whole, then block 1 (sparsest)
+    per_block = pages.scavenged.reshape(4, PAGES_PER_HUGE).sum(axis=1)
+    assert per_block.tolist() == [0, 246, 256, 0]
+    assert pol.credit == (300 - 502) * PAGE_SIZE  # released ahead: carried
+
+
+@pytest.mark.parametrize("interval", [10.0, 0.0])
+def test_tcmalloc_background_skip_subrelease_keeps_what_a_recent_peak_needed(interval):
+    """TCMalloc's filler subreleases at most (in use + free in partly used huge pages) - the
+    peak in use over the interval: after a fall in demand, the pages the peak used stay."""
+    pages = Pages(PAGES_PER_HUGE * 2)  # all in use: the peak, 512
+    pol = TcBackgroundPolicy(TcBackgroundParams(release_rate_bytes_s=1 << 30,
+                                                skip_subrelease_interval_s=interval))
+    assert _drive(pol, pages, 0.0) == 0
+    pages.page_span[0:100] = -1  # demand falls to 312: 100 + 100 free in partly used blocks
+    pages.page_span[256:356] = -1
+    got = _drive(pol, pages, 1.0)
+    if interval == 0:
+        assert got == 200  # no such rule: everything free goes
+        return
+    assert got == 0  # 312 + 200 - 512 = 0: kept for a return to the peak
+    assert pol.credit == 0  # a request not met is not carried over
+    assert _drive(pol, pages, 20.0) == 200  # the peak has aged out of the interval
+
+
+# --- activity mode, and the values 0 and -1 ---------------------------------------------------
+
+@pytest.mark.parametrize("on", ["timer", "activity"])
+def test_decay_in_activity_mode_holds_while_idle_and_releases_when_allocation_resumes(on):
+    pol = DecayPolicy(DecayParams(dirty_decay_ms=1000, on=on))  # 5 ms epochs
+    pages, dirty = Pages(1), 1000
+    assert pol.plan(view(0.0, dirty_pages=0), pages).pages == 0
+    assert pol.plan(view(0.006, dirty_pages=dirty, freed_pages=1000), pages).pages == 0
+    idle = 0
+    for t in (0.5, 2.0, 60.0):  # the counters stand still
+        p = pol.plan(view(t, dirty_pages=dirty, freed_pages=1000), pages)
+        dirty -= p.pages
+        idle += p.pages
+    if on == "timer":
+        assert idle == 1000  # decayed on time
+        return
+    assert idle == 0  # idle: kept, however long
+    p = pol.plan(view(61.0, dirty_pages=1000, freed_pages=1000, allocated_bytes=8), pages)
+    assert p.pages == 1000  # used again: 200+ epochs passed at once, the backlog is gone
+
+
+@pytest.mark.parametrize("on", ["timer", "activity"])
+def test_purge_delay_in_activity_mode_holds_while_idle_and_releases_when_used(on):
+    pages = Pages(100)
+    pol = DelayPolicy(DelayParams(purge_delay_ms=10, on=on))
+    pol.plan(view(0.0, freed_pages=0), pages)
+    pages.page_span[10:20] = -1
+    assert pol.plan(view(0.001, freed_pages=10), pages).pages == 0  # stamped at its free
+    idle = [pol.plan(view(t, freed_pages=10), pages).pages for t in (0.5, 5.0)]
+    if on == "timer":
+        assert idle[0] == 10
+        return
+    assert idle == [0, 0]
+    assert pol.plan(view(6.0, freed_pages=10, allocated_bytes=1), pages).pages == 10
+
+
+def test_decay_and_delay_zero_release_on_free_and_minus_one_never():
+    assert policies.releases_on_free("jemalloc-decay", DecayParams(dirty_decay_ms=0))
+    assert policies.releases_on_free("mimalloc-delay", DelayParams(purge_delay_ms=0))
+    assert policies.releases_on_free("eager") and not policies.releases_on_free("jemalloc-decay")
+    for params in (DecayParams(dirty_decay_ms=-1), DelayParams(purge_delay_ms=-1),
+                   DecayParams(dirty_decay_ms=0), DelayParams(purge_delay_ms=0)):
+        name = "jemalloc-decay" if isinstance(params, DecayParams) else "mimalloc-delay"
+        never = -1 in (getattr(params, "dirty_decay_ms", 0), getattr(params, "purge_delay_ms", 0))
+        assert policies.releases_on_free(name, params) is not never
+        pol = policies.make(name, params)
+        pages = Pages(10)
+        pages.page_span[:] = -1
+        for t in (0.0, 1.0, 100.0, 10_000.0):  # the scavenger never releases: at 0 the
+            assert pol.plan(view(t, dirty_pages=10, freed_pages=int(t) + 10), pages).pages == 0
+
+
+def test_decay_and_delay_refuse_values_below_minus_one_by_name():
+    with pytest.raises(ValueError, match="jemalloc-decay policy: dirty_decay_ms = -5"):
+        DecayPolicy(DecayParams(dirty_decay_ms=-5))
+    with pytest.raises(ValueError, match="mimalloc-delay policy: purge_delay_ms = -2"):
+        DelayPolicy(DelayParams(purge_delay_ms=-2))
+    with pytest.raises(ValueError, match="mimalloc-delay policy: on = 'idle'"):
+        DelayPolicy(DelayParams(on="idle"))
+    with pytest.raises(ValueError, match="tcmalloc-background policy: release_rate_bytes_s"):
+        TcBackgroundPolicy(TcBackgroundParams(release_rate_bytes_s=-1))

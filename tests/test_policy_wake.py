@@ -45,7 +45,7 @@ def test_each_policy_releases_as_it_decides_and_the_books_match_the_kernel(name)
                        policy=policies.make(name))
         heap.header[H_HEAP_GOAL] = 256 * PAGE_SIZE
         sc.wake()  # the first look, before anything is freed
-        if name in policies.RELEASES_ON_FREE:
+        if policies.releases_on_free(name):
             heap.me = owners.sweeper(0)
             ReleaseOnFree.install(heap)
         freed = _heap_with_freed(heap, keep_every=4)
@@ -63,6 +63,10 @@ def test_each_policy_releases_as_it_decides_and_the_books_match_the_kernel(name)
             assert 1 <= sc.released.runs <= 2 and n == sc.released.pages
         elif name == "hugepage-aware":  # a live span in every huge page: none is whole
             assert n == 0 and sc.policy.figures()["hugepage_kept_bytes"] == freed * PAGE_SIZE
+        elif name == "jemalloc-hpa":  # 16 blocks of 192 dirty, 64 live: purged until what
+            assert n == freed - 192  # stays is within 0.25 x 1,024 active pages: one block
+        elif name == "tcmalloc-background":  # TCMalloc's default rate is 0: no release
+            assert n == 0
         elif name == "eager":
             assert n == freed and sc.released.pages == 0  # the freer did it, not the scavenger
             assert heap.tallies[owners.sweeper(0), T_RELEASED_PAGES] == freed
@@ -90,3 +94,26 @@ def test_hugepage_aware_releases_only_whole_huge_pages():
         assert released[1::2].all() and not released[0::2].any()
         assert sc.policy.figures()["hugepage_kept_bytes"] == (
             NPAGES // 2 - len(keep) * 16) * PAGE_SIZE
+
+
+def test_tcmalloc_background_releases_at_its_rate_by_subrelease_on_a_real_heap():
+    """1 MiB/s for 12 s on a heap where every huge page holds live spans: only subrelease
+    can give, 192 free pages (1.5 MiB) a block, so 12 MiB is 8 blocks, within one block."""
+    from sweeperd.pacing.tcbackground import TcBackgroundParams, TcBackgroundPolicy
+
+    clock = [0.0]
+    with Heap.create(NPAGES * PAGE_SIZE) as heap:
+        heap.me = owners.SCAVENGER
+        sm = SysMem(base=heap.arena.ctypes.data, size=heap.heap_bytes, shared=True)
+        pol = TcBackgroundPolicy(TcBackgroundParams(release_rate_bytes_s=1 << 20))
+        sc = Scavenger(heap, sm, Pacer(fraction=0.5, ncpu=1), clock=lambda: clock[0],
+                       policy=pol)
+        _heap_with_freed(heap, keep_every=4)
+        sc.wake()
+        _run(sc, clock, 12.0)
+        n = int(heap.scavenged.sum())
+        assert pol.prev is not None  # the last look: what the rate allowed up to it
+        allowed = (1 << 20) * pol.prev / PAGE_SIZE
+        assert allowed <= n + 1 and n < allowed + 192
+        assert (heap.scavenged.reshape(-1, PAGES_PER_HUGE).sum(axis=1) % 192 == 0).all()
+        check_heap(heap)

@@ -117,7 +117,7 @@ def scavenge_once(heap_mib: int, live: float, fraction: float, vectored: bool,
         goal = sc.goal()
         cpu0 = time.process_time()
         t0 = time.perf_counter()
-        if policy in policies.RELEASES_ON_FREE:  # what the freers would have done, timed alone
+        if policies.releases_on_free(policy):  # what the freers would have done, timed alone
             freed = spans[heap.span_state[spans] == SPAN_DEAD]
             ReleaseOnFree(heap, sm)(freed, heap.span_npages[freed].astype(np.int64))
         elif live == 0 and policy == "go":

@@ -18,13 +18,16 @@ from typing import Any, Literal
 
 from sweeperd.daemon import control
 from sweeperd.pacing import gcpace
+from sweeperd.pacing import policies as pacing_policies
 from sweeperd.pacing.decay import DecayParams
+from sweeperd.pacing.hpa import HpaParams
 from sweeperd.pacing.policies import CHOICES as POLICY_CHOICES
 from sweeperd.pacing.policies import PARAMS, POLICIES
 from sweeperd.pacing.policies import RANGES as POLICY_RANGES
 from sweeperd.pacing.policy import GoParams
 from sweeperd.pacing.purgedelay import DelayParams
 from sweeperd.pacing.releaserate import RateParams
+from sweeperd.pacing.tcbackground import TcBackgroundParams
 from sweeperd.runtime.owners import MAX_MUTATORS, MAX_SWEEPERS
 from sweeperd.runtime.sizeclasses import NUM_CLASSES
 from sweeperd.workload import scenario as scenarios
@@ -99,6 +102,8 @@ class ScavengerConfig:
     jemalloc_decay: DecayParams = field(default_factory=DecayParams)
     gperftools_rate: RateParams = field(default_factory=RateParams)
     mimalloc_delay: DelayParams = field(default_factory=DelayParams)
+    jemalloc_hpa: HpaParams = field(default_factory=HpaParams)
+    tcmalloc_background: TcBackgroundParams = field(default_factory=TcBackgroundParams)
 
     def memory_limit_bytes(self) -> int:
         """The memory limit in bytes, 0 for none.  ``"cgroup"`` is resolved by the coordinator
@@ -201,6 +206,12 @@ def _check_value(key: str, typ: Any, v: Any) -> Any:
             raise ConfigError(f"{key}: size classes must be within 1..{NUM_CLASSES - 1}, "
                               f"got {list(v)}")
         return tuple(v)
+    policy_key = key.removeprefix("scavenger.")
+    if policy_key in POLICY_RANGES:  # a policy's parameter: its range and its special values
+        if not pacing_policies.in_range(policy_key, v):
+            raise ConfigError(f"{key}: {v} is out of range; allowed "
+                              f"{pacing_policies.allowed(policy_key)}")
+        return v
     lo, hi = RANGES[key]
     if not lo <= v <= hi:
         raise ConfigError(f"{key}: {v} is out of range; allowed {_num(lo)}..{_num(hi)}")

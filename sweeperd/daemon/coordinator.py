@@ -66,7 +66,7 @@ from sweeperd.daemon.snapshot import Snapshot, memory_now, status_json, take_sam
 from sweeperd.daemon.supervisor import Supervisor
 from sweeperd.daemon.totals import Totals
 from sweeperd.errors import Throw, ThrownByWorker
-from sweeperd.pacing.policies import RELEASES_ON_FREE
+from sweeperd.pacing.policies import releases_on_free
 from sweeperd.pacing.scavpace import retain_goal
 from sweeperd.roles import Role
 from sweeperd.runtime import kernels, owners
@@ -117,7 +117,8 @@ def _worker_main(cfg: Config, handle: dict[str, Any], endpoint: str,
                  scenario: str | None,
                  slot: Slot) -> tuple[Callable[..., None], tuple[Any, ...]]:
     hb = cfg.control.heartbeat_ms
-    eager = cfg.scavenger.policy in RELEASES_ON_FREE  # freers release what they free
+    eager = releases_on_free(cfg.scavenger.policy,  # freers release what they free
+                             cfg.scavenger.policy_params())
     if slot.role is Role.SWEEPER:
         from workers.sweeper import main
 
@@ -397,7 +398,7 @@ class Coordinator:
                                  shared=True)
             params = cfg.scavenger.policy_params()
             self._policy_params = MappingProxyType(asdict(params) if params else {})
-            if cfg.scavenger.policy in RELEASES_ON_FREE:  # what recovery frees, it releases
+            if releases_on_free(cfg.scavenger.policy, params):  # what recovery frees, it releases
                 ReleaseOnFree.install(self.heap)  # (its own SysMem: tallied, not in ours)
             self.machine = c.GCCycle(c.Params(
                 gogc=cfg.gc.gogc, min_goal_bytes=cfg.gc.min_goal_mib << 20,

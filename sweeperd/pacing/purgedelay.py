@@ -14,6 +14,14 @@ a deadline has come, and a wake comes at most every ``COST_SHARE`` times the las
 so looking costs at most 1/``COST_SHARE`` of a core however large the heap (mimalloc too looks
 only when its owning thread next enters the allocator).  A page reused and freed again between
 two scans keeps its first time: it is released up to one period early.
+
+``purge_delay_ms`` as mimalloc takes it: 0 purges at once (the freers release what they free,
+as ``eager``: ``policies.releases_on_free``; the scavenger idles), -1 never purges (as
+``none``).  ``on``: ``"timer"`` (the default) looks at every wake; ``"activity"`` is mimalloc
+itself, which checks its deadlines only when its heap is used (mimalloc_rust#141): the policy
+looks (scans, stamps, releases what is due) only at a wake where the allocator was used
+(``activity.py``), or to finish a release under way, so an idle process keeps its free pages
+past their deadlines until it allocates again.
 """
 
 from __future__ import annotations
@@ -24,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from sweeperd.pacing.policy import PageTable, Plan, View
+from sweeperd.pacing.activity import Activity
+from sweeperd.pacing.policy import IDLE_S, PageTable, Plan, View
 
 COST_SHARE = 50
 MIN_PERIOD_S = 0.005
@@ -33,7 +42,8 @@ NEVER = np.float64(np.inf)
 
 @dataclass(frozen=True)
 class DelayParams:
-    purge_delay_ms: int = 10  # mimalloc v2's default (MIMALLOC_PURGE_DELAY)
+    purge_delay_ms: int = 10  # mimalloc v2's default (MIMALLOC_PURGE_DELAY); 0 at once, -1 never
+    on: str = "timer"  # "timer" or "activity" (activity.py)
 
 
 class DelayPolicy:
@@ -43,7 +53,12 @@ class DelayPolicy:
     def __init__(self, params: DelayParams | None = None,
                  cost_clock: Any = time.perf_counter) -> None:
         self.params = params or DelayParams()
-        self.delay = self.params.purge_delay_ms / 1000
+        if self.params.purge_delay_ms < -1:
+            raise ValueError(f"mimalloc-delay policy: purge_delay_ms = "
+                             f"{self.params.purge_delay_ms}: allowed -1 (never), 0 (at once) "
+                             "or more")
+        self.activity = Activity(self.name, self.params.on)
+        self.delay = max(0, self.params.purge_delay_ms) / 1000
         self.since: np.ndarray | None = None  # per page: when first seen dirty (inf: not)
         self.seen_freed = -1
         self.next_deadline = float("inf")
@@ -72,7 +87,13 @@ class DelayPolicy:
         return v.freed_pages != self.seen_freed or v.now >= self.next_deadline
 
     def plan(self, v: View, pages: PageTable) -> Plan:
-        """The plan; scans the page table when something may have changed."""
+        """The plan; scans the page table when something may have changed.  At 0 (the
+        freers release) and -1 (never), nothing; in activity mode, nothing at a wake without
+        use unless a release is under way."""
+        if self.params.purge_delay_ms <= 0:
+            return Plan(0, sleep_s=IDLE_S)
+        if not self.activity.active(v) and self.expired == 0:
+            return Plan(0, sleep_s=IDLE_S)
         if self.since is None or self.wants_scan(v):
             self.seen_freed = v.freed_pages
             self.observe(pages, v.now)

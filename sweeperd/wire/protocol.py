@@ -106,6 +106,8 @@ class PolicyFigures(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_
     release_rate_counter_pages: Gauge | None = None  # gperftools-rate
     purge_delay_expired_pages: Gauge | None = None  # mimalloc-delay
     hugepage_kept_bytes: Gauge | None = None  # hugepage-aware
+    hpa_ndirty_max_pages: Gauge | None = None  # jemalloc-hpa
+    tcmalloc_release_credit_bytes: Gauge | None = None  # tcmalloc-background
 
     def items(self) -> list[tuple[str, float]]:
         """(name, value) of the figures its policy has, by name."""
