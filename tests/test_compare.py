@@ -213,6 +213,61 @@ def test_fidelity_ratios_with_null_or_zero_figures() -> None:
 
 # --- the recommendation -----------------------------------------------------------------------
 
+# --- the lab's allocator policies against the real allocators (issue 20) -------------------
+
+def _afigs(k: float) -> dict[str, Any]:
+    return {"excess_free_byte_seconds": 4e9 * k, "end_backed_bytes": 40e6 * k,
+            "peak_backed_bytes": 600e6, "free_hold_seconds": 9.0 * k,
+            "seconds_to_retain_goal": None}
+
+
+def test_each_lab_policy_pairs_with_the_allocator_it_is_named_after() -> None:
+    runs = []
+    for lab, real in compare.NAMESAKES.items():
+        runs += [row("spike", lab, i, **_afigs(1.0)) for i in range(5)]
+        runs += [row("spike", real, i, **_afigs(1.0)) for i in range(5)]
+    runs += [row("spike", "eager", 0, **_afigs(1.0)), row("other", "c-jemalloc", 0)]
+    fid = compare.allocator_fidelity(compare.groups(runs))
+    assert sorted((e["lab_policy"], e["real_policy"]) for e in fid) == sorted(
+        compare.NAMESAKES.items())  # eager has no namesake; another scenario never pairs
+    for e in fid:
+        assert e["kind"] == "allocator" and e["goal_met"] and e["n_model"] == 5
+        assert all(f["ratio"] == 1.0 for f in e["figures"].values() if f["ratio"] is not None)
+    assert compare.analyse(runs)["fidelity"] == fid  # in summary.json's "fidelity"
+
+
+def test_an_allocator_pair_is_judged_on_the_free_share_and_the_end_backing() -> None:
+    runs = [row("s", "jemalloc-decay", i, **(_afigs(1.0) | {"excess_free_byte_seconds": 4e9 * 1.4,
+                                                         "end_backed_bytes": 40e6 * 0.75}))
+            for i in range(5)]
+    runs += [row("s", "c-jemalloc", i, **_afigs(1.0)) for i in range(5)]
+    (e,) = compare.allocator_fidelity(compare.groups(runs))
+    f = e["figures"]
+    assert f["excess_free_byte_seconds"]["ratio"] == pytest.approx(1.4)
+    assert f["excess_free_byte_seconds"]["within"] is False  # ±30%
+    assert f["end_backed_bytes"]["within"] is True
+    assert f["peak_backed_bytes"]["within"] is None and f["free_hold_seconds"]["goal"] is None
+    assert not e["goal_met"] and e["within_goal"] is False
+
+
+@pytest.mark.parametrize(("lab", "real", "pairs"), [
+    ({}, {}, True),  # both at their defaults
+    ({"dirty_decay_ms": 1000}, {"dirty_decay_ms": 1000}, True),  # the same knob, same value
+    ({"dirty_decay_ms": 1000}, {}, False),
+    ({}, {"dirty_decay_ms": 1000}, False),
+    ({"on": "activity"}, {}, True),  # the lab's clock is what the pair shows
+    ({}, {"background_thread": "true"}, True),  # reported beside it, not matched
+    ({}, {"muzzy_decay_ms": 0}, False),  # an option the lab has no twin for
+    ({"gogc": 50}, {}, True),  # the GC's knobs: the share compared is the scavenger's
+])
+def test_allocator_pairs_need_the_same_twin_knobs(lab: dict[str, Any], real: dict[str, Any],
+                                                  pairs: bool) -> None:
+    runs = [row("s", "jemalloc-decay", 0, lab, **_afigs(1.0)),
+            row("s", "c-jemalloc", 0, real, **_afigs(1.0))]
+    fid = compare.allocator_fidelity(compare.groups(runs))
+    assert bool(fid) is pairs, fid
+
+
 def _grid(n: int, gogc50_excess: float, gogc50_cycles: float,
           policy: str = "go-runtime") -> list[dict[str, Any]]:
     rnd = random.Random(1)

@@ -74,7 +74,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any],
     (d / "short.toml").write_text(SHORT)
     out = d / "report"
     p = _loadtest("--scenario", str(d / "short.toml"), "--policy", "go,eager,none",
-                  "--go-reference", "--out", str(out), "--json")
+                  "--go-reference", "--c-reference", "glibc", "--out", str(out), "--json")
     assert p.returncode == 0, p.stderr[-3000:]
     return out, json.loads(p.stdout), p.stderr
 
@@ -87,6 +87,7 @@ def test_the_summary_keeps_its_contract(run) -> None:
     out, summary, _ = run
     assert json.loads((out / "summary.json").read_text()) == summary
     fields = {"scenario", "policy", "ok", "seconds", "peak_backed_bytes", "mean_backed_bytes",
+              "end_backed_bytes", "free_hold_seconds",
               "excess_byte_seconds", "excess_garbage_byte_seconds", "excess_free_byte_seconds",
               "excess_fragmentation_byte_seconds", "seconds_to_retain_goal",
               "scavenger_cpu_seconds", "released_bytes", "cpu_seconds_per_gib_released",
@@ -94,18 +95,31 @@ def test_the_summary_keeps_its_contract(run) -> None:
               "alloc_latency_p50_seconds", "alloc_latency_p99_seconds", "gc_cycles",
               "worker_deaths", "max_books_vs_kernel_error"}
     runs = _runs(summary)
-    assert set(runs) == {"go", "eager", "none", "go-runtime"}
+    assert set(runs) == {"go", "eager", "none", "go-runtime", "c-glibc"}
     for r in runs.values():
         assert fields <= set(r), fields - set(r)
         assert r["ok"] is True and r["scenario"] == "short"
-        # the Go program's last sample can come as it exits, a sample period early
-        assert r["seconds"] >= (11.0 if r["policy"] != "go-runtime" else 10.5), r
-        assert r["gc_cycles"] > 0 and r["peak_backed_bytes"] > 0
+        # a reference program's last sample can come as it exits, a sample period early
+        assert r["seconds"] >= (11.0 if r["policy"] in ("go", "eager", "none") else 10.5), r
+        assert r["peak_backed_bytes"] > 0
+        # a malloc heap has no GC: its cycles are not a figure of it (null, not 0)
+        assert (r["gc_cycles"] is None) if r["policy"] == "c-glibc" else r["gc_cycles"] > 0
+    assert runs["c-glibc"]["settings"] == {"trim_threshold": None, "mmap_threshold": None,
+                                           "arena_max": None}  # glibc's defaults
     assert {"cpus", "mem_total_bytes", "kernel"} <= set(summary["machine"])
     assert summary["versions"]["go"].startswith("go version")
     # --go-reference runs a Go release the default model (1.21) follows: the two pair
-    (e,) = summary["fidelity"]
+    (e,) = [e for e in summary["fidelity"] if e["kind"] == "go"]
     assert (e["model_group"], e["real_group"]) == ("short.go", "short.go-runtime")
+    # and the lab's none beside glibc's malloc, which has no trim policy either (issue 20)
+    (a,) = [e for e in summary["fidelity"] if e["kind"] == "allocator"]
+    assert (a["model_group"], a["real_group"]) == ("short.none", "short.c-glibc")
+    lab, real = runs["none"], runs["c-glibc"]
+    f = a["figures"]["excess_free_byte_seconds"]
+    assert (f["model"], f["real"]) == (lab["excess_free_byte_seconds"],
+                                       real["excess_free_byte_seconds"])
+    assert f["ratio"] == pytest.approx(f["model"] / f["real"])
+    assert summary["versions"]["c-glibc"].startswith("glibc ")
 
 
 def test_books_match_the_kernel_and_the_policies_differ_as_they_must(run) -> None:
@@ -145,6 +159,11 @@ def test_what_holds_the_memory_adds_up_to_the_excess_in_every_sample_and_run(run
             parts = row["garbage_bytes"] + row["free_backed_bytes"] + row["fragmentation_bytes"]
             assert parts == row["kernel_backed_bytes"] - row["live_bytes"], (p, row)
             assert row["garbage_bytes"] >= 0 and row["fragmentation_bytes"] >= 0, (p, row)
+        if p == "c-glibc":  # malloc: a freed object is gone, and its books are not read
+            assert r["excess_garbage_byte_seconds"] == 0, r
+            assert r["excess_fragmentation_byte_seconds"] is None, r
+            assert r["excess_free_byte_seconds"] == pytest.approx(r["excess_byte_seconds"])
+            continue
         split = [r["excess_garbage_byte_seconds"], r["excess_free_byte_seconds"],
                  r["excess_fragmentation_byte_seconds"]]
         assert sum(split) == pytest.approx(r["excess_byte_seconds"], rel=1e-9, abs=1.0), (p, r)
@@ -185,7 +204,8 @@ def test_the_go_runtime_row_is_the_real_go_runtime(run) -> None:
 def test_the_plots_are_written(run) -> None:
     out = run[0]
     for name in ("memory", "scavenger-cpu", "madvise", "sweep-rate", "alloc-latency",
-                 *(f"{p}.r0-holds" for p in ("go", "eager", "none", "go-runtime"))):
+                 "allocators",
+                 *(f"{p}.r0-holds" for p in ("go", "eager", "none", "go-runtime", "c-glibc"))):
         png = out / f"short{'.' if name.endswith('-holds') else '-'}{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
@@ -211,8 +231,9 @@ def test_report_html_renders_in_chromium_with_every_plot(run, tmp_path: Path) ->
         shot = tmp_path / "shot.png"
         browser.run([f"--screenshot={shot}", "--window-size=1200,1600", f"{base}/report.html"],
                     tmp_path)
-    # the scenario's five plots, a holds plot per run (4) and "What to change"'s pareto.png
-    assert "decoded 10/10" in dom.stdout, dom.stdout[-2000:] + dom.stderr[-2000:]
+    # the scenario's five plots and the allocator pair's, a holds plot per run (5) and
+    # "What to change"'s pareto.png
+    assert "decoded 12/12" in dom.stdout, dom.stdout[-2000:] + dom.stderr[-2000:]
     import matplotlib.image
 
     img = matplotlib.image.imread(str(shot))
@@ -225,8 +246,8 @@ def test_report_html_renders_in_chromium_with_every_plot(run, tmp_path: Path) ->
 
 def test_progress_is_plain_lines_off_a_terminal(run) -> None:
     err = run[2]
-    assert "[1/4] short x go: starting" in err
-    assert "short x go-runtime: ok" in err
+    assert "[1/5] short x go: starting" in err
+    assert "short x go-runtime: ok" in err and "short x c-glibc: ok" in err
 
 
 @pytest.mark.parametrize("args, says", [
@@ -240,6 +261,13 @@ def test_progress_is_plain_lines_off_a_terminal(run) -> None:
     (["--scenario", "steady", "--heap-mib", "99999"], "--heap-mib"),
     (["--replay", "/nonexistent/trace"], "cannot read"),
     (["--replay", "/etc/hostname"], "gctrace cycle line"),
+    (["--scenario", "steady", "--c-reference", "glibc,hoard"],
+     "--c-reference: unknown allocator 'hoard'"),
+    (["--scenario", "steady", "--policy", "c-jemalloc:gogc=50"],
+     "c-jemalloc has no setting 'gogc'"),
+    (["--scenario", "steady", "--policy", "c-jemalloc:dirty_decay_ms=-2"],
+     "dirty_decay_ms must be an integer within -1..3600000"),
+    (["--scenario", "steady", "--policy", "c-mimalloc:purge_delay=1e3"], "purge_delay must be"),
 ])
 def test_bad_inputs_exit_2_naming_them(args: list[str], says: str) -> None:
     p = _loadtest(*args, timeout=60)

@@ -110,3 +110,24 @@ def test_a_policys_choice_and_special_values_are_knobs() -> None:
                         ("gperftools-rate:on=activity", "on")]:
         with pytest.raises(UsageError, match=re.escape(needle)):
             parse_policies(bad)
+
+
+def test_the_real_allocators_are_runs_with_their_own_knobs_and_no_gc(tmp_path: Path) -> None:
+    """--c-reference adds a row per allocator at its defaults; --policy takes the allocators
+    with their options (a grid too); a GC knob never reaches a malloc heap."""
+    specs = parse_policies("none,c-jemalloc:dirty_decay_ms=0|-1", ["gogc=50|100"],
+                           c_reference=["glibc", " jemalloc", "glibc"])
+    labels = [s.label() for s in specs]
+    assert labels == ["none gogc=50", "none gogc=100", "c-jemalloc dirty_decay_ms=0",
+                      "c-jemalloc dirty_decay_ms=-1", "c-glibc", "c-jemalloc"]
+    p = plan(Options(scenarios=["steady"], policies="c-tcmalloc:release_rate=10",
+                     c_reference=["mimalloc"], out=tmp_path / "o"))
+    (tc, mi) = p.runs
+    assert tc.settings == {"release_rate": 10.0, "aggressive_decommit": None}
+    assert mi.settings == {"purge_delay": None}  # None: mimalloc's own default
+    assert "gogc" not in tc.settings and tc.run_id == "steady.c-tcmalloc.release_rate=10.r0"
+    for bad, says in [("c-glibc:arena_max=0", "arena_max must be an integer within 1..65536"),
+                      ("c-jemalloc:background_thread=yes", "true or false"),
+                      ("c-hoard", "unknown policy 'c-hoard'")]:
+        with pytest.raises(UsageError, match=re.escape(says)):
+            parse_policies(bad)

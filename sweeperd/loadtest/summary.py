@@ -13,6 +13,12 @@ Definitions (``summary.json``'s contract; the README's "Load testing" says how t
   ``fragmentation_bytes``; :func:`sweeperd.loadtest.sampler.excess_split`): uncollected
   garbage (the GC's lag), free pages still backed (the scavenger's), free slots of in-use
   spans.  They add up to ``excess_byte_seconds`` (to float rounding: the same trapezoids);
+* ``free_hold_seconds``: ``excess_free_byte_seconds`` over the bytes the heap gave up from
+  its peak to the live heap at the end (``peak_backed_bytes`` − the last sample's live heap):
+  how long, on average, a byte the peak took stayed backed and free — the release policy's
+  pace, whatever the heap's size at its peak (a GC'd heap grows to its heap goal, about
+  (1 + GOGC/100) x live; a malloc heap to about its live bytes); null when the heap never
+  rose above its end;
 * ``seconds_to_retain_goal``: from the scenario's last drop (or its last phase's start if it
   never drops) until the backing is first at or below the retain goal the run settles at
   (the largest retain goal of its last fifth); null if never;
@@ -116,6 +122,9 @@ def summarize(sc: Scenario, policy: str, rows: list[dict[str, float]], ok: bool,
                                              for b, r in zip(backed, rows, strict=True)]),
         **{name: integral(ts, [r.get(col, 0.0) for r in rows])
            for name, col in zip(SPLIT_FIGURES, SPLIT, strict=True)},
+        "free_hold_seconds": hold_seconds(
+            integral(ts, [r.get("free_backed_bytes", 0.0) for r in rows]),
+            max(backed), last["live_bytes"]),
         "seconds_to_retain_goal": seconds_to_goal(
             ts, backed, [r["retain_goal_bytes"] for r in rows], settle_from(sc)),
         "scavenger_cpu_seconds": round(cpu, 3),
@@ -130,6 +139,12 @@ def summarize(sc: Scenario, policy: str, rows: list[dict[str, float]], ok: bool,
         "worker_deaths": int(last["worker_deaths"]),
         "max_books_vs_kernel_error": max(r["books_vs_kernel"] for r in rows),
     }
+
+
+def hold_seconds(free_byte_seconds: float, peak: float, end_live: float) -> float | None:
+    """``free_hold_seconds`` (module doc): free byte-seconds per byte the peak gave up."""
+    gave_up = peak - end_live
+    return free_byte_seconds / gave_up if gave_up > 0 else None
 
 
 def alloc_figures(followed: Scenario, t0: float, t1: float, allocated: float,
@@ -150,7 +165,8 @@ SPLIT_FIGURES = ("excess_garbage_byte_seconds", "excess_free_byte_seconds",
                  "excess_fragmentation_byte_seconds")  # of the columns sampler.SPLIT, in order
 FIGURES = ("peak_backed_bytes", "mean_backed_bytes", "end_backed_bytes", "excess_byte_seconds",
            *SPLIT_FIGURES,
-           "seconds_to_retain_goal", "scavenger_cpu_seconds", "released_bytes",
+           "free_hold_seconds", "seconds_to_retain_goal", "scavenger_cpu_seconds",
+           "released_bytes",
            "cpu_seconds_per_gib_released", "madvise_calls", "alloc_latency_p50_seconds",
            "alloc_latency_p99_seconds", "gc_cycles", "alloc_bytes_per_s", "alloc_vs_schedule",
            "worker_deaths",
