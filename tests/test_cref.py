@@ -235,3 +235,38 @@ def test_the_scenario_text_is_the_scenarios_phases_in_bytes() -> None:
     assert first[:8] == ["phase", "1.500000", str(48 << 20), str(48 << 20), str(32 << 20),
                          "50", "0.000000", "4"]
     assert lines[-1] == "end" and len(lines) == 4 + len(sc.phase)
+
+
+def test_a_program_killed_mid_run_fails_its_row_and_leaves_nothing(tmp_path: Path) -> None:
+    """kill -9 of the C program after its first sample: the run ends at once (not at the
+    scenario's end), not ok, with the exit named; no cref process is left."""
+    import os
+    import signal
+    import time
+
+    sc = _scenario(DROP.replace("seconds = 3", "seconds = 120"))
+    killed: list[int] = []
+
+    def kill_it(t: float) -> None:
+        if killed:
+            return
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                exe = os.readlink(f"/proc/{pid}/exe")
+            except OSError:
+                continue
+            if ppid == os.getpid() and "cref-" in exe:
+                os.kill(int(pid), signal.SIGKILL)
+                killed.append(int(pid))
+
+    t0 = time.monotonic()
+    res = cref.run("c-glibc", sc, tmp_path, 0.1, on_sample=kill_it)
+    assert killed, "no cref child found to kill"
+    assert time.monotonic() - t0 < 60  # the scenario would take 121 s
+    assert not res.ok and res.exit_code == -signal.SIGKILL, (res.error, res.exit_code)
+    assert "exited with -9" in res.error
+    assert not os.path.exists(f"/proc/{killed[0]}")  # reaped, not left a zombie

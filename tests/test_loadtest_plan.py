@@ -131,3 +131,44 @@ def test_the_real_allocators_are_runs_with_their_own_knobs_and_no_gc(tmp_path: P
                       ("c-hoard", "unknown policy 'c-hoard'")]:
         with pytest.raises(UsageError, match=re.escape(says)):
             parse_policies(bad)
+
+
+_NAMES = st.sampled_from(["c-glibc", "c-jemalloc", "c-tcmalloc", "c-mimalloc", "none",
+                          "jemalloc-decay", "c-", "c-hoard", "C-JEMALLOC"])
+_KEYS = st.sampled_from(["dirty_decay_ms", "muzzy_decay_ms", "background_thread", "narenas",
+                         "release_rate", "aggressive_decommit", "purge_delay", "trim_threshold",
+                         "mmap_threshold", "arena_max", "gogc", "on", ""])
+_VALUES = st.one_of(st.sampled_from(["-1", "0", "1", "true", "false", "nan", "inf", "1e3",
+                                     "3600001", "-2", "1099511627777", "", "½", "0x10"]),
+                    st.text(max_size=8))
+
+
+@settings(max_examples=300, deadline=None)
+@given(entries=st.lists(st.tuples(_NAMES, st.lists(st.tuples(_KEYS, _VALUES), max_size=3)),
+                        min_size=1, max_size=4),
+       c_ref=st.lists(st.sampled_from(["glibc", "jemalloc", "tcmalloc", "mimalloc", "", "x",
+                                       " jemalloc "]), max_size=4))
+def test_fuzzed_allocator_entries_make_runs_or_a_usage_error(
+        entries: list[tuple[str, list[tuple[str, str]]]], c_ref: list[str]) -> None:
+    """Allocator rows and their knobs, shaped as users type them: a plan whose every c-* run
+    has only its allocator's options, each a JSON scalar in range, or a UsageError; nothing
+    else escapes."""
+    text = ",".join(name + (":" + ";".join(f"{k}={v}" for k, v in kv) if kv else "")
+                    for name, kv in entries)
+    try:
+        specs = parse_policies(text, c_reference=[c for c in c_ref if c.strip()])
+    except UsageError as e:
+        assert str(e) and "\n" not in str(e)
+        return
+    from sweeperd.loadtest import cref
+
+    for s in specs:
+        if s.policy.startswith("c-"):
+            knobs = cref.allocator_of(s.policy).knobs
+            for k, v in s.overrides:
+                assert k in knobs
+                kn = knobs[k]
+                if kn.choices:
+                    assert v in kn.choices
+                else:
+                    assert isinstance(v, int | float) and kn.lo <= v <= kn.hi
