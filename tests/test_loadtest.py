@@ -289,6 +289,42 @@ def test_replaying_a_shipped_trace_follows_it(tmp_path: Path) -> None:
     assert fit["live_bytes_rel_error_median"] <= 0.10, fit
 
 
+def _gc(n: int, t: float, live: int, forced: bool = False) -> str:
+    return (f"gc {n} @{t:.3f}s 1%: 0.1+1.2+0.01 ms clock, 0.2+0.3/1.1/2.0+0.02 ms cpu, "
+            f"{live + 8}->{live + 9}->{live} MB, {live * 2} MB goal, 0 MB stacks, "
+            "0 MB globals, 8 P" + (" (forced)" if forced else ""))
+
+
+def test_a_replay_sends_its_forced_cycles_and_free_os_memory_to_the_daemon(
+        tmp_path: Path) -> None:
+    """A trace whose program called runtime.GC (a forced cycle) and debug.FreeOSMemory (a
+    forced cycle then a forced scav line): the harness sends the daemon ``gc`` and then
+    ``gc`` + ``scavenge`` at their times, the daemon carries them out (its own gctrace has
+    forced cycles and a forced scav line), and the run row lists what was sent."""
+    lines = [_gc(n, 0.5 * n, 24 + 2 * n) for n in range(1, 12)]
+    lines[4] = _gc(5, 2.5, 34, forced=True)  # runtime.GC()
+    lines[8] = _gc(9, 4.5, 42, forced=True)  # debug.FreeOSMemory(): the cycle, then scav
+    lines.insert(9, "scav 1024 KiB work (bg), 0 KiB work (eager), 8192 KiB now, 1% util "
+                    "(forced)")
+    trace = tmp_path / "forced.gctrace"
+    trace.write_text("\n".join(lines) + "\n")
+    p = _loadtest("--replay", str(trace), "--policy", "none", "--out", str(tmp_path / "r"),
+                  "--json")
+    assert p.returncode == 0, p.stderr[-3000:]
+    (r,) = json.loads(p.stdout)["runs"]
+    sent = r["forced_requests"]
+    assert [(q["request"], q["ok"]) for q in sent] == [("gc", True), ("gc", True),
+                                                       ("scavenge", True)], sent
+    # on the scenario's clock: @ less the first cycle's time, plus the start-up before it
+    # that the replay keeps (replay.start_up_s: here the first cycle's own @0.5 s)
+    assert [q["asked_s"] for q in sent] == [2.5, 4.5, 4.5]
+    assert all(q["sent_s"] >= q["asked_s"] for q in sent)
+    log = (tmp_path / "r" / "runs" / f"{r['run_id']}" / "daemon.log").read_text()
+    assert sum(1 for ln in log.splitlines()
+               if ln.startswith("gc ") and ln.endswith("(forced)")) >= 2, log[-3000:]
+    assert any(ln.startswith("scav ") and ln.endswith("(forced)") for ln in log.splitlines())
+
+
 def test_a_run_whose_daemon_dies_is_reported_not_lost(tmp_path: Path) -> None:
     """SIGKILL the daemon of the first of two runs: that run is ok false with its log's tail,
     the second still runs, and the report is written; the exit status says something failed."""

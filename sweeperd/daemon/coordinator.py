@@ -689,7 +689,10 @@ class Coordinator:
                         self.totals.mutator_report(bound, stats)
                     case protocol.ScavengerStats():
                         self.totals.scavenger_report(stats)
-                        self._scavenge_pending = False  # it answers release_all with one
+                        if self._scavenge_pending:  # it answers release_all with one: the
+                            # request done, Go's forced scav line (as when we do it ourselves)
+                            self.trace.scavenged(*self._scav_figures(), forced=True)
+                        self._scavenge_pending = False
             case _:
                 self.totals.control_error("unexpected")
 

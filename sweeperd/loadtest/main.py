@@ -110,6 +110,8 @@ class Plan:
     runs: list[Run] = field(default_factory=list)
     seed: int = 0
     repeat: int = 1
+    # scenario name -> a replay's forced cycles as requests (seconds on its clock, kind)
+    forced: dict[str, list[tuple[float, str]]] = field(default_factory=dict)
 
     @property
     def policies(self) -> list[str]:
@@ -131,6 +133,7 @@ def plan(o: Options) -> Plan:
     specs = parse_policies(text, o.knobs, o.go_reference, o.c_reference)
     chosen: list[Scenario] = []
     replays: dict[str, Any] = {}
+    forced: dict[str, list[tuple[float, str]]] = {}
     try:
         names = o.scenarios or ([] if o.replay else sorted(scenarios.shipped()))
         for n in names:
@@ -138,12 +141,13 @@ def plan(o: Options) -> Plan:
         if o.replay:
             from sweeperd.loadtest import replay
 
-            trace, note = replay.read_trace(o.replay)
+            tr = replay.read_file(o.replay)
             try:
-                sc = replay.to_scenario(trace, o.scale, o.heap_mib, note=note)
+                sc = replay.to_scenario(tr.cycles, o.scale, o.heap_mib, note=tr.note)
             except ScenarioError as e:
                 raise ScenarioError(f"--replay {o.replay}: {e}") from None
-            replays[sc.name] = trace
+            replays[sc.name] = tr.cycles
+            forced[sc.name] = replay.forced_requests(tr.cycles, tr.scavs)
             chosen.append(sc)
         for sc in chosen:  # what each child will read back: refused here, not in every child
             scenarios.parse(sc.to_toml(), f"scenario {sc.name} (as the daemon reads it)")
@@ -159,7 +163,7 @@ def plan(o: Options) -> Plan:
     seed = o.seed if o.seed is not None else secrets.randbits(63)
     if any(s.policy == GO_RUNTIME and "version" in s.given for s in specs):
         runspec.check_go_versions(specs, _path_go())
-    p = Plan(chosen, replays, specs, out, seed=seed, repeat=o.repeat)
+    p = Plan(chosen, replays, specs, out, seed=seed, repeat=o.repeat, forced=forced)
     p.runs = expand(p, _go_default_version(specs))
     return p
 
@@ -331,7 +335,7 @@ def _loadtest(o: Options, p: Plan, out: OutDir, err: TextIO, out_stream: TextIO)
     try:
         for k, run in enumerate(p.runs, 1):
             res = _run(run, out, o.sample_s, prog.run(k, run.follows, run.label()),
-                       extra_versions)
+                       extra_versions, p.forced.get(run.scenario.name))
             res.rows = retimed(res.rows, run.start_shift_s, run.shift_at_s)
             prog.done(res, run.label())
             results.append((run, res))
@@ -350,15 +354,26 @@ def _loadtest(o: Options, p: Plan, out: OutDir, err: TextIO, out_stream: TextIO)
     return 0 if all(r.ok for _, r in results) else 1
 
 
+def forced_at(requests: list[tuple[float, str]], run: Run) -> list[tuple[float, str]]:
+    """A replayed trace's forced cycles (``runtime.GC``, ``debug.FreeOSMemory``:
+    :func:`replay.forced_requests`) on the clock of the scenario the run follows: those after
+    the hold of ``--repeat`` come ``start_shift_s`` later."""
+    return [(t + run.start_shift_s if run.start_shift_s and t >= run.shift_at_s else t, kind)
+            for t, kind in requests]
+
+
 def _run(run: Run, out: OutDir, sample_s: float, on_sample: Callable[[float], None],
-         vers: dict[str, str]) -> RunResult:
+         vers: dict[str, str], requests: list[tuple[float, str]] | None = None) -> RunResult:
+    """One run; ``requests``: its replayed trace's forced cycles, sent to the daemon (a
+    reference program cannot be told: its own GC decides)."""
     policy = run.spec.policy
+    forced = forced_at(requests or [], run)
     try:
         rundir = out.subdir("runs", run.run_id)
         ref = references.for_policy(policy)
         if ref is None:
             return run_one(run.follows, policy, rundir, sample_s, on_sample, run.settings,
-                           tuple(run.spec.given))
+                           tuple(run.spec.given), forced)
         res = ref.run(run.follows, rundir, sample_s, on_sample, run.settings)
         if res.allocator:
             vers[policy] = res.allocator
@@ -402,6 +417,8 @@ def summarize_runs(p: Plan, results: list[tuple[Run, RunResult]], started: str,
         entry.update(run.row())
         if (ref := references.for_policy(res.policy)) is not None:  # what it cannot know
             entry.update(dict.fromkeys(ref.not_measured))
+        if res.requests:
+            entry["forced_requests"] = res.requests
         if not res.ok:
             entry["error"] = res.error
             entry["log_tail"] = res.log_tail

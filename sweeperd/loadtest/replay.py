@@ -344,6 +344,12 @@ def read_trace(path: str) -> tuple[list[Cycle], str]:
     """The cycles to replay from the file ``path``, and the note of :class:`Trace`;
     ``ScenarioError`` naming the file when it cannot be read, is too large or holds fewer
     than 2."""
+    tr = read_file(path)
+    return tr.cycles, tr.note
+
+
+def read_file(path: str) -> Trace:
+    """The :class:`Trace` of the file ``path`` (:func:`read_trace`'s errors)."""
     p = Path(path)
     try:
         with p.open("rb") as f:
@@ -352,8 +358,7 @@ def read_trace(path: str) -> tuple[list[Cycle], str]:
         raise ScenarioError(f"--replay {path}: cannot read: {e.strerror}") from None
     if len(raw) > MAX_TRACE_BYTES:
         raise ScenarioError(f"--replay {path}: larger than {MAX_TRACE_BYTES >> 20} MiB")
-    tr = read_bytes(raw, path)
-    return tr.cycles, tr.note
+    return read_bytes(raw, path)
 
 
 def load_trace(path: str) -> list[Cycle]:

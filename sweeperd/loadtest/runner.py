@@ -56,17 +56,21 @@ class RunResult:
     wall_s: float = 0.0
     go_version: str = ""  # go-runtime: the toolchain's `go version`
     allocator: str = ""  # c-*: the malloc the program found in itself ("jemalloc 5.3.0-...")
+    # a replay's forced cycles and FreeOSMemory calls as sent: {"asked_s", "sent_s",
+    # "request", "ok", "coalesced"} (asked_s: the trace's time on the scenario's clock)
+    requests: list[dict[str, object]] = field(default_factory=list)
 
 
 def config_text(sc_path: Path, policy: str, sc: Scenario, control: str = "ipc://auto",
                 settings: Mapping[str, object] | None = None,
-                given: Iterable[str] = ()) -> str:
-    """The child daemon's config: its control socket at ``control`` (ipc), read-only (a load
-    test only asks for status: ``control.admin = false``).  The run's gogc and memory limit
-    are the scenario's (:func:`sweeperd.loadtest.runspec.with_settings` put the run's there);
-    the policy's own knobs of ``settings`` go to its ``[scavenger.<policy>]`` table, and the
-    ``go`` model's ``version`` to ``[scavenger.go]`` when ``given`` (else the daemon's
-    default)."""
+                given: Iterable[str] = (), admin: bool = False) -> str:
+    """The child daemon's config: its control socket at ``control`` (ipc, in a private
+    directory), read-only unless ``admin`` (a replay whose trace forced cycles sends them as
+    ``gc`` and ``scavenge`` requests; otherwise a load test only asks for status).  The run's
+    gogc and memory limit are the scenario's
+    (:func:`sweeperd.loadtest.runspec.with_settings` put the run's there); the policy's own
+    knobs of ``settings`` go to its ``[scavenger.<policy>]`` table, and the ``go`` model's
+    ``version`` to ``[scavenger.go]`` when ``given`` (else the daemon's default)."""
     h = sc.scenario
     table = []
     for k, v in (settings or {}).items():
@@ -79,13 +83,15 @@ def config_text(sc_path: Path, policy: str, sc: Scenario, control: str = "ipc://
         "[heap]", f"size_mib = {h.heap_mib}",
         "[gc]", f"gogc = {json.dumps(h.gogc)}",
         "[mutators]", f"scenario = {toml_string(str(sc_path))}",
-        "[control]", f"addr = {toml_string(control)}", "admin = false",
+        "[control]", f"addr = {toml_string(control)}", f"admin = {str(admin).lower()}",
         "[metrics]", 'addr = "127.0.0.1:0"',
         # the harness stops the daemon when the scenario's time is up; this is only the
         # backstop should the harness die.  The scenario starts when the first mutator
         # resumes, which the workers' start-up on a loaded host delays by seconds: counted
         # from the daemon's start, the backstop must outlast that start (START_S) too
         "[run]", f"duration_s = {sc.seconds + START_S + 30:g}", "gctrace = true",
+        # a replay that sends FreeOSMemory's scavenge gets Go's scav lines too, as its trace had
+        f"scavtrace = {str(admin).lower()}",
         "[scavenger]", f'policy = "{policy}"',
         f"memory_limit_mib = {json.dumps(h.memory_limit_mib)}",
         *([f"[scavenger.{policy}]", *table] if table else []),
@@ -95,16 +101,21 @@ def config_text(sc_path: Path, policy: str, sc: Scenario, control: str = "ipc://
 def run_one(sc: Scenario, policy: str, rundir: Path, sample_s: float = SAMPLE_S,
             on_sample: Callable[[float], None] | None = None,
             settings: Mapping[str, object] | None = None,
-            given: Iterable[str] = ()) -> RunResult:
+            given: Iterable[str] = (),
+            requests: Iterable[tuple[float, str]] = ()) -> RunResult:
     """Run ``sc`` under ``policy`` with ``settings`` (:func:`config_text`);
-    ``on_sample(elapsed_s)`` after each sample."""
+    ``on_sample(elapsed_s)`` after each sample.  ``requests``: (seconds on the scenario's
+    clock, ``"gc"`` | ``"gc+scavenge"``), each sent at the first sample at or after its time
+    (a replay's forced cycles: :func:`sweeperd.loadtest.replay.forced_requests`), what was
+    sent and answered in ``RunResult.requests``."""
+    todo = sorted(requests)
     rundir.mkdir(parents=True, exist_ok=True)
     sc_path = (rundir / "scenario.toml").resolve()
     atomic_write(sc_path, sc.to_toml())
     cfg_path = rundir / "config.toml"
     ctl_dir = tempfile.mkdtemp(prefix="sweeperd_lt")  # 0700, and short: a socket path
     atomic_write(cfg_path, config_text(sc_path, policy, sc, f"ipc://{ctl_dir}/control.sock",
-                                         settings, given))
+                                         settings, given, admin=bool(todo)))
     res = RunResult(sc.name, policy, ok=False)
     log_path = rundir / "daemon.log"
     t_start = time.monotonic()
@@ -117,7 +128,7 @@ def run_one(sc: Scenario, policy: str, rundir: Path, sample_s: float = SAMPLE_S,
             metrics, control = _addresses(proc)
             threading.Thread(target=_drain, args=(proc,), daemon=True).start()
             sampler = Sampler(proc.pid, metrics, control)
-            _sample_until(sc, proc, sampler, res, sample_s, on_sample)
+            _sample_until(sc, proc, sampler, res, sample_s, on_sample, todo)
         except Exception as e:  # the run failed; the report says how
             res.ok, res.error = False, f"{type(e).__name__}: {e}"
         finally:
@@ -166,9 +177,24 @@ def _drain(proc: subprocess.Popen[str]) -> None:
         pass
 
 
+def _send_due(sampler: Sampler, todo: list[tuple[float, str]], elapsed: float,
+              res: RunResult) -> None:
+    """Send the requests whose time has come (``todo`` sorted; sent ones removed)."""
+    while todo and todo[0][0] <= elapsed:
+        at, what = todo.pop(0)
+        for kind in what.split("+"):
+            reply = sampler.ask(kind)
+            res.requests.append({"asked_s": round(at, 3), "sent_s": round(elapsed, 3),
+                                 "request": kind, "ok": bool(reply.get("ok")),
+                                 "coalesced": bool(reply.get("coalesced")),
+                                 **({"error": str(reply.get("error"))[:200]}
+                                    if not reply.get("ok") else {})})
+
+
 def _sample_until(sc: Scenario, proc: subprocess.Popen[str], sampler: Sampler,
                   res: RunResult, sample_s: float,
-                  on_sample: Callable[[float], None] | None) -> None:
+                  on_sample: Callable[[float], None] | None,
+                  todo: list[tuple[float, str]] | None = None) -> None:
     nxt = time.monotonic()
     misses = 0
     while True:
@@ -187,6 +213,8 @@ def _sample_until(sc: Scenario, proc: subprocess.Popen[str], sampler: Sampler,
         if row["scenario_elapsed_s"] > 0:  # from the scenario's start: not the start-up's
             res.rows.append(row)
         elapsed = row["scenario_elapsed_s"]
+        if todo and elapsed > 0:
+            _send_due(sampler, todo, elapsed, res)
         if on_sample is not None:
             on_sample(elapsed)
         if elapsed >= sc.seconds:

@@ -253,6 +253,30 @@ class Sampler:
         finally:
             s.close()
 
+    def ask(self, kind: str, timeout_s: float = 5.0, tries: int = 20) -> dict[str, Any]:
+        """An admin request (``gc``, ``scavenge``) and the daemon's reply; a ``busy`` reply
+        (the heap lock held) is asked again, up to ``tries`` times.  TimeoutError when the
+        daemon does not answer in ``timeout_s``."""
+        if self._zctx is None:
+            self._zctx = zmq.Context()
+        reply: dict[str, Any] = {}
+        for _ in range(tries):
+            s = self._zctx.socket(zmq.REQ)
+            s.setsockopt(zmq.LINGER, 0)
+            try:
+                s.connect(self.control)
+                s.send(protocol.encode(kind))
+                if not s.poll(round(timeout_s * 1000)):
+                    raise TimeoutError(f"no reply to {kind} from {self.control} within "
+                                       f"{timeout_s:g} s")
+                reply = json.loads(s.recv())
+            finally:
+                s.close()
+            if reply.get("reason") != "busy":
+                return reply
+            time.sleep(0.05)
+        return reply
+
     def _refresh_roles(self, now: float) -> None:
         """pid -> role from ``status``: at every sample until the scavenger is known (the
         workers are still starting), then once a second (replacements)."""
