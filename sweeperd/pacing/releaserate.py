@@ -17,6 +17,16 @@ against the counter.  A sweep frees thousands of spans at once, each a separate 
 gperftools, so a deficit carries over (the counter is raised by each release's wait, not set
 to it) and one look may release several runs; a release is one whole free run, the highest
 (gperftools goes round-robin over its free lists by length; sweeperd's page heap has no lists).
+
+Held against the real gperftools (issue 20: ``c-tcmalloc``, Debian 12's gperftools 2.10 at its
+defaults; 2026-12-01, one run): after ``spike-then-idle``'s drop both kept everything (lab end
+985 MiB, gperftools 577 MiB: the peak of a GC'd heap is its heap goal, about 2x the live heap
+at GOGC 100), so the free-page share came out 1.52x and the end 1.71x; with the peaks divided
+out (``free_hold_seconds``) 0.88x.  gperftools 2.10 released nothing of a 96 MiB drop at a
+release rate of 1 or 1000 (measured): its first look finds nothing to release, and
+``kDefaultReleaseDelay`` then waits for 2^18 pages (2 GiB) of frees, as modelled here;
+``TCMALLOC_AGGRESSIVE_DECOMMIT=true`` (``c-tcmalloc:aggressive_decommit=true``) releases each
+span as it is freed (18 MiB left).
 """
 
 from __future__ import annotations
