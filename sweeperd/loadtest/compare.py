@@ -247,27 +247,33 @@ def fidelity(gs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         for rid in real.get(k, []):
             r = gs[rid]
-            figs: dict[str, Any] = {}
-            for f, tol in FIDELITY.items():
-                m, re_ = g["figures"][f]["median"], r["figures"][f]["median"]
-                q = ratio(m, re_)
-                figs[f] = {"model": m, "real": re_, "ratio": q, "goal": tol,
-                           "within": None if tol is None or q is None
-                           else abs(q - 1) <= tol + 1e-12}
-            judged = [v["within"] for v in figs.values() if v["goal"] is not None]
-            repeats = min(g["n"], r["n"])
             out.append({
                 "kind": "go", "scenario": g["scenario"],
                 "settings": {key: g["settings"].get(key) for key in MATCH_KEYS},
                 "real_version": r["settings"].get("version"),
-                "model_group": gid, "real_group": rid,
-                "n_model": g["n"], "n_real": r["n"], "figures": figs,
-                "enough_repeats": repeats >= FIDELITY_MIN_N,
-                "within_goal": (all(j is True for j in judged)
-                                if all(j is not None for j in judged) else None),
-                "goal_met": bool(judged) and all(j is True for j in judged)
-                and repeats >= FIDELITY_MIN_N})
+                **judge(gid, g, rid, r, FIDELITY)})
     return sorted(out, key=lambda e: (e["model_group"], e["real_group"]))
+
+
+def judge(gid: str, g: dict[str, Any], rid: str, r: dict[str, Any],
+          goals: dict[str, float | None]) -> dict[str, Any]:
+    """The part of a fidelity entry every pair has: the groups, their sizes, per figure of
+    ``goals`` the medians, their ratio model/real and whether it is within the figure's
+    goal (None: no goal, or no ratio), and the verdicts."""
+    figs: dict[str, Any] = {}
+    for f, tol in goals.items():
+        m, re_ = g["figures"][f]["median"], r["figures"][f]["median"]
+        q = ratio(m, re_)
+        figs[f] = {"model": m, "real": re_, "ratio": q, "goal": tol,
+                   "within": None if tol is None or q is None else abs(q - 1) <= tol + 1e-12}
+    judged = [v["within"] for v in figs.values() if v["goal"] is not None]
+    repeats = min(g["n"], r["n"])
+    return {"model_group": gid, "real_group": rid, "n_model": g["n"], "n_real": r["n"],
+            "figures": figs, "enough_repeats": repeats >= FIDELITY_MIN_N,
+            "within_goal": (all(j is True for j in judged)
+                            if all(j is not None for j in judged) else None),
+            "goal_met": bool(judged) and all(j is True for j in judged)
+            and repeats >= FIDELITY_MIN_N}
 
 
 def _twins_agree(lab: dict[str, Any], real: dict[str, Any]) -> bool:
@@ -293,28 +299,13 @@ def allocator_fidelity(gs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             if (r["policy"] != real_policy or r["scenario"] != g["scenario"]
                     or not _twins_agree(g, r)):
                 continue
-            figs: dict[str, Any] = {}
-            for f, tol in ALLOCATOR_FIDELITY.items():
-                m, re_ = g["figures"][f]["median"], r["figures"][f]["median"]
-                q = ratio(m, re_)
-                figs[f] = {"model": m, "real": re_, "ratio": q, "goal": tol,
-                           "within": None if tol is None or q is None
-                           else abs(q - 1) <= tol + 1e-12}
-            judged = [v["within"] for v in figs.values() if v["goal"] is not None]
-            repeats = min(g["n"], r["n"])
             out.append({
                 "kind": "allocator", "scenario": g["scenario"],
                 "settings": dict(g["overrides"]), "real_settings": dict(r["overrides"]),
                 "lab_policy": g["policy"], "real_policy": r["policy"],
                 "clock": {"lab": g["settings"].get("on", "timer"),
                           "real_background_thread": r["settings"].get("background_thread")},
-                "model_group": gid, "real_group": rid,
-                "n_model": g["n"], "n_real": r["n"], "figures": figs,
-                "enough_repeats": repeats >= FIDELITY_MIN_N,
-                "within_goal": (all(j is True for j in judged)
-                                if all(j is not None for j in judged) else None),
-                "goal_met": bool(judged) and all(j is True for j in judged)
-                and repeats >= FIDELITY_MIN_N})
+                **judge(gid, g, rid, r, ALLOCATOR_FIDELITY)})
     return sorted(out, key=lambda e: (e["model_group"], e["real_group"]))
 
 

@@ -404,6 +404,14 @@ def _ratio_cell(f: dict[str, Any]) -> str:
     return f"<td{cls}>{q:.2f}x{goal}</td>"
 
 
+def _verdict(e: dict[str, Any]) -> str:
+    return "yes" if e["goal_met"] else ("within, too few repeats" if e["within_goal"] else "NO")
+
+
+def _heads(figs: list[str]) -> str:
+    return "".join(f"<th>{html.escape(f).replace('_', '_<wbr>')}</th>" for f in figs)
+
+
 def allocator_fidelity_html(entries: list[dict[str, Any]]) -> list[str]:
     """The allocator pairs' table: each lab policy against its namesake's real row."""
     out = ["<h2>The lab's policies checked against the real allocators</h2>",
@@ -421,8 +429,7 @@ def allocator_fidelity_html(entries: list[dict[str, Any]]) -> list[str]:
         return out
     figs = list(compare.ALLOCATOR_FIDELITY)
     out.append("<table class='fidelity allocators'><tr><th>scenario</th><th>lab</th>"
-               "<th>real</th><th>clock</th><th>runs lab / real</th>"
-               + "".join(f"<th>{html.escape(f).replace('_', '_<wbr>')}</th>" for f in figs)
+               "<th>real</th><th>clock</th><th>runs lab / real</th>" + _heads(figs)
                + "<th>goal met</th></tr>")
     for e in entries:
         lab = " ".join([e["lab_policy"], *(f"{k}={v}" for k, v in e["settings"].items())])
@@ -432,13 +439,11 @@ def allocator_fidelity_html(entries: list[dict[str, Any]]) -> list[str]:
         clock = f"{e['clock']['lab']} / " + ("background thread" if bt == "true" else
                                             "on activity" if e["real_policy"] in
                                             ("c-jemalloc", "c-mimalloc") else "—")
-        met = "yes" if e["goal_met"] else ("within, too few repeats" if e["within_goal"]
-                                           else "NO")
         out.append(f"<tr><td>{html.escape(str(e['scenario']))}</td>"
                    f"<td>{html.escape(lab)}</td><td>{html.escape(real)}</td>"
                    f"<td>{html.escape(clock)}</td><td>{e['n_model']} / {e['n_real']}</td>"
                    + "".join(_ratio_cell(e["figures"][f]) for f in figs)
-                   + f"<td>{met}</td></tr>")
+                   + f"<td>{_verdict(e)}</td></tr>")
     out.append("</table>")
     return out
 
@@ -460,20 +465,16 @@ def fidelity_html(entries: list[dict[str, Any]]) -> list[str]:
         return out
     figs = list(compare.FIDELITY)
     out.append("<table class='fidelity'><tr><th>scenario</th><th>settings</th><th>runs "
-               "model / real</th>" + "".join(f"<th>{html.escape(f).replace('_', '_<wbr>')}"
-                                             "</th>" for f in figs)
-               + "<th>goal met</th></tr>")
+               "model / real</th>" + _heads(figs) + "<th>goal met</th></tr>")
     for e in entries:
         sets = ", ".join(f"{k}={v}" for k, v in e["settings"].items() if v is not None)
         if e.get("real_version"):
             sets += f"; real Go {e['real_version']}"
-        met = "yes" if e["goal_met"] else ("within, too few repeats" if e["within_goal"]
-                                           else "NO")
         out.append(f"<tr><td>{html.escape(str(e['scenario']))}</td>"
                    f"<td>{html.escape(sets or 'defaults')}</td>"
                    f"<td>{e['n_model']} / {e['n_real']}</td>"
                    + "".join(_ratio_cell(e["figures"][f]) for f in figs)
-                   + f"<td>{met}</td></tr>")
+                   + f"<td>{_verdict(e)}</td></tr>")
     out.append("</table>")
     return out
 
