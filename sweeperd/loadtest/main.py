@@ -8,9 +8,10 @@ runs: each policy *and* its settings (``--policy 'go:gogc=50|100,none'``, ``--kn
 ``--go-reference``; :mod:`sweeperd.loadtest.runspec`), each ``--repeat`` times with its start
 shifted by a random fraction of a GC cycle (``--seed``).  A bad one exits 2 naming it.  Then
 each run goes in turn (scenario, then repeat, then policy and settings;
-:func:`sweeperd.loadtest.runner.run_one`, or :func:`sweeperd.loadtest.goref.run` for
-``go-runtime``; one at a time), with progress on stderr — a bar on a terminal, a line every
-few seconds otherwise.
+:func:`sweeperd.loadtest.runner.run_one`, or the reference program of
+:mod:`sweeperd.loadtest.references` for ``go-runtime`` and the real allocators ``c-glibc``,
+``c-jemalloc``, ``c-tcmalloc``, ``c-mimalloc`` (``--c-reference``); one at a time), with
+progress on stderr — a bar on a terminal, a line every few seconds otherwise.
 
 ``--repeat N`` (1..50): one run of a GC'd heap is dominated by where the last GC fell before
 a drop, so the run ``r`` of a (scenario, policy, settings) reaches the scenario's last drop
@@ -25,6 +26,10 @@ GC cycles fall moves.  ``shift_at_s`` in the row says where the hold was.
 Every run row of ``summary.json`` carries ``settings``, ``overrides``, ``repeat``,
 ``start_shift_s``, ``group_id`` and ``run_id`` (its directory ``runs/<run_id>``, its CSV
 ``<run_id>.csv``); the summary carries ``seed`` and ``repeat``.
+A replayed trace's forced cycles (``runtime.GC``; ``debug.FreeOSMemory``: a forced cycle
+and a forced scav line) are sent to each daemon run as ``gc`` (and ``scavenge``) requests at
+their times on the scenario's clock (:func:`forced_at`), listed in the row's
+``forced_requests``; a reference program runs its own GC.
 ``--out`` must be a new or empty directory of this user's, and no symlink
 (:mod:`sweeperd.loadtest.outdir`); it is made, mode 0700, before the first daemon starts.
 After the runs (failed ones too) the output directory gets ``summary.json`` first, then one
