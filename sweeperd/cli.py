@@ -202,8 +202,7 @@ def _loadtest(args: argparse.Namespace) -> int:
                     seed=args.seed, out=args.out,
                     heap_mib=args.heap_mib, scale=args.scale, replay=args.replay,
                     go_reference=args.go_reference,
-                    c_reference=[a for c in args.c_reference or [] for a in c.split(",")
-                                 if a.strip()],
+                    c_reference=[a for c in args.c_reference or [] for a in c.split(",")],
                     json=args.json)
         return loadtest(o)
     except UsageError as e:

@@ -257,8 +257,12 @@ def test_an_allocator_pair_is_judged_on_the_free_share_and_the_end_backing() -> 
     ({}, {"dirty_decay_ms": 1000}, False),
     ({"on": "activity"}, {}, True),  # the lab's clock is what the pair shows
     ({}, {"background_thread": "true"}, True),  # reported beside it, not matched
-    ({}, {"muzzy_decay_ms": 0}, False),  # an option the lab has no twin for
-    ({"gogc": 50}, {}, True),  # the GC's knobs: the share compared is the scavenger's
+    ({}, {"muzzy_decay_ms": 1000}, False),  # an option the lab has no twin for
+    ({"gogc": 50}, {}, False),  # the GC's knobs: a malloc heap has no twin for them
+    ({"memory_limit_mib": 64, "on": "activity"}, {}, False),
+    ({"dirty_decay_ms": 10000}, {}, True),  # given at its default is the default
+    ({}, {"dirty_decay_ms": 10000}, True),  # jemalloc's own default, given
+    ({}, {"background_thread": "false", "muzzy_decay_ms": 0}, True),
 ])
 def test_allocator_pairs_need_the_same_twin_knobs(lab: dict[str, Any], real: dict[str, Any],
                                                   pairs: bool) -> None:

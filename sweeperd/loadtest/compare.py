@@ -39,12 +39,14 @@ issue 18); nothing here reads a file, a clock or a process.
   ``c-mimalloc``, ``none`` ↔ ``c-glibc``) of the same scenario when the knobs that are the
   same option on both sides (:data:`KNOB_TWINS`: ``dirty_decay_ms``, ``release_rate``,
   ``purge_delay_ms`` ↔ ``purge_delay``) agree — both at their defaults, or both given the same
-  value — and the real row's other options are at the allocator's defaults (but
-  ``background_thread``, reported beside the lab's ``on``: the clock is what the pair
-  compares).  Like with like: a malloc heap has no GC lag, so the lab side is the
-  scavenger's share of its excess, ``excess_free_byte_seconds`` (free pages still backed),
-  against the allocator's whole excess, ∫(RSS − live)dt (the real row's
-  ``excess_free_byte_seconds``: :mod:`sweeperd.loadtest.cref`); beside it the end and peak
+  value (a value given equal to its side's default counts as its default) — and every other
+  setting of either side is at its default (but the clocks, the lab's ``on`` and the real
+  ``background_thread``, reported beside each other: the clock is what the pair compares;
+  a lab run at another GOGC or memory limit has no twin).  Like with like: a malloc heap
+  has no GC lag, so the lab side is the scavenger's share of its excess,
+  ``excess_free_byte_seconds`` (free pages still backed), against the allocator's whole
+  excess, ∫(RSS − live)dt (the real row's ``excess_free_byte_seconds``:
+  :mod:`sweeperd.loadtest.cref`); beside it the end and peak
   backing, ``free_hold_seconds`` (the share over the bytes given up from the peak: the release
   pace with the two heaps' peaks divided out, as a GC'd heap peaks near its heap goal) and
   the seconds to the retain goal.  Goal (:data:`ALLOCATOR_FIDELITY`): the share and
@@ -71,7 +73,7 @@ from typing import Any
 
 from scipy import stats
 
-from sweeperd.loadtest import runspec
+from sweeperd.loadtest import cref, runspec
 
 FIGURES = ("peak_backed_bytes", "mean_backed_bytes", "end_backed_bytes", "excess_byte_seconds",
            "excess_garbage_byte_seconds", "excess_free_byte_seconds",
@@ -93,8 +95,9 @@ KNOB_TWINS: dict[str, dict[str, str]] = {
     "jemalloc-decay": {"dirty_decay_ms": "dirty_decay_ms"},
     "gperftools-rate": {"release_rate": "release_rate"},
     "mimalloc-delay": {"purge_delay_ms": "purge_delay"}}
-# real options that may differ from the allocator's default in a pair (reported, not matched)
+# options that may differ from their default in a pair: the clocks (reported, not matched)
 FREE_REAL_KNOBS = ("background_thread",)
+FREE_LAB_KNOBS = ("on",)
 ALLOCATOR_FIDELITY: dict[str, float | None] = {
     "excess_free_byte_seconds": 0.30, "end_backed_bytes": 0.30, "peak_backed_bytes": None,
     # no goal: the release pace with the heaps' peaks divided out (a GC'd heap's peak is
@@ -278,12 +281,19 @@ def judge(gid: str, g: dict[str, Any], rid: str, r: dict[str, Any],
 
 def _twins_agree(lab: dict[str, Any], real: dict[str, Any]) -> bool:
     """Do a lab group and a real allocator group have the same settings where the two have
-    the same knob (module doc)?"""
+    the same knob, and nothing else away from its default but the clock (module doc)?  A
+    value given equal to its side's default counts as not given."""
     twins = KNOB_TWINS.get(lab["policy"], {})
-    lab_given, real_given = lab["overrides"], real["overrides"]
-    for k, v in real_given.items():
-        if k not in twins.values() and k not in FREE_REAL_KNOBS and v is not None:
-            return False  # an option the lab has no twin for, away from its default
+    lab_defaults = runspec.policy_defaults(lab["policy"])
+    lab_given = {k: v for k, v in lab["overrides"].items()
+                 if k not in lab_defaults or v != lab_defaults[k]}
+    knobs = cref.allocator_of(real["policy"]).knobs
+    real_given = {k: v for k, v in real["overrides"].items()
+                  if v is not None and (k not in knobs or v != knobs[k].default)}
+    if set(lab_given) - set(twins) - set(FREE_LAB_KNOBS):
+        return False  # a GC knob or another setting the real allocator has no twin for
+    if set(real_given) - set(twins.values()) - set(FREE_REAL_KNOBS):
+        return False  # an allocator option the lab has no twin for
     # both unset (their defaults), or given equal
     return all(lab_given.get(lk) == real_given.get(rk) for lk, rk in twins.items())
 

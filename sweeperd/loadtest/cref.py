@@ -28,8 +28,11 @@ The rows, and what they mean for a malloc heap:
   the allocator's books are not read, so its free pages and its fragmentation are not told
   apart: the whole excess, ``RssAnon − live``, is ``free_backed_bytes`` — what its purge
   policy decides on — and ``excess_fragmentation_byte_seconds`` is null;
-* ``retain_goal_bytes``: the live heap + 10% (Go's ``retainExtraPercent``): a malloc heap has
-  no heap goal, so "seconds to the retain goal" is to live + 10%;
+* ``retain_goal_bytes``: what Go's scavenger would keep for the same live heap at the
+  scenario's GOGC (its heap goal + 10%: :func:`go_retain_goal`).  A malloc heap has no heap
+  goal, and its ``RssAnon`` keeps a floor of metadata, thread caches and fragmentation that
+  live + 10% would never see; so "seconds to the retain goal" asks, of both sides of a
+  pair alike: how long until the heap is down to what Go would keep for it;
 * ``cpu_mutator_s``: the whole process's CPU; ``allocated_bytes``: what it asked malloc for.
 
 Figures an allocator does not expose (its purge CPU, bytes released, madvise calls, GC cycles,
@@ -46,6 +49,7 @@ import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sysconfig
 import threading
@@ -58,6 +62,7 @@ from pathlib import Path
 from sweeperd.loadtest.outdir import atomic_write
 from sweeperd.loadtest.runner import RunResult
 from sweeperd.loadtest.sampler import columns, split_columns
+from sweeperd.pacing.scavpace import retain_goal
 from sweeperd.runtime.sizeclasses import CLASS_SIZE
 from sweeperd.sys import cbuild
 from sweeperd.workload.scenario import Scenario
@@ -65,7 +70,7 @@ from sweeperd.workload.scenario import Scenario
 MUTATORS = 2  # threads allocating: the daemon's default mutator count, as the Go program's
 MAX_SAMPLE_MS = 100  # the issue: every <= 100 ms
 MIB = 1 << 20
-RETAIN_EXTRA = 0.10  # Go's retainExtraPercent: a malloc heap's goal is live + 10%
+MIN_HEAP_GOAL = 4 * MIB  # Go's heapminimum at GOGC 100
 START_S = 60.0  # the program reads its input and starts within this (a build comes before)
 NOT_MEASURED = ("scavenger_cpu_seconds", "released_bytes", "cpu_seconds_per_gib_released",
                 "madvise_calls", "alloc_latency_p50_seconds", "alloc_latency_p99_seconds",
@@ -87,6 +92,7 @@ class Knob:
     hi: float = 0
     integer: bool = True
     choices: tuple[str, ...] = ()
+    default: object = None  # the allocator's own default where one value holds (None: unset)
 
 
 @dataclass(frozen=True)
@@ -109,14 +115,15 @@ ALLOCATORS: dict[str, Allocator] = {a.name: a for a in (
                                         "arena_max": Knob(1, 1 << 16)}),
     # jemalloc 5.3's MALLOC_CONF options (-1: never purge; 0: purge at once)
     Allocator("jemalloc", "libjemalloc.so.2", "libjemalloc2",
-              {"dirty_decay_ms": Knob(-1, 3_600_000), "muzzy_decay_ms": Knob(-1, 3_600_000),
-               "background_thread": Knob(choices=("true", "false")),
-               "narenas": Knob(1, 1 << 16)}),
+              {"dirty_decay_ms": Knob(-1, 3_600_000, default=10_000),
+               "muzzy_decay_ms": Knob(-1, 3_600_000, default=0),
+               "background_thread": Knob(choices=("true", "false"), default="false"),
+               "narenas": Knob(1, 4094)}),  # jemalloc's limit (it cuts more to 4094)
     # gperftools' TCMALLOC_RELEASE_RATE (0: never release; default 1.0) and
     # TCMALLOC_AGGRESSIVE_DECOMMIT (release every span as it is freed)
     Allocator("tcmalloc", "libtcmalloc_minimal.so.4", "libtcmalloc-minimal4",
-              {"release_rate": Knob(0, 1000, integer=False),
-               "aggressive_decommit": Knob(choices=("true", "false"))}),
+              {"release_rate": Knob(0, 1000, integer=False, default=1.0),
+               "aggressive_decommit": Knob(choices=("true", "false"), default="false")}),
     # mimalloc's purge delay in ms (-1: never; 0: at once): MIMALLOC_PURGE_DELAY from 2.1;
     # 2.0 (Debian 12 ships 2.0.9) calls it MIMALLOC_DECOMMIT_DELAY (mimalloc_series)
     Allocator("mimalloc", "libmimalloc.so.2", "libmimalloc2.0",
@@ -157,11 +164,12 @@ def library(a: Allocator, dirs: list[Path] | None = None) -> Path | None:
 def knob_env(a: Allocator, settings: Mapping[str, object], lib: Path | None,
              base: Mapping[str, str] | None = None) -> dict[str, str]:
     """The program's environment: ``base`` (default ours) less every allocator variable
-    (:data:`CLEARED_ENV`, and any ``MIMALLOC_*``/``TCMALLOC_*``/``MALLOC_*``), plus
+    (:data:`CLEARED_ENV`, and any ``MIMALLOC_*``/``TCMALLOC_*``/``MALLOC_*``, in any case:
+    mimalloc reads its names case-insensitively), plus
     ``LD_PRELOAD`` of ``lib`` and the run's knobs (None: the allocator's default) in the
     allocator's own variables."""
     env = {k: v for k, v in (os.environ if base is None else base).items()
-           if k not in CLEARED_ENV and not k.startswith(CLEARED_PREFIXES)}
+           if k.upper() not in CLEARED_ENV and not k.upper().startswith(CLEARED_PREFIXES)}
     if lib is not None:
         env["LD_PRELOAD"] = str(lib)
     given = {k: v for k, v in settings.items() if k in a.knobs and v is not None}
@@ -209,9 +217,10 @@ def scenario_text(sc: Scenario, sample_s: float, workers: int = MUTATORS) -> str
     for p in sc.phase:
         g = -1.0 if p.garbage_mib_s == "max" else float(p.garbage_mib_s) * MIB
         sizes = [int(CLASS_SIZE[c]) for c in p.size_classes]
-        lines.append(" ".join(str(x) for x in (
-            "phase", f"{p.seconds:.6f}", f"{p.live_from * MIB:.0f}", f"{p.live_to * MIB:.0f}",
-            f"{g:.0f}", p.long_lived_every, f"{p.large_fraction:.6f}", len(sizes), *sizes)))
+        lines.append(" ".join(str(x) for x in (  # repr: every float read back exactly
+            "phase", repr(float(p.seconds)), f"{p.live_from * MIB:.0f}",
+            f"{p.live_to * MIB:.0f}", f"{g:.0f}", p.long_lived_every,
+            repr(float(p.large_fraction)), len(sizes), *sizes)))
     lines.append("end")
     return "\n".join(lines) + "\n"
 
@@ -226,14 +235,25 @@ def build() -> Path:
     return exe
 
 
-def row(m: Mapping[str, float]) -> dict[str, float]:
-    """A sample line of the program as a row with the daemon runs' columns (module doc)."""
+def go_retain_goal(live: float, gogc: object) -> float:
+    """What Go's scavenger would keep for a live heap of ``live`` bytes at ``gogc``: its heap
+    goal (live x (1 + GOGC/100), at least Go's 4 MiB minimum at GOGC 100, scaled by GOGC) +
+    10% (:func:`sweeperd.pacing.scavpace.retain_goal`); GOGC off: live + 10%."""
+    if not isinstance(gogc, int):
+        return float(retain_goal(int(live)))
+    goal = max(live * (1 + gogc / 100), MIN_HEAP_GOAL * gogc / 100)
+    return float(retain_goal(int(goal)))
+
+
+def row(m: Mapping[str, float], gogc: object = 100) -> dict[str, float]:
+    """A sample line of the program as a row with the daemon runs' columns (module doc);
+    ``gogc``: the scenario's, for the retain goal (:func:`go_retain_goal`)."""
     r = dict.fromkeys(columns(), 0.0)
     live = float(m["live_bytes"])
     r.update({
         "t": float(m["t"]), "scenario_elapsed_s": float(m["t"]),
         "target_live_bytes": float(m["target_live_bytes"]), "live_bytes": live,
-        "objects_bytes": live, "retain_goal_bytes": live * (1 + RETAIN_EXTRA),
+        "objects_bytes": live, "retain_goal_bytes": go_retain_goal(live, gogc),
         "kernel_backed_bytes": float(m["rss_anon_bytes"]),
         "cpu_mutator_s": float(m["cpu_s"]), "allocated_bytes": float(m["allocated_bytes"]),
     })
@@ -248,22 +268,24 @@ SAMPLE_KEYS = ("t", "target_live_bytes", "live_bytes", "allocated_bytes", "rss_a
 def run(policy: str, sc: Scenario, rundir: Path, sample_s: float,
         on_sample: Callable[[float], None] | None = None,
         settings: Mapping[str, object] | None = None) -> RunResult:
-    """The scenario under ``policy``'s allocator (``c-jemalloc``...) with the run's knobs."""
+    """The scenario under ``policy``'s allocator (``c-jemalloc``...) with the run's knobs.
+    Every failure is the row's ``error`` (``ok`` false), never an exception."""
     res = RunResult(sc.name, policy, ok=False)
     t_start = time.monotonic()
+    text = scenario_text(sc, sample_s)
     try:
         rundir.mkdir(parents=True, exist_ok=True)
+        atomic_write(rundir / "scenario.toml", sc.to_toml())
+        atomic_write(rundir / "cref.input", text)  # what the program read
         a = allocator_of(policy)
         lib = library(a)
-        exe = build()
+        env = knob_env(a, settings or {}, lib)
+        proc = _start(build(), env)
     except (AllocatorMissing, RuntimeError, ValueError, OSError) as e:
         res.error = str(e)
         res.wall_s = time.monotonic() - t_start
         return res
-    env = knob_env(a, settings or {}, lib)
     lines: list[str] = []
-    proc = subprocess.Popen([str(exe)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
     err_reader = threading.Thread(target=_collect, args=(proc.stderr, lines), daemon=True)
     err_reader.start()
@@ -271,32 +293,35 @@ def run(policy: str, sc: Scenario, rundir: Path, sample_s: float,
     timer = threading.Timer(max(0.0, deadline - time.monotonic()), _kill, args=(proc,))
     timer.daemon = True
     timer.start()
+    said = ""
     try:
-        proc.stdin.write(scenario_text(sc, sample_s))
+        proc.stdin.write(text)
         proc.stdin.close()
         for line in proc.stdout:
             m = json.loads(line)
             if not isinstance(m, dict) or any(
                     not isinstance(m.get(k), int | float) for k in SAMPLE_KEYS):
                 raise ValueError(f"a sample line without its figures: {line[:200]!r}")
-            res.rows.append(row(m))
+            if not res.rows:  # the program names its malloc before its first sample
+                said = _wait_allocator(lines, err_reader)
+                if not said.startswith(f"{a.name} "):
+                    raise PreloadFailed(f"{policy}: the program ran {said or 'an unknown malloc'}"
+                                        f", not {a.name}: LD_PRELOAD={lib} did not take")
+            res.rows.append(row(m, sc.scenario.gogc))
             if on_sample is not None:
                 on_sample(float(m["t"]))
         proc.wait()
         err_reader.join(5)
-        said = _allocator_line(lines)
-        res.allocator = said
+        res.allocator = said or _allocator_line(lines)
         if proc.returncode != 0:
-            res.error = f"the C reference program exited with {proc.returncode}"
-        elif not said.startswith(f"{a.name} "):
-            res.error = (f"{policy}: the program ran {said or 'an unknown malloc'}, not "
-                         f"{a.name}: LD_PRELOAD={lib} did not take")
+            res.error = f"the C reference program {_ended(proc.returncode)}"
         elif not res.rows:
             res.error = "the C reference program printed no sample"
         else:
             res.ok = True
-    except (ValueError, OSError) as e:
-        res.error = f"{type(e).__name__}: {e}"
+            res.allocator += _system_conf(a)
+    except (ValueError, OSError, PreloadFailed) as e:
+        res.error = str(e) if isinstance(e, PreloadFailed) else f"{type(e).__name__}: {e}"
     finally:
         timer.cancel()
         if proc.poll() is None:
@@ -313,6 +338,62 @@ def run(policy: str, sc: Scenario, rundir: Path, sample_s: float,
         res.log_tail = "\n".join(lines[-40:])
     res.wall_s = time.monotonic() - t_start
     return res
+
+
+class PreloadFailed(RuntimeError):
+    """The malloc in the program is not the allocator its row is named after."""
+
+
+def _start(exe: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    """The program started; a cached one that cannot be executed (cut short, removed by
+    another checkout's build, a noexec mount) is removed and built again, once.  OSError
+    naming the program when that fails too."""
+    def popen(path: Path) -> subprocess.Popen[str]:
+        return subprocess.Popen([str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env,
+                                start_new_session=True)
+    try:
+        return popen(exe)
+    except OSError:
+        with contextlib.suppress(OSError):
+            exe.unlink()
+    fresh = build()
+    try:
+        return popen(fresh)
+    except OSError as e:
+        raise OSError(f"cannot run the C reference program {fresh}: {e.strerror or e}") from None
+
+
+def _ended(code: int) -> str:
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-code).name}"
+        return f"was killed by signal {-code}"
+    return f"exited with {code}"
+
+
+def _wait_allocator(lines: list[str], reader: threading.Thread, timeout_s: float = 10.0
+                    ) -> str:
+    """The program's ``allocator=`` line, once the stderr reader has it (it is printed
+    before the first sample: waited for, up to ``timeout_s``, or until stderr closes)."""
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if said := _allocator_line(lines):
+            return said
+        if not reader.is_alive():
+            break
+        time.sleep(0.005)
+    return _allocator_line(lines)
+
+
+def _system_conf(a: Allocator) -> str:
+    """jemalloc also reads the system-wide ``/etc/malloc.conf`` (a symlink's target is its
+    options): the environment cannot unset it, so a row says when it is there."""
+    if a.name != "jemalloc":
+        return ""
+    with contextlib.suppress(OSError):
+        return f" (and /etc/malloc.conf: {os.readlink('/etc/malloc.conf')})"
+    return ""
 
 
 def _collect(stream: object, lines: list[str]) -> None:

@@ -458,7 +458,8 @@ def write_report(p: Plan, out: OutDir, results: list[tuple[Run, RunResult]],
         out.verify()
         plots[sc.name] = report.plot_scenario(out.path, sc.name, mine, starts)
         plots[sc.name] += [report.plot_holds(out.path, run.run_id, r.rows, starts,
-                                             title=f"{sc.name}, {run.label()}")
+                                             title=f"{sc.name}, {run.label()}",
+                                             malloc=run.spec.policy in runspec.C_REFERENCES)
                            for run, r in results if run.scenario is sc and r.rows]
         pairs = allocator_pairs(summary, [(run, r) for run, r in results if run.scenario is sc])
         if pairs:

@@ -115,7 +115,8 @@ def plot_scenario(outdir: Path, scenario: str, runs: list[tuple[str, list[dict[s
         ax.plot(xs, [r["kernel_backed_bytes"] / MIB for r in rows], color=c, lw=2,
                 label=f"{policy}: backed")
         ax.plot(xs, [r["retain_goal_bytes"] / MIB for r in rows], color=c, lw=0.8, ls=":")
-        ax.plot(xs, [r["goal_bytes"] / MIB for r in rows], color=c, lw=0.8, ls="--")
+        if any(r["goal_bytes"] for r in rows):  # a malloc heap (c-*) has no heap goal
+            ax.plot(xs, [r["goal_bytes"] / MIB for r in rows], color=c, lw=0.8, ls="--")
     if runs:
         first, rows = runs[0]
         ax.plot(_xs(rows), [r["live_bytes"] / MIB for r in rows], color="black", lw=1.2,
@@ -163,10 +164,17 @@ HOLDS = (("live_bytes", "live heap (marked)", "#4c72b0"),
          ("garbage_bytes", "garbage not yet collected (GC's lag)", "#dd8452"),
          ("fragmentation_bytes", "fragmentation (free slots of in-use spans)", "#8172b3"),
          ("free_backed_bytes", "free pages still backed (scavenger's lag)", "#c44e52"))
+# a malloc heap's row (c-*): no GC, and the allocator's books are not read
+MALLOC_HOLDS = (("live_bytes", "live (what the program holds)", "#4c72b0"),
+                ("garbage_bytes", "(no GC: nothing uncollected)", "#dd8452"),
+                ("fragmentation_bytes", "(not told apart from free)", "#8172b3"),
+                ("free_backed_bytes", "RssAnon beyond live: the allocator's free pages and "
+                 "fragmentation (its purge's lag)", "#c44e52"))
 
 
 def plot_holds(outdir: Path, name: str, rows: list[dict[str, float]],
-               phases: Iterable[tuple[float, str]], title: str | None = None) -> Path:
+               phases: Iterable[tuple[float, str]], title: str | None = None,
+               malloc: bool = False) -> Path:
     """``<name>-holds.png`` (``name``: a file-name-safe run id; ``title``: shown, default
     ``name``): the run's backing stacked by what holds it (HOLDS, bottom up),
     with the kernel's backed bytes as a black line on top, and the live heap the scenario asks
@@ -184,11 +192,12 @@ def plot_holds(outdir: Path, name: str, rows: list[dict[str, float]],
             ax.axvline(t, color="#bbbbbb", lw=0.8, zorder=0)
             ax.text(t, 1.0, f" {phase}", transform=ax.get_xaxis_transform(), fontsize=7,
                     va="top", color="#777777")
-        ax.stackplot(xs, *[[max(0.0, r.get(k, 0.0)) / MIB for r in rows] for k, _, _ in HOLDS],
-                     labels=[label for _, label, _ in HOLDS],
-                     colors=[c for _, _, c in HOLDS], alpha=0.85)
+        holds = MALLOC_HOLDS if malloc else HOLDS
+        ax.stackplot(xs, *[[max(0.0, r.get(k, 0.0)) / MIB for r in rows] for k, _, _ in holds],
+                     labels=[label for _, label, _ in holds],
+                     colors=[c for _, _, c in holds], alpha=0.85)
         ax.plot(xs, [r["kernel_backed_bytes"] / MIB for r in rows], color="black", lw=1.4,
-                label="backed (kernel)")
+                label="RssAnon (kernel)" if malloc else "backed (kernel)")
         ax.plot(xs, [r["target_live_bytes"] / MIB for r in rows], color="black", lw=0.8,
                 ls="--", label="live asked now (above it: dead, unmarked)")
         ax.grid(alpha=0.3)
@@ -274,9 +283,9 @@ def _fmt(k: str, v: Any) -> str:
     return html.escape(str(v))
 
 
-TABLE = ("policy", "ok", "peak_backed_bytes", "mean_backed_bytes", "excess_byte_seconds",
-         "excess_garbage_byte_seconds", "excess_free_byte_seconds",
-         "excess_fragmentation_byte_seconds",
+TABLE = ("policy", "ok", "peak_backed_bytes", "mean_backed_bytes", "end_backed_bytes",
+         "excess_byte_seconds", "excess_garbage_byte_seconds", "excess_free_byte_seconds",
+         "excess_fragmentation_byte_seconds", "free_hold_seconds",
          "seconds_to_retain_goal", "scavenger_cpu_seconds", "released_bytes",
          "cpu_seconds_per_gib_released", "madvise_calls", "alloc_latency_p50_seconds",
          "alloc_latency_p99_seconds", "gc_cycles", "worker_deaths", "max_books_vs_kernel_error")
@@ -298,7 +307,9 @@ def write_html(path: Path, summary: dict[str, Any], plots: dict[str, list[Path]]
                 f"{summary['runs_planned']} planned runs done.</p>"]
                if len(summary["runs"]) < summary.get("runs_planned", 0) else []),
              f"<p>Started {html.escape(str(summary.get('started', '')))}. "
-             "Backing is the kernel's (st_blocks of the heap's memfd, read by the harness); "
+             "Backing is the kernel's (st_blocks of the heap's memfd, read by the harness; "
+             "for the real Go row the resident bytes of Go's heap mappings, for the real "
+             "allocators' rows, c-*, the program's RssAnon); "
              "see the README's \"Load testing\" for each column.</p>",
              "<h2>Machine and versions</h2><pre>"
              + html.escape(json.dumps({"machine": summary["machine"],
@@ -424,8 +435,12 @@ def allocator_fidelity_html(entries: list[dict[str, Any]]) -> list[str]:
            "policy's purge clock and the allocator's background thread (jemalloc without "
            "one, and mimalloc, purge only when the program calls malloc or free).</p>"]
     if not entries:
-        out.append("<p>No lab policy had its allocator's row (run with <code>--c-reference "
-                   "glibc,jemalloc,tcmalloc,mimalloc</code>).</p>")
+        out.append("<p>No lab policy ran beside the allocator it is named after, at the same "
+                   "knobs (<code>jemalloc-decay</code> with <code>c-jemalloc</code>, "
+                   "<code>gperftools-rate</code> with <code>c-tcmalloc</code>, "
+                   "<code>mimalloc-delay</code> with <code>c-mimalloc</code>, <code>none</code> "
+                   "with <code>c-glibc</code>: <code>--c-reference "
+                   "glibc,jemalloc,tcmalloc,mimalloc</code> adds the real rows).</p>")
         return out
     figs = list(compare.ALLOCATOR_FIDELITY)
     out.append("<table class='fidelity allocators'><tr><th>scenario</th><th>lab</th>"

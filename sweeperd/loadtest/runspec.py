@@ -88,7 +88,7 @@ def _gogc(v: str) -> Value:
 
 
 def _int(v: str) -> int:
-    if not re.fullmatch(r"[+-]?[0-9]{1,9}", v):
+    if not re.fullmatch(r"[+-]?[0-9]{1,15}", v):
         raise ValueError("an integer")
     return int(v)
 
@@ -109,7 +109,10 @@ def _ranged(lo: float, hi: float, integer: bool, key: str = "") -> Any:
     specials = SPECIALS.get(key, {})
 
     def conv(v: str) -> Value:
-        x: float = _int(v) if integer else _number(v)
+        try:
+            x: float = _int(v) if integer else _number(v)
+        except ValueError:
+            x = math.nan  # not a number at all: the same message, with the range
         if x in specials:
             return x
         if not lo <= x <= hi:
@@ -333,6 +336,9 @@ def parse(policy_text: str | None, knobs: list[str] | tuple[str, ...] = (),
         entries.append(("--go-reference", GO_RUNTIME, {}))
     for name in c_reference:
         policy = f"c-{name.strip()}"
+        if not name.strip():
+            raise UsageError("--c-reference: an empty allocator name; known: "
+                             f"{', '.join(cref.ALLOCATORS)}")
         if policy not in C_REFERENCES:
             raise UsageError(f"--c-reference: unknown allocator {shown(name.strip())!r}; known: "
                              f"{', '.join(cref.ALLOCATORS)}")

@@ -38,7 +38,9 @@ EXE_FLAGS = ["-O2", "-std=c11", "-Wall", "-Werror"]
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    base = os.environ.get("XDG_CACHE_HOME") or ""
+    if not os.path.isabs(base):  # unset or relative: the XDG spec says ignore it
+        base = str(Path.home() / ".cache")
     return Path(base) / "sweeperd" / "c"
 
 

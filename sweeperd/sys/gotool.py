@@ -61,7 +61,9 @@ def release(version: str) -> str:
 
 
 def cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    base = os.environ.get("XDG_CACHE_HOME") or ""
+    if not os.path.isabs(base):  # unset or relative: the XDG spec says ignore it
+        base = str(Path.home() / ".cache")
     return Path(base) / "sweeperd" / "go"
 
 
