@@ -31,9 +31,13 @@
  *   end
  *
  * Invariants: a worker's live tally equals the bytes it holds after each step; a chunk is
- * dropped whole; the live bytes undershoot the target by at most one chunk (MAX_CHUNK) and
- * overshoot it by at most MIN_CHUNK a worker, plus what the target moved since the worker's
- * last step (a millisecond at most when it keeps up).
+ * dropped whole, the oldest first, and only while what is left still reaches the target, and
+ * a chunk is made only when the worker holds at least MIN_CHUNK less than its target and
+ * stops before an object that would take it past the target (its first object excepted): so
+ * a worker holds between its target - MIN_CHUNK and its target + one chunk (MAX_CHUNK + one
+ * object), plus what the target moved since its last step, and a level target is reached and
+ * then held without churning its chunks (no chunk is made only to be dropped).  A phase is
+ * at most MAX_PHASES (the scenario format's limit).
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -47,7 +51,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define MAX_PHASES 64
+#define MAX_PHASES 1000
 #define MAX_SIZES 128
 #define MAX_WORKERS 64
 #define MIN_CHUNK (16u << 10) /* a chunk is made when the target is this far above */
@@ -177,7 +181,8 @@ static void *work(void *arg) {
         const struct phase *p = at(t, &live);
         size_t pinned = atomic_load_explicit(&w->live, memory_order_relaxed) - kept;
         double target = live * share - (double)pinned;
-        while ((double)kept > target && head != NULL) { /* the oldest chunk goes first */
+        /* the oldest chunk goes first, while what is left still reaches the target */
+        while (head != NULL && (double)(kept - head->bytes) >= target) {
             struct chunk *c = head;
             head = c->next;
             if (head == NULL)
@@ -214,9 +219,13 @@ static void *work(void *arg) {
             c->bytes = head_bytes;
             atomic_fetch_add_explicit(&w->allocated, head_bytes, memory_order_relaxed);
             atomic_fetch_add_explicit(&w->live, head_bytes, memory_order_relaxed);
-            while (c->bytes < want && c->n < c->cap) {
+            /* filled: this step's bytes, pinned ones too (every object may be pinned) */
+            for (size_t filled = head_bytes; filled < want && c->n < c->cap;) {
                 size_t size = pick_size(w, p);
+                if (filled + size > want && filled > head_bytes)
+                    break; /* it would take the worker past its target */
                 void *b = new_object(w, size);
+                filled += size;
                 if (p->long_lived_every > 0 && ++n % (unsigned long)p->long_lived_every == 0) {
                     pin(w, &pins, b, size);
                 } else {
@@ -318,50 +327,65 @@ static void refuse(const char *why, int line) {
 
 static void read_input(void) {
     char buf[8192];
-    int line = 0, ended = 0;
+    int line = 0, ended = 0, header = 0;
     while (fgets(buf, sizeof buf, stdin) != NULL) {
         line++;
         if (strchr(buf, '\n') == NULL && !feof(stdin))
-            refuse("a line longer than 8 KiB", line);
+            refuse("a line longer than 8 KiB (or not text)", line);
         char word[16];
         int used = 0;
         if (sscanf(buf, "%15s%n", word, &used) != 1)
             continue;
         char *rest = buf + used;
-        if (line == 1) {
-            int v = 0;
-            if (strcmp(word, "cref") != 0 || sscanf(rest, "%d", &v) != 1 || v != 1)
+        long v = 0;
+        if (!header) {
+            if (strcmp(word, "cref") != 0 || sscanf(rest, "%ld", &v) != 1 || v != 1)
                 refuse("the first line must be 'cref 1'", line);
+            header = 1;
         } else if (strcmp(word, "workers") == 0) {
-            if (sscanf(rest, "%d", &nworkers) != 1 || nworkers < 1 || nworkers > MAX_WORKERS)
+            if (sscanf(rest, "%ld", &v) != 1 || v < 1 || v > MAX_WORKERS)
                 refuse("workers must be 1..64", line);
+            nworkers = (int)v;
         } else if (strcmp(word, "sample_ms") == 0) {
             if (sscanf(rest, "%ld", &sample_ms) != 1 || sample_ms < 1 || sample_ms > 60000)
                 refuse("sample_ms must be 1..60000", line);
         } else if (strcmp(word, "phase") == 0) {
             if (nphases == MAX_PHASES)
-                refuse("more than 64 phases", line);
+                refuse("more than 1000 phases", line);
             struct phase *p = &phases[nphases];
             int k = 0;
-            if (sscanf(rest, "%lf %lf %lf %lf %ld %lf %d%n", &p->seconds, &p->live_from,
+            long nsizes = 0;
+            if (sscanf(rest, "%lf %lf %lf %lf %ld %lf %ld%n", &p->seconds, &p->live_from,
                        &p->live_to, &p->garbage, &p->long_lived_every, &p->large_fraction,
-                       &p->nsizes, &k) != 7)
+                       &nsizes, &k) != 7)
                 refuse("a phase is SECONDS LIVE_FROM LIVE_TO GARBAGE EVERY LARGE NSIZES SIZE...",
                        line);
-            if (!(p->seconds > 0 && p->seconds < 1e7) || !(p->live_from >= 0) ||
-                !(p->live_to >= 0) || p->live_from > 1e13 || p->live_to > 1e13 ||
-                !(p->garbage < 1e13) || p->long_lived_every < 0 ||
-                !(p->large_fraction >= 0 && p->large_fraction <= 1) || p->nsizes < 1 ||
-                p->nsizes > MAX_SIZES)
-                refuse("a phase's value out of range", line);
+            if (!(p->seconds > 0 && p->seconds < 1e7))
+                refuse("a phase's seconds must be in (0, 1e7)", line);
+            if (!(p->live_from >= 0 && p->live_from <= 1e13 && p->live_to >= 0 &&
+                  p->live_to <= 1e13))
+                refuse("a phase's live bytes must be in 0..1e13", line);
+            if (!(p->garbage < 1e13))
+                refuse("a phase's garbage rate must be below 1e13 bytes/s (< 0: flat out)", line);
+            if (p->long_lived_every < 0)
+                refuse("a phase's long_lived_every must be >= 0", line);
+            if (!(p->large_fraction >= 0 && p->large_fraction <= 1))
+                refuse("a phase's large fraction must be in 0..1", line);
+            if (nsizes < 1 || nsizes > MAX_SIZES)
+                refuse("a phase's NSIZES must be 1..128", line);
+            p->nsizes = (int)nsizes;
             rest += k;
             for (int i = 0; i < p->nsizes; i++) {
-                unsigned long s = 0;
-                if (sscanf(rest, "%lu%n", &s, &k) != 1 || s < 1 || s > (1ul << 30))
+                long long sz = 0;
+                if (sscanf(rest, "%lld%n", &sz, &k) != 1)
+                    refuse("fewer sizes than NSIZES", line);
+                if (sz < 1 || sz > (1ll << 30))
                     refuse("a size must be 1..2^30 bytes", line);
-                p->sizes[i] = s;
+                p->sizes[i] = (size_t)sz;
                 rest += k;
             }
+            if (sscanf(rest, "%15s", word) == 1)
+                refuse("more on the line than NSIZES sizes", line);
             total_s += p->seconds;
             nphases++;
         } else if (strcmp(word, "end") == 0) {
@@ -371,8 +395,8 @@ static void read_input(void) {
             refuse("unknown item", line);
         }
     }
-    if (!ended || nphases == 0)
-        refuse("no phases, or no 'end' line", line);
+    if (!header || !ended || nphases == 0)
+        refuse("no 'cref 1' header, no phases, or no 'end' line", line);
 }
 
 int main(void) {
@@ -399,9 +423,15 @@ int main(void) {
             break;
         sample();
         next += (double)sample_ms / 1000;
-        double wait = next - now_s();
-        if (wait > 0) {
-            struct timespec ts = {(time_t)wait, (long)((wait - (double)(time_t)wait) * 1e9)};
+        /* asleep in slices of at most 10 ms: the run ends when the workers do */
+        for (double wait = next - now_s(); wait > 0; wait = next - now_s()) {
+            int all_done = 1;
+            for (int i = 0; i < nworkers; i++)
+                all_done &= atomic_load(&workers[i].done);
+            if (all_done)
+                break;
+            double slice = wait < 0.01 ? wait : 0.01;
+            struct timespec ts = {0, (long)(slice * 1e9)};
             nanosleep(&ts, NULL);
         }
     }
