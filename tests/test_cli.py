@@ -4,6 +4,8 @@ import sys
 
 import pytest
 
+from sweeperd.pacing.names import POLICIES
+
 
 def _sweeperd(*args):
     return subprocess.run([sys.executable, "-m", "sweeperd.cli", *args],
@@ -74,7 +76,7 @@ def test_bench_alloc_prints_its_json():
 @pytest.mark.parametrize("args,needle", [
     (["run", "--policy", "tcmalloc"],
      "scavenger.policy: 'tcmalloc' is not one of eager, go, gperftools-rate, hugepage-aware, "
-     "jemalloc-decay, mimalloc-delay, none"),
+     "jemalloc-decay, jemalloc-hpa, mimalloc-delay, none, tcmalloc-background"),
     (["bench", "scavenge", "--policy", "tcmalloc"],
      "--policy 'tcmalloc' is not one of go, jemalloc-decay"),
 ])
@@ -84,15 +86,14 @@ def test_an_unknown_policy_exits_2_naming_the_key_and_the_choices(args, needle):
     assert needle in r.stderr
 
 
-@pytest.mark.parametrize("policy", ["go", "jemalloc-decay", "gperftools-rate", "mimalloc-delay",
-                                    "eager", "none", "hugepage-aware"])
+@pytest.mark.parametrize("policy", POLICIES)
 def test_bench_scavenge_runs_every_policy(policy):
     r = _sweeperd("bench", "scavenge", "--json", "--heap-mib", "32", "--live", "0.1",
                   "--policy", policy)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["policy"] == policy and out["released_bytes"] >= 0
-    if policy == "none":
+    if policy in ("none", "tcmalloc-background"):  # (TCMalloc's default rate is 0: never)
         assert out["released_bytes"] == 0 and out["madvise_calls"] == 0
     elif policy != "hugepage-aware":  # 32 MiB of 64 B objects, 10% kept: free runs remain
         assert out["released_bytes"] > 0

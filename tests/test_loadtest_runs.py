@@ -127,6 +127,10 @@ def _value(key: str) -> st.SearchStrategy[str]:
             "memory_limit_mib": st.integers(0, 1 << 20).map(str),
             "madvdontneed": st.sampled_from(["0", "1"]),
             "free_os_memory_every_s": st.sampled_from(["0", "0.5", "10", "86400"]),
+            "on": st.sampled_from(["timer", "activity"]),
+            "dirty_mult": st.sampled_from(["-1", "0", "0.25", "2"]),
+            "dirty_decay_ms": st.sampled_from(["-1", "0", "1", "10000"]),
+            "purge_delay_ms": st.sampled_from(["-1", "0", "10", "1000"]),
             }.get(key, st.sampled_from(["1.19", "1.21"]) if key == "version"
                   else st.integers(1, 1000).map(str))
 
@@ -171,7 +175,8 @@ def test_the_plan_has_every_run_with_its_settings_ids_and_seeded_shifts() -> Non
     assert r.settings == {"gogc": 50, "memory_limit_mib": 1500, "version": "1.21"}
     assert r.follows.scenario.gogc == 50 and r.follows.scenario.memory_limit_mib == 1500
     j = by["spike-then-idle.jemalloc-decay.memory_limit_mib=0.r0"]
-    assert j.settings == {"gogc": 100, "memory_limit_mib": 0, "dirty_decay_ms": 10_000}
+    assert j.settings == {"gogc": 100, "memory_limit_mib": 0, "dirty_decay_ms": 10_000,
+                          "on": "timer"}
     assert j.spec.given == {"memory_limit_mib": 0}
     sc = p.scenarios[0]
     for run in p.runs:
@@ -288,7 +293,7 @@ def test_a_run_config_carries_the_policys_own_knobs() -> None:
                                       settings=r.settings, given=tuple(r.spec.given)))
             for r in p.runs]
     assert cfgs[0]["gc"]["gogc"] == 60
-    assert cfgs[0]["scavenger"]["jemalloc-decay"] == {"dirty_decay_ms": 500}
+    assert cfgs[0]["scavenger"]["jemalloc-decay"] == {"dirty_decay_ms": 500, "on": "timer"}
     assert cfgs[1]["scavenger"]["go"] == {"version": "1.19"}
     assert "go" not in cfgs[2]["scavenger"]  # the daemon's default version, unnamed
 
