@@ -203,7 +203,7 @@ def _loadtest(args: argparse.Namespace) -> int:
                     heap_mib=args.heap_mib, scale=args.scale, replay=args.replay,
                     go_reference=args.go_reference,
                     c_reference=[a for c in args.c_reference or [] for a in c.split(",")],
-                    json=args.json)
+                    json=args.json, executor=args.executor)
         return loadtest(o)
     except UsageError as e:
         print(f"sweeperd loadtest: {e}", file=sys.stderr)
@@ -226,6 +226,7 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"sweeperd run: {e}", file=sys.stderr)
         return 2
+    parent = os.getppid()  # (run.exit_with_parent: before anything slow, so it is the starter)
     from sweeperd.daemon.coordinator import Coordinator
     from sweeperd.sys.cgroup import NoCgroupLimit, TooLarge
 
@@ -252,7 +253,10 @@ def _run(args: argparse.Namespace) -> int:
         _say(f"sweeperd: {_engine()}")
         _say(f"sweeperd: metrics on http://{co.metrics_addr}/metrics")
         _say(f"sweeperd: control on {co.control_addr}")
-        co.run(cfg.run.duration_s)
+        co.run(cfg.run.duration_s, parent if cfg.run.exit_with_parent else None)
+        if co.orphaned is not None:
+            _say(f"sweeperd: stopping: its parent (pid {co.orphaned}) went away "
+                 "(run.exit_with_parent)")
         _say(f"sweeperd: stopping after {co.snap.cycle} cycles")
     except Throw as e:  # a heap invariant broke: stop loudly, after draining (finally)
         if not isinstance(e, ThrownByWorker):  # (a worker's: its traceback is logged above)
@@ -579,6 +583,10 @@ def build_parser() -> argparse.ArgumentParser:
     lt.add_argument("--scale", type=float, default=1.0,
                     help="multiply every MiB figure of the scenarios (default 1)")
     lt.add_argument("--json", action="store_true", help="print summary.json when done")
+    lt.add_argument("--executor", default="local", metavar="local|dask://HOST:PORT",
+                    help="where the runs go: local (default, one at a time here) or a Dask "
+                         "scheduler whose workers offer sweeperd_host=1 (pip install "
+                         "'sweeperd[dask]'; README \"Running the matrix on many hosts\")")
     lt.set_defaults(func=_loadtest)
 
     st = sub.add_parser("status", help="print the daemon's state as JSON")

@@ -45,19 +45,31 @@ def query(api: str, q: str) -> list[dict[str, Any]]:
     return list(r["data"]["result"])
 
 
+def ready_endpoint(api: str) -> bool:
+    """Prometheus says it is ready (``/-/ready``: an agent has no query API to ask)."""
+    with urllib.request.urlopen(api.removesuffix("/api/v1") + "/-/ready", timeout=10) as r:
+        return int(r.status) == 200
+
+
 @contextlib.contextmanager
 def prometheus(config: str, tmp: Path, ready: Callable[[str], bool],
-               timeout: float = 60) -> Iterator[tuple[str, int]]:
-    """Run Prometheus with ``config`` until ``ready(api)``; yields (api URL, port)."""
+               timeout: float = 60, agent: bool = False,
+               receiver: bool = False) -> Iterator[tuple[str, int]]:
+    """Run Prometheus with ``config`` until ``ready(api)``; yields (api URL, port).
+    ``agent``: in agent mode (``--enable-feature=agent``: scrape and remote-write only);
+    ``receiver``: accepting remote writes (``--web.enable-remote-write-receiver``)."""
     prom = binary("prometheus")
     tmp.mkdir(parents=True, exist_ok=True)
     cfg = tmp / "prometheus.yml"
     cfg.write_text(config)
     port = free_port()
     log = tmp / "prometheus.log"
+    storage = (["--enable-feature=agent", f"--storage.agent.path={tmp / 'agent'}"] if agent
+               else [f"--storage.tsdb.path={tmp / 'data'}"])
     with open(log, "w") as err:
         proc = subprocess.Popen(
-            [prom, f"--config.file={cfg}", f"--storage.tsdb.path={tmp / 'data'}",
+            [prom, f"--config.file={cfg}", *storage,
+             *(["--web.enable-remote-write-receiver"] if receiver else []),
              f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
             stdout=subprocess.DEVNULL, stderr=err)
     api = f"http://127.0.0.1:{port}/api/v1"

@@ -120,3 +120,53 @@ def test_on_its_defaults_the_daemon_listens_on_loopback_only(tmp_path):
         assert d.stop() == 0
     finally:
         d.close()
+
+
+DASK_UNITS = {"sweeperd-dask-scheduler.service": "scheduler",
+              "sweeperd-dask-worker.service": "worker"}
+
+
+def _unit_keys(path: Path) -> dict[str, str]:
+    """Each key's value, continuation lines joined."""
+    text = path.read_text().replace("\\\n", " ")
+    keys: dict[str, str] = {}
+    for line in text.splitlines():
+        if "=" in line and not line.lstrip().startswith(("#", "[")):
+            k, _, v = line.partition("=")
+            keys[k.strip()] = " ".join(v.split())
+    return keys
+
+
+def test_the_dask_units_run_one_run_per_host_over_tls():
+    w = _unit_keys(ROOT / "deploy/dask/sweeperd-dask-worker.service")
+    assert "dask worker tls://${SCHEDULER}:8786" in w["ExecStart"]
+    assert "--nthreads 1 --resources sweeperd_host=1" in w["ExecStart"]
+    s = _unit_keys(ROOT / "deploy/dask/sweeperd-dask-scheduler.service")
+    assert "dask scheduler --protocol tls --host ${SCHEDULER_HOST}" in s["ExecStart"]
+    for u, role in ((s, "scheduler"), (w, "worker")):
+        assert f"--tls-key %d/{role}.key" in u["ExecStart"]
+        assert u["LoadCredential"] == f"{role}.key:/etc/sweeperd/dask/{role}.key"
+        assert "--tls-ca-file /etc/sweeperd/dask/ca.pem" in u["ExecStart"]
+        assert u["DynamicUser"] == "yes" and u["NoNewPrivileges"] == "yes"
+    assert w["KillMode"] == "control-group"  # a stop takes the run's daemon too
+
+
+def test_systemd_verifies_the_dask_units(tmp_path):
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        not_here("systemd-analyze is not installed (Debian package 'systemd'), as .ci/run "
+                 "installs it")
+    dask = Path(sys.executable).parent / "dask"
+    if not dask.exists():
+        not_here("dask is not installed: pip install -e '.[test,dask]', as the test command does")
+    for name in DASK_UNITS:
+        text = (ROOT / "deploy/dask" / name).read_text().replace("/opt/sweeperd/bin/dask",
+                                                                  str(dask))
+        text = text.replace("EnvironmentFile=/etc/sweeperd/dask.env",
+                            "Environment=SCHEDULER=127.0.0.1 SCHEDULER_HOST=127.0.0.1 "
+                            "WORKER_HOST=127.0.0.1")
+        unit = tmp_path / name
+        unit.write_text(text)
+        r = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 0 and name not in r.stderr, r.stderr

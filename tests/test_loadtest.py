@@ -5,10 +5,12 @@ reference) feeds every test here."""
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import itertools
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -104,6 +106,14 @@ def test_the_summary_keeps_its_contract(run) -> None:
         assert r["peak_backed_bytes"] > 0
         # a malloc heap has no GC: its cycles are not a figure of it (null, not 0)
         assert (r["gc_cycles"] is None) if r["policy"] == "c-glibc" else r["gc_cycles"] > 0
+        # where and when it ran (the executor's: here, one at a time; issue 21)
+        assert r["host"] == socket.gethostname() and r["worker"] == "local"
+        assert r["attempts"] == 1
+        started, ended = (dt.datetime.fromisoformat(r[k]) for k in ("started_at", "ended_at"))
+        assert started.utcoffset() == dt.timedelta(0) and ended > started
+    spans = sorted((r["started_at"], r["ended_at"]) for r in runs.values())
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))  # one at a time
+    assert summary["executor"] == "local"
     assert runs["c-glibc"]["settings"] == {"trim_threshold": None, "mmap_threshold": None,
                                            "arena_max": None}  # glibc's defaults
     assert {"cpus", "mem_total_bytes", "kernel"} <= set(summary["machine"])

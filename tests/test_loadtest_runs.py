@@ -117,7 +117,7 @@ def test_fuzzed_policy_text_gives_specs_or_a_usage_error(text: str, knob: list[s
         return
     assert 1 <= len(specs) <= runspec.MAX_SPECS and len(set(specs)) == len(specs)
     for s in specs:
-        assert s.policy in (*POLICIES, GO_RUNTIME)
+        assert s.policy in (*POLICIES, GO_RUNTIME, *runspec.C_REFERENCES)
         assert set(s.given) <= set(runspec.keys_of(s.policy))
         assert json.loads(json.dumps(s.given)) == s.given  # JSON scalars
 

@@ -124,6 +124,7 @@ class RunConfig:
     debug_checks: bool = False
     gctrace: bool = False
     scavtrace: bool = False
+    exit_with_parent: bool = False
 
 
 @dataclass(frozen=True)

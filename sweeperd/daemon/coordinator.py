@@ -369,6 +369,7 @@ class Coordinator:
         self.notify = Notifier.from_env()  # first: no worker may inherit NOTIFY_SOCKET
         self.stopping = False
         self.reload_requested = False
+        self.orphaned: int | None = None  # run(parent_pid=): the parent that went away
         # what SIGHUP reloads from: a callable giving the config anew (set by the CLI)
         self.reload_config: Callable[[], Config] | None = None
         with contextlib.ExitStack() as undo:  # a failure part way releases what was made
@@ -790,7 +791,9 @@ class Coordinator:
 
     # --- main loop ---------------------------------------------------------------------------
 
-    def run(self, duration_s: float = 0) -> None:
+    def run(self, duration_s: float = 0, parent_pid: int | None = None) -> None:
+        """Serve until SIGTERM/SIGINT, ``duration_s`` (0: none), or, with ``parent_pid``,
+        until the daemon's parent is no longer that process (:attr:`orphaned` says so)."""
         deadline = time.monotonic() + duration_s if duration_s else None
         poller = zmq.Poller()
         poller.register(self.wsock, zmq.POLLIN)
@@ -801,6 +804,9 @@ class Coordinator:
         self.notify.ready(f"serving metrics on {self.metrics_addr}, control on "
                           f"{self.control_addr}")
         while not self.stopping and (deadline is None or time.monotonic() < deadline):
+            if parent_pid is not None and os.getppid() != parent_pid:
+                self.orphaned = parent_pid
+                break
             self.notify.ping(time.monotonic())
             ready = dict(poller.poll(POLL_MS))
             for _ in range(MAX_FRAMES_PER_STEP):  # a flood cannot starve the loop

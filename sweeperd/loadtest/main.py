@@ -46,7 +46,6 @@ from __future__ import annotations
 import datetime as dt
 import importlib.metadata
 import json
-import os
 import platform
 import secrets
 import signal
@@ -58,9 +57,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from sweeperd.loadtest import compare, references, report, runspec
+from sweeperd.loadtest import compare, executor, references, report, runspec
+from sweeperd.loadtest.executor import Done, Executor, Task
 from sweeperd.loadtest.outdir import CannotWrite, OutDir, OutDirError
-from sweeperd.loadtest.runner import RunResult, run_one
+from sweeperd.loadtest.runner import RunResult
 from sweeperd.loadtest.runspec import GO_RUNTIME, MAX_REPEAT, Run, Spec, UsageError
 from sweeperd.loadtest.sampler import SAMPLE_S
 from sweeperd.loadtest.summary import finite_or_none, summarize
@@ -96,6 +96,7 @@ class Options:
     c_reference: list[str] = field(default_factory=list)  # allocator names: glibc, jemalloc...
     json: bool = False
     sample_s: float = SAMPLE_S
+    executor: str = "local"  # --executor: local, or dask://HOST:PORT (executor.parse_executor)
 
 
 def parse_policies(text: str | None, knobs: list[str] | tuple[str, ...] = (),
@@ -117,6 +118,7 @@ class Plan:
     repeat: int = 1
     # scenario name -> a replay's forced cycles as requests (seconds on its clock, kind)
     forced: dict[str, list[tuple[float, str]]] = field(default_factory=dict)
+    executor: str = "local"
 
     @property
     def policies(self) -> list[str]:
@@ -133,6 +135,10 @@ def plan(o: Options) -> Plan:
         raise UsageError(f"--repeat must be within 1..{MAX_REPEAT}, got {o.repeat}")
     if o.seed is not None and not 0 <= o.seed < 1 << 63:
         raise UsageError(f"--seed must be within 0..2^63-1, got {o.seed}")
+    try:
+        executor.parse_executor(o.executor)
+    except executor.ExecutorError as e:
+        raise UsageError(str(e)) from None
     text = o.policies if o.policies is None or isinstance(o.policies, str) else ",".join(
         o.policies)
     specs = parse_policies(text, o.knobs, o.go_reference, o.c_reference)
@@ -168,7 +174,8 @@ def plan(o: Options) -> Plan:
     seed = o.seed if o.seed is not None else secrets.randbits(63)
     if any(s.policy == GO_RUNTIME and "version" in s.given for s in specs):
         runspec.check_go_versions(specs, _path_go())
-    p = Plan(chosen, replays, specs, out, seed=seed, repeat=o.repeat, forced=forced)
+    p = Plan(chosen, replays, specs, out, seed=seed, repeat=o.repeat, forced=forced,
+             executor=o.executor.strip())
     p.runs = expand(p, _go_default_version(specs))
     return p
 
@@ -226,27 +233,57 @@ def expand(p: Plan, go_version: str | None = None) -> list[Run]:
 
 
 class Progress:
-    """A bar per run on a terminal (rich), else a plain line every ``every`` seconds."""
+    """The load test's progress on ``stream`` (the executor's :class:`executor.Events`).
 
-    def __init__(self, stream: TextIO, total_runs: int, every: float = 5.0) -> None:
-        self.stream, self.total, self.every = stream, total_runs, every
+    Local runs (``per_sample``): a bar per run on a terminal (rich), else a line every
+    ``every`` seconds.  Runs elsewhere (Dask): a line as each run starts on its host and
+    worker and as it ends, and on a terminal a bar of the runs done."""
+
+    def __init__(self, stream: TextIO, runs: list[Run], every: float = 5.0,
+                 per_sample: bool = True) -> None:
+        self.stream, self.runs, self.every = stream, runs, every
+        self.total, self.per_sample = len(runs), per_sample
         self.tty = stream.isatty()
         self._bar: Any = None
+        self._overall: Any = None
         self._last = 0.0
+        self._ended = 0
+        self._starts: dict[int, int] = {}
 
-    def run(self, k: int, sc: Scenario, what: str) -> Callable[[float], None]:
-        """``sc``: the scenario the run follows (its length); ``what``: the run's label."""
-        label = f"[{k}/{self.total}] {sc.name} x {what}"
-        if self.tty:
+    def _rich(self) -> Any:
+        if self._bar is None:
+            from rich.console import Console
             from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-            if self._bar is None:
-                self._bar = Progress(TextColumn("{task.description}"), BarColumn(),
-                                     TextColumn("{task.completed:.0f}/{task.total:.0f} s"),
-                                     TimeRemainingColumn(), transient=False)
-                self._bar.start()
-            task = self._bar.add_task(label, total=sc.seconds)
-            return lambda t: self._bar.update(task, completed=min(t, sc.seconds))
+            unit = "s" if self.per_sample else "runs"
+            self._bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                                 TextColumn(f"{{task.completed:.0f}}/{{task.total:.0f}} {unit}"),
+                                 TimeRemainingColumn(), transient=False,
+                                 console=Console(file=self.stream))
+            self._bar.start()
+        return self._bar
+
+    def _say(self, text: str) -> None:
+        if self.tty:
+            self._rich().console.print(text, markup=False, highlight=False)
+        else:
+            print(text, file=self.stream, flush=True)
+
+    def started(self, index: int, where: str) -> Callable[[float], None] | None:
+        run = self.runs[index]
+        sc = run.follows
+        label = f"[{index + 1}/{self.total}] {run.scenario.name} x {run.label()}"
+        if not self.per_sample:
+            self._starts[index] = n = self._starts.get(index, 0) + 1
+            again = f", attempt {n}" if n > 1 else ""
+            self._say(f"{label}: started on {where} ({sc.seconds:g} s{again})")
+            if self.tty and self._overall is None:
+                self._overall = self._rich().add_task("runs done", total=self.total)
+            return None
+        if self.tty:
+            bar = self._rich()
+            task = bar.add_task(label, total=sc.seconds)
+            return lambda t: bar.update(task, completed=min(t, sc.seconds))
         print(f"{label}: starting ({sc.seconds:g} s)", file=self.stream, flush=True)
 
         def line(t: float) -> None:
@@ -256,34 +293,24 @@ class Progress:
                 print(f"{label}: {t:5.1f}/{sc.seconds:g} s", file=self.stream, flush=True)
         return line
 
-    def done(self, res: RunResult, what: str = "") -> None:
-        if not self.tty:
-            state = "ok" if res.ok else f"FAILED ({res.error})"
-            print(f"  {res.scenario} x {what or res.policy}: {state} in {res.wall_s:.1f} s",
+    def finished(self, done: Done) -> None:
+        self._ended += 1
+        res, run = done.result, self.runs[done.index]
+        state = "ok" if res.ok else f"FAILED ({res.error})"
+        where = "" if self.per_sample else f" on {done.host}/{done.worker}" + (
+            f" (attempt {done.attempts})" if done.attempts > 1 else "")
+        if not self.per_sample:
+            self._say(f"[{self._ended}/{self.total} done] {run.scenario.name} x "
+                      f"{run.label()}: {state} in {res.wall_s:.1f} s{where}")
+            if self._overall is not None:
+                self._rich().update(self._overall, completed=self._ended)
+        elif not self.tty:
+            print(f"  {run.scenario.name} x {run.label()}: {state} in {res.wall_s:.1f} s",
                   file=self.stream, flush=True)
 
     def close(self) -> None:
         if self._bar is not None:
             self._bar.stop()
-
-
-def machine() -> dict[str, Any]:
-    model = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((ln.split(":", 1)[1].strip() for ln in f
-                          if ln.startswith("model name")), "")
-    except OSError:
-        pass
-    mem = 0
-    try:
-        with open("/proc/meminfo") as f:
-            mem = next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("MemTotal:"))
-    except (OSError, StopIteration):
-        pass
-    u = os.uname()
-    return {"cpus": os.cpu_count(), "cpu_model": model, "mem_total_bytes": mem,
-            "kernel": f"{u.sysname} {u.release}", "arch": u.machine}
 
 
 def versions(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -300,18 +327,21 @@ def versions(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 def loadtest(o: Options, err: TextIO = sys.stderr, out_stream: TextIO = sys.stdout) -> int:
     p = plan(o)
-    try:
-        out = OutDir.create(p.out)
-    except OutDirError as e:
+    try:  # connected first: a scheduler that cannot be used leaves no output directory
+        ex = make_executor(p.executor)
+    except executor.ExecutorError as e:
         raise UsageError(str(e)) from None
     try:
-        return _loadtest(o, p, out, err, out_stream)
+        try:
+            out = OutDir.create(p.out)
+        except OutDirError as e:
+            raise UsageError(str(e)) from None
+        try:
+            return _loadtest(o, p, out, ex, err, out_stream)
+        finally:
+            out.close()
     finally:
-        out.close()
-
-
-def _failed(sc: Scenario, policy: str, e: Exception) -> RunResult:
-    return RunResult(sc.name, policy, ok=False, error=str(e))
+        ex.close()
 
 
 def retimed(rows: list[dict[str, float]], shift: float, at: float = 0.0
@@ -330,33 +360,62 @@ def retimed(rows: list[dict[str, float]], shift: float, at: float = 0.0
     return out
 
 
-def _loadtest(o: Options, p: Plan, out: OutDir, err: TextIO, out_stream: TextIO) -> int:
+def make_executor(text: str) -> Executor:
+    """The executor ``--executor`` names, connected (Dask: to its scheduler, with a worker
+    offering ``sweeperd_host``); :class:`executor.ExecutorError` naming why not."""
+    kind, host, port = executor.parse_executor(text)
+    if kind == executor.LOCAL:
+        return executor.LocalExecutor()
+    from sweeperd.loadtest import dask_executor  # Dask: only when asked for
+
+    return dask_executor.DaskExecutor(host, port)
+
+
+def tasks_of(p: Plan, sample_s: float) -> list[Task]:
+    """The plan's runs as the executor's tasks (plain data), in running order."""
+    version = executor.sweeperd_version()
+    return [Task(i, run.run_id, run.follows.to_toml(), run.spec.policy, dict(run.settings),
+                 list(run.spec.given), forced_at(p.forced.get(run.scenario.name) or [], run),
+                 sample_s, version)
+            for i, run in enumerate(p.runs)]
+
+
+def _loadtest(o: Options, p: Plan, out: OutDir, ex: Executor, err: TextIO,
+              out_stream: TextIO) -> int:
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    prog = Progress(err, len(p.runs))
-    results: list[tuple[Run, RunResult]] = []
+    prog = Progress(err, p.runs, per_sample=ex.name == executor.LOCAL)
+    done: list[tuple[int, Run, RunResult]] = []
+    machines: dict[str, dict[str, Any]] = {}
     extra_versions: dict[str, str] = {}
-    interrupted = False
+    interrupted, lost = False, ""
     old = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        for k, run in enumerate(p.runs, 1):
-            res = _run(run, out, o.sample_s, prog.run(k, run.follows, run.label()),
-                       extra_versions, p.forced.get(run.scenario.name))
-            res.rows = retimed(res.rows, run.start_shift_s, run.shift_at_s)
-            prog.done(res, run.label())
-            results.append((run, res))
+        for d in ex.carry_out(tasks_of(p, o.sample_s), out, prog):
+            run = p.runs[d.index]
+            res = _landed(run, d, out, extra_versions, err)
+            machines.setdefault(d.machine.get("host", d.host), d.machine)
+            done.append((d.index, run, res))
     except (KeyboardInterrupt, Interrupted):
         interrupted = True
         print("sweeperd loadtest: interrupted; writing the report of the runs done",
               file=err, flush=True)
+    except Exception as e:  # the executor itself (a scheduler lost): the runs done are kept
+        lost = f"{type(e).__name__}: {e}"
+        print(f"sweeperd loadtest: the {ex.name} executor failed ({lost}); writing the "
+              "report of the runs done", file=err, flush=True)
     finally:
         signal.signal(signal.SIGTERM, old)
         prog.close()
-    rc = finish(p, out, results, started, versions(extra_versions), o.json, err, out_stream)
+    results = [(run, res) for _, run, res in sorted(done, key=lambda x: x[0])]  # plan order
+    machine: dict[str, Any] | list[dict[str, Any]] = (
+        executor.machine() if ex.name == executor.LOCAL else list(machines.values()))
+    rc = finish(p, out, results, started, versions(extra_versions), o.json, err, out_stream,
+                machine=machine, executor_name=ex.name)
     if rc:
         return rc
     if interrupted:
         return 130
-    return 0 if all(r.ok for _, r in results) else 1
+    return 0 if all(r.ok for _, r in results) and not lost else 1
 
 
 def forced_at(requests: list[tuple[float, str]], run: Run) -> list[tuple[float, str]]:
@@ -367,36 +426,35 @@ def forced_at(requests: list[tuple[float, str]], run: Run) -> list[tuple[float, 
             for t, kind in requests]
 
 
-def _run(run: Run, out: OutDir, sample_s: float, on_sample: Callable[[float], None],
-         vers: dict[str, str], requests: list[tuple[float, str]] | None = None) -> RunResult:
-    """One run; ``requests``: its replayed trace's forced cycles, sent to the daemon (a
-    reference program cannot be told: its own GC decides)."""
-    policy = run.spec.policy
-    forced = forced_at(requests or [], run)
+def _landed(run: Run, d: Done, out: OutDir, vers: dict[str, str], err: TextIO) -> RunResult:
+    """A Done taken into the plan: where and when it ran into the run's row, the settings
+    as run, the versions it found, another host's files into ``runs/<run_id>/``, its rows in
+    the scenario's own time."""
+    res = d.result
+    run.settings = dict(d.settings)
+    run.placed = {"host": d.host, "worker": d.worker, "started_at": d.started_at,
+                  "ended_at": d.ended_at, "attempts": d.attempts}
+    if res.allocator:
+        vers[run.spec.policy] = res.allocator
+    if res.go_version:
+        key = "go" if "version" not in run.spec.given else f"go{run.settings.get('version')}"
+        vers[key] = res.go_version
     try:
-        rundir = out.subdir("runs", run.run_id)
-        ref = references.for_policy(policy)
-        if ref is None:
-            return run_one(run.follows, policy, rundir, sample_s, on_sample, run.settings,
-                           tuple(run.spec.given), forced)
-        res = ref.run(run.follows, rundir, sample_s, on_sample, run.settings)
-        if res.allocator:
-            vers[policy] = res.allocator
-        if res.go_version:
-            run.settings["go_version"] = gotool.short_version(res.go_version, full=True)
-            key = "go" if "version" not in run.spec.given else f"go{run.settings['version']}"
-            vers[key] = res.go_version
-        return res
-    except CannotWrite as e:  # its config: the run cannot start
-        return _failed(run.scenario, policy, e)
+        executor.write_files(out, run.run_id, d.files)
+    except CannotWrite as e:  # the figures are in the row; the files are the logs
+        print(f"sweeperd loadtest: run {run.run_id}'s files: {e}", file=err, flush=True)
+    res.rows = retimed(res.rows, run.start_shift_s, run.shift_at_s)
+    return res
 
 
 def finish(p: Plan, out: OutDir, results: list[tuple[Run, RunResult]], started: str,
-           vers: dict[str, str], as_json: bool, err: TextIO, out_stream: TextIO) -> int:
+           vers: dict[str, str], as_json: bool, err: TextIO, out_stream: TextIO,
+           machine: dict[str, Any] | list[dict[str, Any]] | None = None,
+           executor_name: str = executor.LOCAL) -> int:
     """Write the report and print the summary; 0, or :data:`EXIT_CANNOT_WRITE` when a file
     could not be written: then it is named on ``err`` and the summary JSON goes to
     ``out_stream`` whatever ``as_json`` says, so that no figure is lost."""
-    summary = summarize_runs(p, results, started, vers)
+    summary = summarize_runs(p, results, started, vers, machine, executor_name)
     try:
         write_report(p, out, results, summary)
     except CannotWrite as e:
@@ -412,8 +470,11 @@ def finish(p: Plan, out: OutDir, results: list[tuple[Run, RunResult]], started: 
 
 
 def summarize_runs(p: Plan, results: list[tuple[Run, RunResult]], started: str,
-                   vers: dict[str, str]) -> dict[str, Any]:
-    """``summary.json``'s content (pure: nothing is written)."""
+                   vers: dict[str, str],
+                   machine: dict[str, Any] | list[dict[str, Any]] | None = None,
+                   executor_name: str = executor.LOCAL) -> dict[str, Any]:
+    """``summary.json``'s content (pure but for ``machine``'s default, this host's: nothing
+    is written).  ``machine``: this host's fields, or with Dask a list of every host's."""
     runs: list[dict[str, Any]] = []
     for run, res in results:
         sc = run.scenario
@@ -436,7 +497,8 @@ def summarize_runs(p: Plan, results: list[tuple[Run, RunResult]], started: str,
                                                      run.start_shift_s))
         runs.append({k: finite_or_none(v) for k, v in entry.items()})
     return {"started": started, "seed": p.seed, "repeat": p.repeat, "runs": runs,
-            "runs_planned": len(p.runs), "machine": machine(), "versions": vers,
+            "runs_planned": len(p.runs), "executor": executor_name,
+            "machine": executor.machine() if machine is None else machine, "versions": vers,
             **compare.analyse(runs)}  # groups, fidelity, recommendation
 
 

@@ -90,6 +90,9 @@ def config_text(sc_path: Path, policy: str, sc: Scenario, control: str = "ipc://
         # resumes, which the workers' start-up on a loaded host delays by seconds: counted
         # from the daemon's start, the backstop must outlast that start (START_S) too
         "[run]", f"duration_s = {sc.seconds + START_S + 30:g}", "gctrace = true",
+        # and should the harness (or the Dask worker running it) be killed, the daemon stops
+        # with it rather than run on beside the host's next run
+        "exit_with_parent = true",
         # a replay that sends FreeOSMemory's scavenge gets Go's scav lines too, as its trace had
         f"scavtrace = {str(admin).lower()}",
         "[scavenger]", f'policy = "{policy}"',

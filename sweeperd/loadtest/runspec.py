@@ -485,13 +485,16 @@ class Run:
     run_id: str
     follows: Scenario = field(repr=False, default=None)  # type: ignore[assignment]
     shift_at_s: float = 0.0  # where the hold of start_shift_s is, in the scenario's time
+    # where and when it ran, once it has (the executor's): host, worker, started_at,
+    # ended_at (UTC ISO 8601), attempts
+    placed: dict[str, Any] = field(default_factory=dict)
 
     def row(self) -> dict[str, Any]:
         """The run-row fields this run adds to summary.json's entry."""
         return {"settings": dict(self.settings), "overrides": self.spec.given,
                 "repeat": self.repeat, "start_shift_s": self.start_shift_s,
                 "shift_at_s": self.shift_at_s,
-                "group_id": self.group_id, "run_id": self.run_id}
+                "group_id": self.group_id, "run_id": self.run_id, **self.placed}
 
     def label(self) -> str:
         rep = f" #{self.repeat}" if self.repeat or self.start_shift_s else ""
