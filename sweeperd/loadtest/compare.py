@@ -71,9 +71,15 @@ import statistics
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from scipy import stats
-
 from sweeperd.loadtest import cref, runspec
+
+
+def _stats() -> Any:
+    """scipy.stats, imported when a test statistic is first needed (2.5 s: not on every
+    ``sweeperd loadtest`` start, nor a usage error's)."""
+    from scipy import stats
+
+    return stats
 
 FIGURES = ("peak_backed_bytes", "mean_backed_bytes", "end_backed_bytes", "excess_byte_seconds",
            "excess_garbage_byte_seconds", "excess_free_byte_seconds",
@@ -127,7 +133,7 @@ def median_ci(xs: Sequence[float], confidence: float = CONFIDENCE
     med = float(statistics.median(v))
     k = 0  # 1-based order statistic of the low end; 0 = no interval reaches `confidence`
     for j in range(1, n // 2 + 1):
-        if 1 - 2 * stats.binom.cdf(j - 1, n, 0.5) >= confidence - 1e-12:
+        if 1 - 2 * _stats().binom.cdf(j - 1, n, 0.5) >= confidence - 1e-12:
             k = j
         else:
             break
@@ -149,7 +155,7 @@ def u_test(a: Sequence[float], b: Sequence[float]) -> float | None:
         return None
     if len(set(a) | set(b)) == 1:  # all equal: no evidence of any difference
         return 1.0
-    return float(stats.mannwhitneyu(list(a), list(b), alternative="two-sided").pvalue)
+    return float(_stats().mannwhitneyu(list(a), list(b), alternative="two-sided").pvalue)
 
 
 def significant(a: Sequence[float], b: Sequence[float], alpha: float = ALPHA) -> bool:

@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from sweeperd.loadtest import compare, executor, references, report, runspec
+from sweeperd.loadtest import compare, executor, references, runspec
 from sweeperd.loadtest.executor import Done, Executor, Task
 from sweeperd.loadtest.outdir import CannotWrite, OutDir, OutDirError
 from sweeperd.loadtest.runner import RunResult
@@ -506,6 +506,8 @@ def write_report(p: Plan, out: OutDir, results: list[tuple[Run, RunResult]],
                  summary: dict[str, Any]) -> None:
     """``summary.json`` first (the figures), then the CSVs, plots and ``report.html``; each
     atomically.  :class:`CannotWrite` naming the first file that could not be written."""
+    from sweeperd.loadtest import report  # matplotlib: only when there is a report to draw
+
     out.write("summary.json", json.dumps(summary, indent=2) + "\n")
     for run, res in results:
         if res.rows:
