@@ -4,9 +4,16 @@ import os
 
 import numpy as np
 import pytest
+from hypothesis import settings
 
 from sweeperd.runtime.heap import H_SWEEPGEN, Heap
 from sweeperd.runtime.sweepgen import try_claim
+
+# No test asserts on time: hypothesis's per-example deadline (200 ms by default) is a timer
+# that a loaded CI host races, and the first example of a test pays any lazy import
+# (scipy.stats: over a second).  Off for every test; a test's own @settings keep the rest.
+settings.register_profile("sweeperd", deadline=None)
+settings.load_profile("sweeperd")
 
 
 @pytest.fixture
