@@ -231,3 +231,34 @@ def test_a_scheduler_off_loopback_is_reached_over_tls_only(tmp_path):
         assert r.returncode == 0, r.stderr[-4000:] + c.logs()
         s = json.loads(r.stdout)
         assert [x["ok"] for x in s["runs"]] == [True] and s["runs"][0]["worker"] == "w1"
+
+
+def test_a_lost_scheduler_ends_the_load_test_with_the_report_of_the_runs_done(tmp_path):
+    """Dask cancels every future when its client loses the scheduler: said once, the report
+    of the runs done written (the runs not done are planned, not failed), exit 1; and the
+    run in flight stops with its worker (which gives up without a scheduler)."""
+    scen = _scenarios(tmp_path, {"lost": (3, 60)})
+    with dasklocal.cluster(tmp_path / "cluster", workers=1) as c:
+        lt = subprocess.Popen(
+            [sys.executable, "-m", "sweeperd.cli", "loadtest", "--scenario", scen[0],
+             "--policy", "go,none", "--executor", c.url, "--out", str(tmp_path / "out")],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            end = time.monotonic() + 300
+            while (found := _run_program(c)) is None:
+                assert lt.poll() is None, lt.communicate()
+                assert time.monotonic() < end, "no run's daemon started: " + c.logs()
+                time.sleep(0.2)
+            os.killpg(c.scheduler.pid, signal.SIGKILL)
+            _, err = lt.communicate(timeout=300)
+        finally:
+            if lt.poll() is None:
+                lt.kill()
+                lt.wait()
+        assert lt.returncode == 1, err[-3000:]
+        assert err.count("lost the connection to the Dask scheduler") == 1, err[-3000:]
+        assert "2 of 2 runs not done" in err
+        summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+        assert summary["runs"] == [] and summary["runs_planned"] == 2
+        _, alive = psutil.wait_procs([found[1]], timeout=240)
+        assert not alive, "the run's daemon outlived its worker"

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 import os
+import tomllib
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -44,6 +46,10 @@ def test_the_executor_text_names_local_or_a_scheduler(text, want):
     ("tcp://127.0.0.1:8786", "dask://HOST:PORT"),
     ("dask://a b:1", "dask://HOST:PORT"),
     ("dask://h:1/path", "dask://HOST:PORT"),
+    ("dask://[:]:1", "not an IPv6 address"),
+    ("dask://[1.2.3.4]:1", "not an IPv6 address"),
+    ("dask://-x:1", "not a host name"),
+    ("dask://..:1", "not a host name"),
     ("dask://user@h:1", "dask://HOST:PORT"),
     ("", "local"),
     ("Local", "local"),
@@ -78,7 +84,7 @@ def test_loopback_is_told_from_other_addresses():
     assert not ex.is_loopback("no-such-host.invalid")
 
 
-def test_a_scheduler_off_loopback_needs_dask_tls(monkeypatch):
+def test_a_scheduler_off_loopback_needs_dask_tls(tmp_path):
     pytest.importorskip("distributed")
     import dask.config
 
@@ -91,10 +97,30 @@ def test_a_scheduler_off_loopback_needs_dask_tls(monkeypatch):
         assert "distributed.comm.tls.ca-file" in str(e.value)
         assert "DASK_DISTRIBUTED__COMM__TLS__CA_FILE" in str(e.value)
         assert dask_executor._address("127.0.0.1", 8786) == ("tcp://127.0.0.1:8786", False)
-    with dask.config.set({"distributed.comm.tls.ca-file": "/ca.pem",
-                          "distributed.comm.tls.client.cert": "/c.pem"}):
+    ca, cert = tmp_path / "ca.pem", tmp_path / "c.pem"
+    with dask.config.set({"distributed.comm.tls.ca-file": str(ca),
+                          "distributed.comm.tls.client.cert": str(cert)}):
+        with pytest.raises(ex.ExecutorError, match=r"ca-file = .*ca\.pem: not a file"):
+            dask_executor._address("10.1.2.3", 8786)  # named, but no such file
+        ca.write_text("x")
+        cert.write_text("x")
         assert dask_executor._address("10.1.2.3", 8786) == ("tls://10.1.2.3:8786", True)
         assert dask_executor._address("fd00::1", 1)[0] == "tls://[fd00::1]:1"
+    with pytest.raises(ex.ExecutorError, match=r"'nosuchhost\.invalid' does not resolve"):
+        dask_executor._address("nosuchhost.invalid", 8786)
+
+
+def test_nothing_listening_is_said_at_once(tmp_path):
+    pytest.importorskip("distributed")
+    import socket
+
+    from sweeperd.loadtest import dask_executor
+
+    with socket.socket() as s:  # a port nobody listens on (bound, never listening)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        with pytest.raises(ex.ExecutorError, match=r"no Dask scheduler answers at 127\.0\.0\.1"):
+            dask_executor.DaskExecutor("127.0.0.1", port)
 
 
 def test_a_done_round_trips_as_plain_data_floats_exact():
@@ -169,3 +195,27 @@ def test_a_large_file_comes_back_as_its_tail_saying_so(tmp_path, monkeypatch):
     (d / "daemon.log").write_bytes(b"x" * 993 + b"the end")
     got = ex.collect_files(d)["daemon.log"]
     assert got.startswith(b"[sweeperd: the first 900 bytes") and got.endswith(b"the end")
+
+
+def test_a_remote_runs_config_points_at_its_scenario_here(tmp_path):
+    from sweeperd.loadtest.runner import config_text
+    from sweeperd.workload.scenario import parse
+
+    sc = parse('[scenario]\nname = "s"\n[[phase]]\nseconds = 1\nlive_mib = 1\n')
+    remote = "/var/lib/w/dask-scratch-space/worker-1/sweeperd_ltrun\"x/s.go.r0/scenario.toml"
+    cfg = config_text(Path(remote), "go", sc).encode()
+    out = OutDir.create(tmp_path / "out")
+    try:
+        ex.write_files(out, "s.go.r0", {"config.toml": cfg, "scenario.toml": b"x"})
+    finally:
+        out.close()
+    got = tomllib.loads((tmp_path / "out/runs/s.go.r0/config.toml").read_text())
+    assert got["mutators"]["scenario"] == str(tmp_path / "out/runs/s.go.r0/scenario.toml")
+    assert got["scavenger"]["policy"] == "go"
+    assert ex.repointed(b"\xff\xfe", tmp_path) == b"\xff\xfe"  # not a config: as it came
+    assert ex.repointed(b"[mutators]\nscenario = 3\n", tmp_path) == b"[mutators]\nscenario = 3\n"
+
+
+def test_an_ipv6_scheduler_keeps_its_brackets():
+    assert ex.host_port("::1", 8786) == "[::1]:8786"
+    assert ex.host_port("h", 1) == "h:1"

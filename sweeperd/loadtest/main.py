@@ -274,6 +274,7 @@ class Progress:
         sc = run.follows
         label = f"[{index + 1}/{self.total}] {run.scenario.name} x {run.label()}"
         if not self.per_sample:
+            label = f"[run {index + 1} of {self.total}] {run.scenario.name} x {run.label()}"
             self._starts[index] = n = self._starts.get(index, 0) + 1
             again = f", attempt {n}" if n > 1 else ""
             self._say(f"{label}: started on {where} ({sc.seconds:g} s{again})")
@@ -292,6 +293,9 @@ class Progress:
                 self._last = now
                 print(f"{label}: {t:5.1f}/{sc.seconds:g} s", file=self.stream, flush=True)
         return line
+
+    def note(self, text: str) -> None:
+        self._say(f"sweeperd loadtest: {text}")
 
     def finished(self, done: Done) -> None:
         self._ended += 1

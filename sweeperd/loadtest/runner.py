@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -41,6 +42,7 @@ START_S = 60.0  # the daemon prints its addresses within this
 STOP_S = 30.0  # then SIGKILL
 MAX_MISSES = 20  # consecutive samples that fail (5 s at 250 ms) before the run is given up
 TAIL_LINES = 40
+CTL_PREFIX = "sweeperd_lt."  # + the load test's pid + "." + random: a run's control socket dir
 
 
 @dataclass
@@ -48,7 +50,7 @@ class RunResult:
     scenario: str
     policy: str
     ok: bool
-    rows: list[dict[str, float]] = field(default_factory=list)
+    rows: list[dict[str, int | float]] = field(default_factory=list)  # ints stay ints
     error: str = ""
     log_tail: str = ""
     gctrace: list[str] = field(default_factory=list)
@@ -116,7 +118,7 @@ def run_one(sc: Scenario, policy: str, rundir: Path, sample_s: float = SAMPLE_S,
     sc_path = (rundir / "scenario.toml").resolve()
     atomic_write(sc_path, sc.to_toml())
     cfg_path = rundir / "config.toml"
-    ctl_dir = tempfile.mkdtemp(prefix="sweeperd_lt")  # 0700, and short: a socket path
+    ctl_dir = control_dir()
     atomic_write(cfg_path, config_text(sc_path, policy, sc, f"ipc://{ctl_dir}/control.sock",
                                          settings, given, admin=bool(todo)))
     res = RunResult(sc.name, policy, ok=False)
@@ -147,6 +149,49 @@ def run_one(sc: Scenario, policy: str, rundir: Path, sample_s: float = SAMPLE_S,
         if "exited before serving" in res.error and said:  # the daemon said why: show it
             res.error += f": {said[-1][:300]}"
     return res
+
+
+def control_dir() -> str:
+    """A private directory (0700, short: a socket path) for a run's control socket, named
+    with this process's pid, so that one left by a load test that was killed (no ``finally``
+    ran: SIGKILL, a Dask worker lost) is removed by the next run on the host
+    (:func:`reap_stale_control_dirs`)."""
+    reap_stale_control_dirs()
+    return tempfile.mkdtemp(prefix=f"{CTL_PREFIX}{os.getpid()}.")
+
+
+def reap_stale_control_dirs() -> list[str]:
+    """Remove this uid's control directories whose load test's pid is gone; their paths.
+    A directory of another user, a symlink, or a live (or unknown) pid's is left alone."""
+    base, gone = tempfile.gettempdir(), list[str]()
+    try:
+        entries = list(os.scandir(base))
+    except OSError:
+        return gone
+    for e in entries:
+        if not e.name.startswith(CTL_PREFIX):
+            continue
+        try:
+            pid = int(e.name[len(CTL_PREFIX):].split(".", 1)[0])
+            st = e.stat(follow_symlinks=False)
+        except (ValueError, OSError):
+            continue
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or pid <= 0 \
+                or _alive(pid):
+            continue
+        shutil.rmtree(e.path, ignore_errors=True)
+        gone.append(e.path)
+    return gone
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's: alive
+        return True
+    return True
 
 
 @contextlib.contextmanager
