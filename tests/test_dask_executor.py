@@ -7,6 +7,7 @@ import datetime as dt
 import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -100,7 +101,9 @@ def test_a_matrix_on_two_workers_gives_the_local_runs_summary(tmp_path, loopback
         for (_, end), (start, _) in itertools.pairwise(spans):
             assert start >= end, f"{w} ran two runs at once: {spans}"
     assert (tmp_path / "dask" / "report.html").stat().st_size > 0
-    assert "started on 127.0.0.1" in rd.stderr or "started on " in rd.stderr, rd.stderr
+    # progress names each run's host and worker as it starts, and warns that both share one
+    assert re.search(r"\[run \d of 4\] tiny-\w x \w+: started on \S+/w[12] ", rd.stderr), rd.stderr
+    assert "workers w1, w2 share the host 127.0.0.1" in rd.stderr
 
 
 def test_ctrl_c_stops_the_remote_runs_and_writes_the_report_of_those_done(tmp_path, loopback):
