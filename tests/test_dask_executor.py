@@ -109,22 +109,12 @@ def test_a_matrix_on_two_workers_gives_the_local_runs_summary(tmp_path, loopback
 def test_ctrl_c_stops_the_remote_runs_and_writes_the_report_of_those_done(tmp_path, loopback):
     c = loopback
     scen = _scenarios(tmp_path, {"long": (5, 120)})
-    lt = subprocess.Popen(
-        [sys.executable, "-m", "sweeperd.cli", "loadtest", "--scenario", scen[0],
-         "--policy", "go,none,eager", "--executor", c.url, "--out", str(tmp_path / "out")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lt, found = _loadtest_under_way(c, scen[0], "go,none,eager", tmp_path / "out")
     try:
-        end = time.monotonic() + 300
-        while (found := _run_program(c)) is None:
-            assert lt.poll() is None, lt.communicate()
-            assert time.monotonic() < end, "no run's daemon started: " + c.logs()
-            time.sleep(0.2)
         lt.send_signal(signal.SIGINT)
         _, err = lt.communicate(timeout=120)
     finally:
-        if lt.poll() is None:
-            lt.kill()
-            lt.wait()
+        _ended(lt)
     assert lt.returncode == 130, err[-3000:]
     assert "interrupted" in err
     # the running tasks were told: their daemons stop, no worker keeps one
@@ -137,6 +127,32 @@ def test_ctrl_c_stops_the_remote_runs_and_writes_the_report_of_those_done(tmp_pa
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["runs_planned"] == 3 and len(summary["runs"]) < 3
     assert "of 3 planned runs done" in (tmp_path / "out" / "report.html").read_text()
+
+
+def _loadtest_under_way(c: dasklocal.Cluster, scenario: str, policies: str, out: Path,
+                        *more: str) -> tuple[subprocess.Popen[str], tuple[str, psutil.Process]]:
+    """A load test on the cluster, once one of its runs' daemons runs on a worker: the load
+    test's process and (that worker's name, the daemon's process)."""
+    lt = subprocess.Popen(
+        [sys.executable, "-m", "sweeperd.cli", "loadtest", "--scenario", scenario,
+         "--policy", policies, "--executor", c.url, "--out", str(out), *more],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        end = time.monotonic() + 300
+        while (found := _run_program(c)) is None:
+            assert lt.poll() is None, lt.communicate()
+            assert time.monotonic() < end, "no run's daemon started: " + c.logs()
+            time.sleep(0.2)
+    except BaseException:
+        _ended(lt)
+        raise
+    return lt, found
+
+
+def _ended(lt: subprocess.Popen[str]) -> None:
+    if lt.poll() is None:
+        lt.kill()
+        lt.wait()
 
 
 def _run_program(c: dasklocal.Cluster) -> tuple[str, psutil.Process] | None:
@@ -158,17 +174,9 @@ def test_a_worker_killed_mid_run_has_its_run_retried_on_the_other(tmp_path, monk
     monkeypatch.setenv("TMPDIR", str(tmp_path))  # what a killed worker cannot remove stays here
     scen = _scenarios(tmp_path, {"kill": (2, 6)})
     with dasklocal.cluster(tmp_path / "cluster") as c:
-        lt = subprocess.Popen(
-            [sys.executable, "-m", "sweeperd.cli", "loadtest", "--scenario", scen[0],
-             "--policy", "go,none,c-glibc", "--executor", c.url, "--out",
-             str(tmp_path / "out"), "--json"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        lt, found = _loadtest_under_way(c, scen[0], "go,none,c-glibc", tmp_path / "out",
+                                        "--json")
         try:
-            end = time.monotonic() + 300
-            while (found := _run_program(c)) is None:
-                assert lt.poll() is None, lt.communicate()
-                assert time.monotonic() < end, "no run's daemon started: " + c.logs()
-                time.sleep(0.2)
             victim, daemon = found
             cfg = next(a for a in daemon.cmdline() if a.endswith("config.toml"))
             killed_run = Path(cfg).parent.name
@@ -178,9 +186,7 @@ def test_a_worker_killed_mid_run_has_its_run_retried_on_the_other(tmp_path, monk
             assert not alive, f"the killed worker's daemon still runs: {alive}"
             out, err = lt.communicate(timeout=600)
         finally:
-            if lt.poll() is None:
-                lt.kill()
-                lt.wait()
+            _ended(lt)
     assert lt.returncode == 0, err[-4000:]
     s = json.loads(out)
     assert len(s["runs"]) == 3 and all(r["ok"] for r in s["runs"]), s["runs"]
@@ -242,22 +248,12 @@ def test_a_lost_scheduler_ends_the_load_test_with_the_report_of_the_runs_done(tm
     run in flight stops with its worker (which gives up without a scheduler)."""
     scen = _scenarios(tmp_path, {"lost": (3, 60)})
     with dasklocal.cluster(tmp_path / "cluster", workers=1) as c:
-        lt = subprocess.Popen(
-            [sys.executable, "-m", "sweeperd.cli", "loadtest", "--scenario", scen[0],
-             "--policy", "go,none", "--executor", c.url, "--out", str(tmp_path / "out")],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        lt, found = _loadtest_under_way(c, scen[0], "go,none", tmp_path / "out")
         try:
-            end = time.monotonic() + 300
-            while (found := _run_program(c)) is None:
-                assert lt.poll() is None, lt.communicate()
-                assert time.monotonic() < end, "no run's daemon started: " + c.logs()
-                time.sleep(0.2)
             os.killpg(c.scheduler.pid, signal.SIGKILL)
             _, err = lt.communicate(timeout=300)
         finally:
-            if lt.poll() is None:
-                lt.kill()
-                lt.wait()
+            _ended(lt)
         assert lt.returncode == 1, err[-3000:]
         assert err.count("lost the connection to the Dask scheduler") == 1, err[-3000:]
         assert "2 of 2 runs not done" in err
