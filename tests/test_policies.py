@@ -13,7 +13,7 @@ from sweeperd.pacing.decay import H_STEPS, DecayParams, DecayPolicy, smootherste
 from sweeperd.pacing.hpa import HpaParams, HpaPolicy
 from sweeperd.pacing.hugepage import PAGES_PER_HUGE, HugepagePolicy, kept_pages, whole_free_blocks
 from sweeperd.pacing.policy import View
-from sweeperd.pacing.purgedelay import DelayParams, DelayPolicy
+from sweeperd.pacing.purgedelay import COST_SHARE, DelayParams, DelayPolicy
 from sweeperd.pacing.releaserate import (
     DEFAULT_RELEASE_DELAY,
     MAX_RELEASE_DELAY,
@@ -144,9 +144,27 @@ def test_release_rate_waits_by_the_pages_released_capped_and_after_nothing():
 
 # --- mimalloc-delay ---------------------------------------------------------------------------
 
+def delay_policy(params: DelayParams) -> DelayPolicy:
+    """The policy with a scan that costs nothing: its wake period is then the 5 ms floor
+    whatever the machine's load (the cost clock is the policy's seam for that)."""
+    return DelayPolicy(params, cost_clock=lambda: 0.0)
+
+
+def test_purge_delay_wakes_at_most_every_cost_share_times_a_scans_cost():
+    ticks = iter([0.0, 0.002, 1.0, 1.0])  # the first scan costs 2 ms, the second nothing
+    pol = DelayPolicy(DelayParams(purge_delay_ms=10), cost_clock=lambda: next(ticks))
+    pages = Pages(100)
+    pages.page_span[10:20] = -1
+    p = pol.plan(view(0.0, freed_pages=10), pages)
+    assert p.pages == 0 and p.sleep_s == pytest.approx(COST_SHARE * 0.002)
+    pages.page_span[30:40] = -1
+    p = pol.plan(view(0.001, freed_pages=20), pages)
+    assert p.pages == 0 and p.sleep_s == pytest.approx(0.009)  # the first page's deadline
+
+
 def test_purge_delay_releases_a_page_only_after_its_delay():
     pages = Pages(100)
-    pol = DelayPolicy(DelayParams(purge_delay_ms=10))
+    pol = delay_policy(DelayParams(purge_delay_ms=10))
     pol.plan(view(0.0, freed_pages=0), pages)
     pages.page_span[10:20] = -1  # freed at t = 0.001
     p = pol.plan(view(0.001, freed_pages=10), pages)
@@ -164,7 +182,7 @@ def test_purge_delay_releases_a_page_only_after_its_delay():
 
 def test_purge_delay_forgets_a_page_taken_again_and_restamps_it_when_freed():
     pages = Pages(10)
-    pol = DelayPolicy(DelayParams(purge_delay_ms=10))
+    pol = delay_policy(DelayParams(purge_delay_ms=10))
     pages.page_span[:] = -1
     pol.plan(view(0.0, freed_pages=10), pages)
     pages.page_span[:] = 0  # all reused
@@ -177,7 +195,7 @@ def test_purge_delay_forgets_a_page_taken_again_and_restamps_it_when_freed():
 
 def test_purge_delay_scans_only_when_something_changed():
     pages = Pages(10)
-    pol = DelayPolicy(DelayParams(purge_delay_ms=10))
+    pol = delay_policy(DelayParams(purge_delay_ms=10))
     scans = []
     orig = pol.observe
     pol.observe = lambda h, now: (scans.append(now), orig(h, now))  # type: ignore[method-assign]
@@ -437,7 +455,7 @@ def test_decay_in_activity_mode_holds_while_idle_and_releases_when_allocation_re
 @pytest.mark.parametrize("on", ["timer", "activity"])
 def test_purge_delay_in_activity_mode_holds_while_idle_and_releases_when_used(on):
     pages = Pages(100)
-    pol = DelayPolicy(DelayParams(purge_delay_ms=10, on=on))
+    pol = delay_policy(DelayParams(purge_delay_ms=10, on=on))
     pol.plan(view(0.0, freed_pages=0), pages)
     pages.page_span[10:20] = -1
     assert pol.plan(view(0.001, freed_pages=10), pages).pages == 0  # stamped at its free
