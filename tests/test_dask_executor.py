@@ -68,6 +68,55 @@ def loopback(tmp_path_factory) -> dasklocal.Cluster:
         yield c
 
 
+class _Term(Exception):
+    pass
+
+
+def _raise_term(_signum, _frame):
+    raise _Term
+
+
+def _signalled(sig: int) -> None:
+    os.kill(os.getpid(), sig)
+    time.sleep(0.05)  # (Python runs the handler at the next instruction: it has come by now)
+
+
+def test_held_signals_wait_for_act_then_do_what_the_handlers_before_would():
+    from sweeperd.loadtest.dask_executor import _HeldSignals
+
+    before = signal.signal(signal.SIGTERM, _raise_term)
+    try:
+        with _HeldSignals() as held:
+            _signalled(signal.SIGINT)  # noted, not raised
+            _signalled(signal.SIGTERM)  # (the first one noted wins)
+            with pytest.raises(KeyboardInterrupt):
+                held.act()
+            held.act()  # acted on once
+            _signalled(signal.SIGTERM)
+            with pytest.raises(_Term):  # the load test's own SIGTERM handler, called
+                held.act()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert signal.getsignal(signal.SIGTERM) is _raise_term
+        with pytest.raises(_Term):
+            _signalled(signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def test_held_signals_leave_an_ignored_signal_ignored():
+    from sweeperd.loadtest.dask_executor import _HeldSignals
+
+    before = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        with _HeldSignals() as held:
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+            _signalled(signal.SIGTERM)
+            held.act()  # nothing came
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
 def test_a_matrix_on_two_workers_gives_the_local_runs_summary(tmp_path, loopback):
     c = loopback
     scen = _scenarios(tmp_path, {"tiny-a": (3, 5), "tiny-b": (2, 6)})

@@ -25,7 +25,12 @@ worker never runs beside it.  The row's ``attempts`` says how many times a run w
 If no worker offering ``sweeperd_host`` is left for :data:`NO_WORKER_S`, the runs not done
 are failed, naming that.  Ctrl-C (or SIGTERM) sets a Dask ``Event`` the running tasks poll
 every :data:`POLL_STOP_S` (they stop their daemons and return), cancels the rest, and lets the
-load test write the report of the runs done.
+load test write the report of the runs done.  While the runs are watched, SIGINT and SIGTERM
+only note themselves (:class:`_HeldSignals`) and the loop acts on them between its calls to
+Dask, within :data:`WAIT_S`: raised inside one of the client's synchronous calls, an
+exception could leave the next call (the stop itself) waiting for ever — CI saw a Ctrl-C
+unanswered for 120 s.  The stop is given :data:`STOP_S` and then the load test goes on
+without it, saying so.
 
 Security: a scheduler on a loopback address is reached over plain TCP; any other over TLS
 only (``tls://``), with Dask's own TLS settings (``distributed.comm.tls.ca-file``,
@@ -41,11 +46,14 @@ import contextlib
 import os
 import queue
 import secrets
+import signal
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import dask.config
@@ -62,7 +70,49 @@ FIRST_WORKER_S = 60.0  # for a worker offering RESOURCE to be there at the start
 NO_WORKER_S = 300.0  # with runs left and no such worker: they are failed
 POLL_STOP_S = 2.0
 WAIT_S = 0.25  # between looks at what ended and started
+STOP_S = 30.0  # for the scheduler to take the stop (the Event set, the rest cancelled)
 TLS_KEYS = ("distributed.comm.tls.ca-file", "distributed.comm.tls.client.cert")
+
+
+class _HeldSignals:
+    """SIGINT and SIGTERM noted, not raised, while the block runs on the main thread;
+    :meth:`act` (called where no Dask call is under way) then does what the handler before
+    would have done: raises KeyboardInterrupt for SIGINT, calls the load test's SIGTERM
+    handler (which raises its own interruption).  A signal ignored stays ignored; off the
+    main thread nothing changes (Python delivers signals to the main thread only)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.got: int | None = None
+        self.before: dict[int, Any] = {}
+
+    def __enter__(self) -> _HeldSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                old = signal.getsignal(sig)
+                if old is not signal.SIG_IGN:
+                    self.before[sig] = signal.signal(sig, self._note)
+        return self
+
+    def _note(self, signum: int, _frame: FrameType | None) -> None:
+        if self.got is None:
+            self.got = signum
+
+    def act(self) -> None:
+        """Raise now what a signal noted meant (nothing if none came)."""
+        if self.got is None:
+            return
+        signum, self.got = self.got, None
+        old = self.before.get(signum)
+        if callable(old):
+            old(signum, None)  # (Python's SIGINT handler raises KeyboardInterrupt)
+        raise KeyboardInterrupt  # SIG_DFL: stop as on Ctrl-C, the report written
+
+    def __exit__(self, *_exc: object) -> None:
+        for sig, old in self.before.items():
+            signal.signal(sig, old)
+        self.before.clear()
 
 
 class Cancelled(RuntimeError):
@@ -203,45 +253,63 @@ class DaskExecutor:
         pending = set(futures)
         workerless_since: float | None = None
         yielded = 0
-        try:
-            while pending:
-                self._drain(started, starts, events)
-                finished = [f for f in futures if f in pending and f.done()]  # (plan order)
-                if not finished:
-                    time.sleep(WAIT_S)
-                for f in finished:
-                    pending.discard(f)
+        with _HeldSignals() as held:
+            try:
+                while pending:
+                    held.act()
                     self._drain(started, starts, events)
-                    done = self._result(f, by_key[f.key], starts)
-                    events.finished(done)
-                    yielded += 1
-                    yield done
-                if pending and not finished:
-                    if self._hosts():
-                        workerless_since = None
-                    elif workerless_since is None:
-                        workerless_since = time.monotonic()
-                    elif time.monotonic() - workerless_since > NO_WORKER_S:
-                        for f in list(pending):
-                            pending.discard(f)
-                            f.cancel()
-                            done = ex.failed(by_key[f.key],
-                                             f"no worker offering {RESOURCE} for "
-                                             f"{NO_WORKER_S:g} s", attempts=0)
-                            events.finished(done)
-                            yielded += 1
-                            yield done
-        except SchedulerLost as e:
-            raise SchedulerLost(f"{e} at {self.address}; {len(tasks) - yielded} of {len(tasks)} "
-                                "runs not done") from None
-        except BaseException:  # Ctrl-C, SIGTERM, the consumer gone: stop what runs
+                    finished = [f for f in futures if f in pending and f.done()]  # (plan order)
+                    if not finished:
+                        time.sleep(WAIT_S)
+                    for f in finished:
+                        pending.discard(f)
+                        self._drain(started, starts, events)
+                        done = self._result(f, by_key[f.key], starts)
+                        events.finished(done)
+                        yielded += 1
+                        yield done
+                    if pending and not finished:
+                        if self._hosts():
+                            workerless_since = None
+                        elif workerless_since is None:
+                            workerless_since = time.monotonic()
+                        elif time.monotonic() - workerless_since > NO_WORKER_S:
+                            for f in list(pending):
+                                pending.discard(f)
+                                f.cancel()
+                                done = ex.failed(by_key[f.key],
+                                                 f"no worker offering {RESOURCE} for "
+                                                 f"{NO_WORKER_S:g} s", attempts=0)
+                                events.finished(done)
+                                yielded += 1
+                                yield done
+                held.act()  # (a signal that came while the last run was handed over)
+            except SchedulerLost as e:
+                raise SchedulerLost(f"{e} at {self.address}; {len(tasks) - yielded} of "
+                                    f"{len(tasks)} runs not done") from None
+            except BaseException:  # Ctrl-C, SIGTERM, the consumer gone: stop what runs
+                if not self._stop(stop, list(pending)):
+                    events.note(f"the Dask scheduler at {self.address} did not take the stop "
+                                f"in {STOP_S:g} s: runs under way end on their own")
+                raise
+            finally:
+                with contextlib.suppress(Exception):
+                    self.client.unsubscribe_topic(topic)
+
+    def _stop(self, stop: Event, pending: list[Future]) -> bool:
+        """Tell the running tasks to stop (the Event they poll) and cancel the rest, in
+        :data:`STOP_S` at most (on a thread: Dask's synchronous calls take no deadline);
+        whether it was done in time."""
+        def tell() -> None:
             with contextlib.suppress(Exception):
                 stop.set()
-                self.client.cancel(list(pending))
-            raise
-        finally:
             with contextlib.suppress(Exception):
-                self.client.unsubscribe_topic(topic)
+                self.client.cancel(pending)
+
+        t = threading.Thread(target=tell, name="sweeperd-dask-stop", daemon=True)
+        t.start()
+        t.join(STOP_S)
+        return not t.is_alive()
 
     @staticmethod
     def _drain(started: queue.SimpleQueue[dict[str, Any]],

@@ -272,15 +272,16 @@ class Progress:
     def started(self, index: int, where: str) -> Callable[[float], None] | None:
         run = self.runs[index]
         sc = run.follows
-        label = f"[{index + 1}/{self.total}] {run.scenario.name} x {run.label()}"
+        what = f"{run.scenario.name} x {run.label()}"
         if not self.per_sample:
-            label = f"[run {index + 1} of {self.total}] {run.scenario.name} x {run.label()}"
+            label = f"[run {index + 1} of {self.total}] {what}"
             self._starts[index] = n = self._starts.get(index, 0) + 1
             again = f", attempt {n}" if n > 1 else ""
             self._say(f"{label}: started on {where} ({sc.seconds:g} s{again})")
             if self.tty and self._overall is None:
                 self._overall = self._rich().add_task("runs done", total=self.total)
             return None
+        label = f"[{index + 1}/{self.total}] {what}"
         if self.tty:
             bar = self._rich()
             task = bar.add_task(label, total=sc.seconds)
