@@ -27,7 +27,7 @@ def _crash_of(exc: BaseException) -> protocol.CrashedMsg:
             except type(exc):
                 link.crashed()
             msgs = []
-            while router.poll(20_000) and len(msgs) < 2:
+            while len(msgs) < 2 and router.poll(20_000):
                 _ident, frame = router.recv_multipart()
                 msgs.append(protocol.decode(frame, protocol.FROM_WORKER))
             assert [type(m) for m in msgs] == [protocol.HelloMsg, protocol.CrashedMsg]
