@@ -27,10 +27,10 @@ are failed, naming that.  Ctrl-C (or SIGTERM) sets a Dask ``Event`` the running 
 every :data:`POLL_STOP_S` (they stop their daemons and return), cancels the rest, and lets the
 load test write the report of the runs done.  While the runs are watched, SIGINT and SIGTERM
 only note themselves (:class:`_HeldSignals`) and the loop acts on them between its calls to
-Dask, within :data:`WAIT_S`: raised inside one of the client's synchronous calls, an
-exception could leave the next call (the stop itself) waiting for ever — CI saw a Ctrl-C
-unanswered for 120 s.  The stop is given :data:`STOP_S` and then the load test goes on
-without it, saying so.
+Dask, within :data:`WAIT_S` (a second signal at once, to break a call that hangs): raised
+inside one of the client's synchronous calls, an exception could leave the next call (the
+stop itself) waiting for ever — CI saw a Ctrl-C unanswered for 120 s.  The stop is given
+:data:`STOP_S` and then the load test goes on without it, saying so.
 
 Security: a scheduler on a loopback address is reached over plain TCP; any other over TLS
 only (``tls://``), with Dask's own TLS settings (``distributed.comm.tls.ca-file``,
@@ -78,8 +78,10 @@ class _HeldSignals:
     """SIGINT and SIGTERM noted, not raised, while the block runs on the main thread;
     :meth:`act` (called where no Dask call is under way) then does what the handler before
     would have done: raises KeyboardInterrupt for SIGINT, calls the load test's SIGTERM
-    handler (which raises its own interruption).  A signal ignored stays ignored; off the
-    main thread nothing changes (Python delivers signals to the main thread only)."""
+    handler (which raises its own interruption).  A second signal before that is acted on
+    at once (a Dask call that does not return can still be broken by a second Ctrl-C).  A
+    signal ignored stays ignored; off the main thread nothing changes (Python delivers
+    signals to the main thread only)."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -95,19 +97,27 @@ class _HeldSignals:
                     self.before[sig] = signal.signal(sig, self._note)
         return self
 
-    def _note(self, signum: int, _frame: FrameType | None) -> None:
+    def _note(self, signum: int, frame: FrameType | None) -> None:
         if self.got is None:
             self.got = signum
+            return
+        # a second signal before the first was acted on: a Dask call under way does not
+        # return (the user presses Ctrl-C again): act at once, inside it
+        self.got = None
+        self._do(signum, frame)
+
+    def _do(self, signum: int, frame: FrameType | None) -> None:
+        old = self.before.get(signum)
+        if callable(old):
+            old(signum, frame)  # (Python's SIGINT handler raises KeyboardInterrupt)
+        raise KeyboardInterrupt  # SIG_DFL: stop as on Ctrl-C, the report written
 
     def act(self) -> None:
         """Raise now what a signal noted meant (nothing if none came)."""
         if self.got is None:
             return
         signum, self.got = self.got, None
-        old = self.before.get(signum)
-        if callable(old):
-            old(signum, None)  # (Python's SIGINT handler raises KeyboardInterrupt)
-        raise KeyboardInterrupt  # SIG_DFL: stop as on Ctrl-C, the report written
+        self._do(signum, None)
 
     def __exit__(self, *_exc: object) -> None:
         for sig, old in self.before.items():
