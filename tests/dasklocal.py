@@ -142,7 +142,10 @@ def cluster(tmp: Path, workers: int = 2, host: str = "127.0.0.1",
         [sys.executable, "-m", "dask", "scheduler", "--host", host, "--port", "0",
          "--no-dashboard", "--scheduler-file", str(sched_file),
          *(["--protocol", "tls", *tls_args(certs, "scheduler")] if certs else [])],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        # (its scratch space in the test's directory, not /tmp/dask-scratch-space: a scheduler
+        # SIGKILLed by a test leaves it behind)
+        env={**os.environ, "DASK_TEMPORARY_DIRECTORY": str(tmp)})
     log.close()
     c = Cluster(tmp, proc, certs=certs)
     try:
