@@ -216,18 +216,20 @@ class DaskExecutor:
             self.close()
             raise
 
+    def _offering(self) -> dict[str, dict[str, Any]]:
+        """The workers offering RESOURCE: address -> the scheduler's record of it."""
+        return {a: w for a, w in self.client.scheduler_info().get("workers", {}).items()
+                if w.get("resources", {}).get(RESOURCE, 0) >= 1}
+
     def _hosts(self) -> list[str]:
-        info = self.client.scheduler_info()
-        return [a for a, w in info.get("workers", {}).items()
-                if w.get("resources", {}).get(RESOURCE, 0) >= 1]
+        return list(self._offering())
 
     def shared_hosts(self) -> dict[str, list[str]]:
         """Hosts where more than one worker offers sweeperd_host (their runs share the
         host's cores: one run per host is only true with one such worker per host)."""
         by_host: dict[str, list[str]] = {}
-        for a, w in self.client.scheduler_info().get("workers", {}).items():
-            if w.get("resources", {}).get(RESOURCE, 0) >= 1:
-                by_host.setdefault(str(w.get("host", a)), []).append(str(w.get("name", a)))
+        for a, w in self._offering().items():
+            by_host.setdefault(str(w.get("host", a)), []).append(str(w.get("name", a)))
         return {h: sorted(ns) for h, ns in by_host.items() if len(ns) > 1}
 
     def _wait_for_a_worker(self) -> None:
