@@ -55,6 +55,22 @@ def _books(st: dict) -> int:
     return st["scavenger"]["released_bytes_total"]
 
 
+def _quiet(d: Daemon) -> dict:
+    """A status once two reads 0.5 s apart agree on the kernel's backing, the books and the
+    free pages: nothing was released between them.  A status's books come from the snapshot
+    of the coordinator's last step and its kernel figure from the moment it is answered, so
+    a release under way between the two (the free pages it took are no longer free, the
+    kernel has lost them, the books do not say so yet) shows in one and not the other."""
+    prev = None
+    while True:
+        st = d.status()
+        now = (st["memory"]["heap_backed_bytes"], _books(st), st["heap"]["free_bytes"])
+        if now == prev:
+            return st
+        prev = now
+        time.sleep(0.5)
+
+
 def _scavenger_alive(st: dict) -> bool:
     return any(w["role"] == "scavenger" and w["state"] == "alive" for w in st["workers"])
 
@@ -79,16 +95,8 @@ def test_scavenger_killed_ten_times_mid_release_the_books_equal_the_kernel(tmp_p
                         and s["scenario"]["elapsed_s"] > 3 and _scavenger_alive(s),
                         timeout=180, what="the scenario to reach its idle end")
         # quiet: no allocation, and nothing releasable under the retain goal of the fill
-        # (two reads agreeing: nothing moved between them)
-        prev = None
-        while True:
-            st = d.status()
-            now = (st["memory"]["heap_backed_bytes"], _books(st), st["heap"]["free_bytes"])
-            if now == prev:
-                break
-            prev = now
-            time.sleep(0.5)
-        backed0, books0, _ = now
+        st = _quiet(d)
+        backed0, books0 = st["memory"]["heap_backed_bytes"], _books(st)
         assert backed0 > 24 * MIB, "the fill did not back the arena"
         c0 = st["cycle"]
         for _ in range(2):  # the live heap is 0: the heap goal falls to its minimum
@@ -103,7 +111,7 @@ def test_scavenger_killed_ten_times_mid_release_the_books_equal_the_kernel(tmp_p
         d.request(protocol.encode("scavenge"))  # the rest, now, by the scavenger
         d.wait_for(lambda s: s["heap"]["free_bytes"] == 0, timeout=180,
                    what="every free page released")
-        st = d.status()  # published after the last release finished
+        st = _quiet(d)  # (free 0 while the last release may still be in flight)
         released = backed0 - st["memory"]["heap_backed_bytes"]  # what the kernel lost
         assert released > 16 * MIB
         assert _books(st) - books0 == released
