@@ -392,8 +392,9 @@ def _status(args: argparse.Namespace) -> int:
 def _soak(args: argparse.Namespace) -> int:
     from sweeperd.daemon.soak import watch
 
-    if args.duration <= 0 or args.every <= 0:
-        print("sweeperd soak: --duration and --every must be positive", file=sys.stderr)
+    if not all(0 < v < float("inf") for v in (args.duration, args.every)):  # (nan too)
+        print("sweeperd soak: --duration and --every must be positive and finite",
+              file=sys.stderr)
         return 2
     from sweeperd.daemon.config import ConfigError
     from sweeperd.daemon.control import Unreachable

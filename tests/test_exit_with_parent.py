@@ -59,9 +59,11 @@ def test_a_daemon_stops_when_its_starter_is_killed_only_if_asked(tmp_path: Path,
             assert not _gone(daemon_pid), f"the daemon died at start: {log.read_text()}"
             time.sleep(0.1)
         assert "control on" in log.read_text(), log.read_text()
-        kids = [int(p) for p in Path(f"/proc/{daemon_pid}/task/{daemon_pid}/children")
-                .read_text().split()]
-        assert kids, "the daemon has started no worker"
+        # (the workers are started after the addresses are printed)
+        children = Path(f"/proc/{daemon_pid}/task/{daemon_pid}/children")
+        while not (kids := [int(p) for p in children.read_text().split()]):
+            assert time.monotonic() < end, f"the daemon has started no worker: {log.read_text()}"
+            time.sleep(0.1)
         starter.kill()
         starter.wait()
         if exit_with_parent:

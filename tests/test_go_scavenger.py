@@ -270,10 +270,19 @@ def test_a_daemon_over_its_limit_scavenges_as_it_allocates_and_says_so_in_1_21s_
     """The go policy at its default version, 1.21, with a 24 MiB limit on a 128 MiB arena and
     GOGC 400 (the goal far above the limit): allocations that take released pages release
     what the heap is over the limit (sweeperd_scavenge_assist_* > 0), and ``--scavtrace``
-    prints Go 1.21's lines, whose ``(eager)`` work adds up to more than nothing."""
+    prints Go 1.21's lines, whose ``(eager)`` work adds up to more than nothing.  The live
+    heap (32 MiB) is over the limit, so the heap is over it whatever the machine's pace: the
+    scavenger releases every free page it finds, and the allocations that take them back
+    must release as much again."""
+    scen = tmp_path / "over.toml"
+    scen.write_text('[scenario]\nname = "over-the-limit"\nheap_mib = 128\n'
+                    '[[phase]]\nname = "fill"\nseconds = 2\nlive_mib = [0, 32]\n'
+                    'garbage_mib_s = 8\n'
+                    '[[phase]]\nname = "hold"\nseconds = 600\nlive_mib = 32\n'
+                    'garbage_mib_s = 16\n')
     cfg = tmp_path / "limit.toml"
-    cfg.write_text("[heap]\nsize_mib = 128\n[gc]\ngogc = 400\n[mutators]\nalloc_rate = "
-                   "100000\n[scavenger]\ncpu_fraction = 0.05\nmemory_limit_mib = 24\n")
+    cfg.write_text(f'[heap]\nsize_mib = 128\n[gc]\ngogc = 400\n[mutators]\nscenario = '
+                   f'"{scen}"\n[scavenger]\ncpu_fraction = 0.05\nmemory_limit_mib = 24\n')
     d = Daemon("--config", str(cfg), "--sweepers", "1", "--mutators", "1", "--scavtrace")
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(iter(d.proc.stderr.readline, "")),

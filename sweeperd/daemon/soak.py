@@ -1,6 +1,8 @@
 """``sweeperd soak``: watch a running daemon over a long run and say whether it stays bounded.
 
-Every ``every`` seconds it asks the daemon for ``status`` and prints one line: elapsed time,
+Every ``every`` seconds (on a fixed grid from its start: a slow sample delays the next, it
+does not shift the ones after; a tick missed entirely is skipped, and the last sample is at
+``duration``) it asks the daemon for ``status`` and prints one line: elapsed time,
 cycles, deaths, and per process (by role and slot) its private memory (``RssAnon``, what a
 leak grows) and open descriptors, with the ``status`` round trip.  At the end it prints a
 summary — per process, the growth of private memory after the first minute (a warm-up: numpy
@@ -21,6 +23,7 @@ of one core.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from typing import Any, TextIO
@@ -116,8 +119,11 @@ def watch(status: Callable[[], dict[str, Any]], duration_s: float, every_s: floa
           clock: Callable[[], float] = time.monotonic,
           sleep: Callable[[float], None] = time.sleep,
           scrape: Callable[[], None] | None = None) -> dict[str, Any]:
+    if not (0 < every_s < math.inf and 0 <= duration_s < math.inf):
+        raise ValueError(f"every_s must be > 0 and duration_s >= 0, got {every_s}, {duration_s}")
     t0 = clock()
     samples: list[dict[str, Any]] = []
+    tick = 0
     while True:
         t = clock()
         st = status()
@@ -139,7 +145,8 @@ def watch(status: Callable[[], dict[str, Any]], duration_s: float, every_s: floa
                   f'status {s["status_ms"]:.0f}ms  {scr}{procs}', file=out, flush=True)
         if t - t0 >= duration_s:
             break
-        sleep(max(0.0, min(every_s, duration_s - (clock() - t0))))
+        tick = max(tick + 1, math.floor((clock() - t0) / every_s) + 1)  # the next one ahead
+        sleep(max(0.0, t0 + min(tick * every_s, duration_s) - clock()))
     summary = summarize(samples)
     if as_json:
         print(json.dumps(summary), file=out)
