@@ -130,6 +130,20 @@ def test_the_sampler_spaces_out_samples_that_cost_much():
     assert s.wait_s == SAMPLE_S
 
 
+def test_a_sample_that_waits_without_working_keeps_the_sampling_period():
+    """The cost that stretches the period is the sampler thread's CPU time: a sample that
+    spends 0.3 s waiting (as for a core, on a loaded machine) and no CPU keeps the 1 s period,
+    where the wall clock would have made it 15 s."""
+    from sweeperd.daemon.metrics import SAMPLE_S, Sampler
+
+    def take():
+        time.sleep(0.3)
+        return object()
+
+    s = Sampler(take)  # type: ignore[arg-type]
+    assert s.wait_s == SAMPLE_S
+
+
 def test_refill_histogram_and_scenario_series():
     """The mutators' refill buckets (non-cumulative, summed over mutators) become a cumulative
     Prometheus histogram; a scenario's series appear only with a scenario."""

@@ -78,12 +78,15 @@ class Sampler:
 
     The period is ``period`` (one second) or, when a sample costs more, ``COST_SHARE`` times
     its cost: reading PSS walks every page-table entry of each process, about 0.1 s for a
-    mutator that touched 16 GiB of the heap, and that walk must not take a core's tenth."""
+    mutator that touched 16 GiB of the heap, and that walk must not take a core's tenth.
+    The cost is the thread's CPU time (user and system: the kernel's walk is charged to the
+    reader), not the wall clock's: on a loaded machine a sample waits for a core, which
+    costs the machine nothing, and must not stretch the period (a 50 ms wait made it 2.5 s)."""
 
     COST_SHARE = 50  # the sampler spends at most 1/50 of one core
 
     def __init__(self, take: Callable[[], Sample], period: float = SAMPLE_S,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+                 clock: Callable[[], float] = time.thread_time) -> None:
         self.take = take
         self.period = period
         self.clock = clock
