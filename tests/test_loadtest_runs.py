@@ -351,7 +351,7 @@ garbage_mib_s = 32
 
 [[phase]]
 name = "idle"
-seconds = 3
+seconds = 1
 live_mib = 4
 garbage_mib_s = 2
 """
@@ -396,7 +396,7 @@ def test_a_grid_runs_with_its_settings_and_gos_knobs_reach_the_go_program(
             assert r["settings"] == {"gogc": g, "memory_limit_mib": 200, "version": "1.21",
                                      "go_version": "1.21.13", "free_os_memory_every_s": 1.0,
                                      "madvdontneed": 1}
-            assert r["seconds"] >= 6.0 and r["gc_cycles"] > 0
+            assert r["seconds"] >= 4.0 and r["gc_cycles"] > 0  # (the scenario's 5 s)
             trace = (out / "runs" / rid / "gctrace.txt").read_text()
             assert f"goref: gogc={g} memory_limit={200 << 20} free_os_memory_every_s=1" \
                 in trace, trace[:500]

@@ -34,6 +34,12 @@ name = "fill"
 seconds = 2
 live_mib = [0, 48]
 
+# (a mutator that said hello late, on a loaded machine, still fills its share)
+[[phase]]
+name = "hold"
+seconds = 3
+live_mib = 48
+
 [[phase]]
 name = "idle"
 seconds = 0.5
@@ -91,8 +97,8 @@ def test_scavenger_killed_ten_times_mid_release_the_books_equal_the_kernel(tmp_p
                env={"SWEEPERD_FAILPOINTS": ",".join(f"{p}:5" for p in POINTS),
                     "SWEEPERD_FAILPOINTS_DIR": str(fp)})
     try:
-        st = d.wait_for(lambda s: s["scenario"].get("phase") == 1
-                        and s["scenario"]["elapsed_s"] > 3 and _scavenger_alive(s),
+        st = d.wait_for(lambda s: s["scenario"].get("phase") == 2
+                        and s["scenario"]["elapsed_s"] > 6 and _scavenger_alive(s),
                         timeout=180, what="the scenario to reach its idle end")
         # quiet: no allocation, and nothing releasable under the retain goal of the fill
         st = _quiet(d)
